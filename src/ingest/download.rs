@@ -1,0 +1,421 @@
+//! The HTTP downloader: bounded global and per-host concurrency, timeouts, retries with backoff,
+//! `Retry-After`, body size limit, redirect limit, DNS cache, private-address refusal, and
+//! `X-Robots-Tag` opt-outs honoured from the headers before any body byte is read.
+
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use reqwest::header::{HeaderMap, CONTENT_LENGTH, RETRY_AFTER};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// The User-Agent sent with every request; servers can address us as `pixforge` in `X-Robots-Tag`.
+pub const USER_AGENT: &str = concat!("pixforge/", env!("CARGO_PKG_VERSION"), " (+https://github.com/pixforge/pixforge; image dataset tool; honours X-Robots-Tag noai)");
+
+/// The `X-Robots-Tag` directives that forbid using an image (img2dataset's defaults).
+pub const DISALLOWED_DIRECTIVES: &[&str] = &["noai", "noimageai", "noindex", "noimageindex"];
+
+/// Downloader settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Parser)]
+#[serde(deny_unknown_fields, default)]
+pub struct DownloadOptions {
+    /// Requests in flight at once, over all hosts.
+    #[arg(long, default_value_t = 128)]
+    pub concurrency: usize,
+    /// Requests in flight at once to one host.
+    #[arg(long, default_value_t = 16)]
+    pub per_host_concurrency: usize,
+    /// Seconds to establish a connection.
+    #[arg(long, default_value_t = 10.0)]
+    pub connect_timeout: f64,
+    /// Seconds without receiving a byte before a request fails.
+    #[arg(long, default_value_t = 10.0)]
+    pub read_timeout: f64,
+    /// Seconds for a whole request, body included.
+    #[arg(long, default_value_t = 60.0)]
+    pub total_timeout: f64,
+    /// Extra attempts after a transient failure (timeouts, connection errors, 429, 5xx, cut bodies).
+    #[arg(long, default_value_t = 2)]
+    pub retries: u32,
+    /// First retry delay in seconds; doubled on each further retry.
+    #[arg(long, default_value_t = 1.0)]
+    pub retry_backoff: f64,
+    /// Longest `Retry-After` honoured, in seconds; a longer one fails the row.
+    #[arg(long, default_value_t = 60.0)]
+    pub max_retry_after: f64,
+    /// Largest body accepted, in bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub max_body_bytes: u64,
+    /// Redirects followed before failing.
+    #[arg(long, default_value_t = 5)]
+    pub max_redirects: usize,
+    /// Download even when `X-Robots-Tag` forbids AI use (noai, noimageai, noindex, noimageindex).
+    #[arg(long)]
+    pub ignore_robots_headers: bool,
+    /// Allow private, loopback and link-local addresses (local mirrors and tests).
+    #[arg(long)]
+    pub allow_private_addresses: bool,
+}
+
+impl Default for DownloadOptions {
+    fn default() -> Self {
+        clap::Parser::parse_from(["download"])
+    }
+}
+
+/// Why a download failed, and whether another attempt may succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchError {
+    /// Message stored in `error_message`.
+    pub message: String,
+    /// Whether the failure is worth retrying.
+    pub transient: bool,
+    /// Delay the server asked for (`Retry-After`).
+    pub retry_after: Option<Duration>,
+}
+
+impl FetchError {
+    fn permanent(message: impl Into<String>) -> Self {
+        Self { message: message.into(), transient: false, retry_after: None }
+    }
+    fn transient(message: impl Into<String>) -> Self {
+        Self { message: message.into(), transient: true, retry_after: None }
+    }
+}
+
+/// Whether `ip` is private, loopback, link-local, unspecified or otherwise not a public address.
+pub fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v) => {
+            v.is_private() || v.is_loopback() || v.is_link_local() || v.is_unspecified() || v.is_broadcast()
+                || v.octets()[0] == 100 && (v.octets()[1] & 0xc0) == 64 // carrier-grade NAT 100.64/10
+                || v.octets()[0] == 0
+        }
+        IpAddr::V6(v) => {
+            if let Some(v4) = v.to_ipv4_mapped() {
+                return is_private(IpAddr::V4(v4));
+            }
+            let s = v.segments()[0];
+            v.is_loopback() || v.is_unspecified() || (s & 0xfe00) == 0xfc00 || (s & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+fn private_refusal(what: &str) -> String {
+    format!("refused private address {what} (a URL list is untrusted input; pass --allow-private-addresses for local mirrors)")
+}
+
+type DnsCache = Arc<Mutex<HashMap<String, (Instant, Result<Vec<SocketAddr>, String>)>>>;
+
+/// A caching resolver: one lookup per host name for five minutes, failures cached for 30 s; refuses
+/// names that resolve only to private addresses unless allowed (checked on every connection, so a
+/// DNS answer cannot smuggle a private address past the URL check).
+struct CachingResolver {
+    allow_private: bool,
+    cache: DnsCache,
+}
+
+impl Resolve for CachingResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let host = name.as_str().to_string();
+        let allow_private = self.allow_private;
+        let cache = self.cache.clone();
+        Box::pin(async move {
+            let now = Instant::now();
+            let cached = cache.lock().ok().and_then(|c| c.get(&host).filter(|(t, _)| *t > now).map(|(_, r)| r.clone()));
+            let result = match cached {
+                Some(r) => r,
+                None => {
+                    let (ttl, r) = match tokio::net::lookup_host((host.as_str(), 0)).await {
+                        Ok(addrs) => (Duration::from_secs(300), Ok(addrs.collect::<Vec<_>>())),
+                        Err(e) => (Duration::from_secs(30), Err(format!("DNS resolution failed for {host}: {e}"))),
+                    };
+                    if let Ok(mut c) = cache.lock() {
+                        c.insert(host.clone(), (Instant::now() + ttl, r.clone()));
+                    }
+                    r
+                }
+            };
+            let addrs = result?;
+            let kept: Vec<SocketAddr> =
+                addrs.iter().copied().filter(|a| allow_private || !is_private(a.ip())).collect();
+            if kept.is_empty() {
+                let shown = addrs.first().map(|a| a.ip().to_string()).unwrap_or_default();
+                return Err(private_refusal(&format!("{shown} (host {host})")).into());
+            }
+            Ok(Box::new(kept.into_iter()) as Addrs)
+        })
+    }
+}
+
+/// Per-host state: its concurrency limit and the time before which it asked us to wait.
+#[derive(Default)]
+struct HostState {
+    slots: Option<Arc<Semaphore>>,
+    blocked_until: Option<Instant>,
+}
+
+/// An HTTP downloader shared by all rows of a run.
+pub struct Downloader {
+    client: reqwest::Client,
+    opts: DownloadOptions,
+    global: Arc<Semaphore>,
+    hosts: Mutex<HashMap<String, HostState>>,
+}
+
+/// Whether `X-Robots-Tag` headers forbid AI use for our user agent (img2dataset's parsing: an optional
+/// `agent:` prefix, then comma-separated directives).
+pub fn robots_disallowed(headers: &HeaderMap) -> Option<String> {
+    for value in headers.get_all("x-robots-tag") {
+        let Ok(v) = value.to_str() else { continue };
+        let (agent, directives) = match v.split_once(':') {
+            Some((a, d)) if !a.contains(',') => (Some(a.trim().to_ascii_lowercase()), d),
+            _ => (None, v),
+        };
+        if agent.as_deref().is_some_and(|a| a != "pixforge") {
+            continue;
+        }
+        for d in directives.split(',') {
+            let d = d.trim().to_ascii_lowercase();
+            if DISALLOWED_DIRECTIVES.contains(&d.as_str()) {
+                return Some(d);
+            }
+        }
+    }
+    None
+}
+
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    v.parse::<f64>().ok().filter(|s| *s >= 0.0).map(Duration::from_secs_f64)
+}
+
+fn describe(e: &reqwest::Error) -> FetchError {
+    let mut chain = String::new();
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(s) = src {
+        let text = s.to_string();
+        if !chain.contains(&text) {
+            if !chain.is_empty() {
+                chain.push_str(": ");
+            }
+            chain.push_str(&text);
+        }
+        src = s.source();
+    }
+    if e.is_timeout() {
+        return FetchError::transient("timed out");
+    }
+    if e.is_redirect() {
+        return FetchError::permanent(if chain.is_empty() { "too many redirects".to_string() } else { chain });
+    }
+    if chain.contains("refused private address") {
+        let start = chain.find("refused private address").unwrap_or(0);
+        return FetchError::permanent(chain[start..].to_string());
+    }
+    if chain.contains("DNS resolution failed") {
+        let start = chain.find("DNS resolution failed").unwrap_or(0);
+        return FetchError::transient(chain[start..].to_string());
+    }
+    if e.is_connect() {
+        return FetchError::transient(format!("connection failed: {chain}"));
+    }
+    if e.is_body() || e.is_decode() {
+        return FetchError::transient(format!("truncated body: {chain}"));
+    }
+    FetchError::transient(if chain.is_empty() { e.to_string() } else { chain })
+}
+
+impl Downloader {
+    /// Builds the HTTP client. Installs the rustls crypto provider if none is installed yet.
+    pub fn new(opts: DownloadOptions) -> Result<Self, String> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let max_redirects = opts.max_redirects;
+        let allow_private = opts.allow_private_addresses;
+        let policy = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() > max_redirects {
+                return attempt.error(format!("too many redirects (more than --max-redirects {max_redirects})"));
+            }
+            if attempt.previous().iter().any(|u| u == attempt.url()) {
+                let msg = format!("redirect loop at {}", attempt.url());
+                return attempt.error(msg);
+            }
+            if let Some(ip) = literal_ip(attempt.url()) {
+                if !allow_private && is_private(ip) {
+                    let msg = private_refusal(&format!("{ip} (redirect target)"));
+                    return attempt.error(msg);
+                }
+            }
+            attempt.follow()
+        });
+        let client = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .connect_timeout(Duration::from_secs_f64(opts.connect_timeout))
+            .read_timeout(Duration::from_secs_f64(opts.read_timeout))
+            .timeout(Duration::from_secs_f64(opts.total_timeout))
+            .redirect(policy)
+            .no_proxy()
+            .pool_max_idle_per_host(opts.per_host_concurrency)
+            .tcp_nodelay(true)
+            .dns_resolver(CachingResolver { allow_private, cache: Arc::default() })
+            .build()
+            .map_err(|e| format!("building the HTTP client: {e}"))?;
+        Ok(Self { client, global: Arc::new(Semaphore::new(opts.concurrency.max(1))), opts, hosts: Mutex::default() })
+    }
+
+    /// The options in use.
+    pub fn options(&self) -> &DownloadOptions {
+        &self.opts
+    }
+
+    fn host_slots(&self, host: &str) -> Arc<Semaphore> {
+        let mut hosts = self.hosts.lock().expect("host table poisoned");
+        let st = hosts.entry(host.to_string()).or_default();
+        st.slots.get_or_insert_with(|| Arc::new(Semaphore::new(self.opts.per_host_concurrency.max(1)))).clone()
+    }
+
+    fn host_wait(&self, host: &str) -> Option<Instant> {
+        let hosts = self.hosts.lock().expect("host table poisoned");
+        hosts.get(host).and_then(|h| h.blocked_until).filter(|t| *t > Instant::now())
+    }
+
+    fn block_host(&self, host: &str, d: Duration) {
+        let mut hosts = self.hosts.lock().expect("host table poisoned");
+        let st = hosts.entry(host.to_string()).or_default();
+        let until = Instant::now() + d;
+        if st.blocked_until.is_none_or(|t| t < until) {
+            st.blocked_until = Some(until);
+        }
+    }
+
+    /// Downloads `url`, retrying transient failures; returns the body or the last error message.
+    pub async fn fetch(&self, url: &str) -> Result<Vec<u8>, String> {
+        let parsed = url::Url::parse(url).map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(format!("unsupported URL scheme {:?} (expected http or https)", parsed.scheme()));
+        }
+        let host = parsed.host_str().unwrap_or_default().to_string();
+        if let Some(ip) = literal_ip(&parsed) {
+            if !self.opts.allow_private_addresses && is_private(ip) {
+                return Err(private_refusal(&ip.to_string()));
+            }
+        }
+        let _global = self.global.acquire().await.map_err(|e| e.to_string())?;
+        let slots = self.host_slots(&host);
+        let mut attempt = 0;
+        loop {
+            if let Some(until) = self.host_wait(&host) {
+                tokio::time::sleep_until(until.into()).await;
+            }
+            let result = {
+                let _slot = slots.acquire().await.map_err(|e| e.to_string())?;
+                self.fetch_once(parsed.clone()).await
+            };
+            match result {
+                Ok(body) => return Ok(body),
+                Err(e) if !e.transient || attempt >= self.opts.retries => {
+                    let tries = if attempt > 0 { format!(" (after {} attempts)", attempt + 1) } else { String::new() };
+                    return Err(format!("{}{tries}", e.message));
+                }
+                Err(e) => {
+                    let backoff = Duration::from_secs_f64(self.opts.retry_backoff * f64::powi(2.0, attempt as i32));
+                    if let Some(ra) = e.retry_after {
+                        if ra.as_secs_f64() > self.opts.max_retry_after {
+                            return Err(format!(
+                                "{} with Retry-After {} s, longer than --max-retry-after {} s",
+                                e.message,
+                                ra.as_secs_f64(),
+                                self.opts.max_retry_after
+                            ));
+                        }
+                        self.block_host(&host, ra);
+                    } else {
+                        tokio::time::sleep(backoff).await;
+                    }
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    async fn fetch_once(&self, url: url::Url) -> Result<Vec<u8>, FetchError> {
+        let mut resp = self.client.get(url).send().await.map_err(|e| describe(&e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let msg = format!("HTTP {} {}", status.as_u16(), status.canonical_reason().unwrap_or(""));
+            let msg = msg.trim_end().to_string();
+            let transient = status.as_u16() == 429 || status.as_u16() == 408 || status.is_server_error();
+            return Err(FetchError { message: msg, transient, retry_after: retry_after(resp.headers()) });
+        }
+        if !self.opts.ignore_robots_headers {
+            if let Some(d) = robots_disallowed(resp.headers()) {
+                return Err(FetchError::permanent(format!(
+                    "use of image disallowed by X-Robots-Tag directive {d} (checked before download; --ignore-robots-headers to override)"
+                )));
+            }
+        }
+        let declared = resp.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if let Some(n) = declared {
+            if n > self.opts.max_body_bytes {
+                return Err(FetchError::permanent(format!(
+                    "body too large: Content-Length {n} exceeds --max-body-bytes {}",
+                    self.opts.max_body_bytes
+                )));
+            }
+        }
+        let mut body = Vec::with_capacity(declared.unwrap_or(64 << 10).min(self.opts.max_body_bytes) as usize);
+        while let Some(chunk) = resp.chunk().await.map_err(|e| describe(&e))? {
+            if body.len() as u64 + chunk.len() as u64 > self.opts.max_body_bytes {
+                return Err(FetchError::permanent(format!(
+                    "body too large: more than --max-body-bytes {} bytes",
+                    self.opts.max_body_bytes
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if let Some(n) = declared {
+            if (body.len() as u64) < n {
+                return Err(FetchError::transient(format!("truncated body: got {} of {n} bytes", body.len())));
+            }
+        }
+        Ok(body)
+    }
+}
+
+fn literal_ip(url: &url::Url) -> Option<IpAddr> {
+    match url.host()? {
+        url::Host::Ipv4(v) => Some(IpAddr::V4(v)),
+        url::Host::Ipv6(v) => Some(IpAddr::V6(v)),
+        url::Host::Domain(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn private_ranges() {
+        for ip in ["127.0.0.1", "10.1.2.3", "192.168.0.1", "172.16.5.5", "169.254.1.1", "::1", "fe80::1", "fd00::1", "::ffff:127.0.0.1", "100.64.0.1", "0.0.0.0"] {
+            assert!(is_private(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111"] {
+            assert!(!is_private(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn robots_parsing() {
+        let mut h = HeaderMap::new();
+        h.append("x-robots-tag", HeaderValue::from_static("noarchive, NoAI"));
+        assert_eq!(robots_disallowed(&h).as_deref(), Some("noai"));
+        let mut h = HeaderMap::new();
+        h.append("x-robots-tag", HeaderValue::from_static("googlebot: noindex"));
+        assert_eq!(robots_disallowed(&h), None);
+        h.append("x-robots-tag", HeaderValue::from_static("pixforge: noimageai"));
+        assert_eq!(robots_disallowed(&h).as_deref(), Some("noimageai"));
+    }
+}

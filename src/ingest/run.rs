@@ -1,0 +1,469 @@
+//! Runs an ingest: lists rows, cuts them into shards, and for each shard this worker owns that is
+//! not done yet fetches, processes, de-duplicates and writes it.
+
+use super::download::Downloader;
+use super::imageops::process;
+use super::phash::PhashIndex;
+use super::sa1b::mask_stats;
+use super::source::{InputRow, Payload, SourceRows};
+use super::{DedupMode, IngestConfig, SourceKind};
+use crate::shards::{
+    done_shards, read_records, Manifest, Record, RunStats, ShardLayout, ShardWriter, Status, Value, WdsReader,
+    Worker, TEMP_MARKER,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Where and how a run writes; not part of the dataset fingerprint.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Output dataset directory.
+    pub out: PathBuf,
+    /// This worker's share of the shards.
+    pub worker: Worker,
+    /// Replace an existing dataset written with another configuration.
+    pub overwrite: bool,
+    /// Re-attempt only the `failed_to_download` rows of done shards.
+    pub retry_failed: bool,
+    /// Show a progress bar (only drawn on a terminal).
+    pub progress: bool,
+}
+
+impl RunOptions {
+    /// Options writing to `out` as the single worker.
+    pub fn new(out: impl Into<PathBuf>) -> Self {
+        Self { out: out.into(), worker: Worker::default(), overwrite: false, retry_failed: false, progress: true }
+    }
+}
+
+/// The result of one row: its record, plus the image bytes and pHash on success.
+struct Outcome {
+    record: Record,
+    data: Option<Vec<u8>>,
+    phash: Option<u64>,
+}
+
+struct Ctx {
+    cfg: IngestConfig,
+}
+
+impl Ctx {
+    /// The CPU part of a row: image work and SA-1B statistics.
+    fn finish(&self, row: &InputRow, key: String, bytes: Result<Vec<u8>, String>) -> Outcome {
+        let mut record = Record::new(key, row.source.clone(), row.caption.clone());
+        let bytes = match bytes {
+            Ok(b) => b,
+            Err(e) => {
+                record.fail(Status::FailedToDownload, e);
+                return Outcome { record, data: None, phash: None };
+            }
+        };
+        let p = match process(&bytes, &self.cfg.image) {
+            Ok(p) => p,
+            Err(e) => {
+                record.fail(Status::FailedToResize, e.to_string());
+                return Outcome { record, data: None, phash: None };
+            }
+        };
+        record.width = Some(p.width);
+        record.height = Some(p.height);
+        record.original_width = Some(p.original_width);
+        record.original_height = Some(p.original_height);
+        record.sha256 = Some(p.sha256);
+        record.phash = Some(format!("{:016x}", p.phash));
+        record.ext = Some(p.ext.to_string());
+        record.status = Some(Status::Success);
+        if self.cfg.source == SourceKind::Sa1b {
+            let min = self.cfg.curation.min_masks;
+            let stats = match &row.sidecar {
+                Some(side) => side.read_local().and_then(|j| mask_stats(&j)),
+                None => Err("no annotation JSON beside the image".to_string()),
+            };
+            match stats {
+                Ok(s) => {
+                    record.extra = s.columns();
+                    if s.mask_count < min {
+                        record.fail(Status::Filtered, format!("mask count {} < --min-masks {min}", s.mask_count));
+                    }
+                }
+                Err(e) => {
+                    record.extra = vec![("annotation_error".into(), Value::Str(e.clone()))];
+                    if min > 0 {
+                        record.fail(Status::Filtered, format!("no mask count for --min-masks: {e}"));
+                    }
+                }
+            }
+            if record.status != Some(Status::Success) {
+                return Outcome { record, data: None, phash: None };
+            }
+        }
+        Outcome { record, data: Some(p.data), phash: Some(p.phash) }
+    }
+}
+
+/// Exact and perceptual de-duplication state, in shard then row order.
+struct Dedup {
+    mode: DedupMode,
+    exact: HashMap<String, String>,
+    near: PhashIndex,
+}
+
+impl Dedup {
+    fn new(mode: DedupMode, distance: u32) -> Self {
+        Self { mode, exact: HashMap::new(), near: PhashIndex::new(distance) }
+    }
+
+    /// Records a success; returns the reason if it repeats an earlier sample.
+    fn check(&mut self, key: &str, sha: &str, phash: Option<u64>) -> Option<String> {
+        if self.mode == DedupMode::None {
+            return None;
+        }
+        if let Some(first) = self.exact.get(sha) {
+            return Some(format!("duplicate of {first} (identical sha256)"));
+        }
+        if self.mode == DedupMode::Phash {
+            if let Some(h) = phash {
+                if let Some(first) = self.near.find(h) {
+                    return Some(format!("near-duplicate of {first} (pHash within {} bits)", self.near_distance()));
+                }
+                self.near.insert(h, key);
+            }
+        }
+        self.exact.insert(sha.to_string(), key.to_string());
+        None
+    }
+
+    fn near_distance(&self) -> u32 {
+        self.near.distance()
+    }
+
+    fn add_existing(&mut self, records: &[Record]) {
+        for r in records.iter().filter(|r| r.status == Some(Status::Success)) {
+            let ph = r.phash.as_deref().and_then(|h| u64::from_str_radix(h, 16).ok());
+            if let Some(sha) = &r.sha256 {
+                let _ = self.check(&r.key, sha, ph);
+            }
+        }
+    }
+}
+
+fn check_paths(cfg: &IngestConfig, out: &Path) -> anyhow::Result<()> {
+    let out_abs = std::path::absolute(out)?;
+    for i in &cfg.inputs {
+        let i_abs = std::path::absolute(i)?;
+        if i_abs == out_abs || (i.is_dir() && out_abs.starts_with(&i_abs)) || i_abs.starts_with(&out_abs) {
+            anyhow::bail!(
+                "input {} and output {} overlap: the output's own shards would be read as input. Choose an output directory outside the inputs.",
+                i.display(),
+                out.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn remove_own_temp_files(out: &Path, worker: Worker) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(out)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.contains(TEMP_MARKER) {
+            continue;
+        }
+        let digits: String = name.chars().take_while(|c| c.is_ascii_digit()).collect();
+        let owned = match digits.parse::<usize>() {
+            Ok(shard) => worker.owns(shard),
+            Err(_) => worker.index == 0,
+        };
+        if owned {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+fn remove_dataset_files(out: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(out)? {
+        let p = entry?.path();
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if name.ends_with(".tar") || name.ends_with(".parquet") || name.ends_with("_stats.json") || name == crate::shards::MANIFEST_FILE || name.contains(TEMP_MARKER) {
+            std::fs::remove_file(p)?;
+        }
+    }
+    Ok(())
+}
+
+fn read_source(cfg: &IngestConfig) -> anyhow::Result<SourceRows> {
+    match cfg.source {
+        SourceKind::Laion => super::laion::read_laion(&cfg.inputs, &cfg.laion),
+        SourceKind::Sa1b => super::sa1b::read_sa1b(&cfg.inputs),
+        SourceKind::Folder => {
+            let [dir] = cfg.inputs.as_slice() else {
+                anyhow::bail!("the folder source takes exactly one directory, got {}", cfg.inputs.len());
+            };
+            super::folder::read_folder(dir)
+        }
+        SourceKind::Webdataset => super::webdataset::read_webdataset(&cfg.inputs),
+    }
+}
+
+/// The manifest of an ingest with `cfg` over `inputs`.
+fn manifest_for(cfg: &IngestConfig, inputs: &[String]) -> anyhow::Result<Manifest> {
+    let mut fp_cfg = serde_json::to_value(cfg)?;
+    if let Some(m) = fp_cfg.as_object_mut() {
+        m.remove("download");
+    }
+    let mut m = Manifest::new("ingest", fp_cfg, inputs);
+    m.config = serde_json::to_value(cfg)?;
+    Ok(m)
+}
+
+struct Runner<'a> {
+    ctx: Arc<Ctx>,
+    rows: &'a SourceRows,
+    layout: ShardLayout,
+    out: PathBuf,
+    downloader: Option<Arc<Downloader>>,
+    rt: Option<tokio::runtime::Runtime>,
+    pb: ProgressBar,
+}
+
+impl Runner<'_> {
+    /// Fetches and processes `todo` (indices into the shard's rows); results come back by index.
+    fn outcomes(&self, shard: usize, rows: &[InputRow], todo: &[usize]) -> Vec<(usize, Outcome)> {
+        let key = |i: usize| self.layout.key(shard, i);
+        let (pre, fetch): (Vec<usize>, Vec<usize>) = todo.iter().partition(|&&i| rows[i].filtered.is_some());
+        let mut out: Vec<(usize, Outcome)> = pre
+            .into_iter()
+            .map(|i| {
+                let mut record = Record::new(key(i), rows[i].source.clone(), rows[i].caption.clone());
+                record.fail(Status::Filtered, rows[i].filtered.clone().unwrap_or_default());
+                self.pb.inc(1);
+                (i, Outcome { record, data: None, phash: None })
+            })
+            .collect();
+        let (urls, local): (Vec<usize>, Vec<usize>) = fetch.into_iter().partition(|&i| matches!(rows[i].payload, Payload::Url(_)));
+        out.par_extend(local.into_par_iter().map(|i| {
+            let o = self.ctx.finish(&rows[i], key(i), rows[i].payload.read_local());
+            self.pb.inc(1);
+            (i, o)
+        }));
+        if !urls.is_empty() {
+            out.extend(self.download_and_process(shard, rows, &urls));
+        }
+        out.sort_by_key(|(i, _)| *i);
+        out
+    }
+
+    /// Downloads on the tokio runtime; each body is processed on the rayon pool as it arrives.
+    /// Bodies waiting for a CPU are bounded (back pressure on the downloads).
+    fn download_and_process(&self, shard: usize, rows: &[InputRow], urls: &[usize]) -> Vec<(usize, Outcome)> {
+        let (Some(dl), Some(rt)) = (&self.downloader, &self.rt) else { return Vec::new() };
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, Outcome)>();
+        let inflight = Arc::new(tokio::sync::Semaphore::new(dl.options().concurrency.max(1) + 2 * rayon::current_num_threads()));
+        let shared_rows: Arc<Vec<InputRow>> = Arc::new(rows.to_vec());
+        rt.block_on(async {
+            let mut set = tokio::task::JoinSet::new();
+            for &i in urls {
+                let Ok(permit) = inflight.clone().acquire_owned().await else { break };
+                let (dl, ctx, tx, rows) = (dl.clone(), self.ctx.clone(), tx.clone(), shared_rows.clone());
+                let key = self.layout.key(shard, i);
+                set.spawn(async move {
+                    let Payload::Url(url) = &rows[i].payload else { return };
+                    let res = dl.fetch(url).await;
+                    rayon::spawn(move || {
+                        let o = ctx.finish(&rows[i], key, res);
+                        let _ = tx.send((i, o));
+                        drop(permit);
+                    });
+                });
+                while set.try_join_next().is_some() {}
+            }
+            while set.join_next().await.is_some() {}
+        });
+        drop(tx);
+        let mut out = Vec::with_capacity(urls.len());
+        for r in rx {
+            self.pb.inc(1);
+            out.push(r);
+        }
+        out
+    }
+
+    /// Writes a shard from its outcomes (in row order), marking duplicates.
+    fn write(&self, shard: usize, mut outcomes: Vec<Outcome>, dedup: &mut Dedup, start: f64) -> anyhow::Result<crate::shards::ShardStats> {
+        let mut w = ShardWriter::create(&self.out, &self.layout, shard)?;
+        for o in outcomes.iter_mut() {
+            if o.record.status != Some(Status::Success) {
+                continue;
+            }
+            let sha = o.record.sha256.clone().unwrap_or_default();
+            if let Some(reason) = dedup.check(&o.record.key, &sha, o.phash) {
+                o.record.fail(Status::Duplicate, reason);
+                o.data = None;
+                continue;
+            }
+            if let Some(data) = &o.data {
+                w.add_sample(&o.record, data, self.rows.source_col)?;
+            }
+        }
+        let records: Vec<Record> = outcomes.into_iter().map(|o| o.record).collect();
+        let range = self.layout.rows_of(shard, self.rows.rows.len());
+        let pass = self.rows.passthrough.as_ref().map(|df| df.slice(range.start as i64, range.len()));
+        w.finish(&records, self.rows.source_col, pass.as_ref(), start)
+    }
+
+    fn fresh(&self, shard: usize, dedup: &mut Dedup) -> anyhow::Result<crate::shards::ShardStats> {
+        let start = crate::shards::now();
+        let range = self.layout.rows_of(shard, self.rows.rows.len());
+        let rows = &self.rows.rows[range.clone()];
+        let todo: Vec<usize> = (0..rows.len()).collect();
+        let outcomes = self.outcomes(shard, rows, &todo).into_iter().map(|(_, o)| o).collect();
+        self.write(shard, outcomes, dedup, start)
+    }
+
+    /// `--retry-failed`: re-attempts the `failed_to_download` rows of a done shard, keeps the rest.
+    fn retry(&self, shard: usize, dedup: &mut Dedup) -> anyhow::Result<Option<crate::shards::ShardStats>> {
+        let name = self.layout.name(shard);
+        let old = read_records(&self.out.join(format!("{name}.parquet")))?;
+        let redo: Vec<usize> = (0..old.len()).filter(|&i| old[i].status == Some(Status::FailedToDownload)).collect();
+        if redo.is_empty() {
+            dedup.add_existing(&old);
+            return Ok(None);
+        }
+        let start = crate::shards::now();
+        let range = self.layout.rows_of(shard, self.rows.rows.len());
+        let rows = &self.rows.rows[range];
+        if rows.len() != old.len() {
+            anyhow::bail!("{name}.parquet has {} rows but the input has {} rows for this shard: inputs changed", old.len(), rows.len());
+        }
+        let tar = WdsReader::open(&self.out.join(format!("{name}.tar")))?;
+        let mut kept: HashMap<String, (String, Vec<u8>)> = HashMap::new();
+        for s in &tar.samples {
+            if let Some((ext, _)) = s.members.iter().find(|(e, _)| super::source::is_image_ext(e)) {
+                if let Some(b) = tar.read(s, ext)? {
+                    kept.insert(s.key.clone(), (ext.clone(), b));
+                }
+            }
+        }
+        let mut fresh: HashMap<usize, Outcome> = self.outcomes(shard, rows, &redo).into_iter().collect();
+        let mut outcomes = Vec::with_capacity(old.len());
+        for (i, r) in old.into_iter().enumerate() {
+            if let Some(o) = fresh.remove(&i) {
+                outcomes.push(o);
+                continue;
+            }
+            let mut r = r;
+            let data = kept.remove(&r.key).map(|(ext, b)| {
+                r.ext = Some(ext);
+                b
+            });
+            if r.status == Some(Status::Success) {
+                // Already de-duplicated when first written: register it without re-checking.
+                let ph = r.phash.as_deref().and_then(|h| u64::from_str_radix(h, 16).ok());
+                dedup.add_existing(std::slice::from_ref(&r));
+                let _ = ph;
+                outcomes.push(Outcome { record: r, data, phash: None });
+                continue;
+            }
+            outcomes.push(Outcome { record: r, data: None, phash: None });
+        }
+        // Old successes are registered already; only new ones are checked.
+        std::fs::remove_file(self.out.join(format!("{name}_stats.json")))?;
+        let mut w = ShardWriter::create(&self.out, &self.layout, shard)?;
+        for o in outcomes.iter_mut() {
+            if o.record.status != Some(Status::Success) {
+                continue;
+            }
+            if o.phash.is_some() {
+                let sha = o.record.sha256.clone().unwrap_or_default();
+                if let Some(reason) = dedup.check(&o.record.key, &sha, o.phash) {
+                    o.record.fail(Status::Duplicate, reason);
+                    o.data = None;
+                    continue;
+                }
+            }
+            if let Some(data) = &o.data {
+                w.add_sample(&o.record, data, self.rows.source_col)?;
+            }
+        }
+        let records: Vec<Record> = outcomes.into_iter().map(|o| o.record).collect();
+        let range = self.layout.rows_of(shard, self.rows.rows.len());
+        let pass = self.rows.passthrough.as_ref().map(|df| df.slice(range.start as i64, range.len()));
+        Ok(Some(w.finish(&records, self.rows.source_col, pass.as_ref(), start)?))
+    }
+}
+
+/// Runs the ingest described by `cfg` into `opts.out`; returns the totals of this run.
+pub fn run(cfg: &IngestConfig, opts: &RunOptions) -> anyhow::Result<RunStats> {
+    check_paths(cfg, &opts.out)?;
+    let rows = read_source(cfg)?;
+    let layout = ShardLayout::new(cfg.curation.samples_per_shard);
+    let manifest = manifest_for(cfg, &rows.inputs)?;
+    std::fs::create_dir_all(&opts.out).map_err(|e| anyhow::anyhow!("{}: cannot create output directory: {e}", opts.out.display()))?;
+    if let Some(existing) = Manifest::read(&opts.out)? {
+        if opts.overwrite {
+            remove_dataset_files(&opts.out)?;
+        } else {
+            manifest.check_resumable(&existing, &opts.out)?;
+        }
+    }
+    manifest.write(&opts.out)?;
+    remove_own_temp_files(&opts.out, opts.worker)?;
+
+    let shards: Vec<usize> = (0..layout.shard_count(rows.rows.len())).filter(|&s| opts.worker.owns(s)).collect();
+    let done: std::collections::HashSet<usize> = done_shards(&opts.out)?.into_iter().collect();
+    let needs_net = cfg.source == SourceKind::Laion;
+    let (downloader, rt) = if needs_net {
+        let dl = Downloader::new(cfg.download.clone()).map_err(anyhow::Error::msg)?;
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        (Some(Arc::new(dl)), Some(rt))
+    } else {
+        (None, None)
+    };
+    let todo_rows: usize = shards
+        .iter()
+        .filter(|s| !done.contains(s) || opts.retry_failed)
+        .map(|&s| layout.rows_of(s, rows.rows.len()).len())
+        .sum();
+    let pb = if opts.progress { ProgressBar::new(todo_rows as u64) } else { ProgressBar::hidden() };
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} rows {per_sec} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let runner = Runner { ctx: Arc::new(Ctx { cfg: cfg.clone() }), rows: &rows, layout, out: opts.out.clone(), downloader, rt, pb };
+    let mut dedup = Dedup::new(cfg.curation.dedup, cfg.curation.phash_distance);
+    let mut stats = RunStats::default();
+    for &shard in &shards {
+        let name = layout.name(shard);
+        let result = if done.contains(&shard) {
+            if !opts.retry_failed {
+                let old = read_records(&opts.out.join(format!("{name}.parquet")))?;
+                dedup.add_existing(&old);
+                stats.shards_skipped += 1;
+                continue;
+            }
+            match runner.retry(shard, &mut dedup)? {
+                Some(s) => s,
+                None => {
+                    stats.shards_skipped += 1;
+                    continue;
+                }
+            }
+        } else {
+            runner.fresh(shard, &mut dedup)?
+        };
+        stats.add(&result);
+        let t = &stats.total;
+        runner.pb.set_message(format!(
+            "{} ok ({:.0}%), shard {name} done",
+            t.successes,
+            100.0 * t.successes as f64 / t.count.max(1) as f64
+        ));
+        tracing::info!(shard = %name, count = result.count, successes = result.successes, "shard done");
+    }
+    runner.pb.finish_and_clear();
+    Ok(stats)
+}

@@ -1,0 +1,8 @@
+//! pixforge: raw image collections to a PixArt-α training set.
+//!
+//! Stages read and write shards ([`shards`]); [`ingest`] turns LAION metadata, SA-1B tars, image
+//! folders and WebDataset shards into curated WebDataset shards.
+
+pub mod shards;
+pub mod ingest;
+pub mod demo;

@@ -1,0 +1,126 @@
+//! The `pixforge` command line.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use pixforge::ingest::{download::DownloadOptions, imageops::ImageOptions, laion::LaionOptions};
+use pixforge::ingest::{CurationOptions, IngestConfig, RunOptions, SourceKind};
+use pixforge::shards::{RunStats, Worker};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "pixforge", version, about = "Raw image collections to a PixArt-α training set", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `pixforge=debug`.
+    #[arg(long, global = true, default_value = "warn", env = "PIXFORGE_LOG")]
+    log: String,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Turn LAION metadata, SA-1B tars, image folders or WebDataset shards into curated WebDataset shards.
+    Ingest(Box<IngestArgs>),
+    /// Run the pipeline on the bundled photos (no downloads) and print what was written.
+    Demo {
+        /// Output directory.
+        #[arg(long, default_value = "pixforge-demo")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct IngestArgs {
+    /// Kind of input.
+    #[arg(value_enum)]
+    source: SourceKind,
+    /// Input files or directories (laion: metadata files; sa1b: tars or extracted folders; folder: one
+    /// directory; webdataset: tars or directories of tars).
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// Output dataset directory.
+    #[arg(long, short)]
+    out: PathBuf,
+    /// This worker's share, I/N: owns shards with shard % N == I. Default: SLURM_ARRAY_TASK_ID /
+    /// SLURM_ARRAY_TASK_COUNT, or JOB_COMPLETION_INDEX with PIXFORGE_WORKER_COUNT, else 0/1.
+    #[arg(long)]
+    worker: Option<Worker>,
+    /// Replace a dataset written earlier with a different configuration.
+    #[arg(long)]
+    overwrite: bool,
+    /// Re-attempt only the failed_to_download rows of done shards.
+    #[arg(long)]
+    retry_failed: bool,
+    /// Hide the progress bar.
+    #[arg(long)]
+    no_progress: bool,
+    #[command(flatten, next_help_heading = "LAION metadata (laion source)")]
+    laion: LaionOptions,
+    #[command(flatten, next_help_heading = "Images")]
+    image: ImageOptions,
+    #[command(flatten, next_help_heading = "Shards and curation")]
+    curation: CurationOptions,
+    #[command(flatten, next_help_heading = "Downloader (laion source)")]
+    download: DownloadOptions,
+}
+
+fn print_stats(stats: &RunStats) {
+    let t = &stats.total;
+    println!(
+        "shards: {} written, {} already done | rows: {} | success {} | failed_to_download {} | failed_to_resize {} | filtered {} | duplicate {} | {:.1} MB written",
+        stats.shards_done,
+        stats.shards_skipped,
+        t.count,
+        t.successes,
+        t.failed_to_download,
+        t.failed_to_resize,
+        t.filtered,
+        t.duplicate,
+        t.bytes_written as f64 / 1e6
+    );
+    if t.count > 0 {
+        println!("reasons:");
+        let mut reasons: Vec<_> = t.status_dict.iter().collect();
+        reasons.sort_by(|a, b| b.1.cmp(a.1));
+        for (reason, n) in reasons.iter().take(15) {
+            println!("  {n:>8}  {reason}");
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.cmd {
+        Cmd::Ingest(a) => {
+            let a = *a;
+            let worker = match a.worker {
+                Some(w) => w,
+                None => Worker::from_env().map_err(anyhow::Error::msg)?,
+            };
+            let cfg = IngestConfig {
+                source: a.source,
+                inputs: a.inputs,
+                laion: a.laion,
+                image: a.image,
+                curation: a.curation,
+                download: a.download,
+            };
+            let opts = RunOptions { out: a.out.clone(), worker, overwrite: a.overwrite, retry_failed: a.retry_failed, progress: !a.no_progress };
+            let stats = pixforge::ingest::run(&cfg, &opts).with_context(|| format!("ingest into {}", a.out.display()))?;
+            print_stats(&stats);
+        }
+        Cmd::Demo { out } => {
+            let report = pixforge::demo::run(&out).context("demo")?;
+            println!("pixforge demo: ingested the bundled photos into {}", report.shards.display());
+            print_stats(&report.ingest);
+            println!("shards:");
+            print!("{}", pixforge::demo::summarize(&report.shards)?);
+        }
+    }
+    Ok(())
+}

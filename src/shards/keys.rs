@@ -1,0 +1,92 @@
+//! Shard ids and sample keys, computed exactly as img2dataset does.
+
+use std::path::Path;
+
+/// How input rows are cut into shards and how keys are spelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardLayout {
+    /// Input rows per shard (img2dataset's `number_sample_per_shard`).
+    pub samples_per_shard: usize,
+    /// Digits of the shard id in names (img2dataset's `oom_shard_count`, default 5).
+    pub shard_digits: usize,
+}
+
+impl ShardLayout {
+    /// A layout with `samples_per_shard` rows per shard and 5-digit shard ids.
+    pub fn new(samples_per_shard: usize) -> Self {
+        Self { samples_per_shard: samples_per_shard.max(1), shard_digits: 5 }
+    }
+
+    /// Digits of the in-shard row index: `ceil(log10(samples_per_shard))`.
+    pub fn row_digits(&self) -> usize {
+        let mut digits = 0;
+        let mut p: u64 = 1;
+        while p < self.samples_per_shard as u64 {
+            p *= 10;
+            digits += 1;
+        }
+        digits
+    }
+
+    /// The sample key of row `row` of shard `shard`: `shard * 10^row_digits + row`, zero-padded.
+    pub fn key(&self, shard: usize, row: usize) -> String {
+        let rd = self.row_digits();
+        let value = shard as u128 * 10u128.pow(rd as u32) + row as u128;
+        format!("{value:0width$}", width = rd + self.shard_digits)
+    }
+
+    /// Number of shards needed for `rows` input rows.
+    pub fn shard_count(&self, rows: usize) -> usize {
+        rows.div_ceil(self.samples_per_shard)
+    }
+
+    /// The input row range of shard `shard` when there are `rows` rows in all.
+    pub fn rows_of(&self, shard: usize, rows: usize) -> std::ops::Range<usize> {
+        let start = (shard * self.samples_per_shard).min(rows);
+        start..(start + self.samples_per_shard).min(rows)
+    }
+
+    /// The base name of shard `shard`: `00042`.
+    pub fn name(&self, shard: usize) -> String {
+        format!("{shard:0width$}", width = self.shard_digits)
+    }
+}
+
+/// The base name of shard `shard` with the default 5 digits.
+pub fn shard_name(shard: usize) -> String {
+    ShardLayout::new(1).name(shard)
+}
+
+/// Shard ids in `dir` that are done (their `_stats.json` exists), sorted.
+pub fn done_shards(dir: &Path) -> std::io::Result<Vec<usize>> {
+    let mut ids = Vec::new();
+    if !dir.exists() {
+        return Ok(ids);
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if let Some(id) = name.strip_suffix("_stats.json").and_then(|s| s.parse::<usize>().ok()) {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_match_img2dataset() {
+        let l = ShardLayout::new(10_000);
+        assert_eq!(l.row_digits(), 4);
+        assert_eq!(l.key(1, 5), "000010005");
+        assert_eq!(l.key(0, 0), "000000000");
+        assert_eq!(ShardLayout::new(1000).key(3, 7), "00003007");
+        assert_eq!(ShardLayout::new(1).key(3, 0), "00003");
+        assert_eq!(l.name(42), "00042");
+        assert_eq!(l.shard_count(20_001), 3);
+        assert_eq!(l.rows_of(2, 20_001), 20_000..20_001);
+    }
+}

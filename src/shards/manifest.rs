@@ -1,0 +1,74 @@
+//! The dataset `manifest.json`: which stage wrote a directory, with which configuration and inputs.
+
+use super::atomic::write_atomic;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+
+/// File name of the manifest inside a dataset directory.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// What a stage records about the dataset it writes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    /// The stage that wrote the directory (`ingest`, `caption`, ...).
+    pub stage: String,
+    /// pixforge's version.
+    pub version: String,
+    /// The stage's full configuration.
+    pub config: serde_json::Value,
+    /// A fingerprint of the configuration and inputs: a rerun into the same directory must match it.
+    pub fingerprint: String,
+}
+
+impl Manifest {
+    /// A manifest for `stage` with `config`; the fingerprint covers the config and `inputs`.
+    pub fn new(stage: &str, config: serde_json::Value, inputs: &[String]) -> Self {
+        let fingerprint = fingerprint_of(&config, inputs);
+        Self { stage: stage.into(), version: env!("CARGO_PKG_VERSION").into(), config, fingerprint }
+    }
+
+    /// Reads `dir/manifest.json`, if present.
+    pub fn read(dir: &Path) -> anyhow::Result<Option<Self>> {
+        let p = dir.join(MANIFEST_FILE);
+        if !p.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&p)?;
+        let m = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: not a pixforge manifest ({e})", p.display()))?;
+        Ok(Some(m))
+    }
+
+    /// Writes `dir/manifest.json` atomically.
+    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        write_atomic(&dir.join(MANIFEST_FILE), serde_json::to_string_pretty(self)?.as_bytes())
+    }
+
+    /// Checks that a directory written by an earlier run may be resumed with this manifest.
+    pub fn check_resumable(&self, existing: &Manifest, dir: &Path) -> anyhow::Result<()> {
+        if existing.stage != self.stage || existing.fingerprint != self.fingerprint {
+            anyhow::bail!(
+                "{}: written by stage `{}` with fingerprint {}, but this run is stage `{}` with fingerprint {} \
+                 (different configuration or inputs). Use a new output directory, or pass --overwrite to replace it.",
+                dir.join(MANIFEST_FILE).display(),
+                existing.stage,
+                existing.fingerprint,
+                self.stage,
+                self.fingerprint
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Hex sha256 over a canonical JSON of `config` and the `inputs` descriptions.
+pub fn fingerprint_of(config: &serde_json::Value, inputs: &[String]) -> String {
+    let mut h = Sha256::new();
+    h.update(config.to_string().as_bytes());
+    for i in inputs {
+        h.update(b"\n");
+        h.update(i.as_bytes());
+    }
+    hex::encode(&h.finalize()[..16])
+}

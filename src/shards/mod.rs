@@ -1,0 +1,26 @@
+//! The shard format: the contract between every pixforge stage.
+//!
+//! The layout is img2dataset's: `{shard:05d}.tar` (WebDataset members `{key}.jpg|webp|png`, `{key}.txt`,
+//! `{key}.json`), `{shard:05d}.parquet` (one row per *input* row, failures included) and
+//! `{shard:05d}_stats.json`, written last: a shard is done exactly when its stats file exists.
+//! A dataset directory also carries a `manifest.json` (stage, configuration, fingerprint, version).
+
+mod atomic;
+mod keys;
+mod manifest;
+mod parquet;
+mod record;
+mod stats;
+mod tar_reader;
+mod worker;
+mod writer;
+
+pub use atomic::{remove_temp_files, write_atomic, TEMP_MARKER};
+pub use keys::{done_shards, shard_name, ShardLayout};
+pub use manifest::{fingerprint_of, Manifest, MANIFEST_FILE};
+pub use parquet::{read_records, records_to_frame, write_parquet_atomic, RESERVED};
+pub use record::{Record, Status, Value};
+pub use stats::{ShardStats, RunStats};
+pub use tar_reader::{index_tar, read_member, TarMember, TarSample, WdsReader};
+pub use worker::Worker;
+pub use writer::{now, ShardWriter};
