@@ -190,7 +190,7 @@ mod tests {
     fn bad_input_is_an_error() {
         assert!(matches!(Rle::from_string(b"b1~", 5, 10), Err(RleError::BadChar { .. })));
         assert!(matches!(Rle::from_string(b"b1", 5, 11), Err(RleError::WrongTotal { .. })));
-        assert!(matches!(Rle::from_string(b"b", 5, 10), Err(RleError::WrongTotal { .. })));
-        assert!(matches!(Rle::from_string(b"o", 5, 10), Err(RleError::Truncated)));
+        assert!(matches!(Rle::from_string(b"2", 5, 10), Err(RleError::WrongTotal { .. })));
+        assert!(matches!(Rle::from_string(b"b", 5, 10), Err(RleError::Truncated)));
     }
 }

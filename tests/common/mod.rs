@@ -1,0 +1,53 @@
+//! Shared test helpers: paths to the shared data, a loopback HTTP server with fault endpoints, and
+//! fixtures built from the bundled photos.
+#![allow(dead_code)]
+
+pub mod server;
+
+use std::path::{Path, PathBuf};
+
+/// `../shared/data` beside the repository (or `$PIXFORGE_SHARED_DATA`).
+pub fn shared_data() -> PathBuf {
+    if let Ok(p) = std::env::var("PIXFORGE_SHARED_DATA") {
+        return PathBuf::from(p);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data")
+}
+
+/// A shared image by file name.
+pub fn shared_image(name: &str) -> PathBuf {
+    shared_data().join("images").join(name)
+}
+
+/// The committed fixtures directory.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// The pixforge binary built for these tests.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_pixforge"))
+}
+
+/// A PNG whose header declares `w` x `h` pixels but whose data is a few bytes (a decompression bomb
+/// as far as the header is concerned).
+pub fn png_declaring(w: u32, h: u32) -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(kind);
+        crc.update(data);
+        out.extend_from_slice(kind);
+        out.extend_from_slice(data);
+        out.extend_from_slice(&crc.finalize().to_be_bytes());
+    }
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB
+    chunk(&mut out, b"IHDR", &ihdr);
+    chunk(&mut out, b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
