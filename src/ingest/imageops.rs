@@ -162,7 +162,7 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<(RgbImage, bool, Imag
     }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = image::Limits::default();
-    limits.max_alloc = Some((max_pixels * 16).max(64 << 20));
+    limits.max_alloc = Some(max_pixels.saturating_mul(16).max(64 << 20));
     reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(|e| ImageError::Decode(e.to_string()))?;
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
