@@ -112,7 +112,7 @@ fn every_fault_ends_with_the_right_status() {
     expect(by("/googlebot-only"), Status::Success, "");
     expect(by("/img/palette_color.png"), Status::Success, "");
     let chain_key = by("/chain/3").key.clone();
-    expect(by("/img/rocket.jpg"), Status::Duplicate, &format!("duplicate of {chain_key}"));
+    expect(by("/img/rocket.jpg"), Status::Duplicate, &format!("duplicate: identical sha256 to {chain_key}"));
     expect(by("/always-500"), Status::FailedToDownload, "HTTP 503 Service Unavailable (after 2 attempts)");
     let ftp = recs.iter().find(|r| r.source.starts_with("ftp://")).unwrap();
     expect(ftp, Status::FailedToDownload, "unsupported URL scheme");

@@ -104,7 +104,7 @@ pub fn is_private(ip: IpAddr) -> bool {
 }
 
 fn private_refusal(what: &str) -> String {
-    format!("refused private address {what} (a URL list is untrusted input; pass --allow-private-addresses for local mirrors)")
+    format!("refused private address: {what} (a URL list is untrusted input; pass --allow-private-addresses for local mirrors)")
 }
 
 type DnsCache = Arc<Mutex<HashMap<String, (Instant, Result<Vec<SocketAddr>, String>)>>>;
@@ -130,7 +130,7 @@ impl Resolve for CachingResolver {
                 None => {
                     let (ttl, r) = match tokio::net::lookup_host((host.as_str(), 0)).await {
                         Ok(addrs) => (Duration::from_secs(300), Ok(addrs.collect::<Vec<_>>())),
-                        Err(e) => (Duration::from_secs(30), Err(format!("DNS resolution failed for {host}: {e}"))),
+                        Err(e) => (Duration::from_secs(30), Err(format!("DNS resolution failed: {host}: {e}"))),
                     };
                     if let Ok(mut c) = cache.lock() {
                         c.insert(host.clone(), (Instant::now() + ttl, r.clone()));
@@ -239,7 +239,7 @@ impl Downloader {
                 return attempt.error(format!("too many redirects (more than --max-redirects {max_redirects})"));
             }
             if attempt.previous().iter().any(|u| u == attempt.url()) {
-                let msg = format!("redirect loop at {}", attempt.url());
+                let msg = format!("redirect loop: {}", attempt.url());
                 return attempt.error(msg);
             }
             if let Some(ip) = literal_ip(attempt.url()) {
@@ -292,9 +292,9 @@ impl Downloader {
 
     /// Downloads `url`, retrying transient failures; returns the body or the last error message.
     pub async fn fetch(&self, url: &str) -> Result<Vec<u8>, String> {
-        let parsed = url::Url::parse(url).map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+        let parsed = url::Url::parse(url).map_err(|e| format!("invalid URL: {url:?}: {e}"))?;
         if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(format!("unsupported URL scheme {:?} (expected http or https)", parsed.scheme()));
+            return Err(format!("unsupported URL scheme: {:?} (expected http or https)", parsed.scheme()));
         }
         let host = parsed.host_str().unwrap_or_default().to_string();
         if let Some(ip) = literal_ip(&parsed) {

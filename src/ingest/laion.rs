@@ -215,8 +215,8 @@ pub fn read_laion(inputs: &[PathBuf], o: &LaionOptions) -> anyhow::Result<Source
             let mut row = InputRow::new(url.clone(), Payload::Url(url));
             for (col, vals, ok, why) in &checks {
                 match vals[i] {
-                    None => row.filtered = Some(format!("{col} is missing")),
-                    Some(v) if !ok(v) => row.filtered = Some(format!("{col} {v} {why}")),
+                    None => row.filtered = Some(format!("missing value: {col}")),
+                    Some(v) if !ok(v) => row.filtered = Some(format!("{col} {why}: {v}")),
                     _ => {}
                 }
                 if row.filtered.is_some() {
@@ -228,7 +228,7 @@ pub fn read_laion(inputs: &[PathBuf], o: &LaionOptions) -> anyhow::Result<Source
                     if let (Some(w), Some(h)) = (ws[i], hs[i]) {
                         let r = w.max(h) / w.min(h).max(1e-9);
                         if r > *t {
-                            row.filtered = Some(format!("declared aspect ratio {r:.2} > --max-declared-aspect-ratio {t}"));
+                            row.filtered = Some(format!("declared aspect ratio > --max-declared-aspect-ratio {t}: {r:.2}"));
                         }
                     }
                 }
@@ -237,11 +237,11 @@ pub fn read_laion(inputs: &[PathBuf], o: &LaionOptions) -> anyhow::Result<Source
                 let len = caption.as_deref().map(|c| c.chars().count()).unwrap_or(0);
                 let words = caption.as_deref().map(|c| c.split_whitespace().count()).unwrap_or(0);
                 if len < o.min_caption_chars {
-                    row.filtered = Some(format!("caption has {len} characters < --min-caption-chars {}", o.min_caption_chars));
+                    row.filtered = Some(format!("caption shorter than --min-caption-chars {}: {len} characters", o.min_caption_chars));
                 } else if o.max_caption_chars > 0 && len > o.max_caption_chars {
-                    row.filtered = Some(format!("caption has {len} characters > --max-caption-chars {}", o.max_caption_chars));
+                    row.filtered = Some(format!("caption longer than --max-caption-chars {}: {len} characters", o.max_caption_chars));
                 } else if words < o.min_caption_words {
-                    row.filtered = Some(format!("caption has {words} words < --min-caption-words {}", o.min_caption_words));
+                    row.filtered = Some(format!("caption has fewer words than --min-caption-words {}: {words}", o.min_caption_words));
                 }
             }
             row.caption = caption;

@@ -86,7 +86,7 @@ impl Ctx {
                 Ok(s) => {
                     record.extra = s.columns();
                     if s.mask_count < min {
-                        record.fail(Status::Filtered, format!("mask count {} < --min-masks {min}", s.mask_count));
+                        record.fail(Status::Filtered, format!("too few masks for --min-masks {min}: {}", s.mask_count));
                     }
                 }
                 Err(e) => {
@@ -122,12 +122,12 @@ impl Dedup {
             return None;
         }
         if let Some(first) = self.exact.get(sha) {
-            return Some(format!("duplicate of {first} (identical sha256)"));
+            return Some(format!("duplicate: identical sha256 to {first}"));
         }
         if self.mode == DedupMode::Phash {
             if let Some(h) = phash {
                 if let Some(first) = self.near.find(h) {
-                    return Some(format!("near-duplicate of {first} (pHash within {} bits)", self.near_distance()));
+                    return Some(format!("near-duplicate: pHash within {} bits of {first}", self.near_distance()));
                 }
                 self.near.insert(h, key);
             }

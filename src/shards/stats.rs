@@ -57,11 +57,11 @@ impl ShardStats {
     }
 }
 
-/// The class of an error message for counting: the text before the first `:` or digit-heavy detail,
-/// so that `HTTP 404 Not Found` and `timed out after 10 s` count together across rows.
+/// The class of an error message for counting: the text before the first `": "` or `" ("`, where
+/// every message puts its row-specific detail (host, key, value).
 fn reason_class(msg: &str) -> String {
-    let head = msg.split(" (").next().unwrap_or(msg);
-    head.chars().take(80).collect()
+    let end = [msg.find(": "), msg.find(" (")].into_iter().flatten().min().unwrap_or(msg.len());
+    msg[..end].chars().take(80).collect()
 }
 
 /// Totals over the shards of one run.
