@@ -30,7 +30,10 @@ fn run(c: &IngestConfig, out: &Path) -> pixforge::shards::RunStats {
 fn all_records(out: &Path) -> Vec<Record> {
     let mut v = Vec::new();
     for s in pixforge::shards::done_shards(out).unwrap() {
-        v.extend(read_records(&out.join(format!("{}.parquet", pixforge::shards::shard_name(s)))).unwrap());
+        v.extend(
+            read_records(&out.join(format!("{}.parquet", pixforge::shards::shard_name(s))))
+                .unwrap(),
+        );
     }
     v
 }
@@ -52,8 +55,12 @@ fn folder_with_captions_and_duplicates() {
     copy("coffee.png", &input.join("sub"), "e_coffee.png");
     std::fs::write(input.join("notes.md"), "not an image").unwrap();
     // A near-duplicate: chelsea shrunk by 10% and re-encoded as JPEG.
-    let img = image::open(common::shared_image("chelsea.png")).unwrap().resize(405, 270, image::imageops::FilterType::Triangle);
-    img.to_rgb8().save(input.join("f_chelsea_small.jpg")).unwrap();
+    let img = image::open(common::shared_image("chelsea.png"))
+        .unwrap()
+        .resize(405, 270, image::imageops::FilterType::Triangle);
+    img.to_rgb8()
+        .save(input.join("f_chelsea_small.jpg"))
+        .unwrap();
     let mut c = cfg(SourceKind::Folder, vec![input.clone()]);
     c.curation.samples_per_shard = 4;
     let out = dir.path().join("out");
@@ -61,17 +68,34 @@ fn folder_with_captions_and_duplicates() {
     assert_eq!(stats.total.count, 6);
     assert_eq!(stats.shards_done, 2);
     let recs = all_records(&out);
-    let by = |s: &str| recs.iter().find(|r| r.source == s).unwrap_or_else(|| panic!("{s} missing"));
+    let by = |s: &str| {
+        recs.iter()
+            .find(|r| r.source == s)
+            .unwrap_or_else(|| panic!("{s} missing"))
+    };
     assert_eq!(by("a_chelsea.png").caption.as_deref(), Some("a cat"));
     assert_eq!(by("a_chelsea.png").status, Some(Status::Success));
     let first = by("a_chelsea.png").key.clone();
     assert_eq!(by("b_chelsea_copy.png").status, Some(Status::Duplicate));
-    assert!(by("b_chelsea_copy.png").error_message.as_deref().unwrap().contains(&first));
+    assert!(by("b_chelsea_copy.png")
+        .error_message
+        .as_deref()
+        .unwrap()
+        .contains(&first));
     assert_eq!(by("d_truncated.jpg").status, Some(Status::FailedToResize));
     assert_eq!(by("sub/e_coffee.png").status, Some(Status::Success));
     let near = by("f_chelsea_small.jpg");
-    assert_eq!(near.status, Some(Status::Duplicate), "{:?}", near.error_message);
-    assert!(near.error_message.as_deref().unwrap().contains("near-duplicate"));
+    assert_eq!(
+        near.status,
+        Some(Status::Duplicate),
+        "{:?}",
+        near.error_message
+    );
+    assert!(near
+        .error_message
+        .as_deref()
+        .unwrap()
+        .contains("near-duplicate"));
 
     // Rerun: everything is done, nothing is rewritten.
     let before = std::fs::read(out.join("00000.tar")).unwrap();
@@ -85,7 +109,10 @@ fn folder_with_captions_and_duplicates() {
     let mut o = RunOptions::new(&out);
     o.progress = false;
     let err = ingest::run(&other, &o).unwrap_err().to_string();
-    assert!(err.contains("manifest.json") && err.contains("--overwrite"), "{err}");
+    assert!(
+        err.contains("manifest.json") && err.contains("--overwrite"),
+        "{err}"
+    );
 
     // Our own shards are a valid webdataset input; captions come along.
     let out2 = dir.path().join("rewds");
@@ -141,25 +168,61 @@ fn sa1b_tar(path: &Path) {
     let hubble = std::fs::read(common::shared_image("hubble_deep_field.jpg")).unwrap();
     let chelsea = image::open(common::shared_image("chelsea.png")).unwrap();
     let mut chelsea_jpg = Vec::new();
-    chelsea.to_rgb8().write_to(&mut std::io::Cursor::new(&mut chelsea_jpg), image::ImageFormat::Jpeg).unwrap();
+    chelsea
+        .to_rgb8()
+        .write_to(
+            &mut std::io::Cursor::new(&mut chelsea_jpg),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
     add("sa_1.jpg", &rocket);
-    add("sa_1.json", sa_json(1, 640, 427, &[(10, 10, 110, 60), (200, 100, 300, 400), (0, 0, 640, 427)]).as_bytes());
+    add(
+        "sa_1.json",
+        sa_json(
+            1,
+            640,
+            427,
+            &[(10, 10, 110, 60), (200, 100, 300, 400), (0, 0, 640, 427)],
+        )
+        .as_bytes(),
+    );
     add("sa_2.jpg", &hubble);
-    add("sa_2.json", sa_json(2, 1000, 872, &[(5, 5, 55, 25)]).as_bytes());
+    add(
+        "sa_2.json",
+        sa_json(2, 1000, 872, &[(5, 5, 55, 25)]).as_bytes(),
+    );
     add("sa_3.jpg", &chelsea_jpg);
-    add("sa_4.jpg", &std::fs::read(common::shared_image("astronaut.png")).map(|_| {
-        let mut v = Vec::new();
-        image::open(common::shared_image("astronaut.png")).unwrap().to_rgb8().write_to(&mut std::io::Cursor::new(&mut v), image::ImageFormat::Jpeg).unwrap();
-        v
-    }).unwrap());
+    add(
+        "sa_4.jpg",
+        &std::fs::read(common::shared_image("astronaut.png"))
+            .map(|_| {
+                let mut v = Vec::new();
+                image::open(common::shared_image("astronaut.png"))
+                    .unwrap()
+                    .to_rgb8()
+                    .write_to(&mut std::io::Cursor::new(&mut v), image::ImageFormat::Jpeg)
+                    .unwrap();
+                v
+            })
+            .unwrap(),
+    );
     add("sa_4.json", br#"{"image":{"image_id":4,"width":512,"height":512},"annotations":[{"segmentation":{"size":[512,512],"counts":"~~bad"}}]}"#);
     b.finish().unwrap();
 }
 
 fn extra_f64(out: &Path, name: &str) -> Vec<Option<f64>> {
     use polars::prelude::*;
-    let df = ParquetReader::new(std::fs::File::open(out.join("00000.parquet")).unwrap()).finish().unwrap();
-    df.column(name).unwrap().cast(&DataType::Float64).unwrap().f64().unwrap().iter().collect()
+    let df = ParquetReader::new(std::fs::File::open(out.join("00000.parquet")).unwrap())
+        .finish()
+        .unwrap();
+    df.column(name)
+        .unwrap()
+        .cast(&DataType::Float64)
+        .unwrap()
+        .f64()
+        .unwrap()
+        .iter()
+        .collect()
 }
 
 #[test]
@@ -173,7 +236,10 @@ fn sa1b_tars_and_folders() {
     run(&c, &out);
     let recs = read_records(&out.join("00000.parquet")).unwrap();
     assert_eq!(recs.len(), 4);
-    assert!(recs.iter().all(|r| r.status == Some(Status::Success)), "{recs:?}");
+    assert!(
+        recs.iter().all(|r| r.status == Some(Status::Success)),
+        "{recs:?}"
+    );
     let counts = extra_f64(&out, "mask_count");
     assert_eq!(counts, vec![Some(3.0), Some(1.0), None, None]);
     let maxes = extra_f64(&out, "mask_area_max");
@@ -181,10 +247,26 @@ fn sa1b_tars_and_folders() {
     let density = extra_f64(&out, "masks_per_megapixel");
     assert!((density[0].unwrap() - 3.0 / (640.0 * 427.0 / 1e6)).abs() < 1e-9);
     use polars::prelude::*;
-    let df = ParquetReader::new(std::fs::File::open(out.join("00000.parquet")).unwrap()).finish().unwrap();
-    let errs: Vec<Option<String>> = df.column("annotation_error").unwrap().str().unwrap().iter().map(|s| s.map(str::to_owned)).collect();
+    let df = ParquetReader::new(std::fs::File::open(out.join("00000.parquet")).unwrap())
+        .finish()
+        .unwrap();
+    let errs: Vec<Option<String>> = df
+        .column("annotation_error")
+        .unwrap()
+        .str()
+        .unwrap()
+        .iter()
+        .map(|s| s.map(str::to_owned))
+        .collect();
     assert!(errs[2].as_deref().unwrap().contains("no annotation JSON"));
-    assert!(errs[3].as_deref().unwrap().contains("annotation 0: RLE counts"), "{:?}", errs[3]);
+    assert!(
+        errs[3]
+            .as_deref()
+            .unwrap()
+            .contains("annotation 0: RLE counts"),
+        "{:?}",
+        errs[3]
+    );
 
     // --min-masks filters, with the count in the reason.
     let mut c2 = c.clone();
@@ -194,8 +276,18 @@ fn sa1b_tars_and_folders() {
     let recs2 = read_records(&out2.join("00000.parquet")).unwrap();
     assert_eq!(recs2[0].status, Some(Status::Success));
     assert_eq!(recs2[1].status, Some(Status::Filtered));
-    assert!(recs2[1].error_message.as_deref().unwrap().contains("too few masks for --min-masks 2: 1"));
-    assert_eq!(WdsReader::open(&out2.join("00000.tar")).unwrap().samples.len(), 1);
+    assert!(recs2[1]
+        .error_message
+        .as_deref()
+        .unwrap()
+        .contains("too few masks for --min-masks 2: 1"));
+    assert_eq!(
+        WdsReader::open(&out2.join("00000.tar"))
+            .unwrap()
+            .samples
+            .len(),
+        1
+    );
 
     // The same data extracted into a folder gives the same statistics.
     let ex = dir.path().join("extracted");
@@ -203,7 +295,11 @@ fn sa1b_tars_and_folders() {
     let reader = WdsReader::open(&tar).unwrap();
     for s in &reader.samples {
         for ext in s.members.keys() {
-            std::fs::write(ex.join(format!("{}.{ext}", s.key)), reader.read(s, ext).unwrap().unwrap()).unwrap();
+            std::fs::write(
+                ex.join(format!("{}.{ext}", s.key)),
+                reader.read(s, ext).unwrap().unwrap(),
+            )
+            .unwrap();
         }
     }
     let out3 = dir.path().join("out3");
@@ -219,15 +315,36 @@ fn laion_parquet_with_no_network() {
     let out = dir.path().join("out");
     let meta = common::shared_data().join("laion/img2dataset_test_1000.parquet");
     let args = [
-        "ingest", "laion", meta.to_str().unwrap(), "--out", out.to_str().unwrap(), "--url-col", "URL", "--caption-col",
-        "TEXT", "--retries", "0", "--samples-per-shard", "400", "--no-progress",
+        "ingest",
+        "laion",
+        meta.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--url-col",
+        "URL",
+        "--caption-col",
+        "TEXT",
+        "--retries",
+        "0",
+        "--samples-per-shard",
+        "400",
+        "--no-progress",
     ];
-    let status = std::process::Command::new("unshare").arg("-n").arg(common::bin()).args(args).status();
+    let status = std::process::Command::new("unshare")
+        .arg("-n")
+        .arg(common::bin())
+        .args(args)
+        .status();
     let status = match status {
         Ok(s) if s.code() != Some(1) || out.join("manifest.json").exists() => s,
         _ => {
-            eprintln!("unshare -n is not available: running with the machine's closed network instead");
-            std::process::Command::new(common::bin()).args(args).status().unwrap()
+            eprintln!(
+                "unshare -n is not available: running with the machine's closed network instead"
+            );
+            std::process::Command::new(common::bin())
+                .args(args)
+                .status()
+                .unwrap()
         }
     };
     assert!(status.success());
@@ -237,13 +354,26 @@ fn laion_parquet_with_no_network() {
     for r in &recs {
         assert_eq!(r.status, Some(Status::FailedToDownload), "{}", r.source);
         let m = r.error_message.as_deref().unwrap();
-        assert!(m.contains("DNS resolution failed") || m.contains("connection failed") || m.contains("invalid URL"), "{m}");
+        assert!(
+            m.contains("DNS resolution failed")
+                || m.contains("connection failed")
+                || m.contains("invalid URL"),
+            "{m}"
+        );
         assert!(r.source.starts_with("http"));
     }
     assert!(recs[0].caption.is_some());
     use polars::prelude::*;
-    let df = ParquetReader::new(std::fs::File::open(out.join("00000.parquet")).unwrap()).finish().unwrap();
-    assert!(df.column("__index_level_0__").is_ok(), "extra columns are carried");
+    let df = ParquetReader::new(std::fs::File::open(out.join("00000.parquet")).unwrap())
+        .finish()
+        .unwrap();
+    assert!(
+        df.column("__index_level_0__").is_ok(),
+        "extra columns are carried"
+    );
     assert!(df.column("url").is_ok() && df.column("caption").is_ok());
-    assert_eq!(df.column("key").unwrap().str().unwrap().get(0), Some("00000000"));
+    assert_eq!(
+        df.column("key").unwrap().str().unwrap().get(0),
+        Some("00000000")
+    );
 }

@@ -101,7 +101,12 @@ pub enum ImageError {
     UnknownFormat(String),
     /// The header declares too many pixels.
     #[error("image too large to decode: {width}x{height} = {pixels} pixels exceeds --max-image-pixels {limit}")]
-    Bomb { width: u32, height: u32, pixels: u64, limit: u64 },
+    Bomb {
+        width: u32,
+        height: u32,
+        pixels: u64,
+        limit: u64,
+    },
     /// The decoder failed.
     #[error("image decoding error: {0}")]
     Decode(String),
@@ -141,32 +146,52 @@ pub struct Processed {
 }
 
 fn first_bytes(b: &[u8]) -> String {
-    b.iter().take(8).map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
+    b.iter()
+        .take(8)
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Width and height declared by the header of `bytes`, without decoding pixels.
 pub fn peek_dimensions(bytes: &[u8]) -> Result<(ImageFormat, u32, u32), ImageError> {
-    let format = image::guess_format(bytes).map_err(|_| ImageError::UnknownFormat(first_bytes(bytes)))?;
+    let format =
+        image::guess_format(bytes).map_err(|_| ImageError::UnknownFormat(first_bytes(bytes)))?;
     let reader = ImageReader::with_format(Cursor::new(bytes), format);
-    let (w, h) = reader.into_dimensions().map_err(|e| ImageError::Decode(e.to_string()))?;
+    let (w, h) = reader
+        .into_dimensions()
+        .map_err(|e| ImageError::Decode(e.to_string()))?;
     Ok((format, w, h))
 }
 
 /// Decodes `bytes` to RGB: EXIF orientation applied, alpha composited on white, 16-bit, grey,
 /// palette and CMYK converted. Returns the image and whether the orientation changed it.
-pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<(RgbImage, bool, ImageFormat), ImageError> {
+pub fn decode_rgb(
+    bytes: &[u8],
+    max_pixels: u64,
+) -> Result<(RgbImage, bool, ImageFormat), ImageError> {
     let (format, w, h) = peek_dimensions(bytes)?;
     let pixels = w as u64 * h as u64;
     if pixels > max_pixels {
-        return Err(ImageError::Bomb { width: w, height: h, pixels, limit: max_pixels });
+        return Err(ImageError::Bomb {
+            width: w,
+            height: h,
+            pixels,
+            limit: max_pixels,
+        });
     }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(max_pixels.saturating_mul(16).max(64 << 20));
     reader.limits(limits);
-    let mut decoder = reader.into_decoder().map_err(|e| ImageError::Decode(e.to_string()))?;
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| ImageError::Decode(e.to_string()))?;
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| ImageError::Decode(e.to_string()))?;
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img =
+        DynamicImage::from_decoder(decoder).map_err(|e| ImageError::Decode(e.to_string()))?;
     let rotated = orientation != image::metadata::Orientation::NoTransforms;
     if rotated {
         img.apply_orientation(orientation);
@@ -193,13 +218,25 @@ pub fn to_rgb_on_white(img: DynamicImage) -> RgbImage {
 
 fn check_filters(w: u32, h: u32, o: &ImageOptions) -> Result<(), ImageError> {
     if w.min(h) < o.min_image_size {
-        return Err(ImageError::TooSmall { width: w, height: h, limit: o.min_image_size });
+        return Err(ImageError::TooSmall {
+            width: w,
+            height: h,
+            limit: o.min_image_size,
+        });
     }
     if o.max_image_area > 0 && w as u64 * h as u64 > o.max_image_area {
-        return Err(ImageError::AreaTooLarge { width: w, height: h, limit: o.max_image_area });
+        return Err(ImageError::AreaTooLarge {
+            width: w,
+            height: h,
+            limit: o.max_image_area,
+        });
     }
     if o.max_aspect_ratio > 0.0 && w.max(h) as f64 / w.min(h).max(1) as f64 > o.max_aspect_ratio {
-        return Err(ImageError::AspectTooLarge { width: w, height: h, limit: o.max_aspect_ratio });
+        return Err(ImageError::AspectTooLarge {
+            width: w,
+            height: h,
+            limit: o.max_aspect_ratio,
+        });
     }
     Ok(())
 }
@@ -224,32 +261,68 @@ pub fn plan(w: u32, h: u32, o: &ImageOptions) -> Plan {
     let s = o.image_size;
     let full = (0, 0, w, h);
     match o.resize_mode {
-        ResizeMode::No => Plan { crop: full, resized: (w, h), canvas: (w, h) },
+        ResizeMode::No => Plan {
+            crop: full,
+            resized: (w, h),
+            canvas: (w, h),
+        },
         ResizeMode::KeepRatio | ResizeMode::CenterCrop => {
             let m = w.min(h);
             let resize = !(o.resize_only_if_bigger && m <= s);
-            let (rw, rh) = if !resize { (w, h) } else if w <= h { (s, scaled(h, s, w)) } else { (scaled(w, s, h), s) };
+            let (rw, rh) = if !resize {
+                (w, h)
+            } else if w <= h {
+                (s, scaled(h, s, w))
+            } else {
+                (scaled(w, s, h), s)
+            };
             if o.resize_mode == ResizeMode::KeepRatio {
-                return Plan { crop: full, resized: (rw, rh), canvas: (rw, rh) };
+                return Plan {
+                    crop: full,
+                    resized: (rw, rh),
+                    canvas: (rw, rh),
+                };
             }
             // Centre square of the source, resized to the target square.
             let side = if resize { s } else { m };
             let (cx, cy) = ((w - m) / 2, (h - m) / 2);
-            Plan { crop: (cx, cy, m, m), resized: (side, side), canvas: (side, side) }
+            Plan {
+                crop: (cx, cy, m, m),
+                resized: (side, side),
+                canvas: (side, side),
+            }
         }
         ResizeMode::KeepRatioLargest | ResizeMode::Border => {
             let m = w.max(h);
             let resize = !(o.resize_only_if_bigger && m <= s);
-            let (rw, rh) = if !resize { (w, h) } else if w >= h { (s, scaled(h, s, w)) } else { (scaled(w, s, h), s) };
+            let (rw, rh) = if !resize {
+                (w, h)
+            } else if w >= h {
+                (s, scaled(h, s, w))
+            } else {
+                (scaled(w, s, h), s)
+            };
             let side = rw.max(rh);
-            let canvas = if o.resize_mode == ResizeMode::Border { (side, side) } else { (rw, rh) };
-            Plan { crop: full, resized: (rw, rh), canvas }
+            let canvas = if o.resize_mode == ResizeMode::Border {
+                (side, side)
+            } else {
+                (rw, rh)
+            };
+            Plan {
+                crop: full,
+                resized: (rw, rh),
+                canvas,
+            }
         }
     }
 }
 
 /// Resizes the `crop` region of `img` to `size` with Lanczos3 (area-correct when shrinking).
-pub fn resize_rgb(img: &RgbImage, crop: (u32, u32, u32, u32), size: (u32, u32)) -> Result<RgbImage, ImageError> {
+pub fn resize_rgb(
+    img: &RgbImage,
+    crop: (u32, u32, u32, u32),
+    size: (u32, u32),
+) -> Result<RgbImage, ImageError> {
     let (w, h) = img.dimensions();
     if crop == (0, 0, w, h) && size == (w, h) {
         return Ok(img.clone());
@@ -260,8 +333,11 @@ pub fn resize_rgb(img: &RgbImage, crop: (u32, u32, u32, u32), size: (u32, u32)) 
     let opts = ResizeOptions::new()
         .resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3))
         .crop(crop.0 as f64, crop.1 as f64, crop.2 as f64, crop.3 as f64);
-    Resizer::new().resize(&src, &mut dst, &opts).map_err(|e| ImageError::Encode(e.to_string()))?;
-    RgbImage::from_raw(size.0, size.1, dst.into_vec()).ok_or_else(|| ImageError::Encode("resize buffer size".into()))
+    Resizer::new()
+        .resize(&src, &mut dst, &opts)
+        .map_err(|e| ImageError::Encode(e.to_string()))?;
+    RgbImage::from_raw(size.0, size.1, dst.into_vec())
+        .ok_or_else(|| ImageError::Encode("resize buffer size".into()))
 }
 
 fn pad_white(img: RgbImage, canvas: (u32, u32)) -> RgbImage {
@@ -270,7 +346,12 @@ fn pad_white(img: RgbImage, canvas: (u32, u32)) -> RgbImage {
         return img;
     }
     let mut out = RgbImage::from_pixel(canvas.0, canvas.1, image::Rgb([255, 255, 255]));
-    image::imageops::replace(&mut out, &img, ((canvas.0 - w) / 2) as i64, ((canvas.1 - h) / 2) as i64);
+    image::imageops::replace(
+        &mut out,
+        &img,
+        ((canvas.0 - w) / 2) as i64,
+        ((canvas.1 - h) / 2) as i64,
+    );
     out
 }
 
@@ -280,11 +361,16 @@ pub fn encode(img: &RgbImage, format: EncodeFormat, quality: u8) -> Result<Vec<u
     let err = |e: image::ImageError| ImageError::Encode(e.to_string());
     match format {
         EncodeFormat::Jpg => {
-            let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality.clamp(1, 100));
+            let enc =
+                image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality.clamp(1, 100));
             img.write_with_encoder(enc).map_err(err)?;
         }
-        EncodeFormat::Png => img.write_to(&mut Cursor::new(&mut out), ImageFormat::Png).map_err(err)?,
-        EncodeFormat::Webp => img.write_to(&mut Cursor::new(&mut out), ImageFormat::WebP).map_err(err)?,
+        EncodeFormat::Png => img
+            .write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
+            .map_err(err)?,
+        EncodeFormat::Webp => img
+            .write_to(&mut Cursor::new(&mut out), ImageFormat::WebP)
+            .map_err(err)?,
     }
     Ok(out)
 }
@@ -295,7 +381,12 @@ pub fn sha256_hex(data: &[u8]) -> String {
 }
 
 fn format_matches(src: ImageFormat, dst: EncodeFormat) -> bool {
-    matches!((src, dst), (ImageFormat::Jpeg, EncodeFormat::Jpg) | (ImageFormat::Png, EncodeFormat::Png) | (ImageFormat::WebP, EncodeFormat::Webp))
+    matches!(
+        (src, dst),
+        (ImageFormat::Jpeg, EncodeFormat::Jpg)
+            | (ImageFormat::Png, EncodeFormat::Png)
+            | (ImageFormat::WebP, EncodeFormat::Webp)
+    )
 }
 
 /// Runs the whole image step on `bytes`.
@@ -328,17 +419,36 @@ mod tests {
     use super::*;
 
     fn opts(mode: ResizeMode, size: u32) -> ImageOptions {
-        ImageOptions { resize_mode: mode, image_size: size, ..Default::default() }
+        ImageOptions {
+            resize_mode: mode,
+            image_size: size,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn plans_match_img2dataset_reference_sizes() {
         // img2dataset tests/blur_test_files: a 389x535 input at image_size 600.
-        assert_eq!(plan(389, 535, &opts(ResizeMode::KeepRatio, 600)).canvas, (600, 825));
-        assert_eq!(plan(389, 535, &opts(ResizeMode::KeepRatioLargest, 600)).canvas, (436, 600));
-        assert_eq!(plan(389, 535, &opts(ResizeMode::Border, 600)).canvas, (600, 600));
-        assert_eq!(plan(389, 535, &opts(ResizeMode::CenterCrop, 600)).canvas, (600, 600));
-        assert_eq!(plan(389, 535, &opts(ResizeMode::No, 600)).canvas, (389, 535));
+        assert_eq!(
+            plan(389, 535, &opts(ResizeMode::KeepRatio, 600)).canvas,
+            (600, 825)
+        );
+        assert_eq!(
+            plan(389, 535, &opts(ResizeMode::KeepRatioLargest, 600)).canvas,
+            (436, 600)
+        );
+        assert_eq!(
+            plan(389, 535, &opts(ResizeMode::Border, 600)).canvas,
+            (600, 600)
+        );
+        assert_eq!(
+            plan(389, 535, &opts(ResizeMode::CenterCrop, 600)).canvas,
+            (600, 600)
+        );
+        assert_eq!(
+            plan(389, 535, &opts(ResizeMode::No, 600)).canvas,
+            (389, 535)
+        );
         let mut o = opts(ResizeMode::KeepRatio, 600);
         o.resize_only_if_bigger = true;
         assert_eq!(plan(389, 535, &o).canvas, (389, 535));
@@ -362,6 +472,9 @@ mod tests {
         assert!(e.to_string().contains("--min-image-size 100"), "{e}");
         o.min_image_size = 0;
         o.max_aspect_ratio = 2.0;
-        assert!(matches!(check_filters(50, 200, &o), Err(ImageError::AspectTooLarge { .. })));
+        assert!(matches!(
+            check_filters(50, 200, &o),
+            Err(ImageError::AspectTooLarge { .. })
+        ));
     }
 }

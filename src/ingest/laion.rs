@@ -75,7 +75,8 @@ impl Default for LaionOptions {
 }
 
 fn read_bytes(path: &Path) -> anyhow::Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+    let raw =
+        std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
     if path.extension().is_some_and(|e| e == "gz") {
         let mut out = Vec::new();
         flate2::read::MultiGzDecoder::new(&raw[..])
@@ -90,7 +91,9 @@ fn read_bytes(path: &Path) -> anyhow::Result<Vec<u8>> {
 pub fn format_of(path: &Path) -> Option<&'static str> {
     let name = path.file_name()?.to_string_lossy().to_ascii_lowercase();
     let name = name.strip_suffix(".gz").unwrap_or(&name);
-    ["parquet", "csv", "tsv", "jsonl", "json", "txt"].into_iter().find(|f| name.ends_with(&format!(".{f}")))
+    ["parquet", "csv", "tsv", "jsonl", "json", "txt"]
+        .into_iter()
+        .find(|f| name.ends_with(&format!(".{f}")))
 }
 
 /// Reads one metadata file into a DataFrame (`txt`: one URL per line, in column `url_col`).
@@ -101,19 +104,35 @@ pub fn read_table(path: &Path, url_col: &str) -> anyhow::Result<DataFrame> {
     let bytes = read_bytes(path)?;
     let ctx = |e: PolarsError| anyhow::anyhow!("{}: cannot read as {fmt}: {e}", path.display());
     let df = match fmt {
-        "parquet" => ParquetReader::new(Cursor::new(bytes)).finish().map_err(ctx)?,
+        "parquet" => ParquetReader::new(Cursor::new(bytes))
+            .finish()
+            .map_err(ctx)?,
         "csv" | "tsv" => CsvReadOptions::default()
             .with_has_header(true)
             .with_infer_schema_length(Some(10_000))
-            .with_parse_options(CsvParseOptions::default().with_separator(if fmt == "tsv" { b'\t' } else { b',' }))
+            .with_parse_options(CsvParseOptions::default().with_separator(if fmt == "tsv" {
+                b'\t'
+            } else {
+                b','
+            }))
             .into_reader_with_file_handle(Cursor::new(bytes))
             .finish()
             .map_err(ctx)?,
-        "jsonl" => JsonReader::new(Cursor::new(bytes)).with_json_format(JsonFormat::JsonLines).finish().map_err(ctx)?,
-        "json" => JsonReader::new(Cursor::new(bytes)).with_json_format(JsonFormat::Json).finish().map_err(ctx)?,
+        "jsonl" => JsonReader::new(Cursor::new(bytes))
+            .with_json_format(JsonFormat::JsonLines)
+            .finish()
+            .map_err(ctx)?,
+        "json" => JsonReader::new(Cursor::new(bytes))
+            .with_json_format(JsonFormat::Json)
+            .finish()
+            .map_err(ctx)?,
         _ => {
             let text = String::from_utf8_lossy(&bytes);
-            let urls: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+            let urls: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
             DataFrame::new(urls.len(), vec![Column::new(url_col.into(), urls)]).map_err(ctx)?
         }
     };
@@ -121,15 +140,199 @@ pub fn read_table(path: &Path, url_col: &str) -> anyhow::Result<DataFrame> {
 }
 
 fn columns_list(df: &DataFrame) -> String {
-    df.get_column_names().iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")
+    df.get_column_names()
+        .iter()
+        .map(|c| c.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
-fn float_col(df: &DataFrame, name: &str, flag: &str, path: &Path) -> anyhow::Result<Vec<Option<f64>>> {
+fn float_col(
+    df: &DataFrame,
+    name: &str,
+    flag: &str,
+    path: &Path,
+) -> anyhow::Result<Vec<Option<f64>>> {
     let c = df.column(name).map_err(|_| {
-        anyhow::anyhow!("{}: {flag} needs column `{name}`, which is missing (columns: {})", path.display(), columns_list(df))
+        anyhow::anyhow!(
+            "{}: {flag} needs column `{name}`, which is missing (columns: {})",
+            path.display(),
+            columns_list(df)
+        )
     })?;
-    let c = c.cast(&DataType::Float64).map_err(|e| anyhow::anyhow!("{}: column `{name}` is not numeric: {e}", path.display()))?;
+    let c = c
+        .cast(&DataType::Float64)
+        .map_err(|e| anyhow::anyhow!("{}: column `{name}` is not numeric: {e}", path.display()))?;
     Ok(c.f64()?.iter().collect())
+}
+
+/// A threshold on one numeric column.
+enum Bound {
+    /// Keep values >= t.
+    AtLeast(f64),
+    /// Keep values < t.
+    Below(f64),
+    /// Keep values <= t.
+    AtMost(f64),
+}
+
+/// One metadata filter: a column's values and the bound its flag sets.
+struct Check {
+    col: String,
+    flag: &'static str,
+    bound: Bound,
+    values: Vec<Option<f64>>,
+}
+
+impl Check {
+    fn new(
+        df: &DataFrame,
+        col: &str,
+        flag: &'static str,
+        bound: Bound,
+        path: &Path,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            col: col.to_string(),
+            flag,
+            values: float_col(df, col, flag, path)?,
+            bound,
+        })
+    }
+
+    fn reason(&self, i: usize) -> Option<String> {
+        let (ok, op, t) = match (self.values[i], &self.bound) {
+            (None, _) => return Some(format!("missing value for {}: {}", self.flag, self.col)),
+            (Some(v), Bound::AtLeast(t)) => (v >= *t, "<", *t),
+            (Some(v), Bound::Below(t)) => (v < *t, ">=", *t),
+            (Some(v), Bound::AtMost(t)) => (v <= *t, ">", *t),
+        };
+        (!ok).then(|| {
+            format!(
+                "{} {op} {} {t}: {}",
+                self.col,
+                self.flag,
+                self.values[i].unwrap_or_default()
+            )
+        })
+    }
+}
+
+/// The numeric filters the options ask for, with their columns read from `df`.
+fn build_checks(df: &DataFrame, o: &LaionOptions, path: &Path) -> anyhow::Result<Vec<Check>> {
+    let mut checks = Vec::new();
+    if let Some(t) = o.min_similarity {
+        checks.push(Check::new(
+            df,
+            &o.similarity_col,
+            "--min-similarity",
+            Bound::AtLeast(t),
+            path,
+        )?);
+    }
+    if let Some(t) = o.max_punsafe {
+        checks.push(Check::new(
+            df,
+            &o.punsafe_col,
+            "--max-punsafe",
+            Bound::Below(t),
+            path,
+        )?);
+    }
+    if let Some(t) = o.max_pwatermark {
+        checks.push(Check::new(
+            df,
+            &o.pwatermark_col,
+            "--max-pwatermark",
+            Bound::Below(t),
+            path,
+        )?);
+    }
+    if let Some(t) = o.min_aesthetic {
+        let col = if !o.aesthetic_col.is_empty() {
+            o.aesthetic_col.as_str()
+        } else if df.column("AESTHETIC_SCORE").is_ok() {
+            "AESTHETIC_SCORE"
+        } else {
+            "aesthetic"
+        };
+        checks.push(Check::new(
+            df,
+            col,
+            "--min-aesthetic",
+            Bound::AtLeast(t),
+            path,
+        )?);
+    }
+    if let Some(t) = o.min_width {
+        checks.push(Check::new(
+            df,
+            &o.width_col,
+            "--min-width",
+            Bound::AtLeast(t),
+            path,
+        )?);
+    }
+    if let Some(t) = o.min_height {
+        checks.push(Check::new(
+            df,
+            &o.height_col,
+            "--min-height",
+            Bound::AtLeast(t),
+            path,
+        )?);
+    }
+    if let Some(t) = o.max_declared_aspect_ratio {
+        let w = float_col(df, &o.width_col, "--max-declared-aspect-ratio", path)?;
+        let h = float_col(df, &o.height_col, "--max-declared-aspect-ratio", path)?;
+        let ratios = w
+            .iter()
+            .zip(&h)
+            .map(|(w, h)| match (w, h) {
+                (Some(w), Some(h)) => Some(w.max(*h) / w.min(*h).max(1e-9)),
+                _ => None,
+            })
+            .collect();
+        checks.push(Check {
+            col: format!("{}/{}", o.width_col, o.height_col),
+            flag: "--max-declared-aspect-ratio",
+            bound: Bound::AtMost(t),
+            values: ratios,
+        });
+    }
+    Ok(checks)
+}
+
+/// Why row `i` is refused before download, if it is.
+fn filter_reason(
+    i: usize,
+    checks: &[Check],
+    caption: Option<&str>,
+    o: &LaionOptions,
+) -> Option<String> {
+    if let Some(r) = checks.iter().find_map(|c| c.reason(i)) {
+        return Some(r);
+    }
+    let len = caption.map(|c| c.chars().count()).unwrap_or(0);
+    let words = caption.map(|c| c.split_whitespace().count()).unwrap_or(0);
+    if len < o.min_caption_chars {
+        Some(format!(
+            "caption shorter than --min-caption-chars {}: {len} characters",
+            o.min_caption_chars
+        ))
+    } else if o.max_caption_chars > 0 && len > o.max_caption_chars {
+        Some(format!(
+            "caption longer than --max-caption-chars {}: {len} characters",
+            o.max_caption_chars
+        ))
+    } else if words < o.min_caption_words {
+        Some(format!(
+            "caption has fewer words than --min-caption-words {}: {words}",
+            o.min_caption_words
+        ))
+    } else {
+        None
+    }
 }
 
 /// Reads every metadata file in `inputs` (files, or directories whose metadata files are taken in
@@ -158,7 +361,12 @@ pub fn read_laion(inputs: &[PathBuf], o: &LaionOptions) -> anyhow::Result<Source
         descs.push(describe_input(path));
         let df = read_table(path, &o.url_col)?;
         let urls = df.column(&o.url_col).map_err(|_| {
-            anyhow::anyhow!("{}: --url-col `{}` not found (columns: {})", path.display(), o.url_col, columns_list(&df))
+            anyhow::anyhow!(
+                "{}: --url-col `{}` not found (columns: {})",
+                path.display(),
+                o.url_col,
+                columns_list(&df)
+            )
         })?;
         let urls = urls.cast(&DataType::String)?;
         let urls = urls.str()?;
@@ -173,77 +381,20 @@ pub fn read_laion(inputs: &[PathBuf], o: &LaionOptions) -> anyhow::Result<Source
                     columns_list(&df)
                 )
             })?;
-            Some(c.cast(&DataType::String)?.str()?.iter().map(|s| s.map(str::to_owned)).collect())
+            Some(
+                c.cast(&DataType::String)?
+                    .str()?
+                    .iter()
+                    .map(|s| s.map(str::to_owned))
+                    .collect(),
+            )
         };
-        let mut checks: Vec<(String, Vec<Option<f64>>, Box<dyn Fn(f64) -> bool>, String)> = Vec::new();
-        if let Some(t) = o.min_similarity {
-            checks.push((o.similarity_col.clone(), float_col(&df, &o.similarity_col, "--min-similarity", path)?, Box::new(move |v| v >= t), format!("< --min-similarity {t}")));
-        }
-        if let Some(t) = o.max_punsafe {
-            checks.push((o.punsafe_col.clone(), float_col(&df, &o.punsafe_col, "--max-punsafe", path)?, Box::new(move |v| v < t), format!(">= --max-punsafe {t}")));
-        }
-        if let Some(t) = o.max_pwatermark {
-            checks.push((o.pwatermark_col.clone(), float_col(&df, &o.pwatermark_col, "--max-pwatermark", path)?, Box::new(move |v| v < t), format!(">= --max-pwatermark {t}")));
-        }
-        if let Some(t) = o.min_aesthetic {
-            let col = if !o.aesthetic_col.is_empty() {
-                o.aesthetic_col.clone()
-            } else if df.column("AESTHETIC_SCORE").is_ok() {
-                "AESTHETIC_SCORE".into()
-            } else {
-                "aesthetic".into()
-            };
-            checks.push((col.clone(), float_col(&df, &col, "--min-aesthetic", path)?, Box::new(move |v| v >= t), format!("< --min-aesthetic {t}")));
-        }
-        if let Some(t) = o.min_width {
-            checks.push((o.width_col.clone(), float_col(&df, &o.width_col, "--min-width", path)?, Box::new(move |v| v >= t), format!("< --min-width {t}")));
-        }
-        if let Some(t) = o.min_height {
-            checks.push((o.height_col.clone(), float_col(&df, &o.height_col, "--min-height", path)?, Box::new(move |v| v >= t), format!("< --min-height {t}")));
-        }
-        let aspect = match o.max_declared_aspect_ratio {
-            Some(t) => Some((
-                t,
-                float_col(&df, &o.width_col, "--max-declared-aspect-ratio", path)?,
-                float_col(&df, &o.height_col, "--max-declared-aspect-ratio", path)?,
-            )),
-            None => None,
-        };
+        let checks = build_checks(&df, o, path)?;
         for i in 0..df.height() {
             let url = urls.get(i).unwrap_or("").trim().to_string();
             let caption = captions.as_ref().and_then(|c| c[i].clone());
             let mut row = InputRow::new(url.clone(), Payload::Url(url));
-            for (col, vals, ok, why) in &checks {
-                match vals[i] {
-                    None => row.filtered = Some(format!("missing value: {col}")),
-                    Some(v) if !ok(v) => row.filtered = Some(format!("{col} {why}: {v}")),
-                    _ => {}
-                }
-                if row.filtered.is_some() {
-                    break;
-                }
-            }
-            if row.filtered.is_none() {
-                if let Some((t, ws, hs)) = &aspect {
-                    if let (Some(w), Some(h)) = (ws[i], hs[i]) {
-                        let r = w.max(h) / w.min(h).max(1e-9);
-                        if r > *t {
-                            row.filtered = Some(format!("declared aspect ratio > --max-declared-aspect-ratio {t}: {r:.2}"));
-                        }
-                    }
-                }
-            }
-            if row.filtered.is_none() {
-                let len = caption.as_deref().map(|c| c.chars().count()).unwrap_or(0);
-                let words = caption.as_deref().map(|c| c.split_whitespace().count()).unwrap_or(0);
-                if len < o.min_caption_chars {
-                    row.filtered = Some(format!("caption shorter than --min-caption-chars {}: {len} characters", o.min_caption_chars));
-                } else if o.max_caption_chars > 0 && len > o.max_caption_chars {
-                    row.filtered = Some(format!("caption longer than --max-caption-chars {}: {len} characters", o.max_caption_chars));
-                } else if words < o.min_caption_words {
-                    row.filtered = Some(format!("caption has fewer words than --min-caption-words {}: {words}", o.min_caption_words));
-                }
-            }
+            row.filtered = filter_reason(i, &checks, caption.as_deref(), o);
             row.caption = caption;
             rows.push(row);
         }
@@ -267,5 +418,125 @@ pub fn read_laion(inputs: &[PathBuf], o: &LaionOptions) -> anyhow::Result<Source
             anyhow::anyhow!("metadata files have different extra columns; cannot carry them into one dataset: {e}")
         })?;
     }
-    Ok(SourceRows { rows, source_col: "url", passthrough: Some(passthrough), inputs: descs })
+    Ok(SourceRows {
+        rows,
+        source_col: "url",
+        passthrough: Some(passthrough),
+        inputs: descs,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write_gz(path: &Path, text: &str) {
+        let mut e = flate2::write::GzEncoder::new(
+            std::fs::File::create(path).unwrap(),
+            flate2::Compression::fast(),
+        );
+        e.write_all(text.as_bytes()).unwrap();
+        e.finish().unwrap();
+    }
+
+    #[test]
+    fn filters_before_download_with_reasons() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = "URL,TEXT,similarity,punsafe,pwatermark,AESTHETIC_SCORE,WIDTH,HEIGHT,extra\n\
+                   http://a/1.jpg,a red bicycle,0.35,0.01,0.1,6.1,1024,768,x\n\
+                   http://a/2.jpg,low sim,0.20,0.01,0.1,6.1,1024,768,y\n\
+                   http://a/3.jpg,nsfw,0.35,0.90,0.1,6.1,1024,768,z\n\
+                   http://a/4.jpg,wide banner,0.35,0.01,0.1,6.1,3000,300,w\n\
+                   http://a/5.jpg,ugly,0.35,0.01,0.1,4.0,1024,768,v\n\
+                   http://a/6.jpg,,0.35,0.01,0.1,6.1,1024,768,u\n\
+                   http://a/7.jpg,no score,,0.01,0.1,6.1,1024,768,t\n";
+        let p = dir.path().join("meta.csv.gz");
+        write_gz(&p, csv);
+        let o = LaionOptions {
+            min_similarity: Some(0.28),
+            max_punsafe: Some(0.5),
+            min_aesthetic: Some(5.0),
+            max_declared_aspect_ratio: Some(3.0),
+            min_caption_chars: 1,
+            ..Default::default()
+        };
+        let rows = read_laion(&[p], &o).unwrap();
+        let reasons: Vec<Option<&str>> = rows.rows.iter().map(|r| r.filtered.as_deref()).collect();
+        assert_eq!(reasons[0], None);
+        assert_eq!(reasons[1], Some("similarity < --min-similarity 0.28: 0.2"));
+        assert_eq!(reasons[2], Some("punsafe >= --max-punsafe 0.5: 0.9"));
+        assert_eq!(
+            reasons[3],
+            Some("WIDTH/HEIGHT > --max-declared-aspect-ratio 3: 10")
+        );
+        assert_eq!(reasons[4], Some("AESTHETIC_SCORE < --min-aesthetic 5: 4"));
+        assert_eq!(
+            reasons[5],
+            Some("caption shorter than --min-caption-chars 1: 0 characters")
+        );
+        assert_eq!(
+            reasons[6],
+            Some("missing value for --min-similarity: similarity")
+        );
+        assert_eq!(rows.rows[0].caption.as_deref(), Some("a red bicycle"));
+        let pass = rows.passthrough.unwrap();
+        assert!(pass.column("extra").is_ok() && pass.column("URL").is_err());
+    }
+
+    #[test]
+    fn missing_columns_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("meta.tsv");
+        std::fs::write(&p, "url\tcaption\nhttp://a/1.jpg\tx\n").unwrap();
+        let err = read_laion(std::slice::from_ref(&p), &LaionOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--url-col `URL` not found (columns: url, caption)"),
+            "{err}"
+        );
+        let o = LaionOptions {
+            url_col: "url".into(),
+            caption_col: "caption".into(),
+            min_similarity: Some(0.3),
+            ..Default::default()
+        };
+        let err = read_laion(&[p], &o).unwrap_err().to_string();
+        assert!(
+            err.contains("--min-similarity needs column `similarity`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn jsonl_and_txt_inputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = dir.path().join("a.jsonl");
+        std::fs::write(
+            &j,
+            "{\"URL\":\"http://a/1.jpg\",\"TEXT\":\"one\",\"WIDTH\":640}\n",
+        )
+        .unwrap();
+        let rows = read_laion(
+            &[j],
+            &LaionOptions {
+                min_width: Some(512.0),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(rows.rows[0].filtered, None);
+        let t = dir.path().join("urls.txt");
+        std::fs::write(&t, "http://a/1.jpg\n\nhttp://a/2.jpg\n").unwrap();
+        let rows = read_laion(
+            &[t],
+            &LaionOptions {
+                caption_col: String::new(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(rows.rows.len(), 2);
+    }
 }

@@ -58,7 +58,8 @@ pub fn phash(img: &RgbImage) -> u64 {
     let mut sorted = coef;
     sorted.sort_by(|a, b| a.total_cmp(b));
     let median = (sorted[31] + sorted[32]) / 2.0;
-    coef.iter().fold(0u64, |acc, &c| (acc << 1) | (c > median) as u64)
+    coef.iter()
+        .fold(0u64, |acc, &c| (acc << 1) | (c > median) as u64)
 }
 
 /// Finds earlier hashes within a Hamming distance: the 64 bits are cut into `distance + 1` bands, and
@@ -82,11 +83,21 @@ impl PhashIndex {
             bands.push((start, len));
             start += len;
         }
-        Self { distance, tables: vec![HashMap::new(); bands.len()], bands, hashes: Vec::new() }
+        Self {
+            distance,
+            tables: vec![HashMap::new(); bands.len()],
+            bands,
+            hashes: Vec::new(),
+        }
     }
 
     fn band(h: u64, (start, len): (u32, u32)) -> u64 {
-        (h >> start) & (if len == 64 { u64::MAX } else { (1u64 << len) - 1 })
+        (h >> start)
+            & (if len == 64 {
+                u64::MAX
+            } else {
+                (1u64 << len) - 1
+            })
     }
 
     /// The largest Hamming distance matched.
@@ -133,7 +144,9 @@ mod tests {
 
     #[test]
     fn phash_is_stable_under_resize_and_differs_between_images() {
-        let grad = RgbImage::from_fn(200, 150, |x, y| image::Rgb([(x % 256) as u8, (y * 2 % 256) as u8, ((x * y) % 256) as u8]));
+        let grad = RgbImage::from_fn(200, 150, |x, y| {
+            image::Rgb([(x % 256) as u8, (y * 2 % 256) as u8, ((x * y) % 256) as u8])
+        });
         let small = image::imageops::resize(&grad, 100, 75, image::imageops::FilterType::Triangle);
         let flipped = image::imageops::flip_horizontal(&grad);
         let (a, b, c) = (phash(&grad), phash(&small), phash(&flipped));

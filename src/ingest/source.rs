@@ -25,8 +25,11 @@ impl Payload {
     pub fn read_local(&self) -> Result<Vec<u8>, String> {
         match self {
             Payload::Url(u) => Err(format!("{u}: URL payloads are downloaded, not read")),
-            Payload::File(p) => std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display())),
-            Payload::Tar { tar, member } => read_member(tar, member).map_err(|e| format!("cannot read {}:{}: {e}", tar.display(), member.name)),
+            Payload::File(p) => {
+                std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+            }
+            Payload::Tar { tar, member } => read_member(tar, member)
+                .map_err(|e| format!("cannot read {}:{}: {e}", tar.display(), member.name)),
         }
     }
 }
@@ -49,7 +52,13 @@ pub struct InputRow {
 impl InputRow {
     /// A row for `payload` described as `source`.
     pub fn new(source: String, payload: Payload) -> Self {
-        Self { source, caption: None, payload, sidecar: None, filtered: None }
+        Self {
+            source,
+            caption: None,
+            payload,
+            sidecar: None,
+            filtered: None,
+        }
     }
 }
 
@@ -85,7 +94,9 @@ pub fn walk_sorted(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", d.display())))? {
+        for entry in std::fs::read_dir(&d)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", d.display())))?
+        {
             let entry = entry?;
             let ft = entry.file_type()?;
             let name = entry.file_name();
@@ -105,5 +116,7 @@ pub fn walk_sorted(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// Lower-case extension of `p`.
 pub fn ext_of(p: &Path) -> String {
-    p.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default()
+    p.extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default()
 }

@@ -20,7 +20,7 @@ pub use keys::{done_shards, shard_name, ShardLayout};
 pub use manifest::{fingerprint_of, Manifest, MANIFEST_FILE};
 pub use parquet::{read_records, records_to_frame, write_parquet_atomic, RESERVED};
 pub use record::{Record, Status, Value};
-pub use stats::{ShardStats, RunStats};
+pub use stats::{RunStats, ShardStats};
 pub use tar_reader::{index_tar, read_member, TarMember, TarSample, WdsReader};
 pub use worker::Worker;
 pub use writer::{now, ShardWriter};

@@ -8,8 +8,21 @@ use std::path::Path;
 
 /// Column names reserved by the shard format; a source column with one of these names is refused.
 pub const RESERVED: &[&str] = &[
-    "key", "status", "error_message", "url", "source", "caption", "width", "height", "original_width",
-    "original_height", "sha256", "phash", "exif", "md5", "sha512",
+    "key",
+    "status",
+    "error_message",
+    "url",
+    "source",
+    "caption",
+    "width",
+    "height",
+    "original_width",
+    "original_height",
+    "sha256",
+    "phash",
+    "exif",
+    "md5",
+    "sha512",
 ];
 
 fn extra_column(name: &str, values: Vec<Option<&Value>>) -> Column {
@@ -17,25 +30,34 @@ fn extra_column(name: &str, values: Vec<Option<&Value>>) -> Column {
     match first {
         Some(Value::Int(_)) => Column::new(
             name.into(),
-            values.iter().map(|v| match v {
-                Some(Value::Int(i)) => Some(*i),
-                _ => None,
-            }).collect::<Vec<_>>(),
+            values
+                .iter()
+                .map(|v| match v {
+                    Some(Value::Int(i)) => Some(*i),
+                    _ => None,
+                })
+                .collect::<Vec<_>>(),
         ),
         Some(Value::Float(_)) => Column::new(
             name.into(),
-            values.iter().map(|v| match v {
-                Some(Value::Float(f)) => Some(*f),
-                Some(Value::Int(i)) => Some(*i as f64),
-                _ => None,
-            }).collect::<Vec<_>>(),
+            values
+                .iter()
+                .map(|v| match v {
+                    Some(Value::Float(f)) => Some(*f),
+                    Some(Value::Int(i)) => Some(*i as f64),
+                    _ => None,
+                })
+                .collect::<Vec<_>>(),
         ),
         _ => Column::new(
             name.into(),
-            values.iter().map(|v| match v {
-                Some(Value::Str(s)) => Some(s.clone()),
-                _ => None,
-            }).collect::<Vec<_>>(),
+            values
+                .iter()
+                .map(|v| match v {
+                    Some(Value::Str(s)) => Some(s.clone()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>(),
         ),
     }
 }
@@ -43,32 +65,78 @@ fn extra_column(name: &str, values: Vec<Option<&Value>>) -> Column {
 /// Builds the shard table: `source_col` (`url` or `source`), `caption`, the source's own columns
 /// (`passthrough`, one row per record), then `key, status, error_message, width, height,
 /// original_width, original_height, sha256, phash` and the records' extra columns.
-pub fn records_to_frame(records: &[Record], source_col: &str, passthrough: Option<&DataFrame>) -> PolarsResult<DataFrame> {
+pub fn records_to_frame(
+    records: &[Record],
+    source_col: &str,
+    passthrough: Option<&DataFrame>,
+) -> PolarsResult<DataFrame> {
     let n = records.len();
     let u32col = |name: &str, f: &dyn Fn(&Record) -> Option<u32>| {
-        Column::new(name.into(), records.iter().map(|r| f(r).map(|v| v as i32)).collect::<Vec<_>>())
+        Column::new(
+            name.into(),
+            records
+                .iter()
+                .map(|r| f(r).map(|v| v as i32))
+                .collect::<Vec<_>>(),
+        )
     };
     let mut cols = vec![
-        Column::new(source_col.into(), records.iter().map(|r| r.source.as_str()).collect::<Vec<_>>()),
-        Column::new("caption".into(), records.iter().map(|r| r.caption.as_deref()).collect::<Vec<_>>()),
+        Column::new(
+            source_col.into(),
+            records
+                .iter()
+                .map(|r| r.source.as_str())
+                .collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "caption".into(),
+            records
+                .iter()
+                .map(|r| r.caption.as_deref())
+                .collect::<Vec<_>>(),
+        ),
     ];
     if let Some(df) = passthrough {
         for c in df.columns() {
             cols.push(c.clone());
         }
     }
-    cols.push(Column::new("key".into(), records.iter().map(|r| r.key.as_str()).collect::<Vec<_>>()));
-    cols.push(Column::new("status".into(), records.iter().map(|r| r.status().as_str()).collect::<Vec<_>>()));
+    cols.push(Column::new(
+        "key".into(),
+        records.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+    ));
+    cols.push(Column::new(
+        "status".into(),
+        records
+            .iter()
+            .map(|r| r.status().as_str())
+            .collect::<Vec<_>>(),
+    ));
     cols.push(Column::new(
         "error_message".into(),
-        records.iter().map(|r| r.error_message.as_deref()).collect::<Vec<_>>(),
+        records
+            .iter()
+            .map(|r| r.error_message.as_deref())
+            .collect::<Vec<_>>(),
     ));
     cols.push(u32col("width", &|r| r.width));
     cols.push(u32col("height", &|r| r.height));
     cols.push(u32col("original_width", &|r| r.original_width));
     cols.push(u32col("original_height", &|r| r.original_height));
-    cols.push(Column::new("sha256".into(), records.iter().map(|r| r.sha256.as_deref()).collect::<Vec<_>>()));
-    cols.push(Column::new("phash".into(), records.iter().map(|r| r.phash.as_deref()).collect::<Vec<_>>()));
+    cols.push(Column::new(
+        "sha256".into(),
+        records
+            .iter()
+            .map(|r| r.sha256.as_deref())
+            .collect::<Vec<_>>(),
+    ));
+    cols.push(Column::new(
+        "phash".into(),
+        records
+            .iter()
+            .map(|r| r.phash.as_deref())
+            .collect::<Vec<_>>(),
+    ));
     let mut extra_names: Vec<&str> = Vec::new();
     for r in records {
         for (k, _) in &r.extra {
@@ -78,7 +146,10 @@ pub fn records_to_frame(records: &[Record], source_col: &str, passthrough: Optio
         }
     }
     for name in extra_names {
-        let values = records.iter().map(|r| r.extra.iter().find(|(k, _)| k == name).map(|(_, v)| v)).collect();
+        let values = records
+            .iter()
+            .map(|r| r.extra.iter().find(|(k, _)| k == name).map(|(_, v)| v))
+            .collect();
         cols.push(extra_column(name, values));
     }
     DataFrame::new(n, cols)
@@ -88,7 +159,9 @@ pub fn records_to_frame(records: &[Record], source_col: &str, passthrough: Optio
 pub fn write_parquet_atomic(df: &mut DataFrame, path: &Path) -> PolarsResult<()> {
     let tmp = temp_path(path);
     let file = File::create(&tmp)?;
-    ParquetWriter::new(file).with_compression(ParquetCompression::Zstd(None)).finish(df)?;
+    ParquetWriter::new(file)
+        .with_compression(ParquetCompression::Zstd(None))
+        .finish(df)?;
     std::fs::rename(&tmp, path)?;
     Ok(())
 }
@@ -107,7 +180,11 @@ fn opt_u32(df: &DataFrame, name: &str, i: usize) -> Option<u32> {
 /// Reads the records of a shard parquet (the format's own columns; extras are not read back).
 pub fn read_records(path: &Path) -> PolarsResult<Vec<Record>> {
     let df = ParquetReader::new(File::open(path)?).finish()?;
-    let source_col = if df.column("url").is_ok() { "url" } else { "source" };
+    let source_col = if df.column("url").is_ok() {
+        "url"
+    } else {
+        "source"
+    };
     let mut out = Vec::with_capacity(df.height());
     for i in 0..df.height() {
         out.push(Record {
@@ -136,7 +213,11 @@ mod tests {
     #[test]
     fn roundtrip() {
         let dir = tempfile::tempdir().unwrap();
-        let mut a = Record::new("000000000".into(), "http://x/a.jpg".into(), Some("a cat".into()));
+        let mut a = Record::new(
+            "000000000".into(),
+            "http://x/a.jpg".into(),
+            Some("a cat".into()),
+        );
         a.status = Some(Status::Success);
         a.width = Some(10);
         a.extra.push(("mask_count".into(), Value::Int(3)));
