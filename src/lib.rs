@@ -3,6 +3,7 @@
 //! Stages read and write shards ([`shards`]); [`ingest`] turns LAION metadata, SA-1B tars, image
 //! folders and WebDataset shards into curated WebDataset shards.
 
+pub mod bench;
 pub mod demo;
 pub mod ingest;
 pub mod shards;

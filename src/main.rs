@@ -27,6 +27,20 @@ enum Cmd {
         #[arg(long, default_value = "pixforge-demo")]
         out: PathBuf,
     },
+    /// Measurements for docs/BENCHMARKS.md.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Single-core time of each phase of the image step (decode, resize, encode, hashes) over a directory.
+    ImageOps {
+        /// Directory of images.
+        dir: PathBuf,
+        #[command(flatten)]
+        image: ImageOptions,
+    },
 }
 
 #[derive(Args)]
@@ -122,6 +136,10 @@ fn main() -> anyhow::Result<()> {
             let stats = pixforge::ingest::run(&cfg, &opts)
                 .with_context(|| format!("ingest into {}", a.out.display()))?;
             print_stats(&stats);
+        }
+        Cmd::Bench(BenchCmd::ImageOps { dir, image }) => {
+            let t = pixforge::bench::image_phases(&dir, &image)?;
+            println!("{}", serde_json::to_string(&t)?);
         }
         Cmd::Demo { out } => {
             let report = pixforge::demo::run(&out).context("demo")?;
