@@ -22,8 +22,15 @@ files = sorted(glob.glob(os.path.join(d, "*.jpg")))
 blobs = [open(f, "rb").read() for f in files]
 import numpy as np
 
-t0 = time.perf_counter()
-for b in blobs:
+
+def one_pass():
+    t0 = time.perf_counter()
+    for b in blobs:
+        work(b)
+    return time.perf_counter() - t0
+
+
+def work(b):
     img = cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_UNCHANGED)
     h, w = img.shape[:2]
     s = size / min(h, w)
@@ -32,7 +39,10 @@ for b in blobs:
     img = cv2.resize(img, (nw, nh), interpolation=interp)
     ok, enc = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
     hashlib.sha256(enc.tobytes()).hexdigest()
-dt = time.perf_counter() - t0
+
+
+# Best of three passes: the limit is taken at its highest, so ratios against it are conservative.
+dt = min(one_pass() for _ in range(3))
 cores = os.cpu_count()
 print(json.dumps({"images": len(blobs), "one_core_s": dt, "one_core_img_s": len(blobs) / dt,
                   "cores": cores, "limit_img_s": cores * len(blobs) / dt, "opencv": cv2.__version__}))

@@ -26,25 +26,11 @@ pub struct PhaseTimes {
 
 /// Times each phase of the image step on one core for every image file in `dir`.
 pub fn image_phases(dir: &Path, o: &ImageOptions) -> anyhow::Result<PhaseTimes> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
+    let mut files: Vec<_> = std::fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
     files.sort();
-    let blobs: Vec<Vec<u8>> = files
-        .iter()
-        .filter(|p| p.is_file())
-        .map(std::fs::read)
-        .collect::<Result<_, _>>()?;
-    let mut t = PhaseTimes {
-        images: blobs.len(),
-        ..Default::default()
-    };
-    let (mut dec, mut res, mut enc, mut hash) = (
-        Duration::ZERO,
-        Duration::ZERO,
-        Duration::ZERO,
-        Duration::ZERO,
-    );
+    let blobs: Vec<Vec<u8>> = files.iter().filter(|p| p.is_file()).map(std::fs::read).collect::<Result<_, _>>()?;
+    let mut t = PhaseTimes { images: blobs.len(), ..Default::default() };
+    let (mut dec, mut res, mut enc, mut hash) = (Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO);
     for b in &blobs {
         let s = Instant::now();
         let (img, _, _) = decode_rgb(b, o.max_image_pixels)?;
@@ -52,11 +38,7 @@ pub fn image_phases(dir: &Path, o: &ImageOptions) -> anyhow::Result<PhaseTimes> 
         let s = Instant::now();
         let p = plan(img.width(), img.height(), o);
         let c = p.crop;
-        let out = resize_rgb(
-            &img,
-            (c.0 as f64, c.1 as f64, c.2 as f64, c.3 as f64),
-            p.resized,
-        )?;
+        let out = resize_rgb(&img, (c.0 as f64, c.1 as f64, c.2 as f64, c.3 as f64), p.resized, o)?;
         res += s.elapsed();
         let s = Instant::now();
         let data = encode(&out, o.encode_format, o.encode_quality)?;

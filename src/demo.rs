@@ -6,17 +6,11 @@ use std::path::{Path, PathBuf};
 
 /// The bundled photos: (file name, bytes).
 pub const IMAGES: &[(&str, &[u8])] = &[
-    (
-        "astronaut.jpg",
-        include_bytes!("../assets/demo/astronaut.jpg"),
-    ),
+    ("astronaut.jpg", include_bytes!("../assets/demo/astronaut.jpg")),
     ("camera.jpg", include_bytes!("../assets/demo/camera.jpg")),
     ("chelsea.jpg", include_bytes!("../assets/demo/chelsea.jpg")),
     ("coffee.jpg", include_bytes!("../assets/demo/coffee.jpg")),
-    (
-        "hubble_deep_field.jpg",
-        include_bytes!("../assets/demo/hubble_deep_field.jpg"),
-    ),
+    ("hubble_deep_field.jpg", include_bytes!("../assets/demo/hubble_deep_field.jpg")),
     ("rocket.jpg", include_bytes!("../assets/demo/rocket.jpg")),
 ];
 
@@ -55,10 +49,7 @@ pub fn run(out: &Path) -> anyhow::Result<DemoReport> {
         inputs: vec![input],
         laion: Default::default(),
         image: Default::default(),
-        curation: CurationOptions {
-            samples_per_shard: 4,
-            ..Default::default()
-        },
+        curation: CurationOptions { samples_per_shard: 4, ..Default::default() },
         download: Default::default(),
     };
     let mut opts = RunOptions::new(&shards);
@@ -73,13 +64,8 @@ pub fn summarize(dir: &Path) -> anyhow::Result<String> {
     for shard in crate::shards::done_shards(dir)? {
         let name = crate::shards::shard_name(shard);
         let recs = read_records(&dir.join(format!("{name}.parquet")))?;
-        let tar = std::fs::metadata(dir.join(format!("{name}.tar")))
-            .map(|m| m.len())
-            .unwrap_or(0);
-        s.push_str(&format!(
-            "  {name}.tar  {tar:>9} bytes  {} rows\n",
-            recs.len()
-        ));
+        let tar = std::fs::metadata(dir.join(format!("{name}.tar"))).map(|m| m.len()).unwrap_or(0);
+        s.push_str(&format!("  {name}.tar  {tar:>9} bytes  {} rows\n", recs.len()));
         for r in recs {
             let detail = match r.status() {
                 Status::Success => format!(
@@ -91,13 +77,7 @@ pub fn summarize(dir: &Path) -> anyhow::Result<String> {
                 ),
                 _ => r.error_message.clone().unwrap_or_default(),
             };
-            s.push_str(&format!(
-                "    {}  {:<18} {:<24} {}\n",
-                r.key,
-                r.status().as_str(),
-                r.source,
-                detail
-            ));
+            s.push_str(&format!("    {}  {:<18} {:<24} {}\n", r.key, r.status().as_str(), r.source, detail));
         }
     }
     Ok(s)

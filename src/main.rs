@@ -106,9 +106,7 @@ fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
     match cli.cmd {
@@ -133,8 +131,8 @@ fn main() -> anyhow::Result<()> {
                 retry_failed: a.retry_failed,
                 progress: !a.no_progress,
             };
-            let stats = pixforge::ingest::run(&cfg, &opts)
-                .with_context(|| format!("ingest into {}", a.out.display()))?;
+            let stats =
+                pixforge::ingest::run(&cfg, &opts).with_context(|| format!("ingest into {}", a.out.display()))?;
             print_stats(&stats);
         }
         Cmd::Bench(BenchCmd::ImageOps { dir, image }) => {
@@ -143,10 +141,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Demo { out } => {
             let report = pixforge::demo::run(&out).context("demo")?;
-            println!(
-                "pixforge demo: ingested the bundled photos into {}",
-                report.shards.display()
-            );
+            println!("pixforge demo: ingested the bundled photos into {}", report.shards.display());
             print_stats(&report.ingest);
             println!("shards:");
             print!("{}", pixforge::demo::summarize(&report.shards)?);

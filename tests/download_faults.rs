@@ -35,27 +35,19 @@ fn config(meta: std::path::PathBuf, allow_private: bool) -> IngestConfig {
 fn write_jsonl(path: &std::path::Path, rows: &[(String, &str)]) {
     let mut s = String::new();
     for (i, (url, caption)) in rows.iter().enumerate() {
-        s.push_str(&serde_json::json!({"url": url, "caption": caption, "similarity": 0.3 + i as f64 / 100.0}).to_string());
+        s.push_str(
+            &serde_json::json!({"url": url, "caption": caption, "similarity": 0.3 + i as f64 / 100.0}).to_string(),
+        );
         s.push('\n');
     }
     std::fs::write(path, s).unwrap();
 }
 
 fn expect(r: &Record, status: Status, needle: &str) {
-    assert_eq!(
-        r.status,
-        Some(status),
-        "{}: {:?}",
-        r.source,
-        r.error_message
-    );
+    assert_eq!(r.status, Some(status), "{}: {:?}", r.source, r.error_message);
     if !needle.is_empty() {
         let msg = r.error_message.clone().unwrap_or_default();
-        assert!(
-            msg.contains(needle),
-            "{}: expected {needle:?} in {msg:?}",
-            r.source
-        );
+        assert!(msg.contains(needle), "{}: expected {needle:?} in {msg:?}", r.source);
     }
 }
 
@@ -105,126 +97,45 @@ fn every_fault_ends_with_the_right_status() {
     expect(by("/429/a"), Status::Success, "");
     let h = srv.hits("/429/a");
     assert_eq!(h.len(), 2);
-    assert!(
-        h[1] - h[0] >= Duration::from_millis(950),
-        "Retry-After: 1 honoured, waited {:?}",
-        h[1] - h[0]
-    );
+    assert!(h[1] - h[0] >= Duration::from_millis(950), "Retry-After: 1 honoured, waited {:?}", h[1] - h[0]);
     expect(by("/slow"), Status::FailedToDownload, "timed out");
-    expect(
-        by("/truncated-body"),
-        Status::FailedToDownload,
-        "truncated body",
-    );
+    expect(by("/truncated-body"), Status::FailedToDownload, "truncated body");
     expect(by("/text"), Status::FailedToResize, "unknown image format");
-    expect(
-        by("/huge-declared"),
-        Status::FailedToDownload,
-        "Content-Length 4000000000 exceeds --max-body-bytes",
-    );
-    expect(
-        by("/huge-chunked"),
-        Status::FailedToDownload,
-        "more than --max-body-bytes",
-    );
+    expect(by("/huge-declared"), Status::FailedToDownload, "Content-Length 4000000000 exceeds --max-body-bytes");
+    expect(by("/huge-chunked"), Status::FailedToDownload, "more than --max-body-bytes");
     expect(by("/loop"), Status::FailedToDownload, "redirect");
-    expect(
-        by("/noai"),
-        Status::FailedToDownload,
-        "X-Robots-Tag directive noai",
-    );
-    let noai_sent = srv
-        .log
-        .lock()
-        .unwrap()
-        .body_bytes_sent
-        .get("/noai")
-        .copied()
-        .unwrap_or(0);
-    assert!(
-        noai_sent < 32 << 20,
-        "the noai body must not be downloaded; server sent {noai_sent} bytes"
-    );
-    expect(
-        by("/bomb.png"),
-        Status::FailedToResize,
-        "60000x60000 = 3600000000 pixels exceeds --max-image-pixels",
-    );
-    expect(
-        by("/img/truncated.jpg"),
-        Status::FailedToResize,
-        "image decoding error",
-    );
+    expect(by("/noai"), Status::FailedToDownload, "X-Robots-Tag directive noai");
+    let noai_sent = srv.log.lock().unwrap().body_bytes_sent.get("/noai").copied().unwrap_or(0);
+    assert!(noai_sent < 32 << 20, "the noai body must not be downloaded; server sent {noai_sent} bytes");
+    expect(by("/bomb.png"), Status::FailedToResize, "60000x60000 = 3600000000 pixels exceeds --max-image-pixels");
+    expect(by("/img/truncated.jpg"), Status::FailedToResize, "image decoding error");
     expect(by("/chain/3"), Status::Success, "");
-    expect(
-        by("/chain/9"),
-        Status::FailedToDownload,
-        "too many redirects",
-    );
+    expect(by("/chain/9"), Status::FailedToDownload, "too many redirects");
     expect(by("/googlebot-only"), Status::Success, "");
     expect(by("/img/palette_color.png"), Status::Success, "");
     let chain_key = by("/chain/3").key.clone();
-    expect(
-        by("/img/rocket.jpg"),
-        Status::Duplicate,
-        &format!("duplicate: identical sha256 to {chain_key}"),
-    );
-    expect(
-        by("/always-500"),
-        Status::FailedToDownload,
-        "HTTP 503 Service Unavailable (after 2 attempts)",
-    );
-    let ftp = recs
-        .iter()
-        .find(|r| r.source.starts_with("ftp://"))
-        .unwrap();
+    expect(by("/img/rocket.jpg"), Status::Duplicate, &format!("duplicate: identical sha256 to {chain_key}"));
+    expect(by("/always-500"), Status::FailedToDownload, "HTTP 503 Service Unavailable (after 2 attempts)");
+    let ftp = recs.iter().find(|r| r.source.starts_with("ftp://")).unwrap();
     expect(ftp, Status::FailedToDownload, "unsupported URL scheme");
-    expect(
-        by("/img/coffee.png"),
-        Status::Filtered,
-        "--min-caption-chars 3",
-    );
+    expect(by("/img/coffee.png"), Status::Filtered, "--min-caption-chars 3");
 
-    assert!(
-        srv.log.lock().unwrap().user_agent.starts_with("pixforge/"),
-        "honest User-Agent"
-    );
-    let successes: Vec<&Record> = recs
-        .iter()
-        .filter(|r| r.status == Some(Status::Success))
-        .collect();
+    assert!(srv.log.lock().unwrap().user_agent.starts_with("pixforge/"), "honest User-Agent");
+    let successes: Vec<&Record> = recs.iter().filter(|r| r.status == Some(Status::Success)).collect();
     let tar = WdsReader::open(&out.join("00000.tar")).unwrap();
-    assert_eq!(
-        tar.samples.len(),
-        successes.len(),
-        "only successes are in the tar"
-    );
+    assert_eq!(tar.samples.len(), successes.len(), "only successes are in the tar");
     for s in &tar.samples {
-        assert!(
-            s.members.contains_key("jpg")
-                && s.members.contains_key("txt")
-                && s.members.contains_key("json")
-        );
+        assert!(s.members.contains_key("jpg") && s.members.contains_key("txt") && s.members.contains_key("json"));
         let r = successes.iter().find(|r| r.key == s.key).unwrap();
         let jpg = tar.read(s, "jpg").unwrap().unwrap();
-        assert_eq!(
-            Some(pixforge::ingest::imageops::sha256_hex(&jpg)),
-            r.sha256,
-            "sha256 of the written bytes"
-        );
+        assert_eq!(Some(pixforge::ingest::imageops::sha256_hex(&jpg)), r.sha256, "sha256 of the written bytes");
         assert_eq!(r.width.unwrap().min(r.height.unwrap()), 128);
     }
     assert!(out.join("00000_stats.json").exists());
     use polars::prelude::SerReader;
-    let df = polars::prelude::ParquetReader::new(
-        std::fs::File::open(out.join("00000.parquet")).unwrap(),
-    )
-    .finish()
-    .unwrap();
-    assert!(
-        df.column("similarity").is_ok(),
-        "source columns are carried into the shard parquet"
-    );
+    let df =
+        polars::prelude::ParquetReader::new(std::fs::File::open(out.join("00000.parquet")).unwrap()).finish().unwrap();
+    assert!(df.column("similarity").is_ok(), "source columns are carried into the shard parquet");
 }
 
 #[test]
@@ -245,16 +156,9 @@ fn private_addresses_are_refused_by_default() {
     let recs = read_records(&dir.path().join("out/00000.parquet")).unwrap();
     for r in &recs {
         expect(r, Status::FailedToDownload, "refused private address");
-        assert!(r
-            .error_message
-            .as_deref()
-            .unwrap()
-            .contains("--allow-private-addresses"));
+        assert!(r.error_message.as_deref().unwrap().contains("--allow-private-addresses"));
     }
-    assert!(
-        srv.log.lock().unwrap().hits.is_empty(),
-        "no request reached the server"
-    );
+    assert!(srv.log.lock().unwrap().hits.is_empty(), "no request reached the server");
 }
 
 #[test]
@@ -278,10 +182,7 @@ fn retry_failed_reattempts_only_failed_rows() {
     let first = read_records(&out.join("00000.parquet")).unwrap();
     assert_eq!(first[1].status, Some(Status::FailedToDownload));
     let tar_before = WdsReader::open(&out.join("00000.tar")).unwrap();
-    let chelsea_before = tar_before
-        .read(&tar_before.samples[0], "jpg")
-        .unwrap()
-        .unwrap();
+    let chelsea_before = tar_before.read(&tar_before.samples[0], "jpg").unwrap().unwrap();
 
     // A plain rerun changes nothing: the shard is done.
     let again = ingest::run(&cfg, &opts).unwrap();
@@ -292,31 +193,13 @@ fn retry_failed_reattempts_only_failed_rows() {
     let stats = ingest::run(&cfg, &opts).unwrap();
     assert_eq!(stats.total.successes, 3);
     let after = read_records(&out.join("00000.parquet")).unwrap();
-    assert_eq!(
-        after[1].status,
-        Some(Status::Success),
-        "{:?}",
-        after[1].error_message
-    );
+    assert_eq!(after[1].status, Some(Status::Success), "{:?}", after[1].error_message);
     assert_eq!(after[0], first[0], "successful rows are kept as they were");
     assert_eq!(after[3], first[3]);
-    assert_eq!(
-        srv.hits("/img/chelsea.png").len(),
-        1,
-        "successes are not downloaded again"
-    );
+    assert_eq!(srv.hits("/img/chelsea.png").len(), 1, "successes are not downloaded again");
     assert_eq!(srv.hits("/404").len(), 2, "failed rows are retried");
     let tar = WdsReader::open(&out.join("00000.tar")).unwrap();
     assert_eq!(tar.samples.len(), 3);
-    assert_eq!(
-        tar.read(&tar.samples[0], "jpg").unwrap().unwrap(),
-        chelsea_before
-    );
-    assert_eq!(
-        tar.samples
-            .iter()
-            .map(|s| s.key.as_str())
-            .collect::<Vec<_>>(),
-        ["000000000", "000000001", "000000003"]
-    );
+    assert_eq!(tar.read(&tar.samples[0], "jpg").unwrap().unwrap(), chelsea_before);
+    assert_eq!(tar.samples.iter().map(|s| s.key.as_str()).collect::<Vec<_>>(), ["000000000", "000000001", "000000003"]);
 }

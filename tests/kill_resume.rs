@@ -12,41 +12,26 @@ const SHARDS: usize = 24;
 
 fn make_input(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
-    let names = [
-        "astronaut.png",
-        "chelsea.png",
-        "coffee.png",
-        "camera.png",
-        "rocket.jpg",
-        "hubble_deep_field.jpg",
-    ];
+    let names = ["astronaut.png", "chelsea.png", "coffee.png", "camera.png", "rocket.jpg", "hubble_deep_field.jpg"];
     for i in 0..SHARDS * 4 {
         let n = names[i % names.len()];
         let ext = n.rsplit('.').next().unwrap();
-        std::fs::copy(
-            common::shared_image(n),
-            dir.join(format!("img_{i:03}.{ext}")),
-        )
-        .unwrap();
+        std::fs::copy(common::shared_image(n), dir.join(format!("img_{i:03}.{ext}"))).unwrap();
         std::fs::write(dir.join(format!("img_{i:03}.txt")), format!("caption {i}")).unwrap();
     }
 }
 
 fn ingest(input: &Path, out: &Path) -> Command {
     let mut c = Command::new(common::bin());
-    c.args(["ingest", "folder"])
-        .arg(input)
-        .arg("--out")
-        .arg(out)
-        .args([
-            "--samples-per-shard",
-            "4",
-            "--image-size",
-            "256",
-            "--encode-format",
-            "png",
-            "--no-progress",
-        ]);
+    c.args(["ingest", "folder"]).arg(input).arg("--out").arg(out).args([
+        "--samples-per-shard",
+        "4",
+        "--image-size",
+        "256",
+        "--encode-format",
+        "png",
+        "--no-progress",
+    ]);
     c.stdout(std::process::Stdio::null());
     c
 }
@@ -56,12 +41,7 @@ fn snapshot(out: &Path) -> Vec<(String, Vec<u8>)> {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "tar"))
-        .map(|p| {
-            (
-                p.file_name().unwrap().to_string_lossy().into_owned(),
-                std::fs::read(&p).unwrap(),
-            )
-        })
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
         .collect();
     v.sort();
     v
@@ -70,13 +50,7 @@ fn snapshot(out: &Path) -> Vec<(String, Vec<u8>)> {
 fn temp_files(out: &Path) -> usize {
     std::fs::read_dir(out)
         .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .contains(TEMP_MARKER)
-        })
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(TEMP_MARKER))
         .count()
 }
 
@@ -113,17 +87,10 @@ fn killed_run_resumes_to_identical_shards() {
             break;
         }
     }
-    assert!(
-        killed_mid_run,
-        "the run finished before it could be killed; make the input larger"
-    );
+    assert!(killed_mid_run, "the run finished before it could be killed; make the input larger");
 
     assert!(ingest(&input, &out).status().unwrap().success());
-    assert_eq!(
-        temp_files(&out),
-        0,
-        "the rerun removed the killed run's temporary files"
-    );
+    assert_eq!(temp_files(&out), 0, "the rerun removed the killed run's temporary files");
     assert_eq!(snapshot(&out), snapshot(&reference), "tar bytes identical");
     for s in 0..SHARDS {
         let name = format!("{}.parquet", pixforge::shards::shard_name(s));

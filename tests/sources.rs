@@ -30,10 +30,7 @@ fn run(c: &IngestConfig, out: &Path) -> pixforge::shards::RunStats {
 fn all_records(out: &Path) -> Vec<Record> {
     let mut v = Vec::new();
     for s in pixforge::shards::done_shards(out).unwrap() {
-        v.extend(
-            read_records(&out.join(format!("{}.parquet", pixforge::shards::shard_name(s))))
-                .unwrap(),
-        );
+        v.extend(read_records(&out.join(format!("{}.parquet", pixforge::shards::shard_name(s)))).unwrap());
     }
     v
 }
@@ -55,12 +52,12 @@ fn folder_with_captions_and_duplicates() {
     copy("coffee.png", &input.join("sub"), "e_coffee.png");
     std::fs::write(input.join("notes.md"), "not an image").unwrap();
     // A near-duplicate: chelsea shrunk by 10% and re-encoded as JPEG.
-    let img = image::open(common::shared_image("chelsea.png"))
-        .unwrap()
-        .resize(405, 270, image::imageops::FilterType::Triangle);
-    img.to_rgb8()
-        .save(input.join("f_chelsea_small.jpg"))
-        .unwrap();
+    let img = image::open(common::shared_image("chelsea.png")).unwrap().resize(
+        405,
+        270,
+        image::imageops::FilterType::Triangle,
+    );
+    img.to_rgb8().save(input.join("f_chelsea_small.jpg")).unwrap();
     let mut c = cfg(SourceKind::Folder, vec![input.clone()]);
     c.curation.samples_per_shard = 4;
     let out = dir.path().join("out");
@@ -68,34 +65,17 @@ fn folder_with_captions_and_duplicates() {
     assert_eq!(stats.total.count, 6);
     assert_eq!(stats.shards_done, 2);
     let recs = all_records(&out);
-    let by = |s: &str| {
-        recs.iter()
-            .find(|r| r.source == s)
-            .unwrap_or_else(|| panic!("{s} missing"))
-    };
+    let by = |s: &str| recs.iter().find(|r| r.source == s).unwrap_or_else(|| panic!("{s} missing"));
     assert_eq!(by("a_chelsea.png").caption.as_deref(), Some("a cat"));
     assert_eq!(by("a_chelsea.png").status, Some(Status::Success));
     let first = by("a_chelsea.png").key.clone();
     assert_eq!(by("b_chelsea_copy.png").status, Some(Status::Duplicate));
-    assert!(by("b_chelsea_copy.png")
-        .error_message
-        .as_deref()
-        .unwrap()
-        .contains(&first));
+    assert!(by("b_chelsea_copy.png").error_message.as_deref().unwrap().contains(&first));
     assert_eq!(by("d_truncated.jpg").status, Some(Status::FailedToResize));
     assert_eq!(by("sub/e_coffee.png").status, Some(Status::Success));
     let near = by("f_chelsea_small.jpg");
-    assert_eq!(
-        near.status,
-        Some(Status::Duplicate),
-        "{:?}",
-        near.error_message
-    );
-    assert!(near
-        .error_message
-        .as_deref()
-        .unwrap()
-        .contains("near-duplicate"));
+    assert_eq!(near.status, Some(Status::Duplicate), "{:?}", near.error_message);
+    assert!(near.error_message.as_deref().unwrap().contains("near-duplicate"));
 
     // Rerun: everything is done, nothing is rewritten.
     let before = std::fs::read(out.join("00000.tar")).unwrap();
@@ -109,10 +89,7 @@ fn folder_with_captions_and_duplicates() {
     let mut o = RunOptions::new(&out);
     o.progress = false;
     let err = ingest::run(&other, &o).unwrap_err().to_string();
-    assert!(
-        err.contains("manifest.json") && err.contains("--overwrite"),
-        "{err}"
-    );
+    assert!(err.contains("manifest.json") && err.contains("--overwrite"), "{err}");
 
     // Our own shards are a valid webdataset input; captions come along.
     let out2 = dir.path().join("rewds");
@@ -168,29 +145,11 @@ fn sa1b_tar(path: &Path) {
     let hubble = std::fs::read(common::shared_image("hubble_deep_field.jpg")).unwrap();
     let chelsea = image::open(common::shared_image("chelsea.png")).unwrap();
     let mut chelsea_jpg = Vec::new();
-    chelsea
-        .to_rgb8()
-        .write_to(
-            &mut std::io::Cursor::new(&mut chelsea_jpg),
-            image::ImageFormat::Jpeg,
-        )
-        .unwrap();
+    chelsea.to_rgb8().write_to(&mut std::io::Cursor::new(&mut chelsea_jpg), image::ImageFormat::Jpeg).unwrap();
     add("sa_1.jpg", &rocket);
-    add(
-        "sa_1.json",
-        sa_json(
-            1,
-            640,
-            427,
-            &[(10, 10, 110, 60), (200, 100, 300, 400), (0, 0, 640, 427)],
-        )
-        .as_bytes(),
-    );
+    add("sa_1.json", sa_json(1, 640, 427, &[(10, 10, 110, 60), (200, 100, 300, 400), (0, 0, 640, 427)]).as_bytes());
     add("sa_2.jpg", &hubble);
-    add(
-        "sa_2.json",
-        sa_json(2, 1000, 872, &[(5, 5, 55, 25)]).as_bytes(),
-    );
+    add("sa_2.json", sa_json(2, 1000, 872, &[(5, 5, 55, 25)]).as_bytes());
     add("sa_3.jpg", &chelsea_jpg);
     add(
         "sa_4.jpg",
@@ -212,17 +171,8 @@ fn sa1b_tar(path: &Path) {
 
 fn extra_f64(out: &Path, name: &str) -> Vec<Option<f64>> {
     use polars::prelude::*;
-    let df = ParquetReader::new(std::fs::File::open(out.join("00000.parquet")).unwrap())
-        .finish()
-        .unwrap();
-    df.column(name)
-        .unwrap()
-        .cast(&DataType::Float64)
-        .unwrap()
-        .f64()
-        .unwrap()
-        .iter()
-        .collect()
+    let df = ParquetReader::new(std::fs::File::open(out.join("00000.parquet")).unwrap()).finish().unwrap();
+    df.column(name).unwrap().cast(&DataType::Float64).unwrap().f64().unwrap().iter().collect()
 }
 
 #[test]
@@ -236,10 +186,7 @@ fn sa1b_tars_and_folders() {
     run(&c, &out);
     let recs = read_records(&out.join("00000.parquet")).unwrap();
     assert_eq!(recs.len(), 4);
-    assert!(
-        recs.iter().all(|r| r.status == Some(Status::Success)),
-        "{recs:?}"
-    );
+    assert!(recs.iter().all(|r| r.status == Some(Status::Success)), "{recs:?}");
     let counts = extra_f64(&out, "mask_count");
     assert_eq!(counts, vec![Some(3.0), Some(1.0), None, None]);
     let maxes = extra_f64(&out, "mask_area_max");
@@ -247,26 +194,11 @@ fn sa1b_tars_and_folders() {
     let density = extra_f64(&out, "masks_per_megapixel");
     assert!((density[0].unwrap() - 3.0 / (640.0 * 427.0 / 1e6)).abs() < 1e-9);
     use polars::prelude::*;
-    let df = ParquetReader::new(std::fs::File::open(out.join("00000.parquet")).unwrap())
-        .finish()
-        .unwrap();
-    let errs: Vec<Option<String>> = df
-        .column("annotation_error")
-        .unwrap()
-        .str()
-        .unwrap()
-        .iter()
-        .map(|s| s.map(str::to_owned))
-        .collect();
+    let df = ParquetReader::new(std::fs::File::open(out.join("00000.parquet")).unwrap()).finish().unwrap();
+    let errs: Vec<Option<String>> =
+        df.column("annotation_error").unwrap().str().unwrap().iter().map(|s| s.map(str::to_owned)).collect();
     assert!(errs[2].as_deref().unwrap().contains("no annotation JSON"));
-    assert!(
-        errs[3]
-            .as_deref()
-            .unwrap()
-            .contains("annotation 0: RLE counts"),
-        "{:?}",
-        errs[3]
-    );
+    assert!(errs[3].as_deref().unwrap().contains("annotation 0: RLE counts"), "{:?}", errs[3]);
 
     // --min-masks filters, with the count in the reason.
     let mut c2 = c.clone();
@@ -276,18 +208,8 @@ fn sa1b_tars_and_folders() {
     let recs2 = read_records(&out2.join("00000.parquet")).unwrap();
     assert_eq!(recs2[0].status, Some(Status::Success));
     assert_eq!(recs2[1].status, Some(Status::Filtered));
-    assert!(recs2[1]
-        .error_message
-        .as_deref()
-        .unwrap()
-        .contains("too few masks for --min-masks 2: 1"));
-    assert_eq!(
-        WdsReader::open(&out2.join("00000.tar"))
-            .unwrap()
-            .samples
-            .len(),
-        1
-    );
+    assert!(recs2[1].error_message.as_deref().unwrap().contains("too few masks for --min-masks 2: 1"));
+    assert_eq!(WdsReader::open(&out2.join("00000.tar")).unwrap().samples.len(), 1);
 
     // The same data extracted into a folder gives the same statistics.
     let ex = dir.path().join("extracted");
@@ -295,11 +217,7 @@ fn sa1b_tars_and_folders() {
     let reader = WdsReader::open(&tar).unwrap();
     for s in &reader.samples {
         for ext in s.members.keys() {
-            std::fs::write(
-                ex.join(format!("{}.{ext}", s.key)),
-                reader.read(s, ext).unwrap().unwrap(),
-            )
-            .unwrap();
+            std::fs::write(ex.join(format!("{}.{ext}", s.key)), reader.read(s, ext).unwrap().unwrap()).unwrap();
         }
     }
     let out3 = dir.path().join("out3");
@@ -330,21 +248,12 @@ fn laion_parquet_with_no_network() {
         "400",
         "--no-progress",
     ];
-    let status = std::process::Command::new("unshare")
-        .arg("-n")
-        .arg(common::bin())
-        .args(args)
-        .status();
+    let status = std::process::Command::new("unshare").arg("-n").arg(common::bin()).args(args).status();
     let status = match status {
         Ok(s) if s.code() != Some(1) || out.join("manifest.json").exists() => s,
         _ => {
-            eprintln!(
-                "unshare -n is not available: running with the machine's closed network instead"
-            );
-            std::process::Command::new(common::bin())
-                .args(args)
-                .status()
-                .unwrap()
+            eprintln!("unshare -n is not available: running with the machine's closed network instead");
+            std::process::Command::new(common::bin()).args(args).status().unwrap()
         }
     };
     assert!(status.success());
@@ -355,25 +264,15 @@ fn laion_parquet_with_no_network() {
         assert_eq!(r.status, Some(Status::FailedToDownload), "{}", r.source);
         let m = r.error_message.as_deref().unwrap();
         assert!(
-            m.contains("DNS resolution failed")
-                || m.contains("connection failed")
-                || m.contains("invalid URL"),
+            m.contains("DNS resolution failed") || m.contains("connection failed") || m.contains("invalid URL"),
             "{m}"
         );
         assert!(r.source.starts_with("http"));
     }
     assert!(recs[0].caption.is_some());
     use polars::prelude::*;
-    let df = ParquetReader::new(std::fs::File::open(out.join("00000.parquet")).unwrap())
-        .finish()
-        .unwrap();
-    assert!(
-        df.column("__index_level_0__").is_ok(),
-        "extra columns are carried"
-    );
+    let df = ParquetReader::new(std::fs::File::open(out.join("00000.parquet")).unwrap()).finish().unwrap();
+    assert!(df.column("__index_level_0__").is_ok(), "extra columns are carried");
     assert!(df.column("url").is_ok() && df.column("caption").is_ok());
-    assert_eq!(
-        df.column("key").unwrap().str().unwrap().get(0),
-        Some("00000000")
-    );
+    assert_eq!(df.column("key").unwrap().str().unwrap().get(0), Some("00000000"));
 }

@@ -82,18 +82,10 @@ pub struct FetchError {
 
 impl FetchError {
     fn permanent(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            transient: false,
-            retry_after: None,
-        }
+        Self { message: message.into(), transient: false, retry_after: None }
     }
     fn transient(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            transient: true,
-            retry_after: None,
-        }
+        Self { message: message.into(), transient: true, retry_after: None }
     }
 }
 
@@ -110,10 +102,7 @@ pub fn is_private(ip: IpAddr) -> bool {
                 return is_private(IpAddr::V4(v4));
             }
             let s = v.segments()[0];
-            v.is_loopback()
-                || v.is_unspecified()
-                || (s & 0xfe00) == 0xfc00
-                || (s & 0xffc0) == 0xfe80
+            v.is_loopback() || v.is_unspecified() || (s & 0xfe00) == 0xfc00 || (s & 0xffc0) == 0xfe80
         }
     }
 }
@@ -139,20 +128,13 @@ impl Resolve for CachingResolver {
         let cache = self.cache.clone();
         Box::pin(async move {
             let now = Instant::now();
-            let cached = cache.lock().ok().and_then(|c| {
-                c.get(&host)
-                    .filter(|(t, _)| *t > now)
-                    .map(|(_, r)| r.clone())
-            });
+            let cached = cache.lock().ok().and_then(|c| c.get(&host).filter(|(t, _)| *t > now).map(|(_, r)| r.clone()));
             let result = match cached {
                 Some(r) => r,
                 None => {
                     let (ttl, r) = match tokio::net::lookup_host((host.as_str(), 0)).await {
                         Ok(addrs) => (Duration::from_secs(300), Ok(addrs.collect::<Vec<_>>())),
-                        Err(e) => (
-                            Duration::from_secs(30),
-                            Err(format!("DNS resolution failed: {host}: {e}")),
-                        ),
+                        Err(e) => (Duration::from_secs(30), Err(format!("DNS resolution failed: {host}: {e}"))),
                     };
                     if let Ok(mut c) = cache.lock() {
                         c.insert(host.clone(), (Instant::now() + ttl, r.clone()));
@@ -161,16 +143,10 @@ impl Resolve for CachingResolver {
                 }
             };
             let addrs = result?;
-            let kept: Vec<SocketAddr> = addrs
-                .iter()
-                .copied()
-                .filter(|a| allow_private || !is_private(a.ip()))
-                .collect();
+            let kept: Vec<SocketAddr> =
+                addrs.iter().copied().filter(|a| allow_private || !is_private(a.ip())).collect();
             if kept.is_empty() {
-                let shown = addrs
-                    .first()
-                    .map(|a| a.ip().to_string())
-                    .unwrap_or_default();
+                let shown = addrs.first().map(|a| a.ip().to_string()).unwrap_or_default();
                 return Err(private_refusal(&format!("{shown} (host {host})")).into());
             }
             Ok(Box::new(kept.into_iter()) as Addrs)
@@ -217,10 +193,7 @@ pub fn robots_disallowed(headers: &HeaderMap) -> Option<String> {
 
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    v.parse::<f64>()
-        .ok()
-        .filter(|s| *s >= 0.0)
-        .map(Duration::from_secs_f64)
+    v.parse::<f64>().ok().filter(|s| *s >= 0.0).map(Duration::from_secs_f64)
 }
 
 fn describe(e: &reqwest::Error) -> FetchError {
@@ -240,11 +213,7 @@ fn describe(e: &reqwest::Error) -> FetchError {
         return FetchError::transient("timed out");
     }
     if e.is_redirect() {
-        return FetchError::permanent(if chain.is_empty() {
-            "too many redirects".to_string()
-        } else {
-            chain
-        });
+        return FetchError::permanent(if chain.is_empty() { "too many redirects".to_string() } else { chain });
     }
     if chain.contains("refused private address") {
         let start = chain.find("refused private address").unwrap_or(0);
@@ -260,11 +229,7 @@ fn describe(e: &reqwest::Error) -> FetchError {
     if e.is_body() || e.is_decode() {
         return FetchError::transient(format!("truncated body: {chain}"));
     }
-    FetchError::transient(if chain.is_empty() {
-        e.to_string()
-    } else {
-        chain
-    })
+    FetchError::transient(if chain.is_empty() { e.to_string() } else { chain })
 }
 
 impl Downloader {
@@ -275,9 +240,7 @@ impl Downloader {
         let allow_private = opts.allow_private_addresses;
         let policy = reqwest::redirect::Policy::custom(move |attempt| {
             if attempt.previous().len() > max_redirects {
-                return attempt.error(format!(
-                    "too many redirects (more than --max-redirects {max_redirects})"
-                ));
+                return attempt.error(format!("too many redirects (more than --max-redirects {max_redirects})"));
             }
             if attempt.previous().iter().any(|u| u == attempt.url()) {
                 let msg = format!("redirect loop: {}", attempt.url());
@@ -300,18 +263,10 @@ impl Downloader {
             .no_proxy()
             .pool_max_idle_per_host(opts.per_host_concurrency)
             .tcp_nodelay(true)
-            .dns_resolver(CachingResolver {
-                allow_private,
-                cache: Arc::default(),
-            })
+            .dns_resolver(CachingResolver { allow_private, cache: Arc::default() })
             .build()
             .map_err(|e| format!("building the HTTP client: {e}"))?;
-        Ok(Self {
-            client,
-            global: Arc::new(Semaphore::new(opts.concurrency.max(1))),
-            opts,
-            hosts: Mutex::default(),
-        })
+        Ok(Self { client, global: Arc::new(Semaphore::new(opts.concurrency.max(1))), opts, hosts: Mutex::default() })
     }
 
     /// The options in use.
@@ -322,17 +277,12 @@ impl Downloader {
     fn host_slots(&self, host: &str) -> Arc<Semaphore> {
         let mut hosts = self.hosts.lock().expect("host table poisoned");
         let st = hosts.entry(host.to_string()).or_default();
-        st.slots
-            .get_or_insert_with(|| Arc::new(Semaphore::new(self.opts.per_host_concurrency.max(1))))
-            .clone()
+        st.slots.get_or_insert_with(|| Arc::new(Semaphore::new(self.opts.per_host_concurrency.max(1)))).clone()
     }
 
     fn host_wait(&self, host: &str) -> Option<Instant> {
         let hosts = self.hosts.lock().expect("host table poisoned");
-        hosts
-            .get(host)
-            .and_then(|h| h.blocked_until)
-            .filter(|t| *t > Instant::now())
+        hosts.get(host).and_then(|h| h.blocked_until).filter(|t| *t > Instant::now())
     }
 
     fn block_host(&self, host: &str, d: Duration) {
@@ -348,10 +298,7 @@ impl Downloader {
     pub async fn fetch(&self, url: &str) -> Result<Vec<u8>, String> {
         let parsed = url::Url::parse(url).map_err(|e| format!("invalid URL: {url:?}: {e}"))?;
         if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(format!(
-                "unsupported URL scheme: {:?} (expected http or https)",
-                parsed.scheme()
-            ));
+            return Err(format!("unsupported URL scheme: {:?} (expected http or https)", parsed.scheme()));
         }
         let host = parsed.host_str().unwrap_or_default().to_string();
         if let Some(ip) = literal_ip(&parsed) {
@@ -373,17 +320,11 @@ impl Downloader {
             match result {
                 Ok(body) => return Ok(body),
                 Err(e) if !e.transient || attempt >= self.opts.retries => {
-                    let tries = if attempt > 0 {
-                        format!(" (after {} attempts)", attempt + 1)
-                    } else {
-                        String::new()
-                    };
+                    let tries = if attempt > 0 { format!(" (after {} attempts)", attempt + 1) } else { String::new() };
                     return Err(format!("{}{tries}", e.message));
                 }
                 Err(e) => {
-                    let backoff = Duration::from_secs_f64(
-                        self.opts.retry_backoff * f64::powi(2.0, attempt as i32),
-                    );
+                    let backoff = Duration::from_secs_f64(self.opts.retry_backoff * f64::powi(2.0, attempt as i32));
                     if let Some(ra) = e.retry_after {
                         if ra.as_secs_f64() > self.opts.max_retry_after {
                             return Err(format!(
@@ -404,27 +345,13 @@ impl Downloader {
     }
 
     async fn fetch_once(&self, url: url::Url) -> Result<Vec<u8>, FetchError> {
-        let mut resp = self
-            .client
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| describe(&e))?;
+        let mut resp = self.client.get(url).send().await.map_err(|e| describe(&e))?;
         let status = resp.status();
         if !status.is_success() {
-            let msg = format!(
-                "HTTP {} {}",
-                status.as_u16(),
-                status.canonical_reason().unwrap_or("")
-            );
+            let msg = format!("HTTP {} {}", status.as_u16(), status.canonical_reason().unwrap_or(""));
             let msg = msg.trim_end().to_string();
-            let transient =
-                status.as_u16() == 429 || status.as_u16() == 408 || status.is_server_error();
-            return Err(FetchError {
-                message: msg,
-                transient,
-                retry_after: retry_after(resp.headers()),
-            });
+            let transient = status.as_u16() == 429 || status.as_u16() == 408 || status.is_server_error();
+            return Err(FetchError { message: msg, transient, retry_after: retry_after(resp.headers()) });
         }
         if !self.opts.ignore_robots_headers {
             if let Some(d) = robots_disallowed(resp.headers()) {
@@ -433,10 +360,7 @@ impl Downloader {
                 )));
             }
         }
-        let declared = resp
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let declared = resp.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if let Some(n) = declared {
             if n > self.opts.max_body_bytes {
                 return Err(FetchError::permanent(format!(
@@ -445,8 +369,7 @@ impl Downloader {
                 )));
             }
         }
-        let mut body =
-            Vec::with_capacity(declared.unwrap_or(64 << 10).min(self.opts.max_body_bytes) as usize);
+        let mut body = Vec::with_capacity(declared.unwrap_or(64 << 10).min(self.opts.max_body_bytes) as usize);
         while let Some(chunk) = resp.chunk().await.map_err(|e| describe(&e))? {
             if body.len() as u64 + chunk.len() as u64 > self.opts.max_body_bytes {
                 return Err(FetchError::permanent(format!(
@@ -458,10 +381,7 @@ impl Downloader {
         }
         if let Some(n) = declared {
             if (body.len() as u64) < n {
-                return Err(FetchError::transient(format!(
-                    "truncated body: got {} of {n} bytes",
-                    body.len()
-                )));
+                return Err(FetchError::transient(format!("truncated body: got {} of {n} bytes", body.len())));
             }
         }
         Ok(body)
@@ -509,15 +429,9 @@ mod tests {
         h.append("x-robots-tag", HeaderValue::from_static("noarchive, NoAI"));
         assert_eq!(robots_disallowed(&h).as_deref(), Some("noai"));
         let mut h = HeaderMap::new();
-        h.append(
-            "x-robots-tag",
-            HeaderValue::from_static("googlebot: noindex"),
-        );
+        h.append("x-robots-tag", HeaderValue::from_static("googlebot: noindex"));
         assert_eq!(robots_disallowed(&h), None);
-        h.append(
-            "x-robots-tag",
-            HeaderValue::from_static("pixforge: noimageai"),
-        );
+        h.append("x-robots-tag", HeaderValue::from_static("pixforge: noimageai"));
         assert_eq!(robots_disallowed(&h).as_deref(), Some("noimageai"));
     }
 }

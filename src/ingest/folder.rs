@@ -1,17 +1,12 @@
 //! `folder` source: a directory tree of images with optional same-stem `.txt` captions (kohya layout).
 
-use super::source::{
-    describe_input, ext_of, is_image_ext, walk_sorted, InputRow, Payload, SourceRows,
-};
+use super::source::{describe_input, ext_of, is_image_ext, walk_sorted, InputRow, Payload, SourceRows};
 use std::path::Path;
 
 /// Lists the images under `dir` in path order; `a/b.jpg` takes its caption from `a/b.txt` if present.
 pub fn read_folder(dir: &Path) -> anyhow::Result<SourceRows> {
     if !dir.is_dir() {
-        anyhow::bail!(
-            "{}: not a directory (the folder source expects a directory of images)",
-            dir.display()
-        );
+        anyhow::bail!("{}: not a directory (the folder source expects a directory of images)", dir.display());
     }
     let files = walk_sorted(dir)?;
     let mut rows = Vec::new();
@@ -28,20 +23,11 @@ pub fn read_folder(dir: &Path) -> anyhow::Result<SourceRows> {
         } else {
             None
         };
-        let rel = f
-            .strip_prefix(dir)
-            .unwrap_or(f)
-            .to_string_lossy()
-            .into_owned();
+        let rel = f.strip_prefix(dir).unwrap_or(f).to_string_lossy().into_owned();
         inputs.push(describe_input(f));
         let mut row = InputRow::new(rel, Payload::File(f.clone()));
         row.caption = caption;
         rows.push(row);
     }
-    Ok(SourceRows {
-        rows,
-        source_col: "source",
-        passthrough: None,
-        inputs,
-    })
+    Ok(SourceRows { rows, source_col: "source", passthrough: None, inputs })
 }

@@ -13,6 +13,7 @@ use super::phash::phash;
 /// How images are resized (img2dataset's `resize_mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum ResizeMode {
     /// Keep the image as it is.
     No,
@@ -25,6 +26,32 @@ pub enum ResizeMode {
     CenterCrop,
     /// Largest side to `image_size`, then padded to a white square.
     Border,
+}
+
+/// Resampling filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum Filter {
+    /// Box filter: area averaging when shrinking (OpenCV's INTER_AREA, img2dataset's default down).
+    Area,
+    /// Bilinear (triangle) filter.
+    Bilinear,
+    /// Catmull-Rom bicubic filter.
+    Bicubic,
+    /// Lanczos3 filter (img2dataset's default up).
+    Lanczos3,
+}
+
+impl Filter {
+    fn alg(self) -> ResizeAlg {
+        ResizeAlg::Convolution(match self {
+            Filter::Area => FilterType::Box,
+            Filter::Bilinear => FilterType::Bilinear,
+            Filter::Bicubic => FilterType::CatmullRom,
+            Filter::Lanczos3 => FilterType::Lanczos3,
+        })
+    }
 }
 
 /// Output encoding of the written images.
@@ -64,6 +91,12 @@ pub struct ImageOptions {
     /// Only ever shrink: images already within `image_size` are not upscaled.
     #[arg(long)]
     pub resize_only_if_bigger: bool,
+    /// Filter when shrinking.
+    #[arg(long, value_enum, default_value_t = Filter::Area)]
+    pub downscale_filter: Filter,
+    /// Filter when enlarging.
+    #[arg(long, value_enum, default_value_t = Filter::Lanczos3)]
+    pub upscale_filter: Filter,
     /// Output format.
     #[arg(long, value_enum, default_value_t = EncodeFormat::Jpg)]
     pub encode_format: EncodeFormat,
@@ -106,12 +139,7 @@ pub enum ImageError {
     UnknownFormat(String),
     /// The header declares too many pixels.
     #[error("image too large to decode: {width}x{height} = {pixels} pixels exceeds --max-image-pixels {limit}")]
-    Bomb {
-        width: u32,
-        height: u32,
-        pixels: u64,
-        limit: u64,
-    },
+    Bomb { width: u32, height: u32, pixels: u64, limit: u64 },
     /// The decoder failed.
     #[error("image decoding error: {0}")]
     Decode(String),
@@ -151,52 +179,32 @@ pub struct Processed {
 }
 
 fn first_bytes(b: &[u8]) -> String {
-    b.iter()
-        .take(8)
-        .map(|x| format!("{x:02x}"))
-        .collect::<Vec<_>>()
-        .join(" ")
+    b.iter().take(8).map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
 }
 
 /// Width and height declared by the header of `bytes`, without decoding pixels.
 pub fn peek_dimensions(bytes: &[u8]) -> Result<(ImageFormat, u32, u32), ImageError> {
-    let format =
-        image::guess_format(bytes).map_err(|_| ImageError::UnknownFormat(first_bytes(bytes)))?;
+    let format = image::guess_format(bytes).map_err(|_| ImageError::UnknownFormat(first_bytes(bytes)))?;
     let reader = ImageReader::with_format(Cursor::new(bytes), format);
-    let (w, h) = reader
-        .into_dimensions()
-        .map_err(|e| ImageError::Decode(e.to_string()))?;
+    let (w, h) = reader.into_dimensions().map_err(|e| ImageError::Decode(e.to_string()))?;
     Ok((format, w, h))
 }
 
 /// Decodes `bytes` to RGB: EXIF orientation applied, alpha composited on white, 16-bit, grey,
 /// palette and CMYK converted. Returns the image and whether the orientation changed it.
-pub fn decode_rgb(
-    bytes: &[u8],
-    max_pixels: u64,
-) -> Result<(RgbImage, bool, ImageFormat), ImageError> {
+pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<(RgbImage, bool, ImageFormat), ImageError> {
     let (format, w, h) = peek_dimensions(bytes)?;
     let pixels = w as u64 * h as u64;
     if pixels > max_pixels {
-        return Err(ImageError::Bomb {
-            width: w,
-            height: h,
-            pixels,
-            limit: max_pixels,
-        });
+        return Err(ImageError::Bomb { width: w, height: h, pixels, limit: max_pixels });
     }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(max_pixels.saturating_mul(16).max(64 << 20));
     reader.limits(limits);
-    let mut decoder = reader
-        .into_decoder()
-        .map_err(|e| ImageError::Decode(e.to_string()))?;
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img =
-        DynamicImage::from_decoder(decoder).map_err(|e| ImageError::Decode(e.to_string()))?;
+    let mut decoder = reader.into_decoder().map_err(|e| ImageError::Decode(e.to_string()))?;
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| ImageError::Decode(e.to_string()))?;
     let rotated = orientation != image::metadata::Orientation::NoTransforms;
     if rotated {
         img.apply_orientation(orientation);
@@ -223,25 +231,13 @@ pub fn to_rgb_on_white(img: DynamicImage) -> RgbImage {
 
 fn check_filters(w: u32, h: u32, o: &ImageOptions) -> Result<(), ImageError> {
     if w.min(h) < o.min_image_size {
-        return Err(ImageError::TooSmall {
-            width: w,
-            height: h,
-            limit: o.min_image_size,
-        });
+        return Err(ImageError::TooSmall { width: w, height: h, limit: o.min_image_size });
     }
     if o.max_image_area > 0 && w as u64 * h as u64 > o.max_image_area {
-        return Err(ImageError::AreaTooLarge {
-            width: w,
-            height: h,
-            limit: o.max_image_area,
-        });
+        return Err(ImageError::AreaTooLarge { width: w, height: h, limit: o.max_image_area });
     }
     if o.max_aspect_ratio > 0.0 && w.max(h) as f64 / w.min(h).max(1) as f64 > o.max_aspect_ratio {
-        return Err(ImageError::AspectTooLarge {
-            width: w,
-            height: h,
-            limit: o.max_aspect_ratio,
-        });
+        return Err(ImageError::AspectTooLarge { width: w, height: h, limit: o.max_aspect_ratio });
     }
     Ok(())
 }
@@ -266,11 +262,7 @@ pub fn plan(w: u32, h: u32, o: &ImageOptions) -> Plan {
     let s = o.image_size;
     let full = (0, 0, w, h);
     match o.resize_mode {
-        ResizeMode::No => Plan {
-            crop: full,
-            resized: (w, h),
-            canvas: (w, h),
-        },
+        ResizeMode::No => Plan { crop: full, resized: (w, h), canvas: (w, h) },
         ResizeMode::KeepRatio | ResizeMode::CenterCrop => {
             let m = w.min(h);
             let resize = !(o.resize_only_if_bigger && m <= s);
@@ -282,20 +274,12 @@ pub fn plan(w: u32, h: u32, o: &ImageOptions) -> Plan {
                 (scaled(w, s, h), s)
             };
             if o.resize_mode == ResizeMode::KeepRatio {
-                return Plan {
-                    crop: full,
-                    resized: (rw, rh),
-                    canvas: (rw, rh),
-                };
+                return Plan { crop: full, resized: (rw, rh), canvas: (rw, rh) };
             }
             // Centre square of the source, resized to the target square.
             let side = if resize { s } else { m };
             let (cx, cy) = ((w - m) / 2, (h - m) / 2);
-            Plan {
-                crop: (cx, cy, m, m),
-                resized: (side, side),
-                canvas: (side, side),
-            }
+            Plan { crop: (cx, cy, m, m), resized: (side, side), canvas: (side, side) }
         }
         ResizeMode::KeepRatioLargest | ResizeMode::Border => {
             let m = w.max(h);
@@ -308,41 +292,31 @@ pub fn plan(w: u32, h: u32, o: &ImageOptions) -> Plan {
                 (scaled(w, s, h), s)
             };
             let side = rw.max(rh);
-            let canvas = if o.resize_mode == ResizeMode::Border {
-                (side, side)
-            } else {
-                (rw, rh)
-            };
-            Plan {
-                crop: full,
-                resized: (rw, rh),
-                canvas,
-            }
+            let canvas = if o.resize_mode == ResizeMode::Border { (side, side) } else { (rw, rh) };
+            Plan { crop: full, resized: (rw, rh), canvas }
         }
     }
 }
 
-/// Resizes the `crop` region of `img` to `size` with Lanczos3 (area-correct when shrinking).
+/// Resizes the `crop` region of `img` to `size`, with `o.downscale_filter` when the region shrinks and
+/// `o.upscale_filter` when it grows.
 pub fn resize_rgb(
     img: &RgbImage,
     crop: (f64, f64, f64, f64),
     size: (u32, u32),
+    o: &ImageOptions,
 ) -> Result<RgbImage, ImageError> {
     let (w, h) = img.dimensions();
     if crop == (0.0, 0.0, w as f64, h as f64) && size == (w, h) {
         return Ok(img.clone());
     }
-    let src = ImageRef::new(w, h, img.as_raw(), PixelType::U8x3)
-        .map_err(|e| ImageError::Encode(e.to_string()))?;
+    let src = ImageRef::new(w, h, img.as_raw(), PixelType::U8x3).map_err(|e| ImageError::Encode(e.to_string()))?;
     let mut dst = Image::new(size.0, size.1, PixelType::U8x3);
     let opts = ResizeOptions::new()
-        .resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3))
+        .resize_alg(if (size.0 as f64) < crop.2 { o.downscale_filter } else { o.upscale_filter }.alg())
         .crop(crop.0, crop.1, crop.2, crop.3);
-    Resizer::new()
-        .resize(&src, &mut dst, &opts)
-        .map_err(|e| ImageError::Encode(e.to_string()))?;
-    RgbImage::from_raw(size.0, size.1, dst.into_vec())
-        .ok_or_else(|| ImageError::Encode("resize buffer size".into()))
+    Resizer::new().resize(&src, &mut dst, &opts).map_err(|e| ImageError::Encode(e.to_string()))?;
+    RgbImage::from_raw(size.0, size.1, dst.into_vec()).ok_or_else(|| ImageError::Encode("resize buffer size".into()))
 }
 
 fn pad_white(img: RgbImage, canvas: (u32, u32)) -> RgbImage {
@@ -351,12 +325,7 @@ fn pad_white(img: RgbImage, canvas: (u32, u32)) -> RgbImage {
         return img;
     }
     let mut out = RgbImage::from_pixel(canvas.0, canvas.1, image::Rgb([255, 255, 255]));
-    image::imageops::replace(
-        &mut out,
-        &img,
-        ((canvas.0 - w) / 2) as i64,
-        ((canvas.1 - h) / 2) as i64,
-    );
+    image::imageops::replace(&mut out, &img, ((canvas.0 - w) / 2) as i64, ((canvas.1 - h) / 2) as i64);
     out
 }
 
@@ -366,16 +335,19 @@ pub fn encode(img: &RgbImage, format: EncodeFormat, quality: u8) -> Result<Vec<u
     let err = |e: image::ImageError| ImageError::Encode(e.to_string());
     match format {
         EncodeFormat::Jpg => {
-            let enc =
-                image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality.clamp(1, 100));
-            img.write_with_encoder(enc).map_err(err)?;
+            let (w, h) = img.dimensions();
+            let (Ok(w16), Ok(h16)) = (u16::try_from(w), u16::try_from(h)) else {
+                return Err(ImageError::Encode(format!("{w}x{h} is too large for JPEG (65535 px per side at most)")));
+            };
+            let mut enc = jpeg_encoder::Encoder::new(&mut out, quality.clamp(1, 100));
+            // 4:2:0 with averaged chroma, as libjpeg and OpenCV write by default at every quality.
+            enc.set_sampling_factor(jpeg_encoder::SamplingFactor::F_2_2);
+            enc.set_chroma_subsampling_method(jpeg_encoder::ChromaSubsamplingMethod::Average);
+            enc.encode(img.as_raw(), w16, h16, jpeg_encoder::ColorType::Rgb)
+                .map_err(|e| ImageError::Encode(e.to_string()))?;
         }
-        EncodeFormat::Png => img
-            .write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
-            .map_err(err)?,
-        EncodeFormat::Webp => img
-            .write_to(&mut Cursor::new(&mut out), ImageFormat::WebP)
-            .map_err(err)?,
+        EncodeFormat::Png => img.write_to(&mut Cursor::new(&mut out), ImageFormat::Png).map_err(err)?,
+        EncodeFormat::Webp => img.write_to(&mut Cursor::new(&mut out), ImageFormat::WebP).map_err(err)?,
     }
     Ok(out)
 }
@@ -406,15 +378,11 @@ fn decode_jpeg_scaled(
     o: &ImageOptions,
 ) -> Result<Option<(RgbImage, (f64, f64, f64, f64), Plan)>, ImageError> {
     let mut d = jpeg_decoder::Decoder::new(Cursor::new(bytes));
-    d.read_info()
-        .map_err(|e| ImageError::Decode(e.to_string()))?;
+    d.read_info().map_err(|e| ImageError::Decode(e.to_string()))?;
     let Some(info) = d.info() else {
         return Ok(None);
     };
-    if !matches!(
-        info.pixel_format,
-        jpeg_decoder::PixelFormat::RGB24 | jpeg_decoder::PixelFormat::L8
-    ) {
+    if !matches!(info.pixel_format, jpeg_decoder::PixelFormat::RGB24 | jpeg_decoder::PixelFormat::L8) {
         return Ok(None);
     }
     if let Some(exif) = d.exif_data() {
@@ -432,9 +400,7 @@ fn decode_jpeg_scaled(
     }
     let req_w = (w as u64 * p.resized.0 as u64).div_ceil(cw as u64) as u16;
     let req_h = (h as u64 * p.resized.1 as u64).div_ceil(ch as u64) as u16;
-    let (sw, sh) = d
-        .scale(req_w, req_h)
-        .map_err(|e| ImageError::Decode(e.to_string()))?;
+    let (sw, sh) = d.scale(req_w, req_h).map_err(|e| ImageError::Decode(e.to_string()))?;
     let pixels = d.decode().map_err(|e| ImageError::Decode(e.to_string()))?;
     let (sw, sh) = (sw as u32, sh as u32);
     let rgb = match info.pixel_format {
@@ -444,12 +410,9 @@ fn decode_jpeg_scaled(
     let img = RgbImage::from_raw(sw, sh, rgb)
         .ok_or_else(|| ImageError::Decode("decoded buffer has the wrong size".into()))?;
     let (fx, fy) = (sw as f64 / w as f64, sh as f64 / h as f64);
-    let crop = (
-        p.crop.0 as f64 * fx,
-        p.crop.1 as f64 * fy,
-        cw as f64 * fx,
-        ch as f64 * fy,
-    );
+    // Clamp: the scaled size is rounded up, so the scaled crop may pass the edge by a fraction.
+    let (x, y) = (p.crop.0 as f64 * fx, p.crop.1 as f64 * fy);
+    let crop = (x, y, (cw as f64 * fx).min(sw as f64 - x), (ch as f64 * fy).min(sh as f64 - y));
     Ok(Some((img, crop, p)))
 }
 
@@ -458,38 +421,18 @@ pub fn process(bytes: &[u8], o: &ImageOptions) -> Result<Processed, ImageError> 
     let (format, w0, h0) = peek_dimensions(bytes)?;
     let pixels = w0 as u64 * h0 as u64;
     if pixels > o.max_image_pixels {
-        return Err(ImageError::Bomb {
-            width: w0,
-            height: h0,
-            pixels,
-            limit: o.max_image_pixels,
-        });
+        return Err(ImageError::Bomb { width: w0, height: h0, pixels, limit: o.max_image_pixels });
     }
-    let scaled = if o.dct_downscale && format == ImageFormat::Jpeg {
-        decode_jpeg_scaled(bytes, o)?
-    } else {
-        None
-    };
+    let scaled = if o.dct_downscale && format == ImageFormat::Jpeg { decode_jpeg_scaled(bytes, o)? } else { None };
     let (out, w, h, untouched) = match scaled {
-        Some((img, crop, p)) => (
-            pad_white(resize_rgb(&img, crop, p.resized)?, p.canvas),
-            w0,
-            h0,
-            false,
-        ),
+        Some((img, crop, p)) => (pad_white(resize_rgb(&img, crop, p.resized, o)?, p.canvas), w0, h0, false),
         None => {
             let (img, rotated, _) = decode_rgb(bytes, o.max_image_pixels)?;
             let (w, h) = img.dimensions();
             check_filters(w, h, o)?;
             let p = plan(w, h, o);
-            let untouched =
-                p.crop == (0, 0, w, h) && p.resized == (w, h) && p.canvas == (w, h) && !rotated;
-            (
-                pad_white(resize_rgb(&img, crop_f64(p.crop), p.resized)?, p.canvas),
-                w,
-                h,
-                untouched,
-            )
+            let untouched = p.crop == (0, 0, w, h) && p.resized == (w, h) && p.canvas == (w, h) && !rotated;
+            (pad_white(resize_rgb(&img, crop_f64(p.crop), p.resized, o)?, p.canvas), w, h, untouched)
         }
     };
     let data = if untouched && o.skip_reencode && format_matches(format, o.encode_format) {
@@ -514,36 +457,17 @@ mod tests {
     use super::*;
 
     fn opts(mode: ResizeMode, size: u32) -> ImageOptions {
-        ImageOptions {
-            resize_mode: mode,
-            image_size: size,
-            ..Default::default()
-        }
+        ImageOptions { resize_mode: mode, image_size: size, ..Default::default() }
     }
 
     #[test]
     fn plans_match_img2dataset_reference_sizes() {
         // img2dataset tests/blur_test_files: a 389x535 input at image_size 600.
-        assert_eq!(
-            plan(389, 535, &opts(ResizeMode::KeepRatio, 600)).canvas,
-            (600, 825)
-        );
-        assert_eq!(
-            plan(389, 535, &opts(ResizeMode::KeepRatioLargest, 600)).canvas,
-            (436, 600)
-        );
-        assert_eq!(
-            plan(389, 535, &opts(ResizeMode::Border, 600)).canvas,
-            (600, 600)
-        );
-        assert_eq!(
-            plan(389, 535, &opts(ResizeMode::CenterCrop, 600)).canvas,
-            (600, 600)
-        );
-        assert_eq!(
-            plan(389, 535, &opts(ResizeMode::No, 600)).canvas,
-            (389, 535)
-        );
+        assert_eq!(plan(389, 535, &opts(ResizeMode::KeepRatio, 600)).canvas, (600, 825));
+        assert_eq!(plan(389, 535, &opts(ResizeMode::KeepRatioLargest, 600)).canvas, (436, 600));
+        assert_eq!(plan(389, 535, &opts(ResizeMode::Border, 600)).canvas, (600, 600));
+        assert_eq!(plan(389, 535, &opts(ResizeMode::CenterCrop, 600)).canvas, (600, 600));
+        assert_eq!(plan(389, 535, &opts(ResizeMode::No, 600)).canvas, (389, 535));
         let mut o = opts(ResizeMode::KeepRatio, 600);
         o.resize_only_if_bigger = true;
         assert_eq!(plan(389, 535, &o).canvas, (389, 535));
@@ -567,9 +491,6 @@ mod tests {
         assert!(e.to_string().contains("--min-image-size 100"), "{e}");
         o.min_image_size = 0;
         o.max_aspect_ratio = 2.0;
-        assert!(matches!(
-            check_filters(50, 200, &o),
-            Err(ImageError::AspectTooLarge { .. })
-        ));
+        assert!(matches!(check_filters(50, 200, &o), Err(ImageError::AspectTooLarge { .. })));
     }
 }

@@ -75,8 +75,7 @@ impl Default for LaionOptions {
 }
 
 fn read_bytes(path: &Path) -> anyhow::Result<Vec<u8>> {
-    let raw =
-        std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+    let raw = std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
     if path.extension().is_some_and(|e| e == "gz") {
         let mut out = Vec::new();
         flate2::read::MultiGzDecoder::new(&raw[..])
@@ -91,48 +90,33 @@ fn read_bytes(path: &Path) -> anyhow::Result<Vec<u8>> {
 pub fn format_of(path: &Path) -> Option<&'static str> {
     let name = path.file_name()?.to_string_lossy().to_ascii_lowercase();
     let name = name.strip_suffix(".gz").unwrap_or(&name);
-    ["parquet", "csv", "tsv", "jsonl", "json", "txt"]
-        .into_iter()
-        .find(|f| name.ends_with(&format!(".{f}")))
+    ["parquet", "csv", "tsv", "jsonl", "json", "txt"].into_iter().find(|f| name.ends_with(&format!(".{f}")))
 }
 
 /// Reads one metadata file into a DataFrame (`txt`: one URL per line, in column `url_col`).
 pub fn read_table(path: &Path, url_col: &str) -> anyhow::Result<DataFrame> {
     let fmt = format_of(path).ok_or_else(|| {
-        anyhow::anyhow!("{}: unknown metadata format (expected .parquet, .csv, .tsv, .json, .jsonl or .txt, optionally .gz)", path.display())
+        anyhow::anyhow!(
+            "{}: unknown metadata format (expected .parquet, .csv, .tsv, .json, .jsonl or .txt, optionally .gz)",
+            path.display()
+        )
     })?;
     let bytes = read_bytes(path)?;
     let ctx = |e: PolarsError| anyhow::anyhow!("{}: cannot read as {fmt}: {e}", path.display());
     let df = match fmt {
-        "parquet" => ParquetReader::new(Cursor::new(bytes))
-            .finish()
-            .map_err(ctx)?,
+        "parquet" => ParquetReader::new(Cursor::new(bytes)).finish().map_err(ctx)?,
         "csv" | "tsv" => CsvReadOptions::default()
             .with_has_header(true)
             .with_infer_schema_length(Some(10_000))
-            .with_parse_options(CsvParseOptions::default().with_separator(if fmt == "tsv" {
-                b'\t'
-            } else {
-                b','
-            }))
+            .with_parse_options(CsvParseOptions::default().with_separator(if fmt == "tsv" { b'\t' } else { b',' }))
             .into_reader_with_file_handle(Cursor::new(bytes))
             .finish()
             .map_err(ctx)?,
-        "jsonl" => JsonReader::new(Cursor::new(bytes))
-            .with_json_format(JsonFormat::JsonLines)
-            .finish()
-            .map_err(ctx)?,
-        "json" => JsonReader::new(Cursor::new(bytes))
-            .with_json_format(JsonFormat::Json)
-            .finish()
-            .map_err(ctx)?,
+        "jsonl" => JsonReader::new(Cursor::new(bytes)).with_json_format(JsonFormat::JsonLines).finish().map_err(ctx)?,
+        "json" => JsonReader::new(Cursor::new(bytes)).with_json_format(JsonFormat::Json).finish().map_err(ctx)?,
         _ => {
             let text = String::from_utf8_lossy(&bytes);
-            let urls: Vec<&str> = text
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect();
+            let urls: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
             DataFrame::new(urls.len(), vec![Column::new(url_col.into(), urls)]).map_err(ctx)?
         }
     };
@@ -140,19 +124,10 @@ pub fn read_table(path: &Path, url_col: &str) -> anyhow::Result<DataFrame> {
 }
 
 fn columns_list(df: &DataFrame) -> String {
-    df.get_column_names()
-        .iter()
-        .map(|c| c.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
+    df.get_column_names().iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")
 }
 
-fn float_col(
-    df: &DataFrame,
-    name: &str,
-    flag: &str,
-    path: &Path,
-) -> anyhow::Result<Vec<Option<f64>>> {
+fn float_col(df: &DataFrame, name: &str, flag: &str, path: &Path) -> anyhow::Result<Vec<Option<f64>>> {
     let c = df.column(name).map_err(|_| {
         anyhow::anyhow!(
             "{}: {flag} needs column `{name}`, which is missing (columns: {})",
@@ -185,19 +160,8 @@ struct Check {
 }
 
 impl Check {
-    fn new(
-        df: &DataFrame,
-        col: &str,
-        flag: &'static str,
-        bound: Bound,
-        path: &Path,
-    ) -> anyhow::Result<Self> {
-        Ok(Self {
-            col: col.to_string(),
-            flag,
-            values: float_col(df, col, flag, path)?,
-            bound,
-        })
+    fn new(df: &DataFrame, col: &str, flag: &'static str, bound: Bound, path: &Path) -> anyhow::Result<Self> {
+        Ok(Self { col: col.to_string(), flag, values: float_col(df, col, flag, path)?, bound })
     }
 
     fn reason(&self, i: usize) -> Option<String> {
@@ -207,14 +171,7 @@ impl Check {
             (Some(v), Bound::Below(t)) => (v < *t, ">=", *t),
             (Some(v), Bound::AtMost(t)) => (v <= *t, ">", *t),
         };
-        (!ok).then(|| {
-            format!(
-                "{} {op} {} {t}: {}",
-                self.col,
-                self.flag,
-                self.values[i].unwrap_or_default()
-            )
-        })
+        (!ok).then(|| format!("{} {op} {} {t}: {}", self.col, self.flag, self.values[i].unwrap_or_default()))
     }
 }
 
@@ -222,31 +179,13 @@ impl Check {
 fn build_checks(df: &DataFrame, o: &LaionOptions, path: &Path) -> anyhow::Result<Vec<Check>> {
     let mut checks = Vec::new();
     if let Some(t) = o.min_similarity {
-        checks.push(Check::new(
-            df,
-            &o.similarity_col,
-            "--min-similarity",
-            Bound::AtLeast(t),
-            path,
-        )?);
+        checks.push(Check::new(df, &o.similarity_col, "--min-similarity", Bound::AtLeast(t), path)?);
     }
     if let Some(t) = o.max_punsafe {
-        checks.push(Check::new(
-            df,
-            &o.punsafe_col,
-            "--max-punsafe",
-            Bound::Below(t),
-            path,
-        )?);
+        checks.push(Check::new(df, &o.punsafe_col, "--max-punsafe", Bound::Below(t), path)?);
     }
     if let Some(t) = o.max_pwatermark {
-        checks.push(Check::new(
-            df,
-            &o.pwatermark_col,
-            "--max-pwatermark",
-            Bound::Below(t),
-            path,
-        )?);
+        checks.push(Check::new(df, &o.pwatermark_col, "--max-pwatermark", Bound::Below(t), path)?);
     }
     if let Some(t) = o.min_aesthetic {
         let col = if !o.aesthetic_col.is_empty() {
@@ -256,31 +195,13 @@ fn build_checks(df: &DataFrame, o: &LaionOptions, path: &Path) -> anyhow::Result
         } else {
             "aesthetic"
         };
-        checks.push(Check::new(
-            df,
-            col,
-            "--min-aesthetic",
-            Bound::AtLeast(t),
-            path,
-        )?);
+        checks.push(Check::new(df, col, "--min-aesthetic", Bound::AtLeast(t), path)?);
     }
     if let Some(t) = o.min_width {
-        checks.push(Check::new(
-            df,
-            &o.width_col,
-            "--min-width",
-            Bound::AtLeast(t),
-            path,
-        )?);
+        checks.push(Check::new(df, &o.width_col, "--min-width", Bound::AtLeast(t), path)?);
     }
     if let Some(t) = o.min_height {
-        checks.push(Check::new(
-            df,
-            &o.height_col,
-            "--min-height",
-            Bound::AtLeast(t),
-            path,
-        )?);
+        checks.push(Check::new(df, &o.height_col, "--min-height", Bound::AtLeast(t), path)?);
     }
     if let Some(t) = o.max_declared_aspect_ratio {
         let w = float_col(df, &o.width_col, "--max-declared-aspect-ratio", path)?;
@@ -304,32 +225,18 @@ fn build_checks(df: &DataFrame, o: &LaionOptions, path: &Path) -> anyhow::Result
 }
 
 /// Why row `i` is refused before download, if it is.
-fn filter_reason(
-    i: usize,
-    checks: &[Check],
-    caption: Option<&str>,
-    o: &LaionOptions,
-) -> Option<String> {
+fn filter_reason(i: usize, checks: &[Check], caption: Option<&str>, o: &LaionOptions) -> Option<String> {
     if let Some(r) = checks.iter().find_map(|c| c.reason(i)) {
         return Some(r);
     }
     let len = caption.map(|c| c.chars().count()).unwrap_or(0);
     let words = caption.map(|c| c.split_whitespace().count()).unwrap_or(0);
     if len < o.min_caption_chars {
-        Some(format!(
-            "caption shorter than --min-caption-chars {}: {len} characters",
-            o.min_caption_chars
-        ))
+        Some(format!("caption shorter than --min-caption-chars {}: {len} characters", o.min_caption_chars))
     } else if o.max_caption_chars > 0 && len > o.max_caption_chars {
-        Some(format!(
-            "caption longer than --max-caption-chars {}: {len} characters",
-            o.max_caption_chars
-        ))
+        Some(format!("caption longer than --max-caption-chars {}: {len} characters", o.max_caption_chars))
     } else if words < o.min_caption_words {
-        Some(format!(
-            "caption has fewer words than --min-caption-words {}: {words}",
-            o.min_caption_words
-        ))
+        Some(format!("caption has fewer words than --min-caption-words {}: {words}", o.min_caption_words))
     } else {
         None
     }
@@ -361,12 +268,7 @@ pub fn read_laion(inputs: &[PathBuf], o: &LaionOptions) -> anyhow::Result<Source
         descs.push(describe_input(path));
         let df = read_table(path, &o.url_col)?;
         let urls = df.column(&o.url_col).map_err(|_| {
-            anyhow::anyhow!(
-                "{}: --url-col `{}` not found (columns: {})",
-                path.display(),
-                o.url_col,
-                columns_list(&df)
-            )
+            anyhow::anyhow!("{}: --url-col `{}` not found (columns: {})", path.display(), o.url_col, columns_list(&df))
         })?;
         let urls = urls.cast(&DataType::String)?;
         let urls = urls.str()?;
@@ -381,13 +283,7 @@ pub fn read_laion(inputs: &[PathBuf], o: &LaionOptions) -> anyhow::Result<Source
                     columns_list(&df)
                 )
             })?;
-            Some(
-                c.cast(&DataType::String)?
-                    .str()?
-                    .iter()
-                    .map(|s| s.map(str::to_owned))
-                    .collect(),
-            )
+            Some(c.cast(&DataType::String)?.str()?.iter().map(|s| s.map(str::to_owned)).collect())
         };
         let checks = build_checks(&df, o, path)?;
         for i in 0..df.height() {
@@ -418,12 +314,7 @@ pub fn read_laion(inputs: &[PathBuf], o: &LaionOptions) -> anyhow::Result<Source
             anyhow::anyhow!("metadata files have different extra columns; cannot carry them into one dataset: {e}")
         })?;
     }
-    Ok(SourceRows {
-        rows,
-        source_col: "url",
-        passthrough: Some(passthrough),
-        inputs: descs,
-    })
+    Ok(SourceRows { rows, source_col: "url", passthrough: Some(passthrough), inputs: descs })
 }
 
 #[cfg(test)]
@@ -432,10 +323,7 @@ mod tests {
     use std::io::Write;
 
     fn write_gz(path: &Path, text: &str) {
-        let mut e = flate2::write::GzEncoder::new(
-            std::fs::File::create(path).unwrap(),
-            flate2::Compression::fast(),
-        );
+        let mut e = flate2::write::GzEncoder::new(std::fs::File::create(path).unwrap(), flate2::Compression::fast());
         e.write_all(text.as_bytes()).unwrap();
         e.finish().unwrap();
     }
@@ -466,19 +354,10 @@ mod tests {
         assert_eq!(reasons[0], None);
         assert_eq!(reasons[1], Some("similarity < --min-similarity 0.28: 0.2"));
         assert_eq!(reasons[2], Some("punsafe >= --max-punsafe 0.5: 0.9"));
-        assert_eq!(
-            reasons[3],
-            Some("WIDTH/HEIGHT > --max-declared-aspect-ratio 3: 10")
-        );
+        assert_eq!(reasons[3], Some("WIDTH/HEIGHT > --max-declared-aspect-ratio 3: 10"));
         assert_eq!(reasons[4], Some("AESTHETIC_SCORE < --min-aesthetic 5: 4"));
-        assert_eq!(
-            reasons[5],
-            Some("caption shorter than --min-caption-chars 1: 0 characters")
-        );
-        assert_eq!(
-            reasons[6],
-            Some("missing value for --min-similarity: similarity")
-        );
+        assert_eq!(reasons[5], Some("caption shorter than --min-caption-chars 1: 0 characters"));
+        assert_eq!(reasons[6], Some("missing value for --min-similarity: similarity"));
         assert_eq!(rows.rows[0].caption.as_deref(), Some("a red bicycle"));
         let pass = rows.passthrough.unwrap();
         assert!(pass.column("extra").is_ok() && pass.column("URL").is_err());
@@ -489,13 +368,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("meta.tsv");
         std::fs::write(&p, "url\tcaption\nhttp://a/1.jpg\tx\n").unwrap();
-        let err = read_laion(std::slice::from_ref(&p), &LaionOptions::default())
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("--url-col `URL` not found (columns: url, caption)"),
-            "{err}"
-        );
+        let err = read_laion(std::slice::from_ref(&p), &LaionOptions::default()).unwrap_err().to_string();
+        assert!(err.contains("--url-col `URL` not found (columns: url, caption)"), "{err}");
         let o = LaionOptions {
             url_col: "url".into(),
             caption_col: "caption".into(),
@@ -503,40 +377,19 @@ mod tests {
             ..Default::default()
         };
         let err = read_laion(&[p], &o).unwrap_err().to_string();
-        assert!(
-            err.contains("--min-similarity needs column `similarity`"),
-            "{err}"
-        );
+        assert!(err.contains("--min-similarity needs column `similarity`"), "{err}");
     }
 
     #[test]
     fn jsonl_and_txt_inputs() {
         let dir = tempfile::tempdir().unwrap();
         let j = dir.path().join("a.jsonl");
-        std::fs::write(
-            &j,
-            "{\"URL\":\"http://a/1.jpg\",\"TEXT\":\"one\",\"WIDTH\":640}\n",
-        )
-        .unwrap();
-        let rows = read_laion(
-            &[j],
-            &LaionOptions {
-                min_width: Some(512.0),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        std::fs::write(&j, "{\"URL\":\"http://a/1.jpg\",\"TEXT\":\"one\",\"WIDTH\":640}\n").unwrap();
+        let rows = read_laion(&[j], &LaionOptions { min_width: Some(512.0), ..Default::default() }).unwrap();
         assert_eq!(rows.rows[0].filtered, None);
         let t = dir.path().join("urls.txt");
         std::fs::write(&t, "http://a/1.jpg\n\nhttp://a/2.jpg\n").unwrap();
-        let rows = read_laion(
-            &[t],
-            &LaionOptions {
-                caption_col: String::new(),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let rows = read_laion(&[t], &LaionOptions { caption_col: String::new(), ..Default::default() }).unwrap();
         assert_eq!(rows.rows.len(), 2);
     }
 }

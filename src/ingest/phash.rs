@@ -34,10 +34,8 @@ pub fn phash(img: &RgbImage) -> u64 {
             small.copy_from_slice(dst.buffer());
         }
     }
-    let grey: Vec<f64> = small
-        .chunks_exact(3)
-        .map(|p| 0.299 * p[0] as f64 + 0.587 * p[1] as f64 + 0.114 * p[2] as f64)
-        .collect();
+    let grey: Vec<f64> =
+        small.chunks_exact(3).map(|p| 0.299 * p[0] as f64 + 0.587 * p[1] as f64 + 0.114 * p[2] as f64).collect();
     let t = dct_table();
     // rows: tmp[k][x] = sum_y t[k][y] * g[y][x]
     let mut tmp = [[0.0f64; N]; K];
@@ -58,8 +56,7 @@ pub fn phash(img: &RgbImage) -> u64 {
     let mut sorted = coef;
     sorted.sort_by(|a, b| a.total_cmp(b));
     let median = (sorted[31] + sorted[32]) / 2.0;
-    coef.iter()
-        .fold(0u64, |acc, &c| (acc << 1) | (c > median) as u64)
+    coef.iter().fold(0u64, |acc, &c| (acc << 1) | (c > median) as u64)
 }
 
 /// Finds earlier hashes within a Hamming distance: the 64 bits are cut into `distance + 1` bands, and
@@ -83,21 +80,11 @@ impl PhashIndex {
             bands.push((start, len));
             start += len;
         }
-        Self {
-            distance,
-            tables: vec![HashMap::new(); bands.len()],
-            bands,
-            hashes: Vec::new(),
-        }
+        Self { distance, tables: vec![HashMap::new(); bands.len()], bands, hashes: Vec::new() }
     }
 
     fn band(h: u64, (start, len): (u32, u32)) -> u64 {
-        (h >> start)
-            & (if len == 64 {
-                u64::MAX
-            } else {
-                (1u64 << len) - 1
-            })
+        (h >> start) & (if len == 64 { u64::MAX } else { (1u64 << len) - 1 })
     }
 
     /// The largest Hamming distance matched.

@@ -16,9 +16,7 @@ pub struct Rle {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RleError {
     /// A character outside '0'..='o'.
-    #[error(
-        "RLE counts: byte {byte:#04x} at position {pos} is outside the codec's range '0'..'o'"
-    )]
+    #[error("RLE counts: byte {byte:#04x} at position {pos} is outside the codec's range '0'..'o'")]
     BadChar { byte: u8, pos: usize },
     /// The string ended inside a value.
     #[error("RLE counts: string ends inside a value")]
@@ -28,12 +26,7 @@ pub enum RleError {
     BadRun { index: usize, value: i64 },
     /// The runs do not cover the mask exactly.
     #[error("RLE counts: runs sum to {sum} but size [{h}, {w}] has {expected} pixels")]
-    WrongTotal {
-        sum: u64,
-        h: u32,
-        w: u32,
-        expected: u64,
-    },
+    WrongTotal { sum: u64, h: u32, w: u32, expected: u64 },
 }
 
 impl Rle {
@@ -51,10 +44,7 @@ impl Rle {
                 }
                 let c = (byte - 48) as i64;
                 if k >= 12 {
-                    return Err(RleError::BadRun {
-                        index: counts.len(),
-                        value: i64::MAX,
-                    });
+                    return Err(RleError::BadRun { index: counts.len(), value: i64::MAX });
                 }
                 x |= (c & 0x1f) << (5 * k);
                 let more = c & 0x20 != 0;
@@ -79,12 +69,7 @@ impl Rle {
         let sum: u64 = counts.iter().map(|&c| c as u64).sum();
         let expected = h as u64 * w as u64;
         if sum != expected {
-            return Err(RleError::WrongTotal {
-                sum,
-                h,
-                w,
-                expected,
-            });
+            return Err(RleError::WrongTotal { sum, h, w, expected });
         }
         Ok(Self { h, w, counts })
     }
@@ -142,12 +127,7 @@ impl Rle {
 
     /// Number of foreground pixels (`rleArea`).
     pub fn area(&self) -> u64 {
-        self.counts
-            .iter()
-            .skip(1)
-            .step_by(2)
-            .map(|&c| c as u64)
-            .sum()
+        self.counts.iter().skip(1).step_by(2).map(|&c| c as u64).sum()
     }
 
     /// Bounding box `[x, y, w, h]` as pycocotools' `toBbox` (SA-1B's stored bbox is 1 smaller in w/h).
@@ -176,12 +156,7 @@ impl Rle {
             ys = ys.min(y);
             ye = ye.max(y);
         }
-        [
-            xs as u32,
-            ys as u32,
-            (xe - xs + 1) as u32,
-            (ye - ys + 1) as u32,
-        ]
+        [xs as u32, ys as u32, (xe - xs + 1) as u32, (ye - ys + 1) as u32]
     }
 }
 
@@ -197,10 +172,7 @@ mod tests {
         assert_eq!(r.bbox(), [3, 1, 1, 4]);
         assert_eq!(r.to_string_bytes(), b"`04n0");
         let empty = Rle::from_string(b"b1", 5, 10).unwrap();
-        assert_eq!(
-            (empty.counts.clone(), empty.area(), empty.bbox()),
-            (vec![50], 0, [0, 0, 0, 0])
-        );
+        assert_eq!((empty.counts.clone(), empty.area(), empty.bbox()), (vec![50], 0, [0, 0, 0, 0]));
     }
 
     #[test]
@@ -216,21 +188,9 @@ mod tests {
 
     #[test]
     fn bad_input_is_an_error() {
-        assert!(matches!(
-            Rle::from_string(b"b1~", 5, 10),
-            Err(RleError::BadChar { .. })
-        ));
-        assert!(matches!(
-            Rle::from_string(b"b1", 5, 11),
-            Err(RleError::WrongTotal { .. })
-        ));
-        assert!(matches!(
-            Rle::from_string(b"2", 5, 10),
-            Err(RleError::WrongTotal { .. })
-        ));
-        assert!(matches!(
-            Rle::from_string(b"b", 5, 10),
-            Err(RleError::Truncated)
-        ));
+        assert!(matches!(Rle::from_string(b"b1~", 5, 10), Err(RleError::BadChar { .. })));
+        assert!(matches!(Rle::from_string(b"b1", 5, 11), Err(RleError::WrongTotal { .. })));
+        assert!(matches!(Rle::from_string(b"2", 5, 10), Err(RleError::WrongTotal { .. })));
+        assert!(matches!(Rle::from_string(b"b", 5, 10), Err(RleError::Truncated)));
     }
 }

@@ -8,8 +8,8 @@ use super::sa1b::mask_stats;
 use super::source::{InputRow, Payload, SourceRows};
 use super::{DedupMode, IngestConfig, SourceKind};
 use crate::shards::{
-    done_shards, read_records, Manifest, Record, RunStats, ShardLayout, ShardWriter, Status, Value,
-    WdsReader, Worker, TEMP_MARKER,
+    done_shards, read_records, Manifest, Record, RunStats, ShardLayout, ShardWriter, Status, Value, WdsReader, Worker,
+    TEMP_MARKER,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
@@ -35,13 +35,7 @@ pub struct RunOptions {
 impl RunOptions {
     /// Options writing to `out` as the single worker.
     pub fn new(out: impl Into<PathBuf>) -> Self {
-        Self {
-            out: out.into(),
-            worker: Worker::default(),
-            overwrite: false,
-            retry_failed: false,
-            progress: true,
-        }
+        Self { out: out.into(), worker: Worker::default(), overwrite: false, retry_failed: false, progress: true }
     }
 }
 
@@ -64,22 +58,14 @@ impl Ctx {
             Ok(b) => b,
             Err(e) => {
                 record.fail(Status::FailedToDownload, e);
-                return Outcome {
-                    record,
-                    data: None,
-                    phash: None,
-                };
+                return Outcome { record, data: None, phash: None };
             }
         };
         let p = match process(&bytes, &self.cfg.image) {
             Ok(p) => p,
             Err(e) => {
                 record.fail(Status::FailedToResize, e.to_string());
-                return Outcome {
-                    record,
-                    data: None,
-                    phash: None,
-                };
+                return Outcome { record, data: None, phash: None };
             }
         };
         record.width = Some(p.width);
@@ -100,35 +86,21 @@ impl Ctx {
                 Ok(s) => {
                     record.extra = s.columns();
                     if s.mask_count < min {
-                        record.fail(
-                            Status::Filtered,
-                            format!("too few masks for --min-masks {min}: {}", s.mask_count),
-                        );
+                        record.fail(Status::Filtered, format!("too few masks for --min-masks {min}: {}", s.mask_count));
                     }
                 }
                 Err(e) => {
                     record.extra = vec![("annotation_error".into(), Value::Str(e.clone()))];
                     if min > 0 {
-                        record.fail(
-                            Status::Filtered,
-                            format!("no mask count for --min-masks: {e}"),
-                        );
+                        record.fail(Status::Filtered, format!("no mask count for --min-masks: {e}"));
                     }
                 }
             }
             if record.status != Some(Status::Success) {
-                return Outcome {
-                    record,
-                    data: None,
-                    phash: None,
-                };
+                return Outcome { record, data: None, phash: None };
             }
         }
-        Outcome {
-            record,
-            data: Some(p.data),
-            phash: Some(p.phash),
-        }
+        Outcome { record, data: Some(p.data), phash: Some(p.phash) }
     }
 }
 
@@ -141,11 +113,7 @@ struct Dedup {
 
 impl Dedup {
     fn new(mode: DedupMode, distance: u32) -> Self {
-        Self {
-            mode,
-            exact: HashMap::new(),
-            near: PhashIndex::new(distance),
-        }
+        Self { mode, exact: HashMap::new(), near: PhashIndex::new(distance) }
     }
 
     /// Records a success; returns the reason if it repeats an earlier sample.
@@ -159,10 +127,7 @@ impl Dedup {
         if self.mode == DedupMode::Phash {
             if let Some(h) = phash {
                 if let Some(first) = self.near.find(h) {
-                    return Some(format!(
-                        "near-duplicate: pHash within {} bits of {first}",
-                        self.near_distance()
-                    ));
+                    return Some(format!("near-duplicate: pHash within {} bits of {first}", self.near_distance()));
                 }
                 self.near.insert(h, key);
             }
@@ -177,10 +142,7 @@ impl Dedup {
 
     fn add_existing(&mut self, records: &[Record]) {
         for r in records.iter().filter(|r| r.status == Some(Status::Success)) {
-            let ph = r
-                .phash
-                .as_deref()
-                .and_then(|h| u64::from_str_radix(h, 16).ok());
+            let ph = r.phash.as_deref().and_then(|h| u64::from_str_radix(h, 16).ok());
             if let Some(sha) = &r.sha256 {
                 let _ = self.check(&r.key, sha, ph);
             }
@@ -192,10 +154,7 @@ fn check_paths(cfg: &IngestConfig, out: &Path) -> anyhow::Result<()> {
     let out_abs = std::path::absolute(out)?;
     for i in &cfg.inputs {
         let i_abs = std::path::absolute(i)?;
-        if i_abs == out_abs
-            || (i.is_dir() && out_abs.starts_with(&i_abs))
-            || i_abs.starts_with(&out_abs)
-        {
+        if i_abs == out_abs || (i.is_dir() && out_abs.starts_with(&i_abs)) || i_abs.starts_with(&out_abs) {
             anyhow::bail!(
                 "input {} and output {} overlap: the output's own shards would be read as input. Choose an output directory outside the inputs.",
                 i.display(),
@@ -228,10 +187,7 @@ fn remove_own_temp_files(out: &Path, worker: Worker) -> std::io::Result<()> {
 fn remove_dataset_files(out: &Path) -> std::io::Result<()> {
     for entry in std::fs::read_dir(out)? {
         let p = entry?.path();
-        let name = p
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         if name.ends_with(".tar")
             || name.ends_with(".parquet")
             || name.ends_with("_stats.json")
@@ -250,10 +206,7 @@ fn read_source(cfg: &IngestConfig) -> anyhow::Result<SourceRows> {
         SourceKind::Sa1b => super::sa1b::read_sa1b(&cfg.inputs),
         SourceKind::Folder => {
             let [dir] = cfg.inputs.as_slice() else {
-                anyhow::bail!(
-                    "the folder source takes exactly one directory, got {}",
-                    cfg.inputs.len()
-                );
+                anyhow::bail!("the folder source takes exactly one directory, got {}", cfg.inputs.len());
             };
             super::folder::read_folder(dir)
         }
@@ -286,35 +239,20 @@ impl Runner<'_> {
     /// Fetches and processes `todo` (indices into the shard's rows); results come back by index.
     fn outcomes(&self, shard: usize, rows: &[InputRow], todo: &[usize]) -> Vec<(usize, Outcome)> {
         let key = |i: usize| self.layout.key(shard, i);
-        let (pre, fetch): (Vec<usize>, Vec<usize>) =
-            todo.iter().partition(|&&i| rows[i].filtered.is_some());
+        let (pre, fetch): (Vec<usize>, Vec<usize>) = todo.iter().partition(|&&i| rows[i].filtered.is_some());
         let mut out: Vec<(usize, Outcome)> = pre
             .into_iter()
             .map(|i| {
-                let mut record =
-                    Record::new(key(i), rows[i].source.clone(), rows[i].caption.clone());
-                record.fail(
-                    Status::Filtered,
-                    rows[i].filtered.clone().unwrap_or_default(),
-                );
+                let mut record = Record::new(key(i), rows[i].source.clone(), rows[i].caption.clone());
+                record.fail(Status::Filtered, rows[i].filtered.clone().unwrap_or_default());
                 self.pb.inc(1);
-                (
-                    i,
-                    Outcome {
-                        record,
-                        data: None,
-                        phash: None,
-                    },
-                )
+                (i, Outcome { record, data: None, phash: None })
             })
             .collect();
-        let (urls, local): (Vec<usize>, Vec<usize>) = fetch
-            .into_iter()
-            .partition(|&i| matches!(rows[i].payload, Payload::Url(_)));
+        let (urls, local): (Vec<usize>, Vec<usize>) =
+            fetch.into_iter().partition(|&i| matches!(rows[i].payload, Payload::Url(_)));
         out.par_extend(local.into_par_iter().map(|i| {
-            let o = self
-                .ctx
-                .finish(&rows[i], key(i), rows[i].payload.read_local());
+            let o = self.ctx.finish(&rows[i], key(i), rows[i].payload.read_local());
             self.pb.inc(1);
             (i, o)
         }));
@@ -327,19 +265,13 @@ impl Runner<'_> {
 
     /// Downloads on the tokio runtime; each body is processed on the rayon pool as it arrives.
     /// Bodies waiting for a CPU are bounded (back pressure on the downloads).
-    fn download_and_process(
-        &self,
-        shard: usize,
-        rows: &[InputRow],
-        urls: &[usize],
-    ) -> Vec<(usize, Outcome)> {
+    fn download_and_process(&self, shard: usize, rows: &[InputRow], urls: &[usize]) -> Vec<(usize, Outcome)> {
         let (Some(dl), Some(rt)) = (&self.downloader, &self.rt) else {
             return Vec::new();
         };
         let (tx, rx) = std::sync::mpsc::channel::<(usize, Outcome)>();
-        let inflight = Arc::new(tokio::sync::Semaphore::new(
-            dl.options().concurrency.max(1) + 2 * rayon::current_num_threads(),
-        ));
+        let inflight =
+            Arc::new(tokio::sync::Semaphore::new(dl.options().concurrency.max(1) + 2 * rayon::current_num_threads()));
         let shared_rows: Arc<Vec<InputRow>> = Arc::new(rows.to_vec());
         rt.block_on(async {
             let mut set = tokio::task::JoinSet::new();
@@ -347,12 +279,7 @@ impl Runner<'_> {
                 let Ok(permit) = inflight.clone().acquire_owned().await else {
                     break;
                 };
-                let (dl, ctx, tx, rows) = (
-                    dl.clone(),
-                    self.ctx.clone(),
-                    tx.clone(),
-                    shared_rows.clone(),
-                );
+                let (dl, ctx, tx, rows) = (dl.clone(), self.ctx.clone(), tx.clone(), shared_rows.clone());
                 let key = self.layout.key(shard, i);
                 set.spawn(async move {
                     let Payload::Url(url) = &rows[i].payload else {
@@ -403,11 +330,7 @@ impl Runner<'_> {
         }
         let records: Vec<Record> = outcomes.into_iter().map(|o| o.record).collect();
         let range = self.layout.rows_of(shard, self.rows.rows.len());
-        let pass = self
-            .rows
-            .passthrough
-            .as_ref()
-            .map(|df| df.slice(range.start as i64, range.len()));
+        let pass = self.rows.passthrough.as_ref().map(|df| df.slice(range.start as i64, range.len()));
         w.finish(&records, self.rows.source_col, pass.as_ref(), start)
     }
 
@@ -416,25 +339,15 @@ impl Runner<'_> {
         let range = self.layout.rows_of(shard, self.rows.rows.len());
         let rows = &self.rows.rows[range.clone()];
         let todo: Vec<usize> = (0..rows.len()).collect();
-        let outcomes = self
-            .outcomes(shard, rows, &todo)
-            .into_iter()
-            .map(|(_, o)| o)
-            .collect();
+        let outcomes = self.outcomes(shard, rows, &todo).into_iter().map(|(_, o)| o).collect();
         self.write(shard, outcomes, dedup, start)
     }
 
     /// `--retry-failed`: re-attempts the `failed_to_download` rows of a done shard, keeps the rest.
-    fn retry(
-        &self,
-        shard: usize,
-        dedup: &mut Dedup,
-    ) -> anyhow::Result<Option<crate::shards::ShardStats>> {
+    fn retry(&self, shard: usize, dedup: &mut Dedup) -> anyhow::Result<Option<crate::shards::ShardStats>> {
         let name = self.layout.name(shard);
         let old = read_records(&self.out.join(format!("{name}.parquet")))?;
-        let redo: Vec<usize> = (0..old.len())
-            .filter(|&i| old[i].status == Some(Status::FailedToDownload))
-            .collect();
+        let redo: Vec<usize> = (0..old.len()).filter(|&i| old[i].status == Some(Status::FailedToDownload)).collect();
         if redo.is_empty() {
             dedup.add_existing(&old);
             return Ok(None);
@@ -443,23 +356,22 @@ impl Runner<'_> {
         let range = self.layout.rows_of(shard, self.rows.rows.len());
         let rows = &self.rows.rows[range];
         if rows.len() != old.len() {
-            anyhow::bail!("{name}.parquet has {} rows but the input has {} rows for this shard: inputs changed", old.len(), rows.len());
+            anyhow::bail!(
+                "{name}.parquet has {} rows but the input has {} rows for this shard: inputs changed",
+                old.len(),
+                rows.len()
+            );
         }
         let tar = WdsReader::open(&self.out.join(format!("{name}.tar")))?;
         let mut kept: HashMap<String, (String, Vec<u8>)> = HashMap::new();
         for s in &tar.samples {
-            if let Some((ext, _)) = s
-                .members
-                .iter()
-                .find(|(e, _)| super::source::is_image_ext(e))
-            {
+            if let Some((ext, _)) = s.members.iter().find(|(e, _)| super::source::is_image_ext(e)) {
                 if let Some(b) = tar.read(s, ext)? {
                     kept.insert(s.key.clone(), (ext.clone(), b));
                 }
             }
         }
-        let mut fresh: HashMap<usize, Outcome> =
-            self.outcomes(shard, rows, &redo).into_iter().collect();
+        let mut fresh: HashMap<usize, Outcome> = self.outcomes(shard, rows, &redo).into_iter().collect();
         let mut outcomes = Vec::with_capacity(old.len());
         for (i, r) in old.into_iter().enumerate() {
             if let Some(o) = fresh.remove(&i) {
@@ -474,18 +386,10 @@ impl Runner<'_> {
             if r.status == Some(Status::Success) {
                 // Already de-duplicated when first written: register it without re-checking.
                 dedup.add_existing(std::slice::from_ref(&r));
-                outcomes.push(Outcome {
-                    record: r,
-                    data,
-                    phash: None,
-                });
+                outcomes.push(Outcome { record: r, data, phash: None });
                 continue;
             }
-            outcomes.push(Outcome {
-                record: r,
-                data: None,
-                phash: None,
-            });
+            outcomes.push(Outcome { record: r, data: None, phash: None });
         }
         // Old successes are registered already; only new ones are checked.
         std::fs::remove_file(self.out.join(format!("{name}_stats.json")))?;
@@ -508,17 +412,8 @@ impl Runner<'_> {
         }
         let records: Vec<Record> = outcomes.into_iter().map(|o| o.record).collect();
         let range = self.layout.rows_of(shard, self.rows.rows.len());
-        let pass = self
-            .rows
-            .passthrough
-            .as_ref()
-            .map(|df| df.slice(range.start as i64, range.len()));
-        Ok(Some(w.finish(
-            &records,
-            self.rows.source_col,
-            pass.as_ref(),
-            start,
-        )?))
+        let pass = self.rows.passthrough.as_ref().map(|df| df.slice(range.start as i64, range.len()));
+        Ok(Some(w.finish(&records, self.rows.source_col, pass.as_ref(), start)?))
     }
 }
 
@@ -528,12 +423,8 @@ pub fn run(cfg: &IngestConfig, opts: &RunOptions) -> anyhow::Result<RunStats> {
     let rows = read_source(cfg)?;
     let layout = ShardLayout::new(cfg.curation.samples_per_shard);
     let manifest = manifest_for(cfg, &rows.inputs)?;
-    std::fs::create_dir_all(&opts.out).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: cannot create output directory: {e}",
-            opts.out.display()
-        )
-    })?;
+    std::fs::create_dir_all(&opts.out)
+        .map_err(|e| anyhow::anyhow!("{}: cannot create output directory: {e}", opts.out.display()))?;
     if let Some(existing) = Manifest::read(&opts.out)? {
         if opts.overwrite {
             remove_dataset_files(&opts.out)?;
@@ -544,17 +435,12 @@ pub fn run(cfg: &IngestConfig, opts: &RunOptions) -> anyhow::Result<RunStats> {
     manifest.write(&opts.out)?;
     remove_own_temp_files(&opts.out, opts.worker)?;
 
-    let shards: Vec<usize> = (0..layout.shard_count(rows.rows.len()))
-        .filter(|&s| opts.worker.owns(s))
-        .collect();
+    let shards: Vec<usize> = (0..layout.shard_count(rows.rows.len())).filter(|&s| opts.worker.owns(s)).collect();
     let done: std::collections::HashSet<usize> = done_shards(&opts.out)?.into_iter().collect();
     let needs_net = cfg.source == SourceKind::Laion;
     let (downloader, rt) = if needs_net {
         let dl = Downloader::new(cfg.download.clone()).map_err(anyhow::Error::msg)?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         (Some(Arc::new(dl)), Some(rt))
     } else {
         (None, None)
@@ -564,16 +450,10 @@ pub fn run(cfg: &IngestConfig, opts: &RunOptions) -> anyhow::Result<RunStats> {
         .filter(|s| !done.contains(s) || opts.retry_failed)
         .map(|&s| layout.rows_of(s, rows.rows.len()).len())
         .sum();
-    let pb = if opts.progress {
-        ProgressBar::new(todo_rows as u64)
-    } else {
-        ProgressBar::hidden()
-    };
+    let pb = if opts.progress { ProgressBar::new(todo_rows as u64) } else { ProgressBar::hidden() };
     pb.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} rows {per_sec} {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} rows {per_sec} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let runner = Runner {
         ctx: Arc::new(Ctx { cfg: cfg.clone() }),

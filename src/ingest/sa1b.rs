@@ -14,10 +14,8 @@ pub fn read_sa1b(inputs: &[PathBuf]) -> anyhow::Result<SourceRows> {
     let mut rows = Vec::new();
     let mut descs = Vec::new();
     for input in inputs {
-        let extracted = input.is_dir()
-            && !std::fs::read_dir(input)?
-                .filter_map(|e| e.ok())
-                .any(|e| ext_of(&e.path()) == "tar");
+        let extracted =
+            input.is_dir() && !std::fs::read_dir(input)?.filter_map(|e| e.ok()).any(|e| ext_of(&e.path()) == "tar");
         if extracted {
             for f in walk_sorted(input)? {
                 if ext_of(&f) != "jpg" {
@@ -26,10 +24,7 @@ pub fn read_sa1b(inputs: &[PathBuf]) -> anyhow::Result<SourceRows> {
                 descs.push(describe_input(&f));
                 let json = f.with_extension("json");
                 let mut row = InputRow::new(
-                    f.strip_prefix(input)
-                        .unwrap_or(&f)
-                        .to_string_lossy()
-                        .into_owned(),
+                    f.strip_prefix(input).unwrap_or(&f).to_string_lossy().into_owned(),
                     Payload::File(f.clone()),
                 );
                 row.sidecar = json.is_file().then_some(Payload::File(json));
@@ -39,33 +34,22 @@ pub fn read_sa1b(inputs: &[PathBuf]) -> anyhow::Result<SourceRows> {
         }
         for tar in tar_inputs(std::slice::from_ref(input))? {
             descs.push(describe_input(&tar));
-            let reader = WdsReader::open(&tar)
-                .map_err(|e| anyhow::anyhow!("{}: not a readable tar: {e}", tar.display()))?;
+            let reader =
+                WdsReader::open(&tar).map_err(|e| anyhow::anyhow!("{}: not a readable tar: {e}", tar.display()))?;
             for s in &reader.samples {
                 let Some(jpg) = s.members.get("jpg").or_else(|| s.members.get("jpeg")) else {
                     continue;
                 };
                 let mut row = InputRow::new(
                     format!("{}:{}", tar.display(), jpg.name),
-                    Payload::Tar {
-                        tar: tar.clone(),
-                        member: jpg.clone(),
-                    },
+                    Payload::Tar { tar: tar.clone(), member: jpg.clone() },
                 );
-                row.sidecar = s.members.get("json").map(|m| Payload::Tar {
-                    tar: tar.clone(),
-                    member: m.clone(),
-                });
+                row.sidecar = s.members.get("json").map(|m| Payload::Tar { tar: tar.clone(), member: m.clone() });
                 rows.push(row);
             }
         }
     }
-    Ok(SourceRows {
-        rows,
-        source_col: "source",
-        passthrough: None,
-        inputs: descs,
-    })
+    Ok(SourceRows { rows, source_col: "source", passthrough: None, inputs: descs })
 }
 
 #[derive(Deserialize)]
@@ -119,24 +103,13 @@ impl MaskStats {
     /// The stats as extra parquet columns.
     pub fn columns(&self) -> Vec<(String, Value)> {
         vec![
-            (
-                "image_id".into(),
-                self.image_id
-                    .map(|v| Value::Int(v as i64))
-                    .unwrap_or(Value::Null),
-            ),
+            ("image_id".into(), self.image_id.map(|v| Value::Int(v as i64)).unwrap_or(Value::Null)),
             ("mask_count".into(), Value::Int(self.mask_count as i64)),
             ("mask_area_mean".into(), Value::Float(self.mask_area_mean)),
-            (
-                "mask_area_median".into(),
-                Value::Float(self.mask_area_median),
-            ),
+            ("mask_area_median".into(), Value::Float(self.mask_area_median)),
             ("mask_area_min".into(), Value::Float(self.mask_area_min)),
             ("mask_area_max".into(), Value::Float(self.mask_area_max)),
-            (
-                "masks_per_megapixel".into(),
-                Value::Float(self.masks_per_megapixel),
-            ),
+            ("masks_per_megapixel".into(), Value::Float(self.masks_per_megapixel)),
         ]
     }
 }
@@ -154,18 +127,14 @@ pub fn mask_stats(json: &[u8]) -> Result<MaskStats, String> {
     for (i, a) in f.annotations.iter().enumerate() {
         let [mh, mw] = a.segmentation.size;
         if mh as u64 != h || mw as u64 != w {
-            return Err(format!(
-                "annotation {i}: segmentation size [{mh}, {mw}] differs from image size [{h}, {w}]"
-            ));
+            return Err(format!("annotation {i}: segmentation size [{mh}, {mw}] differs from image size [{h}, {w}]"));
         }
-        let rle = Rle::from_string(a.segmentation.counts.as_bytes(), mh, mw)
-            .map_err(|e| format!("annotation {i}: {e}"))?;
+        let rle =
+            Rle::from_string(a.segmentation.counts.as_bytes(), mh, mw).map_err(|e| format!("annotation {i}: {e}"))?;
         let area = rle.area();
         if let Some(stored) = a.area {
             if (stored - area as f64).abs() > 0.5 {
-                return Err(format!(
-                    "annotation {i}: stored area {stored} but the mask has {area} pixels"
-                ));
+                return Err(format!("annotation {i}: stored area {stored} but the mask has {area} pixels"));
             }
         }
         areas.push(area as f64 / pixels);
@@ -181,11 +150,7 @@ pub fn mask_stats(json: &[u8]) -> Result<MaskStats, String> {
     Ok(MaskStats {
         image_id: f.image.image_id,
         mask_count: n,
-        mask_area_mean: if n > 0 {
-            areas.iter().sum::<f64>() / n as f64
-        } else {
-            0.0
-        },
+        mask_area_mean: if n > 0 { areas.iter().sum::<f64>() / n as f64 } else { 0.0 },
         mask_area_median: median,
         mask_area_min: sorted.first().copied().unwrap_or(0.0),
         mask_area_max: sorted.last().copied().unwrap_or(0.0),
@@ -207,9 +172,8 @@ mod tests {
         assert_eq!(s.mask_area_max, 4.0 / 50.0);
         assert_eq!(s.mask_area_median, 2.0 / 50.0);
         assert_eq!(s.image_id, Some(7));
-        let bad = br#"{"image":{"width":10,"height":6},"annotations":[{"segmentation":{"size":[5,10],"counts":"b1"}}]}"#;
-        assert!(mask_stats(bad)
-            .unwrap_err()
-            .contains("differs from image size"));
+        let bad =
+            br#"{"image":{"width":10,"height":6},"annotations":[{"segmentation":{"size":[5,10],"counts":"b1"}}]}"#;
+        assert!(mask_stats(bad).unwrap_err().contains("differs from image size"));
     }
 }

@@ -25,11 +25,10 @@ impl Payload {
     pub fn read_local(&self) -> Result<Vec<u8>, String> {
         match self {
             Payload::Url(u) => Err(format!("{u}: URL payloads are downloaded, not read")),
-            Payload::File(p) => {
-                std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+            Payload::File(p) => std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display())),
+            Payload::Tar { tar, member } => {
+                read_member(tar, member).map_err(|e| format!("cannot read {}:{}: {e}", tar.display(), member.name))
             }
-            Payload::Tar { tar, member } => read_member(tar, member)
-                .map_err(|e| format!("cannot read {}:{}: {e}", tar.display(), member.name)),
         }
     }
 }
@@ -52,13 +51,7 @@ pub struct InputRow {
 impl InputRow {
     /// A row for `payload` described as `source`.
     pub fn new(source: String, payload: Payload) -> Self {
-        Self {
-            source,
-            caption: None,
-            payload,
-            sidecar: None,
-            filtered: None,
-        }
+        Self { source, caption: None, payload, sidecar: None, filtered: None }
     }
 }
 
@@ -94,8 +87,8 @@ pub fn walk_sorted(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d)
-            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", d.display())))?
+        for entry in
+            std::fs::read_dir(&d).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", d.display())))?
         {
             let entry = entry?;
             let ft = entry.file_type()?;
@@ -116,7 +109,5 @@ pub fn walk_sorted(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// Lower-case extension of `p`.
 pub fn ext_of(p: &Path) -> String {
-    p.extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default()
+    p.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default()
 }

@@ -11,19 +11,14 @@ pub fn tar_inputs(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
         if p.is_dir() {
             let mut tars: Vec<PathBuf> = std::fs::read_dir(p)?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|f| {
-                    ext_of(f) == "tar" && !f.to_string_lossy().contains(crate::shards::TEMP_MARKER)
-                })
+                .filter(|f| ext_of(f) == "tar" && !f.to_string_lossy().contains(crate::shards::TEMP_MARKER))
                 .collect();
             tars.sort();
             out.extend(tars);
         } else if p.is_file() {
             out.push(p.clone());
         } else {
-            anyhow::bail!(
-                "{}: no such file or directory (expected .tar shards or a directory of them)",
-                p.display()
-            );
+            anyhow::bail!("{}: no such file or directory (expected .tar shards or a directory of them)", p.display());
         }
     }
     Ok(out)
@@ -35,35 +30,23 @@ pub fn read_webdataset(inputs: &[PathBuf]) -> anyhow::Result<SourceRows> {
     let mut descs = Vec::new();
     for tar in tar_inputs(inputs)? {
         descs.push(describe_input(&tar));
-        let reader = WdsReader::open(&tar)
-            .map_err(|e| anyhow::anyhow!("{}: not a readable tar: {e}", tar.display()))?;
+        let reader =
+            WdsReader::open(&tar).map_err(|e| anyhow::anyhow!("{}: not a readable tar: {e}", tar.display()))?;
         for s in &reader.samples {
             let Some((_, member)) = s.members.iter().find(|(e, _)| is_image_ext(e)) else {
                 continue;
             };
             let caption = match s.members.get("txt") {
-                Some(m) => Some(
-                    String::from_utf8_lossy(&read_member(&tar, m)?)
-                        .trim()
-                        .to_string(),
-                ),
+                Some(m) => Some(String::from_utf8_lossy(&read_member(&tar, m)?).trim().to_string()),
                 None => None,
             };
             let mut row = InputRow::new(
                 format!("{}:{}", tar.display(), member.name),
-                Payload::Tar {
-                    tar: tar.clone(),
-                    member: member.clone(),
-                },
+                Payload::Tar { tar: tar.clone(), member: member.clone() },
             );
             row.caption = caption;
             rows.push(row);
         }
     }
-    Ok(SourceRows {
-        rows,
-        source_col: "source",
-        passthrough: None,
-        inputs: descs,
-    })
+    Ok(SourceRows { rows, source_col: "source", passthrough: None, inputs: descs })
 }

@@ -10,10 +10,7 @@ pub const TEMP_MARKER: &str = ".pixforge-tmp";
 
 /// The temporary path used while `path` is being written.
 pub fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     path.with_file_name(format!("{name}{TEMP_MARKER}-{}", std::process::id()))
 }
 

@@ -14,10 +14,7 @@ pub struct ShardLayout {
 impl ShardLayout {
     /// A layout with `samples_per_shard` rows per shard and 5-digit shard ids.
     pub fn new(samples_per_shard: usize) -> Self {
-        Self {
-            samples_per_shard: samples_per_shard.max(1),
-            shard_digits: 5,
-        }
+        Self { samples_per_shard: samples_per_shard.max(1), shard_digits: 5 }
     }
 
     /// Digits of the in-shard row index: `ceil(log10(samples_per_shard))`.
@@ -68,10 +65,7 @@ pub fn done_shards(dir: &Path) -> std::io::Result<Vec<usize>> {
     }
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name().to_string_lossy().into_owned();
-        if let Some(id) = name
-            .strip_suffix("_stats.json")
-            .and_then(|s| s.parse::<usize>().ok())
-        {
+        if let Some(id) = name.strip_suffix("_stats.json").and_then(|s| s.parse::<usize>().ok()) {
             ids.push(id);
         }
     }

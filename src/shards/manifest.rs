@@ -25,12 +25,7 @@ impl Manifest {
     /// A manifest for `stage` with `config`; the fingerprint covers the config and `inputs`.
     pub fn new(stage: &str, config: serde_json::Value, inputs: &[String]) -> Self {
         let fingerprint = fingerprint_of(&config, inputs);
-        Self {
-            stage: stage.into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            config,
-            fingerprint,
-        }
+        Self { stage: stage.into(), version: env!("CARGO_PKG_VERSION").into(), config, fingerprint }
     }
 
     /// Reads `dir/manifest.json`, if present.
@@ -47,10 +42,7 @@ impl Manifest {
 
     /// Writes `dir/manifest.json` atomically.
     pub fn write(&self, dir: &Path) -> std::io::Result<()> {
-        write_atomic(
-            &dir.join(MANIFEST_FILE),
-            serde_json::to_string_pretty(self)?.as_bytes(),
-        )
+        write_atomic(&dir.join(MANIFEST_FILE), serde_json::to_string_pretty(self)?.as_bytes())
     }
 
     /// Checks that a directory written by an earlier run may be resumed with this manifest.

@@ -72,71 +72,29 @@ pub fn records_to_frame(
 ) -> PolarsResult<DataFrame> {
     let n = records.len();
     let u32col = |name: &str, f: &dyn Fn(&Record) -> Option<u32>| {
-        Column::new(
-            name.into(),
-            records
-                .iter()
-                .map(|r| f(r).map(|v| v as i32))
-                .collect::<Vec<_>>(),
-        )
+        Column::new(name.into(), records.iter().map(|r| f(r).map(|v| v as i32)).collect::<Vec<_>>())
     };
     let mut cols = vec![
-        Column::new(
-            source_col.into(),
-            records
-                .iter()
-                .map(|r| r.source.as_str())
-                .collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "caption".into(),
-            records
-                .iter()
-                .map(|r| r.caption.as_deref())
-                .collect::<Vec<_>>(),
-        ),
+        Column::new(source_col.into(), records.iter().map(|r| r.source.as_str()).collect::<Vec<_>>()),
+        Column::new("caption".into(), records.iter().map(|r| r.caption.as_deref()).collect::<Vec<_>>()),
     ];
     if let Some(df) = passthrough {
         for c in df.columns() {
             cols.push(c.clone());
         }
     }
-    cols.push(Column::new(
-        "key".into(),
-        records.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
-    ));
-    cols.push(Column::new(
-        "status".into(),
-        records
-            .iter()
-            .map(|r| r.status().as_str())
-            .collect::<Vec<_>>(),
-    ));
+    cols.push(Column::new("key".into(), records.iter().map(|r| r.key.as_str()).collect::<Vec<_>>()));
+    cols.push(Column::new("status".into(), records.iter().map(|r| r.status().as_str()).collect::<Vec<_>>()));
     cols.push(Column::new(
         "error_message".into(),
-        records
-            .iter()
-            .map(|r| r.error_message.as_deref())
-            .collect::<Vec<_>>(),
+        records.iter().map(|r| r.error_message.as_deref()).collect::<Vec<_>>(),
     ));
     cols.push(u32col("width", &|r| r.width));
     cols.push(u32col("height", &|r| r.height));
     cols.push(u32col("original_width", &|r| r.original_width));
     cols.push(u32col("original_height", &|r| r.original_height));
-    cols.push(Column::new(
-        "sha256".into(),
-        records
-            .iter()
-            .map(|r| r.sha256.as_deref())
-            .collect::<Vec<_>>(),
-    ));
-    cols.push(Column::new(
-        "phash".into(),
-        records
-            .iter()
-            .map(|r| r.phash.as_deref())
-            .collect::<Vec<_>>(),
-    ));
+    cols.push(Column::new("sha256".into(), records.iter().map(|r| r.sha256.as_deref()).collect::<Vec<_>>()));
+    cols.push(Column::new("phash".into(), records.iter().map(|r| r.phash.as_deref()).collect::<Vec<_>>()));
     let mut extra_names: Vec<&str> = Vec::new();
     for r in records {
         for (k, _) in &r.extra {
@@ -146,10 +104,7 @@ pub fn records_to_frame(
         }
     }
     for name in extra_names {
-        let values = records
-            .iter()
-            .map(|r| r.extra.iter().find(|(k, _)| k == name).map(|(_, v)| v))
-            .collect();
+        let values = records.iter().map(|r| r.extra.iter().find(|(k, _)| k == name).map(|(_, v)| v)).collect();
         cols.push(extra_column(name, values));
     }
     DataFrame::new(n, cols)
@@ -159,9 +114,7 @@ pub fn records_to_frame(
 pub fn write_parquet_atomic(df: &mut DataFrame, path: &Path) -> PolarsResult<()> {
     let tmp = temp_path(path);
     let file = File::create(&tmp)?;
-    ParquetWriter::new(file)
-        .with_compression(ParquetCompression::Zstd(None))
-        .finish(df)?;
+    ParquetWriter::new(file).with_compression(ParquetCompression::Zstd(None)).finish(df)?;
     std::fs::rename(&tmp, path)?;
     Ok(())
 }
@@ -180,11 +133,7 @@ fn opt_u32(df: &DataFrame, name: &str, i: usize) -> Option<u32> {
 /// Reads the records of a shard parquet (the format's own columns; extras are not read back).
 pub fn read_records(path: &Path) -> PolarsResult<Vec<Record>> {
     let df = ParquetReader::new(File::open(path)?).finish()?;
-    let source_col = if df.column("url").is_ok() {
-        "url"
-    } else {
-        "source"
-    };
+    let source_col = if df.column("url").is_ok() { "url" } else { "source" };
     let mut out = Vec::with_capacity(df.height());
     for i in 0..df.height() {
         out.push(Record {
@@ -213,11 +162,7 @@ mod tests {
     #[test]
     fn roundtrip() {
         let dir = tempfile::tempdir().unwrap();
-        let mut a = Record::new(
-            "000000000".into(),
-            "http://x/a.jpg".into(),
-            Some("a cat".into()),
-        );
+        let mut a = Record::new("000000000".into(), "http://x/a.jpg".into(), Some("a cat".into()));
         a.status = Some(Status::Success);
         a.width = Some(10);
         a.extra.push(("mask_count".into(), Value::Int(3)));

@@ -98,12 +98,7 @@ pub struct Record {
 impl Record {
     /// A new record for `key` read from `source`.
     pub fn new(key: String, source: String, caption: Option<String>) -> Self {
-        Self {
-            key,
-            source,
-            caption,
-            ..Default::default()
-        }
+        Self { key, source, caption, ..Default::default() }
     }
 
     /// Marks the record failed with `status` and `message`.
@@ -132,10 +127,7 @@ impl Record {
         m.insert("sha256".into(), self.sha256.clone().into());
         m.insert("phash".into(), self.phash.clone().into());
         for (k, v) in &self.extra {
-            m.insert(
-                k.clone(),
-                serde_json::to_value(v).unwrap_or(serde_json::Value::Null),
-            );
+            m.insert(k.clone(), serde_json::to_value(v).unwrap_or(serde_json::Value::Null));
         }
         serde_json::Value::Object(m)
     }

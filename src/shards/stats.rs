@@ -37,10 +37,7 @@ pub struct ShardStats {
 impl ShardStats {
     /// Counts `records` into a stats object.
     pub fn from_records(records: &[Record]) -> Self {
-        let mut s = ShardStats {
-            count: records.len(),
-            ..Default::default()
-        };
+        let mut s = ShardStats { count: records.len(), ..Default::default() };
         for r in records {
             match r.status() {
                 Status::Success => s.successes += 1,
@@ -63,11 +60,7 @@ impl ShardStats {
 /// The class of an error message for counting: the text before the first `": "` or `" ("`, where
 /// every message puts its row-specific detail (host, key, value).
 fn reason_class(msg: &str) -> String {
-    let end = [msg.find(": "), msg.find(" (")]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(msg.len());
+    let end = [msg.find(": "), msg.find(" (")].into_iter().flatten().min().unwrap_or(msg.len());
     msg[..end].chars().take(80).collect()
 }
 

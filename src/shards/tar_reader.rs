@@ -40,18 +40,12 @@ pub fn index_tar(path: &Path) -> io::Result<Vec<TarMember>> {
     let mut ar = tar::Archive::new(io::BufReader::new(file));
     let mut out = Vec::new();
     for entry in ar.entries()? {
-        let entry = entry.map_err(|e| {
-            io::Error::new(e.kind(), format!("{}: bad tar entry: {e}", path.display()))
-        })?;
+        let entry = entry.map_err(|e| io::Error::new(e.kind(), format!("{}: bad tar entry: {e}", path.display())))?;
         if !entry.header().entry_type().is_file() {
             continue;
         }
         let name = entry.path()?.to_string_lossy().into_owned();
-        out.push(TarMember {
-            name,
-            offset: entry.raw_file_position(),
-            size: entry.size(),
-        });
+        out.push(TarMember { name, offset: entry.raw_file_position(), size: entry.size() });
     }
     Ok(out)
 }
@@ -70,10 +64,7 @@ pub fn group_samples(members: Vec<TarMember>) -> Vec<TarSample> {
             Some(s) if s.key == key => {
                 s.members.insert(ext, m);
             }
-            _ => out.push(TarSample {
-                key,
-                members: BTreeMap::from([(ext, m)]),
-            }),
+            _ => out.push(TarSample { key, members: BTreeMap::from([(ext, m)]) }),
         }
     }
     out
@@ -85,14 +76,7 @@ pub fn read_member(path: &Path, member: &TarMember) -> io::Result<Vec<u8>> {
     f.seek(SeekFrom::Start(member.offset))?;
     let mut buf = vec![0u8; member.size as usize];
     f.read_exact(&mut buf).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!(
-                "{}: member {} is truncated: {e}",
-                path.display(),
-                member.name
-            ),
-        )
+        io::Error::new(e.kind(), format!("{}: member {} is truncated: {e}", path.display(), member.name))
     })?;
     Ok(buf)
 }
@@ -109,19 +93,12 @@ pub struct WdsReader {
 impl WdsReader {
     /// Indexes the tar at `path`.
     pub fn open(path: &Path) -> io::Result<Self> {
-        Ok(Self {
-            path: path.to_path_buf(),
-            samples: group_samples(index_tar(path)?),
-        })
+        Ok(Self { path: path.to_path_buf(), samples: group_samples(index_tar(path)?) })
     }
 
     /// Reads the member with extension `ext` of `sample`, if it has one.
     pub fn read(&self, sample: &TarSample, ext: &str) -> io::Result<Option<Vec<u8>>> {
-        sample
-            .members
-            .get(ext)
-            .map(|m| read_member(&self.path, m))
-            .transpose()
+        sample.members.get(ext).map(|m| read_member(&self.path, m)).transpose()
     }
 }
 

@@ -29,19 +29,15 @@ impl Worker {
     pub fn from_env() -> Result<Self, String> {
         let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let parse = |k: &str, v: String| {
-            v.trim().parse::<usize>().map_err(|_| {
-                format!("environment variable {k}: expected a non-negative integer, found {v:?}")
-            })
+            v.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("environment variable {k}: expected a non-negative integer, found {v:?}"))
         };
         if let (Some(i), Some(n)) = (get("SLURM_ARRAY_TASK_ID"), get("SLURM_ARRAY_TASK_COUNT")) {
-            let min = get("SLURM_ARRAY_TASK_MIN")
-                .map(|m| parse("SLURM_ARRAY_TASK_MIN", m))
-                .transpose()?
-                .unwrap_or(0);
+            let min = get("SLURM_ARRAY_TASK_MIN").map(|m| parse("SLURM_ARRAY_TASK_MIN", m)).transpose()?.unwrap_or(0);
             let i = parse("SLURM_ARRAY_TASK_ID", i)?;
             return Self::new(
-                i.checked_sub(min)
-                    .ok_or("SLURM_ARRAY_TASK_ID is below SLURM_ARRAY_TASK_MIN")?,
+                i.checked_sub(min).ok_or("SLURM_ARRAY_TASK_ID is below SLURM_ARRAY_TASK_MIN")?,
                 parse("SLURM_ARRAY_TASK_COUNT", n)?,
             );
         }
@@ -49,10 +45,7 @@ impl Worker {
             let n = get("PIXFORGE_WORKER_COUNT").ok_or(
                 "JOB_COMPLETION_INDEX is set but PIXFORGE_WORKER_COUNT is not: set it to the Job's `completions`",
             )?;
-            return Self::new(
-                parse("JOB_COMPLETION_INDEX", i)?,
-                parse("PIXFORGE_WORKER_COUNT", n)?,
-            );
+            return Self::new(parse("JOB_COMPLETION_INDEX", i)?, parse("PIXFORGE_WORKER_COUNT", n)?);
         }
         Ok(Self::default())
     }
@@ -60,9 +53,7 @@ impl Worker {
     /// A worker, checking `index < count`.
     pub fn new(index: usize, count: usize) -> Result<Self, String> {
         if count == 0 || index >= count {
-            return Err(format!(
-                "worker {index}/{count}: expected 0 <= I < N and N >= 1"
-            ));
+            return Err(format!("worker {index}/{count}: expected 0 <= I < N and N >= 1"));
         }
         Ok(Self { index, count })
     }
@@ -71,17 +62,9 @@ impl Worker {
 impl FromStr for Worker {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (i, n) = s
-            .split_once('/')
-            .ok_or_else(|| format!("--worker {s:?}: expected I/N, e.g. 0/4"))?;
-        let i = i
-            .trim()
-            .parse()
-            .map_err(|_| format!("--worker {s:?}: I is not a number"))?;
-        let n = n
-            .trim()
-            .parse()
-            .map_err(|_| format!("--worker {s:?}: N is not a number"))?;
+        let (i, n) = s.split_once('/').ok_or_else(|| format!("--worker {s:?}: expected I/N, e.g. 0/4"))?;
+        let i = i.trim().parse().map_err(|_| format!("--worker {s:?}: I is not a number"))?;
+        let n = n.trim().parse().map_err(|_| format!("--worker {s:?}: N is not a number"))?;
         Self::new(i, n)
     }
 }

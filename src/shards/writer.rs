@@ -24,12 +24,7 @@ impl ShardWriter {
         let name = layout.name(shard);
         let tmp = temp_path(&dir.join(format!("{name}.tar")));
         let tar = tar::Builder::new(BufWriter::with_capacity(1 << 20, File::create(tmp)?));
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            name,
-            tar,
-            bytes: 0,
-        })
+        Ok(Self { dir: dir.to_path_buf(), name, tar, bytes: 0 })
     }
 
     /// Appends member `{key}.{ext}` with `data` (mode 0644, mtime 0: byte-identical reruns).
@@ -45,12 +40,7 @@ impl ShardWriter {
     }
 
     /// Appends the members of a successful record: image, caption `.txt` and metadata `.json`.
-    pub fn add_sample(
-        &mut self,
-        record: &Record,
-        image: &[u8],
-        source_col: &str,
-    ) -> io::Result<()> {
+    pub fn add_sample(&mut self, record: &Record, image: &[u8], source_col: &str) -> io::Result<()> {
         let ext = record.ext.as_deref().unwrap_or("jpg");
         self.add(&record.key, ext, image)?;
         if let Some(c) = &record.caption {
@@ -84,18 +74,12 @@ impl ShardWriter {
         stats.start_time = start_time;
         stats.end_time = end;
         stats.duration = end - start_time;
-        write_atomic(
-            &self.dir.join(format!("{}_stats.json", self.name)),
-            &serde_json::to_vec_pretty(&stats)?,
-        )?;
+        write_atomic(&self.dir.join(format!("{}_stats.json", self.name)), &serde_json::to_vec_pretty(&stats)?)?;
         Ok(stats)
     }
 }
 
 /// Seconds since the Unix epoch.
 pub fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }

@@ -52,13 +52,7 @@ impl Server {
 
     /// Request times of `path`.
     pub fn hits(&self, path: &str) -> Vec<Instant> {
-        self.log
-            .lock()
-            .unwrap()
-            .hits
-            .get(path)
-            .cloned()
-            .unwrap_or_default()
+        self.log.lock().unwrap().hits.get(path).cloned().unwrap_or_default()
     }
 }
 
@@ -77,16 +71,8 @@ fn read_head(stream: &mut TcpStream) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
-fn respond(
-    stream: &mut TcpStream,
-    status: &str,
-    headers: &[(&str, String)],
-    body: &[u8],
-) -> std::io::Result<()> {
-    let mut head = format!(
-        "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
+fn respond(stream: &mut TcpStream, status: &str, headers: &[(&str, String)], body: &[u8]) -> std::io::Result<()> {
+    let mut head = format!("HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -106,20 +92,12 @@ fn content_type(name: &str) -> &'static str {
     }
 }
 
-fn handle(
-    mut stream: TcpStream,
-    log: &Mutex<Log>,
-    images: &std::path::Path,
-    base: &str,
-) -> std::io::Result<()> {
+fn handle(mut stream: TcpStream, log: &Mutex<Log>, images: &std::path::Path, base: &str) -> std::io::Result<()> {
     let head = read_head(&mut stream)?;
     let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
     let ua = head
         .lines()
-        .find_map(|l| {
-            l.strip_prefix("user-agent: ")
-                .or_else(|| l.strip_prefix("User-Agent: "))
-        })
+        .find_map(|l| l.strip_prefix("user-agent: ").or_else(|| l.strip_prefix("User-Agent: ")))
         .unwrap_or("")
         .to_string();
     let n = {
@@ -131,22 +109,13 @@ fn handle(
     };
     let image = |name: &str| std::fs::read(images.join(name));
     let sent = |bytes: u64| {
-        *log.lock()
-            .unwrap()
-            .body_bytes_sent
-            .entry(path.clone())
-            .or_default() += bytes;
+        *log.lock().unwrap().body_bytes_sent.entry(path.clone()).or_default() += bytes;
     };
     match path.as_str() {
         p if p.starts_with("/img/") => {
             let name = &p[5..];
             match image(name) {
-                Ok(b) => respond(
-                    &mut stream,
-                    "200 OK",
-                    &[("Content-Type", content_type(name).into())],
-                    &b,
-                ),
+                Ok(b) => respond(&mut stream, "200 OK", &[("Content-Type", content_type(name).into())], &b),
                 Err(_) => respond(&mut stream, "404 Not Found", &[], b"no such image"),
             }
         }
@@ -155,34 +124,21 @@ fn handle(
             if n == 1 {
                 respond(&mut stream, "500 Internal Server Error", &[], b"try again")
             } else {
-                respond(
-                    &mut stream,
-                    "200 OK",
-                    &[("Content-Type", "image/png".into())],
-                    &image("astronaut.png")?,
-                )
+                respond(&mut stream, "200 OK", &[("Content-Type", "image/png".into())], &image("astronaut.png")?)
             }
         }
         "/always-500" => respond(&mut stream, "503 Service Unavailable", &[], b"down"),
         p if p.starts_with("/429/") => {
             if n == 1 {
-                respond(
-                    &mut stream,
-                    "429 Too Many Requests",
-                    &[("Retry-After", "1".into())],
-                    b"slow down",
-                )
+                respond(&mut stream, "429 Too Many Requests", &[("Retry-After", "1".into())], b"slow down")
             } else {
-                respond(
-                    &mut stream,
-                    "200 OK",
-                    &[("Content-Type", "image/png".into())],
-                    &image("camera.png")?,
-                )
+                respond(&mut stream, "200 OK", &[("Content-Type", "image/png".into())], &image("camera.png")?)
             }
         }
         "/slow" => {
-            stream.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n")?;
+            stream.write_all(
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n",
+            )?;
             for _ in 0..100 {
                 stream.write_all(b"x")?;
                 stream.flush()?;
@@ -193,7 +149,10 @@ fn handle(
         }
         "/truncated-body" => {
             let b = image("chelsea.png")?;
-            let head = format!("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: image/png\r\nContent-Length: {}\r\n\r\n", b.len());
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: image/png\r\nContent-Length: {}\r\n\r\n",
+                b.len()
+            );
             stream.write_all(head.as_bytes())?;
             stream.write_all(&b[..b.len() / 3])?;
             sent((b.len() / 3) as u64);
@@ -222,28 +181,13 @@ fn handle(
             }
             stream.write_all(b"0\r\n\r\n")
         }
-        "/loop" => respond(
-            &mut stream,
-            "302 Found",
-            &[("Location", format!("{base}/loop"))],
-            b"",
-        ),
+        "/loop" => respond(&mut stream, "302 Found", &[("Location", format!("{base}/loop"))], b""),
         p if p.starts_with("/chain/") => {
             let k: u32 = p[7..].parse().unwrap_or(0);
             if k == 0 {
-                respond(
-                    &mut stream,
-                    "200 OK",
-                    &[("Content-Type", "image/jpeg".into())],
-                    &image("rocket.jpg")?,
-                )
+                respond(&mut stream, "200 OK", &[("Content-Type", "image/jpeg".into())], &image("rocket.jpg")?)
             } else {
-                respond(
-                    &mut stream,
-                    "302 Found",
-                    &[("Location", format!("{base}/chain/{}", k - 1))],
-                    b"",
-                )
+                respond(&mut stream, "302 Found", &[("Location", format!("{base}/chain/{}", k - 1))], b"")
             }
         }
         "/noai" => {
@@ -256,19 +200,13 @@ fn handle(
             respond(
                 &mut stream,
                 "200 OK",
-                &[
-                    ("Content-Type", "image/jpeg".into()),
-                    ("X-Robots-Tag", "googlebot: noindex".into()),
-                ],
+                &[("Content-Type", "image/jpeg".into()), ("X-Robots-Tag", "googlebot: noindex".into())],
                 &b,
             )
         }
-        "/bomb.png" => respond(
-            &mut stream,
-            "200 OK",
-            &[("Content-Type", "image/png".into())],
-            &super::png_declaring(60000, 60000),
-        ),
+        "/bomb.png" => {
+            respond(&mut stream, "200 OK", &[("Content-Type", "image/png".into())], &super::png_declaring(60000, 60000))
+        }
         _ => respond(&mut stream, "404 Not Found", &[], b"unknown endpoint"),
     }
 }
