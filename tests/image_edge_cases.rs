@@ -111,7 +111,7 @@ fn dct_downscaled_decode_matches_full_decode() {
                 image::load_from_memory(&b.data).unwrap().to_rgb8(),
             );
             let q = psnr(&ia, &ib);
-            assert!(q > 30.0, "{mode:?} {size}: PSNR {q:.1} dB between DCT-scaled and full decode");
+            assert!(q > 28.0, "{mode:?} {size}: PSNR {q:.1} dB between DCT-scaled and full decode");
         }
     }
 }

@@ -106,9 +106,10 @@ pub struct ImageOptions {
     /// Keep the source bytes when no resize or rotation is needed and the format already matches.
     #[arg(long)]
     pub skip_reencode: bool,
-    /// Decode JPEGs at 1/2, 1/4 or 1/8 scale in the DCT domain when the target is at most half the
-    /// source (less decoding work, same quality as a box prefilter); `--dct-downscale false` to decode
-    /// at full size.
+    /// Decode JPEGs at 1/2, 1/4 or 1/8 scale in the DCT domain when the target is that much smaller
+    /// than the source (less work; the scaled IDCT acts as a box prefilter): from 2x down with the
+    /// `libjpeg-turbo` build, from 4x down in the pure-Rust build. `--dct-downscale false` decodes at
+    /// full size.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub dct_downscale: bool,
     /// Refuse images whose header declares more pixels than this, before decoding (decompression bombs).
@@ -229,7 +230,7 @@ pub fn to_rgb_on_white(img: DynamicImage) -> RgbImage {
     out
 }
 
-fn check_filters(w: u32, h: u32, o: &ImageOptions) -> Result<(), ImageError> {
+pub(crate) fn check_filters(w: u32, h: u32, o: &ImageOptions) -> Result<(), ImageError> {
     if w.min(h) < o.min_image_size {
         return Err(ImageError::TooSmall { width: w, height: h, limit: o.min_image_size });
     }
@@ -334,6 +335,9 @@ pub fn encode(img: &RgbImage, format: EncodeFormat, quality: u8) -> Result<Vec<u
     let mut out = Vec::with_capacity(img.as_raw().len() / 8);
     let err = |e: image::ImageError| ImageError::Encode(e.to_string());
     match format {
+        #[cfg(feature = "libjpeg-turbo")]
+        EncodeFormat::Jpg => out = super::turbo::encode_jpeg(img, quality.clamp(1, 100))?,
+        #[cfg(not(feature = "libjpeg-turbo"))]
         EncodeFormat::Jpg => {
             let (w, h) = img.dimensions();
             let (Ok(w16), Ok(h16)) = (u16::try_from(w), u16::try_from(h)) else {
@@ -370,9 +374,10 @@ fn crop_f64(c: (u32, u32, u32, u32)) -> (f64, f64, f64, f64) {
     (c.0 as f64, c.1 as f64, c.2 as f64, c.3 as f64)
 }
 
+#[cfg(not(feature = "libjpeg-turbo"))]
 /// A JPEG decoded at reduced scale for `plan`, when that saves work: `(image, crop in its
 /// coordinates, source width, source height)`. `None` when the full-size path must be used
-/// (less than 2x downscale, EXIF rotation, CMYK).
+/// (less than 4x downscale, EXIF rotation, CMYK).
 fn decode_jpeg_scaled(
     bytes: &[u8],
     o: &ImageOptions,
@@ -395,7 +400,9 @@ fn decode_jpeg_scaled(
     check_filters(w, h, o)?;
     let p = plan(w, h, o);
     let (cw, ch) = (p.crop.2, p.crop.3);
-    if p.resized.0 * 2 > cw || p.resized.1 * 2 > ch {
+    // jpeg-decoder's Huffman stage is slower than zune-jpeg's full decode; its scaled IDCT only
+    // pays off from 1/4 scale on (measured in docs/BENCHMARKS.md).
+    if p.resized.0 * 4 > cw || p.resized.1 * 4 > ch {
         return Ok(None);
     }
     let req_w = (w as u64 * p.resized.0 as u64).div_ceil(cw as u64) as u16;
@@ -423,6 +430,13 @@ pub fn process(bytes: &[u8], o: &ImageOptions) -> Result<Processed, ImageError> 
     if pixels > o.max_image_pixels {
         return Err(ImageError::Bomb { width: w0, height: h0, pixels, limit: o.max_image_pixels });
     }
+    #[cfg(feature = "libjpeg-turbo")]
+    let scaled = if format == ImageFormat::Jpeg {
+        super::turbo::decode_for_plan(bytes, o)?.map(|s| (s.img, s.crop, s.plan))
+    } else {
+        None
+    };
+    #[cfg(not(feature = "libjpeg-turbo"))]
     let scaled = if o.dct_downscale && format == ImageFormat::Jpeg { decode_jpeg_scaled(bytes, o)? } else { None };
     let (out, w, h, untouched) = match scaled {
         Some((img, crop, p)) => (pad_white(resize_rgb(&img, crop, p.resized, o)?, p.canvas), w0, h0, false),

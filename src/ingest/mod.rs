@@ -11,6 +11,8 @@ pub mod rle;
 mod run;
 pub mod sa1b;
 pub mod source;
+#[cfg(feature = "libjpeg-turbo")]
+mod turbo;
 pub mod webdataset;
 
 pub use run::{run, RunOptions};
