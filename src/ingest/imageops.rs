@@ -370,6 +370,17 @@ fn format_matches(src: ImageFormat, dst: EncodeFormat) -> bool {
     )
 }
 
+/// A JPEG decoded at reduced scale for a plan: the pixels, the plan's crop in their coordinates, and
+/// the plan in source coordinates.
+pub(crate) struct Scaled {
+    /// Decoded pixels.
+    pub img: RgbImage,
+    /// The plan's crop in the decoded image's coordinates.
+    pub crop: (f64, f64, f64, f64),
+    /// The plan, in source coordinates.
+    pub plan: Plan,
+}
+
 fn crop_f64(c: (u32, u32, u32, u32)) -> (f64, f64, f64, f64) {
     (c.0 as f64, c.1 as f64, c.2 as f64, c.3 as f64)
 }
@@ -378,10 +389,7 @@ fn crop_f64(c: (u32, u32, u32, u32)) -> (f64, f64, f64, f64) {
 /// A JPEG decoded at reduced scale for `plan`, when that saves work: `(image, crop in its
 /// coordinates, source width, source height)`. `None` when the full-size path must be used
 /// (less than 4x downscale, EXIF rotation, CMYK).
-fn decode_jpeg_scaled(
-    bytes: &[u8],
-    o: &ImageOptions,
-) -> Result<Option<(RgbImage, (f64, f64, f64, f64), Plan)>, ImageError> {
+fn decode_jpeg_scaled(bytes: &[u8], o: &ImageOptions) -> Result<Option<Scaled>, ImageError> {
     let mut d = jpeg_decoder::Decoder::new(Cursor::new(bytes));
     d.read_info().map_err(|e| ImageError::Decode(e.to_string()))?;
     let Some(info) = d.info() else {
@@ -420,7 +428,7 @@ fn decode_jpeg_scaled(
     // Clamp: the scaled size is rounded up, so the scaled crop may pass the edge by a fraction.
     let (x, y) = (p.crop.0 as f64 * fx, p.crop.1 as f64 * fy);
     let crop = (x, y, (cw as f64 * fx).min(sw as f64 - x), (ch as f64 * fy).min(sh as f64 - y));
-    Ok(Some((img, crop, p)))
+    Ok(Some(Scaled { img, crop, plan: p }))
 }
 
 /// Runs the whole image step on `bytes`.
@@ -431,15 +439,11 @@ pub fn process(bytes: &[u8], o: &ImageOptions) -> Result<Processed, ImageError> 
         return Err(ImageError::Bomb { width: w0, height: h0, pixels, limit: o.max_image_pixels });
     }
     #[cfg(feature = "libjpeg-turbo")]
-    let scaled = if format == ImageFormat::Jpeg {
-        super::turbo::decode_for_plan(bytes, o)?.map(|s| (s.img, s.crop, s.plan))
-    } else {
-        None
-    };
+    let scaled = if format == ImageFormat::Jpeg { super::turbo::decode_for_plan(bytes, o)? } else { None };
     #[cfg(not(feature = "libjpeg-turbo"))]
     let scaled = if o.dct_downscale && format == ImageFormat::Jpeg { decode_jpeg_scaled(bytes, o)? } else { None };
     let (out, w, h, untouched) = match scaled {
-        Some((img, crop, p)) => (pad_white(resize_rgb(&img, crop, p.resized, o)?, p.canvas), w0, h0, false),
+        Some(s) => (pad_white(resize_rgb(&s.img, s.crop, s.plan.resized, o)?, s.plan.canvas), w0, h0, false),
         None => {
             let (img, rotated, _) = decode_rgb(bytes, o.max_image_pixels)?;
             let (w, h) = img.dimensions();

@@ -4,7 +4,7 @@
 //! libjpeg reports errors through `error_exit`, which unwinds here and is caught; the premature-end
 //! warning is made an error too, so a truncated file fails as it does in the pure-Rust path.
 
-use super::imageops::{check_filters, plan, ImageError, ImageOptions, Plan};
+use super::imageops::{check_filters, plan, ImageError, ImageOptions, Scaled};
 use image::RgbImage;
 use mozjpeg_sys::{jpeg_common_struct, jpeg_error_mgr, jpeg_std_error, JWRN_JPEG_EOF};
 use std::os::raw::c_int;
@@ -35,17 +35,6 @@ fn error_mgr() -> jpeg_error_mgr {
 
 fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
     p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
-}
-
-/// A JPEG decoded for `plan`, possibly at 1/2, 1/4 or 1/8 scale: the image, the crop in its
-/// coordinates and the plan (in source coordinates).
-pub struct Scaled {
-    /// Decoded pixels.
-    pub img: RgbImage,
-    /// The plan's crop in the decoded image's coordinates.
-    pub crop: (f64, f64, f64, f64),
-    /// The plan, in source coordinates.
-    pub plan: Plan,
 }
 
 /// Decodes a JPEG at the smallest DCT scale that still covers the plan's target (full size when
