@@ -5,14 +5,17 @@
 # quality 95, sha256, WebDataset output. Installs what it needs (nginx, a venv with img2dataset,
 # OpenCV and Pillow). Writes $WORK/results.json and prints a markdown table.
 #
-#   bench/ingest.sh                # N=3000 images
+#   bench/ingest.sh                          # N=3000 images, libjpeg-turbo build
 #   N=1000 WORK=/tmp/b bench/ingest.sh
+#   FEATURES= bench/ingest.sh                # the pure-Rust build
+#   SKIP_BUILD=1 bench/ingest.sh             # use target/release/pixforge as it is
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${WORK:-/tmp/pixforge-bench}
 N=${N:-3000}
 SHARED=${SHARED:-$ROOT/../shared/data/images}
 PORT=18080
+FEATURES=${FEATURES-libjpeg-turbo}
 mkdir -p "$WORK"
 
 command -v nginx >/dev/null || { apt-get update -q && apt-get install -y -q nginx; }
@@ -22,7 +25,8 @@ if [ ! -x "$WORK/venv/bin/img2dataset" ]; then
     "$WORK/venv/bin/pip" install -q img2dataset==1.47.0 opencv-python-headless pillow
 fi
 PY="$WORK/venv/bin/python"
-(cd "$ROOT" && cargo build --release -q)
+if [ -n "$FEATURES" ] && ! command -v nasm >/dev/null; then apt-get update -q && apt-get install -y -q nasm; fi
+[ -n "${SKIP_BUILD:-}" ] || (cd "$ROOT" && cargo build --release -q --features "$FEATURES")
 PIXFORGE="$ROOT/target/release/pixforge"
 
 if [ ! -f "$WORK/corpus/urls.txt" ]; then
@@ -93,7 +97,7 @@ S_FULL=$(run_sa1b full-decode --dct-downscale false)
 S_DCT=$(run_sa1b dct-downscale)
 
 cat > "$WORK/results.json" <<JSON
-{"corpus_images": $N, "limit": $LIMIT_JSON,
+{"corpus_images": $N, "features": "$FEATURES", "limit": $LIMIT_JSON,
  "img2dataset": {"seconds": $I2D_S, "images": $I2D_OK},
  "pixforge": {$P_FULL, $P_DEFAULT, $P_FITS},
  "sa1b": {$S_FULL, $S_DCT}}

@@ -51,7 +51,7 @@ fn exif_orientation_is_applied() {
     let o = ImageOptions { resize_mode: ResizeMode::No, skip_reencode: true, ..Default::default() };
     let p = process(&fixture("exif_rotate90.jpg"), &o).unwrap();
     assert_eq!((p.original_width, p.original_height), (20, 40));
-    assert_ne!(p.data, fixture("exif_rotate90.jpg"), "a rotated image is re-encoded even with skip_reencode");
+    assert!(p.data != fixture("exif_rotate90.jpg"), "a rotated image is re-encoded even with skip_reencode");
 }
 
 #[test]
@@ -77,9 +77,9 @@ fn skip_reencode_keeps_source_bytes_when_nothing_changes() {
     let o =
         ImageOptions { image_size: 427, resize_mode: ResizeMode::KeepRatio, skip_reencode: true, ..Default::default() };
     let p = process(&src, &o).unwrap();
-    assert_eq!(p.data, src, "640x427 at keep_ratio 427 needs no resize: bytes kept");
+    assert!(p.data == src, "640x427 at keep_ratio 427 needs no resize: bytes kept");
     let o = ImageOptions { image_size: 256, ..o };
-    assert_ne!(process(&src, &o).unwrap().data, src);
+    assert!(process(&src, &o).unwrap().data != src);
 }
 
 fn psnr(a: &image::RgbImage, b: &image::RgbImage) -> f64 {

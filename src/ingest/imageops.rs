@@ -443,7 +443,12 @@ pub fn process(bytes: &[u8], o: &ImageOptions) -> Result<Processed, ImageError> 
     #[cfg(not(feature = "libjpeg-turbo"))]
     let scaled = if o.dct_downscale && format == ImageFormat::Jpeg { decode_jpeg_scaled(bytes, o)? } else { None };
     let (out, w, h, untouched) = match scaled {
-        Some(s) => (pad_white(resize_rgb(&s.img, s.crop, s.plan.resized, o)?, s.plan.canvas), w0, h0, false),
+        Some(s) => {
+            // The scaled paths only run on unrotated images.
+            let p = s.plan;
+            let untouched = p.crop == (0, 0, w0, h0) && p.resized == (w0, h0) && p.canvas == (w0, h0);
+            (pad_white(resize_rgb(&s.img, s.crop, p.resized, o)?, p.canvas), w0, h0, untouched)
+        }
         None => {
             let (img, rotated, _) = decode_rgb(bytes, o.max_image_pixels)?;
             let (w, h) = img.dimensions();
