@@ -71,7 +71,7 @@ pub fn decode_for_plan(bytes: &[u8], o: &ImageOptions) -> Result<Option<Scaled>,
         d.scale(num as u8);
         let mut started = d.rgb().map_err(io)?;
         let (sw, sh) = (started.width() as u32, started.height() as u32);
-        let pixels = started.read_scanlines_flat().map_err(io)?;
+        let pixels: Vec<u8> = started.read_scanlines().map_err(io)?;
         started.finish().map_err(io)?;
         let img = RgbImage::from_raw(sw, sh, pixels).ok_or_else(|| ImageError::Decode("short scanlines".into()))?;
         let (fx, fy) = (sw as f64 / w as f64, sh as f64 / h as f64);
