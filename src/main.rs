@@ -79,6 +79,15 @@ struct IngestArgs {
 }
 
 fn print_stats(stats: &RunStats) {
+    if !stats.shards.is_empty() {
+        println!("shard   rows  success  download  resize  filtered  duplicate   seconds");
+        for (id, s) in &stats.shards {
+            println!(
+                "{:05} {:>6} {:>8} {:>9} {:>7} {:>9} {:>10} {:>9.1}",
+                id, s.count, s.successes, s.failed_to_download, s.failed_to_resize, s.filtered, s.duplicate, s.duration
+            );
+        }
+    }
     let t = &stats.total;
     println!(
         "shards: {} written, {} already done | rows: {} | success {} | failed_to_download {} | failed_to_resize {} | filtered {} | duplicate {} | {:.1} MB written",

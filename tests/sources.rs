@@ -276,3 +276,32 @@ fn laion_parquet_with_no_network() {
     assert!(df.column("url").is_ok() && df.column("caption").is_ok());
     assert_eq!(df.column("key").unwrap().str().unwrap().get(0), Some("00000000"));
 }
+
+#[test]
+fn workers_from_slurm_environment_split_the_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    for (i, n) in ["chelsea.png", "coffee.png", "camera.png", "rocket.jpg", "astronaut.png"].iter().enumerate() {
+        copy(n, &input, &format!("{i}_{n}"));
+    }
+    let out = dir.path().join("out");
+    let run_worker = |task: &str| {
+        let st = std::process::Command::new(common::bin())
+            .args(["ingest", "folder"])
+            .arg(&input)
+            .arg("--out")
+            .arg(&out)
+            .args(["--samples-per-shard", "1", "--image-size", "32", "--no-progress"])
+            .env("SLURM_ARRAY_TASK_ID", task)
+            .env("SLURM_ARRAY_TASK_COUNT", "2")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    run_worker("1");
+    assert_eq!(pixforge::shards::done_shards(&out).unwrap(), vec![1, 3], "worker 1/2 owns the odd shards");
+    run_worker("0");
+    assert_eq!(pixforge::shards::done_shards(&out).unwrap(), vec![0, 1, 2, 3, 4]);
+}

@@ -485,7 +485,7 @@ pub fn run(cfg: &IngestConfig, opts: &RunOptions) -> anyhow::Result<RunStats> {
         } else {
             runner.fresh(shard, &mut dedup)?
         };
-        stats.add(&result);
+        stats.add(shard, &result);
         let t = &stats.total;
         runner.pb.set_message(format!(
             "{} ok ({:.0}%), shard {name} done",

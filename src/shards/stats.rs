@@ -73,12 +73,15 @@ pub struct RunStats {
     pub shards_skipped: usize,
     /// Totals over processed shards.
     pub total: ShardStats,
+    /// Each processed shard's stats, by shard id.
+    pub shards: Vec<(usize, ShardStats)>,
 }
 
 impl RunStats {
-    /// Adds one shard's stats.
-    pub fn add(&mut self, s: &ShardStats) {
+    /// Adds the stats of shard `shard`.
+    pub fn add(&mut self, shard: usize, s: &ShardStats) {
         self.shards_done += 1;
+        self.shards.push((shard, s.clone()));
         let t = &mut self.total;
         t.count += s.count;
         t.successes += s.successes;
