@@ -78,18 +78,22 @@ struct IngestArgs {
     download: DownloadOptions,
 }
 
-fn print_stats(stats: &RunStats) {
+/// The end-of-run summary: one line per shard, the totals, and the most frequent reasons.
+fn summary(stats: &RunStats) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
     if !stats.shards.is_empty() {
-        println!("shard   rows  success  download  resize  filtered  duplicate   seconds");
+        let _ = writeln!(out, "shard   rows  success  download  resize  filtered  duplicate   seconds");
         for (id, s) in &stats.shards {
-            println!(
+            let _ = writeln!(
+                out,
                 "{:05} {:>6} {:>8} {:>9} {:>7} {:>9} {:>10} {:>9.1}",
                 id, s.count, s.successes, s.failed_to_download, s.failed_to_resize, s.filtered, s.duplicate, s.duration
             );
         }
     }
     let t = &stats.total;
-    println!(
+    let _ = writeln!(out, 
         "shards: {} written, {} already done | rows: {} | success {} | failed_to_download {} | failed_to_resize {} | filtered {} | duplicate {} | {:.1} MB written",
         stats.shards_done,
         stats.shards_skipped,
@@ -102,12 +106,25 @@ fn print_stats(stats: &RunStats) {
         t.bytes_written as f64 / 1e6
     );
     if t.count > 0 {
-        println!("reasons:");
+        let _ = writeln!(out, "reasons:");
         let mut reasons: Vec<_> = t.status_dict.iter().collect();
         reasons.sort_by(|a, b| b.1.cmp(a.1));
         for (reason, n) in reasons.iter().take(15) {
-            println!("  {n:>8}  {reason}");
+            let _ = writeln!(out, "  {n:>8}  {reason}");
         }
+    }
+    out
+}
+
+/// Writes `text` to stdout; a closed pipe (`| head`) ends the program quietly.
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    if let Err(e) = o.write_all(text.as_bytes()).and_then(|_| o.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error writing to stdout: {e}");
     }
 }
 
@@ -142,18 +159,19 @@ fn main() -> anyhow::Result<()> {
             };
             let stats =
                 pixforge::ingest::run(&cfg, &opts).with_context(|| format!("ingest into {}", a.out.display()))?;
-            print_stats(&stats);
+            emit(&summary(&stats));
         }
         Cmd::Bench(BenchCmd::ImageOps { dir, image }) => {
             let t = pixforge::bench::image_phases(&dir, &image)?;
-            println!("{}", serde_json::to_string(&t)?);
+            emit(&format!("{}\n", serde_json::to_string(&t)?));
         }
         Cmd::Demo { out } => {
             let report = pixforge::demo::run(&out).context("demo")?;
-            println!("pixforge demo: ingested the bundled photos into {}", report.shards.display());
-            print_stats(&report.ingest);
-            println!("shards:");
-            print!("{}", pixforge::demo::summarize(&report.shards)?);
+            let mut text = format!("pixforge demo: ingested the bundled photos into {}\n", report.shards.display());
+            text.push_str(&summary(&report.ingest));
+            text.push_str("samples:\n");
+            text.push_str(&pixforge::demo::summarize(&report.shards)?);
+            emit(&text);
         }
     }
     Ok(())
