@@ -93,7 +93,7 @@ fn summary(stats: &RunStats) -> String {
         }
     }
     let t = &stats.total;
-    let _ = writeln!(out, 
+    let _ = writeln!(out,
         "shards: {} written, {} already done | rows: {} | success {} | failed_to_download {} | failed_to_resize {} | filtered {} | duplicate {} | {:.1} MB written",
         stats.shards_done,
         stats.shards_skipped,
