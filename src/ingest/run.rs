@@ -305,7 +305,7 @@ impl Runner<'_> {
         out
     }
 
-    /// Writes a shard from its outcomes (in row order), marking duplicates.
+    /// Writes a shard from its outcomes (in row order), marking duplicates among fresh successes.
     fn write(
         &self,
         shard: usize,
@@ -318,11 +318,14 @@ impl Runner<'_> {
             if o.record.status != Some(Status::Success) {
                 continue;
             }
-            let sha = o.record.sha256.clone().unwrap_or_default();
-            if let Some(reason) = dedup.check(&o.record.key, &sha, o.phash) {
-                o.record.fail(Status::Duplicate, reason);
-                o.data = None;
-                continue;
+            // Fresh successes carry their pHash; successes kept by --retry-failed were checked when first written.
+            if o.phash.is_some() {
+                let sha = o.record.sha256.clone().unwrap_or_default();
+                if let Some(reason) = dedup.check(&o.record.key, &sha, o.phash) {
+                    o.record.fail(Status::Duplicate, reason);
+                    o.data = None;
+                    continue;
+                }
             }
             if let Some(data) = &o.data {
                 w.add_sample(&o.record, data, self.rows.source_col)?;
@@ -391,29 +394,9 @@ impl Runner<'_> {
             }
             outcomes.push(Outcome { record: r, data: None, phash: None });
         }
-        // Old successes are registered already; only new ones are checked.
+        // Old successes are registered already (they carry no pHash here); only new ones are checked.
         std::fs::remove_file(self.out.join(format!("{name}_stats.json")))?;
-        let mut w = ShardWriter::create(&self.out, &self.layout, shard)?;
-        for o in outcomes.iter_mut() {
-            if o.record.status != Some(Status::Success) {
-                continue;
-            }
-            if o.phash.is_some() {
-                let sha = o.record.sha256.clone().unwrap_or_default();
-                if let Some(reason) = dedup.check(&o.record.key, &sha, o.phash) {
-                    o.record.fail(Status::Duplicate, reason);
-                    o.data = None;
-                    continue;
-                }
-            }
-            if let Some(data) = &o.data {
-                w.add_sample(&o.record, data, self.rows.source_col)?;
-            }
-        }
-        let records: Vec<Record> = outcomes.into_iter().map(|o| o.record).collect();
-        let range = self.layout.rows_of(shard, self.rows.rows.len());
-        let pass = self.rows.passthrough.as_ref().map(|df| df.slice(range.start as i64, range.len()));
-        Ok(Some(w.finish(&records, self.rows.source_col, pass.as_ref(), start)?))
+        Ok(Some(self.write(shard, outcomes, dedup, start)?))
     }
 }
 
