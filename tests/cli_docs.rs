@@ -1,0 +1,17 @@
+//! docs/ingest.md lists every flag with its default: it must match what the binary prints.
+
+mod common;
+
+#[test]
+fn ingest_reference_matches_help() {
+    let out = std::process::Command::new(common::bin()).args(["ingest", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    let doc = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/ingest.md")).unwrap();
+    let block = doc.split("```text\n").nth(1).and_then(|b| b.split("```").next()).unwrap();
+    assert!(block == help, "docs/ingest.md is out of date: run tools/gen-ingest-doc.sh");
+    for flag in ["--url-col", "--image-size", "--resize-mode", "--max-image-pixels", "--dedup", "--retries", "--worker"]
+    {
+        assert!(help.contains(flag), "{flag} is documented");
+    }
+}
