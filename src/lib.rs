@@ -5,5 +5,6 @@
 
 pub mod bench;
 pub mod demo;
+pub mod density;
 pub mod ingest;
 pub mod shards;

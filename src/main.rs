@@ -30,6 +30,49 @@ enum Cmd {
     /// Measurements for docs/BENCHMARKS.md.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Concept density: the POS tagger behind the noun counts.
+    #[command(subcommand)]
+    Density(DensityCmd),
+}
+
+#[derive(Subcommand)]
+enum DensityCmd {
+    /// Train the averaged-perceptron tagger on a CoNLL-U treebank (XPOS tags).
+    TrainTagger {
+        /// Training treebank (UD English-EWT train).
+        #[arg(long)]
+        train: PathBuf,
+        /// Treebank to report accuracy on after training.
+        #[arg(long)]
+        dev: Option<PathBuf>,
+        /// Where to write the model.
+        #[arg(long)]
+        out: PathBuf,
+        /// Training passes.
+        #[arg(long, default_value_t = 10)]
+        iterations: usize,
+        /// Share of sentences added lower-cased, and another share added Title-Cased.
+        #[arg(long, default_value_t = 0.25)]
+        augment_share: f64,
+        /// Weights below this magnitude are not written.
+        #[arg(long, default_value_t = 0.0)]
+        min_weight: f32,
+    },
+    /// Tag accuracy, noun precision/recall/F1 and tokens/s of a model on a CoNLL-U treebank.
+    EvalTagger {
+        /// Gold treebank.
+        #[arg(long)]
+        conllu: PathBuf,
+        /// The model file.
+        #[arg(long)]
+        model: PathBuf,
+        /// Title-Case every word first (robustness to LAION-style alt text).
+        #[arg(long)]
+        title_case: bool,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -164,6 +207,43 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench(BenchCmd::ImageOps { dir, image }) => {
             let t = pixforge::bench::image_phases(&dir, &image)?;
             emit(&format!("{}\n", serde_json::to_string(&t)?));
+        }
+        Cmd::Density(DensityCmd::TrainTagger { train, dev, out, iterations, augment_share, min_weight }) => {
+            use pixforge::density::{conllu, model_file, train as tr};
+            let sents = conllu::read_conllu(&train)?;
+            let o = tr::TrainOptions { iterations, augment_share, ..Default::default() };
+            let model = tr::train(&sents, &o);
+            let bytes = model_file::to_bytes(&model, min_weight);
+            pixforge::shards::write_atomic(&out, &bytes)?;
+            let mut text = format!("model: {} ({} bytes, {} tags)\n", out.display(), bytes.len(), model.tags.len());
+            if let Some(dev) = dev {
+                let d = conllu::read_conllu(&dev)?;
+                let back = model_file::from_bytes(&bytes).map_err(anyhow::Error::msg)?;
+                text.push_str(&format!("dev: {}\n", serde_json::to_string(&tr::evaluate(&back, &d, false))?));
+                text.push_str(&format!(
+                    "dev Title-Cased: {}\n",
+                    serde_json::to_string(&tr::evaluate(&back, &d, true))?
+                ));
+            }
+            emit(&text);
+        }
+        Cmd::Density(DensityCmd::EvalTagger { conllu: path, model, title_case, json }) => {
+            use pixforge::density::{conllu, model_file, train as tr};
+            let bytes = std::fs::read(&model).with_context(|| format!("reading {}", model.display()))?;
+            let m = model_file::from_bytes(&bytes).map_err(anyhow::Error::msg)?;
+            let e = tr::evaluate(&m, &conllu::read_conllu(&path)?, title_case);
+            if json {
+                emit(&format!("{}\n", serde_json::to_string(&e)?));
+            } else {
+                emit(&format!(
+                    "tag accuracy {:.2}%  noun precision {:.2}%  recall {:.2}%  F1 {:.2}%  {:.0} tokens/s\n",
+                    100.0 * e.tag_accuracy,
+                    100.0 * e.noun_precision,
+                    100.0 * e.noun_recall,
+                    100.0 * e.noun_f1,
+                    e.tokens_per_s
+                ));
+            }
         }
         Cmd::Demo { out } => {
             let report = pixforge::demo::run(&out).context("demo")?;
