@@ -194,11 +194,26 @@ pub fn peek_dimensions(bytes: &[u8]) -> Result<(ImageFormat, u32, u32), ImageErr
 /// Decodes `bytes` to RGB: EXIF orientation applied, alpha composited on white, 16-bit, grey,
 /// palette and CMYK converted. Returns the image and whether the orientation changed it.
 pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<(RgbImage, bool, ImageFormat), ImageError> {
+    let (format, _, _) = checked_header(bytes, max_pixels)?;
+    decode_checked(bytes, format, max_pixels)
+}
+
+/// The format and size declared by the header, refused when it declares more than `max_pixels`.
+fn checked_header(bytes: &[u8], max_pixels: u64) -> Result<(ImageFormat, u32, u32), ImageError> {
     let (format, w, h) = peek_dimensions(bytes)?;
     let pixels = w as u64 * h as u64;
     if pixels > max_pixels {
         return Err(ImageError::Bomb { width: w, height: h, pixels, limit: max_pixels });
     }
+    Ok((format, w, h))
+}
+
+/// [`decode_rgb`] once the header has passed [`checked_header`].
+fn decode_checked(
+    bytes: &[u8],
+    format: ImageFormat,
+    max_pixels: u64,
+) -> Result<(RgbImage, bool, ImageFormat), ImageError> {
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(max_pixels.saturating_mul(16).max(64 << 20));
@@ -381,6 +396,18 @@ pub(crate) struct Scaled {
     pub plan: Plan,
 }
 
+impl Scaled {
+    /// `img` decoded at reduced scale from a `w`x`h` source, with `plan`'s crop mapped onto it.
+    pub(crate) fn new(img: RgbImage, plan: Plan, w: u32, h: u32) -> Self {
+        let (sw, sh) = (img.width() as f64, img.height() as f64);
+        let (fx, fy) = (sw / w as f64, sh / h as f64);
+        let (x, y) = (plan.crop.0 as f64 * fx, plan.crop.1 as f64 * fy);
+        // Clamp: the scaled size is rounded up, so the scaled crop may pass the edge by a fraction.
+        let crop = (x, y, (plan.crop.2 as f64 * fx).min(sw - x), (plan.crop.3 as f64 * fy).min(sh - y));
+        Self { img, crop, plan }
+    }
+}
+
 fn crop_f64(c: (u32, u32, u32, u32)) -> (f64, f64, f64, f64) {
     (c.0 as f64, c.1 as f64, c.2 as f64, c.3 as f64)
 }
@@ -424,20 +451,12 @@ fn decode_jpeg_scaled(bytes: &[u8], o: &ImageOptions) -> Result<Option<Scaled>, 
     };
     let img = RgbImage::from_raw(sw, sh, rgb)
         .ok_or_else(|| ImageError::Decode("decoded buffer has the wrong size".into()))?;
-    let (fx, fy) = (sw as f64 / w as f64, sh as f64 / h as f64);
-    // Clamp: the scaled size is rounded up, so the scaled crop may pass the edge by a fraction.
-    let (x, y) = (p.crop.0 as f64 * fx, p.crop.1 as f64 * fy);
-    let crop = (x, y, (cw as f64 * fx).min(sw as f64 - x), (ch as f64 * fy).min(sh as f64 - y));
-    Ok(Some(Scaled { img, crop, plan: p }))
+    Ok(Some(Scaled::new(img, p, w, h)))
 }
 
 /// Runs the whole image step on `bytes`.
 pub fn process(bytes: &[u8], o: &ImageOptions) -> Result<Processed, ImageError> {
-    let (format, w0, h0) = peek_dimensions(bytes)?;
-    let pixels = w0 as u64 * h0 as u64;
-    if pixels > o.max_image_pixels {
-        return Err(ImageError::Bomb { width: w0, height: h0, pixels, limit: o.max_image_pixels });
-    }
+    let (format, w0, h0) = checked_header(bytes, o.max_image_pixels)?;
     #[cfg(feature = "libjpeg-turbo")]
     let scaled = if format == ImageFormat::Jpeg { super::turbo::decode_for_plan(bytes, o)? } else { None };
     #[cfg(not(feature = "libjpeg-turbo"))]
@@ -450,7 +469,7 @@ pub fn process(bytes: &[u8], o: &ImageOptions) -> Result<Processed, ImageError> 
             (pad_white(resize_rgb(&s.img, s.crop, p.resized, o)?, p.canvas), w0, h0, untouched)
         }
         None => {
-            let (img, rotated, _) = decode_rgb(bytes, o.max_image_pixels)?;
+            let (img, rotated, _) = decode_checked(bytes, format, o.max_image_pixels)?;
             let (w, h) = img.dimensions();
             check_filters(w, h, o)?;
             let p = plan(w, h, o);

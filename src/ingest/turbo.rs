@@ -74,10 +74,7 @@ pub fn decode_for_plan(bytes: &[u8], o: &ImageOptions) -> Result<Option<Scaled>,
         let pixels: Vec<u8> = started.read_scanlines().map_err(io)?;
         started.finish().map_err(io)?;
         let img = RgbImage::from_raw(sw, sh, pixels).ok_or_else(|| ImageError::Decode("short scanlines".into()))?;
-        let (fx, fy) = (sw as f64 / w as f64, sh as f64 / h as f64);
-        let (x, y) = (p.crop.0 as f64 * fx, p.crop.1 as f64 * fy);
-        let crop = (x, y, (cw as f64 * fx).min(sw as f64 - x), (ch as f64 * fy).min(sh as f64 - y));
-        Ok(Some(Scaled { img, crop, plan: p }))
+        Ok(Some(Scaled::new(img, p, w, h)))
     };
     match catch_unwind(AssertUnwindSafe(run)) {
         Ok(r) => r,
