@@ -54,18 +54,21 @@ enum DensityCmd {
         /// Share of sentences added lower-cased, and another share added Title-Cased.
         #[arg(long, default_value_t = 0.25)]
         augment_share: f64,
-        /// Weights below this magnitude are not written.
-        #[arg(long, default_value_t = 0.0)]
+        /// Averaged weights below this magnitude are dropped.
+        #[arg(long, default_value_t = 0.05)]
         min_weight: f32,
+        /// Seed of the shuffling and of the choice of augmented sentences.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// Tag accuracy, noun precision/recall/F1 and tokens/s of a model on a CoNLL-U treebank.
     EvalTagger {
         /// Gold treebank.
         #[arg(long)]
         conllu: PathBuf,
-        /// The model file.
+        /// A model file (default: the embedded model, trained on UD English-EWT).
         #[arg(long)]
-        model: PathBuf,
+        model: Option<PathBuf>,
         /// Title-Case every word first (robustness to LAION-style alt text).
         #[arg(long)]
         title_case: bool,
@@ -208,12 +211,12 @@ fn main() -> anyhow::Result<()> {
             let t = pixforge::bench::image_phases(&dir, &image)?;
             emit(&format!("{}\n", serde_json::to_string(&t)?));
         }
-        Cmd::Density(DensityCmd::TrainTagger { train, dev, out, iterations, augment_share, min_weight }) => {
+        Cmd::Density(DensityCmd::TrainTagger { train, dev, out, iterations, augment_share, min_weight, seed }) => {
             use pixforge::density::{conllu, model_file, train as tr};
             let sents = conllu::read_conllu(&train)?;
-            let o = tr::TrainOptions { iterations, augment_share, ..Default::default() };
+            let o = tr::TrainOptions { iterations, augment_share, seed, min_weight };
             let model = tr::train(&sents, &o);
-            let bytes = model_file::to_bytes(&model, min_weight);
+            let bytes = model_file::to_bytes(&model);
             pixforge::shards::write_atomic(&out, &bytes)?;
             let mut text = format!("model: {} ({} bytes, {} tags)\n", out.display(), bytes.len(), model.tags.len());
             if let Some(dev) = dev {
@@ -228,10 +231,16 @@ fn main() -> anyhow::Result<()> {
             emit(&text);
         }
         Cmd::Density(DensityCmd::EvalTagger { conllu: path, model, title_case, json }) => {
-            use pixforge::density::{conllu, model_file, train as tr};
-            let bytes = std::fs::read(&model).with_context(|| format!("reading {}", model.display()))?;
-            let m = model_file::from_bytes(&bytes).map_err(anyhow::Error::msg)?;
-            let e = tr::evaluate(&m, &conllu::read_conllu(&path)?, title_case);
+            use pixforge::density::{conllu, model_file, train as tr, Tagger};
+            let loaded = match &model {
+                Some(p) => {
+                    let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+                    Some(model_file::from_bytes(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?)
+                }
+                None => None,
+            };
+            let m = loaded.as_ref().unwrap_or_else(|| Tagger::embedded());
+            let e = tr::evaluate(m, &conllu::read_conllu(&path)?, title_case);
             if json {
                 emit(&format!("{}\n", serde_json::to_string(&e)?));
             } else {

@@ -4,4 +4,8 @@
 pub mod conllu;
 pub mod model_file;
 pub mod tagger;
+pub mod tokenize;
 pub mod train;
+pub mod wordnet;
+
+pub use tagger::Tagger;

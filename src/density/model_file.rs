@@ -1,50 +1,53 @@
-//! The tagger's file format: tags, the tag dictionary, and sparse weights (nonzero only), little-endian.
+//! The tagger's file format (little-endian): tags, the tag dictionary, then the sparse weights, each
+//! row a feature hash and its (class, bfloat16 weight) entries.
 
-use super::tagger::Tagger;
-use std::collections::HashMap;
+use super::tagger::{TagDict, Tagger, Weights};
 
-const MAGIC: &[u8; 8] = b"PXTAGv1\0";
+const MAGIC: &[u8; 8] = b"PXTAGv3\0";
+
+fn put_u32(out: &mut Vec<u8>, v: u32) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    put_u32(out, s.len() as u32);
     out.extend_from_slice(s.as_bytes());
 }
 
-/// Serialises `t`, dropping weights whose magnitude is below `min_weight`.
-pub fn to_bytes(t: &Tagger, min_weight: f32) -> Vec<u8> {
-    let n = t.tags.len();
+fn put_weights(out: &mut Vec<u8>, w: &Weights) {
+    let rows = w.rows();
+    put_u32(out, rows.len() as u32);
+    for (f, entries) in rows {
+        out.extend_from_slice(&f.to_le_bytes());
+        out.push(entries.len() as u8);
+        for (c, v) in entries {
+            out.push(c);
+            out.extend_from_slice(&bf16(v).to_le_bytes());
+        }
+    }
+}
+
+/// `v` rounded to bfloat16 (8 bits of precision: plenty for averaged perceptron weights).
+fn bf16(v: f32) -> u16 {
+    let b = v.to_bits();
+    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+}
+
+/// Serialises `t` (weights rounded to bfloat16).
+pub fn to_bytes(t: &Tagger) -> Vec<u8> {
     let mut out = MAGIC.to_vec();
-    out.extend_from_slice(&(n as u32).to_le_bytes());
+    put_u32(&mut out, t.tags.len() as u32);
     for tag in &t.tags {
         put_str(&mut out, tag);
     }
     let mut dict: Vec<(&String, &u16)> = t.tagdict.iter().collect();
     dict.sort();
-    out.extend_from_slice(&(dict.len() as u32).to_le_bytes());
+    put_u32(&mut out, dict.len() as u32);
     for (w, c) in dict {
         put_str(&mut out, w);
         out.extend_from_slice(&c.to_le_bytes());
     }
-    let mut rows: Vec<(u64, u32)> = t.rows.iter().map(|(f, r)| (*f, *r)).collect();
-    rows.sort();
-    let mut body = Vec::new();
-    let mut kept = 0u32;
-    for (f, r) in rows {
-        let row = &t.weights[r as usize * n..(r as usize + 1) * n];
-        let nz: Vec<(usize, f32)> = row.iter().copied().enumerate().filter(|(_, w)| w.abs() >= min_weight).collect();
-        if nz.is_empty() {
-            continue;
-        }
-        kept += 1;
-        body.extend_from_slice(&f.to_le_bytes());
-        body.push(nz.len() as u8);
-        for (c, w) in nz {
-            body.push(c as u8);
-            body.extend_from_slice(&w.to_le_bytes());
-        }
-    }
-    out.extend_from_slice(&kept.to_le_bytes());
-    out.extend_from_slice(&body);
+    put_weights(&mut out, &t.weights);
     out
 }
 
@@ -59,6 +62,9 @@ impl Reader<'_> {
         self.p += n;
         Ok(s)
     }
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
     fn u32(&mut self) -> Result<u32, String> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
     }
@@ -66,38 +72,53 @@ impl Reader<'_> {
         let n = self.u32()? as usize;
         String::from_utf8(self.take(n)?.to_vec()).map_err(|e| format!("tagger model: bad UTF-8: {e}"))
     }
+    fn weights(&mut self, n: usize) -> Result<Weights, String> {
+        let nr = self.u32()? as usize;
+        let mut w = Weights::default();
+        for _ in 0..nr {
+            let f = u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes"));
+            let k = self.u8()? as usize;
+            let mut entries = Vec::with_capacity(k);
+            for _ in 0..k {
+                let c = self.u8()?;
+                if c as usize >= n {
+                    return Err(format!("tagger model: class {c} out of range ({n} tags) at byte {}", self.p));
+                }
+                let bits = u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes"));
+                entries.push((c, f32::from_bits((bits as u32) << 16)));
+            }
+            w.push_row(f, entries);
+        }
+        Ok(w)
+    }
 }
 
 /// Reads a model written by [`to_bytes`].
 pub fn from_bytes(b: &[u8]) -> Result<Tagger, String> {
     if b.get(..8) != Some(&MAGIC[..]) {
-        return Err("not a pixforge tagger model (bad magic bytes)".into());
+        return Err(format!("not a pixforge tagger model: expected magic bytes {MAGIC:?} at the start"));
     }
     let mut r = Reader { b, p: 8 };
     let n = r.u32()? as usize;
+    if n == 0 || n > 256 {
+        return Err(format!("tagger model: expected 1..=256 tags, found {n}"));
+    }
     let tags = (0..n).map(|_| r.string()).collect::<Result<Vec<_>, _>>()?;
     let nd = r.u32()? as usize;
-    let mut tagdict = HashMap::with_capacity(nd);
+    let mut tagdict = TagDict::default();
     for _ in 0..nd {
         let w = r.string()?;
         let c = u16::from_le_bytes(r.take(2)?.try_into().expect("2 bytes"));
+        if c as usize >= n {
+            return Err(format!("tagger model: tag dictionary entry {w:?} has class {c}, only {n} tags"));
+        }
         tagdict.insert(w, c);
     }
-    let nr = r.u32()? as usize;
-    let mut rows = HashMap::with_capacity(nr);
-    let mut weights = vec![0.0f32; nr * n];
-    for i in 0..nr {
-        let f = u64::from_le_bytes(r.take(8)?.try_into().expect("8 bytes"));
-        let k = r.take(1)?[0] as usize;
-        for _ in 0..k {
-            let c = r.take(1)?[0] as usize;
-            let w = f32::from_le_bytes(r.take(4)?.try_into().expect("4 bytes"));
-            if c >= n {
-                return Err(format!("tagger model: class {c} out of range ({n} tags)"));
-            }
-            weights[i * n + c] = w;
-        }
-        rows.insert(f, i as u32);
+    let weights = r.weights(n)?;
+    if r.p != b.len() {
+        return Err(format!("tagger model: {} unexpected bytes after the weights", b.len() - r.p));
     }
-    Ok(Tagger { tags, rows, weights, tagdict })
+    let mut t = Tagger::new(tags, tagdict);
+    t.weights = weights;
+    Ok(t)
 }

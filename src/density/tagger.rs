@@ -1,10 +1,42 @@
-//! An averaged-perceptron part-of-speech tagger (greedy, two tags of history), as in NLTK's
-//! `PerceptronTagger` and Honnibal's design, with hashed features and dense per-feature rows.
+//! An averaged-perceptron part-of-speech tagger (greedy, two tags of history) in the design of NLTK's
+//! `PerceptronTagger` (Honnibal), with hashed features, sparse weight rows, and two additions:
+//! - a sentence-level feature, the sentence's letter case (normal, Title Case, lower, upper), so a
+//!   capital letter means "proper noun" only where the sentence is normally cased;
+//! - what WordNet knows of each word (its parts of speech, the most frequent one, what it inflects),
+//!   which is what tells a noun from an adjective among the words the treebank never saw.
 
+use super::wordnet::WordNet;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
-const START: [&str; 2] = ["-START-", "-START2-"];
+/// The history tags before the first word.
+pub const START: [&str; 2] = ["-START-", "-START2-"];
 const END: [&str; 2] = ["-END-", "-END2-"];
+
+/// Hasher for keys that are already hashes: one multiply-xorshift mix.
+#[derive(Default, Clone, Copy)]
+pub struct MixHasher(u64);
+
+impl Hasher for MixHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ b as u64).wrapping_mul(0x100000001b3);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+    fn finish(&self) -> u64 {
+        let x = self.0.wrapping_mul(0x9E3779B97F4A7C15);
+        x ^ (x >> 29)
+    }
+}
+
+/// Word → class, for the words that skip scoring.
+pub type TagDict = HashMap<String, u16, BuildHasherDefault<MixHasher>>;
+
+/// Feature hash → weight row (training).
+pub type FeatureRows = HashMap<u64, u32, BuildHasherDefault<MixHasher>>;
 
 /// FNV-1a over a template id and byte strings.
 fn fhash(template: u8, parts: &[&[u8]]) -> u64 {
@@ -21,149 +53,473 @@ fn fhash(template: u8, parts: &[&[u8]]) -> u64 {
     h
 }
 
-/// NLTK's normalisation: `!HYPHEN`, `!YEAR`, `!DIGITS`, else lower case.
-pub fn normalize(word: &str) -> String {
+/// NLTK's normalisation (`!HYPHEN`, `!YEAR`, `!DIGITS`, else lower case), appended to `out`.
+fn normalize_into(word: &str, out: &mut String) {
     let first = word.chars().next();
     if word.contains('-') && first != Some('-') {
-        "!HYPHEN".into()
+        out.push_str("!HYPHEN");
     } else if word.len() == 4 && word.bytes().all(|b| b.is_ascii_digit()) {
-        "!YEAR".into()
+        out.push_str("!YEAR");
     } else if first.is_some_and(|c| c.is_ascii_digit()) {
-        "!DIGITS".into()
+        out.push_str("!DIGITS");
     } else {
-        word.to_lowercase()
+        lower_into(word, out);
     }
 }
 
-fn suffix(w: &str, n: usize) -> &str {
+fn lower_into(word: &str, out: &mut String) {
+    if word.is_ascii() {
+        out.extend(word.bytes().map(|b| b.to_ascii_lowercase() as char));
+    } else {
+        out.extend(word.chars().flat_map(char::to_lowercase));
+    }
+}
+
+fn suffix(w: &str, n: usize) -> &[u8] {
     let start = w.char_indices().rev().nth(n.saturating_sub(1)).map(|(i, _)| i).unwrap_or(0);
-    &w[start..]
+    &w.as_bytes()[start..]
 }
 
-fn prefix(w: &str, n: usize) -> &str {
+fn prefix(w: &str, n: usize) -> &[u8] {
     let end = w.char_indices().nth(n).map(|(i, _)| i).unwrap_or(w.len());
-    &w[..end]
+    &w.as_bytes()[..end]
 }
 
-fn shape(w: &str) -> String {
-    let mut s = String::new();
+/// The word's shape with runs collapsed ("Hello-2" → "Xx-d"), cut at 8 bytes.
+fn shape(w: &str, out: &mut [u8; 8]) -> usize {
+    let mut n = 0;
     for c in w.chars() {
         let k = if c.is_uppercase() {
-            'X'
+            b'X'
         } else if c.is_lowercase() {
-            'x'
+            b'x'
         } else if c.is_ascii_digit() {
-            'd'
+            b'd'
+        } else if c.is_ascii() {
+            c as u8
         } else {
-            c
+            b'*'
         };
-        if !s.ends_with(k) {
-            s.push(k);
+        if n > 0 && out[n - 1] == k {
+            continue;
+        }
+        if n == out.len() {
+            break;
+        }
+        out[n] = k;
+        n += 1;
+    }
+    n
+}
+
+/// How a sentence is cased (`n`ormal, `t`itle, `l`ower, `u`pper), which decides what a capital means.
+fn case_class(words: &[&str]) -> u8 {
+    let (mut alpha, mut upper_initial, mut all_upper, mut any_upper) = (0usize, 0usize, 0usize, false);
+    for (i, w) in words.iter().enumerate() {
+        let mut letters = w.chars().filter(|c| c.is_alphabetic());
+        let Some(first) = letters.next() else { continue };
+        let rest_upper = letters.clone().all(char::is_uppercase) && letters.next().is_some();
+        any_upper |= w.chars().any(char::is_uppercase);
+        if i == 0 {
+            continue;
+        }
+        alpha += 1;
+        upper_initial += first.is_uppercase() as usize;
+        all_upper += (first.is_uppercase() && rest_upper) as usize;
+    }
+    if !any_upper {
+        b'l'
+    } else if alpha >= 2 && all_upper * 4 >= alpha * 3 {
+        b'u'
+    } else if alpha >= 2 && upper_initial * 4 >= alpha * 3 {
+        b't'
+    } else {
+        b'n'
+    }
+}
+
+/// Mixes a template id and two hashes into a feature hash.
+fn mix(template: u64, a: u64, b: u64) -> u64 {
+    let mut h = a ^ template.wrapping_mul(0x9E3779B97F4A7C15);
+    h = (h ^ (h >> 31)).wrapping_mul(0xBF58476D1CE4E5B9) ^ b;
+    h = (h ^ (h >> 27)).wrapping_mul(0x94D049BB133111EB);
+    h ^ (h >> 31)
+}
+
+/// FNV-1a of a string.
+pub fn str_hash(s: &[u8]) -> u64 {
+    fhash(0, &[s])
+}
+
+/// The hashes of one word's parts that features are made of.
+#[derive(Default, Clone, Copy)]
+struct WordHashes {
+    /// The normalised word.
+    word: u64,
+    /// Its last three characters (of the normalised word, as NLTK does for neighbours).
+    suf3: u64,
+    /// Affixes of the lower-cased raw word: suffixes of 1–4 characters, prefixes of 1 and 3.
+    own: [u64; 6],
+    /// The raw word's shape.
+    shape: u64,
+    /// What WordNet knows of the lower-cased word (see [`WordNet::signature`]).
+    wordnet: u64,
+    /// The word's class if the tag dictionary has it (then `own` and `shape` are not computed).
+    known: Option<u16>,
+}
+
+/// A sentence prepared for feature extraction: hashes of every word's parts (with two pads on each
+/// side) and the sentence's case class. Reused between sentences.
+#[derive(Default)]
+pub struct Context {
+    norm: String,
+    lower: String,
+    words: Vec<WordHashes>,
+    case: u64,
+}
+
+impl Context {
+    /// Prepares `words`, looking them up in `tagdict`.
+    pub fn fill(&mut self, words: &[&str], tagdict: &TagDict) {
+        let wn = WordNet::embedded();
+        self.words.clear();
+        let pad = |p: &str| {
+            let word = str_hash(p.as_bytes());
+            WordHashes { word, suf3: str_hash(suffix(p, 3)), ..Default::default() }
+        };
+        self.words.extend(START.iter().map(|p| pad(p)));
+        for w in words {
+            self.norm.clear();
+            normalize_into(w, &mut self.norm);
+            self.lower.clear();
+            lower_into(w, &mut self.lower);
+            let l = self.lower.as_str();
+            let mut h = WordHashes {
+                word: str_hash(self.norm.as_bytes()),
+                suf3: str_hash(suffix(&self.norm, 3)),
+                wordnet: wordnet_signature(wn, l),
+                known: tagdict.get(*w).copied(),
+                ..Default::default()
+            };
+            if h.known.is_none() {
+                h.own =
+                    [suffix(l, 1), suffix(l, 2), suffix(l, 3), suffix(l, 4), prefix(l, 1), prefix(l, 3)].map(str_hash);
+                let mut shape_buf = [0u8; 8];
+                let len = shape(w, &mut shape_buf);
+                h.shape = str_hash(&shape_buf[..len]);
+            }
+            self.words.push(h);
+        }
+        self.words.extend(END.iter().map(|p| pad(p)));
+        self.case = case_class(words) as u64;
+    }
+
+    /// The tag dictionary's class of word `k`, if it has one.
+    pub fn known(&self, k: usize) -> Option<u16> {
+        self.words[k + 2].known
+    }
+}
+
+/// The WordNet signature of a lower-cased word; for a hyphenated word not in WordNet, that of its
+/// last part ("well-known" → "known").
+fn wordnet_signature(wn: &WordNet, lower: &str) -> u64 {
+    let mut sig = wn.signature(lower);
+    if sig == 4 << 4 {
+        if let Some((_, last)) = lower.rsplit_once('-') {
+            sig = wn.signature(last) | 1 << 15;
         }
     }
-    s
+    sig as u64 + 1
 }
 
-/// The feature hashes of position `i` (index into `context`, which has two start pads) given the raw
-/// word and the two previous tags.
-pub fn features(i: usize, raw: &str, context: &[String], prev: &str, prev2: &str, out: &mut Vec<u64>) {
+/// The features of word `k` of the sentence in `ctx`, given the hashes of the two previous tags.
+pub fn features(ctx: &Context, k: usize, prev: u64, prev2: u64, out: &mut Vec<u64>) {
     out.clear();
-    let w = context[i].as_str();
-    out.push(fhash(0, &[]));
-    out.push(fhash(1, &[suffix(w, 3).as_bytes()]));
-    out.push(fhash(2, &[prefix(w, 1).as_bytes()]));
-    out.push(fhash(3, &[prev.as_bytes()]));
-    out.push(fhash(4, &[prev2.as_bytes()]));
-    out.push(fhash(5, &[prev.as_bytes(), prev2.as_bytes()]));
-    out.push(fhash(6, &[w.as_bytes()]));
-    out.push(fhash(7, &[prev.as_bytes(), w.as_bytes()]));
-    out.push(fhash(8, &[context[i - 1].as_bytes()]));
-    out.push(fhash(9, &[suffix(&context[i - 1], 3).as_bytes()]));
-    out.push(fhash(10, &[context[i - 2].as_bytes()]));
-    out.push(fhash(11, &[context[i + 1].as_bytes()]));
-    out.push(fhash(12, &[suffix(&context[i + 1], 3).as_bytes()]));
-    out.push(fhash(13, &[context[i + 2].as_bytes()]));
-    // Richer features: more affixes and the raw word's shape (case pattern).
-    out.push(fhash(14, &[suffix(w, 1).as_bytes()]));
-    out.push(fhash(15, &[suffix(w, 2).as_bytes()]));
-    out.push(fhash(16, &[suffix(w, 4).as_bytes()]));
-    out.push(fhash(17, &[prefix(w, 3).as_bytes()]));
-    let sh = shape(raw);
-    out.push(fhash(18, &[sh.as_bytes()]));
-    out.push(fhash(19, &[prev.as_bytes(), sh.as_bytes()]));
-    out.push(fhash(20, &[w.as_bytes(), context[i + 1].as_bytes()]));
-    out.push(fhash(21, &[context[i - 1].as_bytes(), w.as_bytes()]));
+    let i = k + 2;
+    let (w, p1, p2, n1, n2) =
+        (&ctx.words[i], &ctx.words[i - 1], &ctx.words[i - 2], &ctx.words[i + 1], &ctx.words[i + 2]);
+    let case = ctx.case << 1 | (k == 0) as u64;
+    let [s1, s2, s3, s4, pre1, pre3] = w.own;
+    out.extend([
+        // NLTK's templates.
+        mix(0, 0, 0),
+        mix(1, s3, 0),
+        mix(2, pre1, 0),
+        mix(3, prev, 0),
+        mix(4, prev2, 0),
+        mix(5, prev, prev2),
+        mix(6, w.word, 0),
+        mix(7, prev, w.word),
+        mix(8, p1.word, 0),
+        mix(9, p1.suf3, 0),
+        mix(10, p2.word, 0),
+        mix(11, n1.word, 0),
+        mix(12, n1.suf3, 0),
+        mix(13, n2.word, 0),
+        // More affixes, word bigrams, and the raw word's shape in the sentence's case.
+        mix(14, s1, 0),
+        mix(15, s2, 0),
+        mix(16, s4, 0),
+        mix(17, pre3, 0),
+        mix(18, case, w.shape),
+        mix(19, mix(case, prev, 0), w.shape),
+        mix(20, w.word, n1.word),
+        mix(21, p1.word, w.word),
+        mix(22, case, w.word),
+        // What WordNet knows of this word and the next (helps most on words EWT never saw).
+        mix(23, w.wordnet, 0),
+        mix(24, prev, w.wordnet),
+        mix(25, n1.wordnet, 0),
+        mix(26, mix(case, w.shape, 0), w.wordnet),
+    ]);
 }
 
-/// The context array of a sentence: two start pads, normalised words, two end pads.
-pub fn context_of(words: &[&str]) -> Vec<String> {
-    let mut c: Vec<String> = START.iter().map(|s| s.to_string()).collect();
-    c.extend(words.iter().map(|w| normalize(w)));
-    c.extend(END.iter().map(|s| s.to_string()));
-    c
+/// Entries kept in the slot itself; longer rows live in `Weights::overflow`.
+const INLINE: usize = 5;
+
+/// A weight entry packed in 32 bits: the class in the low 8 bits of an `f32` whose lowest 8 mantissa
+/// bits are given up (relative precision 2^-15, far below what averaging gives).
+fn pack(class: u8, value: f32) -> u32 {
+    (value.to_bits() & !0xff) | class as u32
 }
 
-/// A trained (or training) tagger.
+fn unpack(e: u32) -> (u8, f32) {
+    ((e & 0xff) as u8, f32::from_bits(e & !0xff))
+}
+
+/// One slot of the weights' open-addressing table: a feature hash (0 = empty) and its entries, inline
+/// when there are at most [`INLINE`] (most rows), so one cache line holds a whole feature.
+#[derive(Debug, Default, Clone, Copy)]
+#[repr(C, align(32))]
+struct Slot {
+    key: u64,
+    len: u32,
+    /// The entries, or (when `len > INLINE`) `entries[0]` = start in `overflow`.
+    entries: [u32; INLINE],
+}
+
+/// Sparse weights: for each feature, the classes it votes for and how much. Features live in an
+/// open-addressing table (linear probing, at most half full) whose slots are prefetched together
+/// before they are read, since tagging speed is bound by these random memory reads.
 #[derive(Debug, Default, Clone)]
-pub struct Tagger {
-    /// Tag names; a class is an index into this.
-    pub tags: Vec<String>,
-    /// Feature hash → row of `weights`.
-    pub rows: HashMap<u64, u32>,
-    /// Dense weights, `rows.len() * tags.len()`.
-    pub weights: Vec<f32>,
-    /// Unambiguous frequent words (normalised form as in training: the raw word) → class.
-    pub tagdict: HashMap<String, u16>,
+pub struct Weights {
+    slots: Vec<Slot>,
+    len: usize,
+    overflow: Vec<u32>,
 }
 
-impl Tagger {
-    fn scores(&self, feats: &[u64], scores: &mut [f32]) {
-        scores.iter_mut().for_each(|s| *s = 0.0);
-        let n = self.tags.len();
+impl Weights {
+    fn slot_of(&self, key: u64) -> usize {
+        (key.wrapping_mul(0x9E3779B97F4A7C15) >> 32) as usize & (self.slots.len() - 1)
+    }
+
+    fn find(&self, key: u64) -> Option<&Slot> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = self.slot_of(key);
+        loop {
+            let s = &self.slots[i];
+            if s.key == key {
+                return Some(s);
+            }
+            if s.key == 0 {
+                return None;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn entries<'a>(&'a self, s: &'a Slot) -> &'a [u32] {
+        let n = s.len as usize;
+        if n <= INLINE {
+            &s.entries[..n]
+        } else {
+            let start = s.entries[0] as usize;
+            &self.overflow[start..start + n]
+        }
+    }
+
+    fn insert(&mut self, slot: Slot) {
+        if (self.len + 1) * 2 > self.slots.len() {
+            let size = (self.slots.len() * 2).max(1024);
+            let old = std::mem::replace(&mut self.slots, vec![Slot::default(); size]);
+            self.len = 0;
+            for s in old.into_iter().filter(|s| s.key != 0) {
+                self.insert(s);
+            }
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = self.slot_of(slot.key);
+        while self.slots[i].key != 0 && self.slots[i].key != slot.key {
+            i = (i + 1) & mask;
+        }
+        self.len += (self.slots[i].key == 0) as usize;
+        self.slots[i] = slot;
+    }
+
+    /// Adds (or replaces) a feature's row.
+    pub fn push_row(&mut self, feature: u64, entries: impl IntoIterator<Item = (u8, f32)>) {
+        let packed: Vec<u32> = entries.into_iter().map(|(c, v)| pack(c, v)).collect();
+        let mut slot = Slot { key: feature.max(1), len: packed.len() as u32, entries: [0; INLINE] };
+        if packed.len() <= INLINE {
+            slot.entries[..packed.len()].copy_from_slice(&packed);
+        } else {
+            slot.entries[0] = self.overflow.len() as u32;
+            self.overflow.extend_from_slice(&packed);
+        }
+        self.insert(slot);
+    }
+
+    /// Every feature with its entries, in feature order.
+    pub fn rows(&self) -> Vec<(u64, Vec<(u8, f32)>)> {
+        let mut out: Vec<(u64, Vec<(u8, f32)>)> = (self.slots.iter().filter(|s| s.key != 0))
+            .map(|s| (s.key, self.entries(s).iter().map(|&e| unpack(e)).collect()))
+            .collect();
+        out.sort_unstable_by_key(|r| r.0);
+        out
+    }
+
+    /// Number of features.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are no features.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The best class for `feats` (ties go to the higher class, as in NLTK).
+    fn predict(&self, feats: &[u64], n: usize, scores: &mut Vec<f32>) -> usize {
+        scores.clear();
+        scores.resize(n, 0.0);
+        if self.slots.is_empty() {
+            return best_class(scores);
+        }
+        #[cfg(target_arch = "x86_64")]
         for f in feats {
-            if let Some(&r) = self.rows.get(f) {
-                let row = &self.weights[r as usize * n..(r as usize + 1) * n];
-                for (s, w) in scores.iter_mut().zip(row) {
-                    *s += w;
+            let p = self.slots.as_ptr().wrapping_add(self.slot_of((*f).max(1)));
+            // SAFETY: prefetching is a hint and never faults; `p` is in bounds of `slots`.
+            unsafe { std::arch::x86_64::_mm_prefetch(p as *const i8, std::arch::x86_64::_MM_HINT_T0) };
+        }
+        let scores = scores.as_mut_slice();
+        for f in feats {
+            if let Some(s) = self.find((*f).max(1)) {
+                for &e in self.entries(s) {
+                    let (c, v) = unpack(e);
+                    if let Some(x) = scores.get_mut(c as usize) {
+                        *x += v;
+                    }
                 }
             }
         }
+        best_class(scores)
+    }
+}
+
+/// The index of the highest score (the last one on ties).
+pub fn best_class(scores: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &s) in scores.iter().enumerate() {
+        if s >= scores[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// A trained tagger.
+#[derive(Debug, Default, Clone)]
+pub struct Tagger {
+    /// Class names: Penn Treebank tags, some refined with a UPOS tag (see [`super::train::label`]).
+    pub tags: Vec<String>,
+    tag_hashes: Vec<u64>,
+    /// Unambiguous frequent words (as written) → class.
+    pub tagdict: TagDict,
+    /// The perceptron's (averaged) weights.
+    pub weights: Weights,
+}
+
+/// Buffers reused between sentences.
+#[derive(Default)]
+pub struct Scratch {
+    ctx: Context,
+    feats: Vec<u64>,
+    scores: Vec<f32>,
+}
+
+/// The hashes of the two history tags before the first word.
+pub fn start_hashes() -> [u64; 2] {
+    START.map(|t| str_hash(t.as_bytes()))
+}
+
+impl Tagger {
+    /// The model built into the binary: trained on UD English-EWT v2.16 (CC BY-SA 4.0, see
+    /// `assets/tagger/README.md`) by `pixforge density train-tagger` with its defaults.
+    pub fn embedded() -> &'static Tagger {
+        static MODEL: std::sync::OnceLock<Tagger> = std::sync::OnceLock::new();
+        MODEL.get_or_init(|| {
+            super::model_file::from_bytes(include_bytes!("../../assets/tagger/ewt-xpos.pxtag"))
+                .expect("the embedded tagger model parses")
+        })
     }
 
-    fn best(scores: &[f32]) -> usize {
-        let mut best = 0;
-        for (i, &s) in scores.iter().enumerate() {
-            if s >= scores[best] {
-                best = i;
-            }
+    /// A tagger with these classes and tag dictionary and no weights yet.
+    pub fn new(tags: Vec<String>, tagdict: TagDict) -> Self {
+        let tag_hashes = tags.iter().map(|t| str_hash(t.as_bytes())).collect();
+        Self { tags, tag_hashes, tagdict, weights: Weights::default() }
+    }
+
+    /// The Penn Treebank tag of class `c` (without the UPOS refinement).
+    pub fn xpos(&self, c: usize) -> &str {
+        let t = self.tags[c].as_str();
+        t.split_once('^').map_or(t, |(x, _)| x)
+    }
+
+    /// Whether class `c` is a noun in UD's sense (NOUN or PROPN): NN, NNS, NNP or NNPS unless refined
+    /// as another UPOS, or another tag refined as NOUN or PROPN.
+    pub fn is_noun(&self, c: usize) -> bool {
+        match self.tags[c].split_once('^') {
+            None => self.tags[c].starts_with("NN"),
+            Some((_, upos)) => upos == "NOUN" || upos == "PROPN",
         }
-        best
+    }
+
+    /// The hash of class `c`'s name, as features use it.
+    pub fn tag_hash(&self, c: usize) -> u64 {
+        self.tag_hashes[c]
+    }
+
+    /// Tags a tokenised sentence into `out` (class indices), reusing `scratch` between calls.
+    pub fn tag_into(&self, words: &[&str], scratch: &mut Scratch, out: &mut Vec<usize>) {
+        out.clear();
+        scratch.ctx.fill(words, &self.tagdict);
+        let [mut p1, mut p2] = start_hashes();
+        for k in 0..words.len() {
+            let c = match scratch.ctx.known(k) {
+                Some(c) => c as usize,
+                None => {
+                    features(&scratch.ctx, k, p1, p2, &mut scratch.feats);
+                    self.weights.predict(&scratch.feats, self.tags.len(), &mut scratch.scores)
+                }
+            };
+            out.push(c);
+            p2 = p1;
+            p1 = self.tag_hashes[c];
+        }
     }
 
     /// Tags a tokenised sentence; returns class indices.
     pub fn tag_ids(&self, words: &[&str]) -> Vec<usize> {
-        let context = context_of(words);
-        let mut feats = Vec::with_capacity(24);
-        let mut scores = vec![0.0f32; self.tags.len()];
         let mut out = Vec::with_capacity(words.len());
-        let (mut p1, mut p2) = (START[0].to_string(), START[1].to_string());
-        for (i, w) in words.iter().enumerate() {
-            let c = match self.tagdict.get(*w) {
-                Some(&c) => c as usize,
-                None => {
-                    features(i + 2, w, &context, &p1, &p2, &mut feats);
-                    self.scores(&feats, &mut scores);
-                    Self::best(&scores)
-                }
-            };
-            out.push(c);
-            p2 = std::mem::replace(&mut p1, self.tags[c].clone());
-        }
+        self.tag_into(words, &mut Scratch::default(), &mut out);
         out
     }
 
-    /// Tags a tokenised sentence; returns tag names.
+    /// Tags a tokenised sentence; returns Penn Treebank tag names.
     pub fn tag<'a>(&'a self, words: &[&str]) -> Vec<&'a str> {
-        self.tag_ids(words).into_iter().map(|c| self.tags[c].as_str()).collect()
+        self.tag_ids(words).into_iter().map(|c| self.xpos(c)).collect()
     }
 }
