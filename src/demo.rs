@@ -1,4 +1,5 @@
-//! `pixforge demo`: the pipeline on bundled public-domain and CC0 photos, with no downloads.
+//! `pixforge demo`: the pipeline on bundled public-domain and CC0 photos, with no downloads: ingest,
+//! then the concept-density report of the captions.
 
 use crate::ingest::{self, CurationOptions, IngestConfig, RunOptions, SourceKind};
 use crate::shards::{read_records, RunStats, Status};
@@ -37,9 +38,11 @@ pub struct DemoReport {
     pub ingest: RunStats,
     /// The shard directory.
     pub shards: PathBuf,
+    /// The concept-density report of the shards' captions (files in `out/density`).
+    pub density: crate::density::report::Report,
 }
 
-/// Runs the demo into `out`: bundled photos → folder ingest (512 px, keep ratio) → shards.
+/// Runs the demo into `out`: bundled photos → folder ingest (512 px, keep ratio) → shards → density report.
 pub fn run(out: &Path) -> anyhow::Result<DemoReport> {
     let input = out.join("input");
     let shards = out.join("shards");
@@ -55,7 +58,10 @@ pub fn run(out: &Path) -> anyhow::Result<DemoReport> {
     let mut opts = RunOptions::new(&shards);
     opts.overwrite = true;
     let ingest = ingest::run(&cfg, &opts)?;
-    Ok(DemoReport { ingest, shards })
+    let alt = crate::density::input::NamedInput { name: "demo alt text".into(), path: shards.clone() };
+    let o = crate::density::report::DensityOptions::default();
+    let density = crate::density::report::run(&[alt], &o, &out.join("density"))?;
+    Ok(DemoReport { ingest, shards, density })
 }
 
 /// A human summary of a shard directory: one line per shard, then one per sample.

@@ -30,9 +30,51 @@ enum Cmd {
     /// Measurements for docs/BENCHMARKS.md.
     #[command(subcommand)]
     Bench(BenchCmd),
-    /// Concept density: the POS tagger behind the noun counts.
+    /// Concept density (PixArt-α Table 1) of caption sets, compared side by side; and the tagger behind it.
+    Density(Box<DensityArgs>),
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct DensityArgs {
     #[command(subcommand)]
-    Density(DensityCmd),
+    cmd: Option<DensityCmd>,
+    #[command(flatten)]
+    report: ReportArgs,
+}
+
+/// `pixforge density [PATH…] [--input NAME=PATH…]`: the report.
+#[derive(Args)]
+struct ReportArgs {
+    /// Caption sets, each named after its file: a folder of shard parquet or .tar, .parquet, .jsonl, .json,
+    /// .txt (optionally .gz).
+    paths: Vec<PathBuf>,
+    /// A named caption set, NAME=PATH (repeat to compare sets side by side).
+    #[arg(long = "input", value_name = "NAME=PATH")]
+    inputs: Vec<pixforge::density::input::NamedInput>,
+    /// Caption column (parquet) or field (JSON); default: the first of caption, TEXT, text, alt_text.
+    #[arg(long)]
+    column: Option<String>,
+    /// Keep only rows whose FIELD equals VALUE (e.g. `category=detail`). Shard parquet keeps status=success rows.
+    #[arg(long, value_name = "FIELD=VALUE")]
+    filter: Option<String>,
+    /// Read at most this many captions per input.
+    #[arg(long)]
+    limit: Option<u64>,
+    #[command(flatten)]
+    count: pixforge::density::counts::CountOptions,
+    /// A T5 tokenizer.json (e.g. t5-v1_1-xxl's): adds T5 token counts and the share truncated at --max-tokens.
+    #[arg(long)]
+    t5_tokenizer: Option<PathBuf>,
+    /// The T5 token limit (PixArt-α embeds 120 tokens).
+    #[arg(long, default_value_t = 120)]
+    max_tokens: u64,
+    /// Output folder for report.html, report.json and report.md.
+    #[arg(long, default_value = "density-report")]
+    out: PathBuf,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
 }
 
 #[derive(Subcommand)]
@@ -86,6 +128,18 @@ enum BenchCmd {
         dir: PathBuf,
         #[command(flatten)]
         image: ImageOptions,
+    },
+    /// Write synthetic captions (alt text and dense descriptions), one per line, for the density benchmark.
+    SynthCaptions {
+        /// How many.
+        #[arg(long)]
+        count: u64,
+        /// Output text file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
 }
 
@@ -211,7 +265,15 @@ fn main() -> anyhow::Result<()> {
             let t = pixforge::bench::image_phases(&dir, &image)?;
             emit(&format!("{}\n", serde_json::to_string(&t)?));
         }
-        Cmd::Density(DensityCmd::TrainTagger { train, dev, out, iterations, augment_share, min_weight, seed }) => {
+        Cmd::Bench(BenchCmd::SynthCaptions { count, out, seed }) => {
+            pixforge::density::synth::write_captions(&out, count, seed)?;
+            emit(&format!("wrote {count} captions to {}\n", out.display()));
+        }
+        Cmd::Density(d) if matches!(d.cmd, Some(DensityCmd::TrainTagger { .. })) => {
+            let Some(DensityCmd::TrainTagger { train, dev, out, iterations, augment_share, min_weight, seed }) = d.cmd
+            else {
+                unreachable!()
+            };
             use pixforge::density::{conllu, model_file, train as tr};
             let sents = conllu::read_conllu(&train)?;
             let o = tr::TrainOptions { iterations, augment_share, seed, min_weight };
@@ -230,7 +292,8 @@ fn main() -> anyhow::Result<()> {
             }
             emit(&text);
         }
-        Cmd::Density(DensityCmd::EvalTagger { conllu: path, model, title_case, json }) => {
+        Cmd::Density(d) if matches!(d.cmd, Some(DensityCmd::EvalTagger { .. })) => {
+            let Some(DensityCmd::EvalTagger { conllu: path, model, title_case, json }) = d.cmd else { unreachable!() };
             use pixforge::density::{conllu, model_file, train as tr, Tagger};
             let loaded = match &model {
                 Some(p) => {
@@ -254,12 +317,39 @@ fn main() -> anyhow::Result<()> {
                 ));
             }
         }
+        Cmd::Density(d) => {
+            let r = d.report;
+            let mut inputs: Vec<pixforge::density::input::NamedInput> =
+                r.paths.iter().map(|p| p.display().to_string().parse().expect("a path always parses")).collect();
+            inputs.extend(r.inputs);
+            let filter = match &r.filter {
+                Some(f) => Some(
+                    f.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .with_context(|| format!("--filter: expected FIELD=VALUE, found {f:?}"))?,
+                ),
+                None => None,
+            };
+            let o = pixforge::density::report::DensityOptions {
+                count: r.count,
+                selection: pixforge::density::input::Selection { column: r.column, filter, limit: r.limit },
+                t5_tokenizer: r.t5_tokenizer,
+                max_tokens: r.max_tokens,
+                progress: !r.no_progress,
+            };
+            let report = pixforge::density::report::run(&inputs, &o, &r.out)?;
+            let mut text = pixforge::density::report::markdown(&report);
+            text.push_str(&format!("\nwritten: {}/report.{{html,json,md}}\n", r.out.display()));
+            emit(&text);
+        }
         Cmd::Demo { out } => {
             let report = pixforge::demo::run(&out).context("demo")?;
             let mut text = format!("pixforge demo: ingested the bundled photos into {}\n", report.shards.display());
             text.push_str(&summary(&report.ingest));
             text.push_str("samples:\n");
             text.push_str(&pixforge::demo::summarize(&report.shards)?);
+            text.push_str(&format!("\nconcept density of the captions ({}/density/report.html):\n\n", out.display()));
+            text.push_str(&pixforge::density::report::markdown(&report.density));
             emit(&text);
         }
     }

@@ -1,7 +1,7 @@
 //! A Penn-Treebank-style word tokenizer for captions and alt text, following UD English-EWT's
 //! conventions (the tagger's training data): punctuation split off, contractions split (`do n't`,
 //! `dog 's`), hyphenated words split at the hyphen (`black - and - white`) except after common
-//! prefixes (`non-stop`), and numbers, abbreviations, URLs and e-mail addresses kept whole.
+//! prefixes and single letters (`non-stop`, `t-shirt`), and numbers, abbreviations, URLs and e-mail addresses kept whole.
 //! Emoji and other symbols become tokens of their own; text in any script passes through unchanged.
 
 /// Prefixes after which EWT keeps a hyphenated word whole (`anti-war`, `e-mail`).
@@ -117,7 +117,9 @@ fn word_tokens<'a>(w: &'a str, out: &mut Vec<&'a str>) {
             let prev_ok = before.chars().next_back().is_some_and(is_word_char);
             let next_ok = w[i + 1..].chars().next().is_some_and(is_word_char);
             let numeric = before.chars().all(|c| c.is_ascii_digit()) && bytes[i + 1].is_ascii_digit();
-            if prev_ok && next_ok && !numeric && !PREFIXES.contains(&before.to_ascii_lowercase().as_str()) {
+            let letter = before.chars().count() == 1; // t-shirt, x-ray, u-turn
+            let prefix = PREFIXES.contains(&before.to_ascii_lowercase().as_str());
+            if prev_ok && next_ok && !numeric && !letter && !prefix {
                 clitic_tokens(before, out);
                 out.push(&w[i..i + 1]);
                 start = i + 1;
@@ -181,7 +183,7 @@ mod tests {
         assert_eq!(toks("I don't know (really)!"), ["I", "do", "n't", "know", "(", "really", ")", "!"]);
         assert_eq!(toks("They’re “great”"), ["They", "'re", "\"", "great", "\""]);
         assert_eq!(toks("a black-and-white photo"), ["a", "black", "-", "and", "-", "white", "photo"]);
-        assert_eq!(toks("a non-stop e-mail"), ["a", "non-stop", "e-mail"]);
+        assert_eq!(toks("a non-stop e-mail on a T-shirt"), ["a", "non-stop", "e-mail", "on", "a", "T-shirt"]);
         assert_eq!(
             toks("Mr. Smith lives in the U.S. now..."),
             ["Mr.", "Smith", "lives", "in", "the", "U.S.", "now", "..."]

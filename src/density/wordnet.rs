@@ -102,6 +102,11 @@ impl WordNet {
         self.lemmas.get(lemma).is_some_and(|&(m, _)| m & (1 << pos) != 0)
     }
 
+    /// Whether a lower-cased word is an irregular plural noun in WordNet's exception list ("men").
+    pub fn is_irregular_plural(&self, lower: &str) -> bool {
+        self.exceptions.contains_key(&(0, lower.to_string()))
+    }
+
     /// What WordNet says about a lower-cased word, packed for the tagger's features: the parts of
     /// speech it is a lemma of (bits 0–3), the most frequent one (bits 4–6, 4 = none), and the parts of
     /// speech it is an inflection of (bits 8–11).

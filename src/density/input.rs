@@ -1,0 +1,335 @@
+//! Caption sets, read in batches so memory stays bounded: our shard or caption parquet (a folder of
+//! them), img2dataset / LAION parquet, JSON Lines, JSON (an array, or COCO's `annotations`), plain text
+//! (one caption per line), and WebDataset tars (`.txt` members). `.gz` text files are read through gzip.
+
+use polars::prelude::*;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+/// Columns tried, in order, when `--column` is not given.
+pub const DEFAULT_COLUMNS: [&str; 4] = ["caption", "TEXT", "text", "alt_text"];
+
+/// One named input (`--input NAME=PATH`, or a bare path named after its file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedInput {
+    /// Name shown in the report.
+    pub name: String,
+    /// File or folder.
+    pub path: PathBuf,
+}
+
+impl std::str::FromStr for NamedInput {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once('=') {
+            Some((name, path)) if !name.is_empty() && !name.contains('/') => {
+                Ok(NamedInput { name: name.to_string(), path: PathBuf::from(path) })
+            }
+            _ => {
+                let path = PathBuf::from(s);
+                let stem = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| s.to_string());
+                let name = stem.split('.').next().unwrap_or(&stem).to_string();
+                Ok(NamedInput { name, path })
+            }
+        }
+    }
+}
+
+/// Which captions of an input are read.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// Caption column or field (default: the first of [`DEFAULT_COLUMNS`] present).
+    pub column: Option<String>,
+    /// Keep only rows whose field equals a value (`category=detail`); our shard parquet keeps
+    /// `status=success` rows on its own.
+    pub filter: Option<(String, String)>,
+    /// Stop after this many captions.
+    pub limit: Option<u64>,
+}
+
+/// Calls `f` with batches of at most `batch` captions; returns the number of captions read.
+pub fn read_batches(
+    path: &Path,
+    sel: &Selection,
+    batch: usize,
+    f: &mut dyn FnMut(Vec<String>) -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
+    let mut sink = Sink { batch, buf: Vec::new(), seen: 0, limit: sel.limit.unwrap_or(u64::MAX), f };
+    if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| anyhow::anyhow!("{}: cannot list: {e}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .collect();
+        if files.is_empty() {
+            files = std::fs::read_dir(path)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "tar"))
+                .collect();
+        }
+        files.sort();
+        if files.is_empty() {
+            anyhow::bail!(
+                "{}: expected .parquet files or WebDataset .tar shards in the folder, found neither",
+                path.display()
+            );
+        }
+        for file in files {
+            read_file(&file, sel, &mut sink)?;
+            if sink.full() {
+                break;
+            }
+        }
+    } else {
+        read_file(path, sel, &mut sink)?;
+    }
+    sink.flush()?;
+    Ok(sink.seen)
+}
+
+struct Sink<'a> {
+    batch: usize,
+    buf: Vec<String>,
+    seen: u64,
+    limit: u64,
+    f: &'a mut dyn FnMut(Vec<String>) -> anyhow::Result<()>,
+}
+
+impl Sink<'_> {
+    fn full(&self) -> bool {
+        self.seen >= self.limit
+    }
+    fn push(&mut self, caption: String) -> anyhow::Result<()> {
+        if self.full() {
+            return Ok(());
+        }
+        self.seen += 1;
+        self.buf.push(caption);
+        if self.buf.len() >= self.batch {
+            self.flush()?;
+        }
+        Ok(())
+    }
+    fn flush(&mut self) -> anyhow::Result<()> {
+        if !self.buf.is_empty() {
+            (self.f)(std::mem::take(&mut self.buf))?;
+        }
+        Ok(())
+    }
+}
+
+fn lower_name(path: &Path) -> String {
+    let name = path.file_name().map(|n| n.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+    name.strip_suffix(".gz").unwrap_or(&name).to_string()
+}
+
+fn open_text(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {
+    let file = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: cannot open: {e}", path.display()))?;
+    let gz = path.extension().is_some_and(|e| e == "gz");
+    let r: Box<dyn Read> = if gz { Box::new(flate2::read::MultiGzDecoder::new(file)) } else { Box::new(file) };
+    Ok(Box::new(BufReader::with_capacity(1 << 20, r)))
+}
+
+fn read_file(path: &Path, sel: &Selection, sink: &mut Sink) -> anyhow::Result<()> {
+    let name = lower_name(path);
+    if name.ends_with(".parquet") {
+        read_parquet(path, sel, sink)
+    } else if name.ends_with(".jsonl") {
+        read_jsonl(path, sel, sink)
+    } else if name.ends_with(".json") {
+        read_json(path, sel, sink)
+    } else if name.ends_with(".txt") {
+        for (n, line) in open_text(path)?.lines().enumerate() {
+            let line = line.map_err(|e| anyhow::anyhow!("{}:{}: cannot read: {e}", path.display(), n + 1))?;
+            if !line.trim().is_empty() {
+                sink.push(line)?;
+            }
+            if sink.full() {
+                break;
+            }
+        }
+        Ok(())
+    } else if name.ends_with(".tar") {
+        read_tar(path, sink)
+    } else {
+        anyhow::bail!(
+            "{}: unknown caption file type (expected a folder of shards, .parquet, .jsonl, .json, .txt (optionally .gz) or .tar)",
+            path.display()
+        )
+    }
+}
+
+/// The caption field of a JSON object (`--column`, or the first default present).
+fn json_caption(obj: &serde_json::Map<String, serde_json::Value>, sel: &Selection) -> Option<String> {
+    let field = match &sel.column {
+        Some(c) => obj.get(c),
+        None => DEFAULT_COLUMNS.iter().find_map(|c| obj.get(*c)),
+    };
+    field.and_then(|v| v.as_str()).map(str::to_string)
+}
+
+fn json_keep(obj: &serde_json::Map<String, serde_json::Value>, sel: &Selection) -> bool {
+    match &sel.filter {
+        None => true,
+        Some((k, v)) => obj.get(k).is_some_and(|x| match x.as_str() {
+            Some(s) => s == v,
+            None => serde_json::from_str::<serde_json::Value>(v).is_ok_and(|p| p == *x),
+        }),
+    }
+}
+
+fn missing_field(path: &Path, where_: &str, sel: &Selection) -> anyhow::Error {
+    match &sel.column {
+        Some(c) => anyhow::anyhow!("{}: {where_}: expected a string field {c:?} (--column), not found", path.display()),
+        None => anyhow::anyhow!(
+            "{}: {where_}: expected a caption field (one of {DEFAULT_COLUMNS:?}; name it with --column), found none",
+            path.display()
+        ),
+    }
+}
+
+fn read_jsonl(path: &Path, sel: &Selection, sink: &mut Sink) -> anyhow::Result<()> {
+    for (n, line) in open_text(path)?.lines().enumerate() {
+        let line = line.map_err(|e| anyhow::anyhow!("{}:{}: cannot read: {e}", path.display(), n + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .map_err(|e| anyhow::anyhow!("{}:{}: expected a JSON object per line: {e}", path.display(), n + 1))?;
+        match v {
+            serde_json::Value::String(s) if sel.filter.is_none() => sink.push(s)?,
+            serde_json::Value::Object(obj) => {
+                if json_keep(&obj, sel) {
+                    let c =
+                        json_caption(&obj, sel).ok_or_else(|| missing_field(path, &format!("line {}", n + 1), sel))?;
+                    sink.push(c)?;
+                }
+            }
+            _ => anyhow::bail!("{}:{}: expected a JSON object (or string) per line", path.display(), n + 1),
+        }
+        if sink.full() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn read_json(path: &Path, sel: &Selection, sink: &mut Sink) -> anyhow::Result<()> {
+    let mut text = String::new();
+    open_text(path)?.read_to_string(&mut text).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: not valid JSON: {e}", path.display()))?;
+    let items = match &v {
+        serde_json::Value::Array(a) => a,
+        serde_json::Value::Object(o) => match o.get("annotations") {
+            Some(serde_json::Value::Array(a)) => a,
+            _ => anyhow::bail!(
+                "{}: expected a JSON array of captions or COCO's {{\"annotations\": [...]}}",
+                path.display()
+            ),
+        },
+        _ => anyhow::bail!("{}: expected a JSON array of captions", path.display()),
+    };
+    for (i, item) in items.iter().enumerate() {
+        match item {
+            serde_json::Value::String(s) if sel.filter.is_none() => sink.push(s.clone())?,
+            serde_json::Value::Object(obj) => {
+                if json_keep(obj, sel) {
+                    let c = json_caption(obj, sel).ok_or_else(|| missing_field(path, &format!("item {i}"), sel))?;
+                    sink.push(c)?;
+                }
+            }
+            _ => anyhow::bail!("{}: item {i}: expected a JSON object or string", path.display()),
+        }
+        if sink.full() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Rows read from a parquet file at a time.
+const PARQUET_SLICE: usize = 65_536;
+
+fn read_parquet(path: &Path, sel: &Selection, sink: &mut Sink) -> anyhow::Result<()> {
+    let open = || std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: cannot open: {e}", path.display()));
+    let ctx = |e: PolarsError| anyhow::anyhow!("{}: cannot read parquet: {e}", path.display());
+    let mut reader = ParquetReader::new(open()?);
+    let schema = reader.schema().map_err(ctx)?;
+    let names: Vec<String> = schema.iter_names().map(|n| n.to_string()).collect();
+    let column = match &sel.column {
+        Some(c) if names.contains(c) => c.clone(),
+        Some(c) => anyhow::bail!("{}: no column {c:?} (--column); columns: {}", path.display(), names.join(", ")),
+        None => {
+            DEFAULT_COLUMNS.iter().find(|c| names.iter().any(|n| n == *c)).map(|c| c.to_string()).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{}: expected a caption column (one of {DEFAULT_COLUMNS:?}; name it with --column); columns: {}",
+                    path.display(),
+                    names.join(", ")
+                )
+            })?
+        }
+    };
+    // Our shard parquet has one row per input row: only successful samples have an image.
+    let filter = match &sel.filter {
+        Some(f) => Some(f.clone()),
+        None if names.iter().any(|n| n == "status") && names.iter().any(|n| n == "key") => {
+            Some(("status".to_string(), "success".to_string()))
+        }
+        None => None,
+    };
+    if let Some((k, _)) = &filter {
+        if !names.contains(k) {
+            anyhow::bail!("{}: no column {k:?} to filter on (--filter); columns: {}", path.display(), names.join(", "));
+        }
+    }
+    let rows = reader.num_rows().map_err(ctx)?;
+    let mut columns = vec![column.clone()];
+    columns.extend(filter.iter().map(|f| f.0.clone()).filter(|k| *k != column));
+    let mut offset = 0;
+    while offset < rows && !sink.full() {
+        let df = ParquetReader::new(open()?)
+            .with_columns(Some(columns.clone()))
+            .with_slice(Some((offset, PARQUET_SLICE)))
+            .finish()
+            .map_err(ctx)?;
+        let caps = df.column(&column).map_err(ctx)?.cast(&DataType::String).map_err(ctx)?;
+        let caps = caps.str().map_err(ctx)?;
+        let keep = match &filter {
+            Some((k, _)) => Some(df.column(k).map_err(ctx)?.cast(&DataType::String).map_err(ctx)?),
+            None => None,
+        };
+        let keep = keep.as_ref().map(|c| c.str()).transpose().map_err(ctx)?;
+        for i in 0..df.height() {
+            if let (Some(keep), Some((_, want))) = (&keep, &filter) {
+                if keep.get(i) != Some(want.as_str()) {
+                    continue;
+                }
+            }
+            sink.push(caps.get(i).unwrap_or_default().to_string())?;
+        }
+        offset += df.height().max(1);
+    }
+    Ok(())
+}
+
+fn read_tar(path: &Path, sink: &mut Sink) -> anyhow::Result<()> {
+    let file = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: cannot open: {e}", path.display()))?;
+    let mut archive = tar::Archive::new(BufReader::new(file));
+    let bad = |e: std::io::Error| anyhow::anyhow!("{}: not a readable tar: {e}", path.display());
+    for entry in archive.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        let name = entry.path().map_err(bad)?.to_string_lossy().to_string();
+        if name.ends_with(".txt") {
+            let mut text = String::new();
+            entry
+                .read_to_string(&mut text)
+                .map_err(|e| anyhow::anyhow!("{}: {name}: not UTF-8 text: {e}", path.display()))?;
+            sink.push(text)?;
+            if sink.full() {
+                break;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,285 @@
+//! `pixforge density`: counts nouns in one or more caption sets and writes `report.json` (for
+//! machines), `report.md` (the paper's Table 1 layout) and a self-contained `report.html` (charts
+//! inline), each atomically.
+
+use super::charts::charts;
+use super::counts::{CountOptions, Counter, NounCounter, Work};
+use super::input::{read_batches, NamedInput, Selection};
+use super::metrics::Metrics;
+use super::tagger::Tagger;
+use rayon::prelude::*;
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// Everything `pixforge density` needs besides its inputs.
+#[derive(Debug, Clone)]
+pub struct DensityOptions {
+    /// How nouns are counted.
+    pub count: CountOptions,
+    /// Which captions of each input are read.
+    pub selection: Selection,
+    /// A T5 `tokenizer.json` for token-length statistics.
+    pub t5_tokenizer: Option<PathBuf>,
+    /// The token limit the truncation share is measured against (PixArt-α: 120).
+    pub max_tokens: u64,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+impl Default for DensityOptions {
+    fn default() -> Self {
+        Self {
+            count: CountOptions::default(),
+            selection: Selection::default(),
+            t5_tokenizer: None,
+            max_tokens: 120,
+            progress: false,
+        }
+    }
+}
+
+/// The report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// pixforge version.
+    pub version: String,
+    /// Counting choices.
+    pub options: CountOptions,
+    /// The T5 tokenizer used, if any.
+    pub t5_tokenizer: Option<String>,
+    /// One entry per input, in the order given.
+    pub inputs: Vec<Metrics>,
+    /// How the run went.
+    pub run: RunInfo,
+}
+
+/// Time and memory of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunInfo {
+    /// Wall-clock seconds for counting all inputs.
+    pub seconds: f64,
+    /// Captions per second over all inputs.
+    pub captions_per_s: f64,
+    /// Peak resident memory of the process (Linux `VmHWM`), in MiB.
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// The process's peak resident memory in MiB, where the OS tells it.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Captions per batch handed to the workers.
+const BATCH: usize = 16_384;
+
+/// Counts one input.
+pub fn count_input(input: &NamedInput, nc: &NounCounter, sel: &Selection, progress: bool) -> anyhow::Result<Counter> {
+    let bar = if progress {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {prefix}: {human_pos} captions, {per_sec} [{elapsed}]")
+                .expect("valid template"),
+        );
+        b.set_prefix(input.name.clone());
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut total = Counter::default();
+    let mut on_batch = |batch: Vec<String>| -> anyhow::Result<()> {
+        let part = batch
+            .par_chunks(512)
+            .map_init(Work::default, |work, chunk| {
+                let mut c = Counter::default();
+                for text in chunk {
+                    nc.add(text, &mut c, work)?;
+                }
+                Ok::<Counter, anyhow::Error>(c)
+            })
+            .try_reduce(Counter::default, |mut a, b| {
+                a.merge(b);
+                Ok(a)
+            })?;
+        total.merge(part);
+        bar.inc(batch.len() as u64);
+        Ok(())
+    };
+    read_batches(&input.path, sel, BATCH, &mut on_batch).map_err(|e| e.context(format!("input {:?}", input.name)))?;
+    bar.finish_and_clear();
+    Ok(total)
+}
+
+/// Counts every input and writes the three report files into `out`.
+pub fn run(inputs: &[NamedInput], o: &DensityOptions, out: &Path) -> anyhow::Result<Report> {
+    if inputs.is_empty() {
+        anyhow::bail!("no inputs: give caption files or folders, or --input NAME=PATH");
+    }
+    let t5 = match &o.t5_tokenizer {
+        Some(p) => Some(
+            tokenizers::Tokenizer::from_file(p)
+                .map_err(|e| anyhow::anyhow!("{}: not a usable tokenizer.json (--t5-tokenizer): {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    let nc = NounCounter { tagger: Tagger::embedded(), options: &o.count, t5: t5.as_ref() };
+    let start = std::time::Instant::now();
+    let mut metrics = Vec::new();
+    for input in inputs {
+        let counter = count_input(input, &nc, &o.selection, o.progress)?;
+        metrics.push(Metrics::new(&input.name, &input.path.display().to_string(), &counter, &o.count, o.max_tokens));
+    }
+    let report = Report {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        options: o.count.clone(),
+        t5_tokenizer: o.t5_tokenizer.as_ref().map(|p| p.display().to_string()),
+        run: RunInfo {
+            seconds: start.elapsed().as_secs_f64(),
+            captions_per_s: metrics.iter().map(|m| m.captions).sum::<u64>() as f64 / start.elapsed().as_secs_f64(),
+            peak_rss_mib: peak_rss_mib(),
+        },
+        inputs: metrics,
+    };
+    std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", out.display()))?;
+    crate::shards::write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    crate::shards::write_atomic(&out.join("report.md"), markdown(&report).as_bytes())?;
+    crate::shards::write_atomic(&out.join("report.html"), html(&report).map_err(anyhow::Error::msg)?.as_bytes())?;
+    Ok(report)
+}
+
+/// `12345678` → `12.3M`, as in the paper's table.
+fn short(n: u64) -> String {
+    match n {
+        0..1_000 => n.to_string(),
+        1_000..1_000_000 => format!("{:.1}K", n as f64 / 1e3),
+        _ => format!("{:.1}M", n as f64 / 1e6),
+    }
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.1}%", 100.0 * x)
+}
+
+/// The report in the layout of PixArt-α's Table 1, then the further statistics.
+pub fn markdown(r: &Report) -> String {
+    let o = &r.options;
+    let mut s = String::from("# Concept density\n\n");
+    let _ = writeln!(
+        s,
+        "Nouns counted as {} forms, {}, proper nouns {}; valid = seen more than {} times.\n",
+        match o.form {
+            super::counts::NounForm::Lemma => "lemma",
+            super::counts::NounForm::Surface => "surface",
+        },
+        if o.case_sensitive { "case-sensitive" } else { "lower-cased" },
+        if o.no_proper_nouns { "left out" } else { "included" },
+        o.valid_threshold
+    );
+    s.push_str("| Dataset | VN/DN | Total Noun | Average |\n|---|---|---:|---|\n");
+    for m in &r.inputs {
+        let _ = writeln!(
+            s,
+            "| {} | {}/{} = {} | {} | {:.1}/Img |",
+            m.name,
+            short(m.valid_nouns),
+            short(m.distinct_nouns),
+            pct(m.vn_dn),
+            short(m.total_nouns),
+            m.nouns_per_caption.mean
+        );
+    }
+    s.push_str("\n| Dataset | captions | nouns/caption median (p10–p90) | proper nouns | words/caption | T5 tokens (mean, p90) | truncated |\n|---|---:|---|---:|---:|---|---:|\n");
+    for m in &r.inputs {
+        let n = &m.nouns_per_caption;
+        let (t5, trunc) = match &m.t5 {
+            Some(t) => (
+                format!("{:.1}, {}", t.tokens.mean, t.tokens.p90),
+                format!("{} > {}", pct(t.truncated_share), t.max_tokens),
+            ),
+            None => ("–".into(), "–".into()),
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} ({}–{}) | {} | {:.1} | {} | {} |",
+            m.name,
+            m.captions,
+            n.median,
+            n.p10,
+            n.p90,
+            pct(m.proper_noun_share),
+            m.words_per_caption.mean,
+            t5,
+            trunc
+        );
+    }
+    s.push_str("\n## Top nouns\n\n");
+    for m in &r.inputs {
+        let top: Vec<String> = m.top_nouns.iter().take(20).map(|(k, v)| format!("{k} ({v})")).collect();
+        let _ = writeln!(s, "- **{}**: {}", m.name, top.join(", "));
+    }
+    s
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// A self-contained HTML page: the tables, the charts as inline SVG, the top nouns as bars.
+pub fn html(r: &Report) -> Result<String, String> {
+    let mut s = String::from(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>pixforge concept density</title>\n<style>\
+         body{font-family:sans-serif;margin:2em;max-width:1500px;color:#222}table{border-collapse:collapse;margin:1em 0}\
+         td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f4f4f4}td:first-child{text-align:left}\
+         .charts{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0}.bars{display:flex;flex-wrap:wrap;gap:24px}\
+         .bar{background:#1f77b4;height:12px;display:inline-block}.noun{display:inline-block;width:9em;text-align:right;padding-right:6px}\
+         </style></head><body>\n<h1>Concept density</h1>\n",
+    );
+    let md = markdown(r);
+    let _ = writeln!(s, "<p>{}</p>", escape(md.lines().nth(2).unwrap_or_default()));
+    s.push_str("<table><tr><th>Dataset</th><th>VN/DN</th><th>Total Noun</th><th>Average</th><th>captions</th><th>median nouns</th><th>proper nouns</th><th>words/caption</th><th>T5 tokens (mean)</th><th>truncated</th></tr>\n");
+    for m in &r.inputs {
+        let (t5, trunc) = match &m.t5 {
+            Some(t) => (format!("{:.1}", t.tokens.mean), pct(t.truncated_share)),
+            None => ("–".into(), "–".into()),
+        };
+        let _ = writeln!(
+            s,
+            "<tr><td>{}</td><td>{}/{} = {}</td><td>{}</td><td>{:.1}/Img</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td></tr>",
+            escape(&m.name),
+            short(m.valid_nouns),
+            short(m.distinct_nouns),
+            pct(m.vn_dn),
+            short(m.total_nouns),
+            m.nouns_per_caption.mean,
+            m.captions,
+            m.nouns_per_caption.median,
+            pct(m.proper_noun_share),
+            m.words_per_caption.mean,
+            t5,
+            trunc
+        );
+    }
+    s.push_str("</table>\n<div class=\"charts\">\n");
+    for (title, svg) in charts(&r.inputs)? {
+        let _ = writeln!(s, "<figure title=\"{}\">{}</figure>", escape(&title), svg);
+    }
+    s.push_str("</div>\n<h2>Top nouns</h2>\n<div class=\"bars\">\n");
+    for m in &r.inputs {
+        let _ = writeln!(s, "<div><h3>{}</h3>", escape(&m.name));
+        let max = m.top_nouns.first().map(|t| t.1).unwrap_or(1).max(1);
+        for (noun, n) in m.top_nouns.iter().take(30) {
+            let w = (300 * n / max).max(1);
+            let _ = writeln!(
+                s,
+                "<div><span class=\"noun\">{}</span><span class=\"bar\" style=\"width:{w}px\"></span> {n}</div>",
+                escape(noun)
+            );
+        }
+        s.push_str("</div>\n");
+    }
+    s.push_str("</div>\n</body></html>\n");
+    Ok(s)
+}
