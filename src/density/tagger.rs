@@ -19,9 +19,7 @@ pub struct MixHasher(u64);
 
 impl Hasher for MixHasher {
     fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ b as u64).wrapping_mul(0x100000001b3);
-        }
+        self.0 = fold_bytes(self.0, bytes);
     }
     fn write_u64(&mut self, v: u64) {
         self.0 = v;
@@ -38,19 +36,16 @@ pub type TagDict = HashMap<String, u16, BuildHasherDefault<MixHasher>>;
 /// Feature hash → weight row (training).
 pub type FeatureRows = HashMap<u64, u32, BuildHasherDefault<MixHasher>>;
 
-/// FNV-1a over a template id and byte strings.
-fn fhash(template: u8, parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325 ^ template as u64;
-    h = h.wrapping_mul(0x100000001b3);
-    for p in parts {
-        for &b in *p {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x100000001b3);
-        }
-        h ^= 0xff;
-        h = h.wrapping_mul(0x100000001b3);
+/// Folds bytes into a running hash eight at a time (FxHash's step), with the length mixed in.
+fn fold_bytes(mut h: u64, bytes: &[u8]) -> u64 {
+    const K: u64 = 0x517cc1b727220a95;
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(c.try_into().expect("8 bytes"))).wrapping_mul(K);
     }
-    h
+    let last = chunks.remainder().iter().rev().fold(0u64, |v, &b| v << 8 | b as u64);
+    h = (h.rotate_left(5) ^ last).wrapping_mul(K);
+    (h.rotate_left(5) ^ bytes.len() as u64).wrapping_mul(K)
 }
 
 /// NLTK's normalisation (`!HYPHEN`, `!YEAR`, `!DIGITS`, else lower case), appended to `out`.
@@ -146,9 +141,11 @@ fn mix(template: u64, a: u64, b: u64) -> u64 {
     h ^ (h >> 31)
 }
 
-/// FNV-1a of a string.
+/// The hash of a string, as features use it.
 pub fn str_hash(s: &[u8]) -> u64 {
-    fhash(0, &[s])
+    let h = fold_bytes(0x243F6A8885A308D3, s);
+    let h = (h ^ (h >> 32)).wrapping_mul(0x9E3779B97F4A7C15);
+    h ^ (h >> 29)
 }
 
 /// The hashes of one word's parts that features are made of.
