@@ -74,9 +74,14 @@ impl Reader<'_> {
     }
     fn weights(&mut self, n: usize) -> Result<Weights, String> {
         let nr = self.u32()? as usize;
-        let mut w = Weights::default();
+        let mut rows = Vec::with_capacity(nr.min(1 << 22));
+        let mut last = None;
         for _ in 0..nr {
             let f = u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes"));
+            if last.is_some_and(|l| l >= f) {
+                return Err(format!("tagger model: feature rows not in increasing order at byte {}", self.p));
+            }
+            last = Some(f);
             let k = self.u8()? as usize;
             let mut entries = Vec::with_capacity(k);
             for _ in 0..k {
@@ -87,9 +92,9 @@ impl Reader<'_> {
                 let bits = u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes"));
                 entries.push((c, f32::from_bits((bits as u32) << 16)));
             }
-            w.push_row(f, entries);
+            rows.push((f, entries));
         }
-        Ok(w)
+        Ok(Weights::from_rows(n, rows))
     }
 }
 
@@ -100,8 +105,8 @@ pub fn from_bytes(b: &[u8]) -> Result<Tagger, String> {
     }
     let mut r = Reader { b, p: 8 };
     let n = r.u32()? as usize;
-    if n == 0 || n > 256 {
-        return Err(format!("tagger model: expected 1..=256 tags, found {n}"));
+    if n == 0 || n > 254 {
+        return Err(format!("tagger model: expected 1..=254 tags, found {n}"));
     }
     let tags = (0..n).map(|_| r.string()).collect::<Result<Vec<_>, _>>()?;
     let nd = r.u32()? as usize;

@@ -135,7 +135,7 @@ fn case_class(words: &[&str]) -> u8 {
 
 /// Mixes a template id and two hashes into a feature hash.
 fn mix(template: u64, a: u64, b: u64) -> u64 {
-    let mut h = a ^ template.wrapping_mul(0x9E3779B97F4A7C15);
+    let mut h = a ^ (template + 1).wrapping_mul(0x9E3779B97F4A7C15);
     h = (h ^ (h >> 31)).wrapping_mul(0xBF58476D1CE4E5B9) ^ b;
     h = (h ^ (h >> 27)).wrapping_mul(0x94D049BB133111EB);
     h ^ (h >> 31)
@@ -272,10 +272,21 @@ pub fn features(ctx: &Context, k: usize, prev: u64, prev2: u64, out: &mut Vec<u6
 }
 
 /// Entries kept in the slot itself; longer rows live in `Weights::overflow`.
-const INLINE: usize = 5;
+const INLINE: usize = 3;
+
+/// Class byte that marks a slot whose entries are in `Weights::overflow` (classes are below 254).
+const OVERFLOW: u32 = 0xff;
+
+/// Class byte that marks a slot whose row is dense, in `Weights::dense` (rows with more entries than
+/// [`DENSE_FROM`]: the frequent features, added with SIMD instead of one class at a time).
+const DENSE: u32 = 0xfe;
+
+/// Rows with at least this many entries are stored densely.
+const DENSE_FROM: usize = 6;
 
 /// A weight entry packed in 32 bits: the class in the low 8 bits of an `f32` whose lowest 8 mantissa
-/// bits are given up (relative precision 2^-15, far below what averaging gives).
+/// bits are given up (relative precision 2^-15, far below what averaging gives). `0` (class 0,
+/// weight 0.0) pads short rows and adds nothing.
 fn pack(class: u8, value: f32) -> u32 {
     (value.to_bits() & !0xff) | class as u32
 }
@@ -284,108 +295,135 @@ fn unpack(e: u32) -> (u8, f32) {
     ((e & 0xff) as u8, f32::from_bits(e & !0xff))
 }
 
-/// One slot of the weights' open-addressing table: a feature hash (0 = empty) and its entries, inline
-/// when there are at most [`INLINE`] (most rows), so one cache line holds a whole feature.
+/// One 16-byte slot of the weights' open-addressing table: the feature's fingerprint (the high half
+/// of its hash, never 0; the low half picks the slot) and up to [`INLINE`] entries, zero-padded, or a
+/// marker: `entries[0]` = start << 8 | [`OVERFLOW`] with `entries[1]` = length, or row << 8 |
+/// [`DENSE`]. Four slots share a cache line and the whole table of EWT's features fits in a 4 MiB L2.
 #[derive(Debug, Default, Clone, Copy)]
-#[repr(C, align(32))]
+#[repr(C, align(16))]
 struct Slot {
-    key: u64,
-    len: u32,
-    /// The entries, or (when `len > INLINE`) `entries[0]` = start in `overflow`.
+    tag: u32,
     entries: [u32; INLINE],
 }
 
+fn fingerprint(key: u64) -> u32 {
+    ((key >> 32) as u32).max(1)
+}
+
 /// Sparse weights: for each feature, the classes it votes for and how much. Features live in an
-/// open-addressing table (linear probing, at most half full) whose slots are prefetched together
-/// before they are read, since tagging speed is bound by these random memory reads.
+/// open-addressing table (linear probing, at most 3/4 full) whose slots are prefetched together before
+/// they are read, since tagging speed is bound by these random memory reads. The full rows are kept
+/// apart for writing the model out.
 #[derive(Debug, Default, Clone)]
 pub struct Weights {
     slots: Vec<Slot>,
-    len: usize,
     overflow: Vec<u32>,
+    dense: Vec<f32>,
+    classes: usize,
+    rows: Vec<(u64, Vec<u32>)>,
 }
 
 impl Weights {
     fn slot_of(&self, key: u64) -> usize {
-        (key.wrapping_mul(0x9E3779B97F4A7C15) >> 32) as usize & (self.slots.len() - 1)
+        ((key as u32 as u64).wrapping_mul(0x9E3779B97F4A7C15) >> 32) as usize & (self.slots.len() - 1)
     }
 
     fn find(&self, key: u64) -> Option<&Slot> {
         if self.slots.is_empty() {
             return None;
         }
-        let mask = self.slots.len() - 1;
+        let (tag, mask) = (fingerprint(key), self.slots.len() - 1);
         let mut i = self.slot_of(key);
         loop {
             let s = &self.slots[i];
-            if s.key == key {
+            if s.tag == tag {
                 return Some(s);
             }
-            if s.key == 0 {
+            if s.tag == 0 {
                 return None;
             }
             i = (i + 1) & mask;
         }
     }
 
-    fn entries<'a>(&'a self, s: &'a Slot) -> &'a [u32] {
-        let n = s.len as usize;
-        if n <= INLINE {
-            &s.entries[..n]
-        } else {
-            let start = s.entries[0] as usize;
-            &self.overflow[start..start + n]
-        }
-    }
-
-    fn insert(&mut self, slot: Slot) {
-        if (self.len + 1) * 2 > self.slots.len() {
-            let size = (self.slots.len() * 2).max(1024);
-            let old = std::mem::replace(&mut self.slots, vec![Slot::default(); size]);
-            self.len = 0;
-            for s in old.into_iter().filter(|s| s.key != 0) {
-                self.insert(s);
+    /// Adds a slot's weights to `scores`.
+    fn add_to(&self, s: &Slot, scores: &mut [f32]) {
+        let sparse = match s.entries[0] & 0xff {
+            OVERFLOW => {
+                let start = (s.entries[0] >> 8) as usize;
+                &self.overflow[start..start + s.entries[1] as usize]
+            }
+            DENSE => {
+                let row = (s.entries[0] >> 8) as usize * self.classes;
+                scores.iter_mut().zip(&self.dense[row..row + self.classes]).for_each(|(x, w)| *x += w);
+                return;
+            }
+            _ => &s.entries[..],
+        };
+        for &e in sparse {
+            let (c, v) = unpack(e);
+            if let Some(x) = scores.get_mut(c as usize) {
+                *x += v;
             }
         }
-        let mask = self.slots.len() - 1;
-        let mut i = self.slot_of(slot.key);
-        while self.slots[i].key != 0 && self.slots[i].key != slot.key {
-            i = (i + 1) & mask;
-        }
-        self.len += (self.slots[i].key == 0) as usize;
-        self.slots[i] = slot;
     }
 
-    /// Adds (or replaces) a feature's row.
-    pub fn push_row(&mut self, feature: u64, entries: impl IntoIterator<Item = (u8, f32)>) {
-        let packed: Vec<u32> = entries.into_iter().map(|(c, v)| pack(c, v)).collect();
-        let mut slot = Slot { key: feature.max(1), len: packed.len() as u32, entries: [0; INLINE] };
-        if packed.len() <= INLINE {
-            slot.entries[..packed.len()].copy_from_slice(&packed);
-        } else {
-            slot.entries[0] = self.overflow.len() as u32;
-            self.overflow.extend_from_slice(&packed);
+    /// Rebuilds the table from `rows`, sized for at most 3/4 load.
+    fn rebuild(&mut self) {
+        let size = (self.rows.len() * 4 / 3 + 1).next_power_of_two().max(1024);
+        self.slots = vec![Slot::default(); size];
+        self.overflow.clear();
+        self.dense.clear();
+        for r in 0..self.rows.len() {
+            let (key, ref packed) = self.rows[r];
+            let mut slot = Slot { tag: fingerprint(key), entries: [0; INLINE] };
+            if packed.len() <= INLINE {
+                slot.entries[..packed.len()].copy_from_slice(packed);
+            } else if packed.len() >= DENSE_FROM {
+                slot.entries = [((self.dense.len() / self.classes) as u32) << 8 | DENSE, 0, 0];
+                let start = self.dense.len();
+                self.dense.resize(start + self.classes, 0.0);
+                for &e in packed {
+                    let (c, v) = unpack(e);
+                    self.dense[start + c as usize] = v;
+                }
+            } else {
+                slot.entries = [(self.overflow.len() as u32) << 8 | OVERFLOW, packed.len() as u32, 0];
+                self.overflow.extend_from_slice(packed);
+            }
+            let mask = self.slots.len() - 1;
+            let mut i = self.slot_of(key);
+            while self.slots[i].tag != 0 {
+                i = (i + 1) & mask;
+            }
+            self.slots[i] = slot;
         }
-        self.insert(slot);
+    }
+
+    /// Builds the weights of a `classes`-class model from feature rows (each feature once; classes
+    /// below `classes`, which is at most 254).
+    pub fn from_rows(classes: usize, rows: impl IntoIterator<Item = (u64, Vec<(u8, f32)>)>) -> Self {
+        assert!(classes <= DENSE as usize, "at most {DENSE} classes");
+        let mut w = Weights { classes, ..Default::default() };
+        w.rows = rows.into_iter().map(|(k, e)| (k, e.into_iter().map(|(c, v)| pack(c, v)).collect())).collect();
+        w.rows.sort_unstable_by_key(|r| r.0);
+        w.rebuild();
+        w
     }
 
     /// Every feature with its entries, in feature order.
     pub fn rows(&self) -> Vec<(u64, Vec<(u8, f32)>)> {
-        let mut out: Vec<(u64, Vec<(u8, f32)>)> = (self.slots.iter().filter(|s| s.key != 0))
-            .map(|s| (s.key, self.entries(s).iter().map(|&e| unpack(e)).collect()))
-            .collect();
-        out.sort_unstable_by_key(|r| r.0);
-        out
+        self.rows.iter().map(|(k, e)| (*k, e.iter().map(|&x| unpack(x)).collect())).collect()
     }
 
     /// Number of features.
     pub fn len(&self) -> usize {
-        self.len
+        self.rows.len()
     }
 
     /// Whether there are no features.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.rows.is_empty()
     }
 
     /// The best class for `feats` (ties go to the higher class, as in NLTK).
@@ -397,19 +435,13 @@ impl Weights {
         }
         #[cfg(target_arch = "x86_64")]
         for f in feats {
-            let p = self.slots.as_ptr().wrapping_add(self.slot_of((*f).max(1)));
+            let p = self.slots.as_ptr().wrapping_add(self.slot_of(*f));
             // SAFETY: prefetching is a hint and never faults; `p` is in bounds of `slots`.
             unsafe { std::arch::x86_64::_mm_prefetch(p as *const i8, std::arch::x86_64::_MM_HINT_T0) };
         }
-        let scores = scores.as_mut_slice();
         for f in feats {
-            if let Some(s) = self.find((*f).max(1)) {
-                for &e in self.entries(s) {
-                    let (c, v) = unpack(e);
-                    if let Some(x) = scores.get_mut(c as usize) {
-                        *x += v;
-                    }
-                }
+            if let Some(s) = self.find(*f) {
+                self.add_to(s, scores);
             }
         }
         best_class(scores)
@@ -518,5 +550,42 @@ impl Tagger {
     /// Tags a tokenised sentence; returns Penn Treebank tag names.
     pub fn tag<'a>(&'a self, words: &[&str]) -> Vec<&'a str> {
         self.tag_ids(words).into_iter().map(|c| self.xpos(c)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_score_like_a_dense_sum_for_every_row_layout() {
+        let classes = 40;
+        // Rows of 1..=40 entries: inline, overflow and dense layouts.
+        let rows: Vec<(u64, Vec<(u8, f32)>)> = (1..=40u64)
+            .map(|len| {
+                let key = len.wrapping_mul(0x9E3779B97F4A7C15) ^ 0xABCDEF;
+                (key, (0..len as u8).map(|c| (c, (c as f32 + 1.0) * 0.25 - len as f32 * 0.5)).collect())
+            })
+            .collect();
+        let w = Weights::from_rows(classes, rows.clone());
+        assert_eq!(w.len(), 40);
+        let mut sorted = rows.clone();
+        sorted.sort_by_key(|r| r.0);
+        assert_eq!(w.rows(), sorted, "rows come back exactly (the weights are exact in 24 bits)");
+        for pick in [vec![0usize], vec![2, 3], vec![5, 6, 7, 30], (0..40).collect()] {
+            let feats: Vec<u64> = pick.iter().map(|&i| rows[i].0).chain([12345]).collect();
+            let mut expect = vec![0f32; classes];
+            for &i in &pick {
+                for &(c, v) in &rows[i].1 {
+                    expect[c as usize] += v;
+                }
+            }
+            let mut scores = Vec::new();
+            let best = w.predict(&feats, classes, &mut scores);
+            for (a, b) in scores.iter().zip(&expect) {
+                assert!((a - b).abs() < 1e-4, "{scores:?} vs {expect:?}");
+            }
+            assert_eq!(best, best_class(&expect));
+        }
     }
 }

@@ -120,7 +120,7 @@ impl Dense {
         let denom = self.instances.max(1) as f64;
         let mut rows: Vec<(u64, u32)> = self.rows.iter().map(|(f, r)| (*f, *r)).collect();
         rows.sort_unstable();
-        let mut out = Weights::default();
+        let mut out = Vec::with_capacity(rows.len());
         for (f, r) in rows {
             let range = r as usize * self.n..(r as usize + 1) * self.n;
             let entries: Vec<(u8, f32)> = range
@@ -132,10 +132,10 @@ impl Dense {
                 .filter(|(_, w)| w.abs() >= min_weight && *w != 0.0)
                 .collect();
             if !entries.is_empty() {
-                out.push_row(f, entries);
+                out.push((f, entries));
             }
         }
-        out
+        Weights::from_rows(self.n, out)
     }
 }
 
