@@ -205,6 +205,30 @@ fn inputs_stream_in_batches_with_clear_errors() {
     let limited = Selection { limit: Some(7), ..Default::default() };
     assert_eq!(read_batches(&txt, &limited, 1000, &mut |_| Ok(())).unwrap(), 7);
 
+    // A folder of WebDataset shards: the `.txt` members are the captions.
+    let shards = dir.path().join("wds");
+    std::fs::create_dir(&shards).unwrap();
+    for (shard, names) in [("00000.tar", ["a", "b"]), ("00001.tar", ["c", "d"])] {
+        let mut b = tar::Builder::new(std::fs::File::create(shards.join(shard)).unwrap());
+        for n in names {
+            for (ext, body) in [("txt", format!("caption {n}")), ("json", "{}".to_string())] {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(body.len() as u64);
+                h.set_mode(0o644);
+                h.set_cksum();
+                b.append_data(&mut h, format!("{n}.{ext}"), body.as_bytes()).unwrap();
+            }
+        }
+        b.finish().unwrap();
+    }
+    let mut got = Vec::new();
+    read_batches(&shards, &Selection::default(), 3, &mut |b| {
+        got.extend(b);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(got, ["caption a", "caption b", "caption c", "caption d"]);
+
     let bad = dir.path().join("bad.jsonl");
     std::fs::write(&bad, "{\"caption\": \"ok\"}\n{\"title\": \"no caption\"}\n").unwrap();
     let e = read_batches(&bad, &Selection::default(), 10, &mut |_| Ok(())).unwrap_err().to_string();

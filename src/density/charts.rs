@@ -17,11 +17,21 @@ const SIZE: (u32, u32) = (720, 420);
 
 type Series = (String, Vec<(f64, f64)>);
 
-fn chart(title: &str, x: &str, y: &str, series: &[Series], log: bool, marker: Option<f64>) -> Result<String, String> {
+/// Axis scales of a chart.
+#[derive(Clone, Copy, PartialEq)]
+enum Axes {
+    /// Linear from 0.
+    Linear,
+    /// Logarithmic x and y.
+    LogLog,
+    /// Logarithmic x (1 to 1500), y a percentage; points marked.
+    LogPercent,
+}
+
+fn chart(title: &str, x: &str, y: &str, series: &[Series], axes: Axes, marker: Option<f64>) -> Result<String, String> {
     let err = |e: &dyn std::fmt::Display| format!("chart {title:?}: {e}");
-    let points = series.iter().flat_map(|s| s.1.iter());
-    let (mut x_max, mut y_max) = (1.0f64, if log { 1.0f64 } else { 1e-3 });
-    for (px, py) in points {
+    let (mut x_max, mut y_max) = (1.0f64, if axes == Axes::LogLog { 1.0f64 } else { 1e-3 });
+    for (px, py) in series.iter().flat_map(|s| s.1.iter()) {
         x_max = x_max.max(*px);
         y_max = y_max.max(*py);
     }
@@ -37,13 +47,16 @@ fn chart(title: &str, x: &str, y: &str, series: &[Series], log: bool, marker: Op
         macro_rules! draw {
             ($chart:expr) => {{
                 let mut c = $chart;
-                c.configure_mesh().x_desc(x).y_desc(y).light_line_style(WHITE.mix(0.0)).draw().map_err(|e| err(&e))?;
+                c.configure_mesh().x_desc(x).y_desc(y).draw().map_err(|e| err(&e))?;
                 for (i, (name, pts)) in series.iter().enumerate() {
                     let color = COLORS[i % COLORS.len()];
                     c.draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
                         .map_err(|e| err(&e))?
                         .label(name.as_str())
                         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+                    if axes == Axes::LogPercent {
+                        c.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(|e| err(&e))?;
+                    }
                 }
                 if let Some(m) = marker {
                     c.draw_series(LineSeries::new(vec![(m, 0.0), (m, y_max * 1.05)], BLACK.mix(0.5)))
@@ -59,12 +72,14 @@ fn chart(title: &str, x: &str, y: &str, series: &[Series], log: bool, marker: Op
                     .map_err(|e| err(&e))?;
             }};
         }
-        if log {
-            draw!(b
+        match axes {
+            Axes::LogLog => draw!(b
                 .build_cartesian_2d((1.0..x_max * 1.2).log_scale(), (0.8..y_max * 1.5).log_scale())
-                .map_err(|e| err(&e))?);
-        } else {
-            draw!(b.build_cartesian_2d(0.0..x_max, 0.0..y_max * 1.05).map_err(|e| err(&e))?);
+                .map_err(|e| err(&e))?),
+            Axes::LogPercent => {
+                draw!(b.build_cartesian_2d((1.0..1500.0f64).log_scale(), 0.0..100.0f64).map_err(|e| err(&e))?)
+            }
+            Axes::Linear => draw!(b.build_cartesian_2d(0.0..x_max, 0.0..y_max * 1.05).map_err(|e| err(&e))?),
         }
         root.present().map_err(|e| err(&e))?;
     }
@@ -85,54 +100,22 @@ pub fn charts(inputs: &[Metrics]) -> Result<Vec<(String, String)>, String> {
         .map(|m| (m.name.clone(), m.rank_frequency.iter().map(|&(r, f)| (r as f64, f as f64)).collect()))
         .collect();
     let t = "Noun rank–frequency (log–log)";
-    out.push((t.into(), chart(t, "rank", "occurrences", &rank, true, None)?));
+    out.push((t.into(), chart(t, "rank", "occurrences", &rank, Axes::LogLog, None)?));
     let per: Vec<Series> = inputs.iter().map(|m| (m.name.clone(), shares(&m.nouns_histogram))).collect();
     let t = "Nouns per caption";
-    out.push((t.into(), chart(t, "nouns in the caption", "share of captions", &per, false, None)?));
+    out.push((t.into(), chart(t, "nouns in the caption", "share of captions", &per, Axes::Linear, None)?));
     let validity: Vec<Series> = inputs
         .iter()
         .map(|m| (m.name.clone(), m.validity.iter().map(|v| ((v.threshold as f64) + 1.0, v.share * 100.0)).collect()))
         .collect();
     let t = "VN/DN against the validity threshold (x = threshold + 1, log)";
-    out.push((t.into(), chart_validity(t, &validity)?));
+    out.push((t.into(), chart(t, "threshold + 1", "VN/DN, %", &validity, Axes::LogPercent, None)?));
     let t5: Vec<Series> =
         inputs.iter().filter_map(|m| m.t5.as_ref().map(|t| (m.name.clone(), shares(&t.histogram)))).collect();
     if !t5.is_empty() {
         let limit = inputs.iter().find_map(|m| m.t5.as_ref().map(|t| t.max_tokens)).unwrap_or(120) as f64;
         let t = "T5 tokens per caption";
-        out.push((t.into(), chart(t, "T5 tokens (with </s>)", "share of captions", &t5, false, Some(limit))?));
+        out.push((t.into(), chart(t, "T5 tokens (with </s>)", "share of captions", &t5, Axes::Linear, Some(limit))?));
     }
     Ok(out)
-}
-
-fn chart_validity(title: &str, series: &[Series]) -> Result<String, String> {
-    let err = |e: &dyn std::fmt::Display| format!("chart {title:?}: {e}");
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| err(&e))?;
-        let mut c = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(42)
-            .y_label_area_size(70)
-            .build_cartesian_2d((1.0..1500.0f64).log_scale(), 0.0..100.0f64)
-            .map_err(|e| err(&e))?;
-        c.configure_mesh().x_desc("threshold + 1").y_desc("VN/DN, %").draw().map_err(|e| err(&e))?;
-        for (i, (name, pts)) in series.iter().enumerate() {
-            let color = COLORS[i % COLORS.len()];
-            c.draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
-                .map_err(|e| err(&e))?
-                .label(name.as_str())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
-            c.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(|e| err(&e))?;
-        }
-        c.configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.3))
-            .draw()
-            .map_err(|e| err(&e))?;
-        root.present().map_err(|e| err(&e))?;
-    }
-    Ok(svg)
 }

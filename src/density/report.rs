@@ -163,13 +163,10 @@ fn pct(x: f64) -> String {
     format!("{:.1}%", 100.0 * x)
 }
 
-/// The report in the layout of PixArt-α's Table 1, then the further statistics.
-pub fn markdown(r: &Report) -> String {
-    let o = &r.options;
-    let mut s = String::from("# Concept density\n\n");
-    let _ = writeln!(
-        s,
-        "Nouns counted as {} forms, {}, proper nouns {}; valid = seen more than {} times.\n",
+/// One sentence saying how nouns were counted.
+fn counting(o: &CountOptions) -> String {
+    format!(
+        "Nouns counted as {} forms, {}, proper nouns {}; valid = seen more than {} times.",
         match o.form {
             super::counts::NounForm::Lemma => "lemma",
             super::counts::NounForm::Surface => "surface",
@@ -177,7 +174,13 @@ pub fn markdown(r: &Report) -> String {
         if o.case_sensitive { "case-sensitive" } else { "lower-cased" },
         if o.no_proper_nouns { "left out" } else { "included" },
         o.valid_threshold
-    );
+    )
+}
+
+/// The report in the layout of PixArt-α's Table 1, then the further statistics.
+pub fn markdown(r: &Report) -> String {
+    let mut s = String::from("# Concept density\n\n");
+    let _ = writeln!(s, "{}\n", counting(&r.options));
     s.push_str("| Dataset | VN/DN | Total Noun | Average |\n|---|---|---:|---|\n");
     for m in &r.inputs {
         let _ = writeln!(
@@ -237,8 +240,7 @@ pub fn html(r: &Report) -> Result<String, String> {
          .bar{background:#1f77b4;height:12px;display:inline-block}.noun{display:inline-block;width:9em;text-align:right;padding-right:6px}\
          </style></head><body>\n<h1>Concept density</h1>\n",
     );
-    let md = markdown(r);
-    let _ = writeln!(s, "<p>{}</p>", escape(md.lines().nth(2).unwrap_or_default()));
+    let _ = writeln!(s, "<p>{}</p>", escape(&counting(&r.options)));
     s.push_str("<table><tr><th>Dataset</th><th>VN/DN</th><th>Total Noun</th><th>Average</th><th>captions</th><th>median nouns</th><th>proper nouns</th><th>words/caption</th><th>T5 tokens (mean)</th><th>truncated</th></tr>\n");
     for m in &r.inputs {
         let (t5, trunc) = match &m.t5 {
