@@ -8,3 +8,4 @@ pub mod demo;
 pub mod density;
 pub mod ingest;
 pub mod shards;
+pub mod train;
