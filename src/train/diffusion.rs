@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Result, Tensor, D};
 pub struct Diffusion {
     /// β_t.
     pub betas: Vec<f64>,
+    alphas_cumprod: Vec<f64>,
     sqrt_ac: Vec<f64>,
     sqrt_one_minus_ac: Vec<f64>,
     sqrt_recip_ac: Vec<f64>,
@@ -62,12 +63,18 @@ impl Diffusion {
                 .collect(),
             log_betas: betas.iter().map(|b| b.ln()).collect(),
             betas,
+            alphas_cumprod: ac,
         }
     }
 
     /// Number of timesteps.
     pub fn steps(&self) -> usize {
         self.betas.len()
+    }
+
+    /// ᾱ_t, the cumulative product of 1 − β.
+    pub fn alphas_cumprod(&self) -> &[f64] {
+        &self.alphas_cumprod
     }
 
     /// `table[t_b]` as a `[B, 1, 1, 1]` tensor of `dtype` (the official `_extract_into_tensor`).

@@ -1,3 +1,4 @@
-//! Training PixArt-α (work in progress): the diffusion objective so far.
+//! Training PixArt-α (work in progress): the diffusion objective and the DPM-Solver++ sampler so far.
 
 pub mod diffusion;
+pub mod sampler;
