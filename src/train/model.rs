@@ -1,0 +1,197 @@
+//! The PixArt-α transformer (non-MS) forward pass in candle, from weights in the diffusers
+//! `PixArtTransformer2DModel` layout: patch embedding + 2D sin-cos positions, timestep embedding and
+//! adaLN-single, caption projection, blocks of self-attention / cross-attention (padding-masked, no
+//! norm, no gate) / tanh-GELU MLP, the final layer and unpatchify. Work in progress (issue 4): the
+//! official-key loader, micro-conditions (MS), initialisation and training come next.
+//!
+//! Every op here records gradients (no fused candle_nn kernels): layer norm and softmax are our own.
+
+use candle_core::{DType, Device, Result, Tensor, D};
+use std::collections::HashMap;
+
+/// The shape of a PixArt transformer (diffusers `config.json` names).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct PixArtConfig {
+    /// Attention heads.
+    pub num_attention_heads: usize,
+    /// Channels per head.
+    pub attention_head_dim: usize,
+    /// Latent channels in.
+    pub in_channels: usize,
+    /// Channels out (8 with learned sigma).
+    pub out_channels: usize,
+    /// Blocks.
+    pub num_layers: usize,
+    /// Latent size the positions are laid out for.
+    pub sample_size: usize,
+    /// Patch size.
+    pub patch_size: usize,
+    /// T5 channels.
+    pub caption_channels: usize,
+    /// Position interpolation (PixArt's `lewei_scale`); default `max(sample_size / 64, 1)`.
+    pub interpolation_scale: Option<f64>,
+    /// Layer-norm epsilon.
+    #[serde(default = "default_eps")]
+    pub norm_eps: f64,
+}
+
+fn default_eps() -> f64 {
+    1e-6
+}
+
+impl PixArtConfig {
+    /// Hidden width.
+    pub fn hidden(&self) -> usize {
+        self.num_attention_heads * self.attention_head_dim
+    }
+}
+
+/// A loaded PixArt transformer.
+pub struct PixArt {
+    /// Its configuration.
+    pub config: PixArtConfig,
+    w: HashMap<String, Tensor>,
+}
+
+/// `x W^T + b` for `x` of any rank.
+fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    x.broadcast_matmul(&w.t()?)?.broadcast_add(b)
+}
+
+/// Layer norm over the last dimension without affine parameters.
+fn layer_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centered = x.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    centered.broadcast_div(&(var + eps)?.sqrt()?)
+}
+
+/// Softmax over the last dimension, built from differentiable ops.
+fn softmax(x: &Tensor) -> Result<Tensor> {
+    let e = x.broadcast_sub(&x.max_keepdim(D::Minus1)?)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+/// `x * (1 + scale) + shift`.
+fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    x.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)
+}
+
+/// The 2D sin-cos position table `[h·w, dim]` (diffusers `get_2d_sincos_pos_embed`): first half from
+/// the column coordinate, second from the row, each `[sin, cos]`; coordinates scaled to `base_size`.
+pub fn pos_embed_2d(dim: usize, h: usize, w: usize, base_size: usize, scale: f64) -> Vec<f32> {
+    let half = dim / 2;
+    let omega: Vec<f64> = (0..half / 2).map(|k| 1.0 / 10000f64.powf(k as f64 / (half as f64 / 2.0))).collect();
+    let mut out = Vec::with_capacity(h * w * dim);
+    for r in 0..h {
+        for c in 0..w {
+            let col = c as f64 / (w as f64 / base_size as f64) / scale;
+            let row = r as f64 / (h as f64 / base_size as f64) / scale;
+            for pos in [col, row] {
+                out.extend(omega.iter().map(|o| (pos * o).sin() as f32));
+                out.extend(omega.iter().map(|o| (pos * o).cos() as f32));
+            }
+        }
+    }
+    out
+}
+
+/// The sinusoidal timestep features (256 channels, cos first).
+fn timestep_features(t: &Tensor) -> Result<Tensor> {
+    let half = 128;
+    // In f32 step by step, as diffusers computes them (`exp(-ln(10000) * k / 128)`).
+    let freqs: Vec<f32> = (0..half).map(|k| ((-(10000f64.ln() as f32) * k as f32) / half as f32).exp()).collect();
+    let freqs = Tensor::from_vec(freqs, (1, half), t.device())?;
+    let args = t.to_dtype(DType::F32)?.unsqueeze(1)?.broadcast_mul(&freqs)?;
+    Tensor::cat(&[args.cos()?, args.sin()?], 1)
+}
+
+impl PixArt {
+    /// Loads a diffusers transformer folder (`config.json` + `diffusion_pytorch_model.safetensors`).
+    pub fn load_diffusers(dir: &std::path::Path, device: &Device) -> anyhow::Result<Self> {
+        let cfg = dir.join("config.json");
+        let text = std::fs::read_to_string(&cfg).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", cfg.display()))?;
+        let config: PixArtConfig =
+            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: not a PixArt config: {e}", cfg.display()))?;
+        let file = dir.join("diffusion_pytorch_model.safetensors");
+        let w = candle_core::safetensors::load(&file, device)
+            .map_err(|e| anyhow::anyhow!("{}: cannot load: {e}", file.display()))?;
+        Ok(PixArt { config, w })
+    }
+
+    fn p(&self, key: &str) -> Result<&Tensor> {
+        self.w.get(key).ok_or_else(|| candle_core::Error::Msg(format!("missing weight {key:?}")))
+    }
+
+    fn lin(&self, x: &Tensor, prefix: &str) -> Result<Tensor> {
+        linear(x, self.p(&format!("{prefix}.weight"))?, self.p(&format!("{prefix}.bias"))?)
+    }
+
+    /// Multi-head attention of `x` over `ctx` with an additive key bias `[B, 1, 1, L]` (or none).
+    fn attention(&self, prefix: &str, x: &Tensor, ctx: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let (b, n, _) = x.dims3()?;
+        let l = ctx.dim(1)?;
+        let (h, d) = (self.config.num_attention_heads, self.config.attention_head_dim);
+        let heads = |t: Tensor, len: usize| t.reshape((b, len, h, d))?.transpose(1, 2)?.contiguous();
+        let q = heads(self.lin(x, &format!("{prefix}.to_q"))?, n)?;
+        let k = heads(self.lin(ctx, &format!("{prefix}.to_k"))?, l)?;
+        let v = heads(self.lin(ctx, &format!("{prefix}.to_v"))?, l)?;
+        let mut scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?;
+        if let Some(bias) = bias {
+            scores = scores.broadcast_add(bias)?;
+        }
+        let out = softmax(&scores)?.matmul(&v)?.transpose(1, 2)?.reshape((b, n, h * d))?;
+        self.lin(&out, &format!("{prefix}.to_out.0"))
+    }
+
+    /// The model output `[B, out_channels, H, W]` for latents `[B, C, H, W]`, timesteps `[B]`,
+    /// captions `[B, L, caption_channels]` and their 0/1 mask `[B, L]`.
+    pub fn forward(&self, latents: &Tensor, timestep: &Tensor, caption: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, ch, hh, ww) = latents.dims4()?;
+        let p = c.patch_size;
+        let (gh, gw) = (hh / p, ww / p);
+        let hidden = c.hidden();
+        // Patch embedding: the stride-p convolution as a matmul over flattened patches.
+        let patches =
+            latents.reshape((b, ch, gh, p, gw, p))?.permute((0, 2, 4, 1, 3, 5))?.reshape((b, gh * gw, ch * p * p))?;
+        let conv_w = self.p("pos_embed.proj.weight")?.reshape((hidden, ch * p * p))?;
+        let mut x = linear(&patches, &conv_w, self.p("pos_embed.proj.bias")?)?;
+        let scale = c.interpolation_scale.unwrap_or((c.sample_size / 64).max(1) as f64);
+        let pos = pos_embed_2d(hidden, gh, gw, c.sample_size / p, scale);
+        x = x.broadcast_add(&Tensor::from_vec(pos, (1, gh * gw, hidden), latents.device())?.to_dtype(x.dtype())?)?;
+
+        let t_emb = self
+            .lin(&timestep_features(timestep)?.to_dtype(x.dtype())?, "adaln_single.emb.timestep_embedder.linear_1")?;
+        let t_emb = self.lin(&t_emb.silu()?, "adaln_single.emb.timestep_embedder.linear_2")?;
+        let t0 = self.lin(&t_emb.silu()?, "adaln_single.linear")?.reshape((b, 6, hidden))?;
+        let y = self.lin(caption, "caption_projection.linear_1")?.gelu()?;
+        let y = self.lin(&y, "caption_projection.linear_2")?;
+        let bias = mask.to_dtype(x.dtype())?.affine(10000.0, -10000.0)?.reshape((b, 1, 1, mask.dim(1)?))?;
+
+        for i in 0..c.num_layers {
+            let pre = format!("transformer_blocks.{i}");
+            let mods = self.p(&format!("{pre}.scale_shift_table"))?.unsqueeze(0)?.broadcast_add(&t0)?;
+            let m = |j: usize| mods.narrow(1, j, 1);
+            let (shift_msa, scale_msa, gate_msa) = (m(0)?, m(1)?, m(2)?);
+            let (shift_mlp, scale_mlp, gate_mlp) = (m(3)?, m(4)?, m(5)?);
+            let h = modulate(&layer_norm(&x, c.norm_eps)?, &shift_msa, &scale_msa)?;
+            x = (&x + self.attention(&format!("{pre}.attn1"), &h, &h, None)?.broadcast_mul(&gate_msa)?)?;
+            x = (&x + self.attention(&format!("{pre}.attn2"), &x, &y, Some(&bias))?)?;
+            let h = modulate(&layer_norm(&x, c.norm_eps)?, &shift_mlp, &scale_mlp)?;
+            let h = self.lin(&self.lin(&h, &format!("{pre}.ff.net.0.proj"))?.gelu()?, &format!("{pre}.ff.net.2"))?;
+            x = (&x + h.broadcast_mul(&gate_mlp)?)?;
+        }
+
+        let mods = self.p("scale_shift_table")?.unsqueeze(0)?.broadcast_add(&t_emb.unsqueeze(1)?)?;
+        let x = modulate(&layer_norm(&x, c.norm_eps)?, &mods.narrow(1, 0, 1)?, &mods.narrow(1, 1, 1)?)?;
+        let x = self.lin(&x, "proj_out")?;
+        // Unpatchify: (B, gh·gw, p·p·C) → (B, C, gh·p, gw·p).
+        x.reshape((b, gh, gw, p, p, c.out_channels))?.permute((0, 5, 1, 3, 2, 4))?.reshape((
+            b,
+            c.out_channels,
+            gh * p,
+            gw * p,
+        ))
+    }
+}
