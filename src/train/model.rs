@@ -119,6 +119,53 @@ impl PixArt {
         Ok(PixArt { config, w })
     }
 
+    /// Loads an official PixArt-α checkpoint (`.pth` with `state_dict`, or `.safetensors` with the
+    /// official keys). Checkpoints carry no config: the shape is read from the weights, except the
+    /// number of heads and the latent size the positions were laid out for (PixArt-XL/2: 16 heads;
+    /// 512 px: 64, 1024 px: 128). `pos_embed` is recomputed; `y_embedder.y_embedding` (the
+    /// classifier-free-guidance null caption) is kept as [`PixArt::null_caption`].
+    pub fn load_official(
+        path: &std::path::Path,
+        heads: usize,
+        sample_size: usize,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
+        let is_st = path.extension().is_some_and(|e| e == "safetensors");
+        let named: Vec<(String, Tensor)> = if is_st {
+            candle_core::safetensors::load(path, device)?.into_iter().collect()
+        } else {
+            candle_core::pickle::read_all_with_key(path, Some("state_dict"))
+                .map_err(|e| anyhow::anyhow!("{}: not a PyTorch checkpoint with a state_dict: {e}", path.display()))?
+        };
+        let sd: HashMap<String, Tensor> =
+            named.into_iter().map(|(k, t)| Ok((k, t.to_device(device)?))).collect::<Result<_>>()?;
+        let w = super::keys::official_to_diffusers(sd).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let (hidden, in_channels, patch) = w["pos_embed.proj.weight"].dims4().map(|(h, c, p, _)| (h, c, p))?;
+        if hidden % heads != 0 {
+            anyhow::bail!("{}: hidden size {hidden} is not divisible by {heads} heads", path.display());
+        }
+        let config = PixArtConfig {
+            num_attention_heads: heads,
+            attention_head_dim: hidden / heads,
+            in_channels,
+            out_channels: w["proj_out.weight"].dim(0)? / (patch * patch),
+            num_layers: (0..)
+                .take_while(|i| w.contains_key(&format!("transformer_blocks.{i}.scale_shift_table")))
+                .count(),
+            sample_size,
+            patch_size: patch,
+            caption_channels: w["caption_projection.linear_1.weight"].dim(1)?,
+            interpolation_scale: None,
+            norm_eps: default_eps(),
+        };
+        Ok(PixArt { config, w })
+    }
+
+    /// The official checkpoint's null caption `[L, caption_channels]` (`y_embedder.y_embedding`), if any.
+    pub fn null_caption(&self) -> Option<&Tensor> {
+        self.w.get(super::keys::NULL_CAPTION)
+    }
+
     fn p(&self, key: &str) -> Result<&Tensor> {
         self.w.get(key).ok_or_else(|| candle_core::Error::Msg(format!("missing weight {key:?}")))
     }

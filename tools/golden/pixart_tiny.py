@@ -7,7 +7,8 @@ parameter drawn at random (so zero-initialised layers cannot hide a bug), saved 
 `save_pretrained` (config.json + diffusion_pytorch_model.safetensors); then inputs (one caption
 padded) and the f32 output in io.safetensors.
 
-Usage: python tools/golden/pixart_tiny.py tests/fixtures/pixart-tiny   (torch, diffusers)
+Usage: python tools/golden/pixart_tiny.py tests/fixtures/pixart-tiny              (torch, diffusers)
+       python tools/golden/pixart_tiny.py tests/fixtures/pixart-tiny --official   (official.pth from it)
 """
 import sys
 from pathlib import Path
@@ -40,5 +41,49 @@ def main(out: Path):
                "output": output.contiguous()}, str(out / "io.safetensors"))
 
 
-if __name__ == "__main__":
+if __name__ == "__main__" and len(sys.argv) == 2:
     main(Path(sys.argv[1]))
+
+
+def to_official(sd, num_layers):
+    """The inverse of diffusers' convert_pixart_alpha_to_diffusers.py key mapping (qkv and kv fused)."""
+    o = {
+        "x_embedder.proj.weight": sd["pos_embed.proj.weight"], "x_embedder.proj.bias": sd["pos_embed.proj.bias"],
+        "t_embedder.mlp.0.weight": sd["adaln_single.emb.timestep_embedder.linear_1.weight"],
+        "t_embedder.mlp.0.bias": sd["adaln_single.emb.timestep_embedder.linear_1.bias"],
+        "t_embedder.mlp.2.weight": sd["adaln_single.emb.timestep_embedder.linear_2.weight"],
+        "t_embedder.mlp.2.bias": sd["adaln_single.emb.timestep_embedder.linear_2.bias"],
+        "t_block.1.weight": sd["adaln_single.linear.weight"], "t_block.1.bias": sd["adaln_single.linear.bias"],
+        "y_embedder.y_proj.fc1.weight": sd["caption_projection.linear_1.weight"],
+        "y_embedder.y_proj.fc1.bias": sd["caption_projection.linear_1.bias"],
+        "y_embedder.y_proj.fc2.weight": sd["caption_projection.linear_2.weight"],
+        "y_embedder.y_proj.fc2.bias": sd["caption_projection.linear_2.bias"],
+        "final_layer.linear.weight": sd["proj_out.weight"], "final_layer.linear.bias": sd["proj_out.bias"],
+        "final_layer.scale_shift_table": sd["scale_shift_table"],
+    }
+    for i in range(num_layers):
+        b, d = f"blocks.{i}.", f"transformer_blocks.{i}."
+        o[b + "scale_shift_table"] = sd[d + "scale_shift_table"]
+        for kind in ["weight", "bias"]:
+            o[b + f"attn.qkv.{kind}"] = torch.cat([sd[d + f"attn1.to_{n}.{kind}"] for n in "qkv"])
+            o[b + f"attn.proj.{kind}"] = sd[d + f"attn1.to_out.0.{kind}"]
+            o[b + f"cross_attn.q_linear.{kind}"] = sd[d + f"attn2.to_q.{kind}"]
+            o[b + f"cross_attn.kv_linear.{kind}"] = torch.cat([sd[d + f"attn2.to_{n}.{kind}"] for n in "kv"])
+            o[b + f"cross_attn.proj.{kind}"] = sd[d + f"attn2.to_out.0.{kind}"]
+            o[b + f"mlp.fc1.{kind}"] = sd[d + f"ff.net.0.proj.{kind}"]
+            o[b + f"mlp.fc2.{kind}"] = sd[d + f"ff.net.2.{kind}"]
+    return o
+
+
+def write_official(out: Path):
+    model = PixArtTransformer2DModel.from_pretrained(out / "transformer")
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    official = to_official(sd, model.config.num_layers)
+    g = torch.Generator().manual_seed(2)
+    official["y_embedder.y_embedding"] = torch.randn(6, 16, generator=g) / 4.0  # the CFG null caption buffer
+    official["pos_embed"] = torch.zeros(1, 16, 32)  # a stale buffer: the loader must recompute it
+    torch.save({"state_dict": official}, out / "official.pth")
+
+
+if __name__ == "__main__" and len(sys.argv) > 2 and sys.argv[2] == "--official":
+    write_official(Path(sys.argv[1]))

@@ -1,0 +1,101 @@
+//! Official PixArt-α checkpoint keys → the diffusers `PixArtTransformer2DModel` layout (the mapping of
+//! diffusers' `convert_pixart_alpha_to_diffusers.py`): fused `qkv` and cross-attention `kv` split.
+
+use candle_core::Tensor;
+use std::collections::HashMap;
+
+/// Where the official null caption (`y_embedder.y_embedding`) is kept after conversion.
+pub const NULL_CAPTION: &str = "y_embedder.y_embedding";
+
+/// One-to-one renames (official, diffusers) outside the blocks.
+const TOP: &[(&str, &str)] = &[
+    ("x_embedder.proj", "pos_embed.proj"),
+    ("t_embedder.mlp.0", "adaln_single.emb.timestep_embedder.linear_1"),
+    ("t_embedder.mlp.2", "adaln_single.emb.timestep_embedder.linear_2"),
+    ("t_block.1", "adaln_single.linear"),
+    ("y_embedder.y_proj.fc1", "caption_projection.linear_1"),
+    ("y_embedder.y_proj.fc2", "caption_projection.linear_2"),
+    ("csize_embedder.mlp.0", "adaln_single.emb.resolution_embedder.linear_1"),
+    ("csize_embedder.mlp.2", "adaln_single.emb.resolution_embedder.linear_2"),
+    ("ar_embedder.mlp.0", "adaln_single.emb.aspect_ratio_embedder.linear_1"),
+    ("ar_embedder.mlp.2", "adaln_single.emb.aspect_ratio_embedder.linear_2"),
+    ("final_layer.linear", "proj_out"),
+];
+
+/// One-to-one renames inside block `i` (official suffix, diffusers suffix).
+const BLOCK: &[(&str, &str)] = &[
+    ("attn.proj", "attn1.to_out.0"),
+    ("cross_attn.q_linear", "attn2.to_q"),
+    ("cross_attn.proj", "attn2.to_out.0"),
+    ("mlp.fc1", "ff.net.0.proj"),
+    ("mlp.fc2", "ff.net.2"),
+];
+
+/// Moves `from.weight` / `from.bias` to `to.weight` / `to.bias` where present.
+fn rename(sd: &mut HashMap<String, Tensor>, out: &mut HashMap<String, Tensor>, from: &str, to: &str) {
+    for kind in ["weight", "bias"] {
+        if let Some(t) = sd.remove(&format!("{from}.{kind}")) {
+            out.insert(format!("{to}.{kind}"), t);
+        }
+    }
+}
+
+/// Converts an official state dict. Errors list the keys left over (unexpected) and the ones a
+/// fused tensor could not be split for.
+pub fn official_to_diffusers(mut sd: HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>, String> {
+    let mut out = HashMap::new();
+    sd.remove("pos_embed"); // a buffer, recomputed
+    if let Some(t) = sd.remove(NULL_CAPTION) {
+        out.insert(NULL_CAPTION.to_string(), t);
+    }
+    if let Some(t) = sd.remove("final_layer.scale_shift_table") {
+        out.insert("scale_shift_table".to_string(), t);
+    }
+    for (from, to) in TOP {
+        rename(&mut sd, &mut out, from, to);
+    }
+    let mut splits = Vec::new();
+    let layers = (0..).take_while(|i| sd.contains_key(&format!("blocks.{i}.scale_shift_table"))).count();
+    for i in 0..layers {
+        let (b, d) = (format!("blocks.{i}."), format!("transformer_blocks.{i}."));
+        for (from, to) in BLOCK {
+            rename(&mut sd, &mut out, &format!("{b}{from}"), &format!("{d}{to}"));
+        }
+        if let Some(t) = sd.remove(&format!("{b}scale_shift_table")) {
+            out.insert(format!("{d}scale_shift_table"), t);
+        }
+        for kind in ["weight", "bias"] {
+            splits.push((
+                format!("{b}attn.qkv.{kind}"),
+                vec![format!("{d}attn1.to_q.{kind}"), format!("{d}attn1.to_k.{kind}"), format!("{d}attn1.to_v.{kind}")],
+            ));
+            splits.push((
+                format!("{b}cross_attn.kv_linear.{kind}"),
+                vec![format!("{d}attn2.to_k.{kind}"), format!("{d}attn2.to_v.{kind}")],
+            ));
+        }
+    }
+    let mut missing = Vec::new();
+    for (from, to) in splits {
+        let Some(t) = sd.remove(&from) else {
+            missing.push(from);
+            continue;
+        };
+        let parts = t.chunk(to.len(), 0).map_err(|e| format!("{from}: cannot split in {}: {e}", to.len()))?;
+        if parts.iter().any(|p| p.dim(0).ok() != parts[0].dim(0).ok()) {
+            return Err(format!("{from}: first dimension {:?} does not split in {} equal parts", t.dims(), to.len()));
+        }
+        out.extend(to.into_iter().zip(parts));
+    }
+    for key in ["pos_embed.proj.weight", "proj_out.weight", "caption_projection.linear_1.weight", "scale_shift_table"] {
+        if !out.contains_key(key) {
+            missing.push(format!("{key} (from its official name)"));
+        }
+    }
+    let mut unexpected: Vec<String> = sd.into_keys().collect();
+    unexpected.sort();
+    if !missing.is_empty() || !unexpected.is_empty() {
+        return Err(format!("not an official PixArt state dict: missing {missing:?}, unexpected {unexpected:?}"));
+    }
+    Ok(out)
+}
