@@ -9,7 +9,7 @@ fn forward_matches_diffusers() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pixart-tiny");
     let model = PixArt::load_diffusers(&dir.join("transformer"), &Device::Cpu).unwrap();
     let io = candle_core::safetensors::load(dir.join("io.safetensors"), &Device::Cpu).unwrap();
-    let out = model.forward(&io["latents"], &io["timestep"], &io["caption"], &io["mask"]).unwrap();
+    let out = model.forward(&io["latents"], &io["timestep"], &io["caption"], &io["mask"], None).unwrap();
     assert_eq!(out.dims(), io["output"].dims());
     let diff = (out - &io["output"]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
     let diff = diff.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
@@ -26,7 +26,7 @@ fn official_checkpoint_gives_identical_outputs() {
     assert_eq!(official.config.out_channels, 8);
     assert_eq!(official.null_caption().unwrap().dims(), &[6, 16]);
     let io = candle_core::safetensors::load(dir.join("io.safetensors"), &Device::Cpu).unwrap();
-    let run = |m: &PixArt| m.forward(&io["latents"], &io["timestep"], &io["caption"], &io["mask"]).unwrap();
+    let run = |m: &PixArt| m.forward(&io["latents"], &io["timestep"], &io["caption"], &io["mask"], None).unwrap();
     let (a, b) = (run(&diffusers), run(&official));
     let diff = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
     assert_eq!(diff, 0.0, "the same weights, the same numbers");
@@ -44,4 +44,21 @@ fn official_loader_names_missing_and_unexpected_keys() {
     let e = pixforge::train::keys::official_to_diffusers(sd).unwrap_err();
     assert!(e.contains("blocks.0.attn.qkv.bias") && e.contains("blocks.0.surprise.weight"), "{e}");
     assert!(e.contains("pos_embed.proj.weight"), "{e}");
+}
+
+#[test]
+fn pixart_ms_micro_conditions_and_non_square_latents_match_diffusers() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pixart-tiny");
+    let model = PixArt::load_diffusers(&dir.join("transformer-ms"), &Device::Cpu).unwrap();
+    assert!(model.has_micro_conditions());
+    let io = candle_core::safetensors::load(dir.join("io-ms.safetensors"), &Device::Cpu).unwrap();
+    let micro = Some((&io["resolution"], &io["aspect_ratio"]));
+    let out = model.forward(&io["latents"], &io["timestep"], &io["caption"], &io["mask"], micro).unwrap();
+    assert_eq!(out.dims(), &[2, 8, 8, 12]);
+    let diff = (out - &io["output"]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    let diff = diff.to_scalar::<f32>().unwrap();
+    eprintln!("PixArtMS: largest difference from diffusers: {diff:e}");
+    assert!(diff < 1e-4, "largest difference {diff}");
+    let e = model.forward(&io["latents"], &io["timestep"], &io["caption"], &io["mask"], None).unwrap_err();
+    assert!(e.to_string().contains("micro-conditions"), "{e}");
 }

@@ -1,8 +1,9 @@
-//! The PixArt-α transformer (non-MS) forward pass in candle, from weights in the diffusers
+//! The PixArt-α transformer forward pass in candle (PixArt and PixArtMS), from weights in the diffusers
 //! `PixArtTransformer2DModel` layout: patch embedding + 2D sin-cos positions, timestep embedding and
 //! adaLN-single, caption projection, blocks of self-attention / cross-attention (padding-masked, no
-//! norm, no gate) / tanh-GELU MLP, the final layer and unpatchify. Work in progress (issue 4): the
-//! official-key loader, micro-conditions (MS), initialisation and training come next.
+//! norm, no gate) / tanh-GELU MLP, the final layer and unpatchify; PixArtMS micro-conditions. Official
+//! checkpoints load through [`super::keys`]. Work in progress (issue 4): trainable parameters with the
+//! official initialisation come next.
 //!
 //! Every op here records gradients (no fused candle_nn kernels): layer norm and softmax are our own.
 
@@ -191,9 +192,44 @@ impl PixArt {
         self.lin(&out, &format!("{prefix}.to_out.0"))
     }
 
+    /// Whether the model takes PixArtMS micro-conditions (it has the resolution and aspect-ratio
+    /// embedders).
+    pub fn has_micro_conditions(&self) -> bool {
+        self.w.contains_key("adaln_single.emb.resolution_embedder.linear_1.weight")
+    }
+
+    /// The timestep embedding `[B, hidden]`, plus for PixArtMS the micro-condition embeddings of the
+    /// image size `[B, 2]` (height, width) and aspect ratio `[B, 1]`, each value through the
+    /// sinusoidal features and its own 2-layer MLP.
+    fn time_embedding(&self, timestep: &Tensor, micro: Option<(&Tensor, &Tensor)>, dtype: DType) -> Result<Tensor> {
+        let mlp = |x: &Tensor, prefix: &str| -> Result<Tensor> {
+            let h = self.lin(&timestep_features(x)?.to_dtype(dtype)?, &format!("{prefix}.linear_1"))?;
+            self.lin(&h.silu()?, &format!("{prefix}.linear_2"))
+        };
+        let t = mlp(timestep, "adaln_single.emb.timestep_embedder")?;
+        if !self.has_micro_conditions() {
+            return Ok(t);
+        }
+        let (size, ratio) = micro.ok_or_else(|| {
+            candle_core::Error::Msg("this PixArtMS model needs the image size and aspect ratio micro-conditions".into())
+        })?;
+        let b = timestep.dim(0)?;
+        let size = mlp(&size.flatten_all()?, "adaln_single.emb.resolution_embedder")?.reshape((b, ()))?;
+        let ratio = mlp(&ratio.flatten_all()?, "adaln_single.emb.aspect_ratio_embedder")?.reshape((b, ()))?;
+        t + Tensor::cat(&[size, ratio], 1)?
+    }
+
     /// The model output `[B, out_channels, H, W]` for latents `[B, C, H, W]`, timesteps `[B]`,
-    /// captions `[B, L, caption_channels]` and their 0/1 mask `[B, L]`.
-    pub fn forward(&self, latents: &Tensor, timestep: &Tensor, caption: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    /// captions `[B, L, caption_channels]` with their 0/1 mask `[B, L]`, and for PixArtMS the
+    /// micro-conditions (image size `[B, 2]`, aspect ratio `[B, 1]`).
+    pub fn forward(
+        &self,
+        latents: &Tensor,
+        timestep: &Tensor,
+        caption: &Tensor,
+        mask: &Tensor,
+        micro: Option<(&Tensor, &Tensor)>,
+    ) -> Result<Tensor> {
         let c = &self.config;
         let (b, ch, hh, ww) = latents.dims4()?;
         let p = c.patch_size;
@@ -208,9 +244,7 @@ impl PixArt {
         let pos = pos_embed_2d(hidden, gh, gw, c.sample_size / p, scale);
         x = x.broadcast_add(&Tensor::from_vec(pos, (1, gh * gw, hidden), latents.device())?.to_dtype(x.dtype())?)?;
 
-        let t_emb = self
-            .lin(&timestep_features(timestep)?.to_dtype(x.dtype())?, "adaln_single.emb.timestep_embedder.linear_1")?;
-        let t_emb = self.lin(&t_emb.silu()?, "adaln_single.emb.timestep_embedder.linear_2")?;
+        let t_emb = self.time_embedding(timestep, micro, x.dtype())?;
         let t0 = self.lin(&t_emb.silu()?, "adaln_single.linear")?.reshape((b, 6, hidden))?;
         let y = self.lin(caption, "caption_projection.linear_1")?.gelu()?;
         let y = self.lin(&y, "caption_projection.linear_2")?;

@@ -41,8 +41,37 @@ def main(out: Path):
                "output": output.contiguous()}, str(out / "io.safetensors"))
 
 
+def main_ms(out: Path):
+    """PixArtMS: micro-conditions (image size, aspect ratio) and a non-square 8x12 latent."""
+    torch.manual_seed(3)
+    model = PixArtTransformer2DModel(
+        num_attention_heads=3, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=2,
+        cross_attention_dim=24, sample_size=8, patch_size=2, caption_channels=16, interpolation_scale=1,
+        use_additional_conditions=True,
+    ).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.1)
+    model.save_pretrained(out / "transformer-ms", safe_serialization=True)
+    g = torch.Generator().manual_seed(4)
+    latents = torch.randn(2, 4, 8, 12, generator=g)
+    caption = torch.randn(2, 5, 16, generator=g)
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]], dtype=torch.float32)
+    timestep = torch.tensor([500.0, 3.0])
+    resolution = torch.tensor([[512.0, 768.0], [1024.0, 1536.0]])
+    aspect_ratio = torch.tensor([[1.5], [1.5]])
+    with torch.no_grad():
+        output = model(latents, encoder_hidden_states=caption, timestep=timestep, encoder_attention_mask=mask,
+                       added_cond_kwargs={"resolution": resolution, "aspect_ratio": aspect_ratio},
+                       return_dict=False)[0]
+    save_file({"latents": latents, "caption": caption, "mask": mask, "timestep": timestep,
+               "resolution": resolution, "aspect_ratio": aspect_ratio, "output": output.contiguous()},
+              str(out / "io-ms.safetensors"))
+
+
 if __name__ == "__main__" and len(sys.argv) == 2:
     main(Path(sys.argv[1]))
+    main_ms(Path(sys.argv[1]))
 
 
 def to_official(sd, num_layers):
