@@ -7,7 +7,7 @@
 //!
 //! Every op here records gradients (no fused candle_nn kernels): layer norm and softmax are our own.
 
-use candle_core::{DType, Device, Result, Tensor, D};
+use candle_core::{DType, Device, Result, Tensor, Var, D};
 use std::collections::HashMap;
 
 /// The shape of a PixArt transformer (diffusers `config.json` names).
@@ -165,6 +165,30 @@ impl PixArt {
     /// The official checkpoint's null caption `[L, caption_channels]` (`y_embedder.y_embedding`), if any.
     pub fn null_caption(&self) -> Option<&Tensor> {
         self.w.get(super::keys::NULL_CAPTION)
+    }
+
+    /// Converts every weight to `dtype` (F64 for gradient checks; F32 to train on CPU).
+    pub fn to_dtype(&mut self, dtype: DType) -> Result<()> {
+        for t in self.w.values_mut() {
+            *t = t.to_dtype(dtype)?;
+        }
+        Ok(())
+    }
+
+    /// Makes every weight a trainable variable (all but the null-caption buffer, which the official
+    /// code keeps out of the optimizer) and returns them by name, sorted.
+    pub fn trainable(&mut self) -> Result<Vec<(String, Var)>> {
+        let mut vars = Vec::new();
+        for (name, t) in self.w.iter_mut() {
+            if name == super::keys::NULL_CAPTION {
+                continue;
+            }
+            let v = Var::from_tensor(t)?;
+            *t = v.as_tensor().clone();
+            vars.push((name.clone(), v));
+        }
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(vars)
     }
 
     fn p(&self, key: &str) -> Result<&Tensor> {
