@@ -7,5 +7,6 @@ pub mod bench;
 pub mod demo;
 pub mod density;
 pub mod ingest;
+pub mod models;
 pub mod shards;
 pub mod train;

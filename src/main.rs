@@ -30,8 +30,43 @@ enum Cmd {
     /// Measurements for docs/BENCHMARKS.md.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Tiny models in the real layouts, and forward passes for parity checks.
+    #[command(subcommand)]
+    Models(ModelsCmd),
     /// Concept density (PixArt-α Table 1) of caption sets, compared side by side; and the tagger behind it.
     Density(Box<DensityArgs>),
+}
+
+#[derive(Subcommand)]
+enum ModelsCmd {
+    /// Write a tiny randomly initialised model (official initialisation) in the real layouts.
+    InitTiny {
+        /// Model kind.
+        #[arg(long, value_enum)]
+        kind: pixforge::models::ModelKind,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// With PixArtMS micro-condition embedders.
+        #[arg(long)]
+        micro_conditions: bool,
+        /// Seed of the initialisation.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Run a model (kind from its config.json) on the tensors of a safetensors file; write `output`.
+    Forward {
+        /// Model folder (or a folder with `transformer/`).
+        #[arg(long)]
+        model: PathBuf,
+        /// Inputs; for PixArt: latents [B,4,H,W], timestep [B], caption [B,L,C], mask [B,L], optional
+        /// resolution [B,2] and aspect_ratio [B,1].
+        #[arg(long)]
+        inputs: PathBuf,
+        /// Output safetensors file.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -341,6 +376,14 @@ fn main() -> anyhow::Result<()> {
             let mut text = pixforge::density::report::markdown(&report);
             text.push_str(&format!("\nwritten: {}/report.{{html,json,md}}\n", r.out.display()));
             emit(&text);
+        }
+        Cmd::Models(ModelsCmd::InitTiny { kind, out, micro_conditions, seed }) => {
+            pixforge::models::init_tiny(kind, &out, micro_conditions, seed)?;
+            emit(&format!("wrote a tiny {kind:?} model to {}\n", out.display()));
+        }
+        Cmd::Models(ModelsCmd::Forward { model, inputs, out }) => {
+            let dims = pixforge::models::forward(&model, &inputs, &out)?;
+            emit(&format!("output {dims:?} written to {}\n", out.display()));
         }
         Cmd::Demo { out } => {
             let report = pixforge::demo::run(&out).context("demo")?;

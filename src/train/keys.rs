@@ -99,3 +99,40 @@ pub fn official_to_diffusers(mut sd: HashMap<String, Tensor>) -> Result<HashMap<
     }
     Ok(out)
 }
+
+/// The inverse of [`official_to_diffusers`]: fuses q/k/v and k/v back (the null caption, if present,
+/// keeps its official name).
+pub fn diffusers_to_official(w: &HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>, String> {
+    let mut out = HashMap::new();
+    let get = |k: &str| w.get(k).cloned().ok_or_else(|| format!("missing weight {k:?}"));
+    for (official, diffusers) in TOP {
+        for kind in ["weight", "bias"] {
+            if let Some(t) = w.get(&format!("{diffusers}.{kind}")) {
+                out.insert(format!("{official}.{kind}"), t.clone());
+            }
+        }
+    }
+    out.insert("final_layer.scale_shift_table".into(), get("scale_shift_table")?);
+    if let Some(t) = w.get(NULL_CAPTION) {
+        out.insert(NULL_CAPTION.into(), t.clone());
+    }
+    let layers = (0..).take_while(|i| w.contains_key(&format!("transformer_blocks.{i}.scale_shift_table"))).count();
+    for i in 0..layers {
+        let (b, d) = (format!("blocks.{i}."), format!("transformer_blocks.{i}."));
+        out.insert(format!("{b}scale_shift_table"), get(&format!("{d}scale_shift_table"))?);
+        for (official, diffusers) in BLOCK {
+            for kind in ["weight", "bias"] {
+                out.insert(format!("{b}{official}.{kind}"), get(&format!("{d}{diffusers}.{kind}"))?);
+            }
+        }
+        for kind in ["weight", "bias"] {
+            let fuse = |names: &[&str]| -> Result<Tensor, String> {
+                let parts = names.iter().map(|n| get(&format!("{d}{n}.{kind}"))).collect::<Result<Vec<_>, _>>()?;
+                Tensor::cat(&parts, 0).map_err(|e| format!("{d}: cannot fuse {names:?}: {e}"))
+            };
+            out.insert(format!("{b}attn.qkv.{kind}"), fuse(&["attn1.to_q", "attn1.to_k", "attn1.to_v"])?);
+            out.insert(format!("{b}cross_attn.kv_linear.{kind}"), fuse(&["attn2.to_k", "attn2.to_v"])?);
+        }
+    }
+    Ok(out)
+}

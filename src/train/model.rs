@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Result, Tensor, Var, D};
 use std::collections::HashMap;
 
 /// The shape of a PixArt transformer (diffusers `config.json` names).
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
 pub struct PixArtConfig {
     /// Attention heads.
     pub num_attention_heads: usize,
@@ -160,6 +160,60 @@ impl PixArt {
             norm_eps: default_eps(),
         };
         Ok(PixArt { config, w })
+    }
+
+    /// A model from its configuration and weights in the diffusers layout (plus, optionally, the
+    /// null caption under [`super::keys::NULL_CAPTION`]).
+    pub fn from_weights(config: PixArtConfig, w: HashMap<String, Tensor>) -> Self {
+        PixArt { config, w }
+    }
+
+    /// The weights, by diffusers name.
+    pub fn weights(&self) -> &HashMap<String, Tensor> {
+        &self.w
+    }
+
+    /// Writes a diffusers transformer folder: `config.json` and `diffusion_pytorch_model.safetensors`
+    /// (diffusers keeps no null caption), each atomically.
+    pub fn save_diffusers(&self, dir: &std::path::Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let mut cfg = serde_json::to_value(&self.config)?;
+        let obj = cfg.as_object_mut().expect("a struct serialises to an object");
+        obj.insert("_class_name".into(), "PixArtTransformer2DModel".into());
+        let c = &self.config;
+        for (k, v) in [
+            ("activation_fn", serde_json::json!("gelu-approximate")),
+            ("attention_bias", serde_json::json!(true)),
+            ("cross_attention_dim", serde_json::json!(c.hidden())),
+            ("norm_type", serde_json::json!("ada_norm_single")),
+            ("norm_elementwise_affine", serde_json::json!(false)),
+            ("num_embeds_ada_norm", serde_json::json!(1000)),
+            ("use_additional_conditions", serde_json::json!(self.has_micro_conditions())),
+        ] {
+            obj.insert(k.into(), v);
+        }
+        crate::shards::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
+        let tensors: HashMap<String, Tensor> = self
+            .w
+            .iter()
+            .filter(|(k, _)| *k != super::keys::NULL_CAPTION)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let file = dir.join("diffusion_pytorch_model.safetensors");
+        let tmp = crate::shards::temp_path(&file);
+        candle_core::safetensors::save(&tensors, &tmp)?;
+        std::fs::rename(&tmp, &file)?;
+        Ok(())
+    }
+
+    /// Writes the weights with the official keys (fused qkv and kv, `y_embedder.y_embedding`) as
+    /// safetensors, atomically.
+    pub fn save_official(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        let official = super::keys::diffusers_to_official(&self.w).map_err(anyhow::Error::msg)?;
+        let tmp = crate::shards::temp_path(path);
+        candle_core::safetensors::save(&official, &tmp)?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
     }
 
     /// The official checkpoint's null caption `[L, caption_channels]` (`y_embedder.y_embedding`), if any.

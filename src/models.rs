@@ -1,0 +1,84 @@
+//! `pixforge models`: tiny randomly initialised models in the real layouts, and a forward pass over
+//! tensors from a safetensors file, so anyone can check parity against another implementation.
+
+use crate::train::init::init;
+use crate::train::model::{PixArt, PixArtConfig};
+use candle_core::{Device, Tensor};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Model kinds `init-tiny` can write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// The PixArt-α transformer (diffusers folder `transformer/` and official-key `official.safetensors`).
+    Pixart,
+}
+
+/// Writes a tiny model of `kind` into `out`.
+pub fn init_tiny(kind: ModelKind, out: &Path, micro_conditions: bool, seed: u64) -> anyhow::Result<()> {
+    match kind {
+        ModelKind::Pixart => {
+            let config = PixArtConfig {
+                num_attention_heads: 3,
+                attention_head_dim: 8,
+                in_channels: 4,
+                out_channels: 8,
+                num_layers: 2,
+                sample_size: 8,
+                patch_size: 2,
+                caption_channels: 32,
+                interpolation_scale: Some(1.0),
+                norm_eps: 1e-6,
+            };
+            let model = init(config, micro_conditions, 120, seed, &Device::Cpu)?;
+            model.save_diffusers(&out.join("transformer"))?;
+            model.save_official(&out.join("official.safetensors"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The transformer folder of a model directory: the folder itself when it has a `config.json`, else
+/// its `transformer/` (a diffusers pipeline or an `init-tiny` output).
+fn model_folder(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+    for d in [dir.to_path_buf(), dir.join("transformer")] {
+        if d.join("config.json").is_file() {
+            return Ok(d);
+        }
+    }
+    anyhow::bail!("{}: expected a config.json in the folder or in its transformer/", dir.display())
+}
+
+/// Runs the model in `model_dir` (its kind read from `config.json`'s `_class_name`) on the tensors of
+/// `inputs` and writes `{"output": …}` to `out`.
+pub fn forward(model_dir: &Path, inputs: &Path, out: &Path) -> anyhow::Result<Vec<usize>> {
+    let folder = model_folder(model_dir)?;
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(folder.join("config.json"))?)?;
+    let class = cfg["_class_name"].as_str().unwrap_or_default();
+    let io = candle_core::safetensors::load(inputs, &Device::Cpu)
+        .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", inputs.display()))?;
+    let get = |k: &str| -> anyhow::Result<&Tensor> {
+        io.get(k).ok_or_else(|| {
+            let mut have: Vec<&String> = io.keys().collect();
+            have.sort();
+            anyhow::anyhow!("{}: expected a tensor {k:?}; found {have:?}", inputs.display())
+        })
+    };
+    let output = match class {
+        "PixArtTransformer2DModel" => {
+            let model = PixArt::load_diffusers(&folder, &Device::Cpu)?;
+            let micro = match (io.get("resolution"), io.get("aspect_ratio")) {
+                (Some(r), Some(a)) => Some((r, a)),
+                _ => None,
+            };
+            model.forward(get("latents")?, get("timestep")?, get("caption")?, get("mask")?, micro)?
+        }
+        other => anyhow::bail!("{}: model kind {other:?} is not supported by `models forward`", folder.display()),
+    };
+    let dims = output.dims().to_vec();
+    let tmp = crate::shards::temp_path(out);
+    candle_core::safetensors::save(&HashMap::from([("output".to_string(), output)]), &tmp)?;
+    std::fs::rename(&tmp, out)?;
+    Ok(dims)
+}

@@ -1,0 +1,117 @@
+//! The official PixArt-α initialisation (`PixArt.initialize_weights` / `PixArtMS.initialize`), drawn
+//! from our own seeded generator (candle's CPU RNG cannot be seeded):
+//! - every linear layer: Xavier-uniform weight, zero bias; the patch embedding likewise on its
+//!   `(hidden, C·p·p)` view;
+//! - timestep, micro-condition and caption MLPs, and `t_block`: weights ~ N(0, 0.02);
+//! - each block's cross-attention output projection and the final linear layer: zero;
+//! - `scale_shift_table`s: randn / √hidden; the null caption `y_embedding`: randn / √caption_channels.
+
+use super::keys::NULL_CAPTION;
+use super::model::{PixArt, PixArtConfig};
+use candle_core::{Device, Result, Tensor};
+use std::collections::HashMap;
+
+/// A seeded xorshift64* generator with Box–Muller normals.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator; the same seed gives the same numbers.
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545F4914F6CDD1D)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Standard normal.
+    pub fn normal(&mut self) -> f64 {
+        let u1 = self.uniform().max(f64::MIN_POSITIVE);
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * self.uniform()).cos()
+    }
+
+    /// A tensor of `n` standard normals times `std`.
+    pub fn normal_tensor(&mut self, shape: &[usize], std: f64, device: &Device) -> Result<Tensor> {
+        let v: Vec<f32> = (0..shape.iter().product::<usize>()).map(|_| (self.normal() * std) as f32).collect();
+        Tensor::from_vec(v, shape, device)
+    }
+}
+
+/// An `out × inp` Xavier-uniform matrix in `shape`.
+fn xavier(rng: &mut Rng, out: usize, inp: usize, shape: &[usize], device: &Device) -> Result<Tensor> {
+    let a = (6.0 / (inp + out) as f64).sqrt();
+    let v: Vec<f32> = (0..out * inp).map(|_| ((rng.uniform() * 2.0 - 1.0) * a) as f32).collect();
+    Tensor::from_vec(v, shape, device)
+}
+
+/// Builds a freshly initialised model (`micro`: with PixArtMS micro-condition embedders; `null_tokens`:
+/// length of the null caption, 120 in PixArt-α).
+pub fn init(config: PixArtConfig, micro: bool, null_tokens: usize, seed: u64, device: &Device) -> Result<PixArt> {
+    let mut rng = Rng::new(seed);
+    let c = &config;
+    let (h, p) = (c.hidden(), c.patch_size);
+    let mut w: HashMap<String, Tensor> = HashMap::new();
+    let zeros = |shape: &[usize]| Tensor::zeros(shape, candle_core::DType::F32, device);
+    let linear =
+        |w: &mut HashMap<String, Tensor>, rng: &mut Rng, name: &str, out: usize, inp: usize, std: Option<f64>| {
+            let weight = match std {
+                Some(s) => rng.normal_tensor(&[out, inp], s, device)?,
+                None => xavier(rng, out, inp, &[out, inp], device)?,
+            };
+            w.insert(format!("{name}.weight"), weight);
+            w.insert(format!("{name}.bias"), zeros(&[out])?);
+            Ok::<(), candle_core::Error>(())
+        };
+    let patch = xavier(&mut rng, h, c.in_channels * p * p, &[h, c.in_channels, p, p], device)?;
+    w.insert("pos_embed.proj.weight".into(), patch);
+    w.insert("pos_embed.proj.bias".into(), zeros(&[h])?);
+    let ts = "adaln_single.emb.timestep_embedder";
+    linear(&mut w, &mut rng, &format!("{ts}.linear_1"), h, 256, Some(0.02))?;
+    linear(&mut w, &mut rng, &format!("{ts}.linear_2"), h, h, Some(0.02))?;
+    if micro {
+        for e in ["resolution_embedder", "aspect_ratio_embedder"] {
+            linear(&mut w, &mut rng, &format!("adaln_single.emb.{e}.linear_1"), h / 3, 256, Some(0.02))?;
+            linear(&mut w, &mut rng, &format!("adaln_single.emb.{e}.linear_2"), h / 3, h / 3, Some(0.02))?;
+        }
+    }
+    linear(&mut w, &mut rng, "adaln_single.linear", 6 * h, h, Some(0.02))?;
+    linear(&mut w, &mut rng, "caption_projection.linear_1", h, c.caption_channels, Some(0.02))?;
+    linear(&mut w, &mut rng, "caption_projection.linear_2", h, h, Some(0.02))?;
+    for i in 0..c.num_layers {
+        let b = format!("transformer_blocks.{i}");
+        w.insert(format!("{b}.scale_shift_table"), rng.normal_tensor(&[6, h], 1.0 / (h as f64).sqrt(), device)?);
+        for l in ["attn1.to_out.0", "attn2.to_q"] {
+            linear(&mut w, &mut rng, &format!("{b}.{l}"), h, h, None)?;
+        }
+        // The official code initialises the fused qkv / kv as one Xavier matrix: same bound as one
+        // (3h or 2h) × h matrix.
+        for (names, fused) in
+            [(&["attn1.to_q", "attn1.to_k", "attn1.to_v"][..], 3), (&["attn2.to_k", "attn2.to_v"][..], 2)]
+        {
+            let weight = xavier(&mut rng, fused * h, h, &[fused * h, h], device)?;
+            for (j, n) in names.iter().enumerate() {
+                w.insert(format!("{b}.{n}.weight"), weight.narrow(0, j * h, h)?.contiguous()?);
+                w.insert(format!("{b}.{n}.bias"), zeros(&[h])?);
+            }
+        }
+        w.insert(format!("{b}.attn2.to_out.0.weight"), zeros(&[h, h])?);
+        w.insert(format!("{b}.attn2.to_out.0.bias"), zeros(&[h])?);
+        linear(&mut w, &mut rng, &format!("{b}.ff.net.0.proj"), 4 * h, h, None)?;
+        linear(&mut w, &mut rng, &format!("{b}.ff.net.2"), h, 4 * h, None)?;
+    }
+    w.insert("scale_shift_table".into(), rng.normal_tensor(&[2, h], 1.0 / (h as f64).sqrt(), device)?);
+    let out = p * p * c.out_channels;
+    w.insert("proj_out.weight".into(), zeros(&[out, h])?);
+    w.insert("proj_out.bias".into(), zeros(&[out])?);
+    let null_std = 1.0 / (c.caption_channels as f64).sqrt();
+    w.insert(NULL_CAPTION.into(), rng.normal_tensor(&[null_tokens, c.caption_channels], null_std, device)?);
+    Ok(PixArt::from_weights(config, w))
+}

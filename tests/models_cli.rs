@@ -1,0 +1,84 @@
+//! `pixforge models init-tiny --kind pixart` writes the official initialisation in both layouts, which
+//! load back to the same numbers; `pixforge models forward` runs a model folder on a safetensors file.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use pixforge::train::model::PixArt;
+use std::collections::HashMap;
+use std::process::Command;
+
+fn stat(t: &Tensor) -> (f64, f64) {
+    let v: Vec<f64> = t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64;
+    (mean, var.sqrt())
+}
+
+#[test]
+fn init_tiny_writes_both_layouts_and_forward_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let o = Command::new(common::bin()).args(args).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    let out = dir.path().join("tiny");
+    run(&["models", "init-tiny", "--kind", "pixart", "--micro-conditions", "--out", out.to_str().unwrap()]);
+    let d = PixArt::load_diffusers(&out.join("transformer"), &Device::Cpu).unwrap();
+    let o = PixArt::load_official(&out.join("official.safetensors"), 3, 8, &Device::Cpu).unwrap();
+    assert!(d.has_micro_conditions() && o.has_micro_conditions());
+    assert_eq!(o.null_caption().unwrap().dims(), &[120, 32]);
+    for (k, t) in d.weights() {
+        let diff = (t - &o.weights()[k]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{k} differs between the layouts");
+    }
+    // The official initialisation.
+    let w = d.weights();
+    let zero = |k: &str| stat(&w[k]) == (0.0, 0.0);
+    assert!(zero("proj_out.weight") && zero("proj_out.bias"), "final layer starts at zero");
+    assert!(zero("transformer_blocks.1.attn2.to_out.0.weight"), "cross-attention starts as identity");
+    assert!(zero("transformer_blocks.0.attn1.to_q.bias"));
+    let (_, sd) = stat(&w["adaln_single.linear.weight"]);
+    assert!((sd - 0.02).abs() < 0.004, "t_block ~ N(0, 0.02): {sd}");
+    let (_, sd) = stat(&w["transformer_blocks.0.ff.net.0.proj.weight"]);
+    let xavier = (6.0f64 / (24.0 + 96.0)).sqrt() / 3f64.sqrt();
+    assert!((sd - xavier).abs() < 0.15 * xavier, "Xavier-uniform: {sd} vs {xavier}");
+
+    // forward over a safetensors file of inputs.
+    let inputs = dir.path().join("in.safetensors");
+    let dev = Device::Cpu;
+    let t = |v: Vec<f32>, s: &[usize]| Tensor::from_vec(v, s, &dev).unwrap();
+    let io = HashMap::from([
+        ("latents".to_string(), t((0..2 * 4 * 8 * 8).map(|i| (i as f32 * 0.37).sin()).collect(), &[2, 4, 8, 8])),
+        ("timestep".to_string(), t(vec![999.0, 5.0], &[2])),
+        ("caption".to_string(), t((0..2 * 3 * 32).map(|i| (i as f32 * 0.11).cos()).collect(), &[2, 3, 32])),
+        ("mask".to_string(), t(vec![1.0, 1.0, 0.0, 1.0, 0.0, 0.0], &[2, 3])),
+        ("resolution".to_string(), t(vec![64.0, 64.0, 64.0, 64.0], &[2, 2])),
+        ("aspect_ratio".to_string(), t(vec![1.0, 1.0], &[2, 1])),
+    ]);
+    candle_core::safetensors::save(&io, &inputs).unwrap();
+    let result = dir.path().join("out.safetensors");
+    run(&[
+        "models",
+        "forward",
+        "--model",
+        out.to_str().unwrap(),
+        "--inputs",
+        inputs.to_str().unwrap(),
+        "--out",
+        result.to_str().unwrap(),
+    ]);
+    let got = candle_core::safetensors::load(&result, &dev).unwrap();
+    assert_eq!(got["output"].dims(), &[2, 8, 8, 8]);
+    assert_eq!(stat(&got["output"]), (0.0, 0.0), "a zero-initialised final layer outputs zeros");
+    // A missing input is named.
+    let partial = dir.path().join("partial.safetensors");
+    candle_core::safetensors::save(&HashMap::from([("latents".to_string(), io["latents"].clone())]), &partial).unwrap();
+    let o = Command::new(common::bin())
+        .args(["models", "forward", "--model", out.to_str().unwrap(), "--inputs", partial.to_str().unwrap(), "--out"])
+        .arg(dir.path().join("x.safetensors"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("\"timestep\""), "{}", String::from_utf8_lossy(&o.stderr));
+}
