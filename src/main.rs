@@ -164,6 +164,12 @@ enum BenchCmd {
         #[command(flatten)]
         image: ImageOptions,
     },
+    /// One PixArt transformer training step (depth 4, hidden 384, 32x32 latents, batch 4), median of N.
+    PixartStep {
+        /// Timed steps (after one warm-up step).
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+    },
     /// Write synthetic captions (alt text and dense descriptions), one per line, for the density benchmark.
     SynthCaptions {
         /// How many.
@@ -298,6 +304,10 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Bench(BenchCmd::ImageOps { dir, image }) => {
             let t = pixforge::bench::image_phases(&dir, &image)?;
+            emit(&format!("{}\n", serde_json::to_string(&t)?));
+        }
+        Cmd::Bench(BenchCmd::PixartStep { iters }) => {
+            let t = pixforge::models::bench_pixart_step(iters)?;
             emit(&format!("{}\n", serde_json::to_string(&t)?));
         }
         Cmd::Bench(BenchCmd::SynthCaptions { count, out, seed }) => {

@@ -82,3 +82,57 @@ pub fn forward(model_dir: &Path, inputs: &Path, out: &Path) -> anyhow::Result<Ve
     std::fs::rename(&tmp, out)?;
     Ok(dims)
 }
+
+/// Timings of one training step of a PixArt transformer.
+#[derive(Debug, serde::Serialize)]
+pub struct StepTiming {
+    /// Median seconds per forward + backward step.
+    pub seconds_per_step: f64,
+    /// Every step's seconds.
+    pub steps: Vec<f64>,
+    /// Peak resident memory of the process, MiB.
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// The benchmark step of issue 4: depth 4, hidden 384, 6 heads, 32×32 latents, 120 caption tokens of
+/// 4096 channels, batch 4, f32; loss = mean of the squared output; forward + backward, `iters` times
+/// after one warm-up step.
+pub fn bench_pixart_step(iters: usize) -> anyhow::Result<StepTiming> {
+    let config = PixArtConfig {
+        num_attention_heads: 6,
+        attention_head_dim: 64,
+        in_channels: 4,
+        out_channels: 8,
+        num_layers: 4,
+        sample_size: 32,
+        patch_size: 2,
+        caption_channels: 4096,
+        interpolation_scale: Some(1.0),
+        norm_eps: 1e-6,
+    };
+    let dev = Device::Cpu;
+    let mut model = init(config, false, 120, 0, &dev)?;
+    let _vars = model.trainable()?;
+    let mut rng = crate::train::init::Rng::new(1);
+    let latents = rng.normal_tensor(&[4, 4, 32, 32], 1.0, &dev)?;
+    let caption = rng.normal_tensor(&[4, 120, 4096], 1.0, &dev)?;
+    let mask = Tensor::ones((4, 120), candle_core::DType::F32, &dev)?;
+    let t = Tensor::from_vec(vec![999f32, 500.0, 100.0, 1.0], 4, &dev)?;
+    let mut steps = Vec::new();
+    for i in 0..=iters {
+        let start = std::time::Instant::now();
+        let out = model.forward(&latents, &t, &caption, &mask, None)?;
+        let grads = out.sqr()?.mean_all()?.backward()?;
+        drop(grads);
+        if i > 0 {
+            steps.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let mut sorted = steps.clone();
+    sorted.sort_by(f64::total_cmp);
+    Ok(StepTiming {
+        seconds_per_step: sorted[sorted.len() / 2],
+        steps,
+        peak_rss_mib: crate::density::report::peak_rss_mib(),
+    })
+}
