@@ -42,6 +42,12 @@ impl Diffusion {
         let (lo, hi) = (scale * 1e-4, scale * 0.02);
         let betas: Vec<f64> =
             (0..steps).map(|i| if steps == 1 { lo } else { lo + (hi - lo) * i as f64 / (steps - 1) as f64 }).collect();
+        Self::from_betas(betas)
+    }
+
+    /// The tables of a diffusion with the given β_t (the official `GaussianDiffusion.__init__`).
+    pub fn from_betas(betas: Vec<f64>) -> Self {
+        let steps = betas.len();
         let mut ac = Vec::with_capacity(steps);
         let mut prod = 1.0;
         for b in &betas {
@@ -65,6 +71,32 @@ impl Diffusion {
             betas,
             alphas_cumprod: ac,
         }
+    }
+
+    /// The diffusion restricted to `count` timesteps evenly spread over `0..T` (the official
+    /// `space_timesteps(T, str(count))` + `SpacedDiffusion`): β recomputed from ᾱ at the kept steps.
+    /// Returns it and, for each of its steps, the original timestep (what the model is given).
+    pub fn respaced(&self, count: usize) -> (Diffusion, Vec<usize>) {
+        let n = self.steps();
+        let count = count.clamp(1, n);
+        let stride = if count > 1 { (n - 1) as f64 / (count - 1) as f64 } else { 1.0 };
+        let mut keep = Vec::with_capacity(count);
+        let mut cur = 0.0f64;
+        for _ in 0..count {
+            keep.push(round_half_even(cur) as usize);
+            cur += stride;
+        }
+        keep.dedup();
+        let mut last = 1.0;
+        let betas = keep
+            .iter()
+            .map(|&t| {
+                let b = 1.0 - self.alphas_cumprod[t] / last;
+                last = self.alphas_cumprod[t];
+                b
+            })
+            .collect();
+        (Diffusion::from_betas(betas), keep)
     }
 
     /// Number of timesteps.
@@ -93,6 +125,22 @@ impl Diffusion {
         a + noise.broadcast_mul(&self.ex(&self.sqrt_one_minus_ac, t, x0)?)?
     }
 
+    /// The model's reverse step p(x_{t−1} | x_t) from its noise prediction `eps` and variance
+    /// interpolation `v` (learned range: `log σ² = frac·log β_t + (1 − frac)·log β̃_t`, `frac = (v + 1)/2`):
+    /// the mean (through x̂0, not clipped) and the log variance.
+    pub fn p_mean_variance(&self, eps: &Tensor, v: &Tensor, x_t: &Tensor, t: &[usize]) -> Result<(Tensor, Tensor)> {
+        let min_log = self.ex(&self.posterior_log_variance_clipped, t, x_t)?;
+        let max_log = self.ex(&self.log_betas, t, x_t)?;
+        let frac = v.affine(0.5, 0.5)?;
+        let logvar = (frac.broadcast_mul(&max_log)? + frac.affine(-1.0, 1.0)?.broadcast_mul(&min_log)?)?;
+        let pred_x0 = (x_t.broadcast_mul(&self.ex(&self.sqrt_recip_ac, t, x_t)?)?
+            - eps.broadcast_mul(&self.ex(&self.sqrt_recipm1_ac, t, x_t)?)?)?;
+        let coef1 = self.ex(&self.posterior_mean_coef1, t, x_t)?;
+        let coef2 = self.ex(&self.posterior_mean_coef2, t, x_t)?;
+        let mean = (pred_x0.broadcast_mul(&coef1)? + x_t.broadcast_mul(&coef2)?)?;
+        Ok((mean, logvar))
+    }
+
     /// The hybrid loss of a model output `[B, 2C, H, W]` (ε, then the variance interpolation `v`) for
     /// clean latents `x0`, their noised `x_t` at timesteps `t` and the noise used.
     pub fn training_losses(
@@ -113,13 +161,8 @@ impl Diffusion {
         let coef1 = self.ex(&self.posterior_mean_coef1, t, x0)?;
         let coef2 = self.ex(&self.posterior_mean_coef2, t, x0)?;
         let true_mean = (x0.broadcast_mul(&coef1)? + x_t.broadcast_mul(&coef2)?)?;
+        let (model_mean, model_logvar) = self.p_mean_variance(&eps_frozen, &v, x_t, t)?;
         let min_log = self.ex(&self.posterior_log_variance_clipped, t, x0)?;
-        let max_log = self.ex(&self.log_betas, t, x0)?;
-        let frac = v.affine(0.5, 0.5)?;
-        let model_logvar = (frac.broadcast_mul(&max_log)? + frac.affine(-1.0, 1.0)?.broadcast_mul(&min_log)?)?;
-        let pred_x0 = (x_t.broadcast_mul(&self.ex(&self.sqrt_recip_ac, t, x0)?)?
-            - eps_frozen.broadcast_mul(&self.ex(&self.sqrt_recipm1_ac, t, x0)?)?)?;
-        let model_mean = (pred_x0.broadcast_mul(&coef1)? + x_t.broadcast_mul(&coef2)?)?;
         let ln2 = std::f64::consts::LN_2;
         let kl = (mean_flat(&normal_kl(&true_mean, &min_log, &model_mean, &model_logvar)?)? / ln2)?;
         let nll =
@@ -130,6 +173,16 @@ impl Diffusion {
         let vb = at_zero.where_cond(&nll, &kl)?;
         let loss = (&mse + &vb)?;
         Ok(Losses { mse, vb, loss })
+    }
+}
+
+/// numpy's `round` (half to even).
+pub(crate) fn round_half_even(x: f64) -> f64 {
+    let r = x.round();
+    if (x - x.trunc()).abs() == 0.5 && r % 2.0 != 0.0 {
+        r - x.signum()
+    } else {
+        r
     }
 }
 

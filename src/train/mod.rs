@@ -1,7 +1,8 @@
-//! Training PixArt-α (work in progress): the diffusion objective and the DPM-Solver++ sampler so far.
+//! Training PixArt-α (work in progress): the model, the diffusion objective and the samplers so far.
 
 pub mod diffusion;
 pub mod init;
 pub mod keys;
 pub mod model;
+mod ops;
 pub mod sampler;

@@ -7,7 +7,8 @@
 //!
 //! Every op here records gradients (no fused candle_nn kernels): layer norm and softmax are our own.
 
-use candle_core::{DType, Device, Result, Tensor, Var, D};
+use super::ops::{layer_norm, softmax};
+use candle_core::{DType, Device, Result, Tensor, Var};
 use std::collections::HashMap;
 
 /// The shape of a PixArt transformer (diffusers `config.json` names).
@@ -54,23 +55,14 @@ pub struct PixArt {
     w: HashMap<String, Tensor>,
 }
 
-/// `x W^T + b` for `x` of any rank.
+/// `x W^T + b` for `x` of any rank (one matrix product over all leading dimensions).
 fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-    x.broadcast_matmul(&w.t()?)?.broadcast_add(b)
-}
-
-/// Layer norm over the last dimension without affine parameters.
-fn layer_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let centered = x.broadcast_sub(&mean)?;
-    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-    centered.broadcast_div(&(var + eps)?.sqrt()?)
-}
-
-/// Softmax over the last dimension, built from differentiable ops.
-fn softmax(x: &Tensor) -> Result<Tensor> {
-    let e = x.broadcast_sub(&x.max_keepdim(D::Minus1)?)?.exp()?;
-    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+    let dims = x.dims();
+    let k = dims[dims.len() - 1];
+    let rows = x.elem_count() / k.max(1);
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().expect("a tensor of rank >= 1") = w.dim(0)?;
+    x.reshape((rows, k))?.matmul(&w.t()?)?.broadcast_add(b)?.reshape(out_dims)
 }
 
 /// `x * (1 + scale) + shift`.
