@@ -7,6 +7,7 @@ pub mod bench;
 pub mod demo;
 pub mod density;
 pub mod ingest;
+pub mod latents;
 pub mod models;
 pub mod shards;
 pub mod train;

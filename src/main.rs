@@ -35,6 +35,64 @@ enum Cmd {
     Models(ModelsCmd),
     /// Concept density (PixArt-α Table 1) of caption sets, compared side by side; and the tagger behind it.
     Density(Box<DensityArgs>),
+    /// Generate images from prompts with a PixArt transformer, the T5 encoder and the VAE.
+    Sample(Box<SampleArgs>),
+}
+
+#[derive(Args)]
+struct SampleArgs {
+    /// A diffusers pipeline folder (transformer/, text_encoder/, tokenizer/, vae/); the three options
+    /// below override its parts.
+    #[arg(long)]
+    pipeline: Option<PathBuf>,
+    /// Transformer: a diffusers folder, or an official checkpoint (.pth / .safetensors).
+    #[arg(long)]
+    transformer: Option<PathBuf>,
+    /// T5 folder (config.json, model.safetensors[.index.json], tokenizer.json).
+    #[arg(long)]
+    t5: Option<PathBuf>,
+    /// VAE folder (diffusers AutoencoderKL).
+    #[arg(long)]
+    vae: Option<PathBuf>,
+    /// Attention heads of an official checkpoint (PixArt-XL/2: 16).
+    #[arg(long, default_value_t = 16)]
+    heads: usize,
+    /// Latent size an official checkpoint's positions are laid out for (512 px: 64, 1024 px: 128).
+    #[arg(long, default_value_t = 64)]
+    sample_size: usize,
+    /// A prompt (repeatable).
+    #[arg(long)]
+    prompt: Vec<String>,
+    /// A text file of prompts, one per line.
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    /// Image size, WIDTHxHEIGHT in pixels.
+    #[arg(long, default_value = "512x512")]
+    size: String,
+    /// Sampler.
+    #[arg(long, value_enum, default_value = "dpm-solver")]
+    sampler: pixforge::train::sampler::SamplerKind,
+    /// Steps (default: the sampler's official count: 20, 50 or 100).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Classifier-free guidance scale (1 = none).
+    #[arg(long, default_value_t = 4.5)]
+    cfg: f64,
+    /// Unconditional branch of the guidance.
+    #[arg(long, value_enum, default_value = "auto")]
+    null: pixforge::train::generate::NullCondition,
+    /// Seed of the noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Initial noise from a safetensors file (tensor "noise" [N or 1, 4, h, w]) instead of the seed.
+    #[arg(long)]
+    noise: Option<PathBuf>,
+    /// Device: cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Output folder (NNNN.png + NNNN.json per prompt).
+    #[arg(long, default_value = "pixforge-samples")]
+    out: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -269,6 +327,13 @@ fn emit(text: &str) {
     }
 }
 
+/// `WIDTHxHEIGHT` → (height, width).
+fn parse_size(s: &str) -> anyhow::Result<(usize, usize)> {
+    let bad = || anyhow::anyhow!("--size {s:?}: expected WIDTHxHEIGHT in pixels, e.g. 512x512");
+    let (w, h) = s.split_once(['x', 'X']).ok_or_else(bad)?;
+    Ok((h.trim().parse().map_err(|_| bad())?, w.trim().parse().map_err(|_| bad())?))
+}
+
 fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
@@ -394,6 +459,40 @@ fn main() -> anyhow::Result<()> {
         Cmd::Models(ModelsCmd::Forward { model, inputs, out }) => {
             let dims = pixforge::models::forward(&model, &inputs, &out)?;
             emit(&format!("output {dims:?} written to {}\n", out.display()));
+        }
+        Cmd::Sample(a) => {
+            let part = |own: &Option<PathBuf>, name: &str| -> anyhow::Result<PathBuf> {
+                own.clone().or_else(|| a.pipeline.clone()).ok_or_else(|| {
+                    anyhow::anyhow!("--{name}: expected a folder (or --pipeline with the whole diffusers pipeline)")
+                })
+            };
+            let size = parse_size(&a.size)?;
+            let mut prompts = a.prompt.clone();
+            if let Some(f) = &a.prompts {
+                let text = std::fs::read_to_string(f).with_context(|| format!("--prompts {}", f.display()))?;
+                prompts.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string));
+            }
+            if prompts.is_empty() {
+                anyhow::bail!("expected at least one --prompt or a --prompts file");
+            }
+            let o = pixforge::train::generate::SampleOptions {
+                transformer: part(&a.transformer, "transformer")?,
+                official_shape: (a.heads, a.sample_size),
+                t5: part(&a.t5, "t5")?,
+                vae: part(&a.vae, "vae")?,
+                size,
+                sampler: a.sampler,
+                steps: a.steps,
+                cfg: a.cfg,
+                null: a.null,
+                seed: a.seed,
+                noise: a.noise.clone(),
+            };
+            let device = pixforge::train::device(&a.device)?;
+            let paths = pixforge::train::generate::run(&o, &prompts, &a.out, &device)?;
+            for p in paths {
+                emit(&format!("{}\n", p.display()));
+            }
         }
         Cmd::Demo { out } => {
             let report = pixforge::demo::run(&out).context("demo")?;

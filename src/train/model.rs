@@ -7,7 +7,7 @@
 //!
 //! Every op here records gradients (no fused candle_nn kernels): layer norm and softmax are our own.
 
-use super::ops::{layer_norm, softmax};
+use super::ops::{gelu, layer_norm, softmax};
 use candle_core::{DType, Device, Result, Tensor, Var};
 use std::collections::HashMap;
 
@@ -316,7 +316,7 @@ impl PixArt {
 
         let t_emb = self.time_embedding(timestep, micro, x.dtype())?;
         let t0 = self.lin(&t_emb.silu()?, "adaln_single.linear")?.reshape((b, 6, hidden))?;
-        let y = self.lin(caption, "caption_projection.linear_1")?.gelu()?;
+        let y = gelu(&self.lin(caption, "caption_projection.linear_1")?)?;
         let y = self.lin(&y, "caption_projection.linear_2")?;
         let bias = mask.to_dtype(x.dtype())?.affine(10000.0, -10000.0)?.reshape((b, 1, 1, mask.dim(1)?))?;
 
@@ -330,7 +330,7 @@ impl PixArt {
             x = (&x + self.attention(&format!("{pre}.attn1"), &h, &h, None)?.broadcast_mul(&gate_msa)?)?;
             x = (&x + self.attention(&format!("{pre}.attn2"), &x, &y, Some(&bias))?)?;
             let h = modulate(&layer_norm(&x, c.norm_eps)?, &shift_mlp, &scale_mlp)?;
-            let h = self.lin(&self.lin(&h, &format!("{pre}.ff.net.0.proj"))?.gelu()?, &format!("{pre}.ff.net.2"))?;
+            let h = self.lin(&gelu(&self.lin(&h, &format!("{pre}.ff.net.0.proj"))?)?, &format!("{pre}.ff.net.2"))?;
             x = (&x + h.broadcast_mul(&gate_mlp)?)?;
         }
 

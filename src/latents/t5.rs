@@ -1,0 +1,74 @@
+//! The T5 v1.1 encoder (PixArt-α: T5-v1.1-XXL, 120 tokens) from a Hugging Face folder (`config.json`,
+//! `model.safetensors` or sharded with an index, `tokenizer.json`) or a diffusers pipeline folder
+//! (`text_encoder/` + `tokenizer/tokenizer.json`). candle's T5 takes no attention mask, so a caption
+//! is encoded unpadded: its valid tokens come out exactly as a padded, masked encoding gives them.
+
+use candle_core::{DType, Device, Tensor};
+use candle_transformers::models::t5;
+use std::path::{Path, PathBuf};
+
+/// PixArt-α's caption length in T5 tokens (`</s>` included).
+pub const MAX_TOKENS: usize = 120;
+
+/// The text preprocessing both PixArt-α's code and diffusers' pipeline apply before T5 at the least:
+/// trimmed and lower-cased (their optional `clean_caption` regex pass is not applied).
+pub fn preprocess(text: &str) -> String {
+    text.trim().to_lowercase()
+}
+
+/// A loaded T5 encoder and its tokenizer.
+pub struct TextEncoder {
+    model: t5::T5EncoderModel,
+    tokenizer: tokenizers::Tokenizer,
+    /// The encoder's width (4096 for XXL).
+    pub d_model: usize,
+}
+
+/// The (model folder, tokenizer file) of a T5 folder or a diffusers pipeline folder.
+fn locate(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    if dir.join("text_encoder").is_dir() {
+        return Ok((dir.join("text_encoder"), dir.join("tokenizer").join("tokenizer.json")));
+    }
+    Ok((dir.to_path_buf(), dir.join("tokenizer.json")))
+}
+
+impl TextEncoder {
+    /// Loads the encoder (weights as f32) and tokenizer, truncating to `max_tokens` tokens.
+    pub fn load(dir: &Path, max_tokens: usize, device: &Device) -> anyhow::Result<Self> {
+        let (model_dir, tokenizer_file) = locate(dir)?;
+        let config: t5::Config = super::read_config(&model_dir.join("config.json"))?;
+        let files = super::weight_files(&model_dir, "model")?;
+        // SAFETY: the files are memory-mapped read-only; we do not modify them while loaded.
+        let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, DType::F32, device)? };
+        let model = t5::T5EncoderModel::load(vb, &config)
+            .map_err(|e| anyhow::anyhow!("{}: not a T5 encoder checkpoint: {e}", model_dir.display()))?;
+        if !tokenizer_file.is_file() {
+            anyhow::bail!(
+                "{}: expected the tokenizer as tokenizer.json (a sentencepiece spiece.model alone is not read)",
+                tokenizer_file.display()
+            );
+        }
+        let mut tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_file)
+            .map_err(|e| anyhow::anyhow!("{}: cannot load the tokenizer: {e}", tokenizer_file.display()))?;
+        tokenizer
+            .with_truncation(Some(tokenizers::TruncationParams { max_length: max_tokens, ..Default::default() }))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", tokenizer_file.display()))?;
+        tokenizer.with_padding(None);
+        Ok(TextEncoder { model, tokenizer, d_model: config.d_model })
+    }
+
+    /// The token ids of a caption after [`preprocess`] (truncated, `</s>` appended by the
+    /// tokenizer's post-processor).
+    pub fn tokens(&self, text: &str) -> anyhow::Result<Vec<u32>> {
+        let enc =
+            self.tokenizer.encode(preprocess(text), true).map_err(|e| anyhow::anyhow!("tokenizing {text:?}: {e}"))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// The unpadded embedding `[L, d_model]` of a caption.
+    pub fn encode(&mut self, text: &str) -> anyhow::Result<Tensor> {
+        let ids = self.tokens(text)?;
+        let input = Tensor::new(ids.as_slice(), self.model.device())?.unsqueeze(0)?;
+        Ok(self.model.forward(&input)?.squeeze(0)?)
+    }
+}

@@ -1,0 +1,185 @@
+//! `pixforge sample`: prompts → images with a PixArt transformer, the T5 encoder and the VAE, as the
+//! official inference runs them (or diffusers' pipeline, by choice of sampler and null condition):
+//! prompt embeddings unpadded with their mask, noise from our seeded RNG (or a file, for parity with
+//! another implementation), guided sampling, VAE decode of latents / scaling factor, PNG out.
+
+use super::model::PixArt;
+use super::sampler::{self, Condition, Guided, SamplerKind};
+use crate::latents::{t5::TextEncoder, vae::Vae};
+use candle_core::{DType, Device, Tensor};
+use std::path::{Path, PathBuf};
+
+/// The unconditional branch of classifier-free guidance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NullCondition {
+    /// `y_embedding` when the checkpoint has one (official), else the empty prompt.
+    Auto,
+    /// The checkpoint's `y_embedding` with the prompt's mask (the official inference).
+    Official,
+    /// T5 of the empty prompt with its own mask (diffusers' `negative_prompt=""`).
+    Empty,
+}
+
+/// What to sample.
+#[derive(Debug, Clone)]
+pub struct SampleOptions {
+    /// A diffusers transformer folder, or an official checkpoint (`.pth` / `.safetensors`).
+    pub transformer: PathBuf,
+    /// For an official checkpoint: heads and the latent size its positions were laid out for.
+    pub official_shape: (usize, usize),
+    /// T5 folder (or a diffusers pipeline folder).
+    pub t5: PathBuf,
+    /// VAE folder (or a diffusers pipeline folder).
+    pub vae: PathBuf,
+    /// Image height and width in pixels.
+    pub size: (usize, usize),
+    /// Sampler and its steps.
+    pub sampler: SamplerKind,
+    /// Steps (the sampler's default when `None`).
+    pub steps: Option<usize>,
+    /// Guidance scale (1 = none).
+    pub cfg: f64,
+    /// The null condition.
+    pub null: NullCondition,
+    /// Seed of the initial noise (and of the ancestral noise).
+    pub seed: u64,
+    /// Initial noise `noise` [N or 1, C, h, w] from a safetensors file instead of the seed.
+    pub noise: Option<PathBuf>,
+}
+
+/// One generated image.
+pub struct Generated {
+    /// The null condition used (never `Auto`).
+    pub null: NullCondition,
+    /// The final latents `[1, C, h, w]`.
+    pub latents: Tensor,
+    /// RGB pixels, row-major, `height × width × 3`.
+    pub rgb: Vec<u8>,
+    /// Image width and height.
+    pub width: usize,
+    /// Image height.
+    pub height: usize,
+}
+
+fn load_transformer(o: &SampleOptions, dev: &Device) -> anyhow::Result<PixArt> {
+    let t = if o.transformer.join("transformer").is_dir() {
+        o.transformer.join("transformer")
+    } else {
+        o.transformer.clone()
+    };
+    if t.is_dir() {
+        PixArt::load_diffusers(&t, dev)
+    } else {
+        PixArt::load_official(&t, o.official_shape.0, o.official_shape.1, dev)
+    }
+}
+
+/// Pixels of `[1, 3, H, W]` images in [−1, 1] as diffusers rounds them: `round((x/2 + ½)·255)`.
+fn to_rgb(img: &Tensor) -> anyhow::Result<Vec<u8>> {
+    let img = ((img.squeeze(0)?.permute((1, 2, 0))? / 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
+    let v: Vec<f32> = img.flatten_all()?.to_vec1()?;
+    Ok(v.iter().map(|x| (x * 255.0).round() as u8).collect())
+}
+
+/// Generates one image per prompt.
+pub fn generate(o: &SampleOptions, prompts: &[String], device: &Device) -> anyhow::Result<Vec<Generated>> {
+    let model = load_transformer(o, device)?;
+    let mut t5 = TextEncoder::load(&o.t5, crate::latents::t5::MAX_TOKENS, device)?;
+    let vae = Vae::load(&o.vae, device)?;
+    let c = &model.config;
+    if t5.d_model != c.caption_channels {
+        anyhow::bail!(
+            "{}: T5 width {} does not match the transformer's caption_channels {}",
+            o.t5.display(),
+            t5.d_model,
+            c.caption_channels
+        );
+    }
+    let (h, w) = o.size;
+    let unit = vae.scale * c.patch_size;
+    if h % unit != 0 || w % unit != 0 || h == 0 || w == 0 {
+        anyhow::bail!("--size {w}x{h}: width and height must be positive multiples of {unit} (VAE scale × patch size)");
+    }
+    let (lh, lw) = (h / vae.scale, w / vae.scale);
+    let null = match o.null {
+        NullCondition::Auto if model.null_caption().is_some() => NullCondition::Official,
+        NullCondition::Auto => NullCondition::Empty,
+        n => n,
+    };
+    let empty = if null == NullCondition::Empty && o.cfg != 1.0 { Some(t5.encode("")?) } else { None };
+    let file_noise = match &o.noise {
+        Some(p) => Some(
+            candle_core::safetensors::load(p, device)?
+                .remove("noise")
+                .ok_or_else(|| anyhow::anyhow!("{}: expected a tensor \"noise\"", p.display()))?,
+        ),
+        None => None,
+    };
+    let micro = if model.has_micro_conditions() {
+        Some((Tensor::new(&[[h as f32, w as f32]], device)?, Tensor::new(&[[h as f32 / w as f32]], device)?))
+    } else {
+        None
+    };
+    let diffusion = super::diffusion::Diffusion::linear(1000);
+    let steps = o.steps.unwrap_or(o.sampler.default_steps());
+    let mut rng = super::init::Rng::new(o.seed);
+    let mut out = Vec::new();
+    for (i, prompt) in prompts.iter().enumerate() {
+        let emb = t5.encode(prompt)?;
+        let l = emb.dim(0)?;
+        let cond = Condition { caption: emb.unsqueeze(0)?, mask: Tensor::ones((1, l), DType::F32, device)? };
+        let uncond = match (&empty, null) {
+            (Some(e), NullCondition::Empty) => {
+                Some(Condition { caption: e.unsqueeze(0)?, mask: Tensor::ones((1, e.dim(0)?), DType::F32, device)? })
+            }
+            (_, NullCondition::Official) => Some(Condition::official_null(&model, &cond)?),
+            _ => None,
+        };
+        let guided = Guided::new(&model, cond, uncond, o.cfg, micro.clone());
+        let x = match &file_noise {
+            Some(n) => n.narrow(0, i.min(n.dim(0)? - 1), 1)?.to_dtype(DType::F32)?,
+            None => rng.normal_tensor(&[1, c.in_channels, lh, lw], 1.0, device)?,
+        };
+        if x.dims() != [1, c.in_channels, lh, lw] {
+            anyhow::bail!(
+                "noise of shape {:?} does not fit {w}x{h} images (expected [1, {}, {lh}, {lw}])",
+                x.dims(),
+                c.in_channels
+            );
+        }
+        let mut model_fn = |x: &Tensor, t: f64| guided.output(x, t);
+        let mut noise_fn = |x: &Tensor| rng.normal_tensor(x.dims(), 1.0, x.device());
+        let latents = sampler::sample(o.sampler, &diffusion, steps, x, &mut model_fn, &mut noise_fn)?;
+        let image = vae.decode(&latents)?;
+        out.push(Generated { null, rgb: to_rgb(&image)?, latents, width: w, height: h });
+    }
+    Ok(out)
+}
+
+/// Generates the images and writes `NNNN.png` and `NNNN.json` (prompt and settings) per prompt into
+/// `out`, atomically; returns the PNG paths.
+pub fn run(o: &SampleOptions, prompts: &[String], out: &Path, device: &Device) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", out.display()))?;
+    let images = generate(o, prompts, device)?;
+    let mut paths = Vec::new();
+    for (i, (g, prompt)) in images.iter().zip(prompts).enumerate() {
+        let png = out.join(format!("{i:04}.png"));
+        let mut bytes = Vec::new();
+        image::RgbImage::from_raw(g.width as u32, g.height as u32, g.rgb.clone())
+            .expect("the buffer holds width × height × 3 bytes")
+            .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)?;
+        crate::shards::write_atomic(&png, &bytes)?;
+        let meta = serde_json::json!({
+            "prompt": prompt, "seed": o.seed, "sampler": o.sampler, "steps": o.steps.unwrap_or(o.sampler.default_steps()),
+            "cfg": o.cfg, "null": g.null, "width": g.width, "height": g.height,
+            "transformer": o.transformer, "t5": o.t5, "vae": o.vae,
+        });
+        crate::shards::write_atomic(
+            &out.join(format!("{i:04}.json")),
+            serde_json::to_string_pretty(&meta)?.as_bytes(),
+        )?;
+        paths.push(png);
+    }
+    Ok(paths)
+}
