@@ -7,7 +7,7 @@
 //!
 //! Every op here records gradients (no fused candle_nn kernels): layer norm and softmax are our own.
 
-use super::ops::{gelu, layer_norm, softmax};
+use super::ops::{attention_softmax, gated_add, gelu, layer_norm, linear, modulate};
 use candle_core::{DType, Device, Result, Tensor, Var};
 use std::collections::HashMap;
 
@@ -53,21 +53,8 @@ pub struct PixArt {
     /// Its configuration.
     pub config: PixArtConfig,
     w: HashMap<String, Tensor>,
-}
-
-/// `x W^T + b` for `x` of any rank (one matrix product over all leading dimensions).
-fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let dims = x.dims();
-    let k = dims[dims.len() - 1];
-    let rows = x.elem_count() / k.max(1);
-    let mut out_dims = dims.to_vec();
-    *out_dims.last_mut().expect("a tensor of rank >= 1") = w.dim(0)?;
-    x.reshape((rows, k))?.matmul(&w.t()?)?.broadcast_add(b)?.reshape(out_dims)
-}
-
-/// `x * (1 + scale) + shift`.
-fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-    x.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)
+    /// Position tables by latent grid and dtype, computed once.
+    pos_cache: std::sync::Mutex<HashMap<(usize, usize, DType), Tensor>>,
 }
 
 /// The 2D sin-cos position table `[h·w, dim]` (diffusers `get_2d_sincos_pos_embed`): first half from
@@ -109,7 +96,7 @@ impl PixArt {
         let file = dir.join("diffusion_pytorch_model.safetensors");
         let w = candle_core::safetensors::load(&file, device)
             .map_err(|e| anyhow::anyhow!("{}: cannot load: {e}", file.display()))?;
-        Ok(PixArt { config, w })
+        Ok(PixArt { config, w, pos_cache: Default::default() })
     }
 
     /// Loads an official PixArt-α checkpoint (`.pth` with `state_dict`, or `.safetensors` with the
@@ -151,13 +138,13 @@ impl PixArt {
             interpolation_scale: None,
             norm_eps: default_eps(),
         };
-        Ok(PixArt { config, w })
+        Ok(PixArt { config, w, pos_cache: Default::default() })
     }
 
     /// A model from its configuration and weights in the diffusers layout (plus, optionally, the
     /// null caption under [`super::keys::NULL_CAPTION`]).
     pub fn from_weights(config: PixArtConfig, w: HashMap<String, Tensor>) -> Self {
-        PixArt { config, w }
+        PixArt { config, w, pos_cache: Default::default() }
     }
 
     /// The weights, by diffusers name.
@@ -245,7 +232,7 @@ impl PixArt {
         linear(x, self.p(&format!("{prefix}.weight"))?, self.p(&format!("{prefix}.bias"))?)
     }
 
-    /// Multi-head attention of `x` over `ctx` with an additive key bias `[B, 1, 1, L]` (or none).
+    /// Multi-head attention of `x` over `ctx` with an additive key bias `[B, L]` (or none).
     fn attention(&self, prefix: &str, x: &Tensor, ctx: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let (b, n, _) = x.dims3()?;
         let l = ctx.dim(1)?;
@@ -254,12 +241,23 @@ impl PixArt {
         let q = heads(self.lin(x, &format!("{prefix}.to_q"))?, n)?;
         let k = heads(self.lin(ctx, &format!("{prefix}.to_k"))?, l)?;
         let v = heads(self.lin(ctx, &format!("{prefix}.to_v"))?, l)?;
-        let mut scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?;
-        if let Some(bias) = bias {
-            scores = scores.broadcast_add(bias)?;
-        }
-        let out = softmax(&scores)?.matmul(&v)?.transpose(1, 2)?.reshape((b, n, h * d))?;
+        let probs = attention_softmax(&q.matmul(&k.t()?)?, 1.0 / (d as f64).sqrt(), bias)?;
+        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, h * d))?;
         self.lin(&out, &format!("{prefix}.to_out.0"))
+    }
+
+    /// The position table `[1, gh·gw, hidden]` of a latent grid (cached).
+    fn positions(&self, gh: usize, gw: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+        let mut cache = self.pos_cache.lock().expect("the position cache is never poisoned");
+        if let Some(t) = cache.get(&(gh, gw, dtype)) {
+            return Ok(t.clone());
+        }
+        let c = &self.config;
+        let scale = c.interpolation_scale.unwrap_or((c.sample_size / 64).max(1) as f64);
+        let pos = pos_embed_2d(c.hidden(), gh, gw, c.sample_size / c.patch_size, scale);
+        let t = Tensor::from_vec(pos, (1, gh * gw, c.hidden()), device)?.to_dtype(dtype)?;
+        cache.insert((gh, gw, dtype), t.clone());
+        Ok(t)
     }
 
     /// Whether the model takes PixArtMS micro-conditions (it has the resolution and aspect-ratio
@@ -310,15 +308,13 @@ impl PixArt {
             latents.reshape((b, ch, gh, p, gw, p))?.permute((0, 2, 4, 1, 3, 5))?.reshape((b, gh * gw, ch * p * p))?;
         let conv_w = self.p("pos_embed.proj.weight")?.reshape((hidden, ch * p * p))?;
         let mut x = linear(&patches, &conv_w, self.p("pos_embed.proj.bias")?)?;
-        let scale = c.interpolation_scale.unwrap_or((c.sample_size / 64).max(1) as f64);
-        let pos = pos_embed_2d(hidden, gh, gw, c.sample_size / p, scale);
-        x = x.broadcast_add(&Tensor::from_vec(pos, (1, gh * gw, hidden), latents.device())?.to_dtype(x.dtype())?)?;
+        x = x.broadcast_add(&self.positions(gh, gw, x.dtype(), latents.device())?)?;
 
         let t_emb = self.time_embedding(timestep, micro, x.dtype())?;
         let t0 = self.lin(&t_emb.silu()?, "adaln_single.linear")?.reshape((b, 6, hidden))?;
         let y = gelu(&self.lin(caption, "caption_projection.linear_1")?)?;
         let y = self.lin(&y, "caption_projection.linear_2")?;
-        let bias = mask.to_dtype(x.dtype())?.affine(10000.0, -10000.0)?.reshape((b, 1, 1, mask.dim(1)?))?;
+        let bias = mask.to_dtype(x.dtype())?.affine(10000.0, -10000.0)?;
 
         for i in 0..c.num_layers {
             let pre = format!("transformer_blocks.{i}");
@@ -327,11 +323,11 @@ impl PixArt {
             let (shift_msa, scale_msa, gate_msa) = (m(0)?, m(1)?, m(2)?);
             let (shift_mlp, scale_mlp, gate_mlp) = (m(3)?, m(4)?, m(5)?);
             let h = modulate(&layer_norm(&x, c.norm_eps)?, &shift_msa, &scale_msa)?;
-            x = (&x + self.attention(&format!("{pre}.attn1"), &h, &h, None)?.broadcast_mul(&gate_msa)?)?;
+            x = gated_add(&x, &self.attention(&format!("{pre}.attn1"), &h, &h, None)?, &gate_msa)?;
             x = (&x + self.attention(&format!("{pre}.attn2"), &x, &y, Some(&bias))?)?;
             let h = modulate(&layer_norm(&x, c.norm_eps)?, &shift_mlp, &scale_mlp)?;
             let h = self.lin(&gelu(&self.lin(&h, &format!("{pre}.ff.net.0.proj"))?)?, &format!("{pre}.ff.net.2"))?;
-            x = (&x + h.broadcast_mul(&gate_mlp)?)?;
+            x = gated_add(&x, &h, &gate_mlp)?;
         }
 
         let mods = self.p("scale_shift_table")?.unsqueeze(0)?.broadcast_add(&t_emb.unsqueeze(1)?)?;

@@ -1,0 +1,362 @@
+//! candle custom ops (forward and backward) over the kernels of [`super::kernels`].
+
+use super::kernels::{self as k, contiguous, per_row, Real};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
+
+/// The last dimension of a layout.
+fn last(l: &Layout) -> usize {
+    l.dims().last().copied().unwrap_or(1)
+}
+
+/// Runs `$body` with `T` the storage's float type and `$x` its contiguous data; wraps the `Vec<T>` it
+/// returns into a storage of `$shape`.
+macro_rules! on_float {
+    ($storage:expr, $layout:expr, $name:expr, $shape:expr, |$x:ident: $t:ident| $body:expr) => {
+        match $storage.dtype() {
+            DType::F32 => {
+                type $t = f32;
+                let $x = contiguous::<f32>($storage, $layout, $name)?;
+                Ok((CpuStorage::F32($body), $shape))
+            }
+            DType::F64 => {
+                type $t = f64;
+                let $x = contiguous::<f64>($storage, $layout, $name)?;
+                Ok((CpuStorage::F64($body), $shape))
+            }
+            other => candle_core::bail!("{}: expected f32 or f64, found {other:?}", $name),
+        }
+    };
+}
+
+/// Layer norm over the last dimension, no affine parameters.
+pub struct LayerNorm(pub f64);
+
+impl CustomOp1 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "pixforge-layer-norm"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let n = last(l);
+        on_float!(s, l, self.name(), l.shape().clone(), |x: T| {
+            per_row::<T>(&[x], x.len(), n, |_, i, y| k::layer_norm_row(i[0], y, self.0))
+        })
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.apply_op2_no_bwd(&grad.contiguous()?, &LayerNormGrad(self.0))?))
+    }
+}
+
+struct LayerNormGrad(f64);
+
+impl CustomOp2 for LayerNormGrad {
+    fn name(&self) -> &'static str {
+        "pixforge-layer-norm-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let n = last(l1);
+        on_float!(s1, l1, self.name(), l1.shape().clone(), |x: T| {
+            let g = contiguous::<T>(s2, l2, self.name())?;
+            per_row::<T>(&[x, g], x.len(), n, |_, i, dx| k::layer_norm_grad_row(i[0], i[1], dx, self.0))
+        })
+    }
+}
+
+/// softmax(scale·x + bias) over the last dimension, with `bias` `[B, L]` added to the rows of batch
+/// item b (the attention key mask); applied to `x` `[B, …, L]` and `bias` as an op of two.
+pub struct Softmax {
+    /// Multiplies the input first.
+    pub scale: f64,
+}
+
+impl Softmax {
+    fn run<T: Real>(&self, x: &[T], bias: Option<&[T]>, n: usize) -> Vec<T> {
+        let scale = T::from_f64(self.scale);
+        let rows_per_item = bias.map(|b| x.len() / n / (b.len() / n).max(1)).unwrap_or(1).max(1);
+        per_row::<T>(&[x], x.len(), n, |r, i, y| {
+            let b = bias.map(|b| {
+                let item = r / rows_per_item;
+                &b[item * n..(item + 1) * n]
+            });
+            k::softmax_row(i[0], b, scale, y)
+        })
+    }
+}
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "pixforge-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let n = last(l);
+        on_float!(s, l, CustomOp1::name(self), l.shape().clone(), |x: T| self.run::<T>(x, None, n))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad(self.scale))?))
+    }
+}
+
+impl CustomOp2 for Softmax {
+    fn name(&self) -> &'static str {
+        "pixforge-masked-softmax"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let n = last(l1);
+        if last(l2) != n || l1.dims()[0] != l2.dims()[0] {
+            candle_core::bail!("{}: bias {:?} does not fit scores {:?}", CustomOp2::name(self), l2.dims(), l1.dims());
+        }
+        on_float!(s1, l1, CustomOp2::name(self), l1.shape().clone(), |x: T| {
+            let b = contiguous::<T>(s2, l2, CustomOp2::name(self))?;
+            self.run::<T>(x, Some(b), n)
+        })
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _bias: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad(self.scale))?), None))
+    }
+}
+
+struct SoftmaxGrad(f64);
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "pixforge-softmax-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let n = last(l1);
+        on_float!(s1, l1, self.name(), l1.shape().clone(), |y: T| {
+            let g = contiguous::<T>(s2, l2, self.name())?;
+            let scale = T::from_f64(self.0);
+            per_row::<T>(&[y, g], y.len(), n, |_, i, dx| k::softmax_grad_row(i[0], i[1], scale, dx))
+        })
+    }
+}
+
+/// Elementwise work is split into rows of this many elements.
+const CHUNK: usize = 4096;
+
+/// tanh-approximated GELU.
+pub struct Gelu;
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "pixforge-gelu-tanh"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        on_float!(s, l, self.name(), l.shape().clone(), |x: T| {
+            per_row::<T>(&[x], x.len(), CHUNK, |_, i, y| k::gelu_row(i[0], y))
+        })
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.apply_op2_no_bwd(&grad.contiguous()?, &GeluGrad)?))
+    }
+}
+
+struct GeluGrad;
+
+impl CustomOp2 for GeluGrad {
+    fn name(&self) -> &'static str {
+        "pixforge-gelu-tanh-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        on_float!(s1, l1, self.name(), l1.shape().clone(), |x: T| {
+            let g = contiguous::<T>(s2, l2, self.name())?;
+            // Chunks must not straddle: both inputs are split at the same offsets.
+            per_row::<T>(&[x, g], x.len(), CHUNK.min(x.len()), |_, i, dx| k::gelu_grad_row(i[0], i[1], dx))
+        })
+    }
+}
+
+/// (B, N, H) of a `[B, N, H]` layout.
+fn bnh(l: &Layout) -> Result<(usize, usize, usize)> {
+    l.shape().dims3()
+}
+
+/// `x·(1 + scale) + shift` for `x` `[B, N, H]` and `shift`, `scale` `[B, 1, H]` (adaLN modulation).
+pub struct Modulate;
+
+impl CustomOp3 for Modulate {
+    fn name(&self) -> &'static str {
+        "pixforge-modulate"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (_, n, h) = bnh(l1)?;
+        on_float!(s1, l1, self.name(), l1.shape().clone(), |x: T| {
+            let shift = contiguous::<T>(s2, l2, self.name())?;
+            let scale = contiguous::<T>(s3, l3, self.name())?;
+            let one = T::from_f64(1.0);
+            per_row::<T>(&[x], x.len(), h, |r, i, y| {
+                let b = r / n;
+                let (sh, sc) = (&shift[b * h..(b + 1) * h], &scale[b * h..(b + 1) * h]);
+                for (((y, &x), &sh), &sc) in y.iter_mut().zip(i[0]).zip(sh).zip(sc) {
+                    *y = x * (one + sc) + sh;
+                }
+            })
+        })
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _shift: &Tensor,
+        scale: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let n = x.dim(1)?;
+        let packed = x.apply_op3_no_bwd(scale, &grad.contiguous()?, &ModulateGrad)?;
+        Ok((Some(packed.narrow(1, 0, n)?), Some(packed.narrow(1, n, 1)?), Some(packed.narrow(1, n + 1, 1)?)))
+    }
+}
+
+/// The gradients of [`Modulate`] packed as `[B, N + 2, H]`: dx (N rows), dshift = Σₙ g, dscale = Σₙ g·x.
+struct ModulateGrad;
+
+impl CustomOp3 for ModulateGrad {
+    fn name(&self) -> &'static str {
+        "pixforge-modulate-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, n, h) = bnh(l1)?;
+        on_float!(s1, l1, self.name(), Shape::from((b, n + 2, h)), |x: T| {
+            let scale = contiguous::<T>(s2, l2, self.name())?;
+            let g = contiguous::<T>(s3, l3, self.name())?;
+            let one = T::from_f64(1.0);
+            per_item::<T>(b, n, h, 2, |item, out| {
+                let (x, g) = (&x[item * n * h..(item + 1) * n * h], &g[item * n * h..(item + 1) * n * h]);
+                let sc = &scale[item * h..(item + 1) * h];
+                let (dx, sums) = out.split_at_mut(n * h);
+                let (dshift, dscale) = sums.split_at_mut(h);
+                for ((dx, x), g) in dx.chunks_mut(h).zip(x.chunks(h)).zip(g.chunks(h)) {
+                    for j in 0..h {
+                        dx[j] = g[j] * (one + sc[j]);
+                        dshift[j] += g[j];
+                        dscale[j] += g[j] * x[j];
+                    }
+                }
+            })
+        })
+    }
+}
+
+/// Fills `[B, N + extra, H]` item by item (in parallel over the batch).
+fn per_item<T: Real>(b: usize, n: usize, h: usize, extra: usize, f: impl Fn(usize, &mut [T]) + Send + Sync) -> Vec<T> {
+    use rayon::prelude::*;
+    let mut out = vec![T::zero(); b * (n + extra) * h];
+    out.par_chunks_mut((n + extra) * h).enumerate().for_each(|(i, o)| f(i, o));
+    out
+}
+
+/// `x + y·gate` for `x`, `y` `[B, N, H]` and `gate` `[B, 1, H]` (the gated residual of adaLN-single).
+pub struct GatedAdd;
+
+impl CustomOp3 for GatedAdd {
+    fn name(&self) -> &'static str {
+        "pixforge-gated-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (_, n, h) = bnh(l1)?;
+        on_float!(s1, l1, self.name(), l1.shape().clone(), |x: T| {
+            let y = contiguous::<T>(s2, l2, self.name())?;
+            let gate = contiguous::<T>(s3, l3, self.name())?;
+            per_row::<T>(&[x, y], x.len(), h, |r, i, out| {
+                let gt = &gate[(r / n) * h..(r / n + 1) * h];
+                for (((o, &x), &y), &gt) in out.iter_mut().zip(i[0]).zip(i[1]).zip(gt) {
+                    *o = x + y * gt;
+                }
+            })
+        })
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        y: &Tensor,
+        gate: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let n = y.dim(1)?;
+        let packed = y.apply_op3_no_bwd(gate, &grad.contiguous()?, &GatedAddGrad)?;
+        Ok((Some(grad.clone()), Some(packed.narrow(1, 0, n)?), Some(packed.narrow(1, n, 1)?)))
+    }
+}
+
+/// The gradients of [`GatedAdd`] for y and gate packed as `[B, N + 1, H]`: g·gate (N rows), Σₙ g·y.
+struct GatedAddGrad;
+
+impl CustomOp3 for GatedAddGrad {
+    fn name(&self) -> &'static str {
+        "pixforge-gated-add-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, n, h) = bnh(l1)?;
+        on_float!(s1, l1, self.name(), Shape::from((b, n + 1, h)), |y: T| {
+            let gate = contiguous::<T>(s2, l2, self.name())?;
+            let g = contiguous::<T>(s3, l3, self.name())?;
+            per_item::<T>(b, n, h, 1, |item, out| {
+                let (y, g) = (&y[item * n * h..(item + 1) * n * h], &g[item * n * h..(item + 1) * n * h]);
+                let gt = &gate[item * h..(item + 1) * h];
+                let (dy, dgate) = out.split_at_mut(n * h);
+                for ((dy, y), g) in dy.chunks_mut(h).zip(y.chunks(h)).zip(g.chunks(h)) {
+                    for j in 0..h {
+                        dy[j] = g[j] * gt[j];
+                        dgate[j] += g[j] * y[j];
+                    }
+                }
+            })
+        })
+    }
+}

@@ -1,0 +1,201 @@
+//! The row kernels behind the fused ops, generic over f32 (training on CPU) and f64 (gradient checks),
+//! with rayon parallelism over rows. f32 uses a branch-free polynomial `exp` that the compiler
+//! vectorises (libm's scalar `expf`/`tanhf` were an eighth of a training step).
+
+use candle_core::{CpuStorage, Layout, Result, WithDType};
+use rayon::prelude::*;
+
+/// Work smaller than this many elements runs on one thread.
+pub const PARALLEL_MIN: usize = 1 << 15;
+
+/// The float types the kernels run in.
+pub trait Real:
+    WithDType
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::MulAssign
+    + std::ops::Add<Output = Self>
+    + std::ops::AddAssign
+    + std::ops::Div<Output = Self>
+    + Send
+    + Sync
+{
+    /// e^x (f32: within 2 ulp over the whole range).
+    fn exp(self) -> Self;
+    /// tanh, from [`Real::exp`].
+    fn tanh(self) -> Self {
+        let one = Self::from_f64(1.0);
+        one - Self::from_f64(2.0) / ((self + self).exp() + one)
+    }
+}
+
+impl Real for f32 {
+    #[inline(always)]
+    fn exp(self) -> Self {
+        exp_f32(self)
+    }
+}
+
+impl Real for f64 {
+    fn exp(self) -> Self {
+        f64::exp(self)
+    }
+    fn tanh(self) -> Self {
+        f64::tanh(self)
+    }
+}
+
+/// Cephes-style `expf`: 2^n · p(r) with n = round(x·log2 e), r = x − n·ln 2 (two-part), p of degree 6.
+/// Branch-free so loops over it vectorise.
+#[inline(always)]
+fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0; // 1.5·2^23: adding and subtracting rounds to nearest
+    let x = x.clamp(-87.3, 88.3);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.987_569_1e-4;
+    let p = p * r + 1.398_2e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 0.5;
+    let p = p * r * r + r + 1.0;
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// The contiguous slice of `storage` under `layout`, or an error naming `op`.
+pub fn contiguous<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [T]> {
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{op}: expected a contiguous tensor")))?;
+    Ok(&storage.as_slice::<T>()?[start..end])
+}
+
+/// Runs `f(row_index, inputs, row_out)` over the rows of `n` elements of `out`, where `inputs` are the
+/// matching rows of each of `ins`; in parallel when the work is large.
+pub fn per_row<T: Real>(
+    ins: &[&[T]],
+    len: usize,
+    n: usize,
+    f: impl Fn(usize, &[&[T]], &mut [T]) + Send + Sync,
+) -> Vec<T> {
+    let mut out = vec![T::zero(); len];
+    let n = n.max(1);
+    let rows_per_task = (PARALLEL_MIN / n).max(1);
+    let task = |(t, chunk): (usize, &mut [T])| {
+        let mut row_ins: Vec<&[T]> = Vec::with_capacity(ins.len());
+        for (j, o) in chunk.chunks_mut(n).enumerate() {
+            let r = t * rows_per_task + j;
+            row_ins.clear();
+            row_ins.extend(ins.iter().map(|i| &i[r * n..r * n + o.len()]));
+            f(r, &row_ins, o);
+        }
+    };
+    if len >= PARALLEL_MIN {
+        out.par_chunks_mut(n * rows_per_task).enumerate().for_each(task);
+    } else {
+        out.chunks_mut(n * rows_per_task).enumerate().for_each(task);
+    }
+    out
+}
+
+/// Mean and 1/√(var + eps) of a row, accumulated in f64.
+fn moments<T: Real>(x: &[T], eps: f64) -> (f64, f64) {
+    let n = x.len() as f64;
+    let mean = x.iter().map(|v| v.to_f64()).sum::<f64>() / n;
+    let var = x.iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// y = (x − mean)/√(var + eps).
+pub fn layer_norm_row<T: Real>(x: &[T], y: &mut [T], eps: f64) {
+    let (mean, rstd) = moments(x, eps);
+    let (mean, rstd) = (T::from_f64(mean), T::from_f64(rstd));
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = (x - mean) * rstd;
+    }
+}
+
+/// dx = rstd·(g − mean(g) − y·mean(g·y)) with y the normalised row.
+pub fn layer_norm_grad_row<T: Real>(x: &[T], g: &[T], dx: &mut [T], eps: f64) {
+    let (mean, rstd) = moments(x, eps);
+    let n = x.len() as f64;
+    let (mut sum_g, mut sum_gy) = (0.0, 0.0);
+    for (&x, &g) in x.iter().zip(g) {
+        let y = (x.to_f64() - mean) * rstd;
+        sum_g += g.to_f64();
+        sum_gy += g.to_f64() * y;
+    }
+    let (mg, mgy) = (sum_g / n, sum_gy / n);
+    for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
+        let y = (x.to_f64() - mean) * rstd;
+        *dx = T::from_f64(rstd * (g.to_f64() - mg - y * mgy));
+    }
+}
+
+/// y = softmax(scale·x + bias) over the row (`bias` per element, or none).
+pub fn softmax_row<T: Real>(x: &[T], bias: Option<&[T]>, scale: T, y: &mut [T]) {
+    match bias {
+        Some(b) => y.iter_mut().zip(x.iter().zip(b)).for_each(|(y, (&x, &b))| *y = x * scale + b),
+        None => y.iter_mut().zip(x).for_each(|(y, &x)| *y = x * scale),
+    }
+    let max = y.iter().fold(T::from_f64(f64::NEG_INFINITY), |m, &v| if v > m { v } else { m });
+    for y in y.iter_mut() {
+        *y = (*y - max).exp();
+    }
+    let sum = y.iter().map(|v| v.to_f64()).sum::<f64>();
+    let inv = T::from_f64(1.0 / sum);
+    for y in y.iter_mut() {
+        *y *= inv;
+    }
+}
+
+/// dx = scale·y·(g − Σ g·y).
+pub fn softmax_grad_row<T: Real>(y: &[T], g: &[T], scale: T, dx: &mut [T]) {
+    let dot = T::from_f64(y.iter().zip(g).map(|(&y, &g)| (y * g).to_f64()).sum::<f64>());
+    for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(g) {
+        *dx = scale * y * (g - dot);
+    }
+}
+
+/// √(2/π), the tanh-GELU constant.
+const GELU_C: f64 = 0.797_884_560_802_865_4;
+const GELU_A: f64 = 0.044_715;
+
+/// y = ½x(1 + tanh(c(x + a·x³))).
+pub fn gelu_row<T: Real>(x: &[T], y: &mut [T]) {
+    let (c, a, half, one) = (T::from_f64(GELU_C), T::from_f64(GELU_A), T::from_f64(0.5), T::from_f64(1.0));
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = half * x * (one + (c * (x + a * x * x * x)).tanh());
+    }
+}
+
+/// dx = g·(½(1 + tanh u) + ½x(1 − tanh²u)·c(1 + 3a·x²)), u = c(x + a·x³).
+pub fn gelu_grad_row<T: Real>(x: &[T], g: &[T], dx: &mut [T]) {
+    let (c, a, half, one) = (T::from_f64(GELU_C), T::from_f64(GELU_A), T::from_f64(0.5), T::from_f64(1.0));
+    let a3 = T::from_f64(3.0 * GELU_A);
+    for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
+        let t = (c * (x + a * x * x * x)).tanh();
+        *dx = g * (half * (one + t) + half * x * (one - t * t) * c * (one + a3 * x * x));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fast_exp_is_within_a_few_ulp_of_libm() {
+        let mut worst = 0.0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let (a, b) = (super::exp_f32(x) as f64, (x as f64).exp());
+            worst = worst.max(((a - b) / b).abs());
+            x += 0.0137;
+        }
+        assert!(worst < 4.0 * f32::EPSILON as f64, "relative error {worst}");
+        assert_eq!(super::exp_f32(-200.0), super::exp_f32(-87.3));
+        assert!(super::exp_f32(200.0).is_finite());
+    }
+}

@@ -1,0 +1,201 @@
+//! Differentiable fused kernels for the transformer's hot paths on CPU: layer norm without affine
+//! parameters, (scaled, key-masked) softmax, tanh-GELU, adaLN modulation `x·(1 + scale) + shift` and
+//! the gated residual `x + y·gate`. Each is one pass over the data forward and one backward, where
+//! candle ops composed take five to ten (and candle_nn's fused versions record no gradient). Rows run
+//! in parallel on rayon, like candle's matmul.
+//!
+//! On other devices, and for dtypes other than f32/f64, the same math runs as composite candle ops.
+
+mod cpu;
+mod kernels;
+mod linear;
+
+use candle_core::{DType, Result, Tensor, D};
+
+fn fused(x: &Tensor) -> bool {
+    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
+/// `x Wᵀ + b` for `x` of any rank (one matrix product over all leading dimensions).
+pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let dims = x.dims();
+    let k = dims[dims.len() - 1];
+    let rows = x.elem_count() / k.max(1);
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().expect("a tensor of rank >= 1") = w.dim(0)?;
+    let x2 = x.reshape((rows, k))?;
+    let y = if fused(x) && w.dtype() == x.dtype() && b.dtype() == x.dtype() {
+        x2.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, linear::Linear)?
+    } else {
+        x2.matmul(&w.t()?)?.broadcast_add(b)?
+    };
+    y.reshape(out_dims)
+}
+
+/// Layer norm over the last dimension without affine parameters.
+pub fn layer_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
+    if fused(x) {
+        return x.contiguous()?.apply_op1(cpu::LayerNorm(eps));
+    }
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centered = x.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    centered.broadcast_div(&(var + eps)?.sqrt()?)
+}
+
+/// `softmax(scale·scores + bias)` over the last dimension, for attention scores `[B, …, L]` and an
+/// optional additive key bias `[B, L]` (no gradient flows into the bias).
+pub fn attention_softmax(scores: &Tensor, scale: f64, bias: Option<&Tensor>) -> Result<Tensor> {
+    if fused(scores) {
+        let op = cpu::Softmax { scale };
+        return match bias {
+            Some(b) => scores.contiguous()?.apply_op2(&b.to_dtype(scores.dtype())?.contiguous()?.detach(), op),
+            None => scores.contiguous()?.apply_op1(op),
+        };
+    }
+    let mut x = scores.affine(scale, 0.0)?;
+    if let Some(b) = bias {
+        let (bsz, l) = b.dims2()?;
+        let mut shape = vec![bsz];
+        shape.extend(std::iter::repeat_n(1, scores.rank() - 2));
+        shape.push(l);
+        x = x.broadcast_add(&b.to_dtype(x.dtype())?.reshape(shape)?)?;
+    }
+    let e = x.broadcast_sub(&x.max_keepdim(D::Minus1)?)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+/// The tanh approximation of GELU.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    if fused(x) {
+        return x.contiguous()?.apply_op1(cpu::Gelu);
+    }
+    x.gelu()
+}
+
+/// adaLN modulation `x·(1 + scale) + shift` for `x` `[B, N, H]` and `shift`, `scale` `[B, 1, H]`.
+pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    if fused(x) {
+        return x.contiguous()?.apply_op3(&shift.contiguous()?, &scale.contiguous()?, cpu::Modulate);
+    }
+    x.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)
+}
+
+/// The gated residual `x + y·gate` for `x`, `y` `[B, N, H]` and `gate` `[B, 1, H]`.
+pub fn gated_add(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
+    if fused(x) {
+        return x.contiguous()?.apply_op3(&y.contiguous()?, &gate.contiguous()?, cpu::GatedAdd);
+    }
+    x + y.broadcast_mul(gate)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
+        let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+        let s = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+        d / s.max(1e-30)
+    }
+
+    /// Each fused kernel against the same math in candle ops, forward and backward (every input's
+    /// gradient), in f64.
+    #[test]
+    fn fused_kernels_match_composite_ops_and_their_gradients() {
+        let dev = Device::Cpu;
+        let mut rng = crate::train::init::Rng::new(5);
+        let mut var = |shape: &[usize]| {
+            Var::from_tensor(&rng.normal_tensor(shape, 2.0, &dev).unwrap().to_dtype(DType::F64).unwrap()).unwrap()
+        };
+        let (x, shift, scale, y) = (var(&[3, 70, 130]), var(&[3, 1, 130]), var(&[3, 1, 130]), var(&[3, 70, 130]));
+        let bias = Tensor::from_vec(
+            (0..3 * 130).map(|i| if i % 7 == 0 { -10000.0 } else { 0.0 }).collect::<Vec<f64>>(),
+            (3, 130),
+            &dev,
+        )
+        .unwrap();
+        let (lw, lb) = (var(&[50, 130]), var(&[50]));
+        let w = var(&[3, 70, 130]).as_tensor().detach();
+        let w50 = var(&[3, 70, 50]).as_tensor().detach();
+        let vars = [&x, &shift, &scale, &y, &lw, &lb];
+        type Op<'a> = Box<dyn Fn() -> Result<Tensor> + 'a>;
+        // candle's own GELU backward uses 6-digit constants: 1e-5 there.
+        let cases: Vec<(&str, Op, Op, f64)> = vec![
+            (
+                "layer_norm",
+                Box::new(|| layer_norm(&x, 1e-6)),
+                Box::new(|| {
+                    let mean = x.mean_keepdim(D::Minus1)?;
+                    let c = x.broadcast_sub(&mean)?;
+                    c.broadcast_div(&(c.sqr()?.mean_keepdim(D::Minus1)? + 1e-6)?.sqrt()?)
+                }),
+                1e-10,
+            ),
+            (
+                "softmax",
+                Box::new(|| attention_softmax(&x, 0.3, Some(&bias))),
+                Box::new(|| {
+                    let s = x.affine(0.3, 0.0)?.broadcast_add(&bias.unsqueeze(1)?)?;
+                    let e = s.broadcast_sub(&s.max_keepdim(D::Minus1)?)?.exp()?;
+                    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+                }),
+                1e-10,
+            ),
+            ("gelu", Box::new(|| gelu(&x)), Box::new(|| x.gelu()), 1e-5),
+            (
+                "modulate",
+                Box::new(|| modulate(&x, &shift, &scale)),
+                Box::new(|| x.broadcast_mul(&(scale.as_tensor() + 1.0)?)?.broadcast_add(&shift)),
+                1e-10,
+            ),
+            (
+                "gated_add",
+                Box::new(|| gated_add(&x, &y, &scale)),
+                Box::new(|| x.as_tensor() + y.broadcast_mul(&scale)?),
+                1e-10,
+            ),
+            (
+                "linear",
+                Box::new(|| linear(&x, &lw, &lb)),
+                Box::new(|| x.broadcast_matmul(&lw.t()?)?.broadcast_add(&lb)),
+                1e-10,
+            ),
+            (
+                "linear, input not tracked",
+                Box::new(|| linear(&x.as_tensor().detach(), &lw, &lb)),
+                Box::new(|| x.as_tensor().detach().broadcast_matmul(&lw.t()?)?.broadcast_add(&lb)),
+                1e-10,
+            ),
+        ];
+        for (name, fast, slow, grad_tol) in cases {
+            let (a, b) = (fast().unwrap(), slow().unwrap());
+            assert!(rel_diff(&a, &b) < 1e-12, "{name}: forward differs by {}", rel_diff(&a, &b));
+            let w = if a.dims() == w.dims() { &w } else { &w50 };
+            let ga = a.mul(w).unwrap().sum_all().unwrap().backward().unwrap();
+            let gb = b.mul(w).unwrap().sum_all().unwrap().backward().unwrap();
+            for v in vars {
+                match (ga.get(v.as_tensor()), gb.get(v.as_tensor())) {
+                    (Some(p), Some(q)) => {
+                        assert!(rel_diff(p, q) < grad_tol, "{name}: gradient differs by {}", rel_diff(p, q))
+                    }
+                    (None, None) => {}
+                    (p, q) => panic!("{name}: gradient present in one only ({} vs {})", p.is_some(), q.is_some()),
+                }
+            }
+        }
+    }
+
+    /// The f32 kernels (fast exp) stay within f32 rounding of the f64 ones.
+    #[test]
+    fn f32_kernels_agree_with_f64() {
+        let dev = Device::Cpu;
+        let x = crate::train::init::Rng::new(9).normal_tensor(&[4, 64, 300], 3.0, &dev).unwrap();
+        let x64 = x.to_dtype(DType::F64).unwrap();
+        let f = |t: &Tensor| -> Vec<Tensor> { vec![gelu(t).unwrap(), attention_softmax(t, 0.125, None).unwrap()] };
+        for (a, b) in f(&x).iter().zip(f(&x64)) {
+            assert!(rel_diff(&a.to_dtype(DType::F64).unwrap(), &b) < 1e-6);
+        }
+    }
+}
