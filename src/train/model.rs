@@ -7,7 +7,7 @@
 //!
 //! Every op here records gradients (no fused candle_nn kernels): layer norm and softmax are our own.
 
-use super::ops::{attention_softmax, gated_add, gelu, layer_norm, linear, modulate};
+use super::ops::{attention, gated_add, gelu, layer_norm, linear, modulate};
 use candle_core::{DType, Device, Result, Tensor, Var};
 use std::collections::HashMap;
 
@@ -234,15 +234,10 @@ impl PixArt {
 
     /// Multi-head attention of `x` over `ctx` with an additive key bias `[B, L]` (or none).
     fn attention(&self, prefix: &str, x: &Tensor, ctx: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        let (b, n, _) = x.dims3()?;
-        let l = ctx.dim(1)?;
-        let (h, d) = (self.config.num_attention_heads, self.config.attention_head_dim);
-        let heads = |t: Tensor, len: usize| t.reshape((b, len, h, d))?.transpose(1, 2)?.contiguous();
-        let q = heads(self.lin(x, &format!("{prefix}.to_q"))?, n)?;
-        let k = heads(self.lin(ctx, &format!("{prefix}.to_k"))?, l)?;
-        let v = heads(self.lin(ctx, &format!("{prefix}.to_v"))?, l)?;
-        let probs = attention_softmax(&q.matmul(&k.t()?)?, 1.0 / (d as f64).sqrt(), bias)?;
-        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, h * d))?;
+        let q = self.lin(x, &format!("{prefix}.to_q"))?;
+        let k = self.lin(ctx, &format!("{prefix}.to_k"))?;
+        let v = self.lin(ctx, &format!("{prefix}.to_v"))?;
+        let out = attention(&q, &k, &v, self.config.num_attention_heads, bias)?;
         self.lin(&out, &format!("{prefix}.to_out.0"))
     }
 

@@ -6,6 +6,7 @@
 //!
 //! On other devices, and for dtypes other than f32/f64, the same math runs as composite candle ops.
 
+mod attention;
 mod cpu;
 mod kernels;
 mod linear;
@@ -65,6 +66,27 @@ pub fn attention_softmax(scores: &Tensor, scale: f64, bias: Option<&Tensor>) -> 
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
 }
 
+/// Multi-head attention `softmax(Q Kᵀ/√D + bias) V` of `q` `[B, N, heads·D]` over `k`, `v`
+/// `[B, L, heads·D]`, with an optional additive key bias `[B, L]`; returns `[B, N, heads·D]`.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (b, n, c) = q.dims3()?;
+    let l = k.dim(1)?;
+    let d = c / heads;
+    let scale = 1.0 / (d as f64).sqrt();
+    if fused(q) {
+        let bias = match bias {
+            Some(t) => Some(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?),
+            None => None,
+        };
+        let op = attention::Attention { heads, scale, bias };
+        return q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op);
+    }
+    let split = |t: &Tensor, len: usize| t.reshape((b, len, heads, d))?.transpose(1, 2)?.contiguous();
+    let (qh, kh, vh) = (split(q, n)?, split(k, l)?, split(v, l)?);
+    let probs = attention_softmax(&qh.matmul(&kh.t()?)?, scale, bias)?;
+    probs.matmul(&vh)?.transpose(1, 2)?.reshape((b, n, c))
+}
+
 /// The tanh approximation of GELU.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     if fused(x) {
@@ -117,9 +139,22 @@ mod tests {
         )
         .unwrap();
         let (lw, lb) = (var(&[50, 130]), var(&[50]));
+        let (k40, v40) = (var(&[3, 40, 130]), var(&[3, 40, 130]));
+        let bias40 = bias.narrow(1, 0, 40).unwrap();
+        let composite_attention = |q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>| {
+            let split = |t: &Tensor| t.reshape((3, t.dim(1)?, 10, 13))?.transpose(1, 2)?.contiguous();
+            let (q, k, v) = (split(q)?, split(k)?, split(v)?);
+            let mut s = q.matmul(&k.t()?)?.affine(1.0 / 13f64.sqrt(), 0.0)?;
+            if let Some(b) = bias {
+                s = s.broadcast_add(&b.reshape((3, 1, 1, ()))?)?;
+            }
+            let e = s.broadcast_sub(&s.max_keepdim(D::Minus1)?)?.exp()?;
+            let p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
+            p.matmul(&v)?.transpose(1, 2)?.reshape((3, 70, 130))
+        };
         let w = var(&[3, 70, 130]).as_tensor().detach();
         let w50 = var(&[3, 70, 50]).as_tensor().detach();
-        let vars = [&x, &shift, &scale, &y, &lw, &lb];
+        let vars = [&x, &shift, &scale, &y, &lw, &lb, &k40, &v40];
         type Op<'a> = Box<dyn Fn() -> Result<Tensor> + 'a>;
         // candle's own GELU backward uses 6-digit constants: 1e-5 there.
         let cases: Vec<(&str, Op, Op, f64)> = vec![
@@ -154,6 +189,18 @@ mod tests {
                 "gated_add",
                 Box::new(|| gated_add(&x, &y, &scale)),
                 Box::new(|| x.as_tensor() + y.broadcast_mul(&scale)?),
+                1e-10,
+            ),
+            (
+                "self-attention",
+                Box::new(|| attention(&x, &x, &y, 10, None)),
+                Box::new(|| composite_attention(&x, &x, &y, None)),
+                1e-10,
+            ),
+            (
+                "masked cross-attention",
+                Box::new(|| attention(&x, &k40, &v40, 10, Some(&bias40))),
+                Box::new(|| composite_attention(&x, &k40, &v40, Some(&bias40))),
                 1e-10,
             ),
             (
