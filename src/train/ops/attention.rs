@@ -25,6 +25,16 @@ struct Shared<T>(*mut T);
 unsafe impl<T> Send for Shared<T> {}
 unsafe impl<T> Sync for Shared<T> {}
 
+impl<T> Shared<T> {
+    /// The pointer `offset` elements in.
+    ///
+    /// # Safety
+    /// `offset` must stay inside the buffer.
+    unsafe fn at(self, offset: usize) -> *mut T {
+        self.0.add(offset)
+    }
+}
+
 /// `dst (m×n) = [dst +] lhs (m×k) · rhs (k×n)`, all strided (column stride, row stride), one thread.
 #[allow(clippy::too_many_arguments)]
 unsafe fn mm<T: Real + 'static>(
@@ -79,7 +89,15 @@ impl Attention {
     }
 
     /// P = softmax(scale·Q_bh K_bhᵀ + bias_b) into `p` (n×l).
-    fn probs<T: Real + 'static>(&self, z: &Dims, item: usize, head: usize, q: &[T], k: &[T], p: &mut [T], bias: &[T]) {
+    fn probs<T: Real + 'static>(
+        &self,
+        z: &Dims,
+        (item, head): (usize, usize),
+        q: &[T],
+        k: &[T],
+        p: &mut [T],
+        bias: &[T],
+    ) {
         let (qo, ko) = (item * z.n * z.c + head * z.d, item * z.l * z.c + head * z.d);
         // SAFETY: q/k views stay inside their slices; p holds n×l.
         unsafe {
@@ -114,16 +132,15 @@ impl Attention {
             || vec![T::zero(); z.n * z.l],
             |p, task| {
                 let (item, head) = (task / z.heads, task % z.heads);
-                self.probs(z, item, head, q, k, p, &bias);
+                self.probs(z, (item, head), q, k, p, &bias);
                 let vo = item * z.l * z.c + head * z.d;
-                let dst = dst;
                 // SAFETY: this task alone writes columns head·d..(head+1)·d of item's rows.
                 unsafe {
                     mm(
                         z.n,
                         z.d,
                         z.l,
-                        (dst.0.add(item * z.n * z.c + head * z.d), 1, z.c as isize),
+                        (dst.at(item * z.n * z.c + head * z.d), 1, z.c as isize),
                         false,
                         (p.as_ptr(), 1, z.l as isize),
                         (v[vo..].as_ptr(), 1, z.c as isize),
@@ -145,11 +162,10 @@ impl Attention {
             || (vec![T::zero(); z.n * z.l], vec![T::zero(); z.n * z.l]),
             |(p, dp), task| {
                 let (item, head) = (task / z.heads, task % z.heads);
-                self.probs(z, item, head, q, k, p, &bias);
+                self.probs(z, (item, head), q, k, p, &bias);
                 let (qo, ko) = (item * z.n * z.c + head * z.d, item * z.l * z.c + head * z.d);
                 let base = item * rows * z.c + head * z.d;
                 let (dq, dk, dv) = (base, base + z.n * z.c, base + (z.n + z.l) * z.c);
-                let dst = dst;
                 let c = z.c as isize;
                 // SAFETY: all views stay inside their buffers; this task alone writes its head's
                 // columns of item's dQ, dK and dV rows.
@@ -169,7 +185,7 @@ impl Attention {
                         z.l,
                         z.d,
                         z.n,
-                        (dst.0.add(dv), 1, c),
+                        (dst.at(dv), 1, c),
                         false,
                         (p.as_ptr(), z.l as isize, 1),
                         (g[qo..].as_ptr(), 1, c),
@@ -186,7 +202,7 @@ impl Attention {
                         z.n,
                         z.d,
                         z.l,
-                        (dst.0.add(dq), 1, c),
+                        (dst.at(dq), 1, c),
                         false,
                         (dp.as_ptr(), 1, z.l as isize),
                         (k[ko..].as_ptr(), 1, c),
@@ -195,7 +211,7 @@ impl Attention {
                         z.l,
                         z.d,
                         z.n,
-                        (dst.0.add(dk), 1, c),
+                        (dst.at(dk), 1, c),
                         false,
                         (dp.as_ptr(), z.l as isize, 1),
                         (q[qo..].as_ptr(), 1, c),
