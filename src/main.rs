@@ -335,6 +335,7 @@ fn parse_size(s: &str) -> anyhow::Result<(usize, usize)> {
 }
 
 fn main() -> anyhow::Result<()> {
+    pixforge::train::configure_cpu_threads();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
