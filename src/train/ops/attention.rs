@@ -151,10 +151,10 @@ impl Attention {
         out
     }
 
-    /// dQ, dK, dV packed as `[B, N + 2L, C]`.
+    /// dQ `[B, N, C]`, dK and dV `[B, L, C]` packed one after the other in a flat buffer.
     fn backward<T: Real + 'static>(&self, z: &Dims, q: &[T], k: &[T], v: &[T], g: &[T]) -> Vec<T> {
-        let rows = z.n + 2 * z.l;
-        let mut out = vec![T::zero(); z.b * rows * z.c];
+        let (q_len, kv_len) = (z.b * z.n * z.c, z.b * z.l * z.c);
+        let mut out = vec![T::zero(); q_len + 2 * kv_len];
         let dst = Shared(out.as_mut_ptr());
         let bias = self.bias::<T>();
         let scale = T::from_f64(self.scale);
@@ -164,8 +164,9 @@ impl Attention {
                 let (item, head) = (task / z.heads, task % z.heads);
                 self.probs(z, (item, head), q, k, p, &bias);
                 let (qo, ko) = (item * z.n * z.c + head * z.d, item * z.l * z.c + head * z.d);
-                let base = item * rows * z.c + head * z.d;
-                let (dq, dk, dv) = (base, base + z.n * z.c, base + (z.n + z.l) * z.c);
+                let dq = item * z.n * z.c + head * z.d;
+                let dk = q_len + item * z.l * z.c + head * z.d;
+                let dv = dk + kv_len;
                 let c = z.c as isize;
                 // SAFETY: all views stay inside their buffers; this task alone writes its head's
                 // columns of item's dQ, dK and dV rows.
@@ -262,8 +263,11 @@ impl CustomOp3 for Attention {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad_op = AttentionGrad { op: self, grad: grad.contiguous()? };
         let packed = q.apply_op3_no_bwd(k, v, &grad_op)?;
-        let (n, l) = (q.dim(1)?, k.dim(1)?);
-        Ok((Some(packed.narrow(1, 0, n)?), Some(packed.narrow(1, n, l)?), Some(packed.narrow(1, n + l, l)?)))
+        let (q_len, kv_len) = (q.elem_count(), k.elem_count());
+        let dq = packed.narrow(0, 0, q_len)?.reshape(q.shape())?;
+        let dk = packed.narrow(0, q_len, kv_len)?.reshape(k.shape())?;
+        let dv = packed.narrow(0, q_len + kv_len, kv_len)?.reshape(v.shape())?;
+        Ok((Some(dq), Some(dk), Some(dv)))
     }
 }
 
@@ -287,7 +291,7 @@ impl CustomOp3 for AttentionGrad<'_> {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let z = self.op.dims(l1, l2)?;
-        let shape = Shape::from((z.b, z.n + 2 * z.l, z.c));
+        let shape = Shape::from(z.b * (z.n + 2 * z.l) * z.c);
         let (gs, gl) = self.grad.storage_and_layout();
         let Storage::Cpu(gs) = &*gs else { candle_core::bail!("{}: expected a CPU gradient", self.name()) };
         match s1.dtype() {

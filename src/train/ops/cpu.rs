@@ -228,13 +228,15 @@ impl CustomOp3 for Modulate {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let n = x.dim(1)?;
+        let (b, n, h) = x.dims3()?;
         let packed = x.apply_op3_no_bwd(scale, &grad.contiguous()?, &ModulateGrad)?;
-        Ok((Some(packed.narrow(1, 0, n)?), Some(packed.narrow(1, n, 1)?), Some(packed.narrow(1, n + 1, 1)?)))
+        let mut p = unpack(&packed, b, n, h, 2)?.into_iter();
+        Ok((p.next(), p.next(), p.next()))
     }
 }
 
-/// The gradients of [`Modulate`] packed as `[B, N + 2, H]`: dx (N rows), dshift = Σₙ g, dscale = Σₙ g·x.
+/// The gradients of [`Modulate`] packed flat (see [`per_item`]): dx, then per item dshift = Σₙ g and
+/// dscale = Σₙ g·x.
 struct ModulateGrad;
 
 impl CustomOp3 for ModulateGrad {
@@ -252,14 +254,13 @@ impl CustomOp3 for ModulateGrad {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (b, n, h) = bnh(l1)?;
-        on_float!(s1, l1, self.name(), Shape::from((b, n + 2, h)), |x: T| {
+        on_float!(s1, l1, self.name(), Shape::from(b * (n + 2) * h), |x: T| {
             let scale = contiguous::<T>(s2, l2, self.name())?;
             let g = contiguous::<T>(s3, l3, self.name())?;
             let one = T::from_f64(1.0);
-            per_item::<T>(b, n, h, 2, |item, out| {
+            per_item::<T>(b, n, h, 2, |item, dx, sums| {
                 let (x, g) = (&x[item * n * h..(item + 1) * n * h], &g[item * n * h..(item + 1) * n * h]);
                 let sc = &scale[item * h..(item + 1) * h];
-                let (dx, sums) = out.split_at_mut(n * h);
                 let (dshift, dscale) = sums.split_at_mut(h);
                 for ((dx, x), g) in dx.chunks_mut(h).zip(x.chunks(h)).zip(g.chunks(h)) {
                     for j in 0..h {
@@ -273,12 +274,31 @@ impl CustomOp3 for ModulateGrad {
     }
 }
 
-/// Fills `[B, N + extra, H]` item by item (in parallel over the batch).
-fn per_item<T: Real>(b: usize, n: usize, h: usize, extra: usize, f: impl Fn(usize, &mut [T]) + Send + Sync) -> Vec<T> {
+/// Fills a flat buffer of `B·N·H` elements followed by `B·extra·H` item by item (in parallel over the
+/// batch): `f(item, its N×H block, its extra×H block)`. The parts come out as contiguous slices, so
+/// candle accumulates them on its fast path.
+fn per_item<T: Real>(
+    b: usize,
+    n: usize,
+    h: usize,
+    extra: usize,
+    f: impl Fn(usize, &mut [T], &mut [T]) + Send + Sync,
+) -> Vec<T> {
     use rayon::prelude::*;
     let mut out = vec![T::zero(); b * (n + extra) * h];
-    out.par_chunks_mut((n + extra) * h).enumerate().for_each(|(i, o)| f(i, o));
+    let (main, rest) = out.split_at_mut(b * n * h);
+    main.par_chunks_mut(n * h).zip(rest.par_chunks_mut(extra * h)).enumerate().for_each(|(i, (m, e))| f(i, m, e));
     out
+}
+
+/// Splits a flat `[B·N·H + B·k·H]` gradient pack into `[B, N, H]` and `k` tensors of `[B, 1, H]`.
+fn unpack(packed: &Tensor, b: usize, n: usize, h: usize, k: usize) -> Result<Vec<Tensor>> {
+    let mut parts = vec![packed.narrow(0, 0, b * n * h)?.reshape((b, n, h))?];
+    let extra = packed.narrow(0, b * n * h, b * k * h)?.reshape((b, k, h))?;
+    for j in 0..k {
+        parts.push(extra.narrow(1, j, 1)?.contiguous()?);
+    }
+    Ok(parts)
 }
 
 /// `x + y·gate` for `x`, `y` `[B, N, H]` and `gate` `[B, 1, H]` (the gated residual of adaLN-single).
@@ -319,13 +339,15 @@ impl CustomOp3 for GatedAdd {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let n = y.dim(1)?;
+        let (b, n, h) = y.dims3()?;
         let packed = y.apply_op3_no_bwd(gate, &grad.contiguous()?, &GatedAddGrad)?;
-        Ok((Some(grad.clone()), Some(packed.narrow(1, 0, n)?), Some(packed.narrow(1, n, 1)?)))
+        let mut p = unpack(&packed, b, n, h, 1)?.into_iter();
+        Ok((Some(grad.clone()), p.next(), p.next()))
     }
 }
 
-/// The gradients of [`GatedAdd`] for y and gate packed as `[B, N + 1, H]`: g·gate (N rows), Σₙ g·y.
+/// The gradients of [`GatedAdd`] for y and gate packed flat (see [`per_item`]): g·gate, then per
+/// item Σₙ g·y.
 struct GatedAddGrad;
 
 impl CustomOp3 for GatedAddGrad {
@@ -343,13 +365,12 @@ impl CustomOp3 for GatedAddGrad {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (b, n, h) = bnh(l1)?;
-        on_float!(s1, l1, self.name(), Shape::from((b, n + 1, h)), |y: T| {
+        on_float!(s1, l1, self.name(), Shape::from(b * (n + 1) * h), |y: T| {
             let gate = contiguous::<T>(s2, l2, self.name())?;
             let g = contiguous::<T>(s3, l3, self.name())?;
-            per_item::<T>(b, n, h, 1, |item, out| {
+            per_item::<T>(b, n, h, 1, |item, dy, dgate| {
                 let (y, g) = (&y[item * n * h..(item + 1) * n * h], &g[item * n * h..(item + 1) * n * h]);
                 let gt = &gate[item * h..(item + 1) * h];
-                let (dy, dgate) = out.split_at_mut(n * h);
                 for ((dy, y), g) in dy.chunks_mut(h).zip(y.chunks(h)).zip(g.chunks(h)) {
                     for j in 0..h {
                         dy[j] = g[j] * gt[j];
