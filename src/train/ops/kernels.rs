@@ -136,18 +136,51 @@ pub fn layer_norm_grad_row<T: Real>(x: &[T], g: &[T], dx: &mut [T], eps: f64) {
     }
 }
 
+/// Lanes of the reductions below: independent accumulators the compiler keeps in one SIMD register.
+const LANES: usize = 16;
+
+/// The maximum of a row.
+fn max_of<T: Real>(x: &[T]) -> T {
+    let mut m = [T::from_f64(f64::NEG_INFINITY); LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for j in 0..LANES {
+            m[j] = if c[j] > m[j] { c[j] } else { m[j] };
+        }
+    }
+    tail.iter().chain(m.iter()).fold(T::from_f64(f64::NEG_INFINITY), |a, &v| if v > a { v } else { a })
+}
+
+/// Σ f(aᵢ, bᵢ) over two rows, in lanes.
+fn sum_of<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> T {
+    let mut s = [T::zero(); LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ta, tb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for j in 0..LANES {
+            s[j] += f(x[j], y[j]);
+        }
+    }
+    let mut total = T::zero();
+    for (&x, &y) in ta.iter().zip(tb) {
+        total += f(x, y);
+    }
+    s.iter().fold(total, |a, &v| a + v)
+}
+
 /// y = softmax(scale·x + bias) over the row (`bias` per element, or none).
 pub fn softmax_row<T: Real>(x: &[T], bias: Option<&[T]>, scale: T, y: &mut [T]) {
     match bias {
         Some(b) => y.iter_mut().zip(x.iter().zip(b)).for_each(|(y, (&x, &b))| *y = x * scale + b),
         None => y.iter_mut().zip(x).for_each(|(y, &x)| *y = x * scale),
     }
-    let max = y.iter().fold(T::from_f64(f64::NEG_INFINITY), |m, &v| if v > m { v } else { m });
+    let max = max_of(y);
     for y in y.iter_mut() {
         *y = (*y - max).exp();
     }
-    let sum = y.iter().map(|v| v.to_f64()).sum::<f64>();
-    let inv = T::from_f64(1.0 / sum);
+    let sum = sum_of(y, y, |a, _| a);
+    let inv = T::from_f64(1.0) / sum;
     for y in y.iter_mut() {
         *y *= inv;
     }
@@ -155,7 +188,7 @@ pub fn softmax_row<T: Real>(x: &[T], bias: Option<&[T]>, scale: T, y: &mut [T]) 
 
 /// dx = scale·y·(g − Σ g·y).
 pub fn softmax_grad_row<T: Real>(y: &[T], g: &[T], scale: T, dx: &mut [T]) {
-    let dot = T::from_f64(y.iter().zip(g).map(|(&y, &g)| (y * g).to_f64()).sum::<f64>());
+    let dot = sum_of(y, g, |a, b| a * b);
     for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(g) {
         *dx = scale * y * (g - dot);
     }
