@@ -1,4 +1,4 @@
-//! docs/ingest.md and docs/density.md list every flag with its default: they must match what the binary
+//! docs/ingest.md, docs/density.md and docs/train.md list every flag with its default: they must match what the binary
 //! prints (regenerate with tools/gen-cli-docs.sh).
 
 mod common;
@@ -27,6 +27,19 @@ fn density_reference_matches_help() {
     let block = doc.split("<!-- help -->\n```text\n").nth(1).and_then(|b| b.split("```").next()).unwrap();
     assert!(block == help, "docs/density.md is out of date: run tools/gen-cli-docs.sh");
     for flag in ["--input", "--column", "--valid-threshold", "--form", "--no-proper-nouns", "--t5-tokenizer"] {
+        assert!(help.contains(flag), "{flag} is documented");
+    }
+}
+
+#[test]
+fn sample_reference_matches_help() {
+    let out = std::process::Command::new(common::bin()).args(["sample", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    let doc = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/train.md")).unwrap();
+    let block = doc.split("<!-- help -->\n```text\n").nth(1).and_then(|b| b.split("```").next()).unwrap();
+    assert!(block == help, "docs/train.md is out of date: run tools/gen-cli-docs.sh");
+    for flag in ["--pipeline", "--sampler", "--cfg", "--null", "--noise", "--seed"] {
         assert!(help.contains(flag), "{flag} is documented");
     }
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates the `--help` blocks of docs/ingest.md and docs/density.md (tests/cli_docs.rs keeps them
-# in step with the binary). docs/density.md keeps its hand-written guide above the `<!-- help -->` line.
+# Regenerates the `--help` blocks of docs/ingest.md, docs/density.md and docs/train.md (tests/cli_docs.rs keeps them
+# in step with the binary). docs/density.md and docs/train.md keep their hand-written guides above the `<!-- help -->` line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build -q
@@ -22,3 +22,11 @@ guide=$(sed '/^<!-- help -->$/,$d' docs/density.md)
     target/debug/pixforge density --help
     echo '```'
 } > docs/density.md
+guide=$(sed '/^<!-- help -->$/,$d' docs/train.md)
+{
+    echo "$guide"
+    echo '<!-- help -->'
+    echo '```text'
+    target/debug/pixforge sample --help
+    echo '```'
+} > docs/train.md
