@@ -87,6 +87,10 @@ struct SampleArgs {
     /// Initial noise from a safetensors file (tensor "noise" [N or 1, 4, h, w]) instead of the seed.
     #[arg(long)]
     noise: Option<PathBuf>,
+    /// Generate at exactly --size instead of the nearest aspect-ratio bucket (256/512/1024 px models
+    /// otherwise generate at the bucket and resize + center-crop to --size, as diffusers does).
+    #[arg(long)]
+    no_binning: bool,
     /// Device: cpu or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -488,6 +492,7 @@ fn main() -> anyhow::Result<()> {
                 null: a.null,
                 seed: a.seed,
                 noise: a.noise.clone(),
+                binning: !a.no_binning,
             };
             let device = pixforge::train::device(&a.device)?;
             let paths = pixforge::train::generate::run(&o, &prompts, &a.out, &device)?;

@@ -56,6 +56,7 @@ fn guided_sampling_and_vae_decode_match_the_diffusers_pipeline() {
         null: NullCondition::Empty,
         seed: 0,
         noise: Some(noise),
+        binning: true,
     };
     let out = generate(&o, &[prompt()], &Device::Cpu).unwrap();
     let want = &g["latents"];
@@ -106,4 +107,37 @@ fn sample_names_the_bad_size() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--size 15x16") && err.contains("multiples of 4"), "{err}");
+}
+
+#[test]
+fn a_256px_model_samples_at_the_nearest_bucket_and_crops_to_the_requested_size() {
+    let dir = tempfile::tempdir().unwrap();
+    // The tiny transformer declared as a 256 px model (sample_size 32): binning applies.
+    let t = dir.path().join("transformer");
+    std::fs::create_dir_all(&t).unwrap();
+    let src = fixtures().join("transformer");
+    std::fs::copy(src.join("diffusion_pytorch_model.safetensors"), t.join("diffusion_pytorch_model.safetensors"))
+        .unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    cfg["sample_size"] = 32.into();
+    std::fs::write(t.join("config.json"), cfg.to_string()).unwrap();
+    let out = dir.path().join("samples");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_pixforge"))
+        .args(["sample", "--pipeline"])
+        .arg(fixtures())
+        .arg("--transformer")
+        .arg(&t)
+        .args(["--prompt", "a wide landscape", "--size", "300x200", "--steps", "1", "--sampler", "ddim", "--cfg", "1"])
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let img = image::open(out.join("0000.png")).unwrap();
+    assert_eq!((img.width(), img.height()), (300, 200), "cropped back to the requested size");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("0000.json")).unwrap()).unwrap();
+    // h/w = 0.667: the nearest label is 0.68, [416, 608] at 512 px, halved for 256 px.
+    assert_eq!(meta["bucket"], serde_json::json!({"key": 0.68, "height": 208, "width": 304}));
 }

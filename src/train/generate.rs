@@ -46,6 +46,9 @@ pub struct SampleOptions {
     pub seed: u64,
     /// Initial noise `noise` [N or 1, C, h, w] from a safetensors file instead of the seed.
     pub noise: Option<PathBuf>,
+    /// Generate at the nearest aspect-ratio bucket of the model's resolution and resize + center-crop
+    /// to the requested size (diffusers' `use_resolution_binning`), for 256/512/1024 px models.
+    pub binning: bool,
 }
 
 /// One generated image.
@@ -60,6 +63,8 @@ pub struct Generated {
     pub width: usize,
     /// Image height.
     pub height: usize,
+    /// The bucket generated at, when binning applied.
+    pub bucket: Option<crate::train::buckets::Bucket>,
 }
 
 fn load_transformer(o: &SampleOptions, dev: &Device) -> anyhow::Result<PixArt> {
@@ -73,6 +78,19 @@ fn load_transformer(o: &SampleOptions, dev: &Device) -> anyhow::Result<PixArt> {
     } else {
         PixArt::load_official(&t, o.official_shape.0, o.official_shape.1, dev)
     }
+}
+
+/// `[1, 3, H, W]` images resized to cover `height × width` (bilinear) and center-cropped to it
+/// (diffusers' `resize_and_crop_tensor`).
+fn resize_and_crop(img: &Tensor, height: usize, width: usize) -> anyhow::Result<Tensor> {
+    let (_, _, h, w) = img.dims4()?;
+    if (h, w) == (height, width) {
+        return Ok(img.clone());
+    }
+    let ratio = (width as f64 / w as f64).max(height as f64 / h as f64);
+    let (rh, rw) = (((h as f64 * ratio) as usize).max(height), ((w as f64 * ratio) as usize).max(width));
+    let resized = img.upsample_bilinear2d(rh, rw, false)?;
+    Ok(resized.narrow(2, (rh - height) / 2, height)?.narrow(3, (rw - width) / 2, width)?)
 }
 
 /// Pixels of `[1, 3, H, W]` images in [−1, 1] as diffusers rounds them: `round((x/2 + ½)·255)`.
@@ -96,7 +114,13 @@ pub fn generate(o: &SampleOptions, prompts: &[String], device: &Device) -> anyho
             c.caption_channels
         );
     }
-    let (h, w) = o.size;
+    let (want_h, want_w) = o.size;
+    let base = c.sample_size * 8;
+    let bucket = match crate::train::buckets::table(base, true) {
+        Some(t) if o.binning => Some(crate::train::buckets::closest(&t, want_h, want_w)),
+        _ => None,
+    };
+    let (h, w) = bucket.map(|b| (b.height, b.width)).unwrap_or(o.size);
     let unit = vae.scale * c.patch_size;
     if h % unit != 0 || w % unit != 0 || h == 0 || w == 0 {
         anyhow::bail!("--size {w}x{h}: width and height must be positive multiples of {unit} (VAE scale × patch size)");
@@ -151,8 +175,8 @@ pub fn generate(o: &SampleOptions, prompts: &[String], device: &Device) -> anyho
         let mut model_fn = |x: &Tensor, t: f64| guided.output(x, t);
         let mut noise_fn = |x: &Tensor| rng.normal_tensor(x.dims(), 1.0, x.device());
         let latents = sampler::sample(o.sampler, &diffusion, steps, x, &mut model_fn, &mut noise_fn)?;
-        let image = vae.decode(&latents)?;
-        out.push(Generated { null, rgb: to_rgb(&image)?, latents, width: w, height: h });
+        let image = resize_and_crop(&vae.decode(&latents)?, want_h, want_w)?;
+        out.push(Generated { null, rgb: to_rgb(&image)?, latents, width: want_w, height: want_h, bucket });
     }
     Ok(out)
 }
@@ -172,7 +196,7 @@ pub fn run(o: &SampleOptions, prompts: &[String], out: &Path, device: &Device) -
         crate::shards::write_atomic(&png, &bytes)?;
         let meta = serde_json::json!({
             "prompt": prompt, "seed": o.seed, "sampler": o.sampler, "steps": o.steps.unwrap_or(o.sampler.default_steps()),
-            "cfg": o.cfg, "null": g.null, "width": g.width, "height": g.height,
+            "cfg": o.cfg, "null": g.null, "width": g.width, "height": g.height, "bucket": g.bucket,
             "transformer": o.transformer, "t5": o.t5, "vae": o.vae,
         });
         crate::shards::write_atomic(

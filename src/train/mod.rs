@@ -1,5 +1,6 @@
 //! Training PixArt-α (work in progress): the model, the diffusion objective and the samplers so far.
 
+pub mod buckets;
 pub mod diffusion;
 pub mod generate;
 pub mod init;

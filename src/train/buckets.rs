@@ -1,0 +1,106 @@
+//! PixArt-α's aspect-ratio buckets (`ASPECT_RATIO_512` / `_1024` / `_256` of the official code, and
+//! diffusers' `*_BIN` test tables): 40 `[height, width]` sizes per base resolution keyed by an h/w
+//! label, and the nearest-label assignment `argmin |key − h/w|` both use.
+
+/// `(key, height, width)` of the 512 px table; the 1024 table doubles it, the 256 table halves it.
+const ASPECT_RATIO_512: [(f64, usize, usize); 40] = [
+    (0.25, 256, 1024),
+    (0.26, 256, 992),
+    (0.27, 256, 960),
+    (0.28, 256, 928),
+    (0.32, 288, 896),
+    (0.33, 288, 864),
+    (0.35, 288, 832),
+    (0.4, 320, 800),
+    (0.42, 320, 768),
+    (0.48, 352, 736),
+    (0.5, 352, 704),
+    (0.52, 352, 672),
+    (0.57, 384, 672),
+    (0.6, 384, 640),
+    (0.68, 416, 608),
+    (0.72, 416, 576),
+    (0.78, 448, 576),
+    (0.82, 448, 544),
+    (0.88, 480, 544),
+    (0.94, 480, 512),
+    (1.0, 512, 512),
+    (1.07, 512, 480),
+    (1.13, 544, 480),
+    (1.21, 544, 448),
+    (1.29, 576, 448),
+    (1.38, 576, 416),
+    (1.46, 608, 416),
+    (1.67, 640, 384),
+    (1.75, 672, 384),
+    (2.0, 704, 352),
+    (2.09, 736, 352),
+    (2.4, 768, 320),
+    (2.5, 800, 320),
+    (2.89, 832, 288),
+    (3.0, 864, 288),
+    (3.11, 896, 288),
+    (3.62, 928, 256),
+    (3.75, 960, 256),
+    (3.88, 992, 256),
+    (4.0, 1024, 256),
+];
+
+/// Keys the `*_TEST` / diffusers `*_BIN` tables leave out.
+const NOT_IN_TEST: [f64; 7] = [0.26, 0.27, 2.89, 3.11, 3.62, 3.75, 3.88];
+
+/// A bucket: its h/w label and size in pixels.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Bucket {
+    /// The h/w label (e.g. 0.57).
+    pub key: f64,
+    /// Height in pixels.
+    pub height: usize,
+    /// Width in pixels.
+    pub width: usize,
+}
+
+/// The buckets of a base resolution (256, 512 or 1024 px); `test` = the 33-entry inference tables.
+pub fn table(base: usize, test: bool) -> Option<Vec<Bucket>> {
+    let scale = |v: usize| match base {
+        256 => Some(v / 2),
+        512 => Some(v),
+        1024 => Some(v * 2),
+        _ => None,
+    };
+    ASPECT_RATIO_512
+        .iter()
+        .filter(|(k, _, _)| !test || !NOT_IN_TEST.contains(k))
+        .map(|&(key, h, w)| Some(Bucket { key, height: scale(h)?, width: scale(w)? }))
+        .collect()
+}
+
+/// The bucket whose label is nearest `height / width` (the first on ties, as Python's `min`).
+pub fn closest(buckets: &[Bucket], height: usize, width: usize) -> Bucket {
+    let ratio = height as f64 / width as f64;
+    *buckets
+        .iter()
+        .min_by(|a, b| (a.key - ratio).abs().total_cmp(&(b.key - ratio).abs()))
+        .expect("a bucket table is never empty")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_and_assignment_follow_the_official_code() {
+        let t = table(1024, false).unwrap();
+        assert_eq!(t.len(), 40);
+        assert_eq!(table(512, true).unwrap().len(), 33);
+        assert_eq!(closest(&t, 1024, 1024), Bucket { key: 1.0, height: 1024, width: 1024 });
+        // 600/1000 = 0.6 → [768, 1280]
+        assert_eq!(closest(&t, 600, 1000), Bucket { key: 0.6, height: 768, width: 1280 });
+        // 3:4 portrait (1.333) is nearer 1.29 than 1.38
+        assert_eq!(closest(&table(512, true).unwrap(), 800, 600).key, 1.29);
+        assert!(table(768, false).is_none());
+        for b in table(256, false).unwrap() {
+            assert_eq!((b.height % 16, b.width % 16), (0, 0), "latent sides stay multiples of the patch grid");
+        }
+    }
+}
