@@ -116,13 +116,14 @@ enum ModelsCmd {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
-    /// Run a model (kind from its config.json) on the tensors of a safetensors file; write `output`.
+    /// Run a model (kind from its config.json) on the tensors of a safetensors file; write its outputs.
     Forward {
         /// Model folder (or a folder with `transformer/`).
         #[arg(long)]
         model: PathBuf,
-        /// Inputs; for PixArt: latents [B,4,H,W], timestep [B], caption [B,L,C], mask [B,L], optional
-        /// resolution [B,2] and aspect_ratio [B,1].
+        /// Inputs. PixArt: latents [B,4,H,W], timestep [B], caption [B,L,C], mask [B,L], optional
+        /// resolution [B,2] and aspect_ratio [B,1] → output. T5 encoder: input_ids [B,L] →
+        /// last_hidden_state. AutoencoderKL: pixels [B,3,H,W] in [-1,1] → mean, std.
         #[arg(long)]
         inputs: PathBuf,
         /// Output safetensors file.
@@ -462,8 +463,9 @@ fn main() -> anyhow::Result<()> {
             emit(&format!("wrote a tiny {kind:?} model to {}\n", out.display()));
         }
         Cmd::Models(ModelsCmd::Forward { model, inputs, out }) => {
-            let dims = pixforge::models::forward(&model, &inputs, &out)?;
-            emit(&format!("output {dims:?} written to {}\n", out.display()));
+            for (name, dims) in pixforge::models::forward(&model, &inputs, &out)? {
+                emit(&format!("{name} {dims:?} written to {}\n", out.display()));
+            }
         }
         Cmd::Sample(a) => {
             let part = |own: &Option<PathBuf>, name: &str| -> anyhow::Result<PathBuf> {

@@ -39,8 +39,8 @@ pub fn init_tiny(kind: ModelKind, out: &Path, micro_conditions: bool, seed: u64)
     Ok(())
 }
 
-/// The transformer folder of a model directory: the folder itself when it has a `config.json`, else
-/// its `transformer/` (a diffusers pipeline or an `init-tiny` output).
+/// The model folder of a directory: the folder itself when it has a `config.json`, else its
+/// `transformer/` (a diffusers pipeline or an `init-tiny` output).
 fn model_folder(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
     for d in [dir.to_path_buf(), dir.join("transformer")] {
         if d.join("config.json").is_file() {
@@ -50,12 +50,18 @@ fn model_folder(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
     anyhow::bail!("{}: expected a config.json in the folder or in its transformer/", dir.display())
 }
 
-/// Runs the model in `model_dir` (its kind read from `config.json`'s `_class_name`) on the tensors of
-/// `inputs` and writes `{"output": …}` to `out`.
-pub fn forward(model_dir: &Path, inputs: &Path, out: &Path) -> anyhow::Result<Vec<usize>> {
+/// Runs the model in `model_dir` (its kind read from `config.json`: diffusers' `_class_name` or
+/// transformers' `architectures`) on the tensors of `inputs` and writes its outputs to `out`:
+/// - `PixArtTransformer2DModel`: `latents`, `timestep`, `caption`, `mask` (+ `resolution`,
+///   `aspect_ratio`) → `output`;
+/// - `T5EncoderModel`: `input_ids` `[B, L]` → `last_hidden_state` `[B, L, d_model]`;
+/// - `AutoencoderKL`: `pixels` `[B, 3, H, W]` in [−1, 1] → posterior `mean` and `std`.
+///
+/// Returns each output's name and shape.
+pub fn forward(model_dir: &Path, inputs: &Path, out: &Path) -> anyhow::Result<Vec<(String, Vec<usize>)>> {
     let folder = model_folder(model_dir)?;
     let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(folder.join("config.json"))?)?;
-    let class = cfg["_class_name"].as_str().unwrap_or_default();
+    let class = cfg["_class_name"].as_str().or_else(|| cfg["architectures"][0].as_str()).unwrap_or_default();
     let io = candle_core::safetensors::load(inputs, &Device::Cpu)
         .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", inputs.display()))?;
     let get = |k: &str| -> anyhow::Result<&Tensor> {
@@ -65,22 +71,32 @@ pub fn forward(model_dir: &Path, inputs: &Path, out: &Path) -> anyhow::Result<Ve
             anyhow::anyhow!("{}: expected a tensor {k:?}; found {have:?}", inputs.display())
         })
     };
-    let output = match class {
+    let outputs: Vec<(&str, Tensor)> = match class {
         "PixArtTransformer2DModel" => {
             let model = PixArt::load_diffusers(&folder, &Device::Cpu)?;
             let micro = match (io.get("resolution"), io.get("aspect_ratio")) {
                 (Some(r), Some(a)) => Some((r, a)),
                 _ => None,
             };
-            model.forward(get("latents")?, get("timestep")?, get("caption")?, get("mask")?, micro)?
+            vec![("output", model.forward(get("latents")?, get("timestep")?, get("caption")?, get("mask")?, micro)?)]
+        }
+        "T5EncoderModel" => {
+            let mut t5 = crate::latents::t5::TextEncoder::load_encoder(&folder, &Device::Cpu)?;
+            vec![("last_hidden_state", t5.encode_ids(get("input_ids")?)?)]
+        }
+        "AutoencoderKL" => {
+            let vae = crate::latents::vae::Vae::load(&folder, &Device::Cpu)?;
+            let (mean, std) = vae.encode(get("pixels")?)?;
+            vec![("mean", mean), ("std", std)]
         }
         other => anyhow::bail!("{}: model kind {other:?} is not supported by `models forward`", folder.display()),
     };
-    let dims = output.dims().to_vec();
+    let shapes = outputs.iter().map(|(k, t)| (k.to_string(), t.dims().to_vec())).collect();
+    let tensors: HashMap<String, Tensor> = outputs.into_iter().map(|(k, t)| (k.to_string(), t)).collect();
     let tmp = crate::shards::temp_path(out);
-    candle_core::safetensors::save(&HashMap::from([("output".to_string(), output)]), &tmp)?;
+    candle_core::safetensors::save(&tensors, &tmp)?;
     std::fs::rename(&tmp, out)?;
-    Ok(dims)
+    Ok(shapes)
 }
 
 /// Timings of one training step of a PixArt transformer.

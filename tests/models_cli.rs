@@ -82,3 +82,43 @@ fn init_tiny_writes_both_layouts_and_forward_runs() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("\"timestep\""), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// `models forward` on the T5 encoder and VAE folders of the tiny pipeline fixture gives the
+/// reference outputs (transformers' prompt embedding, diffusers' posterior).
+#[test]
+fn forward_runs_t5_and_vae_folders() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let pipe = root.join("pixart-pipeline");
+    let dir = tempfile::tempdir().unwrap();
+    let run = |model: &std::path::Path, inputs: HashMap<String, Tensor>| -> HashMap<String, Tensor> {
+        let (i, o) = (dir.path().join("in.safetensors"), dir.path().join("out.safetensors"));
+        candle_core::safetensors::save(&inputs, &i).unwrap();
+        let out = Command::new(common::bin())
+            .args(["models", "forward", "--model"])
+            .arg(model)
+            .arg("--inputs")
+            .arg(&i)
+            .arg("--out")
+            .arg(&o)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        candle_core::safetensors::load(&o, &Device::Cpu).unwrap()
+    };
+    let diff = |a: &Tensor, b: &Tensor| -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    };
+
+    let t5 = pixforge::latents::t5::TextEncoder::load(&pipe, 120, &Device::Cpu).unwrap();
+    let prompt = std::fs::read_to_string(pipe.join("prompt.txt")).unwrap();
+    let ids: Vec<i64> = t5.tokens(prompt.trim()).unwrap().into_iter().map(i64::from).collect();
+    let n = ids.len();
+    let ids = Tensor::from_vec(ids, (1, n), &Device::Cpu).unwrap();
+    let got = run(&pipe.join("text_encoder"), HashMap::from([("input_ids".to_string(), ids)]));
+    let golden = candle_core::safetensors::load(pipe.join("golden.safetensors"), &Device::Cpu).unwrap();
+    assert!(diff(&got["last_hidden_state"].squeeze(0).unwrap(), &golden["prompt_embeds"]) < 1e-5);
+
+    let g = candle_core::safetensors::load(root.join("golden/vae_encode.safetensors"), &Device::Cpu).unwrap();
+    let got = run(&pipe.join("vae"), HashMap::from([("pixels".to_string(), g["pixels"].clone())]));
+    assert!(diff(&got["mean"], &g["mean"]) < 1e-4 && diff(&got["std"], &g["std"]) < 1e-4);
+}

@@ -19,7 +19,7 @@ pub fn preprocess(text: &str) -> String {
 /// A loaded T5 encoder and its tokenizer.
 pub struct TextEncoder {
     model: t5::T5EncoderModel,
-    tokenizer: tokenizers::Tokenizer,
+    tokenizer: Option<tokenizers::Tokenizer>,
     /// The encoder's width (4096 for XXL).
     pub d_model: usize,
 }
@@ -35,13 +35,8 @@ fn locate(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
 impl TextEncoder {
     /// Loads the encoder (weights as f32) and tokenizer, truncating to `max_tokens` tokens.
     pub fn load(dir: &Path, max_tokens: usize, device: &Device) -> anyhow::Result<Self> {
-        let (model_dir, tokenizer_file) = locate(dir)?;
-        let config: t5::Config = super::read_config(&model_dir.join("config.json"))?;
-        let files = super::weight_files(&model_dir, "model")?;
-        // SAFETY: the files are memory-mapped read-only; we do not modify them while loaded.
-        let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, DType::F32, device)? };
-        let model = t5::T5EncoderModel::load(vb, &config)
-            .map_err(|e| anyhow::anyhow!("{}: not a T5 encoder checkpoint: {e}", model_dir.display()))?;
+        let (_, tokenizer_file) = locate(dir)?;
+        let mut enc = Self::load_encoder(dir, device)?;
         if !tokenizer_file.is_file() {
             anyhow::bail!(
                 "{}: expected the tokenizer as tokenizer.json (a sentencepiece spiece.model alone is not read)",
@@ -54,15 +49,35 @@ impl TextEncoder {
             .with_truncation(Some(tokenizers::TruncationParams { max_length: max_tokens, ..Default::default() }))
             .map_err(|e| anyhow::anyhow!("{}: {e}", tokenizer_file.display()))?;
         tokenizer.with_padding(None);
-        Ok(TextEncoder { model, tokenizer, d_model: config.d_model })
+        enc.tokenizer = Some(tokenizer);
+        Ok(enc)
+    }
+
+    /// Loads the encoder alone (weights as f32): it takes token ids ([`TextEncoder::encode_ids`]).
+    pub fn load_encoder(dir: &Path, device: &Device) -> anyhow::Result<Self> {
+        let (model_dir, _) = locate(dir)?;
+        let config: t5::Config = super::read_config(&model_dir.join("config.json"))?;
+        let files = super::weight_files(&model_dir, "model")?;
+        // SAFETY: the files are memory-mapped read-only; we do not modify them while loaded.
+        let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, DType::F32, device)? };
+        let model = t5::T5EncoderModel::load(vb, &config)
+            .map_err(|e| anyhow::anyhow!("{}: not a T5 encoder checkpoint: {e}", model_dir.display()))?;
+        Ok(TextEncoder { model, tokenizer: None, d_model: config.d_model })
     }
 
     /// The token ids of a caption after [`preprocess`] (truncated, `</s>` appended by the
     /// tokenizer's post-processor).
     pub fn tokens(&self, text: &str) -> anyhow::Result<Vec<u32>> {
-        let enc =
-            self.tokenizer.encode(preprocess(text), true).map_err(|e| anyhow::anyhow!("tokenizing {text:?}: {e}"))?;
+        let tokenizer =
+            self.tokenizer.as_ref().ok_or_else(|| anyhow::anyhow!("this T5 encoder was loaded without a tokenizer"))?;
+        let enc = tokenizer.encode(preprocess(text), true).map_err(|e| anyhow::anyhow!("tokenizing {text:?}: {e}"))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// The encoder output `[B, L, d_model]` of token ids `[B, L]` (u32 or i64; no padding mask).
+    pub fn encode_ids(&mut self, ids: &Tensor) -> anyhow::Result<Tensor> {
+        let ids = if ids.dtype() == DType::U32 { ids.clone() } else { ids.to_dtype(DType::I64)? };
+        Ok(self.model.forward(&ids)?)
     }
 
     /// The unpadded embedding `[L, d_model]` of a caption.
