@@ -13,6 +13,53 @@ use std::path::Path;
 pub enum ModelKind {
     /// The PixArt-α transformer (diffusers folder `transformer/` and official-key `official.safetensors`).
     Pixart,
+    /// A T5 v1.1 encoder (gated GELU, T5's 32,128-token vocabulary) in the transformers layout
+    /// (`text_encoder/`; bring the tokenizer.json).
+    T5,
+    /// An SD-style `AutoencoderKL` in the diffusers layout (`vae/`, 2 blocks: 2x downscale).
+    Vae,
+}
+
+/// Every variable a candle model builds through `build` in a fresh `VarMap`, redrawn from our seeded
+/// RNG (normal, std 0.05; norm weights 1, biases 0), saved as safetensors with their real names
+/// (`rename` replaces parts of the names candle builds by those the real checkpoints use).
+fn save_random<F>(path: &Path, seed: u64, rename: &[(&str, &str)], build: F) -> anyhow::Result<()>
+where
+    F: FnOnce(candle_nn::VarBuilder) -> candle_core::Result<()>,
+{
+    let map = candle_nn::VarMap::new();
+    build(candle_nn::VarBuilder::from_varmap(&map, candle_core::DType::F32, &Device::Cpu))?;
+    let mut rng = crate::train::init::Rng::new(seed);
+    let mut vars: Vec<(String, candle_core::Var)> =
+        map.data().lock().expect("not poisoned").clone().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, var) in &vars {
+        let dims = var.dims().to_vec();
+        let norm = name.contains("norm") || name.ends_with("layer_norm.weight");
+        let t = if norm && name.ends_with(".weight") {
+            Tensor::ones(dims.as_slice(), candle_core::DType::F32, &Device::Cpu)?
+        } else if name.ends_with(".bias") {
+            Tensor::zeros(dims.as_slice(), candle_core::DType::F32, &Device::Cpu)?
+        } else {
+            rng.normal_tensor(&dims, 0.05, &Device::Cpu)?
+        };
+        var.set(&t)?;
+    }
+    let tensors: HashMap<String, Tensor> = vars
+        .into_iter()
+        .map(|(name, var)| {
+            let name = rename.iter().fold(name, |n, (from, to)| n.replace(from, to));
+            (name, var.as_tensor().clone())
+        })
+        .collect();
+    let tmp = crate::shards::temp_path(path);
+    candle_core::safetensors::save(&tensors, &tmp)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn write_json(path: &Path, v: &serde_json::Value) -> anyhow::Result<()> {
+    Ok(crate::shards::write_atomic(path, serde_json::to_string_pretty(v)?.as_bytes())?)
 }
 
 /// Writes a tiny model of `kind` into `out`.
@@ -34,6 +81,47 @@ pub fn init_tiny(kind: ModelKind, out: &Path, micro_conditions: bool, seed: u64)
             let model = init(config, micro_conditions, 120, seed, &Device::Cpu)?;
             model.save_diffusers(&out.join("transformer"))?;
             model.save_official(&out.join("official.safetensors"))?;
+        }
+        ModelKind::T5 => {
+            let dir = out.join("text_encoder");
+            std::fs::create_dir_all(&dir)?;
+            let cfg = serde_json::json!({
+                "architectures": ["T5EncoderModel"], "model_type": "t5", "vocab_size": 32128, "d_model": 32,
+                "d_kv": 8, "d_ff": 64, "num_layers": 2, "num_decoder_layers": 2, "num_heads": 4,
+                "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
+                "dropout_rate": 0.1, "layer_norm_epsilon": 1e-6, "initializer_factor": 1.0,
+                "feed_forward_proj": "gated-gelu", "dense_act_fn": "gelu_new", "is_gated_act": true,
+                "tie_word_embeddings": false, "is_encoder_decoder": true, "pad_token_id": 0,
+                "eos_token_id": 1, "decoder_start_token_id": 0,
+            });
+            let config: candle_transformers::models::t5::Config = serde_json::from_value(cfg.clone())?;
+            // transformers keeps the tied input embedding as `shared.weight`.
+            let shared = [("encoder.embed_tokens.weight", "shared.weight")];
+            save_random(&dir.join("model.safetensors"), seed, &shared, |vb| {
+                candle_transformers::models::t5::T5EncoderModel::load(vb, &config).map(|_| ())
+            })?;
+            write_json(&dir.join("config.json"), &cfg)?;
+        }
+        ModelKind::Vae => {
+            let dir = out.join("vae");
+            std::fs::create_dir_all(&dir)?;
+            let cfg = serde_json::json!({
+                "_class_name": "AutoencoderKL", "act_fn": "silu", "block_out_channels": [32, 64],
+                "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"], "in_channels": 3,
+                "latent_channels": 4, "layers_per_block": 1, "norm_num_groups": 32, "out_channels": 3,
+                "sample_size": 64, "scaling_factor": 0.18215,
+                "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"],
+                "use_quant_conv": true, "use_post_quant_conv": true, "mid_block_add_attention": true,
+            });
+            write_json(&dir.join("config.json"), &cfg)?;
+            // candle builds the attention under the old names when none exist yet; diffusers writes these.
+            let attention =
+                [(".query.", ".to_q."), (".key.", ".to_k."), (".value.", ".to_v."), (".proj_attn.", ".to_out.0.")];
+            save_random(&dir.join("diffusion_pytorch_model.safetensors"), seed, &attention, |vb| {
+                crate::latents::vae::Vae::build(vb, &cfg)
+                    .map(|_| ())
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))
+            })?;
         }
     }
     Ok(())

@@ -122,3 +122,56 @@ fn forward_runs_t5_and_vae_folders() {
     let got = run(&pipe.join("vae"), HashMap::from([("pixels".to_string(), g["pixels"].clone())]));
     assert!(diff(&got["mean"], &g["mean"]) < 1e-4 && diff(&got["std"], &g["std"]) < 1e-4);
 }
+
+/// `init-tiny --kind t5|vae` write the transformers / diffusers layouts (real key names, loadable by
+/// our loaders; transformers and diffusers load them with no missing or unexpected key, checked when
+/// this was written), reproducibly from the seed.
+#[test]
+fn init_tiny_t5_and_vae_write_the_real_layouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let init = |kind: &str, out: &std::path::Path, seed: &str| {
+        let o = Command::new(common::bin())
+            .args(["models", "init-tiny", "--kind", kind, "--seed", seed, "--out"])
+            .arg(out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let (a, b, c) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("c"));
+    for kind in ["t5", "vae"] {
+        init(kind, &a, "1");
+        init(kind, &b, "1");
+        init(kind, &c, "2");
+    }
+    for f in ["text_encoder/model.safetensors", "vae/diffusion_pytorch_model.safetensors"] {
+        let (x, y, z) =
+            (std::fs::read(a.join(f)).unwrap(), std::fs::read(b.join(f)).unwrap(), std::fs::read(c.join(f)).unwrap());
+        assert!(x == y && x != z, "{f}: the same seed gives the same weights, another seed others");
+    }
+    let t5 = candle_core::safetensors::load(a.join("text_encoder/model.safetensors"), &Device::Cpu).unwrap();
+    for key in [
+        "shared.weight",
+        "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+        "encoder.block.1.layer.1.DenseReluDense.wi_1.weight",
+        "encoder.final_layer_norm.weight",
+    ] {
+        assert!(t5.contains_key(key), "{key}");
+    }
+    let vae = candle_core::safetensors::load(a.join("vae/diffusion_pytorch_model.safetensors"), &Device::Cpu).unwrap();
+    for key in [
+        "encoder.conv_in.weight",
+        "encoder.mid_block.attentions.0.to_q.weight",
+        "quant_conv.weight",
+        "decoder.up_blocks.0.upsamplers.0.conv.weight",
+        "post_quant_conv.bias",
+    ] {
+        assert!(vae.contains_key(key), "{key}");
+    }
+    let mut enc = pixforge::latents::t5::TextEncoder::load_encoder(&a, &Device::Cpu).unwrap();
+    let ids = Tensor::new(&[[5u32, 6, 7, 1]], &Device::Cpu).unwrap();
+    assert_eq!(enc.encode_ids(&ids).unwrap().dims(), &[1, 4, 32]);
+    let v = pixforge::latents::vae::Vae::load(&a, &Device::Cpu).unwrap();
+    let (mean, _) = v.encode(&Tensor::zeros((1, 3, 16, 16), DType::F32, &Device::Cpu).unwrap()).unwrap();
+    assert_eq!(mean.dims(), &[1, 4, 8, 8]);
+    assert_eq!(v.decode(&mean).unwrap().dims(), &[1, 3, 16, 16]);
+}

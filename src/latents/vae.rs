@@ -134,6 +134,17 @@ impl Vae {
         let files = super::weight_files(&dir, "diffusion_pytorch_model")?;
         // SAFETY: the files are memory-mapped read-only; we do not modify them while loaded.
         let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, DType::F32, device)? };
+        Self::from_parts(vb, c).map_err(|e| anyhow::anyhow!("{}: not an AutoencoderKL checkpoint: {e}", dir.display()))
+    }
+
+    /// Builds the VAE of a diffusers `config.json` value on `vb` (which may create the weights:
+    /// `pixforge models init-tiny --kind vae`).
+    pub fn build(vb: nn::VarBuilder, config: &serde_json::Value) -> anyhow::Result<Self> {
+        let c: VaeConfig = serde_json::from_value(config.clone())?;
+        Ok(Self::from_parts(vb, c)?)
+    }
+
+    fn from_parts(vb: nn::VarBuilder, c: VaeConfig) -> candle_core::Result<Self> {
         let config = AutoEncoderKLConfig {
             block_out_channels: c.block_out_channels.clone(),
             layers_per_block: c.layers_per_block,
@@ -142,10 +153,8 @@ impl Vae {
             use_quant_conv: c.use_quant_conv,
             use_post_quant_conv: c.use_post_quant_conv,
         };
-        let not_vae =
-            |e: candle_core::Error| anyhow::anyhow!("{}: not an AutoencoderKL checkpoint: {e}", dir.display());
-        let encoder = Encoder::new(vb.clone(), &c).map_err(not_vae)?;
-        let model = AutoEncoderKL::new(vb, c.in_channels, c.out_channels, config).map_err(not_vae)?;
+        let encoder = Encoder::new(vb.clone(), &c)?;
+        let model = AutoEncoderKL::new(vb, c.in_channels, c.out_channels, config)?;
         Ok(Vae { model, encoder, scaling_factor: c.scaling_factor, scale: 1 << (c.block_out_channels.len() - 1) })
     }
 
