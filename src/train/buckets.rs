@@ -84,6 +84,46 @@ pub fn closest(buckets: &[Bucket], height: usize, width: usize) -> Bucket {
         .expect("a bucket table is never empty")
 }
 
+/// How an image is brought to a `height × width` target: resized to `resize` (height, width), then
+/// the `crop` box (top, left, height, width) taken from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct CropPlan {
+    /// Size after resizing, (height, width).
+    pub resize: (usize, usize),
+    /// (top, left, height, width) of the crop in the resized image.
+    pub crop: (usize, usize, usize, usize),
+}
+
+/// torchvision's `CenterCrop` offset: `int(round((size − crop) / 2))` (Python rounds half to even).
+fn center_offset(size: usize, crop: usize) -> usize {
+    crate::train::diffusion::round_half_even((size - crop) as f64 / 2.0) as usize
+}
+
+/// The official multi-scale rule (`InternalDataMS`): resize preserving the aspect ratio so the image
+/// covers the bucket (the side that needs the larger scale is set exactly, the other is
+/// `int(side · scale)`), then center-crop to the bucket.
+pub fn cover_and_crop(height: usize, width: usize, bucket: Bucket) -> CropPlan {
+    let (bh, bw) = (bucket.height, bucket.width);
+    let resize = if bh as f64 / height as f64 > bw as f64 / width as f64 {
+        (bh, ((width * bh) as f64 / height as f64) as usize)
+    } else {
+        (((height * bw) as f64 / width as f64) as usize, bw)
+    };
+    let resize = (resize.0.max(bh), resize.1.max(bw));
+    CropPlan { resize, crop: (center_offset(resize.0, bh), center_offset(resize.1, bw), bh, bw) }
+}
+
+/// The official single-scale rule (`extract_img_vae`): torchvision `Resize(size)` sets the shorter
+/// side to `size` and the longer to `int(size · long / short)`, then `CenterCrop(size)`.
+pub fn shorter_side_and_crop(height: usize, width: usize, size: usize) -> CropPlan {
+    let resize = if height <= width {
+        (size, (size as f64 * width as f64 / height as f64) as usize)
+    } else {
+        ((size as f64 * height as f64 / width as f64) as usize, size)
+    };
+    CropPlan { resize, crop: (center_offset(resize.0, size), center_offset(resize.1, size), size, size) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,6 +139,25 @@ mod tests {
         // 3:4 portrait (1.333) is nearer 1.29 than 1.38
         assert_eq!(closest(&table(512, true).unwrap(), 800, 600).key, 1.29);
         assert!(table(768, false).is_none());
+        let t512 = table(512, false).unwrap();
+        // 1200×1600 portrait (h/w 1.333 → key 1.29, [576, 448]): 576/1600 = 0.36 < 448/1200 = 0.373, so
+        // the width is set and the height is int(1600·448/1200) = 597; top = round(10.5) = 10 (half to even).
+        let b = closest(&t512, 1600, 1200);
+        assert_eq!((b.key, b.height, b.width), (1.29, 576, 448));
+        assert_eq!(cover_and_crop(1600, 1200, b), CropPlan { resize: (597, 448), crop: (10, 0, 576, 448) });
+        // 640×480 landscape (h/w 0.75, as near 0.72 as 0.78: the first wins) → [416, 576]: 416/480 = 0.867 <
+        // 576/640 = 0.9, so the width is set and the height is 432; top = 8.
+        let b = closest(&t512, 480, 640);
+        assert_eq!((b.key, b.height, b.width), (0.72, 416, 576));
+        assert_eq!(cover_and_crop(480, 640, b), CropPlan { resize: (432, 576), crop: (8, 0, 416, 576) });
+        // An exact bucket size is untouched.
+        assert_eq!(
+            cover_and_crop(512, 512, closest(&t512, 512, 512)),
+            CropPlan { resize: (512, 512), crop: (0, 0, 512, 512) }
+        );
+        // Single scale: 480×640 → shorter side 256 → 256×341, crop left int(round(42.5)) = 42.
+        assert_eq!(shorter_side_and_crop(480, 640, 256), CropPlan { resize: (256, 341), crop: (0, 42, 256, 256) });
+        assert_eq!(shorter_side_and_crop(700, 500, 512), CropPlan { resize: (716, 512), crop: (102, 0, 512, 512) });
         for b in table(256, false).unwrap() {
             assert_eq!((b.height % 16, b.width % 16), (0, 0), "latent sides stay multiples of the patch grid");
         }
