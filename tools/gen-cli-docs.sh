@@ -14,19 +14,18 @@ cargo build -q
     target/debug/pixforge ingest --help
     echo '```'
 } > docs/ingest.md
-guide=$(sed '/^<!-- help -->$/,$d' docs/density.md)
-{
-    echo "$guide"
-    echo '<!-- help -->'
-    echo '```text'
-    target/debug/pixforge density --help
-    echo '```'
-} > docs/density.md
-guide=$(sed '/^<!-- help -->$/,$d' docs/train.md)
-{
-    echo "$guide"
-    echo '<!-- help -->'
-    echo '```text'
-    target/debug/pixforge sample --help
-    echo '```'
-} > docs/train.md
+# A page's hand-written guide (above `<!-- help -->`) followed by the command's --help.
+with_help() {
+    local page=$1; shift
+    local guide
+    guide=$(sed '/^<!-- help -->$/,$d' "$page")
+    {
+        echo "$guide"
+        echo '<!-- help -->'
+        echo '```text'
+        target/debug/pixforge "$@" --help
+        echo '```'
+    } > "$page"
+}
+with_help docs/density.md density
+with_help docs/train.md sample

@@ -3,9 +3,8 @@
 //! `[B, heads, N, L]` scores are never stored: the backward recomputes them (as flash attention does)
 //! and produces dQ, dK, dV with four more products.
 
-use super::kernels::{contiguous, softmax_grad_row, softmax_row, Real};
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use super::kernels::{contiguous, on_float, softmax_grad_row, softmax_row, Real};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 /// Attention of `q` `[B, N, C]` over `k`, `v` `[B, L, C]` with `heads` heads (`C = heads·D`).
@@ -239,18 +238,10 @@ impl CustomOp3 for Attention {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let z = self.dims(l1, l2)?;
-        let shape = l1.shape().clone();
-        match s1.dtype() {
-            DType::F32 => {
-                let (q, k, v) = (contiguous::<f32>(s1, l1, "q")?, contiguous(s2, l2, "k")?, contiguous(s3, l3, "v")?);
-                Ok((CpuStorage::F32(self.forward(&z, q, k, v)), shape))
-            }
-            DType::F64 => {
-                let (q, k, v) = (contiguous::<f64>(s1, l1, "q")?, contiguous(s2, l2, "k")?, contiguous(s3, l3, "v")?);
-                Ok((CpuStorage::F64(self.forward(&z, q, k, v)), shape))
-            }
-            other => candle_core::bail!("{}: expected f32 or f64, found {other:?}", self.name()),
-        }
+        on_float!(s1, l1, self.name(), l1.shape().clone(), |q: T| {
+            let (k, v) = (contiguous::<T>(s2, l2, "k")?, contiguous::<T>(s3, l3, "v")?);
+            self.forward(&z, q, k, v)
+        })
     }
 
     fn bwd(
@@ -294,18 +285,9 @@ impl CustomOp3 for AttentionGrad<'_> {
         let shape = Shape::from(z.b * (z.n + 2 * z.l) * z.c);
         let (gs, gl) = self.grad.storage_and_layout();
         let Storage::Cpu(gs) = &*gs else { candle_core::bail!("{}: expected a CPU gradient", self.name()) };
-        match s1.dtype() {
-            DType::F32 => {
-                let (q, k, v) = (contiguous::<f32>(s1, l1, "q")?, contiguous(s2, l2, "k")?, contiguous(s3, l3, "v")?);
-                let g = contiguous(gs, gl, "grad")?;
-                Ok((CpuStorage::F32(self.op.backward(&z, q, k, v, g)), shape))
-            }
-            DType::F64 => {
-                let (q, k, v) = (contiguous::<f64>(s1, l1, "q")?, contiguous(s2, l2, "k")?, contiguous(s3, l3, "v")?);
-                let g = contiguous(gs, gl, "grad")?;
-                Ok((CpuStorage::F64(self.op.backward(&z, q, k, v, g)), shape))
-            }
-            other => candle_core::bail!("{}: expected f32 or f64, found {other:?}", self.name()),
-        }
+        on_float!(s1, l1, self.name(), shape, |q: T| {
+            let (k, v) = (contiguous::<T>(s2, l2, "k")?, contiguous::<T>(s3, l3, "v")?);
+            self.op.backward(&z, q, k, v, contiguous::<T>(gs, gl, "grad")?)
+        })
     }
 }

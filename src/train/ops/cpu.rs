@@ -1,32 +1,11 @@
 //! candle custom ops (forward and backward) over the kernels of [`super::kernels`].
 
-use super::kernels::{self as k, contiguous, per_row, Real};
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
+use super::kernels::{self as k, contiguous, on_float, per_row, Real};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 
 /// The last dimension of a layout.
 fn last(l: &Layout) -> usize {
     l.dims().last().copied().unwrap_or(1)
-}
-
-/// Runs `$body` with `T` the storage's float type and `$x` its contiguous data; wraps the `Vec<T>` it
-/// returns into a storage of `$shape`.
-macro_rules! on_float {
-    ($storage:expr, $layout:expr, $name:expr, $shape:expr, |$x:ident: $t:ident| $body:expr) => {
-        match $storage.dtype() {
-            DType::F32 => {
-                type $t = f32;
-                let $x = contiguous::<f32>($storage, $layout, $name)?;
-                Ok((CpuStorage::F32($body), $shape))
-            }
-            DType::F64 => {
-                type $t = f64;
-                let $x = contiguous::<f64>($storage, $layout, $name)?;
-                Ok((CpuStorage::F64($body), $shape))
-            }
-            other => candle_core::bail!("{}: expected f32 or f64, found {other:?}", $name),
-        }
-    };
 }
 
 /// Layer norm over the last dimension, no affine parameters.

@@ -102,6 +102,27 @@ pub fn per_row<T: Real>(
     out
 }
 
+/// Runs `$body` with `T` the storage's float type and `$x` its contiguous data; wraps the `Vec<T>` it
+/// returns into a storage of `$shape`.
+macro_rules! on_float {
+    ($storage:expr, $layout:expr, $name:expr, $shape:expr, |$x:ident: $t:ident| $body:expr) => {
+        match candle_core::backend::BackendStorage::dtype($storage) {
+            candle_core::DType::F32 => {
+                type $t = f32;
+                let $x = $crate::train::ops::kernels::contiguous::<f32>($storage, $layout, $name)?;
+                Ok((candle_core::CpuStorage::F32($body), $shape))
+            }
+            candle_core::DType::F64 => {
+                type $t = f64;
+                let $x = $crate::train::ops::kernels::contiguous::<f64>($storage, $layout, $name)?;
+                Ok((candle_core::CpuStorage::F64($body), $shape))
+            }
+            other => candle_core::bail!("{}: expected f32 or f64, found {other:?}", $name),
+        }
+    };
+}
+pub(crate) use on_float;
+
 /// Mean and 1/√(var + eps) of a row, accumulated in f64.
 fn moments<T: Real>(x: &[T], eps: f64) -> (f64, f64) {
     let n = x.len() as f64;

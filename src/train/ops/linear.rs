@@ -3,9 +3,8 @@
 //! no gradient, such as the T5 captions), where `matmul` + `broadcast_add` cost a bias pass forward,
 //! four passes over the output backward and a full product for the input gradient.
 
-use super::kernels::contiguous;
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use super::kernels::{contiguous, on_float};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 /// The fused linear op over `x` `[R, K]`, `w` `[M, K]`, `b` `[M]`.
 pub struct Linear;
@@ -65,18 +64,9 @@ impl CustomOp3 for Linear {
         if k != k2 || l3.shape().elem_count() != m {
             candle_core::bail!("{}: x {:?}, w {:?}, b {:?} do not fit", self.name(), l1.dims(), l2.dims(), l3.dims());
         }
-        let shape = Shape::from((r, m));
-        match s1.dtype() {
-            DType::F32 => {
-                let (x, w, b) = (contiguous::<f32>(s1, l1, "x")?, contiguous(s2, l2, "w")?, contiguous(s3, l3, "b")?);
-                Ok((CpuStorage::F32(forward(x, w, b, r, k, m)), shape))
-            }
-            DType::F64 => {
-                let (x, w, b) = (contiguous::<f64>(s1, l1, "x")?, contiguous(s2, l2, "w")?, contiguous(s3, l3, "b")?);
-                Ok((CpuStorage::F64(forward(x, w, b, r, k, m)), shape))
-            }
-            other => candle_core::bail!("{}: expected f32 or f64, found {other:?}", self.name()),
-        }
+        on_float!(s1, l1, self.name(), Shape::from((r, m)), |x: T| {
+            forward(x, contiguous::<T>(s2, l2, "w")?, contiguous::<T>(s3, l3, "b")?, r, k, m)
+        })
     }
 
     fn bwd(
