@@ -60,7 +60,7 @@ fn cond(g: &Golden, caption: &str, mask: &str) -> Condition {
 /// Runs `kind` with the null condition `uncond` and compares with the golden `key` (times in `key_times`).
 fn check(g: &Golden, kind: SamplerKind, steps: usize, uncond: Condition, key: &str) {
     let c = cond(g, "cond", "cond_mask");
-    let guided = Guided::new(&g.model, c, Some(uncond), 4.5, None);
+    let guided = Guided::new(&g.model, c, Some(uncond), 4.5, None).unwrap();
     let mut times = Vec::new();
     let mut model = |x: &Tensor, t: f64| {
         times.push(t);

@@ -5,6 +5,16 @@
 pub mod t5;
 pub mod vae;
 
+/// The `name/` part of a diffusers pipeline folder, or `dir` itself when it has no such subfolder.
+pub fn part(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let sub = dir.join(name);
+    if sub.is_dir() {
+        sub
+    } else {
+        dir.to_path_buf()
+    }
+}
+
 /// Reads and parses a `config.json`, naming the file on error.
 pub(crate) fn read_config<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> anyhow::Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;

@@ -25,17 +25,14 @@ pub struct TextEncoder {
 }
 
 /// The (model folder, tokenizer file) of a T5 folder or a diffusers pipeline folder.
-fn locate(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
-    if dir.join("text_encoder").is_dir() {
-        return Ok((dir.join("text_encoder"), dir.join("tokenizer").join("tokenizer.json")));
-    }
-    Ok((dir.to_path_buf(), dir.join("tokenizer.json")))
+fn locate(dir: &Path) -> (PathBuf, PathBuf) {
+    (super::part(dir, "text_encoder"), super::part(dir, "tokenizer").join("tokenizer.json"))
 }
 
 impl TextEncoder {
     /// Loads the encoder (weights as f32) and tokenizer, truncating to `max_tokens` tokens.
     pub fn load(dir: &Path, max_tokens: usize, device: &Device) -> anyhow::Result<Self> {
-        let (_, tokenizer_file) = locate(dir)?;
+        let (_, tokenizer_file) = locate(dir);
         let mut enc = Self::load_encoder(dir, device)?;
         if !tokenizer_file.is_file() {
             anyhow::bail!(
@@ -55,7 +52,7 @@ impl TextEncoder {
 
     /// Loads the encoder alone (weights as f32): it takes token ids ([`TextEncoder::encode_ids`]).
     pub fn load_encoder(dir: &Path, device: &Device) -> anyhow::Result<Self> {
-        let (model_dir, _) = locate(dir)?;
+        let (model_dir, _) = locate(dir);
         let config: t5::Config = super::read_config(&model_dir.join("config.json"))?;
         let files = super::weight_files(&model_dir, "model")?;
         // SAFETY: the files are memory-mapped read-only; we do not modify them while loaded.

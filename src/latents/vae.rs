@@ -122,7 +122,7 @@ pub struct Vae {
 impl Vae {
     /// Loads a diffusers `AutoencoderKL` folder (or a pipeline folder with `vae/`), as f32.
     pub fn load(dir: &Path, device: &Device) -> anyhow::Result<Self> {
-        let dir = if dir.join("vae").is_dir() { dir.join("vae") } else { dir.to_path_buf() };
+        let dir = super::part(dir, "vae");
         let cfg_path = dir.join("config.json");
         let c: VaeConfig = super::read_config(&cfg_path)?;
         if let Some(t) = c.down_block_types.iter().find(|t| *t != "DownEncoderBlock2D") {

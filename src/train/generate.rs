@@ -68,11 +68,7 @@ pub struct Generated {
 }
 
 fn load_transformer(o: &SampleOptions, dev: &Device) -> anyhow::Result<PixArt> {
-    let t = if o.transformer.join("transformer").is_dir() {
-        o.transformer.join("transformer")
-    } else {
-        o.transformer.clone()
-    };
+    let t = crate::latents::part(&o.transformer, "transformer");
     if t.is_dir() {
         PixArt::load_diffusers(&t, dev)
     } else {
@@ -160,7 +156,7 @@ pub fn generate(o: &SampleOptions, prompts: &[String], device: &Device) -> anyho
             (_, NullCondition::Official) => Some(Condition::official_null(&model, &cond)?),
             _ => None,
         };
-        let guided = Guided::new(&model, cond, uncond, o.cfg, micro.clone());
+        let guided = Guided::new(&model, cond, uncond, o.cfg, micro.clone())?;
         let x = match &file_noise {
             Some(n) => n.narrow(0, i.min(n.dim(0)? - 1), 1)?.to_dtype(DType::F32)?,
             None => rng.normal_tensor(&[1, c.in_channels, lh, lw], 1.0, device)?,

@@ -2,10 +2,10 @@
 //! `PixArtTransformer2DModel` layout: patch embedding + 2D sin-cos positions, timestep embedding and
 //! adaLN-single, caption projection, blocks of self-attention / cross-attention (padding-masked, no
 //! norm, no gate) / tanh-GELU MLP, the final layer and unpatchify; PixArtMS micro-conditions. Official
-//! checkpoints load through [`super::keys`]. Work in progress (issue 4): trainable parameters with the
-//! official initialisation come next.
+//! checkpoints load through [`super::keys`]; [`PixArt::trainable`] makes the weights variables.
 //!
-//! Every op here records gradients (no fused candle_nn kernels): layer norm and softmax are our own.
+//! Every op here records gradients: the hot ones are our fused differentiable kernels
+//! ([`super::ops`]), never candle_nn's fused ones (which record none).
 
 use super::ops::{attention, gated_add, gelu, layer_norm, linear, modulate};
 use candle_core::{DType, Device, Result, Tensor, Var};

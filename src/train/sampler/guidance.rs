@@ -50,13 +50,15 @@ impl Condition {
     }
 }
 
-/// A PixArt model with its condition, guided.
+/// A PixArt model with its condition, guided. The batch the model sees (`[unconditional;
+/// conditional]` captions, masks and micro-conditions) is assembled once, not at every step.
 pub struct Guided<'a> {
     model: &'a PixArt,
-    cond: Condition,
-    uncond: Option<Condition>,
-    scale: f64,
+    caption: Tensor,
+    mask: Tensor,
     micro: Option<(Tensor, Tensor)>,
+    /// `Some(scale)` when the batch holds both halves.
+    scale: Option<f64>,
 }
 
 impl<'a> Guided<'a> {
@@ -68,34 +70,41 @@ impl<'a> Guided<'a> {
         uncond: Option<Condition>,
         scale: f64,
         micro: Option<(Tensor, Tensor)>,
-    ) -> Self {
-        let uncond = uncond.filter(|_| scale != 1.0);
-        Guided { model, cond, uncond, scale, micro }
+    ) -> Result<Self> {
+        let Some(uncond) = uncond.filter(|_| scale != 1.0) else {
+            let mask = cond.mask.to_dtype(DType::F32)?;
+            return Ok(Guided { model, caption: cond.caption, mask, micro, scale: None });
+        };
+        let len = cond.caption.dim(1)?.max(uncond.caption.dim(1)?);
+        let (u, c) = (uncond.padded(len)?, cond.padded(len)?);
+        let micro = match micro {
+            Some((r, a)) => Some((Tensor::cat(&[&r, &r], 0)?, Tensor::cat(&[&a, &a], 0)?)),
+            None => None,
+        };
+        Ok(Guided {
+            model,
+            caption: Tensor::cat(&[&u.caption, &c.caption], 0)?,
+            mask: Tensor::cat(&[&u.mask, &c.mask], 0)?.to_dtype(DType::F32)?,
+            micro,
+            scale: Some(scale),
+        })
     }
 
     /// The (guided) model output `[B, out_channels, H, W]` at model timestep `t`.
     pub fn output(&self, x: &Tensor, t: f64) -> Result<Tensor> {
         let b = x.dim(0)?;
-        let Some(uncond) = &self.uncond else {
+        let micro = self.micro.as_ref().map(|(r, a)| (r, a));
+        let Some(scale) = self.scale else {
             let tt = Tensor::full(t as f32, b, x.device())?;
-            let micro = self.micro.as_ref().map(|(r, a)| (r, a));
-            return self.model.forward(x, &tt, &self.cond.caption, &self.cond.mask.to_dtype(DType::F32)?, micro);
-        };
-        let len = self.cond.caption.dim(1)?.max(uncond.caption.dim(1)?);
-        let (u, c) = (uncond.padded(len)?, self.cond.padded(len)?);
-        let caption = Tensor::cat(&[&u.caption, &c.caption], 0)?;
-        let mask = Tensor::cat(&[&u.mask, &c.mask], 0)?.to_dtype(DType::F32)?;
-        let micro = match &self.micro {
-            Some((r, a)) => Some((Tensor::cat(&[r, r], 0)?, Tensor::cat(&[a, a], 0)?)),
-            None => None,
+            return self.model.forward(x, &tt, &self.caption, &self.mask, micro);
         };
         let xx = Tensor::cat(&[x, x], 0)?;
         let tt = Tensor::full(t as f32, 2 * b, x.device())?;
-        let out = self.model.forward(&xx, &tt, &caption, &mask, micro.as_ref().map(|(r, a)| (r, a)))?;
+        let out = self.model.forward(&xx, &tt, &self.caption, &self.mask, micro)?;
         let ch = x.dim(1)?;
         let (out_u, out_c) = (out.narrow(0, 0, b)?, out.narrow(0, b, b)?);
         let (eps_u, eps_c) = (out_u.narrow(1, 0, ch)?, out_c.narrow(1, 0, ch)?);
-        let eps = (&eps_u + (eps_c - &eps_u)?.affine(self.scale, 0.0)?)?;
+        let eps = (&eps_u + (eps_c - &eps_u)?.affine(scale, 0.0)?)?;
         let rest = out.dim(1)? - ch;
         if rest == 0 {
             Ok(eps)
