@@ -81,6 +81,9 @@ struct SampleArgs {
     /// Unconditional branch of the guidance.
     #[arg(long, value_enum, default_value = "auto")]
     null: pixforge::train::generate::NullCondition,
+    /// Prompt preparation before T5: PixArt-α's caption cleaning, or lower-case only.
+    #[arg(long, value_enum, default_value = "pixart")]
+    cleaning: pixforge::latents::t5::TextCleaning,
     /// Seed of the noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -492,6 +495,7 @@ fn main() -> anyhow::Result<()> {
                 steps: a.steps,
                 cfg: a.cfg,
                 null: a.null,
+                cleaning: a.cleaning,
                 seed: a.seed,
                 noise: a.noise.clone(),
                 binning: !a.no_binning,

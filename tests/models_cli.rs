@@ -109,7 +109,7 @@ fn forward_runs_t5_and_vae_folders() {
         (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
     };
 
-    let t5 = pixforge::latents::t5::TextEncoder::load(&pipe, 120, &Device::Cpu).unwrap();
+    let t5 = pixforge::latents::t5::TextEncoder::load(&pipe, 120, pixforge::latents::t5::TextCleaning::Lower, &Device::Cpu).unwrap();
     let prompt = std::fs::read_to_string(pipe.join("prompt.txt")).unwrap();
     let ids: Vec<i64> = t5.tokens(prompt.trim()).unwrap().into_iter().map(i64::from).collect();
     let n = ids.len();

@@ -3,7 +3,7 @@
 //! the decoded image from the same initial noise.
 
 use candle_core::{Device, Tensor};
-use pixforge::latents::t5::TextEncoder;
+use pixforge::latents::t5::{TextCleaning, TextEncoder};
 use pixforge::train::generate::{generate, NullCondition, SampleOptions};
 use pixforge::train::sampler::SamplerKind;
 use std::path::{Path, PathBuf};
@@ -27,7 +27,7 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 #[test]
 fn t5_prompt_embedding_matches_transformers() {
     let g = golden();
-    let mut t5 = TextEncoder::load(&fixtures(), 120, &Device::Cpu).unwrap();
+    let mut t5 = TextEncoder::load(&fixtures(), 120, TextCleaning::Lower, &Device::Cpu).unwrap();
     let emb = t5.encode(&prompt()).unwrap();
     assert_eq!(emb.dims(), g["prompt_embeds"].dims(), "unpadded length = the pipeline's valid tokens");
     let d = max_abs_diff(&emb, &g["prompt_embeds"]);
@@ -54,6 +54,7 @@ fn guided_sampling_and_vae_decode_match_the_diffusers_pipeline() {
         steps: Some(20),
         cfg: 4.5,
         null: NullCondition::Empty,
+        cleaning: TextCleaning::Lower,
         seed: 0,
         noise: Some(noise),
         binning: true,

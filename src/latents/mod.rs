@@ -2,6 +2,7 @@
 //! SD VAE ([`vae`]), loaded from Hugging Face / diffusers folders. (The caches of issue 5 build on
 //! these.)
 
+pub mod clean;
 pub mod t5;
 pub mod vae;
 

@@ -10,16 +10,73 @@ use std::path::{Path, PathBuf};
 /// PixArt-α's caption length in T5 tokens (`</s>` included).
 pub const MAX_TOKENS: usize = 120;
 
-/// The text preprocessing both PixArt-α's code and diffusers' pipeline apply before T5 at the least:
-/// trimmed and lower-cased (their optional `clean_caption` regex pass is not applied).
-pub fn preprocess(text: &str) -> String {
-    text.trim().to_lowercase()
+/// How a caption is prepared before tokenizing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TextCleaning {
+    /// PixArt-α's: DeepFloyd IF's `clean_caption` applied twice ([`super::clean::pixart_clean`]), as
+    /// the official `T5Embedder` and diffusers' pipeline (`clean_caption=True`) do.
+    #[default]
+    Pixart,
+    /// Trimmed and lower-cased only (diffusers with `clean_caption=False`).
+    Lower,
+}
+
+impl TextCleaning {
+    /// `text` prepared for the tokenizer.
+    pub fn apply(self, text: &str) -> String {
+        match self {
+            TextCleaning::Pixart => super::clean::pixart_clean(text),
+            TextCleaning::Lower => text.trim().to_lowercase(),
+        }
+    }
+}
+
+/// T5's tokenizer as PixArt-α calls it: cleaned text, truncated to `max_tokens` tokens with `</s>`
+/// last (the tokenizer's post-processor appends it), unpadded.
+pub struct CaptionTokenizer {
+    tokenizer: tokenizers::Tokenizer,
+    /// The caption preparation applied before tokenizing.
+    pub cleaning: TextCleaning,
+}
+
+impl CaptionTokenizer {
+    /// Loads `tokenizer.json` (a T5 folder's, or a pipeline's `tokenizer/`), truncating to `max_tokens`.
+    pub fn load(file: &Path, max_tokens: usize, cleaning: TextCleaning) -> anyhow::Result<Self> {
+        if !file.is_file() {
+            anyhow::bail!(
+                "{}: expected the tokenizer as tokenizer.json (a sentencepiece spiece.model alone is not read)",
+                file.display()
+            );
+        }
+        let mut tokenizer = tokenizers::Tokenizer::from_file(file)
+            .map_err(|e| anyhow::anyhow!("{}: cannot load the tokenizer: {e}", file.display()))?;
+        tokenizer
+            .with_truncation(Some(tokenizers::TruncationParams { max_length: max_tokens, ..Default::default() }))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        tokenizer.with_padding(None);
+        Ok(Self { tokenizer, cleaning })
+    }
+
+    /// The tokenizer file of a T5 folder or a diffusers pipeline folder.
+    pub fn file_in(dir: &Path) -> PathBuf {
+        locate(dir).1
+    }
+
+    /// The token ids of a caption (cleaned, truncated, `</s>` last).
+    pub fn tokens(&self, text: &str) -> anyhow::Result<Vec<u32>> {
+        let enc = self
+            .tokenizer
+            .encode(self.cleaning.apply(text), true)
+            .map_err(|e| anyhow::anyhow!("tokenizing {text:?}: {e}"))?;
+        Ok(enc.get_ids().to_vec())
+    }
 }
 
 /// A loaded T5 encoder and its tokenizer.
 pub struct TextEncoder {
     model: t5::T5EncoderModel,
-    tokenizer: Option<tokenizers::Tokenizer>,
+    tokenizer: Option<CaptionTokenizer>,
     /// The encoder's width (4096 for XXL).
     pub d_model: usize,
 }
@@ -31,21 +88,9 @@ fn locate(dir: &Path) -> (PathBuf, PathBuf) {
 
 impl TextEncoder {
     /// Loads the encoder (weights as f32) and tokenizer, truncating to `max_tokens` tokens.
-    pub fn load(dir: &Path, max_tokens: usize, device: &Device) -> anyhow::Result<Self> {
-        let (_, tokenizer_file) = locate(dir);
+    pub fn load(dir: &Path, max_tokens: usize, cleaning: TextCleaning, device: &Device) -> anyhow::Result<Self> {
+        let tokenizer = CaptionTokenizer::load(&CaptionTokenizer::file_in(dir), max_tokens, cleaning)?;
         let mut enc = Self::load_encoder(dir, device)?;
-        if !tokenizer_file.is_file() {
-            anyhow::bail!(
-                "{}: expected the tokenizer as tokenizer.json (a sentencepiece spiece.model alone is not read)",
-                tokenizer_file.display()
-            );
-        }
-        let mut tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_file)
-            .map_err(|e| anyhow::anyhow!("{}: cannot load the tokenizer: {e}", tokenizer_file.display()))?;
-        tokenizer
-            .with_truncation(Some(tokenizers::TruncationParams { max_length: max_tokens, ..Default::default() }))
-            .map_err(|e| anyhow::anyhow!("{}: {e}", tokenizer_file.display()))?;
-        tokenizer.with_padding(None);
         enc.tokenizer = Some(tokenizer);
         Ok(enc)
     }
@@ -62,13 +107,12 @@ impl TextEncoder {
         Ok(TextEncoder { model, tokenizer: None, d_model: config.d_model })
     }
 
-    /// The token ids of a caption after [`preprocess`] (truncated, `</s>` appended by the
-    /// tokenizer's post-processor).
+    /// The token ids of a caption ([`CaptionTokenizer::tokens`]).
     pub fn tokens(&self, text: &str) -> anyhow::Result<Vec<u32>> {
-        let tokenizer =
-            self.tokenizer.as_ref().ok_or_else(|| anyhow::anyhow!("this T5 encoder was loaded without a tokenizer"))?;
-        let enc = tokenizer.encode(preprocess(text), true).map_err(|e| anyhow::anyhow!("tokenizing {text:?}: {e}"))?;
-        Ok(enc.get_ids().to_vec())
+        self.tokenizer
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("this T5 encoder was loaded without a tokenizer"))?
+            .tokens(text)
     }
 
     /// The encoder output `[B, L, d_model]` of token ids `[B, L]` (u32 or i64; no padding mask).

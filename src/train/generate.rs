@@ -42,6 +42,8 @@ pub struct SampleOptions {
     pub cfg: f64,
     /// The null condition.
     pub null: NullCondition,
+    /// Prompt preparation before T5.
+    pub cleaning: crate::latents::t5::TextCleaning,
     /// Seed of the initial noise (and of the ancestral noise).
     pub seed: u64,
     /// Initial noise `noise` [N or 1, C, h, w] from a safetensors file instead of the seed.
@@ -99,7 +101,7 @@ fn to_rgb(img: &Tensor) -> anyhow::Result<Vec<u8>> {
 /// Generates one image per prompt.
 pub fn generate(o: &SampleOptions, prompts: &[String], device: &Device) -> anyhow::Result<Vec<Generated>> {
     let model = load_transformer(o, device)?;
-    let mut t5 = TextEncoder::load(&o.t5, crate::latents::t5::MAX_TOKENS, device)?;
+    let mut t5 = TextEncoder::load(&o.t5, crate::latents::t5::MAX_TOKENS, o.cleaning, device)?;
     let vae = Vae::load(&o.vae, device)?;
     let c = &model.config;
     if t5.d_model != c.caption_channels {
