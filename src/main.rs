@@ -37,6 +37,75 @@ enum Cmd {
     Density(Box<DensityArgs>),
     /// Generate images from prompts with a PixArt transformer, the T5 encoder and the VAE.
     Sample(Box<SampleArgs>),
+    /// Cache T5 caption embeddings and VAE latents of a shard dataset, for training.
+    #[command(subcommand)]
+    Cache(CacheCmd),
+}
+
+#[derive(Subcommand)]
+enum CacheCmd {
+    /// T5 embeddings of every caption (each sample's .txt), unpadded, one safetensors file per shard.
+    T5 {
+        #[command(flatten)]
+        cfg: pixforge::latents::cache::T5CacheConfig,
+        #[command(flatten)]
+        run: CacheRunArgs,
+    },
+    /// VAE posterior mean and std of every image (f16), per shard and aspect-ratio bucket.
+    Vae {
+        #[command(flatten)]
+        cfg: pixforge::latents::cache::VaeCacheConfig,
+        #[command(flatten)]
+        run: CacheRunArgs,
+    },
+}
+
+#[derive(Args)]
+struct CacheRunArgs {
+    /// Source dataset: shards with _stats.json done markers (an ingest output).
+    #[arg(long)]
+    input: PathBuf,
+    /// Cache directory.
+    #[arg(long, short)]
+    out: PathBuf,
+    /// This worker's share, I/N: owns shards with shard % N == I. Default: SLURM_ARRAY_TASK_ID /
+    /// SLURM_ARRAY_TASK_COUNT, or JOB_COMPLETION_INDEX with PIXFORGE_WORKER_COUNT, else 0/1.
+    #[arg(long)]
+    worker: Option<Worker>,
+    /// Replace a cache made from other inputs (model, preprocessing, source shards) instead of refusing it.
+    #[arg(long)]
+    overwrite: bool,
+    /// Hide the progress bar.
+    #[arg(long)]
+    no_progress: bool,
+    /// Device: cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+impl CacheRunArgs {
+    fn options(&self) -> anyhow::Result<pixforge::latents::cache::RunOptions> {
+        let worker = match self.worker {
+            Some(w) => w,
+            None => Worker::from_env().map_err(anyhow::Error::msg)?,
+        };
+        Ok(pixforge::latents::cache::RunOptions {
+            input: self.input.clone(),
+            out: self.out.clone(),
+            worker,
+            overwrite: self.overwrite,
+            progress: !self.no_progress,
+        })
+    }
+}
+
+/// Prints a cache run's stats as JSON; fails when a shard could not be cached.
+fn finish_cache(stats: &pixforge::latents::cache::CacheRunStats) -> anyhow::Result<()> {
+    emit(&format!("{}\n", serde_json::to_string_pretty(stats)?));
+    if !stats.shards_failed.is_empty() {
+        anyhow::bail!("{} shard(s) could not be cached (listed above); rerun to retry them", stats.shards_failed.len());
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -505,6 +574,18 @@ fn main() -> anyhow::Result<()> {
             for p in paths {
                 emit(&format!("{}\n", p.display()));
             }
+        }
+        Cmd::Cache(CacheCmd::T5 { cfg, run }) => {
+            let device = pixforge::train::device(&run.device)?;
+            let stats = pixforge::latents::cache::t5_stage::run(&cfg, &run.options()?, &device)
+                .with_context(|| format!("cache t5 into {}", run.out.display()))?;
+            finish_cache(&stats)?;
+        }
+        Cmd::Cache(CacheCmd::Vae { cfg, run }) => {
+            let device = pixforge::train::device(&run.device)?;
+            let stats = pixforge::latents::cache::vae_stage::run(&cfg, &run.options()?, &device)
+                .with_context(|| format!("cache vae into {}", run.out.display()))?;
+            finish_cache(&stats)?;
         }
         Cmd::Demo { out } => {
             let report = pixforge::demo::run(&out).context("demo")?;

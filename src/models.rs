@@ -106,11 +106,11 @@ pub fn init_tiny(kind: ModelKind, out: &Path, micro_conditions: bool, seed: u64)
             let dir = out.join("vae");
             std::fs::create_dir_all(&dir)?;
             let cfg = serde_json::json!({
-                "_class_name": "AutoencoderKL", "act_fn": "silu", "block_out_channels": [32, 64],
-                "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"], "in_channels": 3,
-                "latent_channels": 4, "layers_per_block": 1, "norm_num_groups": 32, "out_channels": 3,
+                "_class_name": "AutoencoderKL", "act_fn": "silu", "block_out_channels": [16, 16, 32, 32],
+                "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"], "in_channels": 3,
+                "latent_channels": 4, "layers_per_block": 1, "norm_num_groups": 8, "out_channels": 3,
                 "sample_size": 64, "scaling_factor": 0.18215,
-                "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"],
+                "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
                 "use_quant_conv": true, "use_post_quant_conv": true, "mid_block_add_attention": true,
             });
             write_json(&dir.join("config.json"), &cfg)?;

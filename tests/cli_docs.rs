@@ -1,4 +1,4 @@
-//! docs/ingest.md, docs/density.md and docs/train.md list every flag with its default: they must match what the binary
+//! docs/ingest.md, density.md, train.md and latents.md list every flag with its default: they must match what the binary
 //! prints (regenerate with tools/gen-cli-docs.sh).
 
 mod common;
@@ -17,29 +17,45 @@ fn ingest_reference_matches_help() {
     }
 }
 
-#[test]
-fn density_reference_matches_help() {
-    let out = std::process::Command::new(common::bin()).args(["density", "--help"]).output().unwrap();
+/// `pixforge ARGS --help`.
+fn help(args: &[&str]) -> String {
+    let out = std::process::Command::new(common::bin()).args(args).arg("--help").output().unwrap();
     assert!(out.status.success());
-    let help = String::from_utf8(out.stdout).unwrap();
-    let doc =
-        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/density.md")).unwrap();
-    let block = doc.split("<!-- help -->\n```text\n").nth(1).and_then(|b| b.split("```").next()).unwrap();
-    assert!(block == help, "docs/density.md is out of date: run tools/gen-cli-docs.sh");
-    for flag in ["--input", "--column", "--valid-threshold", "--form", "--no-proper-nouns", "--t5-tokenizer"] {
-        assert!(help.contains(flag), "{flag} is documented");
-    }
+    String::from_utf8(out.stdout).unwrap()
 }
 
+/// The `--help` blocks of a page, below its `<!-- help -->` line, in order.
+fn help_blocks(page: &str) -> Vec<String> {
+    let doc = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(page)).unwrap();
+    let tail = doc.split("<!-- help -->\n").nth(1).unwrap_or_else(|| panic!("{page}: no <!-- help --> line"));
+    tail.split("```text\n").skip(1).map(|b| b.split("```").next().unwrap().to_string()).collect()
+}
+
+/// Each page documents its commands' flags exactly as the binary prints them.
 #[test]
-fn sample_reference_matches_help() {
-    let out = std::process::Command::new(common::bin()).args(["sample", "--help"]).output().unwrap();
-    assert!(out.status.success());
-    let help = String::from_utf8(out.stdout).unwrap();
-    let doc = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/train.md")).unwrap();
-    let block = doc.split("<!-- help -->\n```text\n").nth(1).and_then(|b| b.split("```").next()).unwrap();
-    assert!(block == help, "docs/train.md is out of date: run tools/gen-cli-docs.sh");
-    for flag in ["--pipeline", "--sampler", "--cfg", "--null", "--noise", "--seed"] {
-        assert!(help.contains(flag), "{flag} is documented");
+fn guide_pages_match_help() {
+    let pages: [(&str, &[&[&str]], &[&str]); 3] = [
+        (
+            "docs/density.md",
+            &[&["density"]],
+            &["--input", "--column", "--valid-threshold", "--form", "--no-proper-nouns", "--t5-tokenizer"],
+        ),
+        (
+            "docs/train.md",
+            &[&["sample"]],
+            &["--pipeline", "--sampler", "--cfg", "--null", "--noise", "--seed", "--cleaning"],
+        ),
+        (
+            "docs/latents.md",
+            &[&["cache", "t5"], &["cache", "vae"]],
+            &["--model", "--max-tokens", "--dtype", "--resolution", "--multiscale", "--worker", "--overwrite"],
+        ),
+    ];
+    for (page, commands, flags) in pages {
+        let helps: Vec<String> = commands.iter().map(|c| help(c)).collect();
+        assert!(help_blocks(page) == helps, "{page} is out of date: run tools/gen-cli-docs.sh");
+        for flag in flags {
+            assert!(helps.iter().any(|h| h.contains(flag)), "{page}: {flag} is documented");
+        }
     }
 }

@@ -109,7 +109,9 @@ fn forward_runs_t5_and_vae_folders() {
         (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
     };
 
-    let t5 = pixforge::latents::t5::TextEncoder::load(&pipe, 120, pixforge::latents::t5::TextCleaning::Lower, &Device::Cpu).unwrap();
+    let t5 =
+        pixforge::latents::t5::TextEncoder::load(&pipe, 120, pixforge::latents::t5::TextCleaning::Lower, &Device::Cpu)
+            .unwrap();
     let prompt = std::fs::read_to_string(pipe.join("prompt.txt")).unwrap();
     let ids: Vec<i64> = t5.tokens(prompt.trim()).unwrap().into_iter().map(i64::from).collect();
     let n = ids.len();
@@ -171,7 +173,7 @@ fn init_tiny_t5_and_vae_write_the_real_layouts() {
     let ids = Tensor::new(&[[5u32, 6, 7, 1]], &Device::Cpu).unwrap();
     assert_eq!(enc.encode_ids(&ids).unwrap().dims(), &[1, 4, 32]);
     let v = pixforge::latents::vae::Vae::load(&a, &Device::Cpu).unwrap();
-    let (mean, _) = v.encode(&Tensor::zeros((1, 3, 16, 16), DType::F32, &Device::Cpu).unwrap()).unwrap();
-    assert_eq!(mean.dims(), &[1, 4, 8, 8]);
-    assert_eq!(v.decode(&mean).unwrap().dims(), &[1, 3, 16, 16]);
+    let (mean, _) = v.encode(&Tensor::zeros((1, 3, 32, 16), DType::F32, &Device::Cpu).unwrap()).unwrap();
+    assert_eq!(mean.dims(), &[1, 4, 4, 2], "four blocks: 8x down, as the SD VAE");
+    assert_eq!(v.decode(&mean).unwrap().dims(), &[1, 3, 32, 16]);
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates the `--help` blocks of docs/ingest.md, docs/density.md and docs/train.md (tests/cli_docs.rs keeps them
-# in step with the binary). docs/density.md and docs/train.md keep their hand-written guides above the `<!-- help -->` line.
+# Regenerates the `--help` blocks of docs/ingest.md, docs/density.md, docs/train.md and docs/latents.md (tests/cli_docs.rs keeps them
+# in step with the binary). docs/density.md, docs/train.md and docs/latents.md keep their hand-written guides above the `<!-- help -->` line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build -q
@@ -14,7 +14,8 @@ cargo build -q
     target/debug/pixforge ingest --help
     echo '```'
 } > docs/ingest.md
-# A page's hand-written guide (above `<!-- help -->`) followed by the command's --help.
+# A page's hand-written guide (above `<!-- help -->`) followed by the --help of each command given
+# (one quoted argument per command, e.g. "cache t5").
 with_help() {
     local page=$1; shift
     local guide
@@ -22,10 +23,19 @@ with_help() {
     {
         echo "$guide"
         echo '<!-- help -->'
-        echo '```text'
-        target/debug/pixforge "$@" --help
-        echo '```'
+        for cmd in "$@"; do
+            if [ $# -gt 1 ]; then
+                echo
+                echo "\`pixforge $cmd --help\`:"
+                echo
+            fi
+            echo '```text'
+            # shellcheck disable=SC2086
+            target/debug/pixforge $cmd --help
+            echo '```'
+        done
     } > "$page"
 }
 with_help docs/density.md density
 with_help docs/train.md sample
+with_help docs/latents.md "cache t5" "cache vae"

@@ -326,11 +326,30 @@ pub fn resize_rgb(
     if crop == (0.0, 0.0, w as f64, h as f64) && size == (w, h) {
         return Ok(img.clone());
     }
+    let filter = if (size.0 as f64) < crop.2 { o.downscale_filter } else { o.upscale_filter };
+    resize_region(img, crop, size, filter)
+}
+
+/// Resizes the whole of `img` to `size` (width, height) with `filter` (Pillow's convolution resampling:
+/// `Bilinear` and `Bicubic` give what PIL's `BILINEAR` / `BICUBIC` resize gives).
+pub fn resize_exact(img: &RgbImage, size: (u32, u32), filter: Filter) -> Result<RgbImage, ImageError> {
+    let (w, h) = img.dimensions();
+    if size == (w, h) {
+        return Ok(img.clone());
+    }
+    resize_region(img, (0.0, 0.0, w as f64, h as f64), size, filter)
+}
+
+fn resize_region(
+    img: &RgbImage,
+    crop: (f64, f64, f64, f64),
+    size: (u32, u32),
+    filter: Filter,
+) -> Result<RgbImage, ImageError> {
+    let (w, h) = img.dimensions();
     let src = ImageRef::new(w, h, img.as_raw(), PixelType::U8x3).map_err(|e| ImageError::Encode(e.to_string()))?;
     let mut dst = Image::new(size.0, size.1, PixelType::U8x3);
-    let opts = ResizeOptions::new()
-        .resize_alg(if (size.0 as f64) < crop.2 { o.downscale_filter } else { o.upscale_filter }.alg())
-        .crop(crop.0, crop.1, crop.2, crop.3);
+    let opts = ResizeOptions::new().resize_alg(filter.alg()).crop(crop.0, crop.1, crop.2, crop.3);
     Resizer::new().resize(&src, &mut dst, &opts).map_err(|e| ImageError::Encode(e.to_string()))?;
     RgbImage::from_raw(size.0, size.1, dst.into_vec()).ok_or_else(|| ImageError::Encode("resize buffer size".into()))
 }

@@ -165,25 +165,6 @@ fn check_paths(cfg: &IngestConfig, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn remove_own_temp_files(out: &Path, worker: Worker) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(out)? {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.contains(TEMP_MARKER) {
-            continue;
-        }
-        let digits: String = name.chars().take_while(|c| c.is_ascii_digit()).collect();
-        let owned = match digits.parse::<usize>() {
-            Ok(shard) => worker.owns(shard),
-            Err(_) => worker.index == 0,
-        };
-        if owned {
-            std::fs::remove_file(entry.path())?;
-        }
-    }
-    Ok(())
-}
-
 fn remove_dataset_files(out: &Path) -> std::io::Result<()> {
     for entry in std::fs::read_dir(out)? {
         let p = entry?.path();
@@ -416,7 +397,7 @@ pub fn run(cfg: &IngestConfig, opts: &RunOptions) -> anyhow::Result<RunStats> {
         }
     }
     manifest.write(&opts.out)?;
-    remove_own_temp_files(&opts.out, opts.worker)?;
+    crate::shards::remove_owned_temp_files(&opts.out, opts.worker)?;
 
     let shards: Vec<usize> = (0..layout.shard_count(rows.rows.len())).filter(|&s| opts.worker.owns(s)).collect();
     let done: std::collections::HashSet<usize> = done_shards(&opts.out)?.into_iter().collect();

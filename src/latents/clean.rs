@@ -203,8 +203,7 @@ fn markup_len(s: &str) -> Option<usize> {
         }
     }
     let end = end?;
-    let name: String =
-        s[name_at..].chars().take_while(|c| !c.is_whitespace() && *c != '/' && *c != '>').collect();
+    let name: String = s[name_at..].chars().take_while(|c| !c.is_whitespace() && *c != '/' && *c != '>').collect();
     if !end_tag && (name == "script" || name == "style") {
         let close = format!("</{name}");
         return Some(s[end..].find(&close).and_then(|i| after(end + i, ">")).unwrap_or(s.len()));
@@ -219,10 +218,8 @@ fn char_ref(s: &str) -> Option<(usize, String)> {
     if b.get(1) == Some(&b'#') {
         let hex = matches!(b.get(2), Some(b'x' | b'X'));
         let start = if hex { 3 } else { 2 };
-        let digits = b[start..]
-            .iter()
-            .take_while(|c| if hex { c.is_ascii_hexdigit() } else { c.is_ascii_digit() })
-            .count();
+        let digits =
+            b[start..].iter().take_while(|c| if hex { c.is_ascii_hexdigit() } else { c.is_ascii_digit() }).count();
         let term = *b.get(start + digits)?;
         if digits == 0 || term.is_ascii_hexdigit() {
             return None;
@@ -234,8 +231,7 @@ fn char_ref(s: &str) -> Option<(usize, String)> {
     if !b.get(1).is_some_and(u8::is_ascii_alphabetic) {
         return None;
     }
-    let name_len =
-        1 + b[2..].iter().take_while(|c| c.is_ascii_alphanumeric() || **c == b'-' || **c == b'.').count();
+    let name_len = 1 + b[2..].iter().take_while(|c| c.is_ascii_alphanumeric() || **c == b'-' || **c == b'.').count();
     let term = *b.get(1 + name_len)?;
     if term.is_ascii_alphanumeric() {
         return None;

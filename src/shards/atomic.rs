@@ -40,6 +40,27 @@ pub fn remove_temp_files(dir: &Path) -> io::Result<usize> {
     Ok(n)
 }
 
+/// Removes the temporary files in `dir` that belong to `worker`'s shards (named `{shard}…`; files
+/// named otherwise belong to worker 0), so workers sharing a directory never remove each other's.
+pub fn remove_owned_temp_files(dir: &Path, worker: super::Worker) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.contains(TEMP_MARKER) {
+            continue;
+        }
+        let digits: String = name.chars().take_while(|c| c.is_ascii_digit()).collect();
+        let owned = match digits.parse::<usize>() {
+            Ok(shard) => worker.owns(shard),
+            Err(_) => worker.index == 0,
+        };
+        if owned {
+            fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

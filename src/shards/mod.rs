@@ -15,7 +15,7 @@ mod tar_reader;
 mod worker;
 mod writer;
 
-pub use atomic::{remove_temp_files, temp_path, write_atomic, TEMP_MARKER};
+pub use atomic::{remove_owned_temp_files, remove_temp_files, temp_path, write_atomic, TEMP_MARKER};
 pub use keys::{done_shards, shard_name, ShardLayout};
 pub use manifest::{fingerprint_of, Manifest, MANIFEST_FILE};
 pub use parquet::{read_records, records_to_frame, write_parquet_atomic, RESERVED};

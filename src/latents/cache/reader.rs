@@ -1,0 +1,116 @@
+//! Reading a cache: refused when its fingerprint does not match what the consumer expects.
+
+use super::fingerprint::CacheFingerprint;
+use super::store::CacheEntry;
+use crate::shards::{done_shards, shard_name, Manifest, MANIFEST_FILE};
+use candle_core::{safetensors::MmapedSafetensors, DType, Device, Tensor};
+use std::path::{Path, PathBuf};
+
+/// An opened cache directory.
+pub struct CacheReader {
+    dir: PathBuf,
+    /// What the cache was made from.
+    pub fingerprint: CacheFingerprint,
+    /// Its finished shards, by name.
+    pub shards: Vec<String>,
+}
+
+/// One cache shard: its index and its memory-mapped tensors.
+pub struct CacheShard {
+    /// One entry per source sample.
+    pub entries: Vec<CacheEntry>,
+    tensors: MmapedSafetensors,
+}
+
+impl CacheReader {
+    /// Opens the cache in `dir`, refusing it when it was made from inputs other than `expected`
+    /// (the error lists every difference: model config, weight files, preprocessing, source shards).
+    pub fn open(dir: &Path, expected: &CacheFingerprint) -> anyhow::Result<Self> {
+        let r = Self::open_unchecked(dir)?;
+        let changes = r.fingerprint.changes(expected);
+        if !changes.is_empty() {
+            anyhow::bail!(
+                "{}: stale {} cache, made from other inputs than these:\n  - {}\nRebuild it with `pixforge cache {}` (--overwrite replaces it).",
+                dir.display(),
+                r.fingerprint.kind,
+                changes.join("\n  - "),
+                r.fingerprint.kind
+            );
+        }
+        Ok(r)
+    }
+
+    /// Opens the cache in `dir` without comparing its fingerprint.
+    pub fn open_unchecked(dir: &Path) -> anyhow::Result<Self> {
+        let manifest = Manifest::read(dir)?
+            .ok_or_else(|| anyhow::anyhow!("{}: not a pixforge cache (expected {MANIFEST_FILE})", dir.display()))?;
+        let fingerprint: CacheFingerprint = serde_json::from_value(manifest.config)
+            .map_err(|e| anyhow::anyhow!("{}: not a cache manifest ({e})", dir.join(MANIFEST_FILE).display()))?;
+        let shards = done_shards(dir)?.into_iter().map(shard_name).collect();
+        Ok(Self { dir: dir.to_path_buf(), fingerprint, shards })
+    }
+
+    /// Opens shard `name`.
+    pub fn shard(&self, name: &str) -> anyhow::Result<CacheShard> {
+        let index = self.dir.join(format!("{name}.index.json"));
+        let text = std::fs::read_to_string(&index).map_err(|e| anyhow::anyhow!("{}: {e}", index.display()))?;
+        let entries = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", index.display()))?;
+        let file = self.dir.join(format!("{name}.safetensors"));
+        // SAFETY: the file is mapped read-only; finished cache files are never rewritten in place
+        // (a rerun renames a new file over the name, which leaves this mapping intact).
+        let tensors =
+            unsafe { MmapedSafetensors::new(&file) }.map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        Ok(CacheShard { entries, tensors })
+    }
+}
+
+impl CacheShard {
+    /// Tensor `name` as f32 on `device`.
+    pub fn tensor(&self, name: &str, device: &Device) -> anyhow::Result<Tensor> {
+        Ok(self.tensors.load(name, device)?.to_dtype(DType::F32)?)
+    }
+
+    /// Rows `start .. start + n` of tensor `name` as f32, read from the mapping without loading the rest.
+    pub fn rows(&self, name: &str, start: usize, n: usize, device: &Device) -> anyhow::Result<Tensor> {
+        let view = self.tensors.get(name)?;
+        let dtype = match view.dtype() {
+            safetensors::Dtype::F32 => DType::F32,
+            safetensors::Dtype::F16 => DType::F16,
+            safetensors::Dtype::BF16 => DType::BF16,
+            other => anyhow::bail!("tensor {name}: expected f32, f16 or bf16 features, found {other:?}"),
+        };
+        let shape = view.shape();
+        if shape.is_empty() || start + n > shape[0] {
+            anyhow::bail!("tensor {name} {shape:?}: rows {start}..{} out of range", start + n);
+        }
+        let row_bytes = shape[1..].iter().product::<usize>() * dtype.size_in_bytes();
+        let bytes = &view.data()[start * row_bytes..(start + n) * row_bytes];
+        let mut dims = shape.to_vec();
+        dims[0] = n;
+        Ok(Tensor::from_raw_buffer(bytes, dtype, &dims, device)?.to_dtype(DType::F32)?)
+    }
+
+    /// The entry of `key`, if the shard has it.
+    pub fn entry(&self, key: &str) -> Option<&CacheEntry> {
+        self.entries.iter().find(|e| e.key == key)
+    }
+
+    /// The T5 embedding `[tokens, d]` (f32) of a successful entry of a T5 cache.
+    pub fn t5_embedding(&self, entry: &CacheEntry, device: &Device) -> anyhow::Result<Tensor> {
+        let (Some(row), Some(n)) = (entry.row, entry.tokens) else {
+            anyhow::bail!("sample {}: not cached ({})", entry.key, entry.reason.as_deref().unwrap_or("no T5 rows"));
+        };
+        self.rows("embeddings", row, n, device)
+    }
+
+    /// The posterior mean and std `[4, h, w]` (f32) of a successful entry of a VAE cache.
+    pub fn vae_moments(&self, entry: &CacheEntry, device: &Device) -> anyhow::Result<(Tensor, Tensor)> {
+        let (Some(row), Some(bucket)) = (entry.row, entry.bucket.as_deref()) else {
+            anyhow::bail!("sample {}: not cached ({})", entry.key, entry.reason.as_deref().unwrap_or("no VAE rows"));
+        };
+        let get = |what: &str| -> anyhow::Result<Tensor> {
+            Ok(self.rows(&format!("{what}.{bucket}"), row, 1, device)?.squeeze(0)?)
+        };
+        Ok((get("mean")?, get("std")?))
+    }
+}

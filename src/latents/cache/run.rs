@@ -1,0 +1,167 @@
+//! The shard loop every cache stage shares: which shards to do (done source shards owned by this
+//! worker, not yet done here), the manifest check that refuses to mix caches, temporary-file
+//! cleanup, progress, and per-shard failure that does not stop the others.
+
+use super::fingerprint::CacheFingerprint;
+use super::store::{write_shard, CacheShardStats, ShardOutput};
+use crate::shards::{done_shards, shard_name, Manifest, WdsReader, Worker, MANIFEST_FILE, TEMP_MARKER};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// Where a cache stage reads and writes, and how it shares the work.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The source dataset: WebDataset shards with `_stats.json` done markers (an ingest output).
+    pub input: PathBuf,
+    /// The cache directory.
+    pub out: PathBuf,
+    /// This worker's share: the shards with `shard % N == I`.
+    pub worker: Worker,
+    /// Replace a cache made with a different fingerprint instead of refusing it.
+    pub overwrite: bool,
+    /// Show a progress bar (on a terminal).
+    pub progress: bool,
+}
+
+impl RunOptions {
+    /// Options reading `input` and writing `out`, single worker, no overwrite, progress shown.
+    pub fn new(input: impl Into<PathBuf>, out: impl Into<PathBuf>) -> Self {
+        Self { input: input.into(), out: out.into(), worker: Worker::default(), overwrite: false, progress: true }
+    }
+}
+
+/// What one run of a cache stage did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CacheRunStats {
+    /// Shards cached in this run.
+    pub shards_done: usize,
+    /// Shards skipped because they were already cached.
+    pub shards_skipped: usize,
+    /// Shards that could not be cached, with the reason (rerun to retry them).
+    pub shards_failed: Vec<(String, String)>,
+    /// Samples seen in the shards cached in this run.
+    pub samples: usize,
+    /// Samples cached.
+    pub successes: usize,
+    /// Samples not cached (see each shard's index for the reason).
+    pub failed: usize,
+    /// Seconds spent.
+    pub seconds: f64,
+}
+
+/// Runs `per_shard` over the shards of `opts.input` this worker owns and has not done yet, writing
+/// each result into `opts.out`; the manifest of `stage` records `fingerprint`.
+pub(crate) fn run_shards(
+    stage: &str,
+    fingerprint: CacheFingerprint,
+    opts: &RunOptions,
+    mut per_shard: impl FnMut(&str, &WdsReader, &ProgressBar) -> anyhow::Result<ShardOutput>,
+) -> anyhow::Result<CacheRunStats> {
+    let t0 = std::time::Instant::now();
+    let sources: Vec<usize> = done_shards(&opts.input)
+        .map_err(|e| anyhow::anyhow!("{}: cannot list the source shards: {e}", opts.input.display()))?;
+    if sources.is_empty() {
+        anyhow::bail!(
+            "{}: no finished shards (expected {{shard}}.tar with {{shard}}_stats.json, as `pixforge ingest` writes)",
+            opts.input.display()
+        );
+    }
+    let names: Vec<String> = sources.iter().map(|&s| shard_name(s)).collect();
+    let fingerprint = fingerprint.with_sources(&opts.input, &names)?;
+    prepare_out(stage, &fingerprint, opts)?;
+    let done: std::collections::HashSet<usize> = done_shards(&opts.out)?.into_iter().collect();
+    let todo: Vec<usize> = sources.iter().copied().filter(|&s| opts.worker.owns(s)).collect();
+    let mut stats = CacheRunStats::default();
+    let pb = if opts.progress { ProgressBar::new(todo.len() as u64) } else { ProgressBar::hidden() };
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} shards {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    for shard in todo {
+        pb.inc(1);
+        if done.contains(&shard) {
+            stats.shards_skipped += 1;
+            continue;
+        }
+        let name = shard_name(shard);
+        pb.set_message(name.clone());
+        match cache_one(&name, opts, &pb, &mut per_shard) {
+            Ok(s) => {
+                stats.shards_done += 1;
+                stats.samples += s.count;
+                stats.successes += s.successes;
+                stats.failed += s.failed;
+            }
+            Err(e) => {
+                tracing::error!("shard {name}: {e:#}");
+                stats.shards_failed.push((name, format!("{e:#}")));
+            }
+        }
+    }
+    pb.finish_and_clear();
+    stats.seconds = t0.elapsed().as_secs_f64();
+    Ok(stats)
+}
+
+fn cache_one(
+    name: &str,
+    opts: &RunOptions,
+    pb: &ProgressBar,
+    per_shard: &mut impl FnMut(&str, &WdsReader, &ProgressBar) -> anyhow::Result<ShardOutput>,
+) -> anyhow::Result<CacheShardStats> {
+    let start = crate::shards::now();
+    let tar = opts.input.join(format!("{name}.tar"));
+    let reader = WdsReader::open(&tar).map_err(|e| anyhow::anyhow!("{}: not a readable tar: {e}", tar.display()))?;
+    let out = per_shard(name, &reader, pb)?;
+    write_shard(&opts.out, name, &out, start)
+}
+
+/// Creates the cache directory, refuses (or with `overwrite` clears) a cache made from other inputs,
+/// writes the manifest and removes this worker's leftover temporary files.
+fn prepare_out(stage: &str, fingerprint: &CacheFingerprint, opts: &RunOptions) -> anyhow::Result<()> {
+    let out = &opts.out;
+    std::fs::create_dir_all(out)
+        .map_err(|e| anyhow::anyhow!("{}: cannot create the cache directory: {e}", out.display()))?;
+    let manifest = Manifest {
+        stage: stage.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        config: serde_json::to_value(fingerprint)?,
+        fingerprint: fingerprint.digest(),
+    };
+    if let Some(existing) = Manifest::read(out)? {
+        if existing.fingerprint != manifest.fingerprint {
+            if opts.overwrite {
+                remove_cache_files(out)?;
+            } else {
+                let what = match serde_json::from_value::<CacheFingerprint>(existing.config.clone()) {
+                    Ok(old) => old.changes(fingerprint).join("; "),
+                    Err(_) => format!("it was written by stage `{}`", existing.stage),
+                };
+                anyhow::bail!(
+                    "{}: this cache was made from other inputs ({what}). Use a new --out, or pass --overwrite to replace it.",
+                    out.join(MANIFEST_FILE).display()
+                );
+            }
+        }
+    }
+    manifest.write(out)?;
+    crate::shards::remove_owned_temp_files(out, opts.worker)?;
+    Ok(())
+}
+
+fn remove_cache_files(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let p = entry?.path();
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if name.ends_with(".safetensors")
+            || name.ends_with(".index.json")
+            || name.ends_with("_stats.json")
+            || name == MANIFEST_FILE
+            || name.contains(TEMP_MARKER)
+        {
+            std::fs::remove_file(p)?;
+        }
+    }
+    Ok(())
+}

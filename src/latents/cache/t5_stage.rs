@@ -1,0 +1,169 @@
+//! `pixforge cache t5`: every caption of every shard through the T5 encoder, stored unpadded.
+//!
+//! Per shard, `{shard}.safetensors` holds `embeddings` `[Σ tokens, d_model]` (bf16 by default) — the
+//! captions' rows one after the other, in the shard's sample order — and `lengths` `[n]` (i64); the
+//! index gives each key its first row and token count. A caption is encoded alone or with captions of
+//! the same token count (candle's T5 takes no padding mask), so its rows equal the valid rows of
+//! PixArt-α's padded, masked encoding.
+
+use super::fingerprint::CacheFingerprint;
+use super::run::{run_shards, CacheRunStats, RunOptions};
+use super::store::{CacheEntry, ShardOutput};
+use crate::latents::t5::{CaptionTokenizer, TextCleaning, TextEncoder, MAX_TOKENS};
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+/// Storage type of cached features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum FeatureDType {
+    /// bfloat16: half the size of f32, T5's own range (the official extraction runs T5 in bf16).
+    #[default]
+    Bf16,
+    /// float16.
+    F16,
+    /// float32.
+    F32,
+}
+
+impl FeatureDType {
+    /// The candle dtype.
+    pub fn dtype(self) -> DType {
+        match self {
+            FeatureDType::Bf16 => DType::BF16,
+            FeatureDType::F16 => DType::F16,
+            FeatureDType::F32 => DType::F32,
+        }
+    }
+}
+
+fn default_max_tokens() -> usize {
+    MAX_TOKENS
+}
+fn default_batch() -> usize {
+    8
+}
+
+/// The T5 cache's configuration (CLI flags and pipeline TOML).
+#[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct T5CacheConfig {
+    /// T5 folder (config.json, model.safetensors[.index.json], tokenizer.json) or a diffusers
+    /// pipeline folder (text_encoder/, tokenizer/).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Tokens per caption, `</s>` included (PixArt-α: 120).
+    #[arg(long, default_value_t = MAX_TOKENS)]
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: usize,
+    /// Caption preparation before tokenizing.
+    #[arg(long, value_enum, default_value = "pixart")]
+    #[serde(default)]
+    pub cleaning: TextCleaning,
+    /// Storage type of the embeddings (computed in f32 on CPU).
+    #[arg(long, value_enum, default_value = "bf16")]
+    #[serde(default)]
+    pub dtype: FeatureDType,
+    /// Captions of equal token count encoded together.
+    #[arg(long, default_value_t = 8)]
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+}
+
+impl T5CacheConfig {
+    /// The fingerprint a cache made with this configuration carries (without its sources).
+    pub fn fingerprint(&self) -> anyhow::Result<CacheFingerprint> {
+        let model_dir = crate::latents::part(&self.model, "text_encoder");
+        let mut files = crate::latents::weight_files(&model_dir, "model")?;
+        files.push(CaptionTokenizer::file_in(&self.model));
+        let preprocessing = serde_json::json!({
+            "caption": "the sample's .txt member",
+            "cleaning": self.cleaning,
+            "max_tokens": self.max_tokens,
+            "dtype": self.dtype,
+        });
+        CacheFingerprint::of_model("t5", &model_dir, &files, preprocessing)
+    }
+}
+
+/// Caches the T5 embeddings of the captions of `opts.input` into `opts.out`.
+pub fn run(cfg: &T5CacheConfig, opts: &RunOptions, device: &Device) -> anyhow::Result<CacheRunStats> {
+    if cfg.batch_size == 0 || cfg.max_tokens == 0 {
+        anyhow::bail!("--batch-size and --max-tokens: expected at least 1");
+    }
+    let fingerprint = cfg.fingerprint()?;
+    let mut t5 = TextEncoder::load(&cfg.model, cfg.max_tokens, cfg.cleaning, device)?;
+    run_shards("cache-t5", fingerprint, opts, |_, reader, _| {
+        let mut entries = Vec::with_capacity(reader.samples.len());
+        let mut ids: Vec<Option<Vec<u32>>> = Vec::with_capacity(reader.samples.len());
+        for sample in &reader.samples {
+            let caption = match reader.read(sample, "txt") {
+                Ok(Some(bytes)) => String::from_utf8(bytes).map_err(|_| "caption is not UTF-8".to_string()),
+                Ok(None) => Err("no caption: the sample has no .txt member".to_string()),
+                Err(e) => Err(format!("cannot read the .txt member: {e}")),
+            };
+            match caption.and_then(|c| t5.tokens(&c).map_err(|e| format!("{e:#}"))) {
+                Ok(t) => {
+                    entries.push(CacheEntry::success(&sample.key));
+                    ids.push(Some(t));
+                }
+                Err(reason) => {
+                    entries.push(CacheEntry::failed(&sample.key, reason));
+                    ids.push(None);
+                }
+            }
+        }
+        let embeddings = encode_grouped(&mut t5, &ids, cfg.batch_size, device)?;
+        let (mut rows, mut parts, mut lengths) = (0usize, Vec::new(), Vec::new());
+        for (entry, emb) in entries.iter_mut().zip(embeddings) {
+            if let Some(e) = emb {
+                let n = e.dim(0)?;
+                entry.row = Some(rows);
+                entry.tokens = Some(n);
+                rows += n;
+                lengths.push(n as i64);
+                parts.push(e);
+            }
+        }
+        let embeddings = if parts.is_empty() {
+            Tensor::zeros((0, t5.d_model), DType::F32, device)?
+        } else {
+            Tensor::cat(&parts, 0)?
+        };
+        let n = lengths.len();
+        let tensors = HashMap::from([
+            ("embeddings".to_string(), embeddings.to_dtype(cfg.dtype.dtype())?.to_device(&Device::Cpu)?),
+            ("lengths".to_string(), Tensor::from_vec(lengths, n, &Device::Cpu)?),
+        ]);
+        Ok(ShardOutput { tensors, entries })
+    })
+}
+
+/// Encodes each `Some` token sequence, batching sequences of equal length; returns `[L, d]` per input.
+fn encode_grouped(
+    t5: &mut TextEncoder,
+    ids: &[Option<Vec<u32>>],
+    batch_size: usize,
+    device: &Device,
+) -> anyhow::Result<Vec<Option<Tensor>>> {
+    let mut by_len: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, t) in ids.iter().enumerate() {
+        if let Some(t) = t {
+            by_len.entry(t.len()).or_default().push(i);
+        }
+    }
+    let mut out: Vec<Option<Tensor>> = vec![None; ids.len()];
+    for (len, members) in by_len {
+        for chunk in members.chunks(batch_size) {
+            let flat: Vec<u32> = chunk.iter().flat_map(|&i| ids[i].iter().flatten().copied()).collect();
+            let batch = Tensor::from_vec(flat, (chunk.len(), len), device)?;
+            let emb = t5.encode_ids(&batch)?;
+            for (j, &i) in chunk.iter().enumerate() {
+                out[i] = Some(emb.get(j)?);
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,300 @@
+//! `pixforge cache t5|vae`: what is stored equals the encoders' own output for each sample, bad
+//! samples get a reason, reruns resume, workers split the shards, and a cache made from other inputs
+//! is refused with a message that names what changed.
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use pixforge::latents::cache::{
+    t5_stage, vae_stage, CacheReader, EntryStatus, FeatureDType, RunOptions, T5CacheConfig, VaeCacheConfig,
+};
+use pixforge::latents::t5::{TextCleaning, TextEncoder, MAX_TOKENS};
+use pixforge::shards::Worker;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// One source sample: key, image bytes, caption bytes.
+type Sample = (String, Option<Vec<u8>>, Option<Vec<u8>>);
+
+fn png(w: u32, h: u32, seed: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x * 7 + seed * 31) as u8, (y * 5 + seed * 17) as u8, ((x + y) * 3 + seed) as u8])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// Two source shards as another tool (img2dataset) would write them: a tar and a `_stats.json`.
+/// Shard 0: three captioned images; shard 1: one captioned image, one without a caption, one whose
+/// caption is not UTF-8 and whose image is not an image.
+fn source(dir: &Path) -> Vec<Vec<Sample>> {
+    let prompts = std::fs::read_to_string(common::shared_data().join("prompts/pixart_alpha_samples.txt")).unwrap();
+    let p: Vec<&str> = prompts.lines().filter(|l| !l.trim().is_empty()).collect();
+    let s = |k: &str, img: Option<Vec<u8>>, txt: Option<&[u8]>| (k.to_string(), img, txt.map(<[u8]>::to_vec));
+    let shards = vec![
+        vec![
+            s("000000", Some(png(40, 30, 1)), Some(p[0].as_bytes())),
+            s("000001", Some(png(24, 64, 2)), Some(p[1].as_bytes())),
+            s("000002", Some(png(33, 33, 3)), Some(p[4].as_bytes())),
+        ],
+        vec![
+            s("010000", Some(png(70, 20, 4)), Some(p[2].as_bytes())),
+            s("010001", Some(png(16, 16, 5)), None),
+            s("010002", Some(b"not an image".to_vec()), Some(&[0xff, 0xfe, 0x41])),
+        ],
+    ];
+    std::fs::create_dir_all(dir).unwrap();
+    for (i, samples) in shards.iter().enumerate() {
+        let mut b = tar::Builder::new(std::fs::File::create(dir.join(format!("{i:05}.tar"))).unwrap());
+        for (key, img, txt) in samples {
+            for (ext, data) in [("png", img), ("txt", txt)] {
+                if let Some(data) = data {
+                    let mut h = tar::Header::new_ustar();
+                    h.set_size(data.len() as u64);
+                    h.set_mode(0o644);
+                    b.append_data(&mut h, format!("{key}.{ext}"), data.as_slice()).unwrap();
+                }
+            }
+        }
+        b.finish().unwrap();
+        std::fs::write(dir.join(format!("{i:05}_stats.json")), format!("{{\"count\": {}}}", samples.len())).unwrap();
+    }
+    shards
+}
+
+fn pipeline() -> PathBuf {
+    common::fixtures().join("pixart-pipeline")
+}
+
+fn opts(input: &Path, out: &Path) -> RunOptions {
+    RunOptions { progress: false, ..RunOptions::new(input, out) }
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+}
+
+fn t5_config(dtype: FeatureDType) -> T5CacheConfig {
+    T5CacheConfig { model: pipeline(), max_tokens: MAX_TOKENS, cleaning: TextCleaning::Pixart, dtype, batch_size: 8 }
+}
+
+#[test]
+fn t5_cache_holds_each_captions_own_encoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, out) = (dir.path().join("src"), dir.path().join("t5"));
+    let shards = source(&src);
+    let cfg = t5_config(FeatureDType::F32);
+    let stats = t5_stage::run(&cfg, &opts(&src, &out), &Device::Cpu).unwrap();
+    assert_eq!((stats.shards_done, stats.samples, stats.successes, stats.failed), (2, 6, 4, 2));
+
+    let reader = CacheReader::open(&out, &cfg.fingerprint().unwrap()).unwrap();
+    assert_eq!(reader.shards, ["00000", "00001"]);
+    let mut t5 = TextEncoder::load(&pipeline(), MAX_TOKENS, TextCleaning::Pixart, &Device::Cpu).unwrap();
+    for (name, samples) in reader.shards.iter().zip(&shards) {
+        let shard = reader.shard(name).unwrap();
+        assert_eq!(shard.entries.len(), samples.len(), "one entry per source sample, failures included");
+        for (key, _, txt) in samples {
+            let e = shard.entry(key).unwrap();
+            match txt.as_deref().map(std::str::from_utf8) {
+                Some(Ok(caption)) => {
+                    let want = t5.encode(caption).unwrap();
+                    let got = shard.t5_embedding(e, &Device::Cpu).unwrap();
+                    assert_eq!(got.dims(), want.dims(), "{key}: unpadded, `</s>` included");
+                    assert!(max_abs_diff(&got, &want) < 1e-5, "{key}");
+                }
+                Some(Err(_)) => assert_eq!(e.reason.as_deref(), Some("caption is not UTF-8")),
+                None => {
+                    assert_eq!(e.status, EntryStatus::Failed);
+                    assert!(e.reason.as_deref().unwrap().contains("no .txt member"), "{e:?}");
+                }
+            }
+        }
+    }
+
+    // bf16 (the default) stores the same values, rounded.
+    let out16 = dir.path().join("t5-bf16");
+    let cfg16 = t5_config(FeatureDType::Bf16);
+    t5_stage::run(&cfg16, &opts(&src, &out16), &Device::Cpu).unwrap();
+    let (a, b) = (reader.shard("00000").unwrap(), CacheReader::open_unchecked(&out16).unwrap().shard("00000").unwrap());
+    let (x, y) = (a.tensor("embeddings", &Device::Cpu).unwrap(), b.tensor("embeddings", &Device::Cpu).unwrap());
+    let scale: f32 = x.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+    let d = max_abs_diff(&x, &y);
+    assert!(d > 0.0 && d <= scale / 128.0, "bf16 rounding: {d} of {scale}");
+    assert!(
+        std::fs::metadata(out16.join("00000.safetensors")).unwrap().len()
+            < std::fs::metadata(out.join("00000.safetensors")).unwrap().len()
+    );
+}
+
+#[test]
+fn t5_cache_resumes_and_splits_among_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, out) = (dir.path().join("src"), dir.path().join("t5"));
+    source(&src);
+    let cfg = t5_config(FeatureDType::Bf16);
+    let whole = dir.path().join("whole");
+    t5_stage::run(&cfg, &opts(&src, &whole), &Device::Cpu).unwrap();
+
+    // Two workers into one directory: each does its own shard.
+    for i in 0..2 {
+        let o = RunOptions { worker: Worker::new(i, 2).unwrap(), ..opts(&src, &out) };
+        let s = t5_stage::run(&cfg, &o, &Device::Cpu).unwrap();
+        assert_eq!((s.shards_done, s.shards_skipped), (1, 0), "worker {i}/2");
+    }
+    for f in ["00000.safetensors", "00001.safetensors", "00000.index.json", "00001.index.json", "manifest.json"] {
+        assert_eq!(std::fs::read(out.join(f)).unwrap(), std::fs::read(whole.join(f)).unwrap(), "{f}");
+    }
+
+    // A killed run: shard 1 has only a temporary file and no done marker. The rerun redoes only it.
+    std::fs::remove_file(out.join("00001_stats.json")).unwrap();
+    std::fs::remove_file(out.join("00001.safetensors")).unwrap();
+    let tmp = out.join("00001.safetensors.pixforge-tmp-999");
+    std::fs::write(&tmp, b"half").unwrap();
+    let s = t5_stage::run(&cfg, &opts(&src, &out), &Device::Cpu).unwrap();
+    assert_eq!((s.shards_done, s.shards_skipped), (1, 1));
+    assert!(!tmp.exists(), "leftover temporary files are removed");
+    assert_eq!(
+        std::fs::read(out.join("00001.safetensors")).unwrap(),
+        std::fs::read(whole.join("00001.safetensors")).unwrap()
+    );
+}
+
+fn vae_config(model: &Path, resolution: usize, multiscale: bool) -> VaeCacheConfig {
+    VaeCacheConfig { model: model.to_path_buf(), resolution, multiscale }
+}
+
+fn tiny_vae(dir: &Path) -> PathBuf {
+    let out = dir.join("tiny");
+    pixforge::models::init_tiny(pixforge::models::ModelKind::Vae, &out, false, 3).unwrap();
+    out
+}
+
+/// The posterior moments stored per bucket equal `Vae::encode` of the image resized and cropped by
+/// the official rule the index records (f16 rounding aside).
+#[test]
+fn vae_cache_holds_each_images_moments_per_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let shards = source(&src);
+    let model = tiny_vae(dir.path());
+    let vae = pixforge::latents::vae::Vae::load(&model, &Device::Cpu).unwrap();
+    for (multiscale, resolution) in [(false, 32), (true, 256)] {
+        let out = dir.path().join(format!("vae-{resolution}"));
+        let cfg = vae_config(&model, resolution, multiscale);
+        let stats = vae_stage::run(&cfg, &opts(&src, &out), &Device::Cpu).unwrap();
+        assert_eq!((stats.successes, stats.failed), (5, 1));
+        let reader = CacheReader::open(&out, &cfg.fingerprint().unwrap()).unwrap();
+        let table = pixforge::train::buckets::table(256, false).unwrap();
+        for (name, samples) in reader.shards.iter().zip(&shards) {
+            let shard = reader.shard(name).unwrap();
+            for (key, img, _) in samples {
+                let e = shard.entry(key).unwrap();
+                if e.status == EntryStatus::Failed {
+                    assert!(e.reason.as_deref().unwrap().starts_with("cannot decode the image"), "{e:?}");
+                    continue;
+                }
+                let rgb = image::load_from_memory(img.as_ref().unwrap()).unwrap().to_rgb8();
+                let (h, w) = (rgb.height() as usize, rgb.width() as usize);
+                assert_eq!(e.original_size, Some([h, w]));
+                let (plan, filter) = if multiscale {
+                    let b = pixforge::train::buckets::closest(&table, h, w);
+                    assert_eq!(e.bucket.as_deref().unwrap().parse::<f64>().unwrap(), b.key, "{key}");
+                    (pixforge::train::buckets::cover_and_crop(h, w, b), pixforge::ingest::imageops::Filter::Bicubic)
+                } else {
+                    assert_eq!(e.bucket.as_deref(), Some("32"));
+                    (
+                        pixforge::train::buckets::shorter_side_and_crop(h, w, 32),
+                        pixforge::ingest::imageops::Filter::Bilinear,
+                    )
+                };
+                assert_eq!(e.resized, Some([plan.resize.0, plan.resize.1]));
+                let (t, l, ch, cw) = plan.crop;
+                assert_eq!(e.crop, Some([t, l, ch, cw]));
+                let resized = pixforge::ingest::imageops::resize_exact(
+                    &rgb,
+                    (plan.resize.1 as u32, plan.resize.0 as u32),
+                    filter,
+                )
+                .unwrap();
+                let crop = image::imageops::crop_imm(&resized, l as u32, t as u32, cw as u32, ch as u32).to_image();
+                let px: Vec<f32> = (0..3)
+                    .flat_map(|c| crop.pixels().map(move |p| p[c] as f32 / 127.5 - 1.0).collect::<Vec<_>>())
+                    .collect();
+                let pixels = Tensor::from_vec(px, (1, 3, ch, cw), &Device::Cpu).unwrap();
+                let (mean, std) = vae.encode(&pixels).unwrap();
+                let (m, s) = shard.vae_moments(e, &Device::Cpu).unwrap();
+                assert_eq!(m.dims(), &[4, ch / 8, cw / 8]);
+                assert!(max_abs_diff(&m, &mean.squeeze(0).unwrap()) < 2e-3, "{key} mean");
+                assert!(max_abs_diff(&s, &std.squeeze(0).unwrap()) < 2e-3, "{key} std");
+            }
+        }
+    }
+}
+
+/// A cache made, then its VAE's config changed: the reader refuses it and says what changed; a rerun
+/// into the same directory refuses too, until --overwrite.
+#[test]
+fn changed_vae_config_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    source(&src);
+    let model = tiny_vae(dir.path());
+    let out = dir.path().join("vae");
+    let cfg = vae_config(&model, 32, false);
+    vae_stage::run(&cfg, &opts(&src, &out), &Device::Cpu).unwrap();
+    assert!(CacheReader::open(&out, &cfg.fingerprint().unwrap()).is_ok());
+
+    let config = model.join("vae/config.json");
+    let text = std::fs::read_to_string(&config).unwrap().replace("0.18215", "0.13025");
+    std::fs::write(&config, text).unwrap();
+    let err = CacheReader::open(&out, &cfg.fingerprint().unwrap()).err().expect("a stale cache is refused");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("stale vae cache") && msg.contains("`scaling_factor` was 0.18215 in the cache, is now 0.13025"),
+        "{msg}"
+    );
+
+    let o = Command::new(common::bin())
+        .args(["cache", "vae", "--resolution", "32", "--no-progress", "--model"])
+        .arg(&model)
+        .arg("--input")
+        .arg(&src)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && stderr.contains("scaling_factor") && stderr.contains("--overwrite"), "{stderr}");
+    let o = Command::new(common::bin())
+        .args(["cache", "vae", "--resolution", "32", "--no-progress", "--overwrite", "--model"])
+        .arg(&model)
+        .arg("--input")
+        .arg(&src)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stats: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(stats["shards_done"], 2);
+    assert!(CacheReader::open(&out, &cfg.fingerprint().unwrap()).is_ok());
+}
+
+/// A changed weight file or source shard is named too.
+#[test]
+fn changed_weights_and_sources_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    source(&src);
+    let model = tiny_vae(dir.path());
+    let out = dir.path().join("vae");
+    let cfg = vae_config(&model, 32, false);
+    vae_stage::run(&cfg, &opts(&src, &out), &Device::Cpu).unwrap();
+    pixforge::models::init_tiny(pixforge::models::ModelKind::Vae, &model, false, 4).unwrap();
+    std::fs::write(src.join("00001_stats.json"), "{\"count\": 2}").unwrap();
+    let expected = cfg.fingerprint().unwrap().with_sources(&src, &["00000".into(), "00001".into()]).unwrap();
+    let msg = format!("{:#}", CacheReader::open(&out, &expected).err().unwrap());
+    assert!(msg.contains("model file diffusion_pytorch_model.safetensors"), "{msg}");
+    assert!(msg.contains("source shard 00001: its _stats.json changed") && !msg.contains("00000"), "{msg}");
+}
