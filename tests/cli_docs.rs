@@ -31,10 +31,13 @@ fn help_blocks(page: &str) -> Vec<String> {
     tail.split("```text\n").skip(1).map(|b| b.split("```").next().unwrap().to_string()).collect()
 }
 
+/// A guide page, the commands whose `--help` it shows, and flags it must mention.
+type Page<'a> = (&'a str, &'a [&'a [&'a str]], &'a [&'a str]);
+
 /// Each page documents its commands' flags exactly as the binary prints them.
 #[test]
 fn guide_pages_match_help() {
-    let pages: [(&str, &[&[&str]], &[&str]); 3] = [
+    let pages: [Page; 3] = [
         (
             "docs/density.md",
             &[&["density"]],
