@@ -305,6 +305,21 @@ enum BenchCmd {
         #[arg(long, default_value_t = 5)]
         iters: usize,
     },
+    /// Encoder throughput of the feature caches: VAE at 256/512 px and T5 over a prompt list (bench/latents.sh).
+    Latents {
+        /// Folder with vae/ (diffusers AutoencoderKL) and t5/ (T5 encoder).
+        #[arg(long)]
+        models: PathBuf,
+        /// Prompts, one per line.
+        #[arg(long)]
+        prompts: PathBuf,
+        /// T5 tokenizer.json.
+        #[arg(long)]
+        tokenizer: PathBuf,
+        /// Timed rounds (best is reported), after one warm-up.
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+    },
     /// Write synthetic captions (alt text and dense descriptions), one per line, for the density benchmark.
     SynthCaptions {
         /// How many.
@@ -444,6 +459,10 @@ fn main() -> anyhow::Result<()> {
             let stats =
                 pixforge::ingest::run(&cfg, &opts).with_context(|| format!("ingest into {}", a.out.display()))?;
             emit(&summary(&stats));
+        }
+        Cmd::Bench(BenchCmd::Latents { models, prompts, tokenizer, rounds }) => {
+            let t = pixforge::bench::latents(&models, &prompts, &tokenizer, rounds)?;
+            emit(&format!("{}\n", serde_json::to_string(&t)?));
         }
         Cmd::Bench(BenchCmd::ImageOps { dir, image }) => {
             let t = pixforge::bench::image_phases(&dir, &image)?;

@@ -142,7 +142,7 @@ pub fn run(cfg: &T5CacheConfig, opts: &RunOptions, device: &Device) -> anyhow::R
 }
 
 /// Encodes each `Some` token sequence, batching sequences of equal length; returns `[L, d]` per input.
-fn encode_grouped(
+pub(crate) fn encode_grouped(
     t5: &mut TextEncoder,
     ids: &[Option<Vec<u32>>],
     batch_size: usize,
