@@ -2,7 +2,7 @@
 """The PyTorch anchor of `bench/latents.sh`: diffusers' AutoencoderKL encoder (posterior mean and std)
 and transformers' T5EncoderModel, on CPU with the same thread count as pixforge.
 
-  python bench/latents_torch.py MODELS_DIR PROMPTS_FILE TOKENIZER_JSON THREADS ROUNDS
+  python bench/latents_torch.py MODELS_DIR PROMPTS_FILE TOKENIZER_JSON THREADS ROUNDS [t5|vae]
 
 MODELS_DIR holds vae/ (the SD VAE architecture) and t5/ (t5-v1_1-base architecture), made by
 `bench/latents.sh` with random weights. Prints one JSON object.
@@ -26,13 +26,13 @@ def best(fn, rounds):
     return min(times)
 
 
-def main(models, prompts_file, tokenizer_json, threads, rounds):
+def main(models, prompts_file, tokenizer_json, threads, rounds, only=None):
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     out = {"threads": threads, "torch": torch.__version__}
     vae = AutoencoderKL.from_pretrained(f"{models}/vae").eval()
     with torch.inference_mode():
-        for size, n in [(256, 4), (512, 2)]:
+        for size, n in ([] if only == "t5" else [(256, 4), (512, 2)]):
             x = torch.rand(n, 3, size, size) * 2 - 1
 
             def enc():
@@ -47,6 +47,9 @@ def main(models, prompts_file, tokenizer_json, threads, rounds):
                 _ = (d.mean, d.std)
 
             out[f"vae_{size}_batch{n}_images_per_s"] = n / best(enc_batch, rounds)
+    if only == "vae":
+        print(json.dumps(out))
+        return
     t5 = T5EncoderModel.from_pretrained(f"{models}/t5").eval()
     tok = T5TokenizerFast(tokenizer_file=tokenizer_json, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
                           extra_ids=0)
@@ -79,4 +82,4 @@ def main(models, prompts_file, tokenizer_json, threads, rounds):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), *sys.argv[6:7])

@@ -62,7 +62,7 @@ pub fn image_phases(dir: &Path, o: &ImageOptions) -> anyhow::Result<PhaseTimes> 
 
 /// Encoder throughput of the feature caches (`bench/latents.sh`): the VAE encoder at 256 and 512 px
 /// (one image at a time, as `cache vae` feeds it) and the T5 encoder over a prompt list (cleaned,
-/// tokenized, length-grouped batches of 8, as `cache t5` runs it). Best of `rounds` after a warm-up.
+/// tokenized, packed 32 captions at a time, as `cache t5` runs it). Best of `rounds` after a warm-up.
 #[derive(Debug, serde::Serialize)]
 pub struct LatentThroughput {
     /// VAE images per second at 256 × 256.
@@ -86,24 +86,47 @@ fn best_of(rounds: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::
     Ok(best)
 }
 
-/// Measures [`LatentThroughput`] with the models in `models/vae` and `models/t5` on CPU.
-pub fn latents(models: &Path, prompts: &Path, tokenizer: &Path, rounds: usize) -> anyhow::Result<LatentThroughput> {
+/// Measures [`LatentThroughput`] with the models in `models/vae` and `models/t5` on CPU (`only`: `t5`
+/// or `vae` measures that one alone).
+pub fn latents(
+    models: &Path,
+    prompts: &Path,
+    tokenizer: &Path,
+    rounds: usize,
+    only: Option<&str>,
+) -> anyhow::Result<LatentThroughput> {
     use crate::latents::t5::{CaptionTokenizer, TextCleaning, TextEncoder, MAX_TOKENS};
     use candle_core::{Device, Tensor};
-    let dev = Device::Cpu;
-    let vae = crate::latents::vae::Vae::load(&models.join("vae"), &dev)?;
-    let mut per_s = [0.0; 2];
-    for (slot, (size, n)) in per_s.iter_mut().zip([(256usize, 4usize), (512, 2)]) {
-        let x = Tensor::rand(-1f32, 1f32, (n, 3, size, size), &dev)?;
-        let s = best_of(rounds, || {
-            for i in 0..n {
-                vae.encode(&x.narrow(0, i, 1)?)?;
-            }
-            Ok(())
-        })?;
-        *slot = n as f64 / s;
+    if !matches!(only, None | Some("t5") | Some("vae")) {
+        anyhow::bail!("--only {:?}: expected t5 or vae", only.unwrap_or_default());
     }
-    let mut t5 = TextEncoder::load_encoder(&models.join("t5"), &dev)?;
+    let dev = Device::Cpu;
+    let mut per_s = [0.0; 2];
+    let mut res = LatentThroughput {
+        vae_256_images_per_s: 0.0,
+        vae_512_images_per_s: 0.0,
+        t5_captions_per_s: 0.0,
+        t5_tokens_mean: 0.0,
+    };
+    if only != Some("t5") {
+        let vae = crate::latents::vae::Vae::load(&models.join("vae"), &dev)?;
+        for (slot, (size, n)) in per_s.iter_mut().zip([(256usize, 4usize), (512, 2)]) {
+            let x = Tensor::rand(-1f32, 1f32, (n, 3, size, size), &dev)?;
+            let s = best_of(rounds, || {
+                for i in 0..n {
+                    vae.encode(&x.narrow(0, i, 1)?)?;
+                }
+                Ok(())
+            })?;
+            *slot = n as f64 / s;
+        }
+        res.vae_256_images_per_s = per_s[0];
+        res.vae_512_images_per_s = per_s[1];
+    }
+    if only == Some("vae") {
+        return Ok(res);
+    }
+    let t5 = TextEncoder::load_encoder(&models.join("t5"), &dev)?;
     let tok = CaptionTokenizer::load(tokenizer, MAX_TOKENS, TextCleaning::Pixart)?;
     let text = std::fs::read_to_string(prompts).map_err(|e| anyhow::anyhow!("{}: {e}", prompts.display()))?;
     let captions: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -111,13 +134,10 @@ pub fn latents(models: &Path, prompts: &Path, tokenizer: &Path, rounds: usize) -
     let s = best_of(rounds, || {
         let ids = captions.iter().map(|c| tok.tokens(c).map(Some)).collect::<anyhow::Result<Vec<_>>>()?;
         tokens = ids.iter().flatten().map(Vec::len).sum();
-        crate::latents::cache::t5_stage::encode_grouped(&mut t5, &ids, 8, &dev)?;
+        crate::latents::cache::t5_stage::encode_packed(&t5, &ids, 32)?;
         Ok(())
     })?;
-    Ok(LatentThroughput {
-        vae_256_images_per_s: per_s[0],
-        vae_512_images_per_s: per_s[1],
-        t5_captions_per_s: captions.len() as f64 / s,
-        t5_tokens_mean: tokens as f64 / captions.len().max(1) as f64,
-    })
+    res.t5_captions_per_s = captions.len() as f64 / s;
+    res.t5_tokens_mean = tokens as f64 / captions.len().max(1) as f64;
+    Ok(res)
 }

@@ -319,6 +319,9 @@ enum BenchCmd {
         /// Timed rounds (best is reported), after one warm-up.
         #[arg(long, default_value_t = 2)]
         rounds: usize,
+        /// Measure only this encoder (t5 or vae); the other's figures are reported as 0.
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Write synthetic captions (alt text and dense descriptions), one per line, for the density benchmark.
     SynthCaptions {
@@ -460,8 +463,8 @@ fn main() -> anyhow::Result<()> {
                 pixforge::ingest::run(&cfg, &opts).with_context(|| format!("ingest into {}", a.out.display()))?;
             emit(&summary(&stats));
         }
-        Cmd::Bench(BenchCmd::Latents { models, prompts, tokenizer, rounds }) => {
-            let t = pixforge::bench::latents(&models, &prompts, &tokenizer, rounds)?;
+        Cmd::Bench(BenchCmd::Latents { models, prompts, tokenizer, rounds, only }) => {
+            let t = pixforge::bench::latents(&models, &prompts, &tokenizer, rounds, only.as_deref())?;
             emit(&format!("{}\n", serde_json::to_string(&t)?));
         }
         Cmd::Bench(BenchCmd::ImageOps { dir, image }) => {

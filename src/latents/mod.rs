@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod clean;
 pub mod t5;
+pub mod t5_packed;
 pub mod vae;
 
 /// The `name/` part of a diffusers pipeline folder, or `dir` itself when it has no such subfolder.

@@ -1,8 +1,10 @@
 //! The T5 v1.1 encoder (PixArt-α: T5-v1.1-XXL, 120 tokens) from a Hugging Face folder (`config.json`,
 //! `model.safetensors` or sharded with an index, `tokenizer.json`) or a diffusers pipeline folder
-//! (`text_encoder/` + `tokenizer/tokenizer.json`). candle's T5 takes no attention mask, so a caption
-//! is encoded unpadded: its valid tokens come out exactly as a padded, masked encoding gives them.
+//! (`text_encoder/` + `tokenizer/tokenizer.json`). Captions are encoded unpadded and packed together
+//! ([`PackedT5`]): a caption's rows come out exactly as the valid rows of PixArt-α's padded, masked
+//! encoding.
 
+use super::t5_packed::PackedT5;
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::t5;
 use std::path::{Path, PathBuf};
@@ -75,7 +77,7 @@ impl CaptionTokenizer {
 
 /// A loaded T5 encoder and its tokenizer.
 pub struct TextEncoder {
-    model: t5::T5EncoderModel,
+    model: PackedT5,
     tokenizer: Option<CaptionTokenizer>,
     /// The encoder's width (4096 for XXL).
     pub d_model: usize,
@@ -102,7 +104,7 @@ impl TextEncoder {
         let files = super::weight_files(&model_dir, "model")?;
         // SAFETY: the files are memory-mapped read-only; we do not modify them while loaded.
         let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, DType::F32, device)? };
-        let model = t5::T5EncoderModel::load(vb, &config)
+        let model = PackedT5::load(vb, &config)
             .map_err(|e| anyhow::anyhow!("{}: not a T5 encoder checkpoint: {e}", model_dir.display()))?;
         Ok(TextEncoder { model, tokenizer: None, d_model: config.d_model })
     }
@@ -117,14 +119,19 @@ impl TextEncoder {
 
     /// The encoder output `[B, L, d_model]` of token ids `[B, L]` (u32 or i64; no padding mask).
     pub fn encode_ids(&mut self, ids: &Tensor) -> anyhow::Result<Tensor> {
-        let ids = if ids.dtype() == DType::U32 { ids.clone() } else { ids.to_dtype(DType::I64)? };
-        Ok(self.model.forward(&ids)?)
+        let rows: Vec<Vec<u32>> = ids.to_dtype(DType::U32)?.to_vec2()?;
+        let out = self.model.encode(&rows)?;
+        Ok(Tensor::stack(&out, 0)?)
+    }
+
+    /// The unpadded outputs `[L_i, d_model]` of several token sequences, encoded packed together.
+    pub fn encode_many(&self, sequences: &[Vec<u32>]) -> anyhow::Result<Vec<Tensor>> {
+        Ok(self.model.encode(sequences)?)
     }
 
     /// The unpadded embedding `[L, d_model]` of a caption.
     pub fn encode(&mut self, text: &str) -> anyhow::Result<Tensor> {
         let ids = self.tokens(text)?;
-        let input = Tensor::new(ids.as_slice(), self.model.device())?.unsqueeze(0)?;
-        Ok(self.model.forward(&input)?.squeeze(0)?)
+        Ok(self.model.encode(&[ids])?.remove(0))
     }
 }

@@ -6,7 +6,7 @@ pub mod generate;
 pub mod init;
 pub mod keys;
 pub mod model;
-mod ops;
+pub(crate) mod ops;
 pub mod sampler;
 
 /// The device named by `--device`: `cpu` or `cuda:N` (with the `cuda` feature).

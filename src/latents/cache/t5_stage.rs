@@ -2,9 +2,9 @@
 //!
 //! Per shard, `{shard}.safetensors` holds `embeddings` `[Σ tokens, d_model]` (bf16 by default) — the
 //! captions' rows one after the other, in the shard's sample order — and `lengths` `[n]` (i64); the
-//! index gives each key its first row and token count. A caption is encoded alone or with captions of
-//! the same token count (candle's T5 takes no padding mask), so its rows equal the valid rows of
-//! PixArt-α's padded, masked encoding.
+//! index gives each key its first row and token count. Captions are encoded packed, unpadded
+//! ([`crate::latents::t5_packed`]), so a caption's rows equal the valid rows of PixArt-α's padded,
+//! masked encoding.
 
 use super::fingerprint::CacheFingerprint;
 use super::run::{run_shards, CacheRunStats, RunOptions};
@@ -12,7 +12,7 @@ use super::store::{CacheEntry, ShardOutput};
 use crate::latents::t5::{CaptionTokenizer, TextCleaning, TextEncoder, MAX_TOKENS};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 /// Storage type of cached features.
@@ -43,7 +43,7 @@ fn default_max_tokens() -> usize {
     MAX_TOKENS
 }
 fn default_batch() -> usize {
-    8
+    32
 }
 
 /// The T5 cache's configuration (CLI flags and pipeline TOML).
@@ -66,8 +66,8 @@ pub struct T5CacheConfig {
     #[arg(long, value_enum, default_value = "bf16")]
     #[serde(default)]
     pub dtype: FeatureDType,
-    /// Captions of equal token count encoded together.
-    #[arg(long, default_value_t = 8)]
+    /// Captions encoded together, packed without padding.
+    #[arg(long, default_value_t = 32)]
     #[serde(default = "default_batch")]
     pub batch_size: usize,
 }
@@ -94,7 +94,7 @@ pub fn run(cfg: &T5CacheConfig, opts: &RunOptions, device: &Device) -> anyhow::R
         anyhow::bail!("--batch-size and --max-tokens: expected at least 1");
     }
     let fingerprint = cfg.fingerprint()?;
-    let mut t5 = TextEncoder::load(&cfg.model, cfg.max_tokens, cfg.cleaning, device)?;
+    let t5 = TextEncoder::load(&cfg.model, cfg.max_tokens, cfg.cleaning, device)?;
     run_shards("cache-t5", fingerprint, opts, |_, reader, _| {
         let mut entries = Vec::with_capacity(reader.samples.len());
         let mut ids: Vec<Option<Vec<u32>>> = Vec::with_capacity(reader.samples.len());
@@ -115,7 +115,7 @@ pub fn run(cfg: &T5CacheConfig, opts: &RunOptions, device: &Device) -> anyhow::R
                 }
             }
         }
-        let embeddings = encode_grouped(&mut t5, &ids, cfg.batch_size, device)?;
+        let embeddings = encode_packed(&t5, &ids, cfg.batch_size)?;
         let (mut rows, mut parts, mut lengths) = (0usize, Vec::new(), Vec::new());
         for (entry, emb) in entries.iter_mut().zip(embeddings) {
             if let Some(e) = emb {
@@ -141,28 +141,18 @@ pub fn run(cfg: &T5CacheConfig, opts: &RunOptions, device: &Device) -> anyhow::R
     })
 }
 
-/// Encodes each `Some` token sequence, batching sequences of equal length; returns `[L, d]` per input.
-pub(crate) fn encode_grouped(
-    t5: &mut TextEncoder,
+/// Encodes each `Some` token sequence, packing `batch_size` captions at a time; returns `[L, d]` per input.
+pub(crate) fn encode_packed(
+    t5: &TextEncoder,
     ids: &[Option<Vec<u32>>],
     batch_size: usize,
-    device: &Device,
 ) -> anyhow::Result<Vec<Option<Tensor>>> {
-    let mut by_len: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for (i, t) in ids.iter().enumerate() {
-        if let Some(t) = t {
-            by_len.entry(t.len()).or_default().push(i);
-        }
-    }
+    let present: Vec<usize> = (0..ids.len()).filter(|&i| ids[i].is_some()).collect();
     let mut out: Vec<Option<Tensor>> = vec![None; ids.len()];
-    for (len, members) in by_len {
-        for chunk in members.chunks(batch_size) {
-            let flat: Vec<u32> = chunk.iter().flat_map(|&i| ids[i].iter().flatten().copied()).collect();
-            let batch = Tensor::from_vec(flat, (chunk.len(), len), device)?;
-            let emb = t5.encode_ids(&batch)?;
-            for (j, &i) in chunk.iter().enumerate() {
-                out[i] = Some(emb.get(j)?);
-            }
+    for chunk in present.chunks(batch_size) {
+        let seqs: Vec<Vec<u32>> = chunk.iter().filter_map(|&i| ids[i].clone()).collect();
+        for (&i, emb) in chunk.iter().zip(t5.encode_many(&seqs)?) {
+            out[i] = Some(emb);
         }
     }
     Ok(out)

@@ -162,6 +162,31 @@ impl CustomOp2 for GeluGrad {
     }
 }
 
+/// `gelu(a) · b` for `[R, 2F]` = `[a | b]` row by row, giving `[R, F]` (inference only).
+pub struct GatedGelu;
+
+impl CustomOp1 for GatedGelu {
+    fn name(&self) -> &'static str {
+        "pixforge-gated-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (r, two_f) = l.shape().dims2()?;
+        let f = two_f / 2;
+        on_float!(s, l, self.name(), Shape::from((r, f)), |x: T| {
+            use rayon::prelude::*;
+            let mut out = vec![T::from_f64(0.0); r * f];
+            out.par_chunks_mut(f).zip(x.par_chunks(two_f)).for_each(|(y, row)| {
+                k::gelu_row(&row[..f], y);
+                for (y, &b) in y.iter_mut().zip(&row[f..]) {
+                    *y *= b;
+                }
+            });
+            out
+        })
+    }
+}
+
 /// (B, N, H) of a `[B, N, H]` layout.
 fn bnh(l: &Layout) -> Result<(usize, usize, usize)> {
     l.shape().dims3()
