@@ -4,9 +4,11 @@
 
 pub mod cache;
 pub mod clean;
+pub mod conv;
 pub mod t5;
 pub mod t5_packed;
 pub mod vae;
+pub mod vae_encoder;
 
 /// The `name/` part of a diffusers pipeline folder, or `dir` itself when it has no such subfolder.
 pub fn part(dir: &std::path::Path, name: &str) -> std::path::PathBuf {

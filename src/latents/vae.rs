@@ -1,11 +1,10 @@
 //! The SD VAE (`AutoencoderKL`) from a diffusers folder (`config.json` +
-//! `diffusion_pytorch_model.safetensors`), through candle-transformers' implementation.
+//! `diffusion_pytorch_model.safetensors`): our encoder ([`super::vae_encoder`], posterior mean and
+//! std) and candle-transformers' decoder.
 
-use candle_core::{DType, Device, Module, Tensor};
+use super::vae_encoder::{Encoder, EncoderConfig};
+use candle_core::{DType, Device, Tensor};
 use candle_nn as nn;
-use candle_transformers::models::stable_diffusion::unet_2d_blocks::{
-    DownEncoderBlock2D, DownEncoderBlock2DConfig, UNetMidBlock2D, UNetMidBlock2DConfig,
-};
 use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEncoderKLConfig};
 use std::path::Path;
 
@@ -33,72 +32,6 @@ fn yes() -> bool {
 
 fn sd_scaling() -> f64 {
     0.18215
-}
-
-/// The VAE encoder up to the posterior moments (candle's `AutoEncoderKL::encode` keeps the mean and
-/// std private; PixArt caches both): conv_in, the down blocks, the mid block, norm + SiLU + conv_out,
-/// then `quant_conv`, built from candle's blocks with the diffusers names.
-struct Encoder {
-    conv_in: nn::Conv2d,
-    down: Vec<DownEncoderBlock2D>,
-    mid: UNetMidBlock2D,
-    norm_out: nn::GroupNorm,
-    conv_out: nn::Conv2d,
-    quant_conv: Option<nn::Conv2d>,
-}
-
-impl Encoder {
-    fn new(vb: nn::VarBuilder, c: &VaeConfig) -> candle_core::Result<Self> {
-        let enc = vb.pp("encoder");
-        let pad1 = nn::Conv2dConfig { padding: 1, ..Default::default() };
-        let ch = &c.block_out_channels;
-        let conv_in = nn::conv2d(c.in_channels, ch[0], 3, pad1, enc.pp("conv_in"))?;
-        let mut down = Vec::new();
-        for (i, &out) in ch.iter().enumerate() {
-            let cfg = DownEncoderBlock2DConfig {
-                num_layers: c.layers_per_block,
-                resnet_eps: 1e-6,
-                resnet_groups: c.norm_num_groups,
-                add_downsample: i + 1 < ch.len(),
-                downsample_padding: 0,
-                ..Default::default()
-            };
-            let input = if i == 0 { ch[0] } else { ch[i - 1] };
-            down.push(DownEncoderBlock2D::new(enc.pp(format!("down_blocks.{i}")), input, out, cfg)?);
-        }
-        let last = *ch.last().expect("a VAE has at least one block");
-        let mid_cfg = UNetMidBlock2DConfig {
-            resnet_eps: 1e-6,
-            output_scale_factor: 1.0,
-            attn_num_head_channels: None,
-            resnet_groups: Some(c.norm_num_groups),
-            ..Default::default()
-        };
-        let mid = UNetMidBlock2D::new(enc.pp("mid_block"), last, None, mid_cfg)?;
-        let norm_out = nn::group_norm(c.norm_num_groups, last, 1e-6, enc.pp("conv_norm_out"))?;
-        let conv_out = nn::conv2d(last, 2 * c.latent_channels, 3, pad1, enc.pp("conv_out"))?;
-        let quant_conv = if c.use_quant_conv {
-            let z = 2 * c.latent_channels;
-            Some(nn::conv2d(z, z, 1, Default::default(), vb.pp("quant_conv"))?)
-        } else {
-            None
-        };
-        Ok(Encoder { conv_in, down, mid, norm_out, conv_out, quant_conv })
-    }
-
-    /// The posterior moments `[B, 2·C, h, w]` (mean, then log variance).
-    fn moments(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let mut h = self.conv_in.forward(x)?;
-        for block in &self.down {
-            h = block.forward(&h)?;
-        }
-        let h = self.norm_out.forward(&self.mid.forward(&h, None)?)?;
-        let h = self.conv_out.forward(&candle_nn::ops::silu(&h)?)?;
-        match &self.quant_conv {
-            Some(q) => q.forward(&h),
-            None => Ok(h),
-        }
-    }
 }
 
 /// Runs `f` on each image of a batch and concatenates: candle 0.11's VAE attention block
@@ -153,7 +86,17 @@ impl Vae {
             use_quant_conv: c.use_quant_conv,
             use_post_quant_conv: c.use_post_quant_conv,
         };
-        let encoder = Encoder::new(vb.clone(), &c)?;
+        let encoder = Encoder::load(
+            vb.clone(),
+            &EncoderConfig {
+                in_channels: c.in_channels,
+                block_out_channels: &c.block_out_channels,
+                layers_per_block: c.layers_per_block,
+                latent_channels: c.latent_channels,
+                norm_num_groups: c.norm_num_groups,
+                use_quant_conv: c.use_quant_conv,
+            },
+        )?;
         let model = AutoEncoderKL::new(vb, c.in_channels, c.out_channels, config)?;
         Ok(Vae { model, encoder, scaling_factor: c.scaling_factor, scale: 1 << (c.block_out_channels.len() - 1) })
     }

@@ -8,7 +8,7 @@
 
 mod attention;
 mod cpu;
-mod kernels;
+pub(crate) mod kernels;
 mod linear;
 
 use candle_core::{DType, Result, Tensor, D};
