@@ -40,6 +40,32 @@ enum Cmd {
     /// Cache T5 caption embeddings and VAE latents of a shard dataset, for training.
     #[command(subcommand)]
     Cache(CacheCmd),
+    /// Write shards and their feature caches in another trainer's layout.
+    #[command(subcommand)]
+    Export(ExportCmd),
+}
+
+#[derive(Subcommand)]
+enum ExportCmd {
+    /// The official PixArt-α code's layout (InternalData / InternalDataMS): InternImgs/, data_info.json,
+    /// caption_feature_wmask/*.npz, img_vae_features_*/*.npy.
+    PixartOfficial {
+        /// The source shards the caches were made from.
+        #[arg(long)]
+        shards: PathBuf,
+        /// The T5 cache (pixforge cache t5).
+        #[arg(long)]
+        t5: PathBuf,
+        /// The VAE cache (pixforge cache vae).
+        #[arg(long)]
+        vae: PathBuf,
+        /// Output root (InternData/ and InternImgs/ are written under it).
+        #[arg(long, short)]
+        out: PathBuf,
+        /// Caption length of the .npz files.
+        #[arg(long, default_value_t = 120)]
+        max_tokens: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -608,6 +634,12 @@ fn main() -> anyhow::Result<()> {
             let stats = pixforge::latents::cache::vae_stage::run(&cfg, &run.options()?, &device)
                 .with_context(|| format!("cache vae into {}", run.out.display()))?;
             finish_cache(&stats)?;
+        }
+        Cmd::Export(ExportCmd::PixartOfficial { shards, t5, vae, out, max_tokens }) => {
+            let o = pixforge::latents::export::ExportOptions { shards, t5, vae, out, max_tokens };
+            let stats = pixforge::latents::export::export_official(&o)
+                .with_context(|| format!("export pixart-official into {}", o.out.display()))?;
+            emit(&format!("{}\n", serde_json::to_string_pretty(&stats)?));
         }
         Cmd::Demo { out } => {
             let report = pixforge::demo::run(&out).context("demo")?;

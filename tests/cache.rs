@@ -298,3 +298,89 @@ fn changed_weights_and_sources_are_named() {
     assert!(msg.contains("model file diffusion_pytorch_model.safetensors"), "{msg}");
     assert!(msg.contains("source shard 00001: its _stats.json changed") && !msg.contains("00000"), "{msg}");
 }
+
+/// The array of a `.npy` file: its header text and its little-endian data bytes.
+fn parse_npy(bytes: &[u8]) -> (String, &[u8]) {
+    assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
+    let n = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    (String::from_utf8(bytes[10..10 + n].to_vec()).unwrap(), &bytes[10 + n..])
+}
+
+fn f32s(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+/// `export pixart-official` writes the official readers' layout: data_info.json, per-sample npz
+/// (padded caption features + mask) and npy (mean ‖ std), PNG images, for samples in both caches.
+#[test]
+fn export_writes_the_official_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    source(&src);
+    let (t5_dir, vae_dir, out) = (dir.path().join("t5"), dir.path().join("vae"), dir.path().join("official"));
+    t5_stage::run(&t5_config(FeatureDType::F32), &opts(&src, &t5_dir), &Device::Cpu).unwrap();
+    let model = tiny_vae(dir.path());
+    vae_stage::run(&vae_config(&model, 32, false), &opts(&src, &vae_dir), &Device::Cpu).unwrap();
+    let o = Command::new(common::bin())
+        .args(["export", "pixart-official", "--shards"])
+        .arg(&src)
+        .arg("--t5")
+        .arg(&t5_dir)
+        .arg("--vae")
+        .arg(&vae_dir)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stats: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (stats["samples"].as_u64(), stats["skipped"].as_u64()),
+        (Some(4), Some(2)),
+        "no caption / no image: skipped"
+    );
+
+    let info: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(out.join("InternData/partition/data_info.json")).unwrap()).unwrap();
+    assert_eq!(info.len(), 4);
+    assert_eq!(info[0]["path"], "00000/000000.png");
+    assert_eq!(
+        (info[0]["height"].as_u64(), info[0]["width"].as_u64(), info[0]["ratio"].as_f64()),
+        (Some(30), Some(40), Some(0.75))
+    );
+    let prompts = std::fs::read_to_string(common::shared_data().join("prompts/pixart_alpha_samples.txt")).unwrap();
+    assert_eq!(info[0]["prompt"], prompts.lines().next().unwrap());
+    let img = image::open(out.join("InternImgs/00000/000000.png")).unwrap();
+    assert_eq!((img.width(), img.height()), (40, 30));
+
+    let t5 = CacheReader::open_unchecked(&t5_dir).unwrap().shard("00000").unwrap();
+    let e = t5.entry("000000").unwrap();
+    let emb = t5.t5_embedding(e, &Device::Cpu).unwrap();
+    let (len, d) = emb.dims2().unwrap();
+    let npz = std::fs::File::open(out.join("InternData/caption_feature_wmask/00000_000000.npz")).unwrap();
+    let mut zip = zip::ZipArchive::new(npz).unwrap();
+    let mut read = |name: &str| {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut zip.by_name(name).unwrap(), &mut b).unwrap();
+        b
+    };
+    let (feature, mask) = (read("caption_feature.npy"), read("attention_mask.npy"));
+    let (header, data) = parse_npy(&feature);
+    assert!(header.contains(&format!("'descr': '<f4', 'fortran_order': False, 'shape': (1, 120, {d})")), "{header}");
+    let values = f32s(data);
+    let want: Vec<f32> = emb.flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(&values[..len * d], &want[..]);
+    assert!(values[len * d..].iter().all(|&v| v == 0.0), "rows past the caption are zeros");
+    let (header, data) = parse_npy(&mask);
+    assert!(header.contains("'descr': '<i8'") && header.contains("'shape': (1, 120)"), "{header}");
+    let ones = data.chunks_exact(8).filter(|c| i64::from_le_bytes((*c).try_into().unwrap()) == 1).count();
+    assert_eq!(ones, len);
+
+    let vae = CacheReader::open_unchecked(&vae_dir).unwrap().shard("00000").unwrap();
+    let (m, s) = vae.vae_moments(vae.entry("000000").unwrap(), &Device::Cpu).unwrap();
+    let bytes = std::fs::read(out.join("InternData/img_vae_features_32resolution/noflip/00000_000000.npy")).unwrap();
+    let (header, data) = parse_npy(&bytes);
+    assert!(header.contains("'shape': (8, 4, 4)"), "{header}");
+    let want: Vec<f32> = Tensor::cat(&[m, s], 0).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(f32s(data), want);
+}

@@ -50,7 +50,7 @@ fn guide_pages_match_help() {
         ),
         (
             "docs/latents.md",
-            &[&["cache", "t5"], &["cache", "vae"]],
+            &[&["cache", "t5"], &["cache", "vae"], &["export", "pixart-official"]],
             &["--model", "--max-tokens", "--dtype", "--resolution", "--multiscale", "--worker", "--overwrite"],
         ),
     ];

@@ -38,4 +38,4 @@ with_help() {
 }
 with_help docs/density.md density
 with_help docs/train.md sample
-with_help docs/latents.md "cache t5" "cache vae"
+with_help docs/latents.md "cache t5" "cache vae" "export pixart-official"

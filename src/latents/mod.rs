@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod clean;
 pub mod conv;
+pub mod export;
 pub mod t5;
 pub mod t5_packed;
 pub mod vae;
