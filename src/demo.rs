@@ -1,5 +1,7 @@
 //! `pixforge demo`: the pipeline on bundled public-domain and CC0 photos, with no downloads: ingest,
-//! then the concept-density report of the captions.
+//! the concept-density report of the captions, then the T5 and VAE feature caches — made with tiny
+//! randomly initialised encoders in the real layouts, since no weights can be downloaded here (the
+//! same commands take the real T5-v1.1-XXL and SD VAE folders).
 
 use crate::ingest::{self, CurationOptions, IngestConfig, RunOptions, SourceKind};
 use crate::shards::{read_records, RunStats, Status};
@@ -32,6 +34,9 @@ pub fn write_inputs(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The T5 tokenizer of the demo's tiny T5 (a Unigram model in T5's format, trained on public captions).
+const DEMO_TOKENIZER: &[u8] = include_bytes!("../tests/fixtures/t5-sentinels/tokenizer.json");
+
 /// What the demo produced.
 pub struct DemoReport {
     /// Ingest totals.
@@ -40,6 +45,10 @@ pub struct DemoReport {
     pub shards: PathBuf,
     /// The concept-density report of the shards' captions (files in `out/density`).
     pub density: crate::density::report::Report,
+    /// The T5 cache run (`out/latents/t5`).
+    pub t5: crate::latents::cache::CacheRunStats,
+    /// The VAE cache run (`out/latents/vae-256ms`: the 256 px aspect-ratio buckets).
+    pub vae: crate::latents::cache::CacheRunStats,
 }
 
 /// Runs the demo into `out`: bundled photos → folder ingest (512 px, keep ratio) → shards → density report.
@@ -61,7 +70,37 @@ pub fn run(out: &Path) -> anyhow::Result<DemoReport> {
     let alt = crate::density::input::NamedInput { name: "demo alt text".into(), path: shards.clone() };
     let o = crate::density::report::DensityOptions::default();
     let density = crate::density::report::run(&[alt], &o, &out.join("density"))?;
-    Ok(DemoReport { ingest, shards, density })
+    let (t5, vae) = cache_features(&shards, out)?;
+    Ok(DemoReport { ingest, shards, density, t5, vae })
+}
+
+/// Caches the shards' T5 embeddings and VAE moments with tiny random encoders written to `out/models`.
+fn cache_features(
+    shards: &Path,
+    out: &Path,
+) -> anyhow::Result<(crate::latents::cache::CacheRunStats, crate::latents::cache::CacheRunStats)> {
+    use crate::latents::cache::{t5_stage, vae_stage, FeatureDType, T5CacheConfig, VaeCacheConfig};
+    use crate::models::{init_tiny, ModelKind};
+    let models = out.join("models");
+    init_tiny(ModelKind::T5, &models, false, 0)?;
+    init_tiny(ModelKind::Vae, &models, false, 0)?;
+    std::fs::create_dir_all(models.join("tokenizer"))?;
+    crate::shards::write_atomic(&models.join("tokenizer/tokenizer.json"), DEMO_TOKENIZER)?;
+    let run = |name: &str| crate::latents::cache::RunOptions {
+        overwrite: true,
+        progress: false,
+        ..crate::latents::cache::RunOptions::new(shards, out.join("latents").join(name))
+    };
+    let dev = candle_core::Device::Cpu;
+    let t5 = T5CacheConfig {
+        model: models.clone(),
+        max_tokens: crate::latents::t5::MAX_TOKENS,
+        cleaning: Default::default(),
+        dtype: FeatureDType::Bf16,
+        batch_size: 32,
+    };
+    let vae = VaeCacheConfig { model: models, resolution: 256, multiscale: true };
+    Ok((t5_stage::run(&t5, &run("t5"), &dev)?, vae_stage::run(&vae, &run("vae-256ms"), &dev)?))
 }
 
 /// A human summary of a shard directory: one line per shard, then one per sample.

@@ -649,6 +649,16 @@ fn main() -> anyhow::Result<()> {
             text.push_str(&pixforge::demo::summarize(&report.shards)?);
             text.push_str(&format!("\nconcept density of the captions ({}/density/report.html):\n\n", out.display()));
             text.push_str(&pixforge::density::report::markdown(&report.density));
+            text.push_str(&format!(
+                "\nfeature caches in {}/latents (tiny random T5 and VAE in the real layouts: no weights are downloaded here):\n  \
+                 t5: {} of {} captions embedded (PixArt-α cleaning, unpadded, bf16)\n  \
+                 vae-256ms: {} of {} images encoded into the 256 px aspect-ratio buckets (mean and std, f16)\n",
+                out.display(),
+                report.t5.successes,
+                report.t5.samples,
+                report.vae.successes,
+                report.vae.samples
+            ));
             emit(&text);
         }
     }

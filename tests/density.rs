@@ -255,4 +255,16 @@ fn demo_reports_the_density_of_its_shards() {
     let m = input(&r, "demo alt text");
     assert_eq!(m["captions"], pixforge::demo::IMAGES.len());
     assert!(m["nouns_per_caption"]["mean"].as_f64().unwrap() > 2.0);
+    // Then the feature caches, one entry per sample, every sample cached.
+    let n = pixforge::demo::IMAGES.len();
+    assert!(
+        stdout.contains(&format!("t5: {n} of {n} captions"))
+            && stdout.contains(&format!("vae-256ms: {n} of {n} images")),
+        "{stdout}"
+    );
+    for cache in ["t5", "vae-256ms"] {
+        let c = pixforge::latents::cache::CacheReader::open_unchecked(&dir.path().join("latents").join(cache)).unwrap();
+        let entries: usize = c.shards.iter().map(|s| c.shard(s).unwrap().entries.len()).sum();
+        assert_eq!(entries, n, "{cache}");
+    }
 }
