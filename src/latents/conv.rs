@@ -8,7 +8,7 @@
 //! processed in cache-sized chunks, in parallel. Strided convolutions take one product per output row
 //! and tap, reading the buffer with a column stride.
 
-use crate::train::ops::kernels::{contiguous, on_float, Real};
+use crate::train::ops::kernels::{contiguous, mm, on_float, Real, Shared};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Result, Shape, Tensor, WithDType};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
@@ -36,20 +36,6 @@ pub struct Conv2d {
     kernel: Arc<Kernel>,
 }
 
-/// Raw output pointer shared by tasks that write disjoint parts.
-#[derive(Clone, Copy)]
-struct Out<T>(*mut T);
-// SAFETY: every task writes elements no other task writes (disjoint columns or rows).
-unsafe impl<T> Send for Out<T> {}
-unsafe impl<T> Sync for Out<T> {}
-
-impl<T> Out<T> {
-    /// The pointer (a method, so closures capture the whole `Send` wrapper).
-    fn ptr(self) -> *mut T {
-        self.0
-    }
-}
-
 /// `v` as a slice of `T`: borrowed for f32, converted otherwise (f64 in tests).
 #[allow(clippy::ptr_arg)] // the downcast needs the Vec's own type
 fn as_type<T: Real + 'static>(v: &Vec<f32>) -> std::borrow::Cow<'_, [T]> {
@@ -57,42 +43,6 @@ fn as_type<T: Real + 'static>(v: &Vec<f32>) -> std::borrow::Cow<'_, [T]> {
         Some(same) => std::borrow::Cow::Borrowed(same.as_slice()),
         None => std::borrow::Cow::Owned(v.iter().map(|&x| T::from_f64(x as f64)).collect()),
     }
-}
-
-/// `dst (m×n) += lhs (m×k) · rhs (k×n)`, strides as (column, row), one thread.
-///
-/// # Safety
-/// The pointers must cover the strided extents.
-#[allow(clippy::too_many_arguments)]
-unsafe fn mm<T: Real + 'static>(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: (*mut T, isize, isize),
-    lhs: (*const T, isize, isize),
-    rhs: (*const T, isize, isize),
-) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst.0,
-        dst.1,
-        dst.2,
-        true,
-        lhs.0,
-        lhs.1,
-        lhs.2,
-        rhs.0,
-        rhs.1,
-        rhs.2,
-        T::one(),
-        T::one(),
-        false,
-        false,
-        false,
-        gemm::Parallelism::None,
-    )
 }
 
 impl Kernel {
@@ -132,7 +82,7 @@ impl Kernel {
                 row.fill(bias[c]);
             }
             let chunk = (131_072 / co).clamp(64, 4096);
-            let g = Out(grid.as_mut_ptr());
+            let g = Shared(grid.as_mut_ptr());
             let p = padded.as_ptr() as usize;
             (0..n.div_ceil(chunk)).into_par_iter().for_each(|i| {
                 let (n0, nc) = (i * chunk, chunk.min(n - i * chunk));
@@ -144,7 +94,8 @@ impl Kernel {
                             co,
                             nc,
                             ci,
-                            (g.ptr().add(n0), 1, n as isize),
+                            (g.at(n0), 1, n as isize),
+                            true,
                             (tap(t), 1, ci as isize),
                             ((p as *const T).add(n0 + offset(t)), 1, cs as isize),
                         )
@@ -170,7 +121,7 @@ impl Kernel {
             for (c, o) in out.chunks_mut(ho * wo).enumerate() {
                 o.fill(bias[c]);
             }
-            let o = Out(out.as_mut_ptr());
+            let o = Shared(out.as_mut_ptr());
             let p = padded.as_ptr() as usize;
             let s = self.stride;
             (0..ho).into_par_iter().for_each(|y| {
@@ -182,7 +133,8 @@ impl Kernel {
                             co,
                             wo,
                             ci,
-                            (o.ptr().add(y * wo), 1, (ho * wo) as isize),
+                            (o.at(y * wo), 1, (ho * wo) as isize),
+                            true,
                             (tap(t), 1, ci as isize),
                             ((p as *const T).add(s * y * wp + offset(t)), s as isize, cs as isize),
                         )
@@ -244,7 +196,7 @@ impl Kernel {
         // Tile rows per chunk: about 64K / Ci tiles, and at least four chunks to share out.
         let rows = ((65_536 / ci).max(32) / tw).clamp(1, th.div_ceil(4).max(1));
         let mut out = vec![T::zero(); co * h * w];
-        let o = Out(out.as_mut_ptr());
+        let o = Shared(out.as_mut_ptr());
         (0..th.div_ceil(rows)).into_par_iter().for_each(|c| {
             let (ty0, nrows) = (c * rows, rows.min(th - c * rows));
             let n = nrows * tw;
@@ -295,26 +247,14 @@ impl Kernel {
             for k in 0..16 {
                 // SAFETY: U_k is co×ci at k·co·ci, V_k is ci×n at k·ci·n, M_k is co×n at k·co·n.
                 unsafe {
-                    gemm::gemm(
+                    mm(
                         co,
                         n,
                         ci,
-                        m.as_mut_ptr().add(k * co * n),
-                        1,
-                        n as isize,
+                        (m.as_mut_ptr().add(k * co * n), 1, n as isize),
                         false,
-                        u.as_ptr().add(k * co * ci),
-                        1,
-                        ci as isize,
-                        v.as_ptr().add(k * ci * n),
-                        1,
-                        n as isize,
-                        T::zero(),
-                        T::one(),
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
+                        (u.as_ptr().add(k * co * ci), 1, ci as isize),
+                        (v.as_ptr().add(k * ci * n), 1, n as isize),
                     )
                 }
             }
@@ -361,7 +301,7 @@ impl Kernel {
                             let val = if xx % 2 == 0 { ya[xx / 2] } else { yb[xx / 2] };
                             let res = residual.map_or(T::zero(), |r| r[row + xx]);
                             // SAFETY: output rows 2ty, 2ty+1 belong to this chunk's tile rows only.
-                            unsafe { *o.ptr().add(row + xx) = val + bias[oc] + res };
+                            unsafe { *o.at(row + xx) = val + bias[oc] + res };
                         }
                     }
                 }

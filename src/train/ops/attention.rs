@@ -3,7 +3,7 @@
 //! `[B, heads, N, L]` scores are never stored: the backward recomputes them (as flash attention does)
 //! and produces dQ, dK, dV with four more products.
 
-use super::kernels::{contiguous, on_float, softmax_grad_row, softmax_row, Real};
+use super::kernels::{contiguous, mm, on_float, softmax_grad_row, softmax_row, Real, Shared};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
@@ -15,57 +15,6 @@ pub struct Attention {
     pub scale: f64,
     /// Additive key bias `[B, L]` (the caption mask), if any.
     pub bias: Option<Vec<f64>>,
-}
-
-/// A raw pointer shared by tasks that write disjoint parts of one buffer.
-#[derive(Clone, Copy)]
-struct Shared<T>(*mut T);
-// SAFETY: every task writes only its own (batch item, head) columns.
-unsafe impl<T> Send for Shared<T> {}
-unsafe impl<T> Sync for Shared<T> {}
-
-impl<T> Shared<T> {
-    /// The pointer `offset` elements in.
-    ///
-    /// # Safety
-    /// `offset` must stay inside the buffer.
-    unsafe fn at(self, offset: usize) -> *mut T {
-        self.0.add(offset)
-    }
-}
-
-/// `dst (m×n) = [dst +] lhs (m×k) · rhs (k×n)`, all strided (column stride, row stride), one thread.
-#[allow(clippy::too_many_arguments)]
-unsafe fn mm<T: Real + 'static>(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: (*mut T, isize, isize),
-    accumulate: bool,
-    lhs: (*const T, isize, isize),
-    rhs: (*const T, isize, isize),
-) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst.0,
-        dst.1,
-        dst.2,
-        accumulate,
-        lhs.0,
-        lhs.1,
-        lhs.2,
-        rhs.0,
-        rhs.1,
-        rhs.2,
-        T::one(),
-        T::one(),
-        false,
-        false,
-        false,
-        gemm::Parallelism::None,
-    )
 }
 
 struct Dims {

@@ -102,6 +102,60 @@ pub fn per_row<T: Real>(
     out
 }
 
+/// A raw pointer shared by tasks that write disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+pub struct Shared<T>(pub *mut T);
+// SAFETY: users write disjoint parts from different tasks (each use says which).
+unsafe impl<T> Send for Shared<T> {}
+unsafe impl<T> Sync for Shared<T> {}
+
+impl<T> Shared<T> {
+    /// The pointer `offset` elements in.
+    ///
+    /// # Safety
+    /// `offset` must stay inside the buffer.
+    pub unsafe fn at(self, offset: usize) -> *mut T {
+        self.0.add(offset)
+    }
+}
+
+/// `dst (m×n) = [dst +] lhs (m×k) · rhs (k×n)`, all strided (column stride, row stride), one thread.
+///
+/// # Safety
+/// The pointers must cover the strided extents.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn mm<T: Real + 'static>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: (*mut T, isize, isize),
+    accumulate: bool,
+    lhs: (*const T, isize, isize),
+    rhs: (*const T, isize, isize),
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst.0,
+        dst.1,
+        dst.2,
+        accumulate,
+        lhs.0,
+        lhs.1,
+        lhs.2,
+        rhs.0,
+        rhs.1,
+        rhs.2,
+        T::one(),
+        T::one(),
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    )
+}
+
 /// Runs `$body` with `T` the storage's float type and `$x` its contiguous data; wraps the `Vec<T>` it
 /// returns into a storage of `$shape`.
 macro_rules! on_float {
