@@ -7,6 +7,7 @@ pub mod init;
 pub mod keys;
 pub mod model;
 pub(crate) mod ops;
+pub mod optim;
 pub mod sampler;
 
 /// The device named by `--device`: `cpu` or `cuda:N` (with the `cuda` feature).

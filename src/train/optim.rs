@@ -1,0 +1,141 @@
+//! The optimisation steps of PixArt-α's recipe, with the semantics of the PyTorch functions the
+//! official code calls: AdamW (`torch.optim.AdamW`: decoupled weight decay, bias-corrected moments,
+//! eps outside the square root), global gradient-norm clipping (`clip_grad_norm_`) and the EMA of the
+//! weights. Their state is plain tensors by name, so a checkpoint can store and restore it exactly.
+
+use candle_core::{DType, Result, Tensor, Var};
+use std::collections::HashMap;
+
+/// AdamW's hyper-parameters; the default is PixArt-α's (lr 2e-5, betas 0.9/0.999, eps 1e-10, weight
+/// decay 0.03).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdamWConfig {
+    /// Learning rate (the schedule may change it per step: [`AdamW::step`] takes the current one).
+    pub lr: f64,
+    /// First-moment decay.
+    pub beta1: f64,
+    /// Second-moment decay.
+    pub beta2: f64,
+    /// Added to the bias-corrected root of the second moment.
+    pub eps: f64,
+    /// Decoupled weight decay (`p ← p·(1 − lr·wd)` before the update).
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        Self { lr: 2e-5, beta1: 0.9, beta2: 0.999, eps: 1e-10, weight_decay: 0.03 }
+    }
+}
+
+/// AdamW over a fixed list of parameters.
+pub struct AdamW {
+    /// Hyper-parameters.
+    pub config: AdamWConfig,
+    /// Steps taken.
+    pub steps: u64,
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+}
+
+impl AdamW {
+    /// Zero moments for `params`.
+    pub fn new(config: AdamWConfig, params: &[Var]) -> Result<Self> {
+        let zeros = params.iter().map(|p| p.zeros_like()).collect::<Result<Vec<_>>>()?;
+        Ok(Self { config, steps: 0, m: zeros.clone(), v: zeros })
+    }
+
+    /// One update of `params` with `grads` (same order and shapes) at learning rate `lr`.
+    pub fn step(&mut self, params: &[Var], grads: &[Tensor], lr: f64) -> Result<()> {
+        if params.len() != self.m.len() || grads.len() != params.len() {
+            candle_core::bail!(
+                "AdamW: {} parameters and {} gradients for an optimizer of {}",
+                params.len(),
+                grads.len(),
+                self.m.len()
+            );
+        }
+        self.steps += 1;
+        let c = self.config;
+        let t = self.steps as i32;
+        let step_size = lr / (1.0 - c.beta1.powi(t));
+        let bc2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
+        for ((p, g), (m, v)) in params.iter().zip(grads).zip(self.m.iter_mut().zip(self.v.iter_mut())) {
+            let g = g.to_dtype(p.dtype())?;
+            *m = ((&*m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
+            *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+            let decayed = (p.as_tensor() * (1.0 - lr * c.weight_decay))?;
+            let denom = ((v.sqrt()? / bc2_sqrt)? + c.eps)?;
+            p.set(&(decayed - ((&*m / denom)? * step_size)?)?)?;
+        }
+        Ok(())
+    }
+
+    /// The state by name (`adamw.m.{i}`, `adamw.v.{i}`, `adamw.steps`), for a checkpoint.
+    pub fn state(&self) -> Result<HashMap<String, Tensor>> {
+        let mut s = HashMap::new();
+        for (i, (m, v)) in self.m.iter().zip(&self.v).enumerate() {
+            s.insert(format!("adamw.m.{i}"), m.clone());
+            s.insert(format!("adamw.v.{i}"), v.clone());
+        }
+        let dev = self.m.first().map(|m| m.device().clone()).unwrap_or(candle_core::Device::Cpu);
+        s.insert("adamw.steps".into(), Tensor::new(&[self.steps as i64], &dev)?);
+        Ok(s)
+    }
+
+    /// Restores [`AdamW::state`], checking every moment's presence and shape.
+    pub fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+        let get = |k: &str| state.get(k).ok_or_else(|| candle_core::Error::Msg(format!("optimizer state: no `{k}`")));
+        for i in 0..self.m.len() {
+            for (name, slot) in [("m", &mut self.m[i]), ("v", &mut self.v[i])] {
+                let key = format!("adamw.{name}.{i}");
+                let t = get(&key)?;
+                if t.dims() != slot.dims() {
+                    candle_core::bail!("optimizer state `{key}`: expected {:?}, found {:?}", slot.dims(), t.dims());
+                }
+                *slot = t.to_dtype(slot.dtype())?.to_device(slot.device())?;
+            }
+        }
+        self.steps = get("adamw.steps")?.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?[0] as u64;
+        Ok(())
+    }
+}
+
+/// `clip_grad_norm_(max_norm)`: the 2-norm over all gradients together; when it exceeds `max_norm`
+/// every gradient is scaled by `max_norm / (norm + 1e-6)`. Returns the norm before clipping.
+pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
+    let mut sum = 0f64;
+    for g in grads.iter() {
+        sum += g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+    }
+    let norm = sum.sqrt();
+    let coef = (max_norm / (norm + 1e-6)).min(1.0);
+    for g in grads.iter_mut() {
+        *g = (&*g * coef)?;
+    }
+    Ok(norm)
+}
+
+/// The exponential moving average of the weights (`ema ← decay·ema + (1 − decay)·p`).
+pub struct Ema {
+    /// Decay per update (PixArt-α: 0.9999).
+    pub decay: f64,
+    /// The averaged weights, in the parameters' order.
+    pub weights: Vec<Tensor>,
+}
+
+impl Ema {
+    /// An average starting at the current `params`.
+    pub fn new(decay: f64, params: &[Var]) -> Result<Self> {
+        Ok(Self { decay, weights: params.iter().map(|p| p.as_tensor().copy()).collect::<Result<_>>()? })
+    }
+
+    /// Moves the average towards `params`.
+    pub fn update(&mut self, params: &[Var]) -> Result<()> {
+        for (e, p) in self.weights.iter_mut().zip(params) {
+            *e = ((&*e * self.decay)? + (p.as_tensor() * (1.0 - self.decay))?)?;
+        }
+        Ok(())
+    }
+}
