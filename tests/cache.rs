@@ -384,3 +384,55 @@ fn export_writes_the_official_layout() {
     let want: Vec<f32> = Tensor::cat(&[m, s], 0).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     assert_eq!(f32s(data), want);
 }
+
+/// The trainer's view of the caches: joined by key, single-bucket batches with a fresh posterior draw,
+/// captions padded to 120 with their mask, and the caption drop.
+#[test]
+fn train_set_joins_the_caches_and_assembles_batches() {
+    use pixforge::train::data::TrainSet;
+    use pixforge::train::init::Rng;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    source(&src);
+    let (t5_dir, vae_dir) = (dir.path().join("t5"), dir.path().join("vae"));
+    let t5_cfg = t5_config(FeatureDType::F32);
+    t5_stage::run(&t5_cfg, &opts(&src, &t5_dir), &Device::Cpu).unwrap();
+    let model = tiny_vae(dir.path());
+    let vae_cfg = vae_config(&model, 256, true);
+    vae_stage::run(&vae_cfg, &opts(&src, &vae_dir), &Device::Cpu).unwrap();
+    let set =
+        TrainSet::open(&t5_dir, &t5_cfg.fingerprint().unwrap(), &vae_dir, &vae_cfg.fingerprint().unwrap()).unwrap();
+    assert_eq!((set.len(), set.skipped), (4, 2), "cached in both: 4; no caption / no image: 2");
+    let buckets = set.buckets();
+    let one: Vec<usize> = (0..set.len()).filter(|&i| buckets[i] == buckets[0]).collect();
+    let b = set.batch(&one, &mut Rng::new(5), 0.18215, 120, 0.0, &Device::Cpu).unwrap();
+    assert_eq!(b.caption.dims()[..2], [one.len(), 120]);
+    assert!(b.drop.iter().all(|d| !d));
+
+    // The latents are (mean + std·ε)·0.18215 with ε drawn in order from the generator.
+    let vae = CacheReader::open_unchecked(&vae_dir).unwrap();
+    let t5 = CacheReader::open_unchecked(&t5_dir).unwrap();
+    let mut rng = Rng::new(5);
+    for (j, key) in b.keys.iter().enumerate() {
+        let shard = format!("{:05}", key[..2].parse::<usize>().unwrap());
+        let (vs, ts) = (vae.shard(&shard).unwrap(), t5.shard(&shard).unwrap());
+        let (m, s) = vs.vae_moments(vs.entry(key).unwrap(), &Device::Cpu).unwrap();
+        let eps = rng.normal_tensor(m.dims(), 1.0, &Device::Cpu).unwrap();
+        rng.uniform();
+        let want = ((m + (s * eps).unwrap()).unwrap() * 0.18215).unwrap();
+        assert!(max_abs_diff(&b.latents.get(j).unwrap(), &want) < 1e-6, "{key}");
+        let emb = ts.t5_embedding(ts.entry(key).unwrap(), &Device::Cpu).unwrap();
+        let len = emb.dim(0).unwrap();
+        assert!(max_abs_diff(&b.caption.get(j).unwrap().narrow(0, 0, len).unwrap(), &emb) < 1e-6);
+        let mask: Vec<f32> = b.mask.get(j).unwrap().to_vec1().unwrap();
+        assert_eq!(mask.iter().sum::<f32>() as usize, len);
+        assert!(mask[..len].iter().all(|&v| v == 1.0));
+    }
+    assert!(set.batch(&one, &mut Rng::new(5), 0.18215, 120, 1.0, &Device::Cpu).unwrap().drop.iter().all(|&d| d));
+    if let Some(other) = (0..set.len()).find(|&i| buckets[i] != buckets[0]) {
+        assert!(
+            set.batch(&[one[0], other], &mut Rng::new(5), 0.18215, 120, 0.0, &Device::Cpu).is_err(),
+            "one bucket per batch"
+        );
+    }
+}

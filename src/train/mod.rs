@@ -1,6 +1,7 @@
 //! Training PixArt-α (work in progress): the model, the diffusion objective and the samplers so far.
 
 pub mod buckets;
+pub mod data;
 pub mod diffusion;
 pub mod generate;
 pub mod init;

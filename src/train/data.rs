@@ -1,0 +1,221 @@
+//! Training batches from the feature caches: the T5 and VAE caches joined by key, single-bucket batches
+//! in the order PixArt-α's `AspectRatioBatchSampler` forms them, a fresh posterior sample per step.
+//!
+//! The sampler walks a seeded permutation of the samples (one per epoch), appends each index to its
+//! bucket's pending list and emits that list as a batch when it holds `batch_size` indices; what is
+//! left in the lists at the end of the epoch is dropped (`drop_last`). Buckets therefore alternate in
+//! proportion to their size, as in the paper. Everything is a function of (seed, epoch), so a run
+//! resumes at any batch by recomputing the epoch's order.
+
+use super::init::Rng;
+use crate::latents::cache::{CacheFingerprint, CacheReader, CacheShard, EntryStatus};
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// One trainable sample: where its features are.
+#[derive(Debug, Clone)]
+struct Sample {
+    shard: usize,
+    t5: usize,
+    vae: usize,
+    bucket: String,
+}
+
+/// The samples cached in both a T5 and a VAE cache.
+pub struct TrainSet {
+    shards: Vec<(CacheShard, CacheShard)>,
+    samples: Vec<Sample>,
+    /// Samples present in one cache only, or failed in either (not trained on).
+    pub skipped: usize,
+}
+
+/// One batch, ready for the model.
+pub struct Batch {
+    /// Sample keys, in batch order.
+    pub keys: Vec<String>,
+    /// `mean + std·ε`, times the VAE scaling factor: `[B, 4, h, w]`.
+    pub latents: Tensor,
+    /// T5 embeddings padded with zeros to `max_tokens`: `[B, max_tokens, d]`.
+    pub caption: Tensor,
+    /// 1 for a caption's tokens, 0 for padding: `[B, max_tokens]`.
+    pub mask: Tensor,
+    /// Original (height, width) of each image (PixArtMS's `img_hw`): `[B, 2]`.
+    pub img_hw: Tensor,
+    /// The bucket's h/w label (PixArtMS's `aspect_ratio`): `[B, 1]`.
+    pub aspect_ratio: Tensor,
+    /// Which captions the classifier-free-guidance drop replaces by the null caption.
+    pub drop: Vec<bool>,
+}
+
+impl TrainSet {
+    /// Opens both caches, refusing either when its fingerprint differs from the expected one, and joins
+    /// their successful entries by key (shard by shard).
+    pub fn open(
+        t5_dir: &Path,
+        t5_expected: &CacheFingerprint,
+        vae_dir: &Path,
+        vae_expected: &CacheFingerprint,
+    ) -> anyhow::Result<Self> {
+        let t5 = CacheReader::open(t5_dir, t5_expected)?;
+        let vae = CacheReader::open(vae_dir, vae_expected)?;
+        let mut shards = Vec::new();
+        let mut samples = Vec::new();
+        let mut skipped = 0;
+        for name in &t5.shards {
+            if !vae.shards.contains(name) {
+                skipped += t5.shard(name)?.entries.len();
+                continue;
+            }
+            let (ts, vs) = (t5.shard(name)?, vae.shard(name)?);
+            let by_key: HashMap<&str, usize> =
+                vs.entries.iter().enumerate().map(|(i, e)| (e.key.as_str(), i)).collect();
+            for (i, e) in ts.entries.iter().enumerate() {
+                match by_key.get(e.key.as_str()) {
+                    Some(&j) if e.status == EntryStatus::Success && vs.entries[j].status == EntryStatus::Success => {
+                        let bucket = vs.entries[j].bucket.clone().unwrap_or_default();
+                        samples.push(Sample { shard: shards.len(), t5: i, vae: j, bucket });
+                    }
+                    _ => skipped += 1,
+                }
+            }
+            shards.push((ts, vs));
+        }
+        if samples.is_empty() {
+            anyhow::bail!(
+                "{} and {}: no sample is cached in both (are they caches of the same shards?)",
+                t5_dir.display(),
+                vae_dir.display()
+            );
+        }
+        Ok(Self { shards, samples, skipped })
+    }
+
+    /// Trainable samples.
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// Whether there is nothing to train on (never, once opened).
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    /// Each sample's bucket label, by index.
+    pub fn buckets(&self) -> Vec<&str> {
+        self.samples.iter().map(|s| s.bucket.as_str()).collect()
+    }
+
+    /// Assembles the batch of sample `indices` (all of one bucket): a posterior draw from `rng`,
+    /// captions padded to `max_tokens`, and the caption drop with probability `drop_prob`.
+    pub fn batch(
+        &self,
+        indices: &[usize],
+        rng: &mut Rng,
+        scaling_factor: f64,
+        max_tokens: usize,
+        drop_prob: f64,
+        device: &Device,
+    ) -> anyhow::Result<Batch> {
+        let cpu = Device::Cpu;
+        let (mut keys, mut latents, mut captions, mut masks, mut hw, mut ar, mut drop) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for &i in indices {
+            let s = &self.samples[i];
+            let (ts, vs) = &self.shards[s.shard];
+            let (te, ve) = (&ts.entries[s.t5], &vs.entries[s.vae]);
+            if s.bucket != self.samples[indices[0]].bucket {
+                anyhow::bail!("batch mixes buckets {} and {}", self.samples[indices[0]].bucket, s.bucket);
+            }
+            let (mean, std) = vs.vae_moments(ve, &cpu)?;
+            let eps = rng.normal_tensor(mean.dims(), 1.0, &cpu)?;
+            latents.push(((mean + (std * eps)?)? * scaling_factor)?);
+            let emb = ts.t5_embedding(te, &cpu)?;
+            let (len, d) = emb.dims2()?;
+            let len = len.min(max_tokens);
+            let mut padded = emb.narrow(0, 0, len)?;
+            if len < max_tokens {
+                padded = Tensor::cat(&[padded, Tensor::zeros((max_tokens - len, d), DType::F32, &cpu)?], 0)?;
+            }
+            captions.push(padded);
+            masks.push(Tensor::from_vec(
+                (0..max_tokens).map(|t| f32::from(u8::from(t < len))).collect(),
+                max_tokens,
+                &cpu,
+            )?);
+            let [h, w] = ve.original_size.unwrap_or([0, 0]);
+            hw.push(Tensor::new(&[h as f32, w as f32], &cpu)?);
+            ar.push(Tensor::new(&[s.bucket.parse::<f32>().unwrap_or(1.0)], &cpu)?);
+            drop.push(rng.uniform() < drop_prob);
+            keys.push(te.key.clone());
+        }
+        let stack = |v: &[Tensor]| -> anyhow::Result<Tensor> { Ok(Tensor::stack(v, 0)?.to_device(device)?) };
+        Ok(Batch {
+            keys,
+            latents: stack(&latents)?,
+            caption: stack(&captions)?,
+            mask: stack(&masks)?,
+            img_hw: stack(&hw)?,
+            aspect_ratio: stack(&ar)?,
+            drop,
+        })
+    }
+}
+
+/// The batches of one epoch as PixArt-α's `AspectRatioBatchSampler` forms them over a seeded
+/// permutation of the samples: single-bucket, in the order buckets fill up, leftovers dropped.
+pub fn epoch_batches(buckets: &[&str], batch_size: usize, seed: u64, epoch: u64) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..buckets.len()).collect();
+    let mut rng = Rng::new(seed ^ epoch.wrapping_mul(0xD1B5_4A32_D192_ED03));
+    for i in (1..order.len()).rev() {
+        let j = (rng.uniform() * (i + 1) as f64) as usize;
+        order.swap(i, j.min(i));
+    }
+    let mut pending: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut batches = Vec::new();
+    for i in order {
+        let list = pending.entry(buckets[i]).or_default();
+        list.push(i);
+        if list.len() == batch_size.max(1) {
+            batches.push(std::mem::take(list));
+        }
+    }
+    batches
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_single_bucket_seeded_and_drop_the_rest() {
+        // 30 samples in bucket "1.0", 12 in "0.57", 5 in "2.0".
+        let buckets: Vec<&str> = (0..47)
+            .map(|i| {
+                if i < 30 {
+                    "1.0"
+                } else if i < 42 {
+                    "0.57"
+                } else {
+                    "2.0"
+                }
+            })
+            .collect();
+        let b = epoch_batches(&buckets, 4, 7, 0);
+        assert_eq!(b.len(), 30 / 4 + 12 / 4 + 5 / 4, "full batches only (drop_last)");
+        for batch in &b {
+            assert_eq!(batch.len(), 4);
+            assert!(batch.iter().all(|&i| buckets[i] == buckets[batch[0]]), "one bucket per batch");
+        }
+        let mut seen: Vec<usize> = b.concat();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), b.len() * 4, "no sample twice in an epoch");
+        assert_eq!(b, epoch_batches(&buckets, 4, 7, 0), "same seed and epoch, same batches");
+        assert_ne!(b, epoch_batches(&buckets, 4, 7, 1), "another epoch, another order");
+        assert_ne!(b, epoch_batches(&buckets, 4, 8, 0), "another seed, another order");
+        // Buckets alternate from batch to batch rather than coming one after the other.
+        let switches = b.windows(2).filter(|w| buckets[w[0][0]] != buckets[w[1][0]]).count();
+        assert!(switches > 2, "{switches} bucket switches in {} batches", b.len());
+    }
+}
