@@ -436,3 +436,61 @@ fn train_set_joins_the_caches_and_assembles_batches() {
         );
     }
 }
+
+/// The training step on batches from the caches: the loss falls on a fixed set of samples, a
+/// non-finite batch is skipped without touching the weights.
+#[test]
+fn trainer_steps_on_cached_batches_and_skips_non_finite_ones() {
+    use pixforge::train::data::TrainSet;
+    use pixforge::train::init::{init, Rng};
+    use pixforge::train::model::PixArtConfig;
+    use pixforge::train::optim::AdamWConfig;
+    use pixforge::train::step::Trainer;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    source(&src);
+    let (t5_dir, vae_dir) = (dir.path().join("t5"), dir.path().join("vae"));
+    let t5_cfg = t5_config(FeatureDType::F32);
+    t5_stage::run(&t5_cfg, &opts(&src, &t5_dir), &Device::Cpu).unwrap();
+    let vae_cfg = vae_config(&tiny_vae(dir.path()), 32, false);
+    vae_stage::run(&vae_cfg, &opts(&src, &vae_dir), &Device::Cpu).unwrap();
+    let set =
+        TrainSet::open(&t5_dir, &t5_cfg.fingerprint().unwrap(), &vae_dir, &vae_cfg.fingerprint().unwrap()).unwrap();
+    let config = PixArtConfig {
+        num_attention_heads: 2,
+        attention_head_dim: 16,
+        in_channels: 4,
+        out_channels: 8,
+        num_layers: 2,
+        sample_size: 4,
+        patch_size: 2,
+        caption_channels: 16,
+        interpolation_scale: Some(1.0),
+        norm_eps: 1e-6,
+    };
+    let model = init(config, false, 120, 0, &Device::Cpu).unwrap();
+    let adamw = AdamWConfig { lr: 1e-3, weight_decay: 0.0, ..Default::default() };
+    let mut trainer = Trainer::new(model, adamw, 0.99, 1).unwrap();
+    let all: Vec<usize> = (0..set.len()).collect();
+    let mut data_rng = Rng::new(2);
+    let mut losses = Vec::new();
+    for _ in 0..80 {
+        let batch = set.batch(&all, &mut data_rng, 0.18215, 120, 0.1, &Device::Cpu).unwrap();
+        let log = trainer.step(&batch, 1e-3, 1.0).unwrap();
+        assert!(!log.skipped && log.loss.is_finite() && log.grad_norm > 0.0, "{log:?}");
+        losses.push(log.loss);
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (first, last) = (mean(&losses[..10]), mean(&losses[70..]));
+    eprintln!("loss over 80 steps: {first:.4} → {last:.4}");
+    assert!(last < 0.5 * first, "the loss falls on a fixed set: {first} → {last}");
+
+    let before = trainer.model.weights().clone();
+    let mut batch = set.batch(&all, &mut data_rng, 0.18215, 120, 0.0, &Device::Cpu).unwrap();
+    batch.latents = (batch.latents * f64::NAN).unwrap();
+    let log = trainer.step(&batch, 1e-3, 1.0).unwrap();
+    assert!(log.skipped && trainer.skipped == 1, "{log:?}");
+    for (k, w) in trainer.model.weights() {
+        assert_eq!(max_abs_diff(w, &before[k]), 0.0, "{k} unchanged by a skipped step");
+    }
+}

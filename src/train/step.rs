@@ -1,0 +1,108 @@
+//! One training step of PixArt-α's recipe: uniform timesteps and noise from our seeded generator,
+//! the classifier-free-guidance caption drop to the null caption (`y_embedding`, the caption's own
+//! mask kept), the IDDPM hybrid loss, global gradient clipping, AdamW and the EMA. A step whose loss
+//! or gradients are not finite changes nothing and is counted.
+
+use super::data::Batch;
+use super::diffusion::Diffusion;
+use super::init::Rng;
+use super::model::PixArt;
+use super::optim::{clip_grad_norm, AdamW, AdamWConfig, Ema};
+use candle_core::{DType, Tensor, Var};
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct StepLog {
+    /// Mean hybrid loss of the batch (`mse + vb`).
+    pub loss: f64,
+    /// Mean noise MSE.
+    pub mse: f64,
+    /// Mean variational-bound term.
+    pub vb: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// The step was skipped (loss or gradients not finite).
+    pub skipped: bool,
+}
+
+/// A model with its optimizer, EMA, diffusion and generator.
+pub struct Trainer {
+    /// The model being trained.
+    pub model: PixArt,
+    vars: Vec<(String, Var)>,
+    /// The optimizer.
+    pub optimizer: AdamW,
+    /// The EMA of the weights.
+    pub ema: Ema,
+    diffusion: Diffusion,
+    /// The generator of timesteps and noise (its state is part of a checkpoint).
+    pub rng: Rng,
+    /// Steps skipped for non-finite values, in all.
+    pub skipped: usize,
+}
+
+impl Trainer {
+    /// Makes `model`'s weights trainable and sets up AdamW, the EMA (`ema_decay`) and the generator.
+    pub fn new(mut model: PixArt, adamw: AdamWConfig, ema_decay: f64, seed: u64) -> anyhow::Result<Self> {
+        let vars = model.trainable()?;
+        let params: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
+        Ok(Self {
+            optimizer: AdamW::new(adamw, &params)?,
+            ema: Ema::new(ema_decay, &params)?,
+            model,
+            vars,
+            diffusion: Diffusion::linear(1000),
+            rng: Rng::new(seed),
+            skipped: 0,
+        })
+    }
+
+    /// One step on `batch` at learning rate `lr`, gradients clipped to `max_grad_norm`.
+    pub fn step(&mut self, batch: &Batch, lr: f64, max_grad_norm: f64) -> anyhow::Result<StepLog> {
+        let x0 = &batch.latents;
+        let (b, dev) = (x0.dim(0)?, x0.device().clone());
+        let steps = self.diffusion.steps();
+        let t: Vec<usize> = (0..b).map(|_| ((self.rng.uniform() * steps as f64) as usize).min(steps - 1)).collect();
+        let noise = self.rng.normal_tensor(x0.dims(), 1.0, &dev)?.to_dtype(x0.dtype())?;
+        let x_t = self.diffusion.q_sample(x0, &t, &noise)?;
+        let caption = match self.model.null_caption() {
+            Some(null) if batch.drop.iter().any(|&d| d) => {
+                let rows = (0..b)
+                    .map(|i| if batch.drop[i] { Ok(null.clone()) } else { batch.caption.get(i) })
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Tensor::stack(&rows, 0)?
+            }
+            _ => batch.caption.clone(),
+        };
+        let timesteps = Tensor::from_vec(t.iter().map(|&v| v as f32).collect::<Vec<_>>(), b, &dev)?;
+        let micro = self.model.has_micro_conditions().then_some((&batch.img_hw, &batch.aspect_ratio));
+        let out = self.model.forward(&x_t, &timesteps, &caption, &batch.mask, micro)?;
+        let losses = self.diffusion.training_losses(&out, x0, &x_t, &t, &noise)?;
+        let mean = |x: &Tensor| -> anyhow::Result<f64> { Ok(x.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
+        let loss = losses.loss.mean_all()?;
+        let (loss_v, mse, vb) = (mean(&losses.loss)?, mean(&losses.mse)?, mean(&losses.vb)?);
+        let store = loss.backward()?;
+        let mut grads = Vec::with_capacity(self.vars.len());
+        for (_, v) in &self.vars {
+            grads.push(match store.get(v.as_tensor()) {
+                Some(g) => g.clone(),
+                None => v.zeros_like()?,
+            });
+        }
+        let mut finite = loss_v.is_finite();
+        let mut norm_sq = 0f64;
+        for g in &grads {
+            norm_sq += g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+        }
+        finite &= norm_sq.is_finite();
+        if !finite {
+            self.skipped += 1;
+            return Ok(StepLog { loss: loss_v, mse, vb, grad_norm: norm_sq.sqrt(), skipped: true });
+        }
+        let grad_norm = clip_grad_norm(&mut grads, max_grad_norm)?;
+        let params: Vec<Var> = self.vars.iter().map(|(_, v)| v.clone()).collect();
+        self.optimizer.step(&params, &grads, lr)?;
+        self.ema.update(&params)?;
+        Ok(StepLog { loss: loss_v, mse, vb, grad_norm, skipped: false })
+    }
+}
