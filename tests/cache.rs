@@ -4,80 +4,13 @@
 
 mod common;
 
+use common::caches::*;
+
 use candle_core::{Device, Tensor};
-use pixforge::latents::cache::{
-    t5_stage, vae_stage, CacheReader, EntryStatus, FeatureDType, RunOptions, T5CacheConfig, VaeCacheConfig,
-};
+use pixforge::latents::cache::{t5_stage, vae_stage, CacheReader, EntryStatus, FeatureDType, RunOptions};
 use pixforge::latents::t5::{TextCleaning, TextEncoder, MAX_TOKENS};
 use pixforge::shards::Worker;
-use std::path::{Path, PathBuf};
 use std::process::Command;
-
-/// One source sample: key, image bytes, caption bytes.
-type Sample = (String, Option<Vec<u8>>, Option<Vec<u8>>);
-
-fn png(w: u32, h: u32, seed: u32) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(w, h, |x, y| {
-        image::Rgb([(x * 7 + seed * 31) as u8, (y * 5 + seed * 17) as u8, ((x + y) * 3 + seed) as u8])
-    });
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
-}
-
-/// Two source shards as another tool (img2dataset) would write them: a tar and a `_stats.json`.
-/// Shard 0: three captioned images; shard 1: one captioned image, one without a caption, one whose
-/// caption is not UTF-8 and whose image is not an image.
-fn source(dir: &Path) -> Vec<Vec<Sample>> {
-    let prompts = std::fs::read_to_string(common::shared_data().join("prompts/pixart_alpha_samples.txt")).unwrap();
-    let p: Vec<&str> = prompts.lines().filter(|l| !l.trim().is_empty()).collect();
-    let s = |k: &str, img: Option<Vec<u8>>, txt: Option<&[u8]>| (k.to_string(), img, txt.map(<[u8]>::to_vec));
-    let shards = vec![
-        vec![
-            s("000000", Some(png(40, 30, 1)), Some(p[0].as_bytes())),
-            s("000001", Some(png(24, 64, 2)), Some(p[1].as_bytes())),
-            s("000002", Some(png(33, 33, 3)), Some(p[4].as_bytes())),
-        ],
-        vec![
-            s("010000", Some(png(70, 20, 4)), Some(p[2].as_bytes())),
-            s("010001", Some(png(16, 16, 5)), None),
-            s("010002", Some(b"not an image".to_vec()), Some(&[0xff, 0xfe, 0x41])),
-        ],
-    ];
-    std::fs::create_dir_all(dir).unwrap();
-    for (i, samples) in shards.iter().enumerate() {
-        let mut b = tar::Builder::new(std::fs::File::create(dir.join(format!("{i:05}.tar"))).unwrap());
-        for (key, img, txt) in samples {
-            for (ext, data) in [("png", img), ("txt", txt)] {
-                if let Some(data) = data {
-                    let mut h = tar::Header::new_ustar();
-                    h.set_size(data.len() as u64);
-                    h.set_mode(0o644);
-                    b.append_data(&mut h, format!("{key}.{ext}"), data.as_slice()).unwrap();
-                }
-            }
-        }
-        b.finish().unwrap();
-        std::fs::write(dir.join(format!("{i:05}_stats.json")), format!("{{\"count\": {}}}", samples.len())).unwrap();
-    }
-    shards
-}
-
-fn pipeline() -> PathBuf {
-    common::fixtures().join("pixart-pipeline")
-}
-
-fn opts(input: &Path, out: &Path) -> RunOptions {
-    RunOptions { progress: false, ..RunOptions::new(input, out) }
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
-}
-
-fn t5_config(dtype: FeatureDType) -> T5CacheConfig {
-    T5CacheConfig { model: pipeline(), max_tokens: MAX_TOKENS, cleaning: TextCleaning::Pixart, dtype, batch_size: 8 }
-}
 
 #[test]
 fn t5_cache_holds_each_captions_own_encoding() {
@@ -158,16 +91,6 @@ fn t5_cache_resumes_and_splits_among_workers() {
         std::fs::read(out.join("00001.safetensors")).unwrap(),
         std::fs::read(whole.join("00001.safetensors")).unwrap()
     );
-}
-
-fn vae_config(model: &Path, resolution: usize, multiscale: bool) -> VaeCacheConfig {
-    VaeCacheConfig { model: model.to_path_buf(), resolution, multiscale }
-}
-
-fn tiny_vae(dir: &Path) -> PathBuf {
-    let out = dir.join("tiny");
-    pixforge::models::init_tiny(pixforge::models::ModelKind::Vae, &out, false, 3).unwrap();
-    out
 }
 
 /// The posterior moments stored per bucket equal `Vae::encode` of the image resized and cropped by
@@ -383,114 +306,4 @@ fn export_writes_the_official_layout() {
     assert!(header.contains("'shape': (8, 4, 4)"), "{header}");
     let want: Vec<f32> = Tensor::cat(&[m, s], 0).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     assert_eq!(f32s(data), want);
-}
-
-/// The trainer's view of the caches: joined by key, single-bucket batches with a fresh posterior draw,
-/// captions padded to 120 with their mask, and the caption drop.
-#[test]
-fn train_set_joins_the_caches_and_assembles_batches() {
-    use pixforge::train::data::TrainSet;
-    use pixforge::train::init::Rng;
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src");
-    source(&src);
-    let (t5_dir, vae_dir) = (dir.path().join("t5"), dir.path().join("vae"));
-    let t5_cfg = t5_config(FeatureDType::F32);
-    t5_stage::run(&t5_cfg, &opts(&src, &t5_dir), &Device::Cpu).unwrap();
-    let model = tiny_vae(dir.path());
-    let vae_cfg = vae_config(&model, 256, true);
-    vae_stage::run(&vae_cfg, &opts(&src, &vae_dir), &Device::Cpu).unwrap();
-    let set =
-        TrainSet::open(&t5_dir, &t5_cfg.fingerprint().unwrap(), &vae_dir, &vae_cfg.fingerprint().unwrap()).unwrap();
-    assert_eq!((set.len(), set.skipped), (4, 2), "cached in both: 4; no caption / no image: 2");
-    let buckets = set.buckets();
-    let one: Vec<usize> = (0..set.len()).filter(|&i| buckets[i] == buckets[0]).collect();
-    let b = set.batch(&one, &mut Rng::new(5), 0.18215, 120, 0.0, &Device::Cpu).unwrap();
-    assert_eq!(b.caption.dims()[..2], [one.len(), 120]);
-    assert!(b.drop.iter().all(|d| !d));
-
-    // The latents are (mean + std·ε)·0.18215 with ε drawn in order from the generator.
-    let vae = CacheReader::open_unchecked(&vae_dir).unwrap();
-    let t5 = CacheReader::open_unchecked(&t5_dir).unwrap();
-    let mut rng = Rng::new(5);
-    for (j, key) in b.keys.iter().enumerate() {
-        let shard = format!("{:05}", key[..2].parse::<usize>().unwrap());
-        let (vs, ts) = (vae.shard(&shard).unwrap(), t5.shard(&shard).unwrap());
-        let (m, s) = vs.vae_moments(vs.entry(key).unwrap(), &Device::Cpu).unwrap();
-        let eps = rng.normal_tensor(m.dims(), 1.0, &Device::Cpu).unwrap();
-        rng.uniform();
-        let want = ((m + (s * eps).unwrap()).unwrap() * 0.18215).unwrap();
-        assert!(max_abs_diff(&b.latents.get(j).unwrap(), &want) < 1e-6, "{key}");
-        let emb = ts.t5_embedding(ts.entry(key).unwrap(), &Device::Cpu).unwrap();
-        let len = emb.dim(0).unwrap();
-        assert!(max_abs_diff(&b.caption.get(j).unwrap().narrow(0, 0, len).unwrap(), &emb) < 1e-6);
-        let mask: Vec<f32> = b.mask.get(j).unwrap().to_vec1().unwrap();
-        assert_eq!(mask.iter().sum::<f32>() as usize, len);
-        assert!(mask[..len].iter().all(|&v| v == 1.0));
-    }
-    assert!(set.batch(&one, &mut Rng::new(5), 0.18215, 120, 1.0, &Device::Cpu).unwrap().drop.iter().all(|&d| d));
-    if let Some(other) = (0..set.len()).find(|&i| buckets[i] != buckets[0]) {
-        assert!(
-            set.batch(&[one[0], other], &mut Rng::new(5), 0.18215, 120, 0.0, &Device::Cpu).is_err(),
-            "one bucket per batch"
-        );
-    }
-}
-
-/// The training step on batches from the caches: the loss falls on a fixed set of samples, a
-/// non-finite batch is skipped without touching the weights.
-#[test]
-fn trainer_steps_on_cached_batches_and_skips_non_finite_ones() {
-    use pixforge::train::data::TrainSet;
-    use pixforge::train::init::{init, Rng};
-    use pixforge::train::model::PixArtConfig;
-    use pixforge::train::optim::AdamWConfig;
-    use pixforge::train::step::Trainer;
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src");
-    source(&src);
-    let (t5_dir, vae_dir) = (dir.path().join("t5"), dir.path().join("vae"));
-    let t5_cfg = t5_config(FeatureDType::F32);
-    t5_stage::run(&t5_cfg, &opts(&src, &t5_dir), &Device::Cpu).unwrap();
-    let vae_cfg = vae_config(&tiny_vae(dir.path()), 32, false);
-    vae_stage::run(&vae_cfg, &opts(&src, &vae_dir), &Device::Cpu).unwrap();
-    let set =
-        TrainSet::open(&t5_dir, &t5_cfg.fingerprint().unwrap(), &vae_dir, &vae_cfg.fingerprint().unwrap()).unwrap();
-    let config = PixArtConfig {
-        num_attention_heads: 2,
-        attention_head_dim: 16,
-        in_channels: 4,
-        out_channels: 8,
-        num_layers: 2,
-        sample_size: 4,
-        patch_size: 2,
-        caption_channels: 16,
-        interpolation_scale: Some(1.0),
-        norm_eps: 1e-6,
-    };
-    let model = init(config, false, 120, 0, &Device::Cpu).unwrap();
-    let adamw = AdamWConfig { lr: 1e-3, weight_decay: 0.0, ..Default::default() };
-    let mut trainer = Trainer::new(model, adamw, 0.99, 1).unwrap();
-    let all: Vec<usize> = (0..set.len()).collect();
-    let mut data_rng = Rng::new(2);
-    let mut losses = Vec::new();
-    for _ in 0..80 {
-        let batch = set.batch(&all, &mut data_rng, 0.18215, 120, 0.1, &Device::Cpu).unwrap();
-        let log = trainer.step(&batch, 1e-3, 1.0).unwrap();
-        assert!(!log.skipped && log.loss.is_finite() && log.grad_norm > 0.0, "{log:?}");
-        losses.push(log.loss);
-    }
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    let (first, last) = (mean(&losses[..10]), mean(&losses[70..]));
-    eprintln!("loss over 80 steps: {first:.4} → {last:.4}");
-    assert!(last < 0.5 * first, "the loss falls on a fixed set: {first} → {last}");
-
-    let before = trainer.model.weights().clone();
-    let mut batch = set.batch(&all, &mut data_rng, 0.18215, 120, 0.0, &Device::Cpu).unwrap();
-    batch.latents = (batch.latents * f64::NAN).unwrap();
-    let log = trainer.step(&batch, 1e-3, 1.0).unwrap();
-    assert!(log.skipped && trainer.skipped == 1, "{log:?}");
-    for (k, w) in trainer.model.weights() {
-        assert_eq!(max_abs_diff(w, &before[k]), 0.0, "{k} unchanged by a skipped step");
-    }
 }

@@ -2,6 +2,7 @@
 //! fixtures built from the bundled photos.
 #![allow(dead_code)]
 
+pub mod caches;
 pub mod server;
 
 use std::path::{Path, PathBuf};
