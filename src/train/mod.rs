@@ -10,6 +10,7 @@ pub mod model;
 pub(crate) mod ops;
 pub mod optim;
 pub mod sampler;
+pub mod schedule;
 pub mod step;
 
 /// The device named by `--device`: `cpu` or `cuda:N` (with the `cuda` feature).
