@@ -114,4 +114,12 @@ fn trainer_steps_on_cached_batches_and_skips_non_finite_ones() {
     for (k, w) in trainer.model.weights() {
         assert_eq!(max_abs_diff(w, &before[k]), 0.0, "{k} unchanged by a skipped step");
     }
+    // K in a row stop the run, the weights still those of the last good step.
+    trainer.max_skipped_in_a_row = 3;
+    assert!(trainer.step(&batch, 1e-3, 1.0).unwrap().skipped);
+    let err = trainer.step(&batch, 1e-3, 1.0).expect_err("the third non-finite step in a row stops");
+    assert!(format!("{err}").contains("3 steps in a row"), "{err}");
+    for (k, w) in trainer.model.weights() {
+        assert_eq!(max_abs_diff(w, &before[k]), 0.0, "{k}");
+    }
 }

@@ -1,7 +1,7 @@
 //! One training step of PixArt-α's recipe: uniform timesteps and noise from our seeded generator,
 //! the classifier-free-guidance caption drop to the null caption (`y_embedding`, the caption's own
 //! mask kept), the IDDPM hybrid loss, global gradient clipping, AdamW and the EMA. A step whose loss
-//! or gradients are not finite changes nothing and is counted.
+//! or gradients are not finite changes nothing and is counted; too many in a row stop training.
 
 use super::data::Batch;
 use super::diffusion::Diffusion;
@@ -39,6 +39,10 @@ pub struct Trainer {
     pub rng: Rng,
     /// Steps skipped for non-finite values, in all.
     pub skipped: usize,
+    /// Skipped steps in a row (0 after a good step).
+    pub skipped_in_a_row: usize,
+    /// Stop with an error after this many skipped steps in a row.
+    pub max_skipped_in_a_row: usize,
 }
 
 impl Trainer {
@@ -54,6 +58,8 @@ impl Trainer {
             diffusion: Diffusion::linear(1000),
             rng: Rng::new(seed),
             skipped: 0,
+            skipped_in_a_row: 0,
+            max_skipped_in_a_row: 10,
         })
     }
 
@@ -97,8 +103,18 @@ impl Trainer {
         finite &= norm_sq.is_finite();
         if !finite {
             self.skipped += 1;
+            self.skipped_in_a_row += 1;
+            if self.skipped_in_a_row >= self.max_skipped_in_a_row {
+                anyhow::bail!(
+                    "{} steps in a row had a non-finite loss or gradient (last loss {loss_v}); stopping with the \
+                     weights of the last good step. Lower the learning rate or check the data of batch {:?}.",
+                    self.skipped_in_a_row,
+                    batch.keys
+                );
+            }
             return Ok(StepLog { loss: loss_v, mse, vb, grad_norm: norm_sq.sqrt(), skipped: true });
         }
+        self.skipped_in_a_row = 0;
         let grad_norm = clip_grad_norm(&mut grads, max_grad_norm)?;
         let params: Vec<Var> = self.vars.iter().map(|(_, v)| v.clone()).collect();
         self.optimizer.step(&params, &grads, lr)?;
