@@ -95,13 +95,9 @@ impl Trainer {
                 None => v.zeros_like()?,
             });
         }
-        let mut finite = loss_v.is_finite();
-        let mut norm_sq = 0f64;
-        for g in &grads {
-            norm_sq += g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
-        }
-        finite &= norm_sq.is_finite();
-        if !finite {
+        // The norm before clipping; a non-finite one (or loss) skips the step, the clipped gradients unused.
+        let grad_norm = clip_grad_norm(&mut grads, max_grad_norm)?;
+        if !(loss_v.is_finite() && grad_norm.is_finite()) {
             self.skipped += 1;
             self.skipped_in_a_row += 1;
             if self.skipped_in_a_row >= self.max_skipped_in_a_row {
@@ -112,10 +108,9 @@ impl Trainer {
                     batch.keys
                 );
             }
-            return Ok(StepLog { loss: loss_v, mse, vb, grad_norm: norm_sq.sqrt(), skipped: true });
+            return Ok(StepLog { loss: loss_v, mse, vb, grad_norm, skipped: true });
         }
         self.skipped_in_a_row = 0;
-        let grad_norm = clip_grad_norm(&mut grads, max_grad_norm)?;
         let params: Vec<Var> = self.vars.iter().map(|(_, v)| v.clone()).collect();
         self.optimizer.step(&params, &grads, lr)?;
         self.ema.update(&params)?;

@@ -19,6 +19,7 @@ pub struct CacheReader {
 pub struct CacheShard {
     /// One entry per source sample.
     pub entries: Vec<CacheEntry>,
+    by_key: std::collections::HashMap<String, usize>,
     tensors: MmapedSafetensors,
 }
 
@@ -54,13 +55,15 @@ impl CacheReader {
     pub fn shard(&self, name: &str) -> anyhow::Result<CacheShard> {
         let index = self.dir.join(format!("{name}.index.json"));
         let text = std::fs::read_to_string(&index).map_err(|e| anyhow::anyhow!("{}: {e}", index.display()))?;
-        let entries = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", index.display()))?;
+        let entries: Vec<CacheEntry> =
+            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", index.display()))?;
+        let by_key = entries.iter().enumerate().map(|(i, e)| (e.key.clone(), i)).collect();
         let file = self.dir.join(format!("{name}.safetensors"));
         // SAFETY: the file is mapped read-only; finished cache files are never rewritten in place
         // (a rerun renames a new file over the name, which leaves this mapping intact).
         let tensors =
             unsafe { MmapedSafetensors::new(&file) }.map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-        Ok(CacheShard { entries, tensors })
+        Ok(CacheShard { entries, by_key, tensors })
     }
 }
 
@@ -92,7 +95,7 @@ impl CacheShard {
 
     /// The entry of `key`, if the shard has it.
     pub fn entry(&self, key: &str) -> Option<&CacheEntry> {
-        self.entries.iter().find(|e| e.key == key)
+        self.by_key.get(key).map(|&i| &self.entries[i])
     }
 
     /// The T5 embedding `[tokens, d]` (f32) of a successful entry of a T5 cache.
