@@ -40,6 +40,15 @@ enum Cmd {
     /// Cache T5 caption embeddings and VAE latents of a shard dataset, for training.
     #[command(subcommand)]
     Cache(CacheCmd),
+    /// Train PixArt-α on T5 and VAE caches, as a TOML file configures it (docs/train.md lists every field).
+    Train {
+        /// The run's configuration (pipelines/train-256.toml is an example).
+        #[arg(long)]
+        config: PathBuf,
+        /// Continue the run in its output_dir from its newest checkpoint, or from the checkpoint folder given.
+        #[arg(long, num_args = 0..=1, default_missing_value = "latest", value_name = "CHECKPOINT")]
+        resume: Option<String>,
+    },
     /// Write shards and their feature caches in another trainer's layout.
     #[command(subcommand)]
     Export(ExportCmd),
@@ -640,6 +649,17 @@ fn main() -> anyhow::Result<()> {
             let stats = pixforge::latents::export::export_official(&o)
                 .with_context(|| format!("export pixart-official into {}", o.out.display()))?;
             emit(&format!("{}\n", serde_json::to_string_pretty(&stats)?));
+        }
+        Cmd::Train { config, resume } => {
+            let cfg = pixforge::train::config::TrainConfig::load(&config)?;
+            let resume = match resume.as_deref() {
+                None => pixforge::train::run::Resume::No,
+                Some("latest") => pixforge::train::run::Resume::Latest,
+                Some(dir) => pixforge::train::run::Resume::From(PathBuf::from(dir)),
+            };
+            let summary = pixforge::train::run::run(&cfg, &resume)
+                .with_context(|| format!("train {} into {}", config.display(), cfg.output_dir.display()))?;
+            emit(&format!("{}\n", serde_json::to_string_pretty(&summary)?));
         }
         Cmd::Demo { out } => {
             let report = pixforge::demo::run(&out).context("demo")?;

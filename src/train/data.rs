@@ -46,6 +46,8 @@ pub struct Batch {
     pub aspect_ratio: Tensor,
     /// Which captions the classifier-free-guidance drop replaces by the null caption.
     pub drop: Vec<bool>,
+    /// The samples' aspect-ratio bucket.
+    pub bucket: String,
 }
 
 impl TrainSet {
@@ -59,34 +61,39 @@ impl TrainSet {
     ) -> anyhow::Result<Self> {
         let t5 = CacheReader::open(t5_dir, t5_expected)?;
         let vae = CacheReader::open(vae_dir, vae_expected)?;
+        Self::join(&[(t5, vae)])
+    }
+
+    /// Joins the successful entries of each (T5, VAE) cache pair by key, shard by shard.
+    pub fn join(pairs: &[(CacheReader, CacheReader)]) -> anyhow::Result<Self> {
         let mut shards = Vec::new();
         let mut samples = Vec::new();
         let mut skipped = 0;
-        for name in &t5.shards {
-            if !vae.shards.contains(name) {
-                skipped += t5.shard(name)?.entries.len();
-                continue;
-            }
-            let (ts, vs) = (t5.shard(name)?, vae.shard(name)?);
-            let by_key: HashMap<&str, usize> =
-                vs.entries.iter().enumerate().map(|(i, e)| (e.key.as_str(), i)).collect();
-            for (i, e) in ts.entries.iter().enumerate() {
-                match by_key.get(e.key.as_str()) {
-                    Some(&j) if e.status == EntryStatus::Success && vs.entries[j].status == EntryStatus::Success => {
-                        let bucket = vs.entries[j].bucket.clone().unwrap_or_default();
-                        samples.push(Sample { shard: shards.len(), t5: i, vae: j, bucket });
-                    }
-                    _ => skipped += 1,
+        for (t5, vae) in pairs {
+            for name in &t5.shards {
+                if !vae.shards.contains(name) {
+                    skipped += t5.shard(name)?.entries.len();
+                    continue;
                 }
+                let (ts, vs) = (t5.shard(name)?, vae.shard(name)?);
+                for (i, e) in ts.entries.iter().enumerate() {
+                    match vs.index_of(&e.key) {
+                        Some(j)
+                            if e.status == EntryStatus::Success && vs.entries[j].status == EntryStatus::Success =>
+                        {
+                            let bucket = vs.entries[j].bucket.clone().unwrap_or_default();
+                            samples.push(Sample { shard: shards.len(), t5: i, vae: j, bucket });
+                        }
+                        _ => skipped += 1,
+                    }
+                }
+                shards.push((ts, vs));
             }
-            shards.push((ts, vs));
         }
         if samples.is_empty() {
-            anyhow::bail!(
-                "{} and {}: no sample is cached in both (are they caches of the same shards?)",
-                t5_dir.display(),
-                vae_dir.display()
-            );
+            let dirs: Vec<String> =
+                pairs.iter().map(|(t, v)| format!("{} + {}", t.dir().display(), v.dir().display())).collect();
+            anyhow::bail!("{}: no sample is cached in both (are they caches of the same shards?)", dirs.join(", "));
         }
         Ok(Self { shards, samples, skipped })
     }
@@ -120,6 +127,9 @@ impl TrainSet {
         let cpu = Device::Cpu;
         let (mut keys, mut latents, mut captions, mut masks, mut hw, mut ar, mut drop) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        if indices.is_empty() {
+            anyhow::bail!("a batch needs at least one sample");
+        }
         for &i in indices {
             let s = &self.samples[i];
             let (ts, vs) = &self.shards[s.shard];
@@ -158,6 +168,7 @@ impl TrainSet {
             img_hw: stack(&hw)?,
             aspect_ratio: stack(&ar)?,
             drop,
+            bucket: self.samples[indices[0]].bucket.clone(),
         })
     }
 }

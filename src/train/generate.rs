@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use std::path::{Path, PathBuf};
 
 /// The unconditional branch of classifier-free guidance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NullCondition {
     /// `y_embedding` when the checkpoint has one (official), else the empty prompt.
@@ -92,7 +92,7 @@ fn resize_and_crop(img: &Tensor, height: usize, width: usize) -> anyhow::Result<
 }
 
 /// Pixels of `[1, 3, H, W]` images in [−1, 1] as diffusers rounds them: `round((x/2 + ½)·255)`.
-fn to_rgb(img: &Tensor) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn to_rgb(img: &Tensor) -> anyhow::Result<Vec<u8>> {
     let img = ((img.squeeze(0)?.permute((1, 2, 0))? / 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
     let v: Vec<f32> = img.flatten_all()?.to_vec1()?;
     Ok(v.iter().map(|x| (x * 255.0).round() as u8).collect())

@@ -1,17 +1,22 @@
-//! Training PixArt-α (work in progress): the model, the diffusion objective and the samplers so far.
+//! Training PixArt-α: the model, the diffusion objective, the samplers, and the trainer (`pixforge train`).
 
 pub mod buckets;
+pub mod checkpoint;
+pub mod config;
 pub mod data;
 pub mod diffusion;
 pub mod generate;
 pub mod init;
 pub mod keys;
 pub mod model;
+pub mod observe;
 pub(crate) mod ops;
 pub mod optim;
+pub mod run;
 pub mod sampler;
 pub mod schedule;
 pub mod step;
+pub mod validation;
 
 /// The device named by `--device`: `cpu` or `cuda:N` (with the `cuda` feature).
 pub fn device(name: &str) -> anyhow::Result<candle_core::Device> {

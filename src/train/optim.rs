@@ -9,7 +9,7 @@ use std::collections::HashMap;
 /// AdamW's hyper-parameters; the default is PixArt-α's (lr 2e-5, betas 0.9/0.999, eps 1e-10, weight
 /// decay 0.03).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct AdamWConfig {
     /// Learning rate (the schedule may change it per step: [`AdamW::step`] takes the current one).
     pub lr: f64,

@@ -9,6 +9,7 @@ use super::init::Rng;
 use super::model::PixArt;
 use super::optim::{clip_grad_norm, AdamW, AdamWConfig, Ema};
 use candle_core::{DType, Tensor, Var};
+use std::collections::HashMap;
 
 /// What one step did.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -63,8 +64,8 @@ impl Trainer {
         })
     }
 
-    /// One step on `batch` at learning rate `lr`, gradients clipped to `max_grad_norm`.
-    pub fn step(&mut self, batch: &Batch, lr: f64, max_grad_norm: f64) -> anyhow::Result<StepLog> {
+    /// The hybrid loss of one batch: per-sample terms and their mean.
+    fn forward_loss(&mut self, batch: &Batch) -> anyhow::Result<(super::diffusion::Losses, Tensor)> {
         let x0 = &batch.latents;
         let (b, dev) = (x0.dim(0)?, x0.device().clone());
         let steps = self.diffusion.steps();
@@ -84,16 +85,42 @@ impl Trainer {
         let micro = self.model.has_micro_conditions().then_some((&batch.img_hw, &batch.aspect_ratio));
         let out = self.model.forward(&x_t, &timesteps, &caption, &batch.mask, micro)?;
         let losses = self.diffusion.training_losses(&out, x0, &x_t, &t, &noise)?;
-        let mean = |x: &Tensor| -> anyhow::Result<f64> { Ok(x.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
         let loss = losses.loss.mean_all()?;
-        let (loss_v, mse, vb) = (mean(&losses.loss)?, mean(&losses.mse)?, mean(&losses.vb)?);
-        let store = loss.backward()?;
-        let mut grads = Vec::with_capacity(self.vars.len());
-        for (_, v) in &self.vars {
-            grads.push(match store.get(v.as_tensor()) {
-                Some(g) => g.clone(),
-                None => v.zeros_like()?,
-            });
+        Ok((losses, loss))
+    }
+
+    /// One step on `batch` at learning rate `lr`, gradients clipped to `max_grad_norm`.
+    pub fn step(&mut self, batch: &Batch, lr: f64, max_grad_norm: f64) -> anyhow::Result<StepLog> {
+        self.step_accumulated(std::slice::from_ref(batch), lr, max_grad_norm)
+    }
+
+    /// One optimizer step over the micro-batches `batches` (gradient accumulation): each one's loss
+    /// is divided by their number and the gradients summed, as `loss / accum; loss.backward()` does.
+    pub fn step_accumulated(&mut self, batches: &[Batch], lr: f64, max_grad_norm: f64) -> anyhow::Result<StepLog> {
+        if batches.is_empty() {
+            anyhow::bail!("a training step needs at least one batch");
+        }
+        let n = batches.len() as f64;
+        let (mut loss_v, mut mse, mut vb) = (0.0, 0.0, 0.0);
+        let mut grads: Vec<Tensor> = Vec::new();
+        for batch in batches {
+            let (losses, loss) = self.forward_loss(batch)?;
+            let mean = |x: &Tensor| -> anyhow::Result<f64> { Ok(x.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
+            loss_v += mean(&losses.loss)? / n;
+            mse += mean(&losses.mse)? / n;
+            vb += mean(&losses.vb)? / n;
+            let store = if batches.len() == 1 { loss.backward()? } else { (loss / n)?.backward()? };
+            for (i, (_, v)) in self.vars.iter().enumerate() {
+                let g = match store.get(v.as_tensor()) {
+                    Some(g) => g.clone(),
+                    None => v.zeros_like()?,
+                };
+                if i < grads.len() {
+                    grads[i] = (&grads[i] + g)?;
+                } else {
+                    grads.push(g);
+                }
+            }
         }
         // The norm before clipping; a non-finite one (or loss) skips the step, the clipped gradients unused.
         let grad_norm = clip_grad_norm(&mut grads, max_grad_norm)?;
@@ -105,7 +132,7 @@ impl Trainer {
                     "{} steps in a row had a non-finite loss or gradient (last loss {loss_v}); stopping with the \
                      weights of the last good step. Lower the learning rate or check the data of batch {:?}.",
                     self.skipped_in_a_row,
-                    batch.keys
+                    batches.iter().flat_map(|b| b.keys.iter()).collect::<Vec<_>>()
                 );
             }
             return Ok(StepLog { loss: loss_v, mse, vb, grad_norm, skipped: true });
@@ -115,5 +142,32 @@ impl Trainer {
         self.optimizer.step(&params, &grads, lr)?;
         self.ema.update(&params)?;
         Ok(StepLog { loss: loss_v, mse, vb, grad_norm, skipped: false })
+    }
+
+    /// The trainable parameters' names, in the optimizer's and the EMA's order.
+    pub fn names(&self) -> Vec<&str> {
+        self.vars.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    /// The EMA weights by name, with the (untrained) null caption: a whole model's weights.
+    pub fn ema_weights(&self) -> HashMap<String, Tensor> {
+        let mut w: HashMap<String, Tensor> =
+            self.vars.iter().zip(&self.ema.weights).map(|((n, _), t)| (n.clone(), t.clone())).collect();
+        if let Some(null) = self.model.null_caption() {
+            w.insert(super::keys::NULL_CAPTION.into(), null.clone());
+        }
+        w
+    }
+
+    /// Replaces the EMA by `weights` (by name, as [`Trainer::ema_weights`] gives them).
+    pub fn set_ema_weights(&mut self, weights: &HashMap<String, Tensor>) -> anyhow::Result<()> {
+        for ((name, v), slot) in self.vars.iter().zip(self.ema.weights.iter_mut()) {
+            let t = weights.get(name).ok_or_else(|| anyhow::anyhow!("EMA weights: no `{name}`"))?;
+            if t.dims() != v.dims() {
+                anyhow::bail!("EMA weight `{name}`: expected {:?}, found {:?}", v.dims(), t.dims());
+            }
+            *slot = t.to_dtype(v.dtype())?.to_device(v.device())?;
+        }
+        Ok(())
     }
 }

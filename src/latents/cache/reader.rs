@@ -51,6 +51,11 @@ impl CacheReader {
         Ok(Self { dir: dir.to_path_buf(), fingerprint, shards })
     }
 
+    /// The cache directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Opens shard `name`.
     pub fn shard(&self, name: &str) -> anyhow::Result<CacheShard> {
         let index = self.dir.join(format!("{name}.index.json"));
@@ -91,6 +96,11 @@ impl CacheShard {
         let mut dims = shape.to_vec();
         dims[0] = n;
         Ok(Tensor::from_raw_buffer(bytes, dtype, &dims, device)?.to_dtype(DType::F32)?)
+    }
+
+    /// The position of `key`'s entry in [`CacheShard::entries`], if the shard has it.
+    pub fn index_of(&self, key: &str) -> Option<usize> {
+        self.by_key.get(key).copied()
     }
 
     /// The entry of `key`, if the shard has it.

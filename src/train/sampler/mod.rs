@@ -25,7 +25,7 @@ pub type ModelFn<'a> = dyn FnMut(&Tensor, f64) -> Result<Tensor> + 'a;
 pub type NoiseFn<'a> = dyn FnMut(&Tensor) -> Result<Tensor> + 'a;
 
 /// Which sampler to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SamplerKind {
     /// DPM-Solver++(2M), official time-uniform schedule (default 20 steps).

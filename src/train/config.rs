@@ -1,0 +1,415 @@
+//! `pixforge train --config FILE.toml`: every setting of a training run, field by field. The defaults
+//! are PixArt-α's stage configs (`configs/pixart_config/PixArt_xl2_img256_*.py`): PixArt-XL/2 at
+//! 256 px, AdamW lr 2e-5 / wd 0.03 / eps 1e-10, 1000 warmup steps then constant, gradient clip 0.01,
+//! EMA 0.9999, caption drop 0.1, 120 T5 tokens, VAE scaling 0.18215, seed 43.
+
+use super::optim::AdamWConfig;
+use super::sampler::SamplerKind;
+use super::schedule::{LrSchedule, LrShape};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// A training run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Run directory: `log.jsonl`, `loss.svg`, `checkpoints/`, `samples/` (relative paths in the file are
+    /// relative to the file's folder).
+    pub output_dir: PathBuf,
+    /// `cpu` or `cuda:N`.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// Seed of the data order, the posterior draws, the caption drop, timesteps and noise.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Optimizer steps to train for (a resumed run continues to the same number).
+    pub max_steps: u64,
+    /// Micro-batches summed into one optimizer step.
+    #[serde(default = "one")]
+    pub grad_accum: usize,
+    /// Global gradient-norm clip (the stage configs: 0.01; the base config: 1.0).
+    #[serde(default = "default_clip")]
+    pub max_grad_norm: f64,
+    /// EMA decay per optimizer step.
+    #[serde(default = "default_ema")]
+    pub ema_decay: f64,
+    /// Compute precision: `f32` (CPU and GPU). `bf16`/`f16` mixed precision is not built yet.
+    #[serde(default = "default_precision")]
+    pub precision: String,
+    /// Stop with an error after this many non-finite steps in a row.
+    #[serde(default = "default_max_skipped")]
+    pub max_skipped_in_a_row: usize,
+    /// The training data.
+    pub data: DataConfig,
+    /// The transformer: a new one of this shape, or pretrained weights.
+    #[serde(default)]
+    pub model: ModelConfig,
+    /// AdamW.
+    #[serde(default)]
+    pub optimizer: AdamWConfig,
+    /// Learning-rate schedule (the peak is `optimizer.lr`).
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
+    /// Checkpoints.
+    #[serde(default)]
+    pub checkpoints: CheckpointConfig,
+    /// Logging.
+    #[serde(default)]
+    pub logging: LoggingConfig,
+    /// Validation samples (none when absent).
+    #[serde(default)]
+    pub validation: Option<ValidationConfig>,
+}
+
+/// One T5 cache and one VAE cache of the same source shards.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CachePair {
+    /// A `pixforge cache t5` directory.
+    pub t5: PathBuf,
+    /// A `pixforge cache vae` directory.
+    pub vae: PathBuf,
+}
+
+/// What to train on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Cache pairs, joined by key within each pair; all T5 caches must come from one encoder and
+    /// preprocessing, all VAE caches likewise.
+    pub caches: Vec<CachePair>,
+    /// Samples per micro-batch and device (official 256 px stage: 176).
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Probability of replacing a caption by the null caption (classifier-free guidance).
+    #[serde(default = "default_drop")]
+    pub caption_drop: f64,
+    /// Caption length the embeddings are padded to.
+    #[serde(default = "default_tokens")]
+    pub max_tokens: usize,
+    /// When set, the T5 caches must have been made with this folder's weights (checked by hash).
+    #[serde(default)]
+    pub t5_model: Option<PathBuf>,
+    /// When set, the VAE caches must have been made with this folder's weights (checked by hash).
+    #[serde(default)]
+    pub vae_model: Option<PathBuf>,
+}
+
+/// The transformer to train.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Fine-tune these weights: a diffusers transformer folder, or an official checkpoint (`.pth` /
+    /// `.safetensors`, whose heads and sample size are the fields below). The shape fields are then
+    /// read from the weights.
+    #[serde(default)]
+    pub pretrained: Option<PathBuf>,
+    /// Blocks (PixArt-XL/2: 28).
+    #[serde(default = "default_layers")]
+    pub layers: usize,
+    /// Attention heads (16).
+    #[serde(default = "default_heads")]
+    pub heads: usize,
+    /// Channels per head (72: hidden 1152).
+    #[serde(default = "default_head_dim")]
+    pub head_dim: usize,
+    /// Patch size (2).
+    #[serde(default = "default_patch")]
+    pub patch_size: usize,
+    /// Latent side the positions are laid out for (256 px: 32, 512: 64, 1024: 128).
+    #[serde(default = "default_sample_size")]
+    pub sample_size: usize,
+    /// Latent channels (4).
+    #[serde(default = "default_in_channels")]
+    pub in_channels: usize,
+    /// T5 width (XXL: 4096).
+    #[serde(default = "default_caption_channels")]
+    pub caption_channels: usize,
+    /// PixArtMS: image-size and aspect-ratio micro-conditions.
+    #[serde(default)]
+    pub micro_conditions: bool,
+    /// Position interpolation (`lewei_scale`: 1 at 256/512 px, 2 at 1024).
+    #[serde(default)]
+    pub lewei_scale: Option<f64>,
+}
+
+/// The learning-rate schedule after AdamW's `lr`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Linear warmup from 0, in optimizer steps (stage configs: 1000).
+    #[serde(default = "default_warmup")]
+    pub warmup_steps: u64,
+    /// `constant` (PixArt-α) or `cosine` (to 0 at `max_steps`).
+    #[serde(default)]
+    pub shape: LrShape,
+    /// Multiply the lr by `sqrt(batch × grad_accum × world size / 256)` (official `auto_lr`).
+    #[serde(default)]
+    pub sqrt_batch_scaling: bool,
+}
+
+/// When and how many checkpoints.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Write one every this many optimizer steps (and at the end).
+    #[serde(default = "default_every")]
+    pub every: u64,
+    /// Keep the newest this many (0 keeps all).
+    #[serde(default = "default_keep")]
+    pub keep_last: usize,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// Redraw `loss.svg` every this many steps (`log.jsonl` gets every step).
+    #[serde(default = "default_log_every")]
+    pub every: u64,
+    /// Show a progress bar (on a terminal).
+    #[serde(default = "yes")]
+    pub progress: bool,
+}
+
+/// Validation samples: a grid of one row per prompt, one column per seed, every `every` steps.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationConfig {
+    /// Prompts, one per line.
+    pub prompts: PathBuf,
+    /// T5 folder (the one the T5 cache was made with), used once at start and freed.
+    pub t5: PathBuf,
+    /// VAE folder for decoding.
+    pub vae: PathBuf,
+    /// Every this many optimizer steps (and at the end).
+    #[serde(default = "default_every")]
+    pub every: u64,
+    /// One column per seed.
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<u64>,
+    /// Sampler.
+    #[serde(default = "default_sampler")]
+    pub sampler: SamplerKind,
+    /// Sampler steps (its default when absent).
+    #[serde(default)]
+    pub steps: Option<usize>,
+    /// Guidance scale on ε, the null caption `y_embedding`.
+    #[serde(default = "default_cfg")]
+    pub cfg: f64,
+    /// Sample with the EMA weights instead of the trained ones (at 0.9999 the EMA moves slowly).
+    #[serde(default)]
+    pub ema: bool,
+}
+
+fn default_device() -> String {
+    "cpu".into()
+}
+fn default_seed() -> u64 {
+    43
+}
+fn one() -> usize {
+    1
+}
+fn yes() -> bool {
+    true
+}
+fn default_clip() -> f64 {
+    0.01
+}
+fn default_ema() -> f64 {
+    0.9999
+}
+fn default_precision() -> String {
+    "f32".into()
+}
+fn default_max_skipped() -> usize {
+    10
+}
+fn default_batch() -> usize {
+    176
+}
+fn default_drop() -> f64 {
+    0.1
+}
+fn default_tokens() -> usize {
+    crate::latents::t5::MAX_TOKENS
+}
+fn default_layers() -> usize {
+    28
+}
+fn default_heads() -> usize {
+    16
+}
+fn default_head_dim() -> usize {
+    72
+}
+fn default_patch() -> usize {
+    2
+}
+fn default_sample_size() -> usize {
+    32
+}
+fn default_in_channels() -> usize {
+    4
+}
+fn default_caption_channels() -> usize {
+    4096
+}
+fn default_warmup() -> u64 {
+    1000
+}
+fn default_every() -> u64 {
+    1000
+}
+fn default_keep() -> usize {
+    3
+}
+fn default_log_every() -> u64 {
+    10
+}
+fn default_seeds() -> Vec<u64> {
+    vec![0]
+}
+fn default_sampler() -> SamplerKind {
+    SamplerKind::DpmSolver
+}
+fn default_cfg() -> f64 {
+    4.5
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("every model field has a default")
+    }
+}
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("every schedule field has a default")
+    }
+}
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("every checkpoint field has a default")
+    }
+}
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("every logging field has a default")
+    }
+}
+
+impl ModelConfig {
+    /// The transformer shape of a new model.
+    pub fn pixart(&self) -> super::model::PixArtConfig {
+        super::model::PixArtConfig {
+            num_attention_heads: self.heads,
+            attention_head_dim: self.head_dim,
+            in_channels: self.in_channels,
+            out_channels: 2 * self.in_channels,
+            num_layers: self.layers,
+            sample_size: self.sample_size,
+            patch_size: self.patch_size,
+            caption_channels: self.caption_channels,
+            interpolation_scale: self.lewei_scale,
+            norm_eps: 1e-6,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Reads a TOML file; relative paths in it are taken relative to the file's folder.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+        let mut cfg: TrainConfig =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: not a training config: {e}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.resolve_paths(base);
+        cfg.validate().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(cfg)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.output_dir);
+        for c in &mut self.data.caches {
+            fix(&mut c.t5);
+            fix(&mut c.vae);
+        }
+        for p in [&mut self.data.t5_model, &mut self.data.vae_model, &mut self.model.pretrained].into_iter().flatten() {
+            fix(p);
+        }
+        if let Some(v) = &mut self.validation {
+            fix(&mut v.prompts);
+            fix(&mut v.t5);
+            fix(&mut v.vae);
+        }
+    }
+
+    /// Checks the values a TOML parser cannot (each message names the field).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let positive = [
+            ("max_steps", self.max_steps as usize),
+            ("grad_accum", self.grad_accum),
+            ("data.batch_size", self.data.batch_size),
+            ("data.max_tokens", self.data.max_tokens),
+            ("checkpoints.every", self.checkpoints.every as usize),
+            ("logging.every", self.logging.every as usize),
+            ("max_skipped_in_a_row", self.max_skipped_in_a_row),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                anyhow::bail!("`{name}` must be at least 1, found 0");
+            }
+        }
+        if self.data.caches.is_empty() {
+            anyhow::bail!("`data.caches`: expected at least one {{ t5 = \"…\", vae = \"…\" }} pair, found none");
+        }
+        if !(0.0..=1.0).contains(&self.data.caption_drop) {
+            anyhow::bail!("`data.caption_drop`: expected a probability in [0, 1], found {}", self.data.caption_drop);
+        }
+        if !(0.0..=1.0).contains(&self.ema_decay) {
+            anyhow::bail!("`ema_decay`: expected a value in [0, 1], found {}", self.ema_decay);
+        }
+        if self.precision != "f32" {
+            anyhow::bail!(
+                "`precision`: only \"f32\" is built so far, found {:?} (on CPU candle widens bf16 to f32 anyway)",
+                self.precision
+            );
+        }
+        if let Some(v) = &self.validation {
+            if v.seeds.is_empty() || v.every == 0 {
+                anyhow::bail!("`validation`: expected at least one seed and `every` ≥ 1");
+            }
+        }
+        Ok(())
+    }
+
+    /// The learning-rate schedule.
+    pub fn lr_schedule(&self) -> LrSchedule {
+        LrSchedule {
+            lr: self.optimizer.lr,
+            warmup_steps: self.schedule.warmup_steps,
+            shape: self.schedule.shape,
+            total_steps: self.max_steps,
+            sqrt_batch_scaling: self.schedule.sqrt_batch_scaling,
+        }
+    }
+
+    /// A hash of everything that determines the run's numbers (not the output folder, logging,
+    /// checkpoint cadence, validation or `max_steps`, which a resumed run may change).
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let v = serde_json::json!({
+            "seed": self.seed, "grad_accum": self.grad_accum, "max_grad_norm": self.max_grad_norm,
+            "ema_decay": self.ema_decay, "precision": self.precision, "data": self.data, "model": self.model,
+            "optimizer": self.optimizer, "schedule": self.schedule,
+        });
+        hex::encode(&Sha256::digest(v.to_string().as_bytes())[..16])
+    }
+}

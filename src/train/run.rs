@@ -1,0 +1,353 @@
+//! `pixforge train`: the training loop over the feature caches. Each optimizer step takes the next
+//! `grad_accum` batches of the epoch order ([`super::data::epoch_batches`]), runs
+//! [`Trainer::step_accumulated`], appends a line to `log.jsonl`, and at the configured intervals
+//! redraws `loss.svg`, writes a checkpoint and a validation grid. Everything random is drawn from two
+//! seeded generators whose states, with the data cursor, are part of each checkpoint: a run resumed
+//! from a checkpoint continues with exactly the numbers of an uninterrupted one.
+
+use super::checkpoint::{self, TrainState};
+use super::config::TrainConfig;
+use super::data::{epoch_batches, TrainSet};
+use super::init::Rng;
+use super::model::PixArt;
+use super::observe::{peak_rss_mib, LogLine, StepLog};
+use super::step::Trainer;
+use crate::latents::cache::{CacheFingerprint, CacheReader};
+use candle_core::Device;
+use std::path::{Path, PathBuf};
+
+/// Where to start from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    /// A fresh run (refused when the output folder already has checkpoints).
+    No,
+    /// The newest complete checkpoint of the output folder (a fresh run when there is none).
+    Latest,
+    /// This checkpoint folder.
+    From(PathBuf),
+}
+
+/// What a run did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrainSummary {
+    /// The step it started from (0, or the resumed checkpoint's).
+    pub start_step: u64,
+    /// The step it ended at.
+    pub end_step: u64,
+    /// Trainable samples (cached in both caches).
+    pub samples: usize,
+    /// Samples left out (missing from one cache, or failed).
+    pub left_out: usize,
+    /// Samples per bucket.
+    pub buckets: std::collections::BTreeMap<String, usize>,
+    /// The peak learning rate after batch scaling.
+    pub peak_lr: f64,
+    /// Steps skipped for non-finite values.
+    pub skipped: usize,
+    /// The last checkpoint written.
+    pub checkpoint: Option<PathBuf>,
+    /// The last validation grid written.
+    pub validation: Option<PathBuf>,
+    /// Mean loss of the last (up to) 10 steps of this run.
+    pub final_loss: Option<f64>,
+}
+
+/// The rank and world size of a torchrun-style launch (`RANK`, `WORLD_SIZE`); 0 and 1 alone.
+fn rank_and_world() -> anyhow::Result<(usize, usize)> {
+    let read = |name: &str, default: usize| -> anyhow::Result<usize> {
+        match std::env::var(name) {
+            Ok(v) => v.trim().parse().map_err(|_| anyhow::anyhow!("{name}={v:?}: expected a whole number")),
+            Err(_) => Ok(default),
+        }
+    };
+    let (rank, world) = (read("RANK", 0)?, read("WORLD_SIZE", 1)?);
+    if world != 1 || rank != 0 {
+        anyhow::bail!(
+            "RANK={rank} WORLD_SIZE={world}: data-parallel training across processes is designed (docs/train.md, \
+             \"Several GPUs\") but not built yet; run one process (WORLD_SIZE=1)"
+        );
+    }
+    Ok((rank, world))
+}
+
+/// The expected fingerprint of a cache made with the model folder `model` (when given): the cache's
+/// own, with each of its files hashed again from that folder (or its `text_encoder`, `tokenizer` and
+/// `vae` subfolders). Without a model folder, the first cache of the kind is the reference.
+fn expected(first: &CacheFingerprint, model: Option<&Path>) -> anyhow::Result<CacheFingerprint> {
+    let mut e = first.clone();
+    e.sources.clear();
+    if let Some(dir) = model {
+        for f in &mut e.files {
+            let found = ["", "text_encoder", "tokenizer", "vae", "transformer"]
+                .iter()
+                .map(|sub| dir.join(sub).join(&f.name))
+                .find(|p| p.is_file())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "{}: the {} cache was made with a file {} that this folder does not have",
+                        dir.display(),
+                        first.kind,
+                        f.name
+                    )
+                })?;
+            f.bytes = std::fs::metadata(&found)?.len();
+            f.sha256 = crate::latents::cache::sha256_file(&found)?;
+        }
+    }
+    Ok(e)
+}
+
+/// Opens every cache pair, each checked against the expected fingerprint of its kind.
+fn open_data(cfg: &TrainConfig) -> anyhow::Result<TrainSet> {
+    let mut pairs = Vec::new();
+    let (mut t5_ref, mut vae_ref) = (None, None);
+    for p in &cfg.data.caches {
+        let (t5, vae) = (CacheReader::open_unchecked(&p.t5)?, CacheReader::open_unchecked(&p.vae)?);
+        for (r, kind) in [(&t5, "t5"), (&vae, "vae")] {
+            if r.fingerprint.kind != kind {
+                anyhow::bail!(
+                    "data.caches: {} holds `{}` features, expected a {kind} cache",
+                    r.dir().display(),
+                    r.fingerprint.kind
+                );
+            }
+        }
+        let t5_e = match &t5_ref {
+            Some(e) => e,
+            None => t5_ref.insert(expected(&t5.fingerprint, cfg.data.t5_model.as_deref())?),
+        };
+        let vae_e = match &vae_ref {
+            Some(e) => e,
+            None => vae_ref.insert(expected(&vae.fingerprint, cfg.data.vae_model.as_deref())?),
+        };
+        pairs.push((CacheReader::open(&p.t5, t5_e)?, CacheReader::open(&p.vae, vae_e)?));
+    }
+    TrainSet::join(&pairs)
+}
+
+/// The VAE scaling factor the latents are multiplied by (`scaling_factor` of the VAE's config).
+fn scaling_factor(cfg: &TrainConfig) -> anyhow::Result<f64> {
+    let vae = CacheReader::open_unchecked(&cfg.data.caches[0].vae)?;
+    Ok(vae.fingerprint.model_config.get("scaling_factor").and_then(|v| v.as_f64()).unwrap_or(0.18215))
+}
+
+/// A new model, or the pretrained one of the config.
+fn initial_model(cfg: &TrainConfig, device: &Device) -> anyhow::Result<PixArt> {
+    let m = &cfg.model;
+    let mut model = match &m.pretrained {
+        Some(p) if p.is_dir() => PixArt::load_diffusers(p, device)?,
+        Some(p) => PixArt::load_official(p, m.heads, m.sample_size, device)?,
+        None => super::init::init(m.pixart(), m.micro_conditions, cfg.data.max_tokens, cfg.seed, device)?,
+    };
+    model.to_dtype(candle_core::DType::F32)?;
+    Ok(model)
+}
+
+/// Runs (or resumes) the training of `cfg`.
+pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
+    let device = super::device(&cfg.device)?;
+    let (rank, world) = rank_and_world()?;
+    let out = &cfg.output_dir;
+    std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("output_dir {}: cannot create: {e}", out.display()))?;
+    checkpoint::remove_partial(out)?;
+    let existing = checkpoint::list(out)?;
+    let from = match resume {
+        Resume::No if !existing.is_empty() => anyhow::bail!(
+            "output_dir {} already has checkpoints (newest: {}); pass --resume to continue it, or choose another \
+             output_dir",
+            out.display(),
+            existing.last().map(|c| c.1.display().to_string()).unwrap_or_default()
+        ),
+        Resume::No => None,
+        Resume::Latest => existing.last().map(|c| c.1.clone()),
+        Resume::From(p) => Some(p.clone()),
+    };
+
+    let set = open_data(cfg)?;
+    let scaling = scaling_factor(cfg)?;
+    let labels = set.buckets();
+    let mut buckets = std::collections::BTreeMap::new();
+    for b in &labels {
+        *buckets.entry(b.to_string()).or_insert(0) += 1;
+    }
+    let effective_batch = cfg.data.batch_size * cfg.grad_accum * world;
+    let schedule = cfg.lr_schedule();
+
+    let (mut trainer, mut state) = match &from {
+        Some(dir) => {
+            let ck = checkpoint::load(dir, &device)?;
+            if ck.state.config_digest != cfg.digest() {
+                anyhow::bail!(
+                    "{}: written by a run with other settings (seed, data, model, optimizer, schedule, accumulation \
+                     or clipping differ); resuming would not continue it exactly. Use the config it was made with.",
+                    dir.display()
+                );
+            }
+            let mut t = Trainer::new(ck.model, cfg.optimizer, cfg.ema_decay, cfg.seed)?;
+            t.optimizer.load_state(&ck.optimizer)?;
+            t.set_ema_weights(&ck.ema)?;
+            t.rng = Rng::from_state(ck.state.trainer_rng);
+            t.skipped = ck.state.skipped;
+            t.skipped_in_a_row = ck.state.skipped_in_a_row;
+            (t, ck.state)
+        }
+        None => {
+            let model = initial_model(cfg, &device)?;
+            let state = TrainState {
+                step: 0,
+                epoch: 0,
+                batch: 0,
+                trainer_rng: 0,
+                data_rng: Rng::new(cfg.seed ^ 0xDA7A).state(),
+                skipped: 0,
+                skipped_in_a_row: 0,
+                images: 0,
+                model: model.config.clone(),
+                config_digest: cfg.digest(),
+            };
+            (Trainer::new(model, cfg.optimizer, cfg.ema_decay, cfg.seed.wrapping_add(1))?, state)
+        }
+    };
+    trainer.max_skipped_in_a_row = cfg.max_skipped_in_a_row;
+    let start_step = state.step;
+    let mut data_rng = Rng::from_state(state.data_rng);
+    let mut log = StepLog::open(out, state.step)?;
+    let validation = match &cfg.validation {
+        Some(v) => Some(super::validation::Validation::prepare(v, trainer.model.config.caption_channels, &device)?),
+        None => None,
+    };
+    let bar = progress_bar(cfg, state.step);
+    let mut summary = TrainSummary {
+        start_step,
+        end_step: state.step,
+        samples: set.len(),
+        left_out: set.skipped,
+        buckets,
+        peak_lr: schedule.peak(effective_batch),
+        skipped: trainer.skipped,
+        checkpoint: None,
+        validation: None,
+        final_loss: None,
+    };
+    tracing::info!(
+        samples = set.len(),
+        left_out = set.skipped,
+        peak_lr = summary.peak_lr,
+        effective_batch,
+        "training from step {}",
+        state.step
+    );
+
+    let mut epoch_list = epoch_batches(&labels, cfg.data.batch_size, cfg.seed, state.epoch);
+    while state.step < cfg.max_steps {
+        let started = std::time::Instant::now();
+        let mut batches = Vec::with_capacity(cfg.grad_accum);
+        while batches.len() < cfg.grad_accum {
+            // This rank's share of the epoch: every `world`-th batch from `rank`.
+            let mine: Vec<&Vec<usize>> = epoch_list.iter().skip(rank).step_by(world).collect();
+            if mine.is_empty() {
+                anyhow::bail!(
+                    "data.batch_size {}: no aspect-ratio bucket holds that many samples (largest: {}); lower it",
+                    cfg.data.batch_size,
+                    summary.buckets.values().max().copied().unwrap_or(0)
+                );
+            }
+            if state.batch >= mine.len() {
+                state.epoch += 1;
+                state.batch = 0;
+                epoch_list = epoch_batches(&labels, cfg.data.batch_size, cfg.seed, state.epoch);
+                continue;
+            }
+            let indices = mine[state.batch].clone();
+            state.batch += 1;
+            batches.push(set.batch(
+                &indices,
+                &mut data_rng,
+                scaling,
+                cfg.data.max_tokens,
+                cfg.data.caption_drop,
+                &device,
+            )?);
+        }
+        check_shapes(&trainer.model, &batches[0])?;
+        let lr = schedule.at(state.step, effective_batch);
+        let result = trainer.step_accumulated(&batches, lr, cfg.max_grad_norm)?;
+        state.step += 1;
+        state.images += (batches.len() * cfg.data.batch_size) as u64;
+        state.trainer_rng = trainer.rng.state();
+        state.data_rng = data_rng.state();
+        state.skipped = trainer.skipped;
+        state.skipped_in_a_row = trainer.skipped_in_a_row;
+        let secs = started.elapsed().as_secs_f64();
+        let bucket = batches[0].bucket.clone();
+        log.push(LogLine {
+            step: state.step,
+            epoch: state.epoch,
+            loss: result.loss,
+            mse: result.mse,
+            vb: result.vb,
+            grad_norm: result.grad_norm,
+            lr,
+            images_per_s: (batches.len() * cfg.data.batch_size) as f64 / secs.max(1e-9),
+            bucket,
+            skipped: result.skipped,
+            peak_rss_mib: peak_rss_mib(),
+        })?;
+        bar.set_position(state.step);
+        bar.set_message(format!("loss {:.4}", result.loss));
+        let last = state.step == cfg.max_steps;
+        if state.step % cfg.logging.every == 0 || last {
+            log.draw_curve()?;
+        }
+        if state.step % cfg.checkpoints.every == 0 || last {
+            summary.checkpoint = Some(checkpoint::save(out, &trainer, &state, cfg.checkpoints.keep_last)?);
+        }
+        if let (Some(v), Some(vc)) = (&validation, &cfg.validation) {
+            if state.step % vc.every == 0 || last {
+                let grid = if vc.ema {
+                    v.grid(&PixArt::from_weights(trainer.model.config.clone(), trainer.ema_weights()), state.step, &out.join("samples"))?
+                } else {
+                    v.grid(&trainer.model, state.step, &out.join("samples"))?
+                };
+                summary.validation = Some(grid);
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let run_lines: Vec<&LogLine> = log.lines.iter().filter(|l| l.step > start_step && !l.skipped).collect();
+    let tail = &run_lines[run_lines.len().saturating_sub(10)..];
+    summary.final_loss = (!tail.is_empty()).then(|| tail.iter().map(|l| l.loss).sum::<f64>() / tail.len() as f64);
+    summary.end_step = state.step;
+    summary.skipped = trainer.skipped;
+    Ok(summary)
+}
+
+/// Refuses caches whose feature widths do not fit the model, naming both.
+fn check_shapes(model: &PixArt, batch: &super::data::Batch) -> anyhow::Result<()> {
+    let c = &model.config;
+    let (latent_c, caption_c) = (batch.latents.dim(1)?, batch.caption.dim(2)?);
+    if latent_c != c.in_channels {
+        anyhow::bail!("the VAE cache has {latent_c} latent channels; the model takes in_channels = {}", c.in_channels);
+    }
+    if caption_c != c.caption_channels {
+        anyhow::bail!(
+            "the T5 cache has {caption_c}-wide embeddings; the model takes caption_channels = {}",
+            c.caption_channels
+        );
+    }
+    Ok(())
+}
+
+fn progress_bar(cfg: &TrainConfig, at: u64) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !cfg.logging.progress || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(cfg.max_steps);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {msg}  {per_sec}  ETA {eta}")
+            .expect("a valid template"),
+    );
+    bar.set_position(at);
+    bar
+}

@@ -1,0 +1,265 @@
+//! `pixforge train` end to end on 8 bundled photos (6 photos and 2 mirrored), cached through the tiny
+//! T5 (the pipeline fixture) and a tiny SD-layout VAE: the loss falls, a SIGKILLed run resumes to
+//! the same numbers, non-finite batches are skipped and K in a row stop the run.
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use common::caches::{opts, pipeline, t5_config, tiny_vae, vae_config};
+use pixforge::latents::cache::{t5_stage, vae_stage, FeatureDType};
+use pixforge::train::observe::LogLine;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Ingests the 8 photos (64 px, 4 per shard) and caches them; returns the run folder's parent with
+/// `t5/`, `vae/` and the VAE model in `tiny/`.
+fn cached_photos(dir: &Path) {
+    let input = dir.join("photos");
+    pixforge::demo::write_inputs(&input).unwrap();
+    for (name, caption) in [("astronaut", "a mirrored astronaut"), ("coffee", "a mirrored cup of coffee")] {
+        let img = image::open(input.join(format!("{name}.jpg"))).unwrap().fliph();
+        img.save(input.join(format!("{name}_mirrored.png"))).unwrap();
+        std::fs::write(input.join(format!("{name}_mirrored.txt")), caption).unwrap();
+    }
+    let shards = dir.join("shards");
+    let cfg = pixforge::ingest::IngestConfig {
+        source: pixforge::ingest::SourceKind::Folder,
+        inputs: vec![input],
+        laion: Default::default(),
+        image: pixforge::ingest::imageops::ImageOptions { image_size: 64, ..Default::default() },
+        curation: pixforge::ingest::CurationOptions { samples_per_shard: 4, ..Default::default() },
+        download: Default::default(),
+    };
+    let mut o = pixforge::ingest::RunOptions::new(&shards);
+    o.progress = false;
+    let stats = pixforge::ingest::run(&cfg, &o).unwrap();
+    assert_eq!(stats.total.successes, 8, "{stats:?}");
+    t5_stage::run(&t5_config(FeatureDType::F32), &opts(&shards, &dir.join("t5")), &Device::Cpu).unwrap();
+    let vae = tiny_vae(dir);
+    vae_stage::run(&vae_config(&vae, 64, false), &opts(&shards, &dir.join("vae")), &Device::Cpu).unwrap();
+}
+
+/// A training config in `dir` (paths relative to it) with `extra` lines appended at the top level.
+fn config(dir: &Path, name: &str, max_steps: u64, batch: usize, top: &str, tables: &str) -> PathBuf {
+    let text = format!(
+        r#"output_dir = "{name}"
+max_steps = {max_steps}
+seed = 7
+max_grad_norm = 1.0
+ema_decay = 0.99
+{top}
+[data]
+caches = [{{ t5 = "t5", vae = "vae" }}]
+batch_size = {batch}
+t5_model = "{t5}"
+[model]
+layers = 2
+heads = 2
+head_dim = 16
+sample_size = 8
+caption_channels = 16
+[optimizer]
+lr = 1e-3
+weight_decay = 0.0
+[schedule]
+warmup_steps = 2
+[logging]
+progress = false
+every = 5
+{tables}
+"#,
+        t5 = pipeline().display()
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn log_of(run: &Path) -> Vec<LogLine> {
+    std::fs::read_to_string(run.join("log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn train(config: &Path, resume: bool) -> std::process::Output {
+    let mut c = Command::new(common::bin());
+    c.arg("train").arg("--config").arg(config);
+    if resume {
+        c.arg("--resume");
+    }
+    c.output().unwrap()
+}
+
+/// The overfit check of the trainer: 8 cached samples, a tiny model, a fixed seed; the mean loss
+/// of the last 10 steps is under half that of the first 10. Also: the loss curve, the validation
+/// grid and the checkpoints are written.
+#[test]
+fn loss_halves_on_eight_cached_photos() {
+    let dir = tempfile::tempdir().unwrap();
+    cached_photos(dir.path());
+    let prompts = dir.path().join("prompts.txt");
+    std::fs::write(&prompts, "an astronaut\na cup of coffee\n").unwrap();
+    let validation = format!(
+        "[validation]\nprompts = \"prompts.txt\"\nt5 = \"{}\"\nvae = \"tiny\"\nevery = 100\nseeds = [1, 2, 3]\nsteps = 5\n\
+         [checkpoints]\nevery = 50\nkeep_last = 2",
+        pipeline().display()
+    );
+    let cfg_path = config(dir.path(), "overfit", 150, 8, "", &validation);
+    let cfg = pixforge::train::config::TrainConfig::load(&cfg_path).unwrap();
+    let summary = pixforge::train::run::run(&cfg, &pixforge::train::run::Resume::No).unwrap();
+    assert_eq!((summary.samples, summary.end_step, summary.skipped), (8, 150, 0), "{summary:?}");
+    let log = log_of(&cfg.output_dir);
+    assert_eq!(log.len(), 150);
+    let mean = |l: &[LogLine]| l.iter().map(|l| l.loss).sum::<f64>() / l.len() as f64;
+    let (first, last) = (mean(&log[..10]), mean(&log[140..]));
+    eprintln!("loss: first 10 steps {first:.4}, last 10 {last:.4}");
+    assert!(last < 0.5 * first, "the loss at least halves: {first} → {last}");
+    assert!(log.iter().all(|l| l.grad_norm.is_finite() && l.images_per_s > 0.0 && l.bucket == "64"));
+    assert_eq!((log[0].lr, log[1].lr, log[2].lr), (0.0, 5e-4, 1e-3), "linear warmup over 2 steps");
+
+    let svg = std::fs::read_to_string(cfg.output_dir.join("loss.svg")).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("training loss") && svg.matches("<polyline").count() >= 3);
+    let grid = image::open(summary.validation.as_ref().unwrap()).unwrap();
+    // 2 prompts × 3 seeds of 64 px (8 latents × VAE scale 8), 4 px apart.
+    assert_eq!((grid.width(), grid.height()), (3 * 64 + 2 * 4, 2 * 64 + 4));
+    assert!(cfg.output_dir.join("samples/step_0000100.png").exists());
+    let kept: Vec<u64> = pixforge::train::checkpoint::list(&cfg.output_dir).unwrap().iter().map(|c| c.0).collect();
+    assert_eq!(kept, [100, 150], "every 50 steps and at the end, the newest 2 kept");
+
+    // The checkpoint's EMA loads in `pixforge sample` as an official checkpoint.
+    let out = dir.path().join("sampled");
+    let st = Command::new(common::bin())
+        .args(["sample", "--prompt", "an astronaut", "--size", "64x64", "--steps", "3", "--heads", "2"])
+        .args(["--sample-size", "8", "--no-binning", "--t5"])
+        .arg(pipeline())
+        .arg("--vae")
+        .arg(dir.path().join("tiny"))
+        .arg("--transformer")
+        .arg(cfg.output_dir.join("checkpoints/step_0000150/ema.safetensors"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(out.join("0000.png").exists());
+}
+
+fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = candle_core::safetensors::load(path, &Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| {
+            let bytes: Vec<f32> = t.flatten_all().unwrap().to_dtype(candle_core::DType::F32).unwrap().to_vec1().unwrap();
+            (k, bytes.iter().flat_map(|x| x.to_le_bytes()).collect())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// N steps straight, and the same run killed with SIGKILL part-way then resumed to N, give the same
+/// loss at every step and the same final weights, EMA and optimizer state.
+#[test]
+fn killed_training_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    cached_photos(dir.path());
+    let steps = 120;
+    let ck = "[checkpoints]\nevery = 7\nkeep_last = 2";
+    // Batches of 2 over 8 samples: 4 batches an epoch, so the resume crosses epochs.
+    let straight = config(dir.path(), "straight", steps, 2, "grad_accum = 2", ck);
+    let out = train(&straight, false);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let killed = config(dir.path(), "killed", steps, 2, "grad_accum = 2", ck);
+    let run = dir.path().join("killed");
+    let mut child = Command::new(common::bin()).arg("train").arg("--config").arg(&killed).spawn().unwrap();
+    let start = Instant::now();
+    loop {
+        let lines = std::fs::read_to_string(run.join("log.jsonl")).map(|t| t.lines().count()).unwrap_or(0);
+        if lines >= 30 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "the run did not get to step 30");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "killed before the end");
+    let before = log_of(&run).len();
+    assert!(before < steps as usize, "killed part-way ({before} steps logged)");
+    let fresh = train(&killed, false);
+    assert!(!fresh.status.success(), "a fresh run into a folder with checkpoints is refused");
+    assert!(String::from_utf8_lossy(&fresh.stderr).contains("--resume"));
+    let resumed = train(&killed, true);
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+
+    let (a, b) = (log_of(&dir.path().join("straight")), log_of(&run));
+    assert_eq!(a.len(), steps as usize);
+    assert_eq!(b.len(), steps as usize, "the log holds each step once after the resume");
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!((x.step, x.loss, x.grad_norm, x.lr), (y.step, y.loss, y.grad_norm, y.lr), "step {}", x.step);
+    }
+    let last = format!("checkpoints/step_{steps:07}");
+    for f in ["model.safetensors", "ema.safetensors", "optimizer.safetensors"] {
+        let (x, y) = (tensors(&dir.path().join("straight").join(&last).join(f)), tensors(&run.join(&last).join(f)));
+        assert!(x == y, "{f} differs after the resume");
+    }
+}
+
+/// Sets the VAE cache's means to NaN: every sample of shard `shard`, or (with `first_only`) the
+/// first row of each of its tensors.
+fn poison(vae_dir: &Path, shard: &str, first_only: bool) {
+    let file = vae_dir.join(format!("{shard}.safetensors"));
+    let mut t = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
+    for (name, v) in t.iter_mut() {
+        if name.starts_with("mean") {
+            let nan = (Tensor::ones(v.dims(), v.dtype(), &Device::Cpu).unwrap() * f64::NAN).unwrap();
+            *v = if first_only {
+                let rest = v.narrow(0, 1, v.dim(0).unwrap() - 1).unwrap();
+                Tensor::cat(&[&nan.narrow(0, 0, 1).unwrap(), &rest], 0).unwrap()
+            } else {
+                nan
+            };
+        }
+    }
+    candle_core::safetensors::save(&t, &file).unwrap();
+}
+
+/// A NaN in one batch is skipped and logged; K non-finite steps in a row stop the run with a clear
+/// error, the last good checkpoint untouched and no newer one written.
+#[test]
+fn non_finite_batches_are_skipped_then_stop_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    cached_photos(dir.path());
+    poison(&dir.path().join("vae"), "00001", true);
+    let ck = "[checkpoints]\nevery = 8";
+    let cfg = config(dir.path(), "nan", 8, 1, "max_skipped_in_a_row = 3", ck);
+    let out = train(&cfg, false);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let log = log_of(&dir.path().join("nan"));
+    let skipped: Vec<u64> = log.iter().filter(|l| l.skipped).map(|l| l.step).collect();
+    assert_eq!(skipped.len(), 1, "one poisoned sample in 8 batches of 1: {skipped:?}");
+    assert!(log.iter().filter(|l| !l.skipped).all(|l| l.loss.is_finite()));
+
+    let good = dir.path().join("nan/checkpoints/step_0000008");
+    let before: Vec<Vec<u8>> =
+        ["model.safetensors", "state.json"].iter().map(|f| std::fs::read(good.join(f)).unwrap()).collect();
+    for shard in ["00000", "00001"] {
+        poison(&dir.path().join("vae"), shard, false);
+    }
+    let cfg = config(dir.path(), "nan", 40, 1, "max_skipped_in_a_row = 3", ck);
+    let out = train(&cfg, true);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("3 steps in a row had a non-finite loss"), "{err}");
+    let after: Vec<Vec<u8>> =
+        ["model.safetensors", "state.json"].iter().map(|f| std::fs::read(good.join(f)).unwrap()).collect();
+    assert!(before == after, "the last good checkpoint is intact");
+    let all: Vec<u64> = pixforge::train::checkpoint::list(&dir.path().join("nan")).unwrap().iter().map(|c| c.0).collect();
+    assert_eq!(all, [8]);
+    let log = log_of(&dir.path().join("nan"));
+    assert_eq!(log.iter().filter(|l| l.step > 8 && l.skipped).count(), 2, "two skipped steps logged before the stop");
+}
