@@ -106,6 +106,11 @@ fn trainer_steps_on_cached_batches_and_skips_non_finite_ones() {
     eprintln!("loss over 80 steps: {first:.4} → {last:.4}");
     assert!(last < 0.5 * first, "the loss falls on a fixed set: {first} → {last}");
 
+    // Nothing the trainer keeps between steps holds an op graph (which would keep each step's
+    // activations alive: memory growing step after step).
+    for t in trainer.optimizer.state().unwrap().values().chain(&trainer.ema.weights) {
+        assert!(!t.track_op(), "optimizer state and EMA are plain tensors");
+    }
     let before = trainer.model.weights().clone();
     let mut batch = set.batch(&all, &mut data_rng, 0.18215, 120, 0.0, &Device::Cpu).unwrap();
     batch.latents = (batch.latents * f64::NAN).unwrap();

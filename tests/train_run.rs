@@ -263,3 +263,71 @@ fn non_finite_batches_are_skipped_then_stop_the_run() {
     let log = log_of(&dir.path().join("nan"));
     assert_eq!(log.iter().filter(|l| l.step > 8 && l.skipped).count(), 2, "two skipped steps logged before the stop");
 }
+
+/// The example configs parse and hold the paper's stage settings; a wrong field is named.
+#[test]
+fn example_configs_parse_and_errors_name_the_field() {
+    use pixforge::train::config::TrainConfig;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+    for (file, batch, sample, micro) in
+        [("train-256.toml", 176, 32, false), ("train-512-ms.toml", 40, 64, true), ("train-1024-ms.toml", 12, 128, true)]
+    {
+        let c = TrainConfig::load(&root.join(file)).unwrap();
+        assert_eq!((c.data.batch_size, c.model.sample_size, c.model.micro_conditions), (batch, sample, micro), "{file}");
+        assert_eq!((c.optimizer.lr, c.optimizer.weight_decay, c.optimizer.eps), (2e-5, 0.03, 1e-10), "{file}");
+        assert_eq!((c.max_grad_norm, c.ema_decay, c.schedule.warmup_steps), (0.01, 0.9999, 1000), "{file}");
+        assert!(c.data.caches[0].t5.starts_with(&root), "paths are relative to the file");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bad = |body: &str| {
+        let p = dir.path().join("bad.toml");
+        std::fs::write(&p, body).unwrap();
+        format!("{:#}", TrainConfig::load(&p).unwrap_err())
+    };
+    let base = "output_dir = \"o\"\nmax_steps = 10\n[data]\ncaches = [{ t5 = \"a\", vae = \"b\" }]\n";
+    assert!(bad(&format!("{base}batch_sise = 4\n")).contains("batch_sise"));
+    assert!(bad(&format!("{base}batch_size = 0\n")).contains("`data.batch_size` must be at least 1"));
+    assert!(bad(&base.replace("max_steps = 10", "max_steps = 10\nprecision = \"bf16\"")).contains("`precision`"));
+    assert!(bad("max_steps = 10\n").contains("output_dir"));
+}
+
+/// Fine-tuning from a diffusers transformer folder: its weights are the starting point (at lr 0 they
+/// come out unchanged), and what it lacks for training is added (the null caption for the caption
+/// drop, PixArtMS's micro-condition embedders).
+#[test]
+fn fine_tunes_from_a_diffusers_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    cached_photos(dir.path());
+    // A PixArt (no micro-conditions) of hidden 48 (divisible by 3, as PixArtMS needs), in diffusers' layout.
+    let shape = pixforge::train::model::PixArtConfig {
+        num_attention_heads: 2,
+        attention_head_dim: 24,
+        in_channels: 4,
+        out_channels: 8,
+        num_layers: 2,
+        sample_size: 8,
+        patch_size: 2,
+        caption_channels: 16,
+        interpolation_scale: Some(1.0),
+        norm_eps: 1e-6,
+    };
+    let pretrained = dir.path().join("pretrained");
+    pixforge::train::init::init(shape, false, 120, 5, &Device::Cpu).unwrap().save_diffusers(&pretrained).unwrap();
+    let cfg_path = config(dir.path(), "ft", 3, 4, "", "");
+    let text = std::fs::read_to_string(&cfg_path).unwrap().replace(
+        "[model]\nlayers = 2\nheads = 2\nhead_dim = 16\nsample_size = 8\ncaption_channels = 16\n",
+        &format!("[model]\npretrained = \"{}\"\nmicro_conditions = true\n", pretrained.display()),
+    );
+    let text = text.replace("lr = 1e-3", "lr = 0.0");
+    std::fs::write(&cfg_path, text).unwrap();
+    let cfg = pixforge::train::config::TrainConfig::load(&cfg_path).unwrap();
+    let summary = pixforge::train::run::run(&cfg, &pixforge::train::run::Resume::No).unwrap();
+    assert_eq!(summary.end_step, 3);
+    let ck = pixforge::train::checkpoint::load(summary.checkpoint.as_ref().unwrap(), &Device::Cpu).unwrap();
+    assert!(ck.model.null_caption().is_some() && ck.model.has_micro_conditions());
+    let original = pixforge::train::model::PixArt::load_diffusers(&pretrained, &Device::Cpu).unwrap();
+    for (k, w) in original.weights() {
+        let diff = common::caches::max_abs_diff(w, &ck.model.weights()[k]);
+        assert_eq!(diff, 0.0, "{k}: fine-tuning starts from the pretrained weights");
+    }
+}

@@ -382,6 +382,12 @@ impl TrainConfig {
                 self.precision
             );
         }
+        let hidden = self.model.heads * self.model.head_dim;
+        if self.model.micro_conditions && self.model.pretrained.is_none() && hidden % 3 != 0 {
+            anyhow::bail!(
+                "`model.micro_conditions` needs heads × head_dim divisible by 3 (PixArtMS splits it in thirds), found {hidden}"
+            );
+        }
         if let Some(v) = &self.validation {
             if v.seeds.is_empty() || v.every == 0 {
                 anyhow::bail!("`validation`: expected at least one seed and `every` ≥ 1");

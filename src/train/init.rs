@@ -126,6 +126,35 @@ pub fn init(config: PixArtConfig, micro: bool, null_tokens: usize, seed: u64, de
     Ok(PixArt::from_weights(config, w))
 }
 
+/// Adds to a pretrained `model` what training needs and its checkpoint may lack, initialised as
+/// [`init`] would: the null caption `y_embedding` (diffusers folders have none) and, with `micro`,
+/// PixArtMS's micro-condition embedders (a 256 px PixArt checkpoint going into a multi-scale stage,
+/// as the official `load_checkpoint(strict=False)` leaves them at their initial values).
+pub fn complete(model: PixArt, micro: bool, null_tokens: usize, seed: u64) -> Result<PixArt> {
+    let mut w = model.weights().clone();
+    let c = model.config.clone();
+    let device = w.values().next().map(|t| t.device().clone()).unwrap_or(Device::Cpu);
+    let mut rng = Rng::new(seed ^ 0xC0_4D1E);
+    let h = c.hidden();
+    if micro && !model.has_micro_conditions() {
+        if h % 3 != 0 {
+            candle_core::bail!("micro-conditions need a hidden size divisible by 3 (PixArtMS splits it in thirds); this model's is {h}");
+        }
+        for e in ["resolution_embedder", "aspect_ratio_embedder"] {
+            for (layer, inp) in [("linear_1", 256), ("linear_2", h / 3)] {
+                let name = format!("adaln_single.emb.{e}.{layer}");
+                w.insert(format!("{name}.weight"), rng.normal_tensor(&[h / 3, inp], 0.02, &device)?);
+                w.insert(format!("{name}.bias"), Tensor::zeros(h / 3, candle_core::DType::F32, &device)?);
+            }
+        }
+    }
+    if !w.contains_key(NULL_CAPTION) {
+        let std = 1.0 / (c.caption_channels as f64).sqrt();
+        w.insert(NULL_CAPTION.into(), rng.normal_tensor(&[null_tokens, c.caption_channels], std, &device)?);
+    }
+    Ok(PixArt::from_weights(c, w))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

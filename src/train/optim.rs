@@ -65,7 +65,8 @@ impl AdamW {
             let g = g.to_dtype(p.dtype())?;
             *m = ((&*m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
             *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-            let decayed = (p.as_tensor() * (1.0 - lr * c.weight_decay))?;
+            // Detached: the update is plain arithmetic, never part of a graph.
+            let decayed = (p.as_tensor().detach() * (1.0 - lr * c.weight_decay))?;
             let denom = ((v.sqrt()? / bc2_sqrt)? + c.eps)?;
             p.set(&(decayed - ((&*m / denom)? * step_size)?)?)?;
         }
@@ -128,13 +129,14 @@ pub struct Ema {
 impl Ema {
     /// An average starting at the current `params`.
     pub fn new(decay: f64, params: &[Var]) -> Result<Self> {
-        Ok(Self { decay, weights: params.iter().map(|p| p.as_tensor().copy()).collect::<Result<_>>()? })
+        Ok(Self { decay, weights: params.iter().map(|p| p.as_tensor().detach().copy()).collect::<Result<_>>()? })
     }
 
     /// Moves the average towards `params`.
     pub fn update(&mut self, params: &[Var]) -> Result<()> {
         for (e, p) in self.weights.iter_mut().zip(params) {
-            *e = ((&*e * self.decay)? + (p.as_tensor() * (1.0 - self.decay))?)?;
+            // Detached, or each average would hold the op graph of every earlier one (a leak per step).
+            *e = ((&*e * self.decay)? + (p.as_tensor().detach() * (1.0 - self.decay))?)?;
         }
         Ok(())
     }

@@ -135,8 +135,17 @@ fn scaling_factor(cfg: &TrainConfig) -> anyhow::Result<f64> {
 fn initial_model(cfg: &TrainConfig, device: &Device) -> anyhow::Result<PixArt> {
     let m = &cfg.model;
     let mut model = match &m.pretrained {
-        Some(p) if p.is_dir() => PixArt::load_diffusers(p, device)?,
-        Some(p) => PixArt::load_official(p, m.heads, m.sample_size, device)?,
+        Some(p) => {
+            let mut loaded = if p.is_dir() {
+                PixArt::load_diffusers(p, device)?
+            } else {
+                PixArt::load_official(p, m.heads, m.sample_size, device)?
+            };
+            if let Some(scale) = m.lewei_scale {
+                loaded.config.interpolation_scale = Some(scale);
+            }
+            super::init::complete(loaded, m.micro_conditions, cfg.data.max_tokens, cfg.seed)?
+        }
         None => super::init::init(m.pixart(), m.micro_conditions, cfg.data.max_tokens, cfg.seed, device)?,
     };
     model.to_dtype(candle_core::DType::F32)?;

@@ -111,8 +111,10 @@ impl Trainer {
             vb += mean(&losses.vb)? / n;
             let store = if batches.len() == 1 { loss.backward()? } else { (loss / n)?.backward()? };
             for (i, (_, v)) in self.vars.iter().enumerate() {
+                // Detached: a gradient our fused ops computed from tracked tensors would otherwise keep
+                // the step's whole graph (activations included) alive in the optimizer's moments.
                 let g = match store.get(v.as_tensor()) {
-                    Some(g) => g.clone(),
+                    Some(g) => g.detach(),
                     None => v.zeros_like()?,
                 };
                 if i < grads.len() {
