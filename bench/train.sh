@@ -20,20 +20,15 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$VENV/bin/pip" install -q torch==2.15.0 --index-url https://download.pytorch.org/whl/cpu \
     || "$VENV/bin/pip" install -q torch==2.15.0
 fi
-"$VENV/bin/pip" install -q diffusers==0.42.1 transformers==5.24.0 safetensors
+"$VENV/bin/pip" install -q diffusers==0.42.1 transformers==5.24.0 safetensors pillow
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release
 if [ ! -f "$WORK/vae/_SUCCESS" ]; then
   rm -rf "$WORK"/{photos,shards,t5,vae,models}
   mkdir -p "$WORK/photos"
-  i=0
-  for n in astronaut.png chelsea.png coffee.png camera.png rocket.jpg hubble_deep_field.jpg; do
-    for k in 1 2 3 4; do
-      i=$((i + 1))
-      cp "../shared/data/images/$n" "$WORK/photos/img_$i.${n##*.}"
-      sed -n "${i}p" ../shared/data/prompts/pixart_alpha_samples.txt > "$WORK/photos/img_$i.txt"
-    done
-  done
-  "$VENV/bin/python" bench/train_data.py "$WORK/models/t5" tests/fixtures/t5-sentinels/tokenizer.json
+  # 24 distinct photos (6 shared photos x 4 orientations: ingest drops exact duplicates), captioned
+  # with PixArt-α's sample prompts.
+  "$VENV/bin/python" bench/train_data.py photos "$WORK/photos" ../shared/data/images ../shared/data/prompts/pixart_alpha_samples.txt
+  "$VENV/bin/python" bench/train_data.py t5 "$WORK/models/t5" tests/fixtures/t5-sentinels/tokenizer.json
   $BIN models init-tiny --kind vae --out "$WORK/models/tiny" >/dev/null
   $BIN ingest folder "$WORK/photos" --out "$WORK/shards" --image-size 256 --samples-per-shard 8 --no-progress >/dev/null
   $BIN cache t5 --model "$WORK/models/t5" --input "$WORK/shards" --out "$WORK/t5" --no-progress >/dev/null

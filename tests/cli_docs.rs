@@ -45,8 +45,8 @@ fn guide_pages_match_help() {
         ),
         (
             "docs/train.md",
-            &[&["sample"]],
-            &["--pipeline", "--sampler", "--cfg", "--null", "--noise", "--seed", "--cleaning"],
+            &[&["sample"], &["train"]],
+            &["--pipeline", "--sampler", "--cfg", "--null", "--noise", "--seed", "--cleaning", "--config", "--resume"],
         ),
         (
             "docs/latents.md",

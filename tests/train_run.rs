@@ -77,11 +77,7 @@ every = 5
 }
 
 fn log_of(run: &Path) -> Vec<LogLine> {
-    std::fs::read_to_string(run.join("log.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    std::fs::read_to_string(run.join("log.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 fn train(config: &Path, resume: bool) -> std::process::Output {
@@ -152,7 +148,8 @@ fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
         .unwrap()
         .into_iter()
         .map(|(k, t)| {
-            let bytes: Vec<f32> = t.flatten_all().unwrap().to_dtype(candle_core::DType::F32).unwrap().to_vec1().unwrap();
+            let bytes: Vec<f32> =
+                t.flatten_all().unwrap().to_dtype(candle_core::DType::F32).unwrap().to_vec1().unwrap();
             (k, bytes.iter().flat_map(|x| x.to_le_bytes()).collect())
         })
         .collect();
@@ -258,7 +255,8 @@ fn non_finite_batches_are_skipped_then_stop_the_run() {
     let after: Vec<Vec<u8>> =
         ["model.safetensors", "state.json"].iter().map(|f| std::fs::read(good.join(f)).unwrap()).collect();
     assert!(before == after, "the last good checkpoint is intact");
-    let all: Vec<u64> = pixforge::train::checkpoint::list(&dir.path().join("nan")).unwrap().iter().map(|c| c.0).collect();
+    let all: Vec<u64> =
+        pixforge::train::checkpoint::list(&dir.path().join("nan")).unwrap().iter().map(|c| c.0).collect();
     assert_eq!(all, [8]);
     let log = log_of(&dir.path().join("nan"));
     assert_eq!(log.iter().filter(|l| l.step > 8 && l.skipped).count(), 2, "two skipped steps logged before the stop");
@@ -273,7 +271,11 @@ fn example_configs_parse_and_errors_name_the_field() {
         [("train-256.toml", 176, 32, false), ("train-512-ms.toml", 40, 64, true), ("train-1024-ms.toml", 12, 128, true)]
     {
         let c = TrainConfig::load(&root.join(file)).unwrap();
-        assert_eq!((c.data.batch_size, c.model.sample_size, c.model.micro_conditions), (batch, sample, micro), "{file}");
+        assert_eq!(
+            (c.data.batch_size, c.model.sample_size, c.model.micro_conditions),
+            (batch, sample, micro),
+            "{file}"
+        );
         assert_eq!((c.optimizer.lr, c.optimizer.weight_decay, c.optimizer.eps), (2e-5, 0.03, 1e-10), "{file}");
         assert_eq!((c.max_grad_norm, c.ema_decay, c.schedule.warmup_steps), (0.01, 0.9999, 1000), "{file}");
         assert!(c.data.caches[0].t5.starts_with(&root), "paths are relative to the file");
@@ -330,4 +332,27 @@ fn fine_tunes_from_a_diffusers_folder() {
         let diff = common::caches::max_abs_diff(w, &ck.model.weights()[k]);
         assert_eq!(diff, 0.0, "{k}: fine-tuning starts from the pretrained weights");
     }
+}
+
+/// Every field of the training config is in docs/train.md's field table.
+#[test]
+fn every_config_field_is_documented() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let docs = std::fs::read_to_string(root.join("docs/train.md")).unwrap();
+    let cfg = pixforge::train::config::TrainConfig::load(&root.join("pipelines/train-256.toml")).unwrap();
+    let value = serde_json::to_value(&cfg).unwrap();
+    let mut missing = Vec::new();
+    for (k, v) in value.as_object().unwrap() {
+        let nested: Vec<String> = match v.as_object() {
+            Some(o) => o.keys().map(|f| format!("{k}.{f}")).collect(),
+            None => vec![k.clone()],
+        };
+        for name in nested {
+            let last = name.rsplit('.').next().unwrap();
+            if !docs.contains(&format!("`{name}`")) && !docs.contains(&format!("`{last}`")) {
+                missing.push(name);
+            }
+        }
+    }
+    assert!(missing.is_empty(), "docs/train.md does not describe {missing:?}");
 }

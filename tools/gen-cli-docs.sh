@@ -37,5 +37,5 @@ with_help() {
     } > "$page"
 }
 with_help docs/density.md density
-with_help docs/train.md sample
+with_help docs/train.md sample train
 with_help docs/latents.md "cache t5" "cache vae" "export pixart-official"

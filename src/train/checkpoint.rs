@@ -147,8 +147,8 @@ pub fn load(dir: &Path, device: &Device) -> anyhow::Result<Checkpoint> {
     let state_file = dir.join("state.json");
     let text = std::fs::read_to_string(&state_file)
         .map_err(|e| anyhow::anyhow!("{}: not a checkpoint ({e})", state_file.display()))?;
-    let state: TrainState =
-        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: not a checkpoint state: {e}", state_file.display()))?;
+    let state: TrainState = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: not a checkpoint state: {e}", state_file.display()))?;
     let load_model = |name: &str| -> anyhow::Result<PixArt> {
         let c = &state.model;
         let mut m = PixArt::load_official(&dir.join(name), c.num_attention_heads, c.sample_size, device)?;

@@ -78,9 +78,7 @@ impl TrainSet {
                 let (ts, vs) = (t5.shard(name)?, vae.shard(name)?);
                 for (i, e) in ts.entries.iter().enumerate() {
                     match vs.index_of(&e.key) {
-                        Some(j)
-                            if e.status == EntryStatus::Success && vs.entries[j].status == EntryStatus::Success =>
-                        {
+                        Some(j) if e.status == EntryStatus::Success && vs.entries[j].status == EntryStatus::Success => {
                             let bucket = vs.entries[j].bucket.clone().unwrap_or_default();
                             samples.push(Sample { shard: shards.len(), t5: i, vae: j, bucket });
                         }

@@ -12,6 +12,7 @@ pub mod model;
 pub mod observe;
 pub(crate) mod ops;
 pub mod optim;
+mod optim_cpu;
 pub mod run;
 pub mod sampler;
 pub mod schedule;

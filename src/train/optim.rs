@@ -61,7 +61,21 @@ impl AdamW {
         let t = self.steps as i32;
         let step_size = lr / (1.0 - c.beta1.powi(t));
         let bc2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
+        let fused = super::optim_cpu::AdamWStep {
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            decay: 1.0 - lr * c.weight_decay,
+            step_size,
+            bc2_sqrt,
+        };
         for ((p, g), (m, v)) in params.iter().zip(grads).zip(self.m.iter_mut().zip(self.v.iter_mut())) {
+            if super::optim_cpu::applies(&[p.as_tensor(), g, m, v]) {
+                let (p1, m1, v1) = super::optim_cpu::adamw(p.as_tensor(), g, m, v, &fused)?;
+                p.set(&p1)?;
+                (*m, *v) = (m1, v1);
+                continue;
+            }
             let g = g.to_dtype(p.dtype())?;
             *m = ((&*m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
             *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
@@ -108,12 +122,18 @@ impl AdamW {
 pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
     let mut sum = 0f64;
     for g in grads.iter() {
-        sum += g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+        sum += if super::optim_cpu::applies(&[g]) {
+            super::optim_cpu::sum_sq(g)?
+        } else {
+            g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?
+        };
     }
     let norm = sum.sqrt();
     let coef = (max_norm / (norm + 1e-6)).min(1.0);
-    for g in grads.iter_mut() {
-        *g = (&*g * coef)?;
+    if coef < 1.0 {
+        for g in grads.iter_mut() {
+            *g = (&*g * coef)?;
+        }
     }
     Ok(norm)
 }
@@ -135,6 +155,10 @@ impl Ema {
     /// Moves the average towards `params`.
     pub fn update(&mut self, params: &[Var]) -> Result<()> {
         for (e, p) in self.weights.iter_mut().zip(params) {
+            if super::optim_cpu::applies(&[e, p.as_tensor()]) {
+                *e = super::optim_cpu::ema(e, p.as_tensor(), self.decay)?;
+                continue;
+            }
             // Detached, or each average would hold the op graph of every earlier one (a leak per step).
             *e = ((&*e * self.decay)? + (p.as_tensor().detach() * (1.0 - self.decay))?)?;
         }

@@ -282,6 +282,16 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
         let lr = schedule.at(state.step, effective_batch);
         let result = trainer.step_accumulated(&batches, lr, cfg.max_grad_norm)?;
         state.step += 1;
+        if result.skipped {
+            let keys: Vec<&String> = batches.iter().flat_map(|b| b.keys.iter()).collect();
+            tracing::warn!(
+                step = state.step,
+                loss = result.loss,
+                grad_norm = result.grad_norm,
+                ?keys,
+                "non-finite step skipped"
+            );
+        }
         state.images += (batches.len() * cfg.data.batch_size) as u64;
         state.trainer_rng = trainer.rng.state();
         state.data_rng = data_rng.state();
@@ -314,7 +324,11 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
         if let (Some(v), Some(vc)) = (&validation, &cfg.validation) {
             if state.step % vc.every == 0 || last {
                 let grid = if vc.ema {
-                    v.grid(&PixArt::from_weights(trainer.model.config.clone(), trainer.ema_weights()), state.step, &out.join("samples"))?
+                    v.grid(
+                        &PixArt::from_weights(trainer.model.config.clone(), trainer.ema_weights()),
+                        state.step,
+                        &out.join("samples"),
+                    )?
                 } else {
                     v.grid(&trainer.model, state.step, &out.join("samples"))?
                 };

@@ -105,7 +105,8 @@ impl Trainer {
         let mut grads: Vec<Tensor> = Vec::new();
         for batch in batches {
             let (losses, loss) = self.forward_loss(batch)?;
-            let mean = |x: &Tensor| -> anyhow::Result<f64> { Ok(x.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
+            let mean =
+                |x: &Tensor| -> anyhow::Result<f64> { Ok(x.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
             loss_v += mean(&losses.loss)? / n;
             mse += mean(&losses.mse)? / n;
             vb += mean(&losses.vb)? / n;

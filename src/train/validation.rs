@@ -28,8 +28,7 @@ impl Validation {
     pub fn prepare(cfg: &ValidationConfig, caption_channels: usize, device: &Device) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(&cfg.prompts)
             .map_err(|e| anyhow::anyhow!("validation.prompts {}: cannot read: {e}", cfg.prompts.display()))?;
-        let prompts: Vec<String> =
-            text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect();
+        let prompts: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect();
         if prompts.is_empty() {
             anyhow::bail!("validation.prompts {}: no prompt (expected one per line)", cfg.prompts.display());
         }
@@ -61,7 +60,8 @@ impl Validation {
             None
         };
         let (rows, cols) = (self.prompts.len() as u32, self.cfg.seeds.len() as u32);
-        let mut grid = image::RgbImage::from_pixel(cols * (px + GAP) - GAP, rows * (px + GAP) - GAP, image::Rgb([255; 3]));
+        let mut grid =
+            image::RgbImage::from_pixel(cols * (px + GAP) - GAP, rows * (px + GAP) - GAP, image::Rgb([255; 3]));
         for (r, emb) in self.embeddings.iter().enumerate() {
             let l = emb.dim(0)?;
             let cond = Condition { caption: emb.unsqueeze(0)?, mask: Tensor::ones((1, l), DType::F32, &dev)? };
@@ -78,7 +78,12 @@ impl Validation {
                 let latents = sampler::sample(self.cfg.sampler, &diffusion, steps, x, &mut model_fn, &mut noise_fn)?;
                 let rgb = super::generate::to_rgb(&self.vae.decode(&latents)?)?;
                 let tile = image::RgbImage::from_raw(px, px, rgb).expect("the VAE decodes side × scale pixels");
-                image::imageops::replace(&mut grid, &tile, (col as u32 * (px + GAP)) as i64, (r as u32 * (px + GAP)) as i64);
+                image::imageops::replace(
+                    &mut grid,
+                    &tile,
+                    (col as u32 * (px + GAP)) as i64,
+                    (r as u32 * (px + GAP)) as i64,
+                );
             }
         }
         std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", dir.display()))?;
