@@ -356,3 +356,27 @@ fn every_config_field_is_documented() {
     }
     assert!(missing.is_empty(), "docs/train.md does not describe {missing:?}");
 }
+
+/// Experimental DiT initialisation: the re-parameterised PixArt computes, at t = 500 and for any
+/// caption, what the DiT (a port of facebookresearch/DiT's forward, `tools/golden/dit_tiny.py`)
+/// computes at t = 500 without a class.
+#[test]
+fn dit_weights_reparameterised_at_t500_give_dits_output() {
+    let golden = common::fixtures().join("golden");
+    let m =
+        pixforge::train::config::ModelConfig { heads: 2, caption_channels: 16, sample_size: 8, ..Default::default() };
+    let model = pixforge::train::dit::from_dit(&golden.join("dit_tiny.safetensors"), &m, 120, 3, &Device::Cpu).unwrap();
+    assert_eq!((model.config.num_layers, model.config.hidden()), (2, 48));
+    let io = candle_core::safetensors::load(golden.join("dit_tiny_io.safetensors"), &Device::Cpu).unwrap();
+    let mut rng = pixforge::train::init::Rng::new(9);
+    let caption = rng.normal_tensor(&[2, 7, 16], 1.0, &Device::Cpu).unwrap();
+    let mask = Tensor::new(&[[1f32, 1., 1., 1., 1., 0., 0.], [1., 1., 1., 1., 1., 1., 1.]], &Device::Cpu).unwrap();
+    let t = Tensor::new(&[500f32, 500.], &Device::Cpu).unwrap();
+    let out = model.forward(&io["x"], &t, &caption, &mask, None).unwrap();
+    let diff = common::caches::max_abs_diff(&out, &io["output"]);
+    assert!(diff < 1e-4, "PixArt from DiT at t = 500 vs DiT: {diff}");
+    // At another timestep the per-block tables no longer match DiT's modulation.
+    let t = Tensor::new(&[100f32, 100.], &Device::Cpu).unwrap();
+    let other = model.forward(&io["x"], &t, &caption, &mask, None).unwrap();
+    assert!(common::caches::max_abs_diff(&other, &io["output"]) > 1e-3);
+}

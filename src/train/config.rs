@@ -104,6 +104,11 @@ pub struct ModelConfig {
     /// read from the weights.
     #[serde(default)]
     pub pretrained: Option<PathBuf>,
+    /// Experimental: initialise from DiT ImageNet weights (DiT's `.pt` or safetensors) with the
+    /// adaLN-single re-parameterisation at t = 500 (PixArt-α §2.3); the shape comes from the weights,
+    /// `heads` and `caption_channels` from the fields below.
+    #[serde(default)]
+    pub from_dit: Option<PathBuf>,
     /// Blocks (PixArt-XL/2: 28).
     #[serde(default = "default_layers")]
     pub layers: usize,
@@ -341,7 +346,11 @@ impl TrainConfig {
             fix(&mut c.t5);
             fix(&mut c.vae);
         }
-        for p in [&mut self.data.t5_model, &mut self.data.vae_model, &mut self.model.pretrained].into_iter().flatten() {
+        for p in
+            [&mut self.data.t5_model, &mut self.data.vae_model, &mut self.model.pretrained, &mut self.model.from_dit]
+                .into_iter()
+                .flatten()
+        {
             fix(p);
         }
         if let Some(v) = &mut self.validation {
@@ -381,6 +390,9 @@ impl TrainConfig {
                 "`precision`: only \"f32\" is built so far, found {:?} (on CPU candle widens bf16 to f32 anyway)",
                 self.precision
             );
+        }
+        if self.model.pretrained.is_some() && self.model.from_dit.is_some() {
+            anyhow::bail!("`model.pretrained` and `model.from_dit` are both set: choose one starting point");
         }
         let hidden = self.model.heads * self.model.head_dim;
         if self.model.micro_conditions && self.model.pretrained.is_none() && hidden % 3 != 0 {

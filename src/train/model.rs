@@ -77,7 +77,7 @@ pub fn pos_embed_2d(dim: usize, h: usize, w: usize, base_size: usize, scale: f64
 }
 
 /// The sinusoidal timestep features (256 channels, cos first).
-fn timestep_features(t: &Tensor) -> Result<Tensor> {
+pub(crate) fn timestep_features(t: &Tensor) -> Result<Tensor> {
     let half = 128;
     // In f32 step by step, as diffusers computes them (`exp(-ln(10000) * k / 128)`).
     let freqs: Vec<f32> = (0..half).map(|k| ((-(10000f64.ln() as f32) * k as f32) / half as f32).exp()).collect();

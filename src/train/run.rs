@@ -146,7 +146,10 @@ fn initial_model(cfg: &TrainConfig, device: &Device) -> anyhow::Result<PixArt> {
             }
             super::init::complete(loaded, m.micro_conditions, cfg.data.max_tokens, cfg.seed)?
         }
-        None => super::init::init(m.pixart(), m.micro_conditions, cfg.data.max_tokens, cfg.seed, device)?,
+        None => match &m.from_dit {
+            Some(p) => super::dit::from_dit(p, m, cfg.data.max_tokens, cfg.seed, device)?,
+            None => super::init::init(m.pixart(), m.micro_conditions, cfg.data.max_tokens, cfg.seed, device)?,
+        },
     };
     model.to_dtype(candle_core::DType::F32)?;
     Ok(model)
