@@ -1,7 +1,8 @@
 //! `pixforge demo`: the pipeline on bundled public-domain and CC0 photos, with no downloads: ingest,
-//! the concept-density report of the captions, then the T5 and VAE feature caches — made with tiny
+//! the concept-density report of the captions, the T5 and VAE feature caches — made with tiny
 //! randomly initialised encoders in the real layouts, since no weights can be downloaded here (the
-//! same commands take the real T5-v1.1-XXL and SD VAE folders).
+//! same commands take the real T5-v1.1-XXL and SD VAE folders) — and a short training run of a tiny
+//! PixArtMS on those caches.
 
 use crate::ingest::{self, CurationOptions, IngestConfig, RunOptions, SourceKind};
 use crate::shards::{read_records, RunStats, Status};
@@ -49,6 +50,10 @@ pub struct DemoReport {
     pub t5: crate::latents::cache::CacheRunStats,
     /// The VAE cache run (`out/latents/vae-256ms`: the 256 px aspect-ratio buckets).
     pub vae: crate::latents::cache::CacheRunStats,
+    /// The training run on those caches (`out/train`, configured by `out/train.toml`).
+    pub train: crate::train::run::TrainSummary,
+    /// Mean loss of the first steps of that run.
+    pub first_loss: f64,
 }
 
 /// Runs the demo into `out`: bundled photos → folder ingest (512 px, keep ratio) → shards → density report.
@@ -71,7 +76,74 @@ pub fn run(out: &Path) -> anyhow::Result<DemoReport> {
     let o = crate::density::report::DensityOptions::default();
     let density = crate::density::report::run(&[alt], &o, &out.join("density"))?;
     let (t5, vae) = cache_features(&shards, out)?;
-    Ok(DemoReport { ingest, shards, density, t5, vae })
+    let (train, first_loss) = train(out)?;
+    Ok(DemoReport { ingest, shards, density, t5, vae, train, first_loss })
+}
+
+/// Trains a tiny PixArtMS for 60 steps on the demo's caches (written as `out/train.toml`, the same
+/// file `pixforge train --config` takes), with a validation grid of two captions at two seeds.
+fn train(out: &Path) -> anyhow::Result<(crate::train::run::TrainSummary, f64)> {
+    let prompts: Vec<&str> = CAPTIONS.lines().filter_map(|l| l.split_once('\t').map(|(_, c)| c)).take(2).collect();
+    std::fs::write(out.join("prompts.txt"), prompts.join("\n"))?;
+    let toml = r#"# The demo's training run: a tiny PixArtMS (2 blocks, hidden 48) on the demo's caches, which
+# were made with tiny random encoders. The same file format trains PixArt-XL/2 (pipelines/train-*.toml).
+output_dir = "train"
+max_steps = 60
+seed = 43
+max_grad_norm = 1.0
+ema_decay = 0.99
+
+[data]
+caches = [{ t5 = "latents/t5", vae = "latents/vae-256ms" }]
+batch_size = 1          # the six photos fall into several aspect-ratio buckets
+
+[model]
+layers = 2
+heads = 2
+head_dim = 24
+sample_size = 32        # 256 px / 8
+caption_channels = 32   # the tiny T5's width
+micro_conditions = true
+
+[optimizer]
+lr = 1e-3
+weight_decay = 0.0
+
+[schedule]
+warmup_steps = 5
+
+[checkpoints]
+every = 30
+keep_last = 2
+
+[logging]
+every = 10
+progress = false
+
+[validation]
+prompts = "prompts.txt"
+t5 = "models"
+vae = "models"
+every = 60
+seeds = [0, 1]
+steps = 10
+"#;
+    let file = out.join("train.toml");
+    crate::shards::write_atomic(&file, toml.as_bytes())?;
+    let run_dir = out.join("train");
+    if run_dir.exists() {
+        std::fs::remove_dir_all(&run_dir)?;
+    }
+    let cfg = crate::train::config::TrainConfig::load(&file)?;
+    let summary = crate::train::run::run(&cfg, &crate::train::run::Resume::No)?;
+    let text = std::fs::read_to_string(run_dir.join("log.jsonl"))?;
+    let first: Vec<f64> = text
+        .lines()
+        .take(10)
+        .filter_map(|l| serde_json::from_str::<crate::train::observe::LogLine>(l).ok())
+        .map(|l| l.loss)
+        .collect();
+    Ok((summary, first.iter().sum::<f64>() / first.len().max(1) as f64))
 }
 
 /// Caches the shards' T5 embeddings and VAE moments with tiny random encoders written to `out/models`.

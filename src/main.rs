@@ -679,6 +679,22 @@ fn main() -> anyhow::Result<()> {
                 report.vae.successes,
                 report.vae.samples
             ));
+            let t = &report.train;
+            text.push_str(&format!(
+                "\ntraining ({}/train.toml, the format of pixforge train --config): a tiny PixArtMS, {} steps on {} samples \
+                 in {} buckets\n  loss {:.3} (first 10 steps) -> {:.3} (last 10)\n  log: {}/train/log.jsonl, curve: \
+                 {}/train/loss.svg\n  checkpoint: {}\n  validation grid: {}\n",
+                out.display(),
+                t.end_step,
+                t.samples,
+                t.buckets.len(),
+                report.first_loss,
+                t.final_loss.unwrap_or(f64::NAN),
+                out.display(),
+                out.display(),
+                t.checkpoint.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                t.validation.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            ));
             emit(&text);
         }
     }

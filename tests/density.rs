@@ -267,4 +267,11 @@ fn demo_reports_the_density_of_its_shards() {
         let entries: usize = c.shards.iter().map(|s| c.shard(s).unwrap().entries.len()).sum();
         assert_eq!(entries, n, "{cache}");
     }
+    // Then a short training run on those caches: its log, curve, checkpoint and validation grid.
+    assert!(stdout.contains(&format!("60 steps on {n} samples")), "{stdout}");
+    let run = dir.path().join("train");
+    assert_eq!(std::fs::read_to_string(run.join("log.jsonl")).unwrap().lines().count(), 60);
+    for f in ["loss.svg", "checkpoints/step_0000060/state.json", "samples/step_0000060.png"] {
+        assert!(run.join(f).exists(), "{f}");
+    }
 }
