@@ -9,5 +9,6 @@ pub mod density;
 pub mod ingest;
 pub mod latents;
 pub mod models;
+pub mod score;
 pub mod shards;
 pub mod train;

@@ -1,0 +1,87 @@
+//! The LAION aesthetic predictors over CLIP ViT-L/14 image embeddings, as their reference code runs
+//! them: the embedding is L2-normalised, then
+//! - V1 (`LAION-AI/aesthetic-predictor`, `sa_0_4_vit_l_14_linear.pth`): one `Linear(768, 1)`;
+//! - V2 (`christophschuhmann/improved-aesthetic-predictor`, `sac+logos+ava1-l14-linearMSE.pth`): the
+//!   MLP 768→1024→128→64→16→1 with no activations (its Dropout layers are identity at inference).
+//!
+//! Weights load from the released PyTorch checkpoints (candle's pickle reader) or from safetensors
+//! with the same keys.
+
+use candle_core::{DType, Device, Tensor, D};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// The keys of V2's linear layers inside its `nn.Sequential` (Dropouts between them hold no weights).
+const V2_LAYERS: [&str; 5] = ["layers.0", "layers.2", "layers.4", "layers.6", "layers.7"];
+
+/// A loaded aesthetic head: its affine layers, applied in order.
+#[derive(Debug)]
+pub struct AestheticHead {
+    /// `v1` or `v2`.
+    pub version: &'static str,
+    layers: Vec<(Tensor, Tensor)>,
+}
+
+impl AestheticHead {
+    /// Loads a head from a `.pth` checkpoint or a `.safetensors` file; the version is recognised by
+    /// its keys (`weight`/`bias`: V1; `layers.{0,2,4,6,7}.*`: V2).
+    pub fn load(path: &Path, device: &Device) -> anyhow::Result<Self> {
+        let named: Vec<(String, Tensor)> = if path.extension().is_some_and(|e| e == "safetensors") {
+            candle_core::safetensors::load(path, device)
+                .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?
+                .into_iter()
+                .collect()
+        } else {
+            candle_core::pickle::read_all(path)
+                .map_err(|e| anyhow::anyhow!("{}: not a PyTorch checkpoint: {e}", path.display()))?
+        };
+        let w: HashMap<String, Tensor> = named
+            .into_iter()
+            .map(|(k, t)| Ok((k, t.to_device(device)?.to_dtype(DType::F32)?)))
+            .collect::<candle_core::Result<_>>()?;
+        let pair = |prefix: &str| -> Option<(Tensor, Tensor)> {
+            let key = |kind: &str| if prefix.is_empty() { kind.to_string() } else { format!("{prefix}.{kind}") };
+            Some((w.get(&key("weight"))?.clone(), w.get(&key("bias"))?.clone()))
+        };
+        let (version, layers) = if let Some(l) = pair("").filter(|_| w.len() == 2) {
+            ("v1", vec![l])
+        } else if let Some(ls) = V2_LAYERS.iter().map(|p| pair(p)).collect::<Option<Vec<_>>>() {
+            ("v2", ls)
+        } else {
+            let mut keys: Vec<&String> = w.keys().collect();
+            keys.sort();
+            anyhow::bail!(
+                "{}: not a LAION aesthetic head: expected keys `weight`, `bias` (V1) or `layers.{{0,2,4,6,7}}.weight/bias` \
+                 (V2), found {keys:?}",
+                path.display()
+            );
+        };
+        for pair in layers.windows(2) {
+            let (out, inp) = (pair[0].0.dim(0)?, pair[1].0.dim(1)?);
+            if out != inp {
+                anyhow::bail!("{}: layer widths do not chain ({out} outputs into {inp} inputs)", path.display());
+            }
+        }
+        Ok(Self { version, layers })
+    }
+
+    /// The embedding width the head takes (768 for ViT-L/14).
+    pub fn input_dim(&self) -> usize {
+        self.layers[0].0.dims()[1]
+    }
+
+    /// Scores of embeddings `[N, D]` (normalised here, as the reference does).
+    pub fn score(&self, embeddings: &Tensor) -> anyhow::Result<Vec<f32>> {
+        let x = embeddings.to_dtype(DType::F32)?;
+        let d = x.dim(D::Minus1)?;
+        if d != self.input_dim() {
+            anyhow::bail!("aesthetic head {}: expected {}-wide embeddings, found {d}", self.version, self.input_dim());
+        }
+        let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
+        let mut h = x.broadcast_div(&norm)?;
+        for (w, b) in &self.layers {
+            h = h.matmul(&w.t()?)?.broadcast_add(b)?;
+        }
+        Ok(h.flatten_all()?.to_vec1::<f32>()?)
+    }
+}

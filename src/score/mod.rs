@@ -1,0 +1,4 @@
+//! Model-based curation scores (issue 8, in progress): heads over CLIP image embeddings. So far the
+//! LAION aesthetic predictors V1 and V2, computed natively.
+
+pub mod aesthetic;
