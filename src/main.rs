@@ -52,6 +52,25 @@ enum Cmd {
     /// Write shards and their feature caches in another trainer's layout.
     #[command(subcommand)]
     Export(ExportCmd),
+    /// Curation scores (in progress): aesthetic heads over CLIP image embeddings.
+    #[command(subcommand)]
+    Score(ScoreCmd),
+}
+
+#[derive(Subcommand)]
+enum ScoreCmd {
+    /// LAION aesthetic scores of CLIP ViT-L/14 image embeddings (`.npy`, `[N, 768]` or `[768]`, f32 or
+    /// f16, e.g. LAION's `img_emb/*.npy`), printed as JSON (one array per file).
+    Aesthetic {
+        /// The head: a released checkpoint (`sa_0_4_vit_l_14_linear.pth` = V1,
+        /// `sac+logos+ava1-l14-linearMSE.pth` = V2), safetensors with its keys, or an `.onnx` export
+        /// (run by ONNX Runtime: tools/install-onnxruntime.sh or ORT_DYLIB_PATH).
+        #[arg(long)]
+        head: PathBuf,
+        /// Embedding files.
+        #[arg(required = true)]
+        embeddings: Vec<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -660,6 +679,20 @@ fn main() -> anyhow::Result<()> {
             let summary = pixforge::train::run::run(&cfg, &resume)
                 .with_context(|| format!("train {} into {}", config.display(), cfg.output_dir.display()))?;
             emit(&format!("{}\n", serde_json::to_string_pretty(&summary)?));
+        }
+        Cmd::Score(ScoreCmd::Aesthetic { head, embeddings }) => {
+            let dev = candle_core::Device::Cpu;
+            let mut h = pixforge::score::aesthetic::Head::load(&head, &dev)
+                .with_context(|| format!("--head {}", head.display()))?;
+            let mut out = serde_json::Map::new();
+            for f in &embeddings {
+                let t =
+                    candle_core::Tensor::read_npy(f).with_context(|| format!("{}: not a .npy array", f.display()))?;
+                let t = if t.rank() == 1 { t.unsqueeze(0)? } else { t };
+                let scores = h.score(&t).with_context(|| f.display().to_string())?;
+                out.insert(f.display().to_string(), serde_json::json!(scores));
+            }
+            emit(&format!("{}\n", serde_json::to_string_pretty(&out)?));
         }
         Cmd::Demo { out } => {
             let report = pixforge::demo::run(&out).context("demo")?;

@@ -37,7 +37,7 @@ type Page<'a> = (&'a str, &'a [&'a [&'a str]], &'a [&'a str]);
 /// Each page documents its commands' flags exactly as the binary prints them.
 #[test]
 fn guide_pages_match_help() {
-    let pages: [Page; 3] = [
+    let pages: [Page; 4] = [
         (
             "docs/density.md",
             &[&["density"]],
@@ -48,6 +48,7 @@ fn guide_pages_match_help() {
             &[&["sample"], &["train"]],
             &["--pipeline", "--sampler", "--cfg", "--null", "--noise", "--seed", "--cleaning", "--config", "--resume"],
         ),
+        ("docs/score.md", &[&["score", "aesthetic"]], &["--head"]),
         (
             "docs/latents.md",
             &[&["cache", "t5"], &["cache", "vae"], &["export", "pixart-official"]],

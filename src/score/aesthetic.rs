@@ -85,3 +85,43 @@ impl AestheticHead {
         Ok(h.flatten_all()?.to_vec1::<f32>()?)
     }
 }
+
+/// A score head over embeddings: native (a released `.pth` / `.safetensors`) or any ONNX model with
+/// one `[N, D]` input and an `[N, 1]` (or `[N]`) output, run by ONNX Runtime.
+pub enum Head {
+    /// Computed with candle.
+    Native(AestheticHead),
+    /// Run by ONNX Runtime.
+    Onnx(Box<super::onnx::OnnxModel>),
+}
+
+impl Head {
+    /// Loads `path`: `.onnx` through ONNX Runtime, anything else as a LAION aesthetic checkpoint.
+    pub fn load(path: &Path, device: &Device) -> anyhow::Result<Self> {
+        if path.extension().is_some_and(|e| e == "onnx") {
+            Ok(Head::Onnx(Box::new(super::onnx::OnnxModel::load(path, 0)?)))
+        } else {
+            Ok(Head::Native(AestheticHead::load(path, device)?))
+        }
+    }
+
+    /// One score per row of `embeddings` `[N, D]`.
+    pub fn score(&mut self, embeddings: &Tensor) -> anyhow::Result<Vec<f32>> {
+        match self {
+            Head::Native(h) => h.score(embeddings),
+            Head::Onnx(m) => {
+                let (n, d) = embeddings.dims2()?;
+                let data: Vec<f32> = embeddings.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                let x = ndarray::ArrayD::from_shape_vec(vec![n, d], data)?;
+                let input = m.inputs().first().cloned().unwrap_or_default();
+                let output = m.outputs().first().cloned().unwrap_or_default();
+                let out = m.run(&[(input.as_str(), x.view())])?;
+                let y = &out[&output];
+                if y.len() != n {
+                    anyhow::bail!("ONNX head output `{output}` has {} values for {n} embeddings", y.len());
+                }
+                Ok(y.iter().copied().collect())
+            }
+        }
+    }
+}

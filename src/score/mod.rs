@@ -2,3 +2,4 @@
 //! LAION aesthetic predictors V1 and V2, computed natively.
 
 pub mod aesthetic;
+pub mod onnx;

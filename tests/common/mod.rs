@@ -52,3 +52,20 @@ pub fn png_declaring(w: u32, h: u32) -> Vec<u8> {
     chunk(&mut out, b"IEND", &[]);
     out
 }
+
+/// ONNX Runtime's library, unpacked from the onnxruntime wheel by tools/install-onnxruntime.sh on
+/// first use (once per test binary); pixforge finds it in target/onnxruntime.
+pub fn onnxruntime() -> PathBuf {
+    static ONCE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/install-onnxruntime.sh");
+        let out = std::process::Command::new("bash").arg(&script).output().expect("bash runs");
+        assert!(
+            out.status.success(),
+            "tools/install-onnxruntime.sh failed (it downloads the onnxruntime wheel from PyPI with pip): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+    .clone()
+}

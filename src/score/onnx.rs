@@ -1,0 +1,111 @@
+//! ONNX models through ONNX Runtime (`ort` with `load-dynamic`): the runtime's shared library is
+//! loaded at run time, never downloaded at build time. It is found at `ORT_DYLIB_PATH`, or where
+//! `tools/install-onnxruntime.sh` puts it (`target/onnxruntime/`, beside the binary's folder or the
+//! source tree's); a missing library is an error that says how to get it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// The ONNX Runtime release ort 2.0.0-rc.15 is built against (the `onnxruntime` wheel's version).
+pub const ORT_VERSION: &str = "1.31.1";
+
+/// The library file name inside the wheel.
+fn lib_name() -> String {
+    format!("libonnxruntime.so.{ORT_VERSION}")
+}
+
+/// Where ONNX Runtime is: `ORT_DYLIB_PATH`, else `target/onnxruntime/` next to the running binary's
+/// folder (`target/release/..`) or in the source tree this binary was built from.
+pub fn dylib_path() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return Ok(p);
+        }
+        anyhow::bail!("ORT_DYLIB_PATH={}: no such file (expected ONNX Runtime's {})", p.display(), lib_name());
+    }
+    let mut candidates = Vec::new();
+    if let Some(dir) = std::env::current_exe().ok().as_deref().and_then(Path::parent) {
+        candidates.push(dir.join("../onnxruntime").join(lib_name()));
+        candidates.push(dir.join("../../onnxruntime").join(lib_name()));
+    }
+    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("target/onnxruntime").join(lib_name()));
+    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
+        anyhow::anyhow!(
+            "ONNX Runtime {ORT_VERSION} not found: run tools/install-onnxruntime.sh (it unpacks {} from the \
+             onnxruntime=={ORT_VERSION} wheel into target/onnxruntime/), or set ORT_DYLIB_PATH to that file \
+             (e.g. from `pip install onnxruntime=={ORT_VERSION}`: site-packages/onnxruntime/capi/)",
+            lib_name()
+        )
+    })
+}
+
+static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
+
+/// The process's ONNX Runtime environment, loading the library on first use.
+pub fn environment() -> anyhow::Result<&'static ort::environment::Environment> {
+    let env = ENVIRONMENT.get_or_init(|| {
+        let path = dylib_path().map_err(|e| e.to_string())?;
+        let builder =
+            ort::init_from(&path).map_err(|e| format!("{}: cannot load ONNX Runtime: {e}", path.display()))?;
+        builder.with_name("pixforge").build().map_err(|e| format!("{}: {e}", path.display()))
+    });
+    env.as_ref().map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// An ONNX model with f32 inputs and outputs.
+pub struct OnnxModel {
+    path: PathBuf,
+    session: ort::session::Session,
+}
+
+impl OnnxModel {
+    /// Loads `path` on CPU with `threads` intra-op threads (0: ONNX Runtime's default).
+    pub fn load(path: &Path, threads: usize) -> anyhow::Result<Self> {
+        let env = environment()?;
+        let err = |e: ort::Error| anyhow::anyhow!("{}: {e}", path.display());
+        let mut builder = ort::session::Session::builder(env).map_err(err)?;
+        if threads > 0 {
+            builder = builder.with_intra_threads(threads).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        }
+        let session = builder.commit_from_file(path).map_err(err)?;
+        Ok(Self { path: path.to_path_buf(), session })
+    }
+
+    /// The model's input names, in order.
+    pub fn inputs(&self) -> Vec<String> {
+        self.session.inputs().iter().map(|o| o.name().to_string()).collect()
+    }
+
+    /// The model's output names, in order.
+    pub fn outputs(&self) -> Vec<String> {
+        self.session.outputs().iter().map(|o| o.name().to_string()).collect()
+    }
+
+    /// Runs the model on named f32 inputs; returns every output as an f32 array by name.
+    pub fn run(
+        &mut self,
+        inputs: &[(&str, ndarray::ArrayViewD<'_, f32>)],
+    ) -> anyhow::Result<HashMap<String, ndarray::ArrayD<f32>>> {
+        let path = self.path.display().to_string();
+        let values = inputs
+            .iter()
+            .map(|(name, a)| {
+                let v = ort::value::TensorRef::from_array_view(a.view())
+                    .map_err(|e| anyhow::anyhow!("{path}: input `{name}`: {e}"))?;
+                Ok((name.to_string(), v.into_dyn()))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let names = self.outputs();
+        let out = self.session.run(values).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+        let mut res = HashMap::new();
+        for name in names {
+            let a = out[name.as_str()]
+                .try_extract_array::<f32>()
+                .map_err(|e| anyhow::anyhow!("{path}: output `{name}`: {e}"))?;
+            res.insert(name, a.to_owned());
+        }
+        Ok(res)
+    }
+}
