@@ -59,6 +59,15 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum ScoreCmd {
+    /// CLIP image embeddings of every image of a shard dataset (an ONNX vision tower, run by ONNX
+    /// Runtime) and the scores of heads over them: per shard, embeddings (f16 safetensors), an index,
+    /// and a parquet of scores by key.
+    Clip {
+        #[command(flatten)]
+        cfg: pixforge::score::stage::ScoreConfig,
+        #[command(flatten)]
+        run: CacheRunArgs,
+    },
     /// LAION aesthetic scores of CLIP ViT-L/14 image embeddings (`.npy`, `[N, 768]` or `[768]`, f32 or
     /// f16, e.g. LAION's `img_emb/*.npy`), printed as JSON (one array per file).
     Aesthetic {
@@ -679,6 +688,11 @@ fn main() -> anyhow::Result<()> {
             let summary = pixforge::train::run::run(&cfg, &resume)
                 .with_context(|| format!("train {} into {}", config.display(), cfg.output_dir.display()))?;
             emit(&format!("{}\n", serde_json::to_string_pretty(&summary)?));
+        }
+        Cmd::Score(ScoreCmd::Clip { cfg, run }) => {
+            let stats = pixforge::score::stage::run(&cfg, &run.options()?)
+                .with_context(|| format!("score clip into {}", run.out.display()))?;
+            finish_cache(&stats)?;
         }
         Cmd::Score(ScoreCmd::Aesthetic { head, embeddings }) => {
             let dev = candle_core::Device::Cpu;

@@ -48,7 +48,7 @@ fn guide_pages_match_help() {
             &[&["sample"], &["train"]],
             &["--pipeline", "--sampler", "--cfg", "--null", "--noise", "--seed", "--cleaning", "--config", "--resume"],
         ),
-        ("docs/score.md", &[&["score", "aesthetic"]], &["--head"]),
+        ("docs/score.md", &[&["score", "clip"], &["score", "aesthetic"]], &["--tower", "--head", "--mean", "--worker"]),
         (
             "docs/latents.md",
             &[&["cache", "t5"], &["cache", "vae"], &["export", "pixart-official"]],

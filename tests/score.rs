@@ -107,3 +107,116 @@ fn aesthetic_heads_run_through_onnx_runtime() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ORT_DYLIB_PATH=/nonexistent/libonnxruntime.so: no such file"), "{err}");
 }
+
+/// A tiny random CLIP vision tower exported to ONNX (`tools/golden/clip_tiny.py`) gives PyTorch's
+/// embeddings within 1e-4 on the processor's pixels of the bundled photos; our CLIP preprocessing
+/// of those photos is within a grey level or two of `CLIPImageProcessor`'s (PIL's bicubic resize
+/// rounds differently), and the embeddings of our pixels stay close to PyTorch's.
+#[test]
+fn clip_tower_runs_through_onnx_runtime() {
+    use pixforge::score::clip::{ClipPreprocess, ClipTower};
+    common::onnxruntime();
+    let golden = common::fixtures().join("golden");
+    let io = candle_core::safetensors::load(golden.join("clip_tiny_io.safetensors"), &Device::Cpu).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(golden.join("clip_tiny.json")).unwrap()).unwrap();
+    let f3 = |k: &str| -> [f32; 3] {
+        let v: Vec<f32> = meta[k].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        [v[0], v[1], v[2]]
+    };
+    let pre = ClipPreprocess { size: 32, crop: 32, mean: f3("mean"), std: f3("std") };
+    let mut tower = ClipTower::load(&golden.join("clip_tiny.onnx"), pre.clone(), 2).unwrap();
+    let want: Vec<Vec<f32>> = io["image_embeds"].to_vec2().unwrap();
+    let pixels: Vec<f32> = io["pixel_values"].flatten_all().unwrap().to_vec1().unwrap();
+    let got = tower.embed_pixels(pixels.clone(), want.len()).unwrap();
+    let max = |a: &[Vec<f32>], b: &[Vec<f32>]| {
+        a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
+    };
+    assert!(max(&got, &want) < 1e-4, "ONNX Runtime vs PyTorch: {}", max(&got, &want));
+
+    let photos: Vec<image::RgbImage> = meta["photos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            image::open(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo").join(p.as_str().unwrap()))
+                .unwrap()
+                .to_rgb8()
+        })
+        .collect();
+    let ours: Vec<f32> = photos.iter().flat_map(|img| pre.pixels(img).unwrap()).collect();
+    let level = 1.0 / 255.0 / pre.std.iter().fold(f32::MAX, |a, &b| a.min(b));
+    let diff = ours.iter().zip(&pixels).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let mean_diff = ours.iter().zip(&pixels).map(|(a, b)| (a - b).abs()).sum::<f32>() / ours.len() as f32;
+    eprintln!(
+        "preprocessing vs CLIPImageProcessor: max {:.2} levels, mean {:.3} levels",
+        diff / level,
+        mean_diff / level
+    );
+    assert!(mean_diff < 0.5 * level && diff < 12.0 * level, "max {diff}, mean {mean_diff} (a level is {level})");
+    let from_ours = tower.embed(&photos).unwrap();
+    assert!(max(&from_ours, &want) < 0.05, "embeddings of our pixels: {}", max(&from_ours, &want));
+}
+
+/// `pixforge score clip` over shards: one embedding row per decodable image (equal to the tower's
+/// output on that image), the failure recorded with its reason, a parquet of head scores by key
+/// (null for the failure), a rerun that does nothing, and a changed head refused without --overwrite.
+#[test]
+fn score_stage_embeds_and_scores_shards() {
+    use pixforge::latents::cache::CacheReader;
+    use pixforge::score::stage::{run, ScoreConfig};
+    common::onnxruntime();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    common::caches::source(&src);
+    let golden = common::fixtures().join("golden");
+    let cfg = ScoreConfig {
+        tower: golden.join("clip_tiny.onnx"),
+        heads: vec![golden.join("clip_tiny_head.onnx")],
+        size: 32,
+        crop: 32,
+        mean: vec![0.481_454_66, 0.457_827_5, 0.408_210_73],
+        std: vec![0.268_629_54, 0.261_302_6, 0.275_777_1],
+        batch_size: 2,
+    };
+    let out = dir.path().join("scores");
+    let stats = run(&cfg, &common::caches::opts(&src, &out)).unwrap();
+    assert_eq!((stats.shards_done, stats.samples, stats.successes, stats.failed), (2, 6, 5, 1), "{stats:?}");
+
+    let cache = CacheReader::open_unchecked(&out).unwrap();
+    let mut tower = pixforge::score::clip::ClipTower::load(&cfg.tower, cfg.preprocess().unwrap(), 1).unwrap();
+    let mut head = pixforge::score::aesthetic::Head::load(&cfg.heads[0], &Device::Cpu).unwrap();
+    for (i, samples) in common::caches::source(&dir.path().join("again")).iter().enumerate() {
+        let name = format!("{i:05}");
+        let shard = cache.shard(&name).unwrap();
+        use polars::prelude::SerReader;
+        let df = polars::prelude::ParquetReader::new(
+            std::fs::File::open(out.join(format!("{name}.scores.parquet"))).unwrap(),
+        )
+        .finish()
+        .unwrap();
+        let scores = df.column("clip_tiny_head").unwrap().f32().unwrap().clone();
+        for (j, (key, img, _)) in samples.iter().enumerate() {
+            let e = shard.entry(key).unwrap();
+            assert_eq!(df.column("key").unwrap().str().unwrap().get(j), Some(key.as_str()));
+            let Some(row) = e.row else {
+                assert!(e.reason.as_deref().unwrap().contains("cannot decode"), "{e:?}");
+                assert_eq!(scores.get(j), None, "no score without an embedding");
+                continue;
+            };
+            let decoded = image::load_from_memory(img.as_ref().unwrap()).unwrap().to_rgb8();
+            let want = tower.embed(&[decoded]).unwrap().remove(0);
+            let got: Vec<f32> =
+                shard.rows("embeddings", row, 1, &Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(d < 2e-3, "{key}: f16 embedding vs the tower: {d}");
+            let s = head.score(&Tensor::new(&want[..], &Device::Cpu).unwrap().unsqueeze(0).unwrap()).unwrap()[0];
+            assert!((scores.get(j).unwrap() - s).abs() < 1e-4, "{key}");
+        }
+    }
+    let again = run(&cfg, &common::caches::opts(&src, &out)).unwrap();
+    assert_eq!((again.shards_done, again.shards_skipped), (0, 2), "a rerun does nothing");
+    let other = ScoreConfig { heads: vec![], ..cfg };
+    let err = run(&other, &common::caches::opts(&src, &out)).unwrap_err();
+    assert!(format!("{err:#}").contains("--overwrite"), "{err:#}");
+}

@@ -2,4 +2,6 @@
 //! LAION aesthetic predictors V1 and V2, computed natively.
 
 pub mod aesthetic;
+pub mod clip;
 pub mod onnx;
+pub mod stage;

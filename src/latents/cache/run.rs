@@ -52,7 +52,7 @@ pub struct CacheRunStats {
 
 /// Runs `per_shard` over the shards of `opts.input` this worker owns and has not done yet, writing
 /// each result into `opts.out`; the manifest of `stage` records `fingerprint`.
-pub(crate) fn run_shards(
+pub fn run_shards(
     stage: &str,
     fingerprint: CacheFingerprint,
     opts: &RunOptions,
@@ -156,6 +156,7 @@ fn remove_cache_files(dir: &Path) -> std::io::Result<()> {
         let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         if name.ends_with(".safetensors")
             || name.ends_with(".index.json")
+            || name.ends_with(".scores.parquet")
             || name.ends_with("_stats.json")
             || name == MANIFEST_FILE
             || name.contains(TEMP_MARKER)
