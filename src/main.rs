@@ -55,6 +55,25 @@ enum Cmd {
     /// Curation scores (in progress): aesthetic heads over CLIP image embeddings.
     #[command(subcommand)]
     Score(ScoreCmd),
+    /// Select sample keys by score columns (thresholds, then top fractions), DataComp style; the
+    /// trainer takes the selection (`data.selection`).
+    Filter {
+        /// Folders of `*.scores.parquet` (pixforge score clip outputs), joined by key.
+        #[arg(long = "scores", required = true)]
+        scores: Vec<PathBuf>,
+        /// Keep COLUMN ≥ VALUE (repeatable; applied first).
+        #[arg(long, value_name = "COLUMN=VALUE")]
+        min: Vec<String>,
+        /// Keep COLUMN ≤ VALUE (repeatable; applied after --min).
+        #[arg(long, value_name = "COLUMN=VALUE")]
+        max: Vec<String>,
+        /// Keep the highest FRACTION of what is left by COLUMN (repeatable; applied last, in order).
+        #[arg(long, value_name = "COLUMN=FRACTION")]
+        top: Vec<String>,
+        /// The selection: a parquet of the kept keys with their scores.
+        #[arg(long, short)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -688,6 +707,16 @@ fn main() -> anyhow::Result<()> {
             let summary = pixforge::train::run::run(&cfg, &resume)
                 .with_context(|| format!("train {} into {}", config.display(), cfg.output_dir.display()))?;
             emit(&format!("{}\n", serde_json::to_string_pretty(&summary)?));
+        }
+        Cmd::Filter { scores, min, max, top, out } => {
+            let mut rules = Vec::new();
+            for (kind, list) in [("min", &min), ("max", &max), ("top", &top)] {
+                for r in list {
+                    rules.push(pixforge::score::filter::Rule::parse(kind, r)?);
+                }
+            }
+            let report = pixforge::score::filter::run(&scores, &rules, &out)?;
+            emit(&format!("{}\n", serde_json::to_string_pretty(&report)?));
         }
         Cmd::Score(ScoreCmd::Clip { cfg, run }) => {
             let stats = pixforge::score::stage::run(&cfg, &run.options()?)

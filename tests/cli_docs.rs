@@ -48,7 +48,11 @@ fn guide_pages_match_help() {
             &[&["sample"], &["train"]],
             &["--pipeline", "--sampler", "--cfg", "--null", "--noise", "--seed", "--cleaning", "--config", "--resume"],
         ),
-        ("docs/score.md", &[&["score", "clip"], &["score", "aesthetic"]], &["--tower", "--head", "--mean", "--worker"]),
+        (
+            "docs/score.md",
+            &[&["score", "clip"], &["score", "aesthetic"], &["filter"]],
+            &["--tower", "--head", "--mean", "--worker", "--min", "--top"],
+        ),
         (
             "docs/latents.md",
             &[&["cache", "t5"], &["cache", "vae"], &["export", "pixart-official"]],

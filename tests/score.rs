@@ -220,3 +220,58 @@ fn score_stage_embeds_and_scores_shards() {
     let err = run(&other, &common::caches::opts(&src, &out)).unwrap_err();
     assert!(format!("{err:#}").contains("--overwrite"), "{err:#}");
 }
+
+/// `pixforge filter`: thresholds then top fractions over the score columns, the kept keys written
+/// with their scores; an unknown column or a malformed rule is named.
+#[test]
+fn filter_selects_by_thresholds_and_top_fraction() {
+    use pixforge::score::filter::{read_selection, run, Rule};
+    use polars::prelude::*;
+    let dir = tempfile::tempdir().unwrap();
+    let scores = dir.path().join("scores");
+    std::fs::create_dir_all(&scores).unwrap();
+    for (shard, rows) in [
+        ("00000", [("a", 1.0f32, 0.1f32), ("b", 5.0, 0.9), ("c", 7.0, 0.2)]),
+        ("00001", [("d", 6.0, 0.3), ("e", 9.0, 0.8), ("f", 3.0, 0.0)]),
+    ] {
+        let mut df = DataFrame::new(
+            3,
+            vec![
+                Column::new("key".into(), rows.iter().map(|r| r.0).collect::<Vec<_>>()),
+                Column::new("aesthetic".into(), rows.iter().map(|r| Some(r.1)).collect::<Vec<_>>()),
+                Column::new("nsfw".into(), rows.iter().map(|r| Some(r.2)).collect::<Vec<_>>()),
+            ],
+        )
+        .unwrap();
+        pixforge::shards::write_parquet_atomic(&mut df, &scores.join(format!("{shard}.scores.parquet"))).unwrap();
+    }
+    let out = dir.path().join("sel.parquet");
+    let rules = [
+        Rule::parse("min", "aesthetic=4").unwrap(),
+        Rule::parse("max", "nsfw=0.5").unwrap(),
+        Rule::parse("top", "aesthetic=0.5").unwrap(),
+    ];
+    let r = run(std::slice::from_ref(&scores), &rules, &out).unwrap();
+    // aesthetic ≥ 4: b c d e; nsfw ≤ 0.5: c d; top half by aesthetic: c (7) over d (6).
+    assert_eq!(r.after.iter().map(|a| a.1).collect::<Vec<_>>(), [4, 2, 1]);
+    assert_eq!((r.input, r.kept), (6, 1));
+    let keys = read_selection(&out).unwrap();
+    assert_eq!(keys, ["c".to_string()].into_iter().collect());
+
+    assert!(format!(
+        "{}",
+        run(std::slice::from_ref(&scores), &[Rule::parse("min", "clip=1").unwrap()], &out).unwrap_err()
+    )
+    .contains("`clip`"));
+    assert!(format!("{}", Rule::parse("top", "aesthetic=2").unwrap_err()).contains("[0, 1]"));
+    assert!(format!("{}", Rule::parse("min", "aesthetic").unwrap_err()).contains("COLUMN=VALUE"));
+    let o = std::process::Command::new(common::bin())
+        .args(["filter", "--scores"])
+        .arg(&scores)
+        .args(["--top", "nsfw=0.33", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(read_selection(&out).unwrap(), ["b".to_string(), "e".to_string()].into_iter().collect());
+}

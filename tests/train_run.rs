@@ -293,6 +293,41 @@ fn example_configs_parse_and_errors_name_the_field() {
     assert!(bad("max_steps = 10\n").contains("output_dir"));
 }
 
+/// A `pixforge filter` selection restricts training to its keys.
+#[test]
+fn trains_only_on_a_selection() {
+    use polars::prelude::*;
+    let dir = tempfile::tempdir().unwrap();
+    cached_photos(dir.path());
+    let t5 = pixforge::latents::cache::CacheReader::open_unchecked(&dir.path().join("t5")).unwrap();
+    let mut keys: Vec<String> =
+        t5.shards.iter().flat_map(|s| t5.shard(s).unwrap().entries.into_iter().map(|e| e.key)).collect();
+    keys.sort();
+    assert_eq!(keys.len(), 8);
+    let scores = dir.path().join("scores");
+    std::fs::create_dir_all(&scores).unwrap();
+    let mut df = DataFrame::new(
+        8,
+        vec![
+            Column::new("key".into(), keys.clone()),
+            Column::new("aesthetic".into(), (0..8).map(|i| Some(i as f32)).collect::<Vec<_>>()),
+        ],
+    )
+    .unwrap();
+    pixforge::shards::write_parquet_atomic(&mut df, &scores.join("00000.scores.parquet")).unwrap();
+    let sel = dir.path().join("sel.parquet");
+    let rules = [pixforge::score::filter::Rule::parse("min", "aesthetic=5").unwrap()];
+    pixforge::score::filter::run(&[scores], &rules, &sel).unwrap();
+    let cfg_path = config(dir.path(), "sel", 2, 1, "", "");
+    let text = std::fs::read_to_string(&cfg_path)
+        .unwrap()
+        .replace("batch_size = 1\n", "batch_size = 1\nselection = \"sel.parquet\"\n");
+    std::fs::write(&cfg_path, text).unwrap();
+    let cfg = pixforge::train::config::TrainConfig::load(&cfg_path).unwrap();
+    let summary = pixforge::train::run::run(&cfg, &pixforge::train::run::Resume::No).unwrap();
+    assert_eq!((summary.samples, summary.left_out), (3, 5), "the 3 keys scored 5 to 7 only: {summary:?}");
+}
+
 /// Fine-tuning from a diffusers transformer folder: its weights are the starting point (at lr 0 they
 /// come out unchanged), and what it lacks for training is added (the null caption for the caption
 /// drop, PixArtMS's micro-condition embedders).

@@ -3,5 +3,6 @@
 
 pub mod aesthetic;
 pub mod clip;
+pub mod filter;
 pub mod onnx;
 pub mod stage;

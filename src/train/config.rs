@@ -87,6 +87,9 @@ pub struct DataConfig {
     /// Caption length the embeddings are padded to.
     #[serde(default = "default_tokens")]
     pub max_tokens: usize,
+    /// Train only on the keys of this selection (`pixforge filter`'s parquet).
+    #[serde(default)]
+    pub selection: Option<PathBuf>,
     /// When set, the T5 caches must have been made with this folder's weights (checked by hash).
     #[serde(default)]
     pub t5_model: Option<PathBuf>,
@@ -346,10 +349,15 @@ impl TrainConfig {
             fix(&mut c.t5);
             fix(&mut c.vae);
         }
-        for p in
-            [&mut self.data.t5_model, &mut self.data.vae_model, &mut self.model.pretrained, &mut self.model.from_dit]
-                .into_iter()
-                .flatten()
+        for p in [
+            &mut self.data.t5_model,
+            &mut self.data.vae_model,
+            &mut self.data.selection,
+            &mut self.model.pretrained,
+            &mut self.model.from_dit,
+        ]
+        .into_iter()
+        .flatten()
         {
             fix(p);
         }

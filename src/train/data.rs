@@ -96,6 +96,15 @@ impl TrainSet {
         Ok(Self { shards, samples, skipped })
     }
 
+    /// Keeps only the samples whose key is in `keys` (a `pixforge filter` selection); returns how
+    /// many were dropped.
+    pub fn retain(&mut self, keys: &std::collections::HashSet<String>) -> usize {
+        let before = self.samples.len();
+        let shards = &self.shards;
+        self.samples.retain(|s| keys.contains(&shards[s.shard].0.entries[s.t5].key));
+        before - self.samples.len()
+    }
+
     /// Trainable samples.
     pub fn len(&self) -> usize {
         self.samples.len()

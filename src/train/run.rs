@@ -122,7 +122,17 @@ fn open_data(cfg: &TrainConfig) -> anyhow::Result<TrainSet> {
         };
         pairs.push((CacheReader::open(&p.t5, t5_e)?, CacheReader::open(&p.vae, vae_e)?));
     }
-    TrainSet::join(&pairs)
+    let mut set = TrainSet::join(&pairs)?;
+    if let Some(sel) = &cfg.data.selection {
+        let keys = crate::score::filter::read_selection(sel)?;
+        let dropped = set.retain(&keys);
+        set.skipped += dropped;
+        if set.is_empty() {
+            anyhow::bail!("data.selection {}: none of its {} keys is in the caches", sel.display(), keys.len());
+        }
+        tracing::info!(dropped, kept = set.len(), "selection {}", sel.display());
+    }
+    Ok(set)
 }
 
 /// The VAE scaling factor the latents are multiplied by (`scaling_factor` of the VAE's config).

@@ -1,0 +1,151 @@
+//! `pixforge filter`: a selection of sample keys from score columns, DataComp style — thresholds
+//! (`--min COL=V`, `--max COL=V`) then top fractions (`--top COL=F`: the best F of what is left, by
+//! that column) — written as a parquet of the kept keys with their scores. Images are not touched;
+//! the trainer takes the selection (`data.selection`).
+
+use polars::prelude::{Column, DataFrame, DataType, ParquetReader, SerReader};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// One rule.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rule {
+    /// Keep `column ≥ value`.
+    Min(String, f64),
+    /// Keep `column ≤ value`.
+    Max(String, f64),
+    /// Keep the highest `fraction` of the samples left, by `column`.
+    Top(String, f64),
+}
+
+impl Rule {
+    /// Parses `COL=VALUE` for the rule kind `kind` (`min`, `max`, `top`), naming the flag on error.
+    pub fn parse(kind: &str, text: &str) -> anyhow::Result<Self> {
+        let (col, v) =
+            text.split_once('=').ok_or_else(|| anyhow::anyhow!("--{kind} {text:?}: expected COLUMN=VALUE"))?;
+        let v: f64 = v.trim().parse().map_err(|_| anyhow::anyhow!("--{kind} {text:?}: {v:?} is not a number"))?;
+        let col = col.trim().to_string();
+        Ok(match kind {
+            "min" => Rule::Min(col, v),
+            "max" => Rule::Max(col, v),
+            _ if (0.0..=1.0).contains(&v) => Rule::Top(col, v),
+            _ => anyhow::bail!("--top {text:?}: the fraction must be in [0, 1]"),
+        })
+    }
+
+    fn column(&self) -> &str {
+        match self {
+            Rule::Min(c, _) | Rule::Max(c, _) | Rule::Top(c, _) => c,
+        }
+    }
+}
+
+/// What the filter did.
+#[derive(Debug, Clone, Serialize)]
+pub struct FilterReport {
+    /// Samples with scores.
+    pub input: usize,
+    /// Samples left after each rule, in order (`"min aesthetic=5"` → count).
+    pub after: Vec<(String, usize)>,
+    /// Samples kept.
+    pub kept: usize,
+    /// The selection file.
+    pub out: PathBuf,
+}
+
+/// Scores by key, then by column (null scores left out).
+type ScoresByKey = BTreeMap<String, HashMap<String, f64>>;
+
+/// Every `*.scores.parquet` of `dirs`, joined by key: the column names and the scores.
+fn read_scores(dirs: &[PathBuf]) -> anyhow::Result<(Vec<String>, ScoresByKey)> {
+    let mut columns = Vec::new();
+    let mut rows = ScoresByKey::new();
+    for dir in dirs {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| anyhow::anyhow!("--scores {}: {e}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.to_string_lossy().ends_with(".scores.parquet"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            anyhow::bail!("--scores {}: no *.scores.parquet (as `pixforge score clip` writes)", dir.display());
+        }
+        for f in files {
+            let df = ParquetReader::new(std::fs::File::open(&f)?)
+                .finish()
+                .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+            let keys =
+                df.column("key").map_err(|_| anyhow::anyhow!("{}: no `key` column", f.display()))?.str()?.clone();
+            for c in df.columns() {
+                let name = c.name().to_string();
+                if name == "key" || !c.dtype().is_primitive_numeric() {
+                    continue;
+                }
+                if !columns.contains(&name) {
+                    columns.push(name.clone());
+                }
+                let v = c.cast(&DataType::Float64)?;
+                let v = v.f64()?;
+                for i in 0..df.height() {
+                    if let (Some(k), Some(x)) = (keys.get(i), v.get(i)) {
+                        rows.entry(k.to_string()).or_default().insert(name.clone(), x);
+                    }
+                }
+            }
+        }
+    }
+    Ok((columns, rows))
+}
+
+/// Applies `rules` to the scores of `dirs` and writes the kept keys with their scores to `out`.
+pub fn run(dirs: &[PathBuf], rules: &[Rule], out: &Path) -> anyhow::Result<FilterReport> {
+    let (columns, rows) = read_scores(dirs)?;
+    for r in rules {
+        if !columns.iter().any(|c| c == r.column()) {
+            anyhow::bail!("no score column `{}` in {:?} (columns: {columns:?})", r.column(), dirs);
+        }
+    }
+    let mut kept: Vec<&String> = rows.keys().collect();
+    let mut after = Vec::new();
+    for r in rules {
+        let get = |k: &String| rows[k].get(r.column()).copied();
+        kept = match r {
+            Rule::Min(_, v) => kept.into_iter().filter(|k| get(k).is_some_and(|x| x >= *v)).collect(),
+            Rule::Max(_, v) => kept.into_iter().filter(|k| get(k).is_some_and(|x| x <= *v)).collect(),
+            Rule::Top(_, f) => {
+                let mut scored: Vec<(&String, f64)> = kept.iter().filter_map(|k| get(k).map(|x| (*k, x))).collect();
+                scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(b.0)));
+                let n = (scored.len() as f64 * f).ceil() as usize;
+                let mut top: Vec<&String> = scored.into_iter().take(n).map(|(k, _)| k).collect();
+                top.sort();
+                top
+            }
+        };
+        let label = match r {
+            Rule::Min(c, v) => format!("min {c}={v}"),
+            Rule::Max(c, v) => format!("max {c}={v}"),
+            Rule::Top(c, f) => format!("top {c}={f}"),
+        };
+        after.push((label, kept.len()));
+    }
+    let mut cols = vec![Column::new("key".into(), kept.iter().map(|k| k.as_str()).collect::<Vec<_>>())];
+    for c in &columns {
+        cols.push(Column::new(c.as_str().into(), kept.iter().map(|k| rows[*k].get(c).copied()).collect::<Vec<_>>()));
+    }
+    let mut df = DataFrame::new(kept.len(), cols)?;
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    crate::shards::write_parquet_atomic(&mut df, out).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+    Ok(FilterReport { input: rows.len(), after, kept: kept.len(), out: out.to_path_buf() })
+}
+
+/// The keys of a selection file.
+pub fn read_selection(path: &Path) -> anyhow::Result<std::collections::HashSet<String>> {
+    let f = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+    let df =
+        ParquetReader::new(f).finish().map_err(|e| anyhow::anyhow!("{}: not a parquet file: {e}", path.display()))?;
+    let keys = df.column("key").map_err(|_| anyhow::anyhow!("{}: no `key` column", path.display()))?.str()?.clone();
+    Ok((0..keys.len()).filter_map(|i| keys.get(i).map(str::to_string)).collect())
+}
