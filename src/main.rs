@@ -55,6 +55,31 @@ enum Cmd {
     /// Curation scores (in progress): aesthetic heads over CLIP image embeddings.
     #[command(subcommand)]
     Score(ScoreCmd),
+    /// Semantic de-duplication (SemDeDup) over CLIP embeddings: k-means, then near-duplicates removed
+    /// within each cluster; writes the kept keys as a selection and the groups as JSON.
+    Dedup {
+        /// Folders written by `pixforge score clip`.
+        #[arg(long = "embeddings", required = true)]
+        embeddings: Vec<PathBuf>,
+        /// Cosine similarity at and above which two images are near-duplicates (depends on the tower).
+        #[arg(long, default_value_t = 0.95)]
+        threshold: f64,
+        /// k-means clusters (0: one per 50 embeddings).
+        #[arg(long, default_value_t = 0)]
+        clusters: usize,
+        /// k-means iterations.
+        #[arg(long, default_value_t = 20)]
+        iterations: usize,
+        /// Seed of the k-means++ initialisation.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Keep the member with the highest value of this score column (default: the smallest key).
+        #[arg(long)]
+        prefer: Option<String>,
+        /// The selection of kept keys (parquet); the groups go to the same name with .groups.json.
+        #[arg(long, short)]
+        out: PathBuf,
+    },
     /// Select sample keys by score columns (thresholds, then top fractions), DataComp style; the
     /// trainer takes the selection (`data.selection`).
     Filter {
@@ -707,6 +732,20 @@ fn main() -> anyhow::Result<()> {
             let summary = pixforge::train::run::run(&cfg, &resume)
                 .with_context(|| format!("train {} into {}", config.display(), cfg.output_dir.display()))?;
             emit(&format!("{}\n", serde_json::to_string_pretty(&summary)?));
+        }
+        Cmd::Dedup { embeddings, threshold, clusters, iterations, seed, prefer, out } => {
+            let cfg = pixforge::score::dedup::DedupConfig { clusters, threshold, iterations, seed, prefer };
+            let report = pixforge::score::dedup::run(&embeddings, &cfg, &out)?;
+            emit(&format!(
+                "{} embeddings, {} clusters: kept {}, removed {} near-duplicates in {} groups\nselection: {}\ngroups: {}\n",
+                report.input,
+                report.clusters,
+                report.kept,
+                report.removed,
+                report.groups.len(),
+                out.display(),
+                out.with_extension("groups.json").display()
+            ));
         }
         Cmd::Filter { scores, min, max, top, out } => {
             let mut rules = Vec::new();

@@ -50,8 +50,8 @@ fn guide_pages_match_help() {
         ),
         (
             "docs/score.md",
-            &[&["score", "clip"], &["score", "aesthetic"], &["filter"]],
-            &["--tower", "--head", "--mean", "--worker", "--min", "--top"],
+            &[&["score", "clip"], &["score", "aesthetic"], &["filter"], &["dedup"]],
+            &["--tower", "--head", "--mean", "--worker", "--min", "--top", "--threshold", "--prefer"],
         ),
         (
             "docs/latents.md",

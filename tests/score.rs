@@ -275,3 +275,68 @@ fn filter_selects_by_thresholds_and_top_fraction() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(read_selection(&out).unwrap(), ["b".to_string(), "e".to_string()].into_iter().collect());
 }
+
+/// Semantic de-duplication finds planted near-duplicates of the bundled photos (a half-size copy, a
+/// JPEG re-encoded at quality 50, a slightly cropped copy) through the tiny CLIP tower, and keeps
+/// the six distinct photos.
+#[test]
+fn dedup_finds_planted_near_duplicates() {
+    use pixforge::score::dedup::{run, DedupConfig};
+    common::onnxruntime();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let encode = |img: &image::RgbImage, quality: u8| {
+        let mut out = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality).encode_image(img).unwrap();
+        out
+    };
+    let mut samples: Vec<Vec<u8>> = pixforge::demo::IMAGES.iter().map(|(_, b)| b.to_vec()).collect();
+    let photo = |i: usize| image::load_from_memory(pixforge::demo::IMAGES[i].1).unwrap().to_rgb8();
+    let astronaut = photo(0);
+    let half = image::imageops::resize(
+        &astronaut,
+        astronaut.width() / 2,
+        astronaut.height() / 2,
+        image::imageops::FilterType::Triangle,
+    );
+    samples.push(encode(&half, 90));
+    samples.push(encode(&photo(2), 50));
+    let coffee = photo(3);
+    let cropped = image::imageops::crop_imm(&coffee, 10, 10, coffee.width() - 22, coffee.height() - 18).to_image();
+    samples.push(encode(&cropped, 90));
+    let mut b = tar::Builder::new(std::fs::File::create(src.join("00000.tar")).unwrap());
+    for (i, data) in samples.iter().enumerate() {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, format!("{i:06}.jpg"), data.as_slice()).unwrap();
+    }
+    b.finish().unwrap();
+    std::fs::write(src.join("00000_stats.json"), "{\"count\": 9}").unwrap();
+
+    let golden = common::fixtures().join("golden");
+    let cfg = pixforge::score::stage::ScoreConfig {
+        tower: golden.join("clip_tiny.onnx"),
+        heads: vec![],
+        size: 32,
+        crop: 32,
+        mean: vec![0.481_454_66, 0.457_827_5, 0.408_210_73],
+        std: vec![0.268_629_54, 0.261_302_6, 0.275_777_1],
+        batch_size: 4,
+    };
+    let scores = dir.path().join("scores");
+    pixforge::score::stage::run(&cfg, &common::caches::opts(&src, &scores)).unwrap();
+    let out = dir.path().join("kept.parquet");
+    let dc = DedupConfig { clusters: 2, threshold: 0.998, iterations: 20, seed: 1, prefer: None };
+    let r = run(std::slice::from_ref(&scores), &dc, &out).unwrap();
+    assert_eq!((r.input, r.kept, r.removed), (9, 6, 3), "{r:#?}");
+    let mut pairs: Vec<(String, String)> =
+        r.groups.iter().flat_map(|g| g.removed.iter().map(|(k, _)| (g.kept.clone(), k.clone()))).collect();
+    pairs.sort();
+    let want = [("000000", "000006"), ("000002", "000007"), ("000003", "000008")];
+    assert_eq!(pairs, want.map(|(a, b)| (a.to_string(), b.to_string())), "each copy is grouped with its photo");
+    let kept = pixforge::score::filter::read_selection(&out).unwrap();
+    assert_eq!(kept.len(), 6);
+    assert!(out.with_extension("groups.json").exists());
+}

@@ -55,10 +55,10 @@ pub struct FilterReport {
 }
 
 /// Scores by key, then by column (null scores left out).
-type ScoresByKey = BTreeMap<String, HashMap<String, f64>>;
+pub(crate) type ScoresByKey = BTreeMap<String, HashMap<String, f64>>;
 
 /// Every `*.scores.parquet` of `dirs`, joined by key: the column names and the scores.
-fn read_scores(dirs: &[PathBuf]) -> anyhow::Result<(Vec<String>, ScoresByKey)> {
+pub(crate) fn read_scores(dirs: &[PathBuf]) -> anyhow::Result<(Vec<String>, ScoresByKey)> {
     let mut columns = Vec::new();
     let mut rows = ScoresByKey::new();
     for dir in dirs {

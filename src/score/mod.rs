@@ -3,6 +3,7 @@
 
 pub mod aesthetic;
 pub mod clip;
+pub mod dedup;
 pub mod filter;
 pub mod onnx;
 pub mod stage;
