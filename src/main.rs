@@ -55,6 +55,24 @@ enum Cmd {
     /// Curation scores (in progress): aesthetic heads over CLIP image embeddings.
     #[command(subcommand)]
     Score(ScoreCmd),
+    /// Concept-balanced selection: captions chosen greedily to cover the most distinct nouns, each noun
+    /// capped; prints Table-1 metrics before and after and writes the kept keys as a selection.
+    Balance {
+        /// A shard dataset (its parquet `caption` column).
+        #[arg(long)]
+        input: PathBuf,
+        /// Samples to select.
+        #[arg(long)]
+        size: usize,
+        /// Nouns at this many occurrences in the selection add nothing more (0: no cap).
+        #[arg(long, default_value_t = 0)]
+        cap: u64,
+        #[command(flatten)]
+        count: pixforge::density::counts::CountOptions,
+        /// The selection (parquet of keys).
+        #[arg(long, short)]
+        out: PathBuf,
+    },
     /// Semantic de-duplication (SemDeDup) over CLIP embeddings: k-means, then near-duplicates removed
     /// within each cluster; writes the kept keys as a selection and the groups as JSON.
     Dedup {
@@ -732,6 +750,21 @@ fn main() -> anyhow::Result<()> {
             let summary = pixforge::train::run::run(&cfg, &resume)
                 .with_context(|| format!("train {} into {}", config.display(), cfg.output_dir.display()))?;
             emit(&format!("{}\n", serde_json::to_string_pretty(&summary)?));
+        }
+        Cmd::Balance { input, size, cap, count, out } => {
+            let cfg = pixforge::score::balance::BalanceConfig { size, cap, count };
+            let r = pixforge::score::balance::run(&input, &cfg, &out)?;
+            let row = |name: &str, m: &pixforge::density::metrics::Metrics| {
+                format!(
+                    "| {name} | {} | {} | {} | {} | {:.3} | {:.2} |\n",
+                    m.captions, m.total_nouns, m.distinct_nouns, m.valid_nouns, m.vn_dn, m.nouns_per_caption.mean
+                )
+            };
+            let mut text = String::from("| | captions | nouns | distinct | valid | VN/DN | nouns/caption |\n|---|---:|---:|---:|---:|---:|---:|\n");
+            text.push_str(&row("all", &r.before));
+            text.push_str(&row("selected", &r.after));
+            text.push_str(&format!("\nselection: {}\n", out.display()));
+            emit(&text);
         }
         Cmd::Dedup { embeddings, threshold, clusters, iterations, seed, prefer, out } => {
             let cfg = pixforge::score::dedup::DedupConfig { clusters, threshold, iterations, seed, prefer };

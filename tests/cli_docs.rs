@@ -50,8 +50,8 @@ fn guide_pages_match_help() {
         ),
         (
             "docs/score.md",
-            &[&["score", "clip"], &["score", "aesthetic"], &["filter"], &["dedup"]],
-            &["--tower", "--head", "--mean", "--worker", "--min", "--top", "--threshold", "--prefer"],
+            &[&["score", "clip"], &["score", "aesthetic"], &["filter"], &["dedup"], &["balance"]],
+            &["--tower", "--head", "--mean", "--worker", "--min", "--top", "--threshold", "--prefer", "--cap"],
         ),
         (
             "docs/latents.md",

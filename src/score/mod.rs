@@ -2,6 +2,7 @@
 //! LAION aesthetic predictors V1 and V2, computed natively.
 
 pub mod aesthetic;
+pub mod balance;
 pub mod clip;
 pub mod dedup;
 pub mod filter;
