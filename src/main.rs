@@ -130,6 +130,14 @@ enum ScoreCmd {
         #[command(flatten)]
         run: CacheRunArgs,
     },
+    /// The same per-shard embeddings and scores as `score clip`, from LAION's precomputed `img_emb`
+    /// files matched to the shards' samples by key (no tower run).
+    LaionEmb {
+        #[command(flatten)]
+        cfg: pixforge::score::stage::LaionEmbeddings,
+        #[command(flatten)]
+        run: CacheRunArgs,
+    },
     /// LAION aesthetic scores of CLIP ViT-L/14 image embeddings (`.npy`, `[N, 768]` or `[768]`, f32 or
     /// f16, e.g. LAION's `img_emb/*.npy`), printed as JSON (one array per file).
     Aesthetic {
@@ -791,8 +799,21 @@ fn main() -> anyhow::Result<()> {
             emit(&format!("{}\n", serde_json::to_string_pretty(&report)?));
         }
         Cmd::Score(ScoreCmd::Clip { cfg, run }) => {
-            let stats = pixforge::score::stage::run(&cfg, &run.options()?)
+            let cuda = match run.device.as_str() {
+                "cpu" => None,
+                d => Some(
+                    d.strip_prefix("cuda:")
+                        .and_then(|n| n.parse().ok())
+                        .with_context(|| format!("--device {d}: expected cpu or cuda:N"))?,
+                ),
+            };
+            let stats = pixforge::score::stage::run(&cfg, &run.options()?, cuda)
                 .with_context(|| format!("score clip into {}", run.out.display()))?;
+            finish_cache(&stats)?;
+        }
+        Cmd::Score(ScoreCmd::LaionEmb { cfg, run }) => {
+            let stats = pixforge::score::stage::run_laion(&cfg, &run.options()?)
+                .with_context(|| format!("score laion-emb into {}", run.out.display()))?;
             finish_cache(&stats)?;
         }
         Cmd::Score(ScoreCmd::Aesthetic { head, embeddings }) => {

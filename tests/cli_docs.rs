@@ -50,8 +50,26 @@ fn guide_pages_match_help() {
         ),
         (
             "docs/score.md",
-            &[&["score", "clip"], &["score", "aesthetic"], &["filter"], &["dedup"], &["balance"]],
-            &["--tower", "--head", "--mean", "--worker", "--min", "--top", "--threshold", "--prefer", "--cap"],
+            &[
+                &["score", "clip"],
+                &["score", "laion-emb"],
+                &["score", "aesthetic"],
+                &["filter"],
+                &["dedup"],
+                &["balance"],
+            ],
+            &[
+                "--tower",
+                "--head",
+                "--mean",
+                "--worker",
+                "--min",
+                "--top",
+                "--threshold",
+                "--prefer",
+                "--cap",
+                "--key-col",
+            ],
         ),
         (
             "docs/latents.md",

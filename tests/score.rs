@@ -180,7 +180,7 @@ fn score_stage_embeds_and_scores_shards() {
         batch_size: 2,
     };
     let out = dir.path().join("scores");
-    let stats = run(&cfg, &common::caches::opts(&src, &out)).unwrap();
+    let stats = run(&cfg, &common::caches::opts(&src, &out), None).unwrap();
     assert_eq!((stats.shards_done, stats.samples, stats.successes, stats.failed), (2, 6, 5, 1), "{stats:?}");
 
     let cache = CacheReader::open_unchecked(&out).unwrap();
@@ -214,10 +214,10 @@ fn score_stage_embeds_and_scores_shards() {
             assert!((scores.get(j).unwrap() - s).abs() < 1e-4, "{key}");
         }
     }
-    let again = run(&cfg, &common::caches::opts(&src, &out)).unwrap();
+    let again = run(&cfg, &common::caches::opts(&src, &out), None).unwrap();
     assert_eq!((again.shards_done, again.shards_skipped), (0, 2), "a rerun does nothing");
     let other = ScoreConfig { heads: vec![], ..cfg };
-    let err = run(&other, &common::caches::opts(&src, &out)).unwrap_err();
+    let err = run(&other, &common::caches::opts(&src, &out), None).unwrap_err();
     assert!(format!("{err:#}").contains("--overwrite"), "{err:#}");
 }
 
@@ -326,7 +326,7 @@ fn dedup_finds_planted_near_duplicates() {
         batch_size: 4,
     };
     let scores = dir.path().join("scores");
-    pixforge::score::stage::run(&cfg, &common::caches::opts(&src, &scores)).unwrap();
+    pixforge::score::stage::run(&cfg, &common::caches::opts(&src, &scores), None).unwrap();
     let out = dir.path().join("kept.parquet");
     let dc = DedupConfig { clusters: 2, threshold: 0.998, iterations: 20, seed: 1, prefer: None };
     let r = run(std::slice::from_ref(&scores), &dc, &out).unwrap();
@@ -400,4 +400,74 @@ fn balance_command_writes_a_selection() {
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("| all | 6 |") && stdout.contains("| selected | 3 |"), "{stdout}");
     assert_eq!(pixforge::score::filter::read_selection(&out).unwrap().len(), 3);
+}
+
+/// `pixforge score laion-emb`: embeddings from LAION's precomputed files (clip-retrieval layout,
+/// f16 rows) matched to the shards by key, scored by the real V2 head; a key without a row is
+/// recorded with its reason and scores null.
+#[test]
+fn laion_embeddings_are_matched_by_key_and_scored() {
+    use polars::prelude::*;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    common::caches::source(&src);
+    let data = common::shared_data().join("aesthetic");
+    let rows: Vec<Tensor> =
+        (0..10).map(|i| Tensor::read_npy(data.join(format!("vit_l_14_rating{i}.npy"))).unwrap()).collect();
+    let (emb, meta) = (dir.path().join("img_emb"), dir.path().join("metadata"));
+    std::fs::create_dir_all(&emb).unwrap();
+    std::fs::create_dir_all(&meta).unwrap();
+    // Two parts: rows 0-4 and 5-9; the shards' keys point at ratings 9, 0, 7 (part 0/1) and 3 and 5;
+    // 010002 has no row.
+    let keys = [["x1", "000001", "x2", "010000", "x3"], ["010001", "x4", "000002", "x5", "000000"]];
+    let rating = |k: &str| keys.iter().flatten().position(|x| *x == k).unwrap();
+    for (part, ks) in keys.iter().enumerate() {
+        Tensor::cat(&rows[part * 5..part * 5 + 5], 0)
+            .unwrap()
+            .to_dtype(candle_core::DType::F16)
+            .unwrap()
+            .write_npy(emb.join(format!("img_emb_{part}.npy")))
+            .unwrap();
+        let mut df = DataFrame::new(5, vec![Column::new("key".into(), ks.to_vec())]).unwrap();
+        pixforge::shards::write_parquet_atomic(&mut df, &meta.join(format!("metadata_{part}.parquet"))).unwrap();
+    }
+    let head = data.join("sac+logos+ava1-l14-linearMSE.pth");
+    let out = dir.path().join("scores");
+    let o = std::process::Command::new(common::bin())
+        .args(["score", "laion-emb", "--emb-dir"])
+        .arg(&emb)
+        .arg("--meta-dir")
+        .arg(&meta)
+        .arg("--head")
+        .arg(&head)
+        .arg("--input")
+        .arg(&src)
+        .arg("--out")
+        .arg(&out)
+        .arg("--no-progress")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(common::fixtures().join("golden/aesthetic.json")).unwrap())
+            .unwrap();
+    let col = "sac+logos+ava1-l14-linearMSE";
+    for shard in ["00000", "00001"] {
+        let df = ParquetReader::new(std::fs::File::open(out.join(format!("{shard}.scores.parquet"))).unwrap())
+            .finish()
+            .unwrap();
+        let (k, v) = (df.column("key").unwrap().str().unwrap().clone(), df.column(col).unwrap().f32().unwrap().clone());
+        for i in 0..df.height() {
+            let key = k.get(i).unwrap();
+            if key == "010002" {
+                assert_eq!(v.get(i), None);
+                continue;
+            }
+            let want = reference["v2"][rating(key)].as_f64().unwrap();
+            assert!((v.get(i).unwrap() as f64 - want).abs() < 2e-2, "{key}: {:?} vs {want} (f16 rows)", v.get(i));
+        }
+    }
+    let c = pixforge::latents::cache::CacheReader::open_unchecked(&out).unwrap();
+    let e = c.shard("00001").unwrap().entry("010002").unwrap().clone();
+    assert!(e.reason.unwrap().contains("no embedding in the LAION files"));
 }

@@ -78,7 +78,12 @@ pub struct ClipTower {
 impl ClipTower {
     /// Loads the tower (ONNX Runtime with `threads` intra-op threads; 0 = its default).
     pub fn load(path: &Path, preprocess: ClipPreprocess, threads: usize) -> anyhow::Result<Self> {
-        Ok(Self { model: OnnxModel::load(path, threads)?, preprocess })
+        Self::load_on(path, preprocess, threads, None)
+    }
+
+    /// Loads the tower on CUDA device `cuda` when given (see [`OnnxModel::load_on`]).
+    pub fn load_on(path: &Path, preprocess: ClipPreprocess, threads: usize, cuda: Option<i32>) -> anyhow::Result<Self> {
+        Ok(Self { model: OnnxModel::load_on(path, threads, cuda)?, preprocess })
     }
 
     /// Runs the tower on already preprocessed `[N, 3, S, S]` values; returns `[N, D]` rows.

@@ -63,9 +63,26 @@ pub struct OnnxModel {
 impl OnnxModel {
     /// Loads `path` on CPU with `threads` intra-op threads (0: ONNX Runtime's default).
     pub fn load(path: &Path, threads: usize) -> anyhow::Result<Self> {
+        Self::load_on(path, threads, None)
+    }
+
+    /// Loads `path`, on CUDA device `cuda` when given: the CUDA execution provider is registered
+    /// first and ONNX Runtime falls back to the CPU when its library has no CUDA support (the CPU
+    /// wheel) — use the `onnxruntime-gpu` wheel's library for GPUs. (Not exercised here: no GPU.)
+    pub fn load_on(path: &Path, threads: usize, cuda: Option<i32>) -> anyhow::Result<Self> {
         let env = environment()?;
         let err = |e: ort::Error| anyhow::anyhow!("{}: {e}", path.display());
         let mut builder = ort::session::Session::builder(env).map_err(err)?;
+        if let Some(id) = cuda {
+            #[cfg(feature = "cuda")]
+            {
+                builder = builder
+                    .with_execution_providers([ort::ep::CUDA::default().with_device_id(id).build()])
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            }
+            #[cfg(not(feature = "cuda"))]
+            anyhow::bail!("--device cuda:{id}: this build has no CUDA support (build with --features cuda)");
+        }
         if threads > 0 {
             builder = builder.with_intra_threads(threads).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         }

@@ -9,7 +9,7 @@ use super::aesthetic::Head;
 use super::clip::{ClipPreprocess, ClipTower};
 use crate::latents::cache::{CacheEntry, CacheFingerprint, CacheRunStats, FileHash, RunOptions, ShardOutput};
 use candle_core::{DType, Device, Tensor};
-use polars::prelude::{Column, DataFrame};
+use polars::prelude::{Column, DataFrame, SerReader};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -106,11 +106,12 @@ impl ScoreConfig {
     }
 }
 
-/// Embeds and scores the images of `opts.input` into `opts.out`.
-pub fn run(cfg: &ScoreConfig, opts: &RunOptions) -> anyhow::Result<CacheRunStats> {
+/// Embeds and scores the images of `opts.input` into `opts.out` (the tower on CUDA device `cuda`
+/// when given).
+pub fn run(cfg: &ScoreConfig, opts: &RunOptions, cuda: Option<i32>) -> anyhow::Result<CacheRunStats> {
     let pre = cfg.preprocess()?;
     let fingerprint = cfg.fingerprint()?;
-    let mut tower = ClipTower::load(&cfg.tower, pre.clone(), 0)?;
+    let mut tower = ClipTower::load_on(&cfg.tower, pre.clone(), 0, cuda)?;
     let mut heads = cfg.heads.iter().map(|p| Head::load(p, &Device::Cpu)).collect::<anyhow::Result<Vec<_>>>()?;
     let names = cfg.head_names();
     let out_dir = opts.out.clone();
@@ -151,18 +152,178 @@ pub fn run(cfg: &ScoreConfig, opts: &RunOptions) -> anyhow::Result<CacheRunStats
                 rows.extend(tower.embed_pixels(pixels, n)?);
             }
         }
-        let d = rows.first().map_or(0, Vec::len);
-        let emb = Tensor::from_vec(rows.concat(), (rows.len(), d), &Device::Cpu)?;
-        let mut columns = vec![Column::new("key".into(), entries.iter().map(|e| e.key.clone()).collect::<Vec<_>>())];
-        for (head, name) in heads.iter_mut().zip(&names) {
-            let scores = if rows.is_empty() { Vec::new() } else { head.score(&emb)? };
-            let col: Vec<Option<f32>> = entries.iter().map(|e| e.row.map(|r| scores[r])).collect();
-            columns.push(Column::new(name.as_str().into(), col));
+        shard_output(entries, rows, &mut heads, &names, &out_dir, shard)
+    })
+}
+
+/// One shard's output: the embeddings tensor, the index entries and the scores parquet (written
+/// here, before the stats that mark the shard done).
+fn shard_output(
+    entries: Vec<CacheEntry>,
+    rows: Vec<Vec<f32>>,
+    heads: &mut [Head],
+    names: &[String],
+    out_dir: &std::path::Path,
+    shard: &str,
+) -> anyhow::Result<ShardOutput> {
+    let d = rows.first().map_or(0, Vec::len);
+    let emb = Tensor::from_vec(rows.concat(), (rows.len(), d), &Device::Cpu)?;
+    let mut columns = vec![Column::new("key".into(), entries.iter().map(|e| e.key.clone()).collect::<Vec<_>>())];
+    for (head, name) in heads.iter_mut().zip(names) {
+        let scores = if rows.is_empty() { Vec::new() } else { head.score(&emb)? };
+        let col: Vec<Option<f32>> = entries.iter().map(|e| e.row.map(|r| scores[r])).collect();
+        columns.push(Column::new(name.as_str().into(), col));
+    }
+    let mut df = DataFrame::new(entries.len(), columns)?;
+    crate::shards::write_parquet_atomic(&mut df, &out_dir.join(format!("{shard}.scores.parquet")))?;
+    let mut tensors = HashMap::new();
+    tensors.insert("embeddings".to_string(), emb.to_dtype(DType::F16)?);
+    Ok(ShardOutput { tensors, entries })
+}
+
+/// Where LAION's precomputed embeddings are: clip-retrieval's layout, `img_emb/img_emb_{i}.npy`
+/// (`[n, D]` f16 or f32) with `metadata/metadata_{i}.parquet` holding the rows' keys in order.
+#[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct LaionEmbeddings {
+    /// The folder of `img_emb_{i}.npy` files.
+    #[arg(long)]
+    pub emb_dir: PathBuf,
+    /// The folder of `metadata_{i}.parquet` files.
+    #[arg(long)]
+    pub meta_dir: PathBuf,
+    /// The metadata column holding each row's sample key (img2dataset's key; clip-retrieval writes
+    /// it as `image_path` for img2dataset inputs).
+    #[arg(long, default_value = "key")]
+    #[serde(default = "default_key_col")]
+    pub key_col: String,
+    /// Score heads over the embeddings, as for `score clip`.
+    #[arg(long = "head")]
+    #[serde(default)]
+    pub heads: Vec<PathBuf>,
+}
+
+fn default_key_col() -> String {
+    "key".into()
+}
+
+/// One `.npy` file's layout: rows of `dim` little-endian values of `width` bytes after `offset`.
+struct NpyRows {
+    file: std::fs::File,
+    offset: u64,
+    dim: usize,
+    f16: bool,
+}
+
+impl NpyRows {
+    fn open(path: &std::path::Path) -> anyhow::Result<Self> {
+        use std::io::Read;
+        let mut file = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let mut head = [0u8; 10];
+        file.read_exact(&mut head)?;
+        if &head[..6] != b"\x93NUMPY" {
+            anyhow::bail!("{}: not a .npy file", path.display());
         }
-        let mut df = DataFrame::new(entries.len(), columns)?;
-        crate::shards::write_parquet_atomic(&mut df, &out_dir.join(format!("{shard}.scores.parquet")))?;
-        let mut tensors = HashMap::new();
-        tensors.insert("embeddings".to_string(), emb.to_dtype(DType::F16)?);
-        Ok(ShardOutput { tensors, entries })
+        let (len, skip) = if head[6] == 1 {
+            (u16::from_le_bytes([head[8], head[9]]) as usize, 10)
+        } else {
+            let mut more = [0u8; 2];
+            file.read_exact(&mut more)?;
+            (u32::from_le_bytes([head[8], head[9], more[0], more[1]]) as usize, 12)
+        };
+        let mut dict = vec![0u8; len];
+        file.read_exact(&mut dict)?;
+        let dict = String::from_utf8_lossy(&dict);
+        let f16 = dict.contains("'<f2'");
+        if !(f16 || dict.contains("'<f4'")) || dict.contains("'fortran_order': True") {
+            anyhow::bail!("{}: expected a C-order <f2 or <f4 array, found {dict}", path.display());
+        }
+        let shape = dict.split("'shape': (").nth(1).and_then(|s| s.split(')').next()).unwrap_or("");
+        let dims: Vec<usize> = shape.split(',').filter_map(|d| d.trim().parse().ok()).collect();
+        let dim = *dims
+            .get(1)
+            .ok_or_else(|| anyhow::anyhow!("{}: expected a 2-D array, found shape ({shape})", path.display()))?;
+        Ok(Self { file, offset: (skip + len) as u64, dim, f16 })
+    }
+
+    fn row(&mut self, r: usize) -> anyhow::Result<Vec<f32>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let width = if self.f16 { 2 } else { 4 };
+        let mut buf = vec![0u8; self.dim * width];
+        self.file.seek(SeekFrom::Start(self.offset + (r * self.dim * width) as u64))?;
+        self.file.read_exact(&mut buf)?;
+        let dtype = if self.f16 { DType::F16 } else { DType::F32 };
+        Ok(Tensor::from_raw_buffer(&buf, dtype, &[self.dim], &Device::Cpu)?.to_dtype(DType::F32)?.to_vec1()?)
+    }
+}
+
+/// Takes each sample's embedding from LAION's precomputed files (matched by key) instead of running
+/// a tower, and scores it: the same per-shard output as [`run`]. A sample without a row is recorded
+/// with the reason.
+pub fn run_laion(cfg: &LaionEmbeddings, opts: &RunOptions) -> anyhow::Result<CacheRunStats> {
+    let mut metas: Vec<PathBuf> = std::fs::read_dir(&cfg.meta_dir)
+        .map_err(|e| anyhow::anyhow!("--meta-dir {}: {e}", cfg.meta_dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .collect();
+    metas.sort();
+    let mut index: HashMap<String, (usize, usize)> = HashMap::new();
+    let mut files = Vec::new();
+    for meta in &metas {
+        let stem = meta.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let part = stem.strip_prefix("metadata_").ok_or_else(|| {
+            anyhow::anyhow!("{}: expected metadata_{{i}}.parquet (clip-retrieval's naming)", meta.display())
+        })?;
+        let npy = cfg.emb_dir.join(format!("img_emb_{part}.npy"));
+        let df = polars::prelude::ParquetReader::new(std::fs::File::open(meta)?)
+            .finish()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", meta.display()))?;
+        let keys = df
+            .column(&cfg.key_col)
+            .map_err(|_| anyhow::anyhow!("{}: no column `{}` (--key-col)", meta.display(), cfg.key_col))?
+            .cast(&polars::prelude::DataType::String)?;
+        let keys = keys.str()?;
+        for r in 0..keys.len() {
+            if let Some(k) = keys.get(r) {
+                index.insert(k.to_string(), (files.len(), r));
+            }
+        }
+        files.push(NpyRows::open(&npy)?);
+    }
+    if files.is_empty() {
+        anyhow::bail!("--meta-dir {}: no metadata_{{i}}.parquet files", cfg.meta_dir.display());
+    }
+    let mut fp_files = Vec::new();
+    for p in metas.iter().chain(&cfg.heads) {
+        let bytes = std::fs::metadata(p)?.len();
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        fp_files.push(FileHash { name, bytes, sha256: crate::latents::cache::sha256_file(p)? });
+    }
+    let names: Vec<String> =
+        cfg.heads.iter().map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()).collect();
+    let fingerprint = CacheFingerprint {
+        kind: "clip".into(),
+        model_config: serde_json::json!({ "source": "LAION img_emb", "heads": names }),
+        files: fp_files,
+        preprocessing: serde_json::json!({ "key_col": cfg.key_col }),
+        sources: Default::default(),
+    };
+    let mut heads = cfg.heads.iter().map(|p| Head::load(p, &Device::Cpu)).collect::<anyhow::Result<Vec<_>>>()?;
+    let out_dir = opts.out.clone();
+    crate::latents::cache::run_shards("score-laion-emb", fingerprint, opts, |shard, reader, _| {
+        let mut entries = Vec::with_capacity(reader.samples.len());
+        let mut rows = Vec::new();
+        for sample in &reader.samples {
+            match index.get(&sample.key) {
+                Some(&(f, r)) => {
+                    let mut e = CacheEntry::success(&sample.key);
+                    e.row = Some(rows.len());
+                    rows.push(files[f].row(r)?);
+                    entries.push(e);
+                }
+                None => entries.push(CacheEntry::failed(&sample.key, "no embedding in the LAION files for this key")),
+            }
+        }
+        shard_output(entries, rows, &mut heads, &names, &out_dir, shard)
     })
 }
