@@ -133,6 +133,11 @@ fn clip_tower_runs_through_onnx_runtime() {
         a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
     };
     assert!(max(&got, &want) < 1e-4, "ONNX Runtime vs PyTorch: {}", max(&got, &want));
+    let mut pixel_head =
+        pixforge::score::clip::PixelHead::load(&golden.join("pixel_tiny_head.onnx"), &pre, None).unwrap();
+    let p = pixel_head.score_pixels(pixels.clone(), want.len()).unwrap();
+    let wp: Vec<f32> = io["pixel_head_scores"].to_vec1().unwrap();
+    assert!(p.iter().zip(&wp).all(|(a, b)| (a - b).abs() < 1e-5), "pixel head: {p:?} vs PyTorch {wp:?}");
 
     let photos: Vec<image::RgbImage> = meta["photos"]
         .as_array()
@@ -173,6 +178,7 @@ fn score_stage_embeds_and_scores_shards() {
     let cfg = ScoreConfig {
         tower: golden.join("clip_tiny.onnx"),
         heads: vec![golden.join("clip_tiny_head.onnx")],
+        pixel_heads: vec![golden.join("pixel_tiny_head.onnx")],
         size: 32,
         crop: 32,
         mean: vec![0.481_454_66, 0.457_827_5, 0.408_210_73],
@@ -186,6 +192,8 @@ fn score_stage_embeds_and_scores_shards() {
     let cache = CacheReader::open_unchecked(&out).unwrap();
     let mut tower = pixforge::score::clip::ClipTower::load(&cfg.tower, cfg.preprocess().unwrap(), 1).unwrap();
     let mut head = pixforge::score::aesthetic::Head::load(&cfg.heads[0], &Device::Cpu).unwrap();
+    let mut pixel_head =
+        pixforge::score::clip::PixelHead::load(&cfg.pixel_heads[0], &cfg.preprocess().unwrap(), None).unwrap();
     for (i, samples) in common::caches::source(&dir.path().join("again")).iter().enumerate() {
         let name = format!("{i:05}");
         let shard = cache.shard(&name).unwrap();
@@ -196,6 +204,7 @@ fn score_stage_embeds_and_scores_shards() {
         .finish()
         .unwrap();
         let scores = df.column("clip_tiny_head").unwrap().f32().unwrap().clone();
+        let pixel_scores = df.column("pixel_tiny_head").unwrap().f32().unwrap().clone();
         for (j, (key, img, _)) in samples.iter().enumerate() {
             let e = shard.entry(key).unwrap();
             assert_eq!(df.column("key").unwrap().str().unwrap().get(j), Some(key.as_str()));
@@ -212,6 +221,9 @@ fn score_stage_embeds_and_scores_shards() {
             assert!(d < 2e-3, "{key}: f16 embedding vs the tower: {d}");
             let s = head.score(&Tensor::new(&want[..], &Device::Cpu).unwrap().unsqueeze(0).unwrap()).unwrap()[0];
             assert!((scores.get(j).unwrap() - s).abs() < 1e-4, "{key}");
+            let decoded = image::load_from_memory(img.as_ref().unwrap()).unwrap().to_rgb8();
+            let p = pixel_head.score(&[&decoded]).unwrap()[0];
+            assert!((pixel_scores.get(j).unwrap() - p).abs() < 1e-5 && (0.0..=1.0).contains(&p), "{key}: pixel head");
         }
     }
     let again = run(&cfg, &common::caches::opts(&src, &out), None).unwrap();
@@ -319,6 +331,7 @@ fn dedup_finds_planted_near_duplicates() {
     let cfg = pixforge::score::stage::ScoreConfig {
         tower: golden.join("clip_tiny.onnx"),
         heads: vec![],
+        pixel_heads: vec![],
         size: 32,
         crop: 32,
         mean: vec![0.481_454_66, 0.457_827_5, 0.408_210_73],

@@ -109,3 +109,52 @@ impl ClipTower {
         self.embed_pixels(pixels, images.len())
     }
 }
+
+/// A score head on pixels (a watermark classifier, say): an ONNX model taking `[N, 3, S, S]` with its
+/// own preprocessing, read from `{stem}.json` beside it (`size`, `crop`, `mean`, `std`; the tower's
+/// when absent). An `[N]` or `[N, 1]` output is the score; an `[N, 2]` one gives the softmax
+/// probability of its second class.
+pub struct PixelHead {
+    /// The column name: the file stem.
+    pub name: String,
+    model: ClipTower,
+}
+
+impl PixelHead {
+    /// Loads `path` and its preprocessing sidecar (or `fallback`).
+    pub fn load(path: &Path, fallback: &ClipPreprocess, cuda: Option<i32>) -> anyhow::Result<Self> {
+        let sidecar = path.with_extension("json");
+        let pre = if sidecar.exists() {
+            let text = std::fs::read_to_string(&sidecar)?;
+            serde_json::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("{}: expected size, crop, mean, std: {e}", sidecar.display()))?
+        } else {
+            fallback.clone()
+        };
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        Ok(Self { name, model: ClipTower::load_on(path, pre, 0, cuda)? })
+    }
+
+    /// One score per image.
+    pub fn score(&mut self, images: &[&RgbImage]) -> anyhow::Result<Vec<f32>> {
+        let mut pixels = Vec::new();
+        for img in images {
+            pixels.extend(self.model.preprocess.pixels(img)?);
+        }
+        self.score_pixels(pixels, images.len())
+    }
+
+    /// One score per image of already preprocessed `[n, 3, S, S]` values.
+    pub fn score_pixels(&mut self, pixels: Vec<f32>, n: usize) -> anyhow::Result<Vec<f32>> {
+        let rows = self.model.embed_pixels(pixels, n)?;
+        rows.iter()
+            .map(|r| match r.as_slice() {
+                [s] => Ok(*s),
+                [a, b] => Ok(1.0 / (1.0 + (a - b).exp())),
+                other => {
+                    anyhow::bail!("pixel head {}: expected 1 or 2 outputs per image, found {}", self.name, other.len())
+                }
+            })
+            .collect()
+    }
+}

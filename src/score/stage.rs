@@ -6,7 +6,7 @@
 //! feature caches' ([`crate::latents::cache`]).
 
 use super::aesthetic::Head;
-use super::clip::{ClipPreprocess, ClipTower};
+use super::clip::{ClipPreprocess, ClipTower, PixelHead};
 use crate::latents::cache::{CacheEntry, CacheFingerprint, CacheRunStats, FileHash, RunOptions, ShardOutput};
 use candle_core::{DType, Device, Tensor};
 use polars::prelude::{Column, DataFrame, SerReader};
@@ -32,6 +32,11 @@ pub struct ScoreConfig {
     #[arg(long = "head")]
     #[serde(default)]
     pub heads: Vec<PathBuf>,
+    /// Score heads on the images' pixels (ONNX, with their preprocessing in `{stem}.json` beside them:
+    /// size, crop, mean, std); each becomes a column named after its file.
+    #[arg(long = "pixel-head")]
+    #[serde(default)]
+    pub pixel_heads: Vec<PathBuf>,
     /// Shortest side after resizing (OpenAI CLIP: 224).
     #[arg(long, default_value_t = 224)]
     #[serde(default = "default_side")]
@@ -81,15 +86,23 @@ impl ScoreConfig {
         })
     }
 
-    /// The column name of each head: its file stem.
+    /// The column name of each head (embedding heads, then pixel heads): its file stem.
     pub fn head_names(&self) -> Vec<String> {
-        self.heads.iter().map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()).collect()
+        self.heads
+            .iter()
+            .chain(&self.pixel_heads)
+            .map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default())
+            .collect()
     }
 
     /// What the scores depend on: the tower's and heads' bytes, the preprocessing.
     pub fn fingerprint(&self) -> anyhow::Result<CacheFingerprint> {
+        let sidecars: Vec<PathBuf> =
+            self.pixel_heads.iter().map(|p| p.with_extension("json")).filter(|p| p.exists()).collect();
         let files = std::iter::once(&self.tower)
             .chain(&self.heads)
+            .chain(&self.pixel_heads)
+            .chain(&sidecars)
             .map(|p| {
                 let bytes = std::fs::metadata(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?.len();
                 let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -106,6 +119,9 @@ impl ScoreConfig {
     }
 }
 
+/// One image ready for the tower (and, when there are pixel heads, the decoded image for them).
+type Prepared = (Vec<f32>, Option<image::RgbImage>);
+
 /// Embeds and scores the images of `opts.input` into `opts.out` (the tower on CUDA device `cuda`
 /// when given).
 pub fn run(cfg: &ScoreConfig, opts: &RunOptions, cuda: Option<i32>) -> anyhow::Result<CacheRunStats> {
@@ -113,13 +129,17 @@ pub fn run(cfg: &ScoreConfig, opts: &RunOptions, cuda: Option<i32>) -> anyhow::R
     let fingerprint = cfg.fingerprint()?;
     let mut tower = ClipTower::load_on(&cfg.tower, pre.clone(), 0, cuda)?;
     let mut heads = cfg.heads.iter().map(|p| Head::load(p, &Device::Cpu)).collect::<anyhow::Result<Vec<_>>>()?;
-    let names = cfg.head_names();
+    let mut pixel_heads =
+        cfg.pixel_heads.iter().map(|p| PixelHead::load(p, &pre, cuda)).collect::<anyhow::Result<Vec<_>>>()?;
+    let names: Vec<String> = cfg.head_names().into_iter().take(cfg.heads.len()).collect();
     let out_dir = opts.out.clone();
     crate::latents::cache::run_shards("score-clip", fingerprint, opts, |shard, reader, _| {
         let mut entries = Vec::with_capacity(reader.samples.len());
         let mut rows: Vec<Vec<f32>> = Vec::new();
+        let mut pixel_scores: Vec<(String, Vec<f32>)> =
+            pixel_heads.iter().map(|h| (h.name.clone(), Vec::new())).collect();
         for chunk in reader.samples.chunks(cfg.batch_size.max(1)) {
-            let prepared: Vec<Result<Vec<f32>, String>> = chunk
+            let prepared: Vec<Result<Prepared, String>> = chunk
                 .par_iter()
                 .map(|sample| {
                     let ext = IMAGE_EXTS.iter().find(|e| sample.members.contains_key(**e)).ok_or_else(|| {
@@ -131,18 +151,21 @@ pub fn run(cfg: &ScoreConfig, opts: &RunOptions, cuda: Option<i32>) -> anyhow::R
                         .ok_or_else(|| format!("no .{ext} member"))?;
                     let (img, _, _) = crate::ingest::imageops::decode_rgb(&bytes, MAX_PIXELS)
                         .map_err(|e| format!("cannot decode the image: {e}"))?;
-                    pre.pixels(&img).map_err(|e| format!("{e:#}"))
+                    let pixels = pre.pixels(&img).map_err(|e| format!("{e:#}"))?;
+                    Ok((pixels, (!cfg.pixel_heads.is_empty()).then_some(img)))
                 })
                 .collect();
             let mut pixels = Vec::new();
+            let mut images = Vec::new();
             let mut n = 0;
             for (sample, p) in chunk.iter().zip(prepared) {
                 match p {
-                    Ok(p) => {
+                    Ok((p, img)) => {
                         let mut e = CacheEntry::success(&sample.key);
                         e.row = Some(rows.len() + n);
                         entries.push(e);
                         pixels.extend(p);
+                        images.extend(img);
                         n += 1;
                     }
                     Err(reason) => entries.push(CacheEntry::failed(&sample.key, reason)),
@@ -150,9 +173,13 @@ pub fn run(cfg: &ScoreConfig, opts: &RunOptions, cuda: Option<i32>) -> anyhow::R
             }
             if n > 0 {
                 rows.extend(tower.embed_pixels(pixels, n)?);
+                let refs: Vec<&image::RgbImage> = images.iter().collect();
+                for (head, (_, scores)) in pixel_heads.iter_mut().zip(pixel_scores.iter_mut()) {
+                    scores.extend(head.score(&refs)?);
+                }
             }
         }
-        shard_output(entries, rows, &mut heads, &names, &out_dir, shard)
+        shard_output(entries, rows, &mut heads, &names, &pixel_scores, &out_dir, shard)
     })
 }
 
@@ -163,6 +190,7 @@ fn shard_output(
     rows: Vec<Vec<f32>>,
     heads: &mut [Head],
     names: &[String],
+    per_row: &[(String, Vec<f32>)],
     out_dir: &std::path::Path,
     shard: &str,
 ) -> anyhow::Result<ShardOutput> {
@@ -171,6 +199,10 @@ fn shard_output(
     let mut columns = vec![Column::new("key".into(), entries.iter().map(|e| e.key.clone()).collect::<Vec<_>>())];
     for (head, name) in heads.iter_mut().zip(names) {
         let scores = if rows.is_empty() { Vec::new() } else { head.score(&emb)? };
+        let col: Vec<Option<f32>> = entries.iter().map(|e| e.row.map(|r| scores[r])).collect();
+        columns.push(Column::new(name.as_str().into(), col));
+    }
+    for (name, scores) in per_row {
         let col: Vec<Option<f32>> = entries.iter().map(|e| e.row.map(|r| scores[r])).collect();
         columns.push(Column::new(name.as_str().into(), col));
     }
@@ -324,6 +356,6 @@ pub fn run_laion(cfg: &LaionEmbeddings, opts: &RunOptions) -> anyhow::Result<Cac
                 None => entries.push(CacheEntry::failed(&sample.key, "no embedding in the LAION files for this key")),
             }
         }
-        shard_output(entries, rows, &mut heads, &names, &out_dir, shard)
+        shard_output(entries, rows, &mut heads, &names, &[], &out_dir, shard)
     })
 }

@@ -5,8 +5,10 @@ bundled photos preprocessed as CLIPImageProcessor does (shortest side → 32 bic
 /255, CLIP mean/std). Writes:
   clip_tiny.onnx              input `pixel_values` [N,3,32,32] → output `image_embeds` [N,16]
   clip_tiny_head.onnx         a random Linear(16, 1) score head: `embedding` [N,16] → `score` [N,1]
-  clip_tiny_io.safetensors    `pixel_values` (the processor's output), `image_embeds` (PyTorch's) and
-                              `head_scores` (the head on those embeddings)
+  pixel_tiny_head.onnx/.json  a random pixel head (conv, pooling, 2 logits) and its preprocessing
+  clip_tiny_io.safetensors    `pixel_values` (the processor's output), `image_embeds` (PyTorch's),
+                              `head_scores` (the head on those embeddings) and `pixel_head_scores`
+                              (softmax probability of the pixel head's second class)
   clip_tiny.json              the preprocessing (size, crop, mean, std) and the photo order
 Usage: python tools/golden/clip_tiny.py assets/demo tests/fixtures/golden   (torch, transformers, onnx, pillow)"""
 import json
@@ -47,8 +49,18 @@ def main(photos, out):
                       dynamic_axes={"embedding": {0: "N"}, "score": {0: "N"}}, opset_version=17, dynamo=False)
     with torch.no_grad():
         scores = head(emb)[:, 0]
-    save_file({"pixel_values": pixels.contiguous(), "image_embeds": emb.contiguous(), "head_scores": scores.contiguous()},
-              f"{out}/clip_tiny_io.safetensors")
+    # A pixel head (a watermark-classifier stand-in): conv, global pooling, 2 logits.
+    pixel_head = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                     torch.nn.Flatten(), torch.nn.Linear(4, 2)).eval()
+    torch.onnx.export(pixel_head, (pixels,), f"{out}/pixel_tiny_head.onnx", input_names=["pixel_values"],
+                      output_names=["logits"], dynamic_axes={"pixel_values": {0: "N"}, "logits": {0: "N"}},
+                      opset_version=17, dynamo=False)
+    json.dump({"size": 32, "crop": 32, "mean": proc.image_mean, "std": proc.image_std},
+              open(f"{out}/pixel_tiny_head.json", "w"), indent=1)
+    with torch.no_grad():
+        pixel_scores = pixel_head(pixels).softmax(-1)[:, 1]
+    save_file({"pixel_values": pixels.contiguous(), "image_embeds": emb.contiguous(), "head_scores": scores.contiguous(),
+               "pixel_head_scores": pixel_scores.contiguous()}, f"{out}/clip_tiny_io.safetensors")
     json.dump({"photos": PHOTOS, "size": 32, "crop": 32, "resample": "bicubic",
                "mean": proc.image_mean, "std": proc.image_std}, open(f"{out}/clip_tiny.json", "w"), indent=1)
     print(emb[:, :4])
