@@ -208,6 +208,10 @@ struct CacheRunArgs {
     /// Replace a cache made from other inputs (model, preprocessing, source shards) instead of refusing it.
     #[arg(long)]
     overwrite: bool,
+    /// Only the keys of this selection (pixforge filter / dedup / balance output); the other samples
+    /// are indexed as "not in the selection".
+    #[arg(long)]
+    selection: Option<PathBuf>,
     /// Hide the progress bar.
     #[arg(long)]
     no_progress: bool,
@@ -228,6 +232,13 @@ impl CacheRunArgs {
             worker,
             overwrite: self.overwrite,
             progress: !self.no_progress,
+            selection: match &self.selection {
+                Some(p) => Some(std::sync::Arc::new(
+                    pixforge::score::filter::read_selection(p)
+                        .with_context(|| format!("--selection {}", p.display()))?,
+                )),
+                None => None,
+            },
         })
     }
 }

@@ -157,6 +157,46 @@ fn vae_cache_holds_each_images_moments_per_bucket() {
 
 /// A cache made, then its VAE's config changed: the reader refuses it and says what changed; a rerun
 /// into the same directory refuses too, until --overwrite.
+/// A cache stage run with a selection caches only its keys (through the CLI's `--selection`); the
+/// others are indexed "not in the selection" in source order, and the selection is part of the
+/// fingerprint.
+#[test]
+fn cache_takes_a_selection() {
+    use polars::prelude::*;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    source(&src);
+    let sel = dir.path().join("sel.parquet");
+    let mut df = DataFrame::new(2, vec![Column::new("key".into(), vec!["000001", "010000"])]).unwrap();
+    pixforge::shards::write_parquet_atomic(&mut df, &sel).unwrap();
+    let out = dir.path().join("t5");
+    let run = |with: bool| {
+        let mut c = Command::new(common::bin());
+        c.args(["cache", "t5", "--model"]).arg(pipeline()).arg("--input").arg(&src).arg("--out").arg(&out);
+        if with {
+            c.arg("--selection").arg(&sel);
+        }
+        c.arg("--no-progress").output().unwrap()
+    };
+    let o = run(true);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let c = CacheReader::open_unchecked(&out).unwrap();
+    let mut seen = Vec::new();
+    for name in &c.shards {
+        for e in c.shard(name).unwrap().entries {
+            let selected = e.key == "000001" || e.key == "010000";
+            assert_eq!(e.status == EntryStatus::Success, selected, "{e:?}");
+            if !selected {
+                assert_eq!(e.reason.as_deref(), Some("not in the selection"));
+            }
+            seen.push(e.key);
+        }
+    }
+    assert_eq!(seen, ["000000", "000001", "000002", "010000", "010001", "010002"], "source order");
+    let o = run(false);
+    assert!(!o.status.success(), "a cache made with a selection is not reused without it");
+}
+
 #[test]
 fn changed_vae_config_is_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -3,7 +3,7 @@
 //! cleanup, progress, and per-shard failure that does not stop the others.
 
 use super::fingerprint::CacheFingerprint;
-use super::store::{write_shard, CacheShardStats, ShardOutput};
+use super::store::{write_shard, CacheEntry, CacheShardStats, ShardOutput};
 use crate::shards::{done_shards, shard_name, Manifest, WdsReader, Worker, MANIFEST_FILE, TEMP_MARKER};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -22,12 +22,22 @@ pub struct RunOptions {
     pub overwrite: bool,
     /// Show a progress bar (on a terminal).
     pub progress: bool,
+    /// Only these sample keys (a `pixforge filter` / `dedup` / `balance` selection); the others get
+    /// an index entry with the reason "not in the selection".
+    pub selection: Option<std::sync::Arc<std::collections::HashSet<String>>>,
 }
 
 impl RunOptions {
     /// Options reading `input` and writing `out`, single worker, no overwrite, progress shown.
     pub fn new(input: impl Into<PathBuf>, out: impl Into<PathBuf>) -> Self {
-        Self { input: input.into(), out: out.into(), worker: Worker::default(), overwrite: false, progress: true }
+        Self {
+            input: input.into(),
+            out: out.into(),
+            worker: Worker::default(),
+            overwrite: false,
+            progress: true,
+            selection: None,
+        }
     }
 }
 
@@ -68,7 +78,19 @@ pub fn run_shards(
         );
     }
     let names: Vec<String> = sources.iter().map(|&s| shard_name(s)).collect();
-    let fingerprint = fingerprint.with_sources(&opts.input, &names)?;
+    let mut fingerprint = fingerprint.with_sources(&opts.input, &names)?;
+    if let (Some(sel), Some(obj)) = (&opts.selection, fingerprint.preprocessing.as_object_mut()) {
+        use sha2::Digest;
+        let mut keys: Vec<&String> = sel.iter().collect();
+        keys.sort();
+        let mut h = sha2::Sha256::new();
+        for k in keys {
+            h.update(k.as_bytes());
+            h.update(b"\n");
+        }
+        let digest = hex::encode(&h.finalize()[..16]);
+        obj.insert("selection".into(), serde_json::json!({ "keys": sel.len(), "sha256": digest }));
+    }
     prepare_out(stage, &fingerprint, opts)?;
     let done: std::collections::HashSet<usize> = done_shards(&opts.out)?.into_iter().collect();
     let todo: Vec<usize> = sources.iter().copied().filter(|&s| opts.worker.owns(s)).collect();
@@ -112,8 +134,20 @@ fn cache_one(
 ) -> anyhow::Result<CacheShardStats> {
     let start = crate::shards::now();
     let tar = opts.input.join(format!("{name}.tar"));
-    let reader = WdsReader::open(&tar).map_err(|e| anyhow::anyhow!("{}: not a readable tar: {e}", tar.display()))?;
-    let out = per_shard(name, &reader, pb)?;
+    let mut reader =
+        WdsReader::open(&tar).map_err(|e| anyhow::anyhow!("{}: not a readable tar: {e}", tar.display()))?;
+    let Some(selection) = &opts.selection else {
+        let out = per_shard(name, &reader, pb)?;
+        return write_shard(&opts.out, name, &out, start);
+    };
+    // Unselected samples are not read; their entries take their place in the source order.
+    let order: std::collections::HashMap<String, usize> =
+        reader.samples.iter().enumerate().map(|(i, s)| (s.key.clone(), i)).collect();
+    let (kept, left): (Vec<_>, Vec<_>) = reader.samples.drain(..).partition(|s| selection.contains(&s.key));
+    reader.samples = kept;
+    let mut out = per_shard(name, &reader, pb)?;
+    out.entries.extend(left.iter().map(|s| CacheEntry::failed(&s.key, "not in the selection")));
+    out.entries.sort_by_key(|e| order.get(&e.key).copied().unwrap_or(usize::MAX));
     write_shard(&opts.out, name, &out, start)
 }
 
