@@ -15,11 +15,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-/// Image members tried, in order.
-const IMAGE_EXTS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
-/// Decoded images larger than this are refused (PIL's default bomb limit).
-const MAX_PIXELS: u64 = 178_956_970;
-
 /// The scoring stage's configuration (CLI flags and pipeline TOML).
 #[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
@@ -142,14 +137,8 @@ pub fn run(cfg: &ScoreConfig, opts: &RunOptions, cuda: Option<i32>) -> anyhow::R
             let prepared: Vec<Result<Prepared, String>> = chunk
                 .par_iter()
                 .map(|sample| {
-                    let ext = IMAGE_EXTS.iter().find(|e| sample.members.contains_key(**e)).ok_or_else(|| {
-                        format!("no image: the sample has none of the members {}", IMAGE_EXTS.join(", "))
-                    })?;
-                    let bytes = reader
-                        .read(sample, ext)
-                        .map_err(|e| format!("cannot read the .{ext} member: {e}"))?
-                        .ok_or_else(|| format!("no .{ext} member"))?;
-                    let (img, _, _) = crate::ingest::imageops::decode_rgb(&bytes, MAX_PIXELS)
+                    let bytes = crate::latents::cache::image_bytes(reader, sample)?;
+                    let (img, _, _) = crate::ingest::imageops::decode_rgb(&bytes, crate::latents::cache::MAX_PIXELS)
                         .map_err(|e| format!("cannot decode the image: {e}"))?;
                     let pixels = pre.pixels(&img).map_err(|e| format!("{e:#}"))?;
                     Ok((pixels, (!cfg.pixel_heads.is_empty()).then_some(img)))

@@ -20,12 +20,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
-/// Image members read, in order of preference.
-const IMAGE_EXTS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
 /// Images decoded and resized together before encoding (bounds memory at 1024 px).
 const CHUNK: usize = 16;
-/// Largest image (pixels) decoded.
-const MAX_PIXELS: u64 = 178_956_970;
 
 fn default_resolution() -> usize {
     512
@@ -94,7 +90,7 @@ impl VaeCacheConfig {
 
     /// Decodes, resizes and crops one image into `[1, 3, H, W]` pixels in [−1, 1].
     fn prepare(&self, table: Option<&[Bucket]>, bytes: &[u8]) -> Result<Prepared, String> {
-        let (img, _, _) = decode_rgb(bytes, MAX_PIXELS).map_err(|e| format!("cannot decode the image: {e}"))?;
+        let (img, _, _) = decode_rgb(bytes, super::MAX_PIXELS).map_err(|e| format!("cannot decode the image: {e}"))?;
         let (h, w) = (img.height() as usize, img.width() as usize);
         let (bucket, plan, filter) = match table {
             Some(t) => {
@@ -149,13 +145,7 @@ pub fn run(cfg: &VaeCacheConfig, opts: &RunOptions, device: &Device) -> anyhow::
             let prepared: Vec<Result<Prepared, String>> = chunk
                 .par_iter()
                 .map(|sample| {
-                    let ext = IMAGE_EXTS.iter().find(|e| sample.members.contains_key(**e)).ok_or_else(|| {
-                        format!("no image: the sample has none of the members {}", IMAGE_EXTS.join(", "))
-                    })?;
-                    let bytes = reader
-                        .read(sample, ext)
-                        .map_err(|e| format!("cannot read the .{ext} member: {e}"))?
-                        .ok_or_else(|| format!("no .{ext} member"))?;
+                    let bytes = crate::latents::cache::image_bytes(reader, sample)?;
                     cfg.prepare(table.as_deref(), &bytes)
                 })
                 .collect();
