@@ -10,22 +10,17 @@ use rayon::prelude::*;
 /// Elements per parallel chunk (fixed, so sums are grouped the same way on every run).
 const CHUNK: usize = 1 << 14;
 
-/// The elements of a contiguous f32 CPU tensor, copied out; `None` for any other tensor.
-fn values(t: &Tensor) -> Option<Vec<f32>> {
-    if t.dtype() != DType::F32 || !t.device().is_cpu() {
-        return None;
-    }
-    let (s, l) = t.storage_and_layout();
-    let (start, end) = l.contiguous_offsets()?;
-    match &*s {
-        Storage::Cpu(CpuStorage::F32(v)) => Some(v[start..end].to_vec()),
-        _ => None,
+/// The elements of a contiguous f32 CPU tensor's storage under its layout.
+fn slice<'a>(s: &'a Storage, l: &candle_core::Layout) -> Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) => Ok(&v[start..end]),
+        _ => candle_core::bail!("optimizer kernel: expected a contiguous f32 CPU tensor"),
     }
 }
 
-/// Whether every tensor is an f32 CPU tensor (the kernels here apply).
+/// Whether every tensor is a contiguous f32 CPU tensor (the kernels here apply).
 pub fn applies(ts: &[&Tensor]) -> bool {
-    ts.iter().all(|t| t.dtype() == DType::F32 && t.device().is_cpu())
+    ts.iter().all(|t| t.dtype() == DType::F32 && t.device().is_cpu() && t.is_contiguous())
 }
 
 /// AdamW's scalars for one step.
@@ -46,23 +41,26 @@ pub struct AdamWStep {
 
 /// New (parameter, m, v) from the old ones and the gradient.
 pub fn adamw(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, s: &AdamWStep) -> Result<(Tensor, Tensor, Tensor)> {
-    let (Some(mut p1), Some(gv), Some(mut m1), Some(mut v1)) = (values(p), values(g), values(m), values(v)) else {
-        candle_core::bail!("adamw kernel: expected contiguous f32 CPU tensors");
-    };
+    let ((sp, lp), (sg, lg), (sm, lm), (sv, lv)) =
+        (p.storage_and_layout(), g.storage_and_layout(), m.storage_and_layout(), v.storage_and_layout());
+    let (p0, gv, m0, v0) = (slice(&sp, lp)?, slice(&sg, lg)?, slice(&sm, lm)?, slice(&sv, lv)?);
+    let n = p0.len();
+    // Fresh zeroed buffers come from the allocator already zero: one pass reads the inputs and writes these.
+    let (mut p1, mut m1, mut v1) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
     let f = |x: f64| x as f32;
     let (b1, nb1, b2, nb2) = (f(s.beta1), f(1.0 - s.beta1), f(s.beta2), f(1.0 - s.beta2));
     let (decay, step, bc2, eps) = (f(s.decay), f(s.step_size), f(1.0 / s.bc2_sqrt), f(s.eps));
     p1.par_chunks_mut(CHUNK)
         .zip(m1.par_chunks_mut(CHUNK))
         .zip(v1.par_chunks_mut(CHUNK))
-        .zip(gv.par_chunks(CHUNK))
-        .for_each(|(((p, m), v), g)| {
+        .zip(p0.par_chunks(CHUNK).zip(gv.par_chunks(CHUNK)).zip(m0.par_chunks(CHUNK).zip(v0.par_chunks(CHUNK))))
+        .for_each(|(((p, m), v), ((p_in, g), (m_in, v_in)))| {
             for i in 0..p.len() {
                 let gi = g[i];
-                m[i] = m[i] * b1 + gi * nb1;
-                v[i] = v[i] * b2 + gi * gi * nb2;
+                m[i] = m_in[i] * b1 + gi * nb1;
+                v[i] = v_in[i] * b2 + gi * gi * nb2;
                 let denom = v[i].sqrt() * bc2 + eps;
-                p[i] = p[i] * decay - (m[i] / denom) * step;
+                p[i] = p_in[i] * decay - (m[i] / denom) * step;
             }
         });
     let shape = p.shape().clone();
@@ -72,13 +70,13 @@ pub fn adamw(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, s: &AdamWStep) -> R
 
 /// `ema·decay + p·(1 − decay)`.
 pub fn ema(e: &Tensor, p: &Tensor, decay: f64) -> Result<Tensor> {
-    let (Some(mut e1), Some(pv)) = (values(e), values(p)) else {
-        candle_core::bail!("ema kernel: expected contiguous f32 CPU tensors");
-    };
+    let ((se, le), (sp, lp)) = (e.storage_and_layout(), p.storage_and_layout());
+    let (e0, pv) = (slice(&se, le)?, slice(&sp, lp)?);
+    let mut e1 = vec![0f32; e0.len()];
     let (d, nd) = (decay as f32, (1.0 - decay) as f32);
-    e1.par_chunks_mut(CHUNK).zip(pv.par_chunks(CHUNK)).for_each(|(e, p)| {
+    e1.par_chunks_mut(CHUNK).zip(e0.par_chunks(CHUNK).zip(pv.par_chunks(CHUNK))).for_each(|(e, (e_in, p))| {
         for i in 0..e.len() {
-            e[i] = e[i] * d + p[i] * nd;
+            e[i] = e_in[i] * d + p[i] * nd;
         }
     });
     Tensor::from_vec(e1, e.shape(), &Device::Cpu)
@@ -86,9 +84,8 @@ pub fn ema(e: &Tensor, p: &Tensor, decay: f64) -> Result<Tensor> {
 
 /// The sum of squares of a gradient's elements, in f64.
 pub fn sum_sq(g: &Tensor) -> Result<f64> {
-    let Some(v) = values(g) else {
-        candle_core::bail!("norm kernel: expected a contiguous f32 CPU tensor");
-    };
+    let (s, l) = g.storage_and_layout();
+    let v = slice(&s, l)?;
     let parts: Vec<f64> = v.par_chunks(CHUNK).map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum()).collect();
     Ok(parts.iter().sum())
 }

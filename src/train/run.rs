@@ -260,30 +260,32 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
         state.step
     );
 
-    let mut epoch_list = epoch_batches(&labels, cfg.data.batch_size, cfg.seed, state.epoch);
+    // This rank's share of an epoch: every `world`-th batch from `rank`.
+    let share = |epoch: u64| -> Vec<Vec<usize>> {
+        epoch_batches(&labels, cfg.data.batch_size, cfg.seed, epoch).into_iter().skip(rank).step_by(world).collect()
+    };
+    let mut mine = share(state.epoch);
+    if mine.is_empty() {
+        anyhow::bail!(
+            "data.batch_size {}: no aspect-ratio bucket holds that many samples (largest: {}); lower it",
+            cfg.data.batch_size,
+            summary.buckets.values().max().copied().unwrap_or(0)
+        );
+    }
     while state.step < cfg.max_steps {
         let started = std::time::Instant::now();
         let mut batches = Vec::with_capacity(cfg.grad_accum);
         while batches.len() < cfg.grad_accum {
-            // This rank's share of the epoch: every `world`-th batch from `rank`.
-            let mine: Vec<&Vec<usize>> = epoch_list.iter().skip(rank).step_by(world).collect();
-            if mine.is_empty() {
-                anyhow::bail!(
-                    "data.batch_size {}: no aspect-ratio bucket holds that many samples (largest: {}); lower it",
-                    cfg.data.batch_size,
-                    summary.buckets.values().max().copied().unwrap_or(0)
-                );
-            }
             if state.batch >= mine.len() {
                 state.epoch += 1;
                 state.batch = 0;
-                epoch_list = epoch_batches(&labels, cfg.data.batch_size, cfg.seed, state.epoch);
+                mine = share(state.epoch);
                 continue;
             }
-            let indices = mine[state.batch].clone();
+            let indices = &mine[state.batch];
             state.batch += 1;
             batches.push(set.batch(
-                &indices,
+                indices,
                 &mut data_rng,
                 scaling,
                 cfg.data.max_tokens,

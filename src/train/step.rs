@@ -110,7 +110,7 @@ impl Trainer {
             loss_v += mean(&losses.loss)? / n;
             mse += mean(&losses.mse)? / n;
             vb += mean(&losses.vb)? / n;
-            let store = if batches.len() == 1 { loss.backward()? } else { (loss / n)?.backward()? };
+            let store = (loss / n)?.backward()?;
             for (i, (_, v)) in self.vars.iter().enumerate() {
                 // Detached: a gradient our fused ops computed from tracked tensors would otherwise keep
                 // the step's whole graph (activations included) alive in the optimizer's moments.
