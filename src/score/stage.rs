@@ -98,11 +98,7 @@ impl ScoreConfig {
             .chain(&self.heads)
             .chain(&self.pixel_heads)
             .chain(&sidecars)
-            .map(|p| {
-                let bytes = std::fs::metadata(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?.len();
-                let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                Ok(FileHash { name, bytes, sha256: crate::latents::cache::sha256_file(p)? })
-            })
+            .map(|p| FileHash::of(p))
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(CacheFingerprint {
             kind: "clip".into(),
@@ -314,12 +310,7 @@ pub fn run_laion(cfg: &LaionEmbeddings, opts: &RunOptions) -> anyhow::Result<Cac
     if files.is_empty() {
         anyhow::bail!("--meta-dir {}: no metadata_{{i}}.parquet files", cfg.meta_dir.display());
     }
-    let mut fp_files = Vec::new();
-    for p in metas.iter().chain(&cfg.heads) {
-        let bytes = std::fs::metadata(p)?.len();
-        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        fp_files.push(FileHash { name, bytes, sha256: crate::latents::cache::sha256_file(p)? });
-    }
+    let fp_files = metas.iter().chain(&cfg.heads).map(|p| FileHash::of(p)).collect::<anyhow::Result<Vec<_>>>()?;
     let names: Vec<String> =
         cfg.heads.iter().map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()).collect();
     let fingerprint = CacheFingerprint {

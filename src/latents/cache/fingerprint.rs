@@ -37,6 +37,15 @@ pub struct CacheFingerprint {
     pub sources: BTreeMap<String, String>,
 }
 
+impl FileHash {
+    /// The name, size and sha256 of the file at `path`.
+    pub fn of(path: &Path) -> anyhow::Result<Self> {
+        let bytes = std::fs::metadata(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?.len();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        Ok(FileHash { name, bytes, sha256: sha256_file(path)? })
+    }
+}
+
 /// Hex sha256 of a file's content, read in 1 MiB blocks.
 pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
     let mut f = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
@@ -61,14 +70,7 @@ impl CacheFingerprint {
         preprocessing: serde_json::Value,
     ) -> anyhow::Result<Self> {
         let model_config: serde_json::Value = crate::latents::read_config(&model_dir.join("config.json"))?;
-        let files = files
-            .iter()
-            .map(|p| {
-                let bytes = std::fs::metadata(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?.len();
-                let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                Ok(FileHash { name, bytes, sha256: sha256_file(p)? })
-            })
-            .collect::<anyhow::Result<_>>()?;
+        let files = files.iter().map(|p| FileHash::of(p)).collect::<anyhow::Result<_>>()?;
         Ok(Self { kind: kind.into(), model_config, files, preprocessing, sources: BTreeMap::new() })
     }
 
