@@ -4,6 +4,7 @@
 //! folders and WebDataset shards into curated WebDataset shards.
 
 pub mod bench;
+pub mod caption;
 pub mod demo;
 pub mod density;
 pub mod ingest;

@@ -191,12 +191,13 @@ pub fn robots_disallowed(headers: &HeaderMap) -> Option<String> {
     None
 }
 
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+/// The delay a `Retry-After` header asks for (seconds; HTTP dates are not honoured).
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
     v.parse::<f64>().ok().filter(|s| *s >= 0.0).map(Duration::from_secs_f64)
 }
 
-fn describe(e: &reqwest::Error) -> FetchError {
+pub(crate) fn describe(e: &reqwest::Error) -> FetchError {
     let mut chain = String::new();
     let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
     while let Some(s) = src {

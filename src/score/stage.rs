@@ -195,7 +195,7 @@ fn shard_output(
     crate::shards::write_parquet_atomic(&mut df, &out_dir.join(format!("{shard}.scores.parquet")))?;
     let mut tensors = HashMap::new();
     tensors.insert("embeddings".to_string(), emb.to_dtype(DType::F16)?);
-    Ok(ShardOutput { tensors, entries })
+    Ok(ShardOutput { tensors: Some(tensors), entries, details: None })
 }
 
 /// Where LAION's precomputed embeddings are: clip-retrieval's layout, `img_emb/img_emb_{i}.npy`

@@ -208,6 +208,8 @@ fn remove_cache_files(dir: &Path) -> std::io::Result<()> {
         if name.ends_with(".safetensors")
             || name.ends_with(".index.json")
             || name.ends_with(".scores.parquet")
+            || name.ends_with(".captions.parquet")
+            || name.ends_with(".captions.journal.jsonl")
             || name.ends_with("_stats.json")
             || name == MANIFEST_FILE
             || name.contains(TEMP_MARKER)

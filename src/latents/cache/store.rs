@@ -85,24 +85,32 @@ pub struct CacheShardStats {
     pub start_time: f64,
     /// Seconds the shard took.
     pub duration: f64,
+    /// Stage-specific figures (captioning: tokens, QC flag counts, latency).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
 }
 
 /// What a stage computed for one shard.
 pub struct ShardOutput {
-    /// The feature tensors, by name.
-    pub tensors: HashMap<String, Tensor>,
+    /// The feature tensors, by name (`None`: the stage writes no `{shard}.safetensors`).
+    pub tensors: Option<HashMap<String, Tensor>>,
     /// One entry per input sample, in the source shard's order.
     pub entries: Vec<CacheEntry>,
+    /// Stage-specific figures for the shard's `_stats.json` (`details`).
+    pub details: Option<serde_json::Value>,
 }
 
 /// Writes shard `name` into `dir`: safetensors, index, then stats (the done marker).
 pub fn write_shard(dir: &Path, name: &str, out: &ShardOutput, start_time: f64) -> anyhow::Result<CacheShardStats> {
-    let st = dir.join(format!("{name}.safetensors"));
-    let tmp = temp_path(&st);
-    candle_core::safetensors::save(&out.tensors, &tmp).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, &st)?;
+    if let Some(tensors) = &out.tensors {
+        let st = dir.join(format!("{name}.safetensors"));
+        let tmp = temp_path(&st);
+        candle_core::safetensors::save(tensors, &tmp).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, &st)?;
+    }
     write_atomic(&dir.join(format!("{name}.index.json")), &serde_json::to_vec_pretty(&out.entries)?)?;
-    let mut stats = CacheShardStats { count: out.entries.len(), start_time, ..Default::default() };
+    let mut stats =
+        CacheShardStats { count: out.entries.len(), start_time, details: out.details.clone(), ..Default::default() };
     for e in &out.entries {
         let reason = match e.status {
             EntryStatus::Success => {

@@ -137,7 +137,7 @@ pub fn run(cfg: &T5CacheConfig, opts: &RunOptions, device: &Device) -> anyhow::R
             ("embeddings".to_string(), embeddings.to_dtype(cfg.dtype.dtype())?.to_device(&Device::Cpu)?),
             ("lengths".to_string(), Tensor::from_vec(lengths, n, &Device::Cpu)?),
         ]);
-        Ok(ShardOutput { tensors, entries })
+        Ok(ShardOutput { tensors: Some(tensors), entries, details: None })
     })
 }
 

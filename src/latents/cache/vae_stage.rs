@@ -179,7 +179,7 @@ pub fn run(cfg: &VaeCacheConfig, opts: &RunOptions, device: &Device) -> anyhow::
             tensors.insert(format!("mean.{bucket}"), f16(&means)?);
             tensors.insert(format!("std.{bucket}"), f16(&stds)?);
         }
-        Ok(ShardOutput { tensors, entries })
+        Ok(ShardOutput { tensors: Some(tensors), entries, details: None })
     })
 }
 

@@ -1,0 +1,210 @@
+//! LLaVA-1.5 (`LlavaForConditionalGeneration`) from a llava-hf folder, built from candle-transformers'
+//! CLIP vision transformer and Llama: the tower's hidden state at `vision_feature_layer` (CLS dropped
+//! with strategy `default`), the projector (linear, activation, linear), and the Llama run on the
+//! prompt's embeddings with the image features in place of the image tokens.
+//!
+//! transformers counts hidden states from the embeddings' output (`hidden_states[-2]` is the output of
+//! the second-to-last layer); the tower is built with just the layers that feature needs.
+
+use super::config::LlavaConfig;
+use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
+use candle_nn::{Linear, VarBuilder};
+use candle_transformers::models::clip::vision_model::{ClipVisionConfig, ClipVisionTransformer};
+use candle_transformers::models::llama::{Cache, Llama};
+use std::path::{Path, PathBuf};
+
+/// A loaded LLaVA-1.5 model.
+pub struct Llava {
+    vision: ClipVisionTransformer,
+    proj1: Linear,
+    proj2: Linear,
+    llama: Llama,
+    /// The parsed `config.json`.
+    pub config: LlavaConfig,
+    llama_config: candle_transformers::models::llama::Config,
+    device: Device,
+    dtype: DType,
+}
+
+fn linear(vb: &VarBuilder, name: &str, din: usize, dout: usize, bias: bool) -> candle_core::Result<Linear> {
+    let vb = vb.pp(name);
+    let w = vb.get((dout, din), "weight")?;
+    let b = if bias { Some(vb.get(dout, "bias")?) } else { None };
+    Ok(Linear::new(w, b))
+}
+
+impl Llava {
+    /// Loads the model in `dir` (`config.json`, `model.safetensors` or its sharded index) with weights
+    /// as `dtype` on `device`.
+    pub fn load(dir: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
+        let cfg_path = dir.join("config.json");
+        let config: LlavaConfig = crate::latents::read_config(&cfg_path)?;
+        config.check(&cfg_path)?;
+        let files = crate::latents::weight_files(dir, "model")?;
+        let names = std::sync::Arc::new(all_names(&files)?);
+        // SAFETY: the files are memory-mapped read-only and not modified while loaded.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device)? };
+        let vb = vb.rename_f(move |name: &str| stored_name(name, &names));
+        let err = |part: &str, e: candle_core::Error| {
+            anyhow::anyhow!("{}: cannot load the {part} ({e}); expected llava-hf tensor names", dir.display())
+        };
+        let v = &config.vision_config;
+        let layer = config.feature_layer(&cfg_path)?;
+        let vision_cfg = ClipVisionConfig {
+            embed_dim: v.hidden_size,
+            activation: candle_transformers::models::clip::text_model::Activation::QuickGelu,
+            intermediate_size: v.intermediate_size,
+            num_hidden_layers: (v.num_hidden_layers as i64 + 1 + layer) as usize,
+            num_attention_heads: v.num_attention_heads,
+            projection_dim: v.projection_dim,
+            num_channels: v.num_channels,
+            image_size: v.image_size,
+            patch_size: v.patch_size,
+        };
+        let vision = ClipVisionTransformer::new(vb.pp("vision_tower.vision_model"), &vision_cfg)
+            .map_err(|e| err("vision tower (vision_tower.vision_model.*)", e))?;
+        let h = config.text_config.hidden_size;
+        let bias = config.multimodal_projector_bias;
+        let proj1 = linear(&vb, "multi_modal_projector.linear_1", v.hidden_size, h, bias)
+            .map_err(|e| err("projector (multi_modal_projector.linear_1)", e))?;
+        let proj2 = linear(&vb, "multi_modal_projector.linear_2", h, h, bias)
+            .map_err(|e| err("projector (multi_modal_projector.linear_2)", e))?;
+        let llama_config = config.llama();
+        let llama = Llama::load(vb.pp("language_model"), &llama_config)
+            .map_err(|e| err("language model (language_model.model.*, language_model.lm_head)", e))?;
+        Ok(Self { vision, proj1, proj2, llama, config, llama_config, device: device.clone(), dtype })
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The image features `[n, image_tokens, hidden]` of pixels `[n, 3, S, S]`.
+    pub fn image_features(&self, pixels: &Tensor) -> anyhow::Result<Tensor> {
+        let pixels = pixels.to_device(&self.device)?.to_dtype(self.dtype)?;
+        let states = self.vision.output_hidden_states(&pixels)?;
+        // The list ends with the pooled output; the layer before it is the selected one.
+        let x = &states[states.len() - 2];
+        let x = if self.config.vision_feature_select_strategy == "default" { x.i((.., 1..))? } else { x.clone() };
+        let x = self.proj1.forward(&x)?;
+        let x = match self.config.projector_hidden_act.as_str() {
+            "gelu" => x.gelu_erf()?,
+            "gelu_pytorch_tanh" => x.gelu()?,
+            "quick_gelu" => (&x * candle_nn::ops::sigmoid(&(&x * 1.702)?)?)?,
+            _ => x.silu()?,
+        };
+        Ok(self.proj2.forward(&x)?)
+    }
+
+    /// The language model's input embeddings `[b, L, hidden]` for token rows of equal length, each
+    /// run of image tokens replaced by its image's features (`features[i]` for row `i`).
+    pub fn input_embeddings(&self, ids: &[Vec<u32>], features: &Tensor) -> anyhow::Result<Tensor> {
+        let image_token = self.config.image_token_index;
+        let n_feat = features.dim(1)?;
+        let mut rows = Vec::with_capacity(ids.len());
+        for (i, row) in ids.iter().enumerate() {
+            let n_img = row.iter().filter(|&&t| t == image_token).count();
+            if n_img != n_feat {
+                anyhow::bail!(
+                    "prompt {i} has {n_img} image tokens (id {image_token}) but the image has {n_feat} features"
+                );
+            }
+            let safe: Vec<u32> = row.iter().map(|&t| if t == image_token { 0 } else { t }).collect();
+            let emb = self.llama.embed(&Tensor::new(safe.as_slice(), &self.device)?)?;
+            let mut parts = Vec::new();
+            let mut start = 0;
+            let mut used = 0;
+            while start < row.len() {
+                let is_img = row[start] == image_token;
+                let end = (start..row.len()).find(|&j| (row[j] == image_token) != is_img).unwrap_or(row.len());
+                parts.push(if is_img {
+                    let p = features.i((i, used..used + end - start))?;
+                    used += end - start;
+                    p
+                } else {
+                    emb.i(start..end)?
+                });
+                start = end;
+            }
+            rows.push(Tensor::cat(&parts, 0)?);
+        }
+        Ok(Tensor::stack(&rows, 0)?)
+    }
+
+    /// A fresh key/value cache for one generation.
+    pub fn new_cache(&self) -> anyhow::Result<Cache> {
+        Ok(Cache::new(true, self.dtype, &self.llama_config, &self.device)?)
+    }
+
+    /// The next-token logits `[b, vocab]` (f32) after `embeddings` `[b, L, hidden]` placed at
+    /// position `pos` (the cache holds the positions before it).
+    pub fn step(&self, embeddings: &Tensor, pos: usize, cache: &mut Cache) -> anyhow::Result<Tensor> {
+        Ok(self.llama.forward_input_embed(embeddings, pos, cache)?.to_dtype(DType::F32)?)
+    }
+
+    /// The embeddings `[b, 1, hidden]` of one token per row.
+    pub fn embed_tokens(&self, tokens: &[u32]) -> anyhow::Result<Tensor> {
+        let t = Tensor::new(tokens, &self.device)?.unsqueeze(D::Minus1)?;
+        Ok(self.llama.embed(&t)?)
+    }
+
+    /// The longest sequence the language model takes.
+    pub fn max_positions(&self) -> usize {
+        self.llama_config.max_position_embeddings
+    }
+}
+
+/// The tensor names in a safetensors file's header (the data is not read).
+fn tensor_names(path: &Path) -> anyhow::Result<Vec<String>> {
+    use std::io::Read;
+    let bad = |why: String| anyhow::anyhow!("{}: not a safetensors file ({why})", path.display());
+    let mut f = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|e| bad(e.to_string()))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 {
+        return Err(bad(format!("a {len}-byte header")));
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header).map_err(|e| bad(e.to_string()))?;
+    let v: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| bad(e.to_string()))?;
+    Ok(v.into_iter().map(|(k, _)| k).filter(|k| k != "__metadata__").collect())
+}
+
+fn all_names(files: &[PathBuf]) -> anyhow::Result<std::collections::HashSet<String>> {
+    let mut out = std::collections::HashSet::new();
+    for f in files {
+        out.extend(tensor_names(f)?);
+    }
+    if !out.iter().any(|n| n.contains("language_model.")) {
+        anyhow::bail!(
+            "{}: no LLaVA tensors (expected language_model.model.* and vision_tower.vision_model.* as llava-hf has them)",
+            files.first().map(|f| f.display().to_string()).unwrap_or_default()
+        );
+    }
+    Ok(out)
+}
+
+/// The name under which the checkpoint stores tensor `name` (llava-hf's Hub names, which candle's
+/// modules ask for): the same name, or its equivalent in the layouts transformers ≥ 4.52 writes
+/// (`vision_tower.*` without `vision_model`, `model.language_model.*`, a top-level `lm_head`).
+fn stored_name(name: &str, names: &std::collections::HashSet<String>) -> String {
+    if names.contains(name) {
+        return name.to_string();
+    }
+    let mut candidates = Vec::new();
+    if let Some(rest) = name.strip_prefix("vision_tower.vision_model.") {
+        candidates.push(format!("vision_tower.{rest}"));
+        candidates.push(format!("model.vision_tower.vision_model.{rest}"));
+        candidates.push(format!("model.vision_tower.{rest}"));
+    } else if let Some(rest) = name.strip_prefix("language_model.model.") {
+        candidates.push(format!("model.language_model.{rest}"));
+    } else if name == "language_model.lm_head.weight" {
+        candidates.push("lm_head.weight".into());
+    } else if let Some(rest) = name.strip_prefix("multi_modal_projector.") {
+        candidates.push(format!("model.multi_modal_projector.{rest}"));
+    }
+    candidates.into_iter().find(|c| names.contains(c)).unwrap_or_else(|| name.to_string())
+}

@@ -1,0 +1,11 @@
+//! Dense re-captioning (PixArt-α §2.2): every image described by a LLaVA-style vision-language model,
+//! locally with candle ([`llava`]) or through an OpenAI-compatible server ([`openai`]), with the
+//! paper's prompts ([`prompts`]), caption QC ([`qc`]) and one caption parquet per shard ([`stage`]).
+
+pub mod llava;
+pub mod openai;
+pub mod prompts;
+pub mod qc;
+pub mod stage;
+
+pub use stage::{run, Backend, CaptionConfig, CaptionRow};
