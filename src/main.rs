@@ -37,6 +37,14 @@ enum Cmd {
     Density(Box<DensityArgs>),
     /// Generate images from prompts with a PixArt transformer, the T5 encoder and the VAE.
     Sample(Box<SampleArgs>),
+    /// Re-caption every image of a shard dataset with a LLaVA-style model, locally (candle) or through an
+    /// OpenAI-compatible server: one caption parquet per shard, with provenance and QC flags.
+    Caption {
+        #[command(flatten)]
+        cfg: Box<pixforge::caption::CaptionConfig>,
+        #[command(flatten)]
+        run: CacheRunArgs,
+    },
     /// Cache T5 caption embeddings and VAE latents of a shard dataset, for training.
     #[command(subcommand)]
     Cache(CacheCmd),
@@ -339,7 +347,8 @@ enum ModelsCmd {
         model: PathBuf,
         /// Inputs. PixArt: latents [B,4,H,W], timestep [B], caption [B,L,C], mask [B,L], optional
         /// resolution [B,2] and aspect_ratio [B,1] → output. T5 encoder: input_ids [B,L] →
-        /// last_hidden_state. AutoencoderKL: pixels [B,3,H,W] in [-1,1] → mean, std.
+        /// last_hidden_state. AutoencoderKL: pixels [B,3,H,W] in [-1,1] → mean, std. LLaVA: input_ids
+        /// [B,L] (image tokens expanded) and pixel_values [B,3,S,S] → logits [B,V] of the last position.
         #[arg(long)]
         inputs: PathBuf,
         /// Output safetensors file.
@@ -466,6 +475,34 @@ enum BenchCmd {
         /// Measure only this encoder (t5 or vae); the other's figures are reported as 0.
         #[arg(long)]
         only: Option<String>,
+    },
+    /// A loopback OpenAI-compatible server answering every chat completion after a fixed latency (the
+    /// captioning client's benchmark, bench/caption.sh). Prints its address, serves until killed.
+    VlmServer {
+        /// Address to listen on (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        addr: String,
+        /// Milliseconds before each answer.
+        #[arg(long, default_value_t = 200)]
+        latency_ms: u64,
+    },
+    /// Tokens per second of the local LLaVA backend: greedy generation on one image, CPU, f32.
+    CaptionLocal {
+        /// A llava-hf model folder.
+        #[arg(long)]
+        model: PathBuf,
+        /// The image.
+        #[arg(long)]
+        image: PathBuf,
+        /// Prompts per generation.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// New tokens per prompt (end-of-sequence ignored).
+        #[arg(long, default_value_t = 64)]
+        tokens: usize,
+        /// Timed rounds (best is reported), after one warm-up.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// Write synthetic captions (alt text and dense descriptions), one per line, for the density benchmark.
     SynthCaptions {
@@ -617,6 +654,13 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Bench(BenchCmd::PixartStep { iters }) => {
             let t = pixforge::models::bench_pixart_step(iters)?;
+            emit(&format!("{}\n", serde_json::to_string(&t)?));
+        }
+        Cmd::Bench(BenchCmd::VlmServer { addr, latency_ms }) => {
+            pixforge::caption::bench::fixed_latency_server(&addr, latency_ms)?;
+        }
+        Cmd::Bench(BenchCmd::CaptionLocal { model, image, batch, tokens, rounds }) => {
+            let t = pixforge::caption::bench::local_tokens_per_second(&model, &image, batch, tokens, rounds)?;
             emit(&format!("{}\n", serde_json::to_string(&t)?));
         }
         Cmd::Bench(BenchCmd::SynthCaptions { count, out, seed }) => {
@@ -821,6 +865,21 @@ fn main() -> anyhow::Result<()> {
             let stats = pixforge::score::stage::run(&cfg, &run.options()?, cuda)
                 .with_context(|| format!("score clip into {}", run.out.display()))?;
             finish_cache(&stats)?;
+        }
+        Cmd::Caption { mut cfg, run } => {
+            cfg.device = run.device.clone();
+            let stats = pixforge::caption::run(&cfg, &run.options()?)
+                .with_context(|| format!("caption into {}", run.out.display()))?;
+            emit(&format!(
+                "{}\n",
+                serde_json::to_string_pretty(&pixforge::caption::stage::summary(&run.out, &stats)?)?
+            ));
+            if !stats.shards_failed.is_empty() {
+                anyhow::bail!(
+                    "{} shard(s) could not be captioned (listed above); rerun to retry them",
+                    stats.shards_failed.len()
+                );
+            }
         }
         Cmd::Score(ScoreCmd::LaionEmb { cfg, run }) => {
             let stats = pixforge::score::stage::run_laion(&cfg, &run.options()?)

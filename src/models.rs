@@ -18,6 +18,10 @@ pub enum ModelKind {
     T5,
     /// An SD-style `AutoencoderKL` in the diffusers layout (`vae/`, 2 blocks: 2x downscale).
     Vae,
+    /// A LLaVA-1.5 in the llava-hf layout (config.json, model.safetensors, tokenizer.json,
+    /// preprocessor_config.json): CLIP ViT 56 px / patch 14, Llama 2 layers of 48, a 502-token BPE.
+    /// Its captions are noise: it is untrained.
+    Llava,
 }
 
 /// Every variable a candle model builds through `build` in a fresh `VarMap`, redrawn from our seeded
@@ -102,6 +106,7 @@ pub fn init_tiny(kind: ModelKind, out: &Path, micro_conditions: bool, seed: u64)
             })?;
             write_json(&dir.join("config.json"), &cfg)?;
         }
+        ModelKind::Llava => init_tiny_llava(out, seed)?,
         ModelKind::Vae => {
             let dir = out.join("vae");
             std::fs::create_dir_all(&dir)?;
@@ -127,6 +132,77 @@ pub fn init_tiny(kind: ModelKind, out: &Path, micro_conditions: bool, seed: u64)
     Ok(())
 }
 
+/// The tiny LLaVA's tokenizer (tools/golden/llava_tiny.py's BPE of the llava-hf layout).
+const TINY_LLAVA_TOKENIZER: &str = include_str!("../assets/llava/tiny-tokenizer.json");
+
+fn init_tiny_llava(out: &Path, seed: u64) -> anyhow::Result<()> {
+    use candle_transformers::models::clip::vision_model::{ClipVisionConfig, ClipVisionTransformer};
+    std::fs::create_dir_all(out)?;
+    let cfg = serde_json::json!({
+        "architectures": ["LlavaForConditionalGeneration"], "model_type": "llava", "image_token_index": 500,
+        "image_seq_length": 16, "projector_hidden_act": "gelu", "multimodal_projector_bias": true,
+        "vision_feature_layer": -2, "vision_feature_select_strategy": "default", "tie_word_embeddings": false,
+        "text_config": {
+            "model_type": "llama", "vocab_size": 502, "hidden_size": 48, "intermediate_size": 96,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-6,
+            "max_position_embeddings": 512, "rope_theta": 10000.0, "bos_token_id": 1, "eos_token_id": 2,
+            "pad_token_id": 501, "hidden_act": "silu", "tie_word_embeddings": false,
+        },
+        "vision_config": {
+            "model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3,
+            "num_attention_heads": 4, "image_size": 56, "patch_size": 14, "projection_dim": 32,
+            "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5,
+        },
+    });
+    let config: crate::caption::llava::LlavaConfig = serde_json::from_value(cfg.clone())?;
+    let v = &config.vision_config;
+    let vision = ClipVisionConfig {
+        embed_dim: v.hidden_size,
+        activation: candle_transformers::models::clip::text_model::Activation::QuickGelu,
+        intermediate_size: v.intermediate_size,
+        num_hidden_layers: v.num_hidden_layers,
+        num_attention_heads: v.num_attention_heads,
+        projection_dim: v.projection_dim,
+        num_channels: v.num_channels,
+        image_size: v.image_size,
+        patch_size: v.patch_size,
+    };
+    let h = config.text_config.hidden_size;
+    save_random(&out.join("model.safetensors"), seed, &[], |vb| {
+        let tower = vb.pp("vision_tower.vision_model");
+        tower.get(v.hidden_size, "embeddings.class_embedding")?;
+        ClipVisionTransformer::new(tower, &vision)?;
+        for (name, din) in [("linear_1", v.hidden_size), ("linear_2", h)] {
+            let p = vb.pp("multi_modal_projector").pp(name);
+            p.get((h, din), "weight")?;
+            p.get(h, "bias")?;
+        }
+        candle_transformers::models::llama::Llama::load(vb.pp("language_model"), &config.llama()).map(|_| ())
+    })?;
+    write_json(&out.join("config.json"), &cfg)?;
+    write_json(
+        &out.join("preprocessor_config.json"),
+        &serde_json::json!({
+            "image_processor_type": "CLIPImageProcessor", "processor_class": "LlavaProcessor",
+            "size": {"shortest_edge": 56}, "crop_size": {"height": 56, "width": 56}, "do_resize": true,
+            "do_center_crop": true, "do_rescale": true, "rescale_factor": 1.0 / 255.0, "do_normalize": true,
+            "image_mean": crate::score::clip::ClipPreprocess::default().mean,
+            "image_std": crate::score::clip::ClipPreprocess::default().std, "resample": 3, "do_convert_rgb": true,
+        }),
+    )?;
+    write_json(
+        &out.join("tokenizer_config.json"),
+        &serde_json::json!({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
+            "model_max_length": 4096, "processor_class": "LlavaProcessor", "tokenizer_class": "LlamaTokenizerFast"}),
+    )?;
+    write_json(
+        &out.join("generation_config.json"),
+        &serde_json::json!({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 501}),
+    )?;
+    crate::shards::write_atomic(&out.join("tokenizer.json"), TINY_LLAVA_TOKENIZER.as_bytes())?;
+    Ok(())
+}
+
 /// The model folder of a directory: the folder itself when it has a `config.json`, else its
 /// `transformer/` (a diffusers pipeline or an `init-tiny` output).
 fn model_folder(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
@@ -143,7 +219,9 @@ fn model_folder(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
 /// - `PixArtTransformer2DModel`: `latents`, `timestep`, `caption`, `mask` (+ `resolution`,
 ///   `aspect_ratio`) → `output`;
 /// - `T5EncoderModel`: `input_ids` `[B, L]` → `last_hidden_state` `[B, L, d_model]`;
-/// - `AutoencoderKL`: `pixels` `[B, 3, H, W]` in [−1, 1] → posterior `mean` and `std`.
+/// - `AutoencoderKL`: `pixels` `[B, 3, H, W]` in [−1, 1] → posterior `mean` and `std`;
+/// - `LlavaForConditionalGeneration`: `input_ids` `[B, L]` (image tokens expanded, rows of equal
+///   length) and `pixel_values` `[B, 3, S, S]` → `logits` `[B, vocab]` of the last position.
 ///
 /// Returns each output's name and shape.
 pub fn forward(model_dir: &Path, inputs: &Path, out: &Path) -> anyhow::Result<Vec<(String, Vec<usize>)>> {
@@ -176,6 +254,15 @@ pub fn forward(model_dir: &Path, inputs: &Path, out: &Path) -> anyhow::Result<Ve
             let vae = crate::latents::vae::Vae::load(&folder, &Device::Cpu)?;
             let (mean, std) = vae.encode(get("pixels")?)?;
             vec![("mean", mean), ("std", std)]
+        }
+        "LlavaForConditionalGeneration" => {
+            let model = crate::caption::llava::Llava::load(&folder, &Device::Cpu, candle_core::DType::F32)?;
+            let ids = get("input_ids")?.to_dtype(candle_core::DType::I64)?.to_vec2::<i64>()?;
+            let ids: Vec<Vec<u32>> = ids.into_iter().map(|r| r.into_iter().map(|t| t as u32).collect()).collect();
+            let features = model.image_features(get("pixel_values")?)?;
+            let emb = model.input_embeddings(&ids, &features)?;
+            let mut cache = model.new_cache()?;
+            vec![("logits", model.step(&emb, 0, &mut cache)?)]
         }
         other => anyhow::bail!("{}: model kind {other:?} is not supported by `models forward`", folder.display()),
     };

@@ -2,6 +2,7 @@
 //! locally with candle ([`llava`]) or through an OpenAI-compatible server ([`openai`]), with the
 //! paper's prompts ([`prompts`]), caption QC ([`qc`]) and one caption parquet per shard ([`stage`]).
 
+pub mod bench;
 pub mod llava;
 pub mod openai;
 pub mod prompts;

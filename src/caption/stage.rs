@@ -95,8 +95,8 @@ pub struct CaptionConfig {
     /// openai: images whose shorter side is longer are sent resized to it (JPEG); 0 = as stored.
     #[arg(long, default_value_t = 448)]
     pub image_side: u32,
-    /// candle: `cpu` or `cuda:N`.
-    #[arg(long, default_value = "cpu")]
+    /// candle: `cpu` or `cuda:N` (on the command line: `--device`).
+    #[arg(skip = String::from("cpu"))]
     pub device: String,
     /// candle: weights and activations `f32`, `f16` or `bf16` (default: f32 on CPU, bf16 on CUDA).
     #[arg(long)]
@@ -507,7 +507,7 @@ fn caption_shard(
                 for (b, ((it, attempt), img)) in batch.iter().zip(&images).enumerate() {
                     if let Ok(bytes) = img {
                         let key = &reader.samples[it.sample].key;
-                        let seed = caption_seed(cfg.seed, &key, it.prompt_index, it.index, *attempt);
+                        let seed = caption_seed(cfg.seed, key, it.prompt_index, it.index, *attempt);
                         jobs.push(Job { instruction: &it.instruction, image: bytes, seed });
                         job_of.push(b);
                     }
@@ -754,4 +754,33 @@ pub fn read_captions(path: &Path) -> anyhow::Result<Vec<(String, Option<String>,
             )
         })
         .collect())
+}
+
+/// A run's figures and the totals over every caption shard in `out` (this run's and earlier ones).
+pub fn summary(out: &Path, run: &CacheRunStats) -> anyhow::Result<serde_json::Value> {
+    let mut captions = 0u64;
+    let mut failures = 0u64;
+    let mut tokens = 0u64;
+    let mut qc_totals: std::collections::BTreeMap<String, u64> = Default::default();
+    for s in crate::shards::done_shards(out)? {
+        let p = out.join(format!("{}_stats.json", crate::shards::shard_name(s)));
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p)?)?;
+        let d = &v["details"];
+        captions += d["captions"].as_u64().unwrap_or(0);
+        failures += d["caption_failures"].as_u64().unwrap_or(0);
+        tokens += d["tokens"].as_u64().unwrap_or(0);
+        if let Some(q) = d["qc"].as_object() {
+            for (k, n) in q {
+                *qc_totals.entry(k.clone()).or_default() += n.as_u64().unwrap_or(0);
+            }
+        }
+    }
+    Ok(serde_json::json!({
+        "run": run,
+        "captions": captions,
+        "caption_failures": failures,
+        "tokens": tokens,
+        "qc": qc_totals,
+        "images_per_second": if run.seconds > 0.0 { run.successes as f64 / run.seconds } else { 0.0 },
+    }))
 }

@@ -4,6 +4,7 @@
 
 pub mod caches;
 pub mod server;
+pub mod vlm;
 
 use std::path::{Path, PathBuf};
 

@@ -39,6 +39,9 @@ pub struct Written {
     pub latency_ms: f64,
 }
 
+/// A prompt's token ids and its image's pixels.
+type Prepared = (Vec<u32>, Vec<f32>);
+
 /// A loaded LLaVA with its processor.
 pub struct LocalCaptioner {
     /// The model.
@@ -58,7 +61,7 @@ impl LocalCaptioner {
     /// Captions `jobs`, `batch_size` prompts of equal token length per forward pass; each job gets its
     /// caption or the reason it has none.
     pub fn caption(&self, jobs: &[Job], sampling: &Sampling, batch_size: usize) -> Vec<Result<Written, String>> {
-        let prepared: Vec<Result<(Vec<u32>, Vec<f32>), String>> = jobs
+        let prepared: Vec<Result<Prepared, String>> = jobs
             .par_iter()
             .map(|j| {
                 let ids = self.processor.input_ids(j.instruction).map_err(|e| format!("{e:#}"))?;

@@ -61,6 +61,9 @@ impl Llava {
             image_size: v.image_size,
             patch_size: v.patch_size,
         };
+        // candle draws a random CLS embedding when the checkpoint has none: refuse that instead.
+        vb.get(v.hidden_size, "vision_tower.vision_model.embeddings.class_embedding")
+            .map_err(|e| err("vision tower's CLS embedding", e))?;
         let vision = ClipVisionTransformer::new(vb.pp("vision_tower.vision_model"), &vision_cfg)
             .map_err(|e| err("vision tower (vision_tower.vision_model.*)", e))?;
         let h = config.text_config.hidden_size;
