@@ -34,7 +34,7 @@ for n in 30 160 960; do
         i=$((i + 1))
       done
     done
-    $BIN ingest folder "$WORK/photos-$n" --out "$WORK/shards-$n" --image-size 256 --samples-per-shard 1000 \
+    $BIN ingest folder "$WORK/photos-$n" --out "$WORK/shards-$n" --image-size 256 --samples-per-shard 1000 --dedup none \
       --no-progress >/dev/null
   fi
 done

@@ -37,7 +37,20 @@ type Page<'a> = (&'a str, &'a [&'a [&'a str]], &'a [&'a str]);
 /// Each page documents its commands' flags exactly as the binary prints them.
 #[test]
 fn guide_pages_match_help() {
-    let pages: [Page; 4] = [
+    let pages: [Page; 5] = [
+        (
+            "docs/caption.md",
+            &[&["caption"]],
+            &[
+                "--backend",
+                "--endpoint",
+                "--prompt",
+                "--captions-per-image",
+                "--qc-retries",
+                "--concurrency",
+                "--worker",
+            ],
+        ),
         (
             "docs/density.md",
             &[&["density"]],
