@@ -46,6 +46,10 @@ pub struct DemoReport {
     pub shards: PathBuf,
     /// The concept-density report of the shards' captions (files in `out/density`).
     pub density: crate::density::report::Report,
+    /// The captioning run (`out/captions`, an untrained tiny LLaVA written to `out/models/llava`).
+    pub captions: crate::latents::cache::CacheRunStats,
+    /// The first sample's key and generated caption.
+    pub first_caption: (String, String),
     /// The T5 cache run (`out/latents/t5`).
     pub t5: crate::latents::cache::CacheRunStats,
     /// The VAE cache run (`out/latents/vae-256ms`: the 256 px aspect-ratio buckets).
@@ -75,9 +79,34 @@ pub fn run(out: &Path) -> anyhow::Result<DemoReport> {
     let alt = crate::density::input::NamedInput { name: "demo alt text".into(), path: shards.clone() };
     let o = crate::density::report::DensityOptions::default();
     let density = crate::density::report::run(&[alt], &o, &out.join("density"))?;
+    let (captions, first_caption) = caption(&shards, out)?;
     let (t5, vae) = cache_features(&shards, out)?;
     let (train, first_loss) = train(out)?;
-    Ok(DemoReport { ingest, shards, density, t5, vae, train, first_loss })
+    Ok(DemoReport { ingest, shards, density, captions, first_caption, t5, vae, train, first_loss })
+}
+
+/// Re-captions the shards with a tiny random LLaVA-1.5 in the llava-hf layout (`out/models/llava`),
+/// the paper's prompt, 24 tokens at most: the stage works end to end, the captions are noise.
+fn caption(shards: &Path, out: &Path) -> anyhow::Result<(crate::latents::cache::CacheRunStats, (String, String))> {
+    let model = out.join("models").join("llava");
+    crate::models::init_tiny(crate::models::ModelKind::Llava, &model, false, 0)?;
+    let cfg = crate::caption::CaptionConfig {
+        model: model.to_string_lossy().into_owned(),
+        max_tokens: 24,
+        ..Default::default()
+    };
+    let opts = crate::latents::cache::RunOptions {
+        overwrite: true,
+        progress: false,
+        ..crate::latents::cache::RunOptions::new(shards, out.join("captions"))
+    };
+    let stats = crate::caption::run(&cfg, &opts)?;
+    let first = crate::caption::stage::read_captions(&out.join("captions").join("00000.captions.parquet"))?
+        .into_iter()
+        .next()
+        .map(|(k, c, _)| (k, c.unwrap_or_default()))
+        .unwrap_or_default();
+    Ok((stats, first))
 }
 
 /// Trains a tiny PixArtMS for 60 steps on the demo's caches (written as `out/train.toml`, the same

@@ -909,6 +909,17 @@ fn main() -> anyhow::Result<()> {
             text.push_str(&format!("\nconcept density of the captions ({}/density/report.html):\n\n", out.display()));
             text.push_str(&pixforge::density::report::markdown(&report.density));
             text.push_str(&format!(
+                "\ncaptions in {}/captions: {} of {} images re-captioned with the paper's prompt by a tiny LLaVA-1.5 in the \
+                 llava-hf layout ({}/models/llava) — UNTRAINED, random weights, so its captions are noise; the same command \
+                 takes llava-hf/llava-1.5-7b-hf or a vLLM server (docs/caption.md)\n  {}: {:?}\n",
+                out.display(),
+                report.captions.successes,
+                report.captions.samples,
+                out.display(),
+                report.first_caption.0,
+                report.first_caption.1,
+            ));
+            text.push_str(&format!(
                 "\nfeature caches in {}/latents (tiny random T5 and VAE in the real layouts: no weights are downloaded here):\n  \
                  t5: {} of {} captions embedded (PixArt-α cleaning, unpadded, bf16)\n  \
                  vae-256ms: {} of {} images encoded into the 256 px aspect-ratio buckets (mean and std, f16)\n",

@@ -255,8 +255,21 @@ fn demo_reports_the_density_of_its_shards() {
     let m = input(&r, "demo alt text");
     assert_eq!(m["captions"], pixforge::demo::IMAGES.len());
     assert!(m["nouns_per_caption"]["mean"].as_f64().unwrap() > 2.0);
-    // Then the feature caches, one entry per sample, every sample cached.
+    // Then captions by the untrained tiny LLaVA, clearly labelled, one per sample.
     let n = pixforge::demo::IMAGES.len();
+    assert!(stdout.contains(&format!("{n} of {n} images re-captioned")) && stdout.contains("UNTRAINED"), "{stdout}");
+    let caps: usize = ["00000", "00001"]
+        .iter()
+        .map(|s| {
+            pixforge::caption::stage::read_captions(&dir.path().join(format!("captions/{s}.captions.parquet")))
+                .unwrap()
+                .iter()
+                .filter(|r| r.2 == "success" && r.1.is_some())
+                .count()
+        })
+        .sum();
+    assert_eq!(caps, n);
+    // Then the feature caches, one entry per sample, every sample cached.
     assert!(
         stdout.contains(&format!("t5: {n} of {n} captions"))
             && stdout.contains(&format!("vae-256ms: {n} of {n} images")),
