@@ -221,7 +221,9 @@ fn model_folder(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
 /// - `T5EncoderModel`: `input_ids` `[B, L]` → `last_hidden_state` `[B, L, d_model]`;
 /// - `AutoencoderKL`: `pixels` `[B, 3, H, W]` in [−1, 1] → posterior `mean` and `std`;
 /// - `LlavaForConditionalGeneration`: `input_ids` `[B, L]` (image tokens expanded, rows of equal
-///   length) and `pixel_values` `[B, 3, S, S]` → `logits` `[B, vocab]` of the last position.
+///   length) and `pixel_values` `[B, 3, S, S]` → `logits` `[B, vocab]` of the last position;
+///   `LlavaNextForConditionalGeneration` likewise, with `pixel_values` `[B, P, 3, S, S]` and
+///   `image_sizes` `[B, 2]` as `LlavaNextProcessor` writes them.
 ///
 /// Returns each output's name and shape.
 pub fn forward(model_dir: &Path, inputs: &Path, out: &Path) -> anyhow::Result<Vec<(String, Vec<usize>)>> {
@@ -255,11 +257,23 @@ pub fn forward(model_dir: &Path, inputs: &Path, out: &Path) -> anyhow::Result<Ve
             let (mean, std) = vae.encode(get("pixels")?)?;
             vec![("mean", mean), ("std", std)]
         }
-        "LlavaForConditionalGeneration" => {
+        "LlavaForConditionalGeneration" | "LlavaNextForConditionalGeneration" => {
             let model = crate::caption::llava::Llava::load(&folder, &Device::Cpu, candle_core::DType::F32)?;
             let ids = get("input_ids")?.to_dtype(candle_core::DType::I64)?.to_vec2::<i64>()?;
             let ids: Vec<Vec<u32>> = ids.into_iter().map(|r| r.into_iter().map(|t| t as u32).collect()).collect();
-            let features = model.image_features(get("pixel_values")?)?;
+            let px = get("pixel_values")?;
+            let mut images = Vec::new();
+            for b in 0..ids.len() {
+                if px.rank() == 5 {
+                    let sizes = get("image_sizes")?.to_dtype(candle_core::DType::I64)?.to_vec2::<i64>()?;
+                    let size = (sizes[b][0] as usize, sizes[b][1] as usize);
+                    images.push((px.get(b)?.narrow(0, 0, model.patches_for(size))?, size));
+                } else {
+                    let s = model.config.vision_config.image_size;
+                    images.push((px.narrow(0, b, 1)?, (s, s)));
+                }
+            }
+            let features = model.features(&images)?;
             let emb = model.input_embeddings(&ids, &features)?;
             let mut cache = model.new_cache()?;
             vec![("logits", model.step(&emb, 0, &mut cache)?)]

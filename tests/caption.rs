@@ -263,6 +263,13 @@ fn candle_backend_captions_with_the_tiny_llava() {
         read_captions(&out.join("00000.captions.parquet")).unwrap(),
         read_captions(&out2.join("00000.captions.parquet")).unwrap()
     );
+    // LLaVA-1.6 (tiled images of different token counts) through the same stage.
+    let next = CaptionConfig {
+        model: common::fixtures().join("golden/llava_next_tiny").to_string_lossy().into_owned(),
+        ..cfg.clone()
+    };
+    let s = pixforge::caption::run(&next, &opts(&src, &dir.path().join("next"))).unwrap();
+    assert_eq!((s.successes, s.failed), (5, 1));
     // Another prompt set is another caption set: refused in the same folder.
     let other = CaptionConfig { prompts: vec!["paper".into()], ..cfg };
     let e = pixforge::caption::run(&other, &opts(&src, &out)).unwrap_err().to_string();

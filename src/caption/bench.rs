@@ -99,17 +99,19 @@ pub fn local_tokens_per_second(
 ) -> anyhow::Result<LocalThroughput> {
     let cap = LocalCaptioner::load(model, &Device::Cpu, DType::F32, ImageMode::Crop, DEFAULT_TEMPLATE)?;
     let img = image::open(image).map_err(|e| anyhow::anyhow!("{}: {e}", image.display()))?.to_rgb8();
-    let px = cap.processor.pixels(&img)?;
+    let prepared = cap.processor.image(&img)?;
     let side = cap.processor.image.crop as usize;
-    let px = Tensor::from_vec(px.repeat(batch), (batch, 3, side, side), &Device::Cpu)?;
-    let ids = cap.processor.input_ids(super::prompts::PAPER)?;
+    let px = Tensor::from_vec(prepared.pixels.clone(), (prepared.patches, 3, side, side), &Device::Cpu)?;
+    let images = vec![(px, prepared.size); batch];
+    let ids = cap.processor.input_ids(super::prompts::PAPER, prepared.tokens)?;
     let rows = vec![ids.clone(); batch];
     let sampling = Sampling { temperature: 0.0, top_p: 1.0, max_tokens: new_tokens, ignore_eos: true };
     let seeds = vec![0; batch];
     let mut best = f64::MAX;
     for r in 0..=rounds {
         let t0 = std::time::Instant::now();
-        let out = generate(&cap.model, &rows, &px, &sampling, &seeds)?;
+        let features = cap.model.features(&images)?;
+        let out = generate(&cap.model, &rows, &features, &sampling, &seeds)?;
         let dt = t0.elapsed().as_secs_f64();
         anyhow::ensure!(out.iter().all(|g| g.tokens.len() == new_tokens), "generation stopped early");
         if r > 0 {

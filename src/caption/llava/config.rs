@@ -31,6 +31,9 @@ pub struct LlavaConfig {
     /// Whether the projector's linear layers have biases.
     #[serde(default = "d_true")]
     pub multimodal_projector_bias: bool,
+    /// LLaVA-1.6: the (height, width) resolutions an image is tiled at.
+    #[serde(default)]
+    pub image_grid_pinpoints: Option<Vec<[usize; 2]>>,
 }
 
 /// The Llama part (`text_config`), with `LlamaConfig`'s defaults.
@@ -185,11 +188,18 @@ impl LlavaConfig {
     pub fn check(&self, file: &std::path::Path) -> anyhow::Result<()> {
         let f = file.display();
         match self.model_type.as_deref() {
-            None | Some("llava") => {}
+            None | Some("llava") | Some("llava_next") => {}
             Some(other) => anyhow::bail!(
-                "{f}: model_type is \"{other}\"; the candle backend runs LLaVA-1.5 checkpoints in the llava-hf layout \
-                 (model_type \"llava\"). Serve other VLMs with an OpenAI-compatible server (--backend openai)"
+                "{f}: model_type is \"{other}\"; the candle backend runs LLaVA-1.5 and LLaVA-1.6 checkpoints in the \
+                 llava-hf layout (model_type \"llava\" or \"llava_next\"). Serve other VLMs with an OpenAI-compatible \
+                 server (--backend openai)"
             ),
+        }
+        if self.is_next() && self.vision_feature_select_strategy != "default" {
+            anyhow::bail!(
+                "{f}: vision_feature_select_strategy is \"{}\"; LLaVA-1.6 tiling needs \"default\"",
+                self.vision_feature_select_strategy
+            );
         }
         if self.text_config.model_type != "llama" {
             anyhow::bail!(
@@ -257,7 +267,19 @@ impl LlavaConfig {
         })
     }
 
-    /// Image tokens per image: one per patch, plus the CLS feature with strategy `full`.
+    /// Whether this is a LLaVA-1.6 (LLaVA-NeXT) checkpoint: any-resolution tiling and `image_newline`.
+    pub fn is_next(&self) -> bool {
+        self.model_type.as_deref() == Some("llava_next")
+    }
+
+    /// LLaVA-1.6's tiling resolutions (transformers' default when the config has none).
+    pub fn pinpoints(&self) -> Vec<[usize; 2]> {
+        self.image_grid_pinpoints
+            .clone()
+            .unwrap_or_else(|| vec![[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]])
+    }
+
+    /// LLaVA-1.5's image tokens per image: one per patch, plus the CLS feature with strategy `full`.
     pub fn image_tokens(&self) -> usize {
         let side = self.vision_config.image_size / self.vision_config.patch_size;
         side * side + usize::from(self.vision_feature_select_strategy == "full")

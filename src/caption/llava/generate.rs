@@ -84,12 +84,12 @@ pub fn pick(logits: &[f32], sampling: &Sampling, rng: &mut crate::train::init::R
     probs[kept - 1].0
 }
 
-/// Generates for prompts `ids` (equal lengths) with images `pixels` `[b, 3, S, S]`; row `i` samples
-/// with seed `seeds[i]`.
+/// Generates for prompts `ids` (equal lengths) with their images' features (`Llava::features`); row
+/// `i` samples with seed `seeds[i]`.
 pub fn generate(
     model: &Llava,
     ids: &[Vec<u32>],
-    pixels: &Tensor,
+    features: &[Tensor],
     sampling: &Sampling,
     seeds: &[u64],
 ) -> anyhow::Result<Vec<Generation>> {
@@ -97,8 +97,7 @@ pub fn generate(
     if ids.iter().any(|r| r.len() != len) {
         anyhow::bail!("generate: the prompts of one batch must have equal lengths");
     }
-    let features = model.image_features(pixels)?;
-    let embeddings = model.input_embeddings(ids, &features)?;
+    let embeddings = model.input_embeddings(ids, features)?;
     let eos = model.config.eos_ids();
     let mut rngs: Vec<_> = seeds.iter().map(|&s| crate::train::init::Rng::new(s)).collect();
     let mut out: Vec<Option<Generation>> = vec![None; ids.len()];

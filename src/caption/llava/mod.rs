@@ -10,7 +10,7 @@ pub mod processor;
 pub use config::LlavaConfig;
 pub use generate::{generate, Finish, Generation, Sampling};
 pub use model::Llava;
-pub use processor::{ImageMode, LlavaProcessor, DEFAULT_TEMPLATE};
+pub use processor::{ImageMode, LlavaProcessor, PreparedImage, DEFAULT_TEMPLATE};
 
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
@@ -39,8 +39,8 @@ pub struct Written {
     pub latency_ms: f64,
 }
 
-/// A prompt's token ids and its image's pixels.
-type Prepared = (Vec<u32>, Vec<f32>);
+/// A prompt's token ids and its image.
+type Prepared = (Vec<u32>, PreparedImage);
 
 /// A loaded LLaVA with its processor.
 pub struct LocalCaptioner {
@@ -64,11 +64,11 @@ impl LocalCaptioner {
         let prepared: Vec<Result<Prepared, String>> = jobs
             .par_iter()
             .map(|j| {
-                let ids = self.processor.input_ids(j.instruction).map_err(|e| format!("{e:#}"))?;
                 let (img, _, _) = crate::ingest::imageops::decode_rgb(j.image, crate::latents::cache::MAX_PIXELS)
                     .map_err(|e| format!("cannot decode the image: {e}"))?;
-                let px = self.processor.pixels(&img).map_err(|e| format!("cannot preprocess the image: {e:#}"))?;
-                Ok((ids, px))
+                let prepared = self.processor.image(&img).map_err(|e| format!("cannot preprocess the image: {e:#}"))?;
+                let ids = self.processor.input_ids(j.instruction, prepared.tokens).map_err(|e| format!("{e:#}"))?;
+                Ok((ids, prepared))
             })
             .collect();
         let mut out: Vec<Option<Result<Written, String>>> = vec![None; jobs.len()];
@@ -85,12 +85,17 @@ impl LocalCaptioner {
                 let t0 = std::time::Instant::now();
                 let ids: Vec<Vec<u32>> =
                     chunk.iter().map(|&i| prepared[i].as_ref().map(|p| p.0.clone()).unwrap_or_default()).collect();
-                let px: Vec<f32> =
-                    chunk.iter().flat_map(|&i| prepared[i].as_ref().map(|p| p.1.clone()).unwrap_or_default()).collect();
                 let seeds: Vec<u64> = chunk.iter().map(|&i| jobs[i].seed).collect();
-                let result = Tensor::from_vec(px, (chunk.len(), 3, side, side), &Device::Cpu)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|px| generate(&self.model, &ids, &px, sampling, &seeds));
+                let images: anyhow::Result<Vec<(Tensor, (usize, usize))>> = chunk
+                    .iter()
+                    .filter_map(|&i| prepared[i].as_ref().ok())
+                    .map(|(_, p)| {
+                        Ok((Tensor::from_vec(p.pixels.clone(), (p.patches, 3, side, side), &Device::Cpu)?, p.size))
+                    })
+                    .collect();
+                let result = images
+                    .and_then(|images| self.model.features(&images))
+                    .and_then(|features| generate(&self.model, &ids, &features, sampling, &seeds));
                 let ms = t0.elapsed().as_secs_f64() * 1e3 / chunk.len() as f64;
                 match result {
                     Ok(gens) => {

@@ -1,7 +1,9 @@
-//! LLaVA-1.5 (`LlavaForConditionalGeneration`) from a llava-hf folder, built from candle-transformers'
-//! CLIP vision transformer and Llama: the tower's hidden state at `vision_feature_layer` (CLS dropped
-//! with strategy `default`), the projector (linear, activation, linear), and the Llama run on the
-//! prompt's embeddings with the image features in place of the image tokens.
+//! LLaVA-1.5 (`LlavaForConditionalGeneration`) and LLaVA-1.6 (`LlavaNextForConditionalGeneration`)
+//! from a llava-hf folder, built from candle-transformers' CLIP vision transformer and Llama: the
+//! tower's hidden state at `vision_feature_layer` (CLS dropped with strategy `default`), the projector
+//! (linear, activation, linear), for LLaVA-1.6 the tiles' features laid out as one grid, unpadded and
+//! closed by `image_newline` on each row after the overview's; and the Llama run on the prompt's
+//! embeddings with the image features in place of the image tokens.
 //!
 //! transformers counts hidden states from the embeddings' output (`hidden_states[-2]` is the output of
 //! the second-to-last layer); the tower is built with just the layers that feature needs.
@@ -19,6 +21,7 @@ pub struct Llava {
     proj1: Linear,
     proj2: Linear,
     llama: Llama,
+    image_newline: Option<Tensor>,
     /// The parsed `config.json`.
     pub config: LlavaConfig,
     llama_config: candle_transformers::models::llama::Config,
@@ -75,7 +78,12 @@ impl Llava {
         let llama_config = config.llama();
         let llama = Llama::load(vb.pp("language_model"), &llama_config)
             .map_err(|e| err("language model (language_model.model.*, language_model.lm_head)", e))?;
-        Ok(Self { vision, proj1, proj2, llama, config, llama_config, device: device.clone(), dtype })
+        let image_newline = if config.is_next() {
+            Some(vb.get(h, "image_newline").map_err(|e| err("image_newline (LLaVA-1.6)", e))?)
+        } else {
+            None
+        };
+        Ok(Self { vision, proj1, proj2, llama, image_newline, config, llama_config, device: device.clone(), dtype })
     }
 
     /// The device the model runs on.
@@ -83,7 +91,7 @@ impl Llava {
         &self.device
     }
 
-    /// The image features `[n, image_tokens, hidden]` of pixels `[n, 3, S, S]`.
+    /// The projected features `[n, tokens per patch, hidden]` of patches `[n, 3, S, S]`.
     pub fn image_features(&self, pixels: &Tensor) -> anyhow::Result<Tensor> {
         let pixels = pixels.to_device(&self.device)?.to_dtype(self.dtype)?;
         let states = self.vision.output_hidden_states(&pixels)?;
@@ -100,13 +108,70 @@ impl Llava {
         Ok(self.proj2.forward(&x)?)
     }
 
+    /// Each image's features `[tokens, hidden]`: its patches `[p, 3, S, S]` and original (h, w),
+    /// the towers of all images run as one batch.
+    pub fn features(&self, images: &[(Tensor, (usize, usize))]) -> anyhow::Result<Vec<Tensor>> {
+        let all = Tensor::cat(&images.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>(), 0)?;
+        let feats = self.image_features(&all)?;
+        let mut out = Vec::with_capacity(images.len());
+        let mut start = 0;
+        for (pixels, size) in images {
+            let p = pixels.dim(0)?;
+            let f = feats.narrow(0, start, p)?;
+            start += p;
+            out.push(match &self.image_newline {
+                None => f.flatten(0, 1)?,
+                Some(newline) => self.pack(&f, *size, newline)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Patches of an image of `(h, w)`: 1 for LLaVA-1.5; the overview and the tiles for LLaVA-1.6.
+    pub fn patches_for(&self, size: (usize, usize)) -> usize {
+        if !self.config.is_next() {
+            return 1;
+        }
+        let s = self.config.vision_config.image_size;
+        let (bh, bw) = super::processor::select_best_resolution(size, &self.config.pinpoints());
+        1 + (bh / s) * (bw / s)
+    }
+
+    /// LLaVA-1.6's `pack_image_features` for one image: the overview's features, then the tiles'
+    /// as one grid, unpadded to the image's aspect, each row closed by `image_newline`.
+    fn pack(&self, f: &Tensor, size: (usize, usize), newline: &Tensor) -> anyhow::Result<Tensor> {
+        let base = f.get(0)?;
+        let hidden = f.dim(2)?;
+        if f.dim(0)? == 1 {
+            return Ok(Tensor::cat(&[base, newline.unsqueeze(0)?], 0)?);
+        }
+        let v = &self.config.vision_config;
+        let side = v.image_size / v.patch_size;
+        let (bh, bw) = super::processor::select_best_resolution(size, &self.config.pinpoints());
+        let (nph, npw) = (bh / v.image_size, bw / v.image_size);
+        if nph * npw + 1 != f.dim(0)? {
+            anyhow::bail!("the image has {} patches, expected {} for its size {size:?}", f.dim(0)?, nph * npw + 1);
+        }
+        let grid = f
+            .narrow(0, 1, nph * npw)?
+            .reshape((nph, npw, side, side, hidden))?
+            .permute((4, 0, 2, 1, 3))?
+            .reshape((hidden, nph * side, npw * side))?;
+        let (rows, cols) = super::processor::unpadded_grid(size, (nph * side, npw * side));
+        let grid = grid.narrow(1, (nph * side - rows) / 2, rows)?.narrow(2, (npw * side - cols) / 2, cols)?;
+        let nl = newline.reshape((hidden, 1, 1))?.broadcast_as((hidden, rows, 1))?;
+        let grid = Tensor::cat(&[grid, nl], 2)?.reshape((hidden, rows * (cols + 1)))?.t()?;
+        Ok(Tensor::cat(&[base, grid], 0)?)
+    }
+
     /// The language model's input embeddings `[b, L, hidden]` for token rows of equal length, each
-    /// run of image tokens replaced by its image's features (`features[i]` for row `i`).
-    pub fn input_embeddings(&self, ids: &[Vec<u32>], features: &Tensor) -> anyhow::Result<Tensor> {
+    /// run of image tokens replaced by its image's features (`features[i]`, `[tokens, hidden]`, for
+    /// row `i`).
+    pub fn input_embeddings(&self, ids: &[Vec<u32>], features: &[Tensor]) -> anyhow::Result<Tensor> {
         let image_token = self.config.image_token_index;
-        let n_feat = features.dim(1)?;
         let mut rows = Vec::with_capacity(ids.len());
         for (i, row) in ids.iter().enumerate() {
+            let n_feat = features[i].dim(0)?;
             let n_img = row.iter().filter(|&&t| t == image_token).count();
             if n_img != n_feat {
                 anyhow::bail!(
@@ -122,7 +187,7 @@ impl Llava {
                 let is_img = row[start] == image_token;
                 let end = (start..row.len()).find(|&j| (row[j] == image_token) != is_img).unwrap_or(row.len());
                 parts.push(if is_img {
-                    let p = features.i((i, used..used + end - start))?;
+                    let p = features[i].i(used..used + end - start)?;
                     used += end - start;
                     p
                 } else {
