@@ -101,7 +101,7 @@ fn caption(shards: &Path, out: &Path) -> anyhow::Result<(crate::latents::cache::
         ..crate::latents::cache::RunOptions::new(shards, out.join("captions"))
     };
     let stats = crate::caption::run(&cfg, &opts)?;
-    let first = crate::caption::stage::read_captions(&out.join("captions").join("00000.captions.parquet"))?
+    let first = crate::caption::read_captions(&out.join("captions").join("00000.captions.parquet"))?
         .into_iter()
         .next()
         .map(|(k, c, _)| (k, c.unwrap_or_default()))

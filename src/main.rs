@@ -870,10 +870,7 @@ fn main() -> anyhow::Result<()> {
             cfg.device = run.device.clone();
             let stats = pixforge::caption::run(&cfg, &run.options()?)
                 .with_context(|| format!("caption into {}", run.out.display()))?;
-            emit(&format!(
-                "{}\n",
-                serde_json::to_string_pretty(&pixforge::caption::stage::summary(&run.out, &stats)?)?
-            ));
+            emit(&format!("{}\n", serde_json::to_string_pretty(&pixforge::caption::summary(&run.out, &stats)?)?));
             if !stats.shards_failed.is_empty() {
                 anyhow::bail!(
                     "{} shard(s) could not be captioned (listed above); rerun to retry them",

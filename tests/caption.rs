@@ -6,7 +6,7 @@ mod common;
 
 use common::caches::{opts, source};
 use common::vlm::{Expect, Fault, VlmServer};
-use pixforge::caption::stage::{read_captions, Backend, CaptionConfig};
+use pixforge::caption::{read_captions, Backend, CaptionConfig};
 use polars::prelude::SerReader;
 use std::collections::HashMap;
 

@@ -167,3 +167,23 @@ fn models_forward_and_init_tiny() {
     let cap = LocalCaptioner::load(&tiny, &Device::Cpu, DType::F32, ImageMode::Crop, DEFAULT_TEMPLATE).unwrap();
     assert_eq!(cap.processor.image_tokens(), 16);
 }
+
+/// Half precision (what `--dtype f16` runs on CUDA) goes through the same code: on CPU the f16 model
+/// gives the f32 model's first-step logits within f16's precision.
+#[test]
+fn half_precision_follows_f32() {
+    let io = candle_core::safetensors::load(golden().join("llava_tiny_io.safetensors"), &Device::Cpu).unwrap();
+    let logits = |dtype: DType| {
+        let cap =
+            LocalCaptioner::load(&golden().join("llava_tiny"), &Device::Cpu, dtype, ImageMode::Crop, DEFAULT_TEMPLATE)
+                .unwrap();
+        let ids = cap.processor.input_ids(pixforge::caption::prompts::PAPER, cap.processor.image_tokens()).unwrap();
+        let f = cap.model.features(&[(io["pixel_values"].clone(), (56, 56))]).unwrap();
+        let emb = cap.model.input_embeddings(&[ids], &f).unwrap();
+        let mut cache = cap.model.new_cache().unwrap();
+        cap.model.step(&emb, 0, &mut cache).unwrap()
+    };
+    let (a, b) = (logits(DType::F32), logits(DType::F16));
+    let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff < 2e-2, "f16 logits differ from f32 by {diff}");
+}

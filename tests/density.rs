@@ -261,7 +261,7 @@ fn demo_reports_the_density_of_its_shards() {
     let caps: usize = ["00000", "00001"]
         .iter()
         .map(|s| {
-            pixforge::caption::stage::read_captions(&dir.path().join(format!("captions/{s}.captions.parquet")))
+            pixforge::caption::read_captions(&dir.path().join(format!("captions/{s}.captions.parquet")))
                 .unwrap()
                 .iter()
                 .filter(|r| r.2 == "success" && r.1.is_some())
