@@ -10,6 +10,7 @@ pub mod density;
 pub mod ingest;
 pub mod latents;
 pub mod models;
+pub mod pipeline;
 pub mod score;
 pub mod shards;
 pub mod train;

@@ -27,6 +27,19 @@ enum Cmd {
         #[arg(long, default_value = "pixforge-demo")]
         out: PathBuf,
     },
+    /// Run a pipeline file: its stages in order (tiny models, ingest, caption, density, cache t5/vae,
+    /// train), each configured by its section, each resumable; prints what each stage did and every
+    /// artifact's path. `pipelines/*.toml` are examples.
+    Run {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// The output folder (instead of the file's `out`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Hide the progress bars.
+        #[arg(long)]
+        no_progress: bool,
+    },
     /// Measurements for docs/BENCHMARKS.md.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -247,6 +260,7 @@ impl CacheRunArgs {
                 )),
                 None => None,
             },
+            depends_on: Vec::new(),
         })
     }
 }
@@ -897,51 +911,69 @@ fn main() -> anyhow::Result<()> {
             }
             emit(&format!("{}\n", serde_json::to_string_pretty(&out)?));
         }
+        Cmd::Run { pipeline, out, no_progress } => {
+            let p = pixforge::pipeline::Pipeline::load(&pipeline, out.as_deref())?;
+            let report = pixforge::pipeline::run(&p, !no_progress)?;
+            emit(&report.text());
+        }
         Cmd::Demo { out } => {
             let report = pixforge::demo::run(&out).context("demo")?;
-            let mut text = format!("pixforge demo: ingested the bundled photos into {}\n", report.shards.display());
-            text.push_str(&summary(&report.ingest));
-            text.push_str("samples:\n");
-            text.push_str(&pixforge::demo::summarize(&report.shards)?);
-            text.push_str(&format!("\nconcept density of the captions ({}/density/report.html):\n\n", out.display()));
-            text.push_str(&pixforge::density::report::markdown(&report.density));
-            text.push_str(&format!(
-                "\ncaptions in {}/captions: {} of {} images re-captioned with the paper's prompt by a tiny LLaVA-1.5 in the \
-                 llava-hf layout ({}/models/llava) — UNTRAINED, random weights, so its captions are noise; the same command \
-                 takes llava-hf/llava-1.5-7b-hf or a vLLM server (docs/caption.md)\n  {}: {:?}\n",
-                out.display(),
-                report.captions.successes,
-                report.captions.samples,
-                out.display(),
-                report.first_caption.0,
-                report.first_caption.1,
-            ));
-            text.push_str(&format!(
-                "\nfeature caches in {}/latents (tiny random T5 and VAE in the real layouts: no weights are downloaded here):\n  \
-                 t5: {} of {} captions embedded (PixArt-α cleaning, unpadded, bf16)\n  \
-                 vae-256ms: {} of {} images encoded into the 256 px aspect-ratio buckets (mean and std, f16)\n",
-                out.display(),
-                report.t5.successes,
-                report.t5.samples,
-                report.vae.successes,
-                report.vae.samples
-            ));
-            let t = &report.train;
-            text.push_str(&format!(
-                "\ntraining ({}/train.toml, the format of pixforge train --config): a tiny PixArtMS, {} steps on {} samples \
-                 in {} buckets\n  loss {:.3} (first 10 steps) -> {:.3} (last 10)\n  log: {}/train/log.jsonl, curve: \
-                 {}/train/loss.svg\n  checkpoint: {}\n  validation grid: {}\n",
-                out.display(),
-                t.end_step,
-                t.samples,
-                t.buckets.len(),
-                report.first_loss,
-                t.final_loss.unwrap_or(f64::NAN),
-                out.display(),
-                out.display(),
-                t.checkpoint.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
-                t.validation.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
-            ));
+            let p = &report.pipeline;
+            let mut text = format!("pixforge demo ({}: pipelines/demo.toml on the bundled photos)\n\n", out.display());
+            text.push_str(&p.text());
+            if let Some(stats) = &p.ingest {
+                if stats.shards_done > 0 {
+                    text.push_str(&format!("\ningested the bundled photos into {}\n", report.shards.display()));
+                    text.push_str(&summary(stats));
+                    text.push_str("samples:\n");
+                    text.push_str(&pixforge::demo::summarize(&report.shards)?);
+                }
+            }
+            if let Some(c) = &p.captions {
+                text.push_str(&format!(
+                    "\ncaptions in {}/captions: {} of {} images re-captioned with the paper's prompt by a tiny LLaVA-1.5 in \
+                     the llava-hf layout ({}/models/llava) — UNTRAINED, random weights, so its captions are noise; the \
+                     same stage takes llava-hf/llava-1.5-7b-hf or a vLLM server (docs/caption.md)\n  {}: {:?}\n",
+                    out.display(),
+                    c.successes,
+                    c.samples,
+                    out.display(),
+                    report.first_caption.0,
+                    report.first_caption.1,
+                ));
+            }
+            if let Some(d) = &p.density {
+                text.push_str(&format!("\nconcept density ({}/density/report.html):\n\n", out.display()));
+                text.push_str(&pixforge::density::report::markdown(d));
+            }
+            if let (Some(t5), Some(vae)) = (&p.t5, &p.vae) {
+                text.push_str(&format!(
+                    "\nfeature caches in {}/latents (tiny random T5 and VAE in the real layouts: no weights are downloaded \
+                     here):\n  t5: {} of {} captions embedded (the captions above; PixArt-α cleaning, unpadded, bf16)\n  \
+                     vae: {} of {} images encoded into the 256 px aspect-ratio buckets (mean and std, f16)\n",
+                    out.display(),
+                    t5.successes,
+                    t5.samples,
+                    vae.successes,
+                    vae.samples
+                ));
+            }
+            if let Some(t) = &p.train {
+                text.push_str(&format!(
+                    "\ntraining ([train] of pipelines/demo.toml, the format of pixforge train --config): a tiny PixArtMS, {} \
+                     steps on {} samples in {} buckets\n  loss {:.3} (first 10 steps) -> {:.3} (last 10)\n  log: \
+                     {}/train/log.jsonl, curve: {}/train/loss.svg\n  checkpoint: {}\n  validation grid: {}\n",
+                    t.end_step,
+                    t.samples,
+                    t.buckets.len(),
+                    report.first_loss,
+                    t.final_loss.unwrap_or(f64::NAN),
+                    out.display(),
+                    out.display(),
+                    t.checkpoint.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                    t.validation.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                ));
+            }
             emit(&text);
         }
     }

@@ -94,9 +94,13 @@ pub fn run(cfg: &CaptionConfig, opts: &RunOptions) -> anyhow::Result<CacheRunSta
     };
     let out_dir = opts.out.clone();
     sweep_journals(&out_dir);
-    let stats = crate::latents::cache::run_shards("caption", fingerprint, opts, |shard, reader, pb| {
-        caption_shard(cfg, &prompts, &engine, &out_dir, shard, reader, pb)
-    });
+    let stats = crate::latents::cache::run_shards(
+        "caption",
+        fingerprint,
+        opts,
+        &[".captions.parquet", ".index.json"],
+        |shard, reader, pb| caption_shard(cfg, &prompts, &engine, &out_dir, shard, reader, pb),
+    );
     sweep_journals(&out_dir);
     stats
 }

@@ -16,6 +16,8 @@ pub struct NamedInput {
     pub name: String,
     /// File or folder.
     pub path: PathBuf,
+    /// Which captions of it are read (the run's `--column` / `--filter` when `None`).
+    pub selection: Option<Selection>,
 }
 
 impl std::str::FromStr for NamedInput {
@@ -23,20 +25,20 @@ impl std::str::FromStr for NamedInput {
     fn from_str(s: &str) -> Result<Self, String> {
         match s.split_once('=') {
             Some((name, path)) if !name.is_empty() && !name.contains('/') => {
-                Ok(NamedInput { name: name.to_string(), path: PathBuf::from(path) })
+                Ok(NamedInput { name: name.to_string(), path: PathBuf::from(path), selection: None })
             }
             _ => {
                 let path = PathBuf::from(s);
                 let stem = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| s.to_string());
                 let name = stem.split('.').next().unwrap_or(&stem).to_string();
-                Ok(NamedInput { name, path })
+                Ok(NamedInput { name, path, selection: None })
             }
         }
     }
 }
 
 /// Which captions of an input are read.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Selection {
     /// Caption column or field (default: the first of [`DEFAULT_COLUMNS`] present).
     pub column: Option<String>,

@@ -129,7 +129,7 @@ pub fn run(inputs: &[NamedInput], o: &DensityOptions, out: &Path) -> anyhow::Res
     let start = std::time::Instant::now();
     let mut metrics = Vec::new();
     for input in inputs {
-        let counter = count_input(input, &nc, &o.selection, o.progress)?;
+        let counter = count_input(input, &nc, input.selection.as_ref().unwrap_or(&o.selection), o.progress)?;
         metrics.push(Metrics::new(&input.name, &input.path.display().to_string(), &counter, &o.count, o.max_tokens));
     }
     let report = Report {

@@ -124,48 +124,55 @@ pub fn run(cfg: &ScoreConfig, opts: &RunOptions, cuda: Option<i32>) -> anyhow::R
         cfg.pixel_heads.iter().map(|p| PixelHead::load(p, &pre, cuda)).collect::<anyhow::Result<Vec<_>>>()?;
     let names: Vec<String> = cfg.head_names().into_iter().take(cfg.heads.len()).collect();
     let out_dir = opts.out.clone();
-    crate::latents::cache::run_shards("score-clip", fingerprint, opts, |shard, reader, _| {
-        let mut entries = Vec::with_capacity(reader.samples.len());
-        let mut rows: Vec<Vec<f32>> = Vec::new();
-        let mut pixel_scores: Vec<(String, Vec<f32>)> =
-            pixel_heads.iter().map(|h| (h.name.clone(), Vec::new())).collect();
-        for chunk in reader.samples.chunks(cfg.batch_size.max(1)) {
-            let prepared: Vec<Result<Prepared, String>> = chunk
-                .par_iter()
-                .map(|sample| {
-                    let bytes = crate::latents::cache::image_bytes(reader, sample)?;
-                    let (img, _, _) = crate::ingest::imageops::decode_rgb(&bytes, crate::latents::cache::MAX_PIXELS)
-                        .map_err(|e| format!("cannot decode the image: {e}"))?;
-                    let pixels = pre.pixels(&img).map_err(|e| format!("{e:#}"))?;
-                    Ok((pixels, (!cfg.pixel_heads.is_empty()).then_some(img)))
-                })
-                .collect();
-            let mut pixels = Vec::new();
-            let mut images = Vec::new();
-            let mut n = 0;
-            for (sample, p) in chunk.iter().zip(prepared) {
-                match p {
-                    Ok((p, img)) => {
-                        let mut e = CacheEntry::success(&sample.key);
-                        e.row = Some(rows.len() + n);
-                        entries.push(e);
-                        pixels.extend(p);
-                        images.extend(img);
-                        n += 1;
+    crate::latents::cache::run_shards(
+        "score-clip",
+        fingerprint,
+        opts,
+        &[".safetensors", ".scores.parquet"],
+        |shard, reader, _| {
+            let mut entries = Vec::with_capacity(reader.samples.len());
+            let mut rows: Vec<Vec<f32>> = Vec::new();
+            let mut pixel_scores: Vec<(String, Vec<f32>)> =
+                pixel_heads.iter().map(|h| (h.name.clone(), Vec::new())).collect();
+            for chunk in reader.samples.chunks(cfg.batch_size.max(1)) {
+                let prepared: Vec<Result<Prepared, String>> = chunk
+                    .par_iter()
+                    .map(|sample| {
+                        let bytes = crate::latents::cache::image_bytes(reader, sample)?;
+                        let (img, _, _) =
+                            crate::ingest::imageops::decode_rgb(&bytes, crate::latents::cache::MAX_PIXELS)
+                                .map_err(|e| format!("cannot decode the image: {e}"))?;
+                        let pixels = pre.pixels(&img).map_err(|e| format!("{e:#}"))?;
+                        Ok((pixels, (!cfg.pixel_heads.is_empty()).then_some(img)))
+                    })
+                    .collect();
+                let mut pixels = Vec::new();
+                let mut images = Vec::new();
+                let mut n = 0;
+                for (sample, p) in chunk.iter().zip(prepared) {
+                    match p {
+                        Ok((p, img)) => {
+                            let mut e = CacheEntry::success(&sample.key);
+                            e.row = Some(rows.len() + n);
+                            entries.push(e);
+                            pixels.extend(p);
+                            images.extend(img);
+                            n += 1;
+                        }
+                        Err(reason) => entries.push(CacheEntry::failed(&sample.key, reason)),
                     }
-                    Err(reason) => entries.push(CacheEntry::failed(&sample.key, reason)),
+                }
+                if n > 0 {
+                    rows.extend(tower.embed_pixels(pixels, n)?);
+                    let refs: Vec<&image::RgbImage> = images.iter().collect();
+                    for (head, (_, scores)) in pixel_heads.iter_mut().zip(pixel_scores.iter_mut()) {
+                        scores.extend(head.score(&refs)?);
+                    }
                 }
             }
-            if n > 0 {
-                rows.extend(tower.embed_pixels(pixels, n)?);
-                let refs: Vec<&image::RgbImage> = images.iter().collect();
-                for (head, (_, scores)) in pixel_heads.iter_mut().zip(pixel_scores.iter_mut()) {
-                    scores.extend(head.score(&refs)?);
-                }
-            }
-        }
-        shard_output(entries, rows, &mut heads, &names, &pixel_scores, &out_dir, shard)
-    })
+            shard_output(entries, rows, &mut heads, &names, &pixel_scores, &out_dir, shard)
+        },
+    )
 }
 
 /// One shard's output: the embeddings tensor, the index entries and the scores parquet (written
@@ -322,20 +329,28 @@ pub fn run_laion(cfg: &LaionEmbeddings, opts: &RunOptions) -> anyhow::Result<Cac
     };
     let mut heads = cfg.heads.iter().map(|p| Head::load(p, &Device::Cpu)).collect::<anyhow::Result<Vec<_>>>()?;
     let out_dir = opts.out.clone();
-    crate::latents::cache::run_shards("score-laion-emb", fingerprint, opts, |shard, reader, _| {
-        let mut entries = Vec::with_capacity(reader.samples.len());
-        let mut rows = Vec::new();
-        for sample in &reader.samples {
-            match index.get(&sample.key) {
-                Some(&(f, r)) => {
-                    let mut e = CacheEntry::success(&sample.key);
-                    e.row = Some(rows.len());
-                    rows.push(files[f].row(r)?);
-                    entries.push(e);
+    crate::latents::cache::run_shards(
+        "score-laion-emb",
+        fingerprint,
+        opts,
+        &[".safetensors", ".scores.parquet"],
+        |shard, reader, _| {
+            let mut entries = Vec::with_capacity(reader.samples.len());
+            let mut rows = Vec::new();
+            for sample in &reader.samples {
+                match index.get(&sample.key) {
+                    Some(&(f, r)) => {
+                        let mut e = CacheEntry::success(&sample.key);
+                        e.row = Some(rows.len());
+                        rows.push(files[f].row(r)?);
+                        entries.push(e);
+                    }
+                    None => {
+                        entries.push(CacheEntry::failed(&sample.key, "no embedding in the LAION files for this key"))
+                    }
                 }
-                None => entries.push(CacheEntry::failed(&sample.key, "no embedding in the LAION files for this key")),
             }
-        }
-        shard_output(entries, rows, &mut heads, &names, &[], &out_dir, shard)
-    })
+            shard_output(entries, rows, &mut heads, &names, &[], &out_dir, shard)
+        },
+    )
 }

@@ -338,7 +338,8 @@ impl TrainConfig {
         Ok(cfg)
     }
 
-    fn resolve_paths(&mut self, base: &Path) {
+    /// Makes the relative paths absolute against `base` (the config file's folder).
+    pub(crate) fn resolve_paths(&mut self, base: &Path) {
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {
                 *p = base.join(&*p);

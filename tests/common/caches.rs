@@ -68,7 +68,14 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 pub fn t5_config(dtype: FeatureDType) -> T5CacheConfig {
-    T5CacheConfig { model: pipeline(), max_tokens: MAX_TOKENS, cleaning: TextCleaning::Pixart, dtype, batch_size: 8 }
+    T5CacheConfig {
+        model: pipeline(),
+        max_tokens: MAX_TOKENS,
+        cleaning: TextCleaning::Pixart,
+        dtype,
+        batch_size: 8,
+        captions: None,
+    }
 }
 
 pub fn vae_config(model: &Path, resolution: usize, multiscale: bool) -> VaeCacheConfig {

@@ -75,13 +75,36 @@ impl CacheFingerprint {
     }
 
     /// Adds the source shards `names` of `input` (each by the hash of its `_stats.json`).
-    pub fn with_sources(mut self, input: &Path, names: &[String]) -> anyhow::Result<Self> {
+    pub fn with_sources(self, input: &Path, names: &[String]) -> anyhow::Result<Self> {
+        self.with_sources_in(&[input.to_path_buf()], names)
+    }
+
+    /// Adds the source shards `names`, each by the hash of its `_stats.json` in every folder of
+    /// `inputs` (the source dataset, then the stage folders the shard also depends on).
+    pub fn with_sources_in(mut self, inputs: &[std::path::PathBuf], names: &[String]) -> anyhow::Result<Self> {
         for name in names {
-            let stats = input.join(format!("{name}_stats.json"));
-            let bytes = std::fs::read(&stats).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", stats.display()))?;
-            self.sources.insert(name.clone(), hex::encode(&Sha256::digest(&bytes)[..16]));
+            let mut h = Sha256::new();
+            for input in inputs {
+                let stats = input.join(format!("{name}_stats.json"));
+                let bytes =
+                    std::fs::read(&stats).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", stats.display()))?;
+                if inputs.len() == 1 {
+                    h = Sha256::new();
+                    h.update(&bytes);
+                } else {
+                    h.update(Sha256::digest(&bytes));
+                }
+            }
+            self.sources.insert(name.clone(), hex::encode(&h.finalize()[..16]));
         }
         Ok(self)
+    }
+
+    /// The digest of everything but the sources: whether a folder holds the same kind of cache.
+    pub fn digest_without_sources(&self) -> String {
+        let mut f = self.clone();
+        f.sources.clear();
+        f.digest()
     }
 
     /// A short hash of the whole fingerprint.

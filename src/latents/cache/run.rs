@@ -25,6 +25,9 @@ pub struct RunOptions {
     /// Only these sample keys (a `pixforge filter` / `dedup` / `balance` selection); the others get
     /// an index entry with the reason "not in the selection".
     pub selection: Option<std::sync::Arc<std::collections::HashSet<String>>>,
+    /// Other stage folders each shard also depends on (the caption folder of a T5 cache made from
+    /// dense captions): a shard is done there first, and is redone here when it changes there.
+    pub depends_on: Vec<PathBuf>,
 }
 
 impl RunOptions {
@@ -37,6 +40,7 @@ impl RunOptions {
             overwrite: false,
             progress: true,
             selection: None,
+            depends_on: Vec::new(),
         }
     }
 }
@@ -78,16 +82,26 @@ pub struct CacheRunStats {
 }
 
 /// Runs `per_shard` over the shards of `opts.input` this worker owns and has not done yet, writing
-/// each result into `opts.out`; the manifest of `stage` records `fingerprint`.
+/// each result into `opts.out`; the manifest of `stage` records `fingerprint`. A shard is done when
+/// its `_stats.json` and every file named `{shard}{suffix}` for `outputs` exist and it was made from
+/// the source shard as it is now; otherwise it is (re)done.
 pub fn run_shards(
     stage: &str,
     fingerprint: CacheFingerprint,
     opts: &RunOptions,
+    outputs: &[&str],
     mut per_shard: impl FnMut(&str, &WdsReader, &ProgressBar) -> anyhow::Result<ShardOutput>,
 ) -> anyhow::Result<CacheRunStats> {
     let t0 = std::time::Instant::now();
-    let sources: Vec<usize> = done_shards(&opts.input)
+    let mut sources: Vec<usize> = done_shards(&opts.input)
         .map_err(|e| anyhow::anyhow!("{}: cannot list the source shards: {e}", opts.input.display()))?;
+    for dep in &opts.depends_on {
+        let there: std::collections::HashSet<usize> = done_shards(dep)
+            .map_err(|e| anyhow::anyhow!("{}: cannot list its shards: {e}", dep.display()))?
+            .into_iter()
+            .collect();
+        sources.retain(|s| there.contains(s));
+    }
     if sources.is_empty() {
         anyhow::bail!(
             "{}: no finished shards (expected {{shard}}.tar with {{shard}}_stats.json, as `pixforge ingest` writes)",
@@ -95,7 +109,8 @@ pub fn run_shards(
         );
     }
     let names: Vec<String> = sources.iter().map(|&s| shard_name(s)).collect();
-    let mut fingerprint = fingerprint.with_sources(&opts.input, &names)?;
+    let inputs: Vec<PathBuf> = std::iter::once(opts.input.clone()).chain(opts.depends_on.iter().cloned()).collect();
+    let mut fingerprint = fingerprint.with_sources_in(&inputs, &names)?;
     if let (Some(sel), Some(obj)) = (&opts.selection, fingerprint.preprocessing.as_object_mut()) {
         use sha2::Digest;
         let mut keys: Vec<&String> = sel.iter().collect();
@@ -109,7 +124,10 @@ pub fn run_shards(
         obj.insert("selection".into(), serde_json::json!({ "keys": sel.len(), "sha256": digest }));
     }
     prepare_out(stage, &fingerprint, opts)?;
-    let done: std::collections::HashSet<usize> = done_shards(&opts.out)?.into_iter().collect();
+    let done: std::collections::HashSet<usize> = done_shards(&opts.out)?
+        .into_iter()
+        .filter(|&s| is_current(&opts.out, &shard_name(s), outputs, fingerprint.sources.get(&shard_name(s))))
+        .collect();
     let todo: Vec<usize> = sources.iter().copied().filter(|&s| opts.worker.owns(s)).collect();
     let mut stats = CacheRunStats::default();
     let pb = if opts.progress { ProgressBar::new(todo.len() as u64) } else { ProgressBar::hidden() };
@@ -125,7 +143,8 @@ pub fn run_shards(
         }
         let name = shard_name(shard);
         pb.set_message(name.clone());
-        match cache_one(&name, opts, &pb, &mut per_shard) {
+        let digest = fingerprint.sources.get(&name).cloned();
+        match cache_one(&name, opts, &pb, digest, &mut per_shard) {
             Ok(s) => {
                 stats.shards_done += 1;
                 stats.samples += s.count;
@@ -143,10 +162,26 @@ pub fn run_shards(
     Ok(stats)
 }
 
+/// Whether done shard `name` of `dir` has all its `outputs` and was made from the source as it is
+/// (`digest`; a shard that recorded none is taken as current).
+fn is_current(dir: &Path, name: &str, outputs: &[&str], digest: Option<&String>) -> bool {
+    if !outputs.iter().all(|o| dir.join(format!("{name}{o}")).is_file()) {
+        return false;
+    }
+    let stats = std::fs::read(dir.join(format!("{name}_stats.json")))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<CacheShardStats>(&b).ok());
+    match (stats.and_then(|s| s.source_digest), digest) {
+        (Some(recorded), Some(now)) => &recorded == now,
+        _ => true,
+    }
+}
+
 fn cache_one(
     name: &str,
     opts: &RunOptions,
     pb: &ProgressBar,
+    digest: Option<String>,
     per_shard: &mut impl FnMut(&str, &WdsReader, &ProgressBar) -> anyhow::Result<ShardOutput>,
 ) -> anyhow::Result<CacheShardStats> {
     let start = crate::shards::now();
@@ -155,7 +190,7 @@ fn cache_one(
         WdsReader::open(&tar).map_err(|e| anyhow::anyhow!("{}: not a readable tar: {e}", tar.display()))?;
     let Some(selection) = &opts.selection else {
         let out = per_shard(name, &reader, pb)?;
-        return write_shard(&opts.out, name, &out, start);
+        return write_shard(&opts.out, name, &out, start, digest);
     };
     // Unselected samples are not read; their entries take their place in the source order.
     let order: std::collections::HashMap<String, usize> =
@@ -165,7 +200,7 @@ fn cache_one(
     let mut out = per_shard(name, &reader, pb)?;
     out.entries.extend(left.iter().map(|s| CacheEntry::failed(&s.key, "not in the selection")));
     out.entries.sort_by_key(|e| order.get(&e.key).copied().unwrap_or(usize::MAX));
-    write_shard(&opts.out, name, &out, start)
+    write_shard(&opts.out, name, &out, start, digest)
 }
 
 /// Creates the cache directory, refuses (or with `overwrite` clears) a cache made from other inputs,
@@ -181,12 +216,21 @@ fn prepare_out(stage: &str, fingerprint: &CacheFingerprint, opts: &RunOptions) -
         fingerprint: fingerprint.digest(),
     };
     if let Some(existing) = Manifest::read(out)? {
-        if existing.fingerprint != manifest.fingerprint {
+        // Changed source shards are redone one by one (their digests differ); anything else is
+        // another cache.
+        let same_kind = serde_json::from_value::<CacheFingerprint>(existing.config.clone()).is_ok_and(|old| {
+            existing.stage == stage && old.digest_without_sources() == fingerprint.digest_without_sources()
+        });
+        if !same_kind {
             if opts.overwrite {
                 remove_cache_files(out)?;
             } else {
                 let what = match serde_json::from_value::<CacheFingerprint>(existing.config.clone()) {
-                    Ok(old) => old.changes(fingerprint).join("; "),
+                    Ok(old) => {
+                        let mut now = fingerprint.clone();
+                        now.sources.clear();
+                        old.changes(&now).join("; ")
+                    }
                     Err(_) => format!("it was written by stage `{}`", existing.stage),
                 };
                 anyhow::bail!(

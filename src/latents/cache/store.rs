@@ -85,6 +85,10 @@ pub struct CacheShardStats {
     pub start_time: f64,
     /// Seconds the shard took.
     pub duration: f64,
+    /// The hash of the source shard (and of the stage shards it also depends on) it was made from; a
+    /// rerun redoes the shard when its source has changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_digest: Option<String>,
     /// Stage-specific figures (captioning: tokens, QC flag counts, latency).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub details: Option<serde_json::Value>,
@@ -100,8 +104,15 @@ pub struct ShardOutput {
     pub details: Option<serde_json::Value>,
 }
 
-/// Writes shard `name` into `dir`: safetensors, index, then stats (the done marker).
-pub fn write_shard(dir: &Path, name: &str, out: &ShardOutput, start_time: f64) -> anyhow::Result<CacheShardStats> {
+/// Writes shard `name` into `dir`: safetensors, index, then stats (the done marker) recording
+/// `source_digest`.
+pub fn write_shard(
+    dir: &Path,
+    name: &str,
+    out: &ShardOutput,
+    start_time: f64,
+    source_digest: Option<String>,
+) -> anyhow::Result<CacheShardStats> {
     if let Some(tensors) = &out.tensors {
         let st = dir.join(format!("{name}.safetensors"));
         let tmp = temp_path(&st);
@@ -109,8 +120,13 @@ pub fn write_shard(dir: &Path, name: &str, out: &ShardOutput, start_time: f64) -
         std::fs::rename(&tmp, &st)?;
     }
     write_atomic(&dir.join(format!("{name}.index.json")), &serde_json::to_vec_pretty(&out.entries)?)?;
-    let mut stats =
-        CacheShardStats { count: out.entries.len(), start_time, details: out.details.clone(), ..Default::default() };
+    let mut stats = CacheShardStats {
+        count: out.entries.len(),
+        start_time,
+        details: out.details.clone(),
+        source_digest,
+        ..Default::default()
+    };
     for e in &out.entries {
         let reason = match e.status {
             EntryStatus::Success => {

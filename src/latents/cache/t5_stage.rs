@@ -70,6 +70,12 @@ pub struct T5CacheConfig {
     #[arg(long, default_value_t = 32)]
     #[serde(default = "default_batch")]
     pub batch_size: usize,
+    /// Take each sample's caption from this caption folder (a `pixforge caption` output: its first
+    /// caption of the sample) instead of the shard's `.txt`; a sample without one is recorded as
+    /// failed. A caption shard that changes is re-encoded on the next run.
+    #[arg(long)]
+    #[serde(default)]
+    pub captions: Option<PathBuf>,
 }
 
 impl T5CacheConfig {
@@ -78,8 +84,20 @@ impl T5CacheConfig {
         let model_dir = crate::latents::part(&self.model, "text_encoder");
         let mut files = crate::latents::weight_files(&model_dir, "model")?;
         files.push(CaptionTokenizer::file_in(&self.model));
+        let caption = match &self.captions {
+            None => "the sample's .txt member".to_string(),
+            Some(dir) => {
+                let m = crate::shards::Manifest::read(dir)?.ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--captions {}: no manifest.json (expected a `pixforge caption` output)",
+                        dir.display()
+                    )
+                })?;
+                format!("the first caption of a caption folder made with fingerprint {}", m.fingerprint)
+            }
+        };
         let preprocessing = serde_json::json!({
-            "caption": "the sample's .txt member",
+            "caption": caption,
             "cleaning": self.cleaning,
             "max_tokens": self.max_tokens,
             "dtype": self.dtype,
@@ -95,14 +113,26 @@ pub fn run(cfg: &T5CacheConfig, opts: &RunOptions, device: &Device) -> anyhow::R
     }
     let fingerprint = cfg.fingerprint()?;
     let t5 = TextEncoder::load(&cfg.model, cfg.max_tokens, cfg.cleaning, device)?;
-    run_shards("cache-t5", fingerprint, opts, |_, reader, _| {
+    let mut opts = opts.clone();
+    opts.depends_on.extend(cfg.captions.iter().cloned());
+    run_shards("cache-t5", fingerprint, &opts, &[".safetensors", ".index.json"], |name, reader, _| {
         let mut entries = Vec::with_capacity(reader.samples.len());
         let mut ids: Vec<Option<Vec<u32>>> = Vec::with_capacity(reader.samples.len());
+        let dense = match &cfg.captions {
+            Some(dir) => Some(first_captions(&dir.join(format!("{name}.captions.parquet")))?),
+            None => None,
+        };
         for sample in &reader.samples {
-            let caption = match reader.read(sample, "txt") {
-                Ok(Some(bytes)) => String::from_utf8(bytes).map_err(|_| "caption is not UTF-8".to_string()),
-                Ok(None) => Err("no caption: the sample has no .txt member".to_string()),
-                Err(e) => Err(format!("cannot read the .txt member: {e}")),
+            let caption = match &dense {
+                Some(map) => map
+                    .get(&sample.key)
+                    .cloned()
+                    .ok_or_else(|| "no caption: the caption folder has no caption for this sample".to_string()),
+                None => match reader.read(sample, "txt") {
+                    Ok(Some(bytes)) => String::from_utf8(bytes).map_err(|_| "caption is not UTF-8".to_string()),
+                    Ok(None) => Err("no caption: the sample has no .txt member".to_string()),
+                    Err(e) => Err(format!("cannot read the .txt member: {e}")),
+                },
             };
             match caption.and_then(|c| t5.tokens(&c).map_err(|e| format!("{e:#}"))) {
                 Ok(t) => {
@@ -139,6 +169,17 @@ pub fn run(cfg: &T5CacheConfig, opts: &RunOptions, device: &Device) -> anyhow::R
         ]);
         Ok(ShardOutput { tensors: Some(tensors), entries, details: None })
     })
+}
+
+/// Each key's first successful caption in a caption parquet.
+fn first_captions(path: &std::path::Path) -> anyhow::Result<HashMap<String, String>> {
+    let mut out = HashMap::new();
+    for (key, caption, status) in crate::caption::read_captions(path)? {
+        if let (Some(c), "success") = (caption, status.as_str()) {
+            out.entry(key).or_insert(c);
+        }
+    }
+    Ok(out)
 }
 
 /// Encodes each `Some` token sequence, packing `batch_size` captions at a time; returns `[L, d]` per input.

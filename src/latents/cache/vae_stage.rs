@@ -138,7 +138,7 @@ pub fn run(cfg: &VaeCacheConfig, opts: &RunOptions, device: &Device) -> anyhow::
     let table = cfg.table()?;
     let fingerprint = cfg.fingerprint()?;
     let vae = Vae::load(&crate::latents::part(&cfg.model, "vae"), device)?;
-    run_shards("cache-vae", fingerprint, opts, |_, reader, _| {
+    run_shards("cache-vae", fingerprint, opts, &[".safetensors", ".index.json"], |_, reader, _| {
         let mut entries = Vec::with_capacity(reader.samples.len());
         let mut moments: BTreeMap<String, (Vec<Tensor>, Vec<Tensor>)> = BTreeMap::new();
         for chunk in reader.samples.chunks(CHUNK) {

@@ -1,0 +1,393 @@
+//! `pixforge run PIPELINE.toml`: the stages in order (tiny models → ingest → caption → density →
+//! cache t5 / vae → train), each configured inline by its own section, the outputs of one feeding the
+//! next under one output folder, each stage resumable so that a rerun does only what is missing.
+//!
+//! A pipeline file:
+//!
+//! ```toml
+//! out = "runs/sam-256"            # every stage writes under it (relative to this file)
+//! [ingest]                        # pixforge ingest's configuration  -> {out}/shards
+//! [caption]                       # pixforge caption's               -> {out}/captions
+//! [density]                       # the alt-text against the captions -> {out}/density
+//! [cache.t5]                      # pixforge cache t5's (captions from [caption] when present)
+//! [cache.vae]                     # pixforge cache vae's              -> {out}/latents/{t5,vae}
+//! [train]                         # a pixforge train config without output_dir and data.caches
+//! ```
+//!
+//! `{out}` in any string is the output folder; other relative paths are relative to the file.
+
+mod run;
+
+pub use run::{run, PipelineReport, StageReport};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Tiny random models in the real layouts (the demo's; nothing is downloaded).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelsStage {
+    /// Kinds to write into `{out}/models`: `t5` (with a T5-format tokenizer), `vae`, `llava`.
+    pub tiny: Vec<String>,
+}
+
+/// The density stage: PixArt-α's Table 1 for the shards' alt-text, the captions, and any other sets.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DensityStage {
+    /// Other caption sets to compare, by name: any input `pixforge density` takes, as a path or as
+    /// `{ path = "…", column = "text", filter = "category=detail" }`.
+    #[serde(default)]
+    pub compare: BTreeMap<String, CompareSet>,
+    /// A T5 tokenizer.json for the token-length statistics.
+    #[serde(default)]
+    pub t5_tokenizer: Option<PathBuf>,
+}
+
+/// A caption set the density stage compares.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum CompareSet {
+    /// A file or folder, its captions found as `pixforge density` finds them.
+    Path(PathBuf),
+    /// A file or folder with the caption field and a row filter.
+    Set {
+        /// The file or folder.
+        path: PathBuf,
+        /// The caption column or field.
+        #[serde(default)]
+        column: Option<String>,
+        /// Keep only rows whose field has a value: `field=value`.
+        #[serde(default)]
+        filter: Option<String>,
+    },
+}
+
+impl CompareSet {
+    /// The file or folder.
+    pub fn path(&self) -> &Path {
+        match self {
+            CompareSet::Path(p) | CompareSet::Set { path: p, .. } => p,
+        }
+    }
+
+    fn path_mut(&mut self) -> &mut PathBuf {
+        match self {
+            CompareSet::Path(p) | CompareSet::Set { path: p, .. } => p,
+        }
+    }
+
+    /// The density input named `name`.
+    pub fn input(&self, name: &str) -> crate::density::input::NamedInput {
+        let selection = match self {
+            CompareSet::Path(_) => None,
+            CompareSet::Set { column, filter, .. } => Some(crate::density::input::Selection {
+                column: column.clone(),
+                filter: filter.as_ref().and_then(|f| f.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())),
+                limit: None,
+            }),
+        };
+        crate::density::input::NamedInput { name: name.into(), path: self.path().to_path_buf(), selection }
+    }
+}
+
+/// What the train stage does when its caches changed after a finished or started run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenDataChanges {
+    /// Stop with a message (the run's checkpoints are kept).
+    #[default]
+    Stop,
+    /// Delete the run and train again (the demo's choice).
+    Retrain,
+}
+
+/// A parsed pipeline: its sections, paths resolved.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// The file it was read from.
+    pub file: PathBuf,
+    /// The output folder.
+    pub out: PathBuf,
+    /// `[models]`.
+    pub models: Option<ModelsStage>,
+    /// `[ingest]`.
+    pub ingest: Option<crate::ingest::IngestConfig>,
+    /// `[caption]`.
+    pub caption: Option<crate::caption::CaptionConfig>,
+    /// `[density]`.
+    pub density: Option<DensityStage>,
+    /// `[cache.t5]`.
+    pub t5: Option<crate::latents::cache::T5CacheConfig>,
+    /// `[cache.vae]`.
+    pub vae: Option<crate::latents::cache::VaeCacheConfig>,
+    /// `[train]`, with its output folder and caches filled in.
+    pub train: Option<crate::train::config::TrainConfig>,
+    /// `[train] when_data_changes`.
+    pub when_data_changes: WhenDataChanges,
+}
+
+/// The stage sections a pipeline file may have.
+const SECTIONS: [&str; 7] = ["out", "description", "models", "ingest", "caption", "density", "cache"];
+
+impl Pipeline {
+    /// Reads `file`; `out` overrides its `out`. Errors name the file, the stage and the field.
+    pub fn load(file: &Path, out: Option<&Path>) -> anyhow::Result<Self> {
+        let text =
+            std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", file.display()))?;
+        Self::parse(&text, file, out)
+    }
+
+    /// Parses pipeline `text` (from `file`, which relative paths are relative to).
+    pub fn parse(text: &str, file: &Path, out: Option<&Path>) -> anyhow::Result<Self> {
+        let f = file.display();
+        let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut doc: toml::Table = toml::from_str(text).map_err(|e| anyhow::anyhow!("{f}: not valid TOML: {e}"))?;
+        for key in doc.keys() {
+            if !SECTIONS.contains(&key.as_str()) && key != "train" {
+                anyhow::bail!(
+                    "{f}: unknown stage `{key}`; a pipeline has out, description, [models], [ingest], [caption], \
+                     [density], [cache.t5], [cache.vae] and [train]"
+                );
+            }
+        }
+        let out = match (out, doc.get("out")) {
+            (Some(o), _) => o.to_path_buf(),
+            (None, Some(toml::Value::String(s))) => base.join(s),
+            (None, Some(v)) => anyhow::bail!("{f}: field `out`: expected a folder name, found {v}"),
+            (None, None) => anyhow::bail!("{f}: field `out`: missing (the folder every stage writes under)"),
+        };
+        substitute_out(&mut doc, &out.to_string_lossy());
+        let stage = |name: &str| doc.get(name).cloned();
+        let models = stage("models").map(|v| typed::<ModelsStage>(file, "models", v)).transpose()?;
+        let mut ingest =
+            stage("ingest").map(|v| typed::<crate::ingest::IngestConfig>(file, "ingest", v)).transpose()?;
+        let mut caption =
+            stage("caption").map(|v| typed::<crate::caption::CaptionConfig>(file, "caption", v)).transpose()?;
+        let mut density = stage("density").map(|v| typed::<DensityStage>(file, "density", v)).transpose()?;
+        let cache = match stage("cache") {
+            Some(toml::Value::Table(t)) => t,
+            Some(v) => anyhow::bail!("{f}: stage `cache`: expected [cache.t5] and/or [cache.vae] tables, found {v}"),
+            None => toml::Table::new(),
+        };
+        for key in cache.keys() {
+            if key != "t5" && key != "vae" {
+                anyhow::bail!("{f}: unknown stage `cache.{key}`; expected [cache.t5] and/or [cache.vae]");
+            }
+        }
+        let mut t5 = cache
+            .get("t5")
+            .cloned()
+            .map(|v| typed::<crate::latents::cache::T5CacheConfig>(file, "cache.t5", v))
+            .transpose()?;
+        let mut vae = cache
+            .get("vae")
+            .cloned()
+            .map(|v| typed::<crate::latents::cache::VaeCacheConfig>(file, "cache.vae", v))
+            .transpose()?;
+        let (train, when_data_changes) = match stage("train") {
+            None => (None, WhenDataChanges::Stop),
+            Some(toml::Value::Table(mut t)) => {
+                let when = match t.remove("when_data_changes") {
+                    None => WhenDataChanges::Stop,
+                    Some(v) => typed::<WhenDataChanges>(file, "train", v).map_err(|e| {
+                        anyhow::anyhow!("{e:#} (field `when_data_changes`: expected \"stop\" or \"retrain\")")
+                    })?,
+                };
+                let dir = out.join("train").to_string_lossy().into_owned();
+                t.entry("output_dir").or_insert(toml::Value::String(dir));
+                let data = t.entry("data").or_insert(toml::Value::Table(toml::Table::new()));
+                if let toml::Value::Table(d) = data {
+                    d.entry("caches").or_insert_with(|| {
+                        let mut pair = toml::Table::new();
+                        pair.insert("t5".into(), out.join("latents/t5").to_string_lossy().into_owned().into());
+                        pair.insert("vae".into(), out.join("latents/vae").to_string_lossy().into_owned().into());
+                        toml::Value::Array(vec![toml::Value::Table(pair)])
+                    });
+                }
+                let mut cfg = typed::<crate::train::config::TrainConfig>(file, "train", toml::Value::Table(t))?;
+                cfg.resolve_paths(&base);
+                (Some(cfg), when)
+            }
+            Some(v) => anyhow::bail!("{f}: stage `train`: expected a table, found {v}"),
+        };
+        // Relative paths are relative to the file.
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(i) = &mut ingest {
+            i.inputs.iter_mut().for_each(fix);
+        }
+        if let Some(c) = &mut caption {
+            if c.backend == crate::caption::Backend::Candle && Path::new(&c.model).is_relative() {
+                c.model = base.join(&c.model).to_string_lossy().into_owned();
+            }
+        }
+        if let Some(d) = &mut density {
+            d.compare.values_mut().for_each(|c| fix(c.path_mut()));
+            d.t5_tokenizer.iter_mut().for_each(fix);
+        }
+        if let Some(t) = &mut t5 {
+            fix(&mut t.model);
+        }
+        if let Some(v) = &mut vae {
+            fix(&mut v.model);
+        }
+        Ok(Self { file: file.to_path_buf(), out, models, ingest, caption, density, t5, vae, train, when_data_changes })
+    }
+
+    /// Checks what must exist before the run starts (model folders a tiny-models stage will not
+    /// write, inputs), naming the file, stage and field.
+    pub fn check(&self) -> anyhow::Result<()> {
+        let f = self.file.display();
+        let made = self.out.join("models");
+        let exists = |p: &Path| p.exists() || (self.models.is_some() && p.starts_with(&made));
+        if let Some(i) = &self.ingest {
+            for p in &i.inputs {
+                if !exists(p) {
+                    anyhow::bail!("{f}: stage `ingest`, field `inputs`: {}: no such file or folder", p.display());
+                }
+            }
+        }
+        if let Some(c) = &self.caption {
+            if c.backend == crate::caption::Backend::Candle && !exists(Path::new(&c.model)) {
+                anyhow::bail!("{f}: stage `caption`, field `model`: {}: no such model folder", c.model);
+            }
+            if c.backend == crate::caption::Backend::Openai && c.endpoint.is_none() {
+                anyhow::bail!("{f}: stage `caption`, field `endpoint`: required with backend = \"openai\"");
+            }
+        }
+        for (stage, model) in
+            [("cache.t5", self.t5.as_ref().map(|t| &t.model)), ("cache.vae", self.vae.as_ref().map(|v| &v.model))]
+        {
+            if let Some(m) = model {
+                if !exists(m) {
+                    anyhow::bail!("{f}: stage `{stage}`, field `model`: {}: no such model folder", m.display());
+                }
+            }
+        }
+        if let Some(d) = &self.density {
+            for (name, c) in &d.compare {
+                if !c.path().exists() {
+                    anyhow::bail!(
+                        "{f}: stage `density`, field `compare.{name}`: {}: no such file or folder",
+                        c.path().display()
+                    );
+                }
+                if let CompareSet::Set { filter: Some(flt), .. } = c {
+                    if !flt.contains('=') {
+                        anyhow::bail!(
+                            "{f}: stage `density`, field `compare.{name}.filter`: expected field=value, found {flt:?}"
+                        );
+                    }
+                }
+            }
+        }
+        if let (Some(train), true) = (&self.train, self.t5.is_none() || self.vae.is_none()) {
+            if train.data.caches.iter().any(|c| c.t5.starts_with(&self.out) || c.vae.starts_with(&self.out)) {
+                anyhow::bail!("{f}: stage `train` trains on the pipeline's caches: add [cache.t5] and [cache.vae]");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Replaces `{out}` in every string of `v`.
+fn substitute_out(t: &mut toml::Table, out: &str) {
+    fn walk(v: &mut toml::Value, out: &str) {
+        match v {
+            toml::Value::String(s) if s.contains("{out}") => *s = s.replace("{out}", out),
+            toml::Value::Array(a) => a.iter_mut().for_each(|x| walk(x, out)),
+            toml::Value::Table(t) => t.iter_mut().for_each(|(_, x)| walk(x, out)),
+            _ => {}
+        }
+    }
+    t.iter_mut().for_each(|(_, v)| walk(v, out));
+}
+
+/// A stage's section as `T`, an error naming the file, the stage and the field.
+fn typed<T: DeserializeOwned>(file: &Path, stage: &str, v: toml::Value) -> anyhow::Result<T> {
+    let f = file.display();
+    let table = match v {
+        toml::Value::Table(t) => t,
+        // A bare value (an enum) is checked through a one-field table.
+        other => {
+            let mut t = toml::Table::new();
+            t.insert("value".into(), other);
+            #[derive(Deserialize)]
+            struct One<T> {
+                value: T,
+            }
+            let text = toml::to_string(&t)?;
+            return toml::from_str::<One<T>>(&text)
+                .map(|o| o.value)
+                .map_err(|e| anyhow::anyhow!("{f}: stage `{stage}`: {}", e.message().trim()));
+        }
+    };
+    let text = toml::to_string(&table)?;
+    toml::from_str::<T>(&text).map_err(|e| {
+        let msg = e.message().trim().to_string();
+        let field =
+            (!msg.starts_with("missing field")).then(|| e.span().and_then(|s| field_at(&text, s.start))).flatten();
+        match field {
+            Some(field) => anyhow::anyhow!("{f}: stage `{stage}`, field `{field}`: {msg}"),
+            None => anyhow::anyhow!("{f}: stage `{stage}`: {msg}"),
+        }
+    })
+}
+
+/// The dotted name of the key on the line of byte `pos` in TOML `text` (its table's header included).
+fn field_at(text: &str, pos: usize) -> Option<String> {
+    let line_start = text[..pos.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next()?.trim();
+    let header = |l: &str| l.starts_with('[').then(|| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    if let Some(h) = header(line) {
+        return Some(h);
+    }
+    let key = line.split('=').next()?.trim().trim_matches('"').to_string();
+    let table = text[..line_start].lines().rev().find_map(|l| header(l.trim()));
+    Some(match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_file_the_stage_and_the_field() {
+        let file = Path::new("/p/demo.toml");
+        let e = |text: &str| Pipeline::parse(text, file, None).err().unwrap().to_string();
+        let unknown = e("out = \"o\"\n[caption]\nmodel = \"m\"\nmax_tokns = 3\n");
+        assert!(
+            unknown.contains("/p/demo.toml: stage `caption`, field `max_tokns`: unknown field `max_tokns`"),
+            "{unknown}"
+        );
+        let wrong = e("out = \"o\"\n[cache.vae]\nmodel = \"m\"\nresolution = \"big\"\n");
+        assert!(wrong.contains("stage `cache.vae`, field `resolution`: invalid type: string \"big\""), "{wrong}");
+        let nested =
+            e("out = \"o\"\n[ingest]\nsource = \"folder\"\ninputs = []\n[ingest.curation]\nsamples_per_shard = -1\n");
+        assert!(nested.contains("stage `ingest`, field `curation.samples_per_shard`"), "{nested}");
+        let missing = e("out = \"o\"\n[ingest]\ninputs = []\n");
+        assert!(missing.contains("stage `ingest`: missing field `source`"), "{missing}");
+        let stage = e("out = \"o\"\n[captions]\n");
+        assert!(stage.contains("unknown stage `captions`"), "{stage}");
+        let train = e("out = \"o\"\n[train]\nmax_steps = 5\n[train.data]\nbatch_size = \"x\"\n");
+        assert!(train.contains("stage `train`, field `data.batch_size`"), "{train}");
+    }
+
+    #[test]
+    fn out_is_substituted_and_paths_resolve_against_the_file() {
+        let text = "out = \"run\"\n[caption]\nmodel = \"{out}/models/llava\"\n[cache.t5]\nmodel = \"t5\"\n";
+        let p = Pipeline::parse(text, Path::new("/p/x.toml"), None).unwrap();
+        assert_eq!(p.out, Path::new("/p/run"));
+        assert_eq!(p.caption.unwrap().model, "/p/run/models/llava");
+        assert_eq!(p.t5.unwrap().model, Path::new("/p/t5"));
+    }
+}

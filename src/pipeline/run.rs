@@ -1,0 +1,332 @@
+//! Running a pipeline: each stage in order, each resumable, with a line per stage saying what it did
+//! (or that it had nothing to do) and the paths of what it wrote.
+
+use super::{Pipeline, WhenDataChanges};
+use crate::latents::cache::{CacheRunStats, RunOptions};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// What one stage did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StageReport {
+    /// The stage (`ingest`, `caption`, …).
+    pub stage: String,
+    /// Whether it did any work (false: its outputs were current).
+    pub did_work: bool,
+    /// One line: what it did.
+    pub summary: String,
+    /// What it wrote, by name.
+    pub artifacts: Vec<(String, PathBuf)>,
+}
+
+/// What a pipeline run did, stage by stage, with the figures the demo prints.
+#[derive(Debug, Default)]
+pub struct PipelineReport {
+    /// Each stage, in order.
+    pub stages: Vec<StageReport>,
+    /// The ingest stage's totals (this run).
+    pub ingest: Option<crate::shards::RunStats>,
+    /// The caption stage's run.
+    pub captions: Option<CacheRunStats>,
+    /// The density report, when it was made in this run.
+    pub density: Option<crate::density::report::Report>,
+    /// The T5 and VAE cache runs.
+    pub t5: Option<CacheRunStats>,
+    /// The VAE cache run.
+    pub vae: Option<CacheRunStats>,
+    /// The training run (`None` when it was already finished).
+    pub train: Option<crate::train::run::TrainSummary>,
+}
+
+impl PipelineReport {
+    /// Whether any stage did work.
+    pub fn did_work(&self) -> bool {
+        self.stages.iter().any(|s| s.did_work)
+    }
+
+    /// The stage lines and every artifact's path.
+    pub fn text(&self) -> String {
+        let mut s = String::new();
+        for st in &self.stages {
+            s.push_str(&format!("{:<9} {}\n", st.stage, st.summary));
+        }
+        if !self.did_work() {
+            s.push_str("nothing to do: every stage's outputs are current\n");
+        }
+        s.push_str("artifacts:\n");
+        for st in &self.stages {
+            for (name, p) in &st.artifacts {
+                s.push_str(&format!("  {:<22} {}\n", format!("{}.{name}", st.stage), p.display()));
+            }
+        }
+        s
+    }
+}
+
+/// Runs every stage of `p` in order.
+pub fn run(p: &Pipeline, progress: bool) -> anyhow::Result<PipelineReport> {
+    p.check()?;
+    std::fs::create_dir_all(&p.out).map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", p.out.display()))?;
+    let mut r = PipelineReport::default();
+    let shards = p.out.join("shards");
+    let captions = p.out.join("captions");
+    let stage_err = |stage: &str| format!("{}: stage `{stage}`", p.file.display());
+    if let Some(m) = &p.models {
+        r.stages.push(tiny_models(&m.tiny, &p.out.join("models")).map_err(|e| e.context(stage_err("models")))?);
+    }
+    if let Some(cfg) = &p.ingest {
+        let mut opts = crate::ingest::RunOptions::new(&shards);
+        opts.progress = progress;
+        let stats = crate::ingest::run(cfg, &opts).map_err(|e| e.context(stage_err("ingest")))?;
+        r.stages.push(StageReport {
+            stage: "ingest".into(),
+            did_work: stats.shards_done > 0,
+            summary: if stats.shards_done > 0 {
+                format!(
+                    "{} shard(s) written, {} of {} samples kept ({} already done)",
+                    stats.shards_done, stats.total.successes, stats.total.count, stats.shards_skipped
+                )
+            } else {
+                format!("nothing to do ({} shard(s) done)", stats.shards_skipped)
+            },
+            artifacts: vec![("shards".into(), shards.clone())],
+        });
+        r.ingest = Some(stats);
+    }
+    if let Some(cfg) = &p.caption {
+        let stats = crate::caption::run(cfg, &options(&shards, &captions, progress))
+            .map_err(|e| e.context(stage_err("caption")))?;
+        failed_shards("caption", &stats)?;
+        r.stages.push(cache_report("caption", &stats, "captions", &captions));
+        r.captions = Some(stats);
+    }
+    if let Some(d) = &p.density {
+        let (report, stage) = density(d, &shards, p.caption.is_some().then_some(&captions), &p.out.join("density"))
+            .map_err(|e| e.context(stage_err("density")))?;
+        r.stages.push(stage);
+        r.density = report;
+    }
+    if let Some(cfg) = &p.t5 {
+        let mut cfg = cfg.clone();
+        if p.caption.is_some() && cfg.captions.is_none() {
+            cfg.captions = Some(captions.clone());
+        }
+        let out = p.out.join("latents/t5");
+        let dev = crate::caption::config::parse_device("cpu")?;
+        let stats = crate::latents::cache::t5_stage::run(&cfg, &options(&shards, &out, progress), &dev)
+            .map_err(|e| e.context(stage_err("cache.t5")))?;
+        failed_shards("cache.t5", &stats)?;
+        r.stages.push(cache_report("cache.t5", &stats, "t5", &out));
+        r.t5 = Some(stats);
+    }
+    if let Some(cfg) = &p.vae {
+        let out = p.out.join("latents/vae");
+        let dev = crate::caption::config::parse_device("cpu")?;
+        let stats = crate::latents::cache::vae_stage::run(cfg, &options(&shards, &out, progress), &dev)
+            .map_err(|e| e.context(stage_err("cache.vae")))?;
+        failed_shards("cache.vae", &stats)?;
+        r.stages.push(cache_report("cache.vae", &stats, "vae", &out));
+        r.vae = Some(stats);
+    }
+    if let Some(cfg) = &p.train {
+        let (summary, stage) = train(cfg, p.when_data_changes, &p.file).map_err(|e| e.context(stage_err("train")))?;
+        r.stages.push(stage);
+        r.train = summary;
+    }
+    Ok(r)
+}
+
+fn options(input: &Path, out: &Path, progress: bool) -> RunOptions {
+    RunOptions { progress, ..RunOptions::new(input, out) }
+}
+
+fn failed_shards(stage: &str, stats: &CacheRunStats) -> anyhow::Result<()> {
+    if let Some((name, why)) = stats.shards_failed.first() {
+        anyhow::bail!(
+            "stage `{stage}`: {} shard(s) failed, the first ({name}) with: {why}; rerun to retry them",
+            stats.shards_failed.len()
+        );
+    }
+    Ok(())
+}
+
+fn cache_report(stage: &str, s: &CacheRunStats, name: &str, dir: &Path) -> StageReport {
+    StageReport {
+        stage: stage.into(),
+        did_work: s.shards_done > 0,
+        summary: if s.shards_done > 0 {
+            format!(
+                "{} shard(s) done: {} of {} samples ({} shard(s) already current)",
+                s.shards_done, s.successes, s.samples, s.shards_skipped
+            )
+        } else {
+            format!("nothing to do ({} shard(s) current)", s.shards_skipped)
+        },
+        artifacts: vec![(name.into(), dir.to_path_buf())],
+    }
+}
+
+/// The tiny models the demo trains with, written once into `dir`.
+fn tiny_models(kinds: &[String], dir: &Path) -> anyhow::Result<StageReport> {
+    use crate::models::{init_tiny, ModelKind};
+    let mut made = Vec::new();
+    for kind in kinds {
+        let (k, marker) = match kind.as_str() {
+            "t5" => (ModelKind::T5, dir.join("text_encoder/model.safetensors")),
+            "vae" => (ModelKind::Vae, dir.join("vae/diffusion_pytorch_model.safetensors")),
+            "llava" => (ModelKind::Llava, dir.join("llava/model.safetensors")),
+            other => anyhow::bail!("field `tiny`: unknown kind {other:?}; expected t5, vae or llava"),
+        };
+        if marker.is_file() {
+            continue;
+        }
+        let target = if k == ModelKind::Llava { dir.join("llava") } else { dir.to_path_buf() };
+        init_tiny(k, &target, false, 0)?;
+        if k == ModelKind::T5 {
+            std::fs::create_dir_all(dir.join("tokenizer"))?;
+            crate::shards::write_atomic(&dir.join("tokenizer/tokenizer.json"), crate::demo::DEMO_TOKENIZER)?;
+        }
+        made.push(kind.clone());
+    }
+    Ok(StageReport {
+        stage: "models".into(),
+        did_work: !made.is_empty(),
+        summary: if made.is_empty() {
+            "nothing to do (the tiny models exist)".into()
+        } else {
+            format!("wrote tiny random {} in the real layouts (untrained)", made.join(", "))
+        },
+        artifacts: vec![("tiny".into(), dir.to_path_buf())],
+    })
+}
+
+/// The sha256 of every `_stats.json` in `dirs` (what a later stage was made from).
+fn stats_digest(dirs: &[&Path]) -> anyhow::Result<String> {
+    let mut h = Sha256::new();
+    for dir in dirs {
+        for s in crate::shards::done_shards(dir)? {
+            let p = dir.join(format!("{}_stats.json", crate::shards::shard_name(s)));
+            h.update(p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+            h.update(std::fs::read(&p)?);
+        }
+    }
+    Ok(hex::encode(&h.finalize()[..16]))
+}
+
+/// The density report of the alt-text, the captions and the other sets; redone only when an input
+/// changed (the digest of the inputs is kept beside the report).
+fn density(
+    d: &super::DensityStage,
+    shards: &Path,
+    captions: Option<&PathBuf>,
+    out: &Path,
+) -> anyhow::Result<(Option<crate::density::report::Report>, StageReport)> {
+    use crate::density::input::NamedInput;
+    let mut inputs = vec![NamedInput { name: "alt-text".into(), path: shards.to_path_buf(), selection: None }];
+    if let Some(c) = captions {
+        inputs.push(NamedInput { name: "captions".into(), path: c.clone(), selection: None });
+    }
+    for (name, set) in &d.compare {
+        inputs.push(set.input(name));
+    }
+    let mut h = Sha256::new();
+    h.update(stats_digest(&[shards])?);
+    if let Some(c) = captions {
+        h.update(stats_digest(&[c])?);
+    }
+    for (name, set) in &d.compare {
+        h.update(name);
+        h.update(serde_json::to_vec(set)?);
+        h.update(std::fs::metadata(set.path()).map(|m| m.len()).unwrap_or(0).to_le_bytes());
+    }
+    h.update(serde_json::to_vec(&d.t5_tokenizer)?);
+    let digest = hex::encode(&h.finalize()[..16]);
+    let marker = out.join("inputs.sha256");
+    let report_json = out.join("report.json");
+    let artifacts = vec![("report".into(), out.join("report.html"))];
+    if std::fs::read_to_string(&marker).ok().as_deref() == Some(digest.as_str()) && report_json.is_file() {
+        let stage = StageReport {
+            stage: "density".into(),
+            did_work: false,
+            summary: "nothing to do (the report is current)".into(),
+            artifacts,
+        };
+        return Ok((None, stage));
+    }
+    let o = crate::density::report::DensityOptions {
+        t5_tokenizer: d.t5_tokenizer.clone(),
+        progress: false,
+        ..Default::default()
+    };
+    let report = crate::density::report::run(&inputs, &o, out)?;
+    crate::shards::write_atomic(&marker, digest.as_bytes())?;
+    let names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
+    let stage = StageReport {
+        stage: "density".into(),
+        did_work: true,
+        summary: format!("report of {} written", names.join(" vs ")),
+        artifacts,
+    };
+    Ok((Some(report), stage))
+}
+
+/// Trains, resumes, or does nothing when the run is finished on the same caches.
+fn train(
+    cfg: &crate::train::config::TrainConfig,
+    when: WhenDataChanges,
+    file: &Path,
+) -> anyhow::Result<(Option<crate::train::run::TrainSummary>, StageReport)> {
+    use crate::train::run::Resume;
+    let run_dir = &cfg.output_dir;
+    let caches: Vec<&Path> = cfg.data.caches.iter().flat_map(|c| [c.t5.as_path(), c.vae.as_path()]).collect();
+    let digest = stats_digest(&caches)?;
+    let marker = run_dir.join("data.sha256");
+    let checkpoints = if run_dir.is_dir() { crate::train::checkpoint::list(run_dir)? } else { Vec::new() };
+    let artifacts = vec![
+        ("log".into(), run_dir.join("log.jsonl")),
+        ("loss_curve".into(), run_dir.join("loss.svg")),
+        ("checkpoints".into(), run_dir.join("checkpoints")),
+        ("samples".into(), run_dir.join("samples")),
+    ];
+    let mut resume = Resume::No;
+    if let Some((step, _)) = checkpoints.last() {
+        let same = std::fs::read_to_string(&marker).ok().as_deref() == Some(digest.as_str());
+        if !same {
+            match when {
+                WhenDataChanges::Stop => anyhow::bail!(
+                    "{}: its caches changed since this run started; delete the folder to train again, or set \
+                     when_data_changes = \"retrain\" in [train] of {}",
+                    run_dir.display(),
+                    file.display()
+                ),
+                WhenDataChanges::Retrain => std::fs::remove_dir_all(run_dir)?,
+            }
+        } else if *step >= cfg.max_steps {
+            let stage = StageReport {
+                stage: "train".into(),
+                did_work: false,
+                summary: format!("nothing to do (finished at step {step} on the same caches)"),
+                artifacts,
+            };
+            return Ok((None, stage));
+        } else {
+            resume = Resume::Latest;
+        }
+    }
+    std::fs::create_dir_all(run_dir)?;
+    crate::shards::write_atomic(&marker, digest.as_bytes())?;
+    let summary = crate::train::run::run(cfg, &resume)?;
+    let stage = StageReport {
+        stage: "train".into(),
+        did_work: true,
+        summary: format!(
+            "steps {} → {} on {} samples, loss {:.3}",
+            summary.start_step,
+            summary.end_step,
+            summary.samples,
+            summary.final_loss.unwrap_or(f64::NAN)
+        ),
+        artifacts,
+    };
+    Ok((Some(summary), stage))
+}

@@ -1,0 +1,150 @@
+//! `pixforge demo` (= `pipelines/demo.toml`) end to end with every artifact checked; a rerun does no
+//! work and says so; deleting one caption shard redoes only that shard and what depends on it; and
+//! errors in a pipeline file name the file, the stage and the field.
+
+mod common;
+
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+
+fn demo(out: &Path) -> String {
+    let o = Command::new(common::bin()).args(["demo", "--out"]).arg(out).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn line<'a>(stdout: &'a str, stage: &str) -> &'a str {
+    stdout.lines().find(|l| l.starts_with(&format!("{stage} "))).unwrap_or_else(|| panic!("no {stage} line: {stdout}"))
+}
+
+fn metrics<'a>(r: &'a Value, name: &str) -> &'a Value {
+    r["inputs"].as_array().unwrap().iter().find(|m| m["name"] == name).unwrap()
+}
+
+#[test]
+fn demo_runs_every_stage_then_only_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    let stdout = demo(out);
+    let n = pixforge::demo::IMAGES.len();
+
+    // Ingest: the bundled photos as shards, one row per photo.
+    let shards: Vec<usize> = pixforge::shards::done_shards(&out.join("shards")).unwrap();
+    assert_eq!(shards, [0, 1]);
+    // Captions by the untrained tiny LLaVA, clearly labelled, one per sample.
+    assert!(stdout.contains(&format!("{n} of {n} images re-captioned")) && stdout.contains("UNTRAINED"), "{stdout}");
+    let caps: usize = ["00000", "00001"]
+        .iter()
+        .map(|s| {
+            pixforge::caption::read_captions(&out.join(format!("captions/{s}.captions.parquet")))
+                .unwrap()
+                .iter()
+                .filter(|r| r.2 == "success" && r.1.is_some())
+                .count()
+        })
+        .sum();
+    assert_eq!(caps, n);
+    // Density: the alt-text, the captions and the two bundled real sets; LLaVA's dense descriptions
+    // have several times the nouns per caption of COCO's human captions (PixArt-α's Table 1 point).
+    assert!(stdout.contains("| Dataset | VN/DN | Total Noun | Average |"), "{stdout}");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(out.join("density/report.json")).unwrap()).unwrap();
+    assert_eq!(metrics(&r, "alt-text")["captions"], n);
+    assert_eq!(metrics(&r, "captions")["captions"], n);
+    assert_eq!(metrics(&r, "COCO (human)")["captions"], 1000);
+    assert_eq!(metrics(&r, "LLaVA detail")["captions"], 30);
+    let nouns = |name: &str| metrics(&r, name)["nouns_per_caption"]["mean"].as_f64().unwrap();
+    assert!(
+        nouns("LLaVA detail") > 4.0 * nouns("COCO (human)"),
+        "{} vs {}",
+        nouns("LLaVA detail"),
+        nouns("COCO (human)")
+    );
+    // Caches: one entry per sample, every sample cached; the T5 cache embeds the captions.
+    assert!(
+        stdout.contains(&format!("t5: {n} of {n} captions")) && stdout.contains(&format!("vae: {n} of {n} images"))
+    );
+    for cache in ["t5", "vae"] {
+        let c = pixforge::latents::cache::CacheReader::open_unchecked(&out.join("latents").join(cache)).unwrap();
+        let entries: usize = c.shards.iter().map(|s| c.shard(s).unwrap().entries.len()).sum();
+        assert_eq!(entries, n, "{cache}");
+    }
+    let t5 = pixforge::latents::cache::CacheReader::open_unchecked(&out.join("latents/t5")).unwrap();
+    assert!(t5.fingerprint.preprocessing["caption"].as_str().unwrap().contains("caption folder"));
+    // Training: its log, curve, checkpoint and validation grid.
+    assert!(stdout.contains(&format!("60 steps on {n} samples")), "{stdout}");
+    let run = out.join("train");
+    assert_eq!(std::fs::read_to_string(run.join("log.jsonl")).unwrap().lines().count(), 60);
+    for f in ["loss.svg", "checkpoints/step_0000060/state.json", "samples/step_0000060.png"] {
+        assert!(run.join(f).exists(), "{f}");
+    }
+    // The summary names every artifact.
+    for a in ["shards", "captions", "density/report.html", "latents/t5", "latents/vae", "train/checkpoints"] {
+        assert!(stdout.contains(&out.join(a).display().to_string()), "{a}: {stdout}");
+    }
+
+    // A rerun does no work and says so.
+    let again = demo(out);
+    assert!(again.contains("nothing to do: every stage's outputs are current"), "{again}");
+    assert_eq!(std::fs::read_to_string(run.join("log.jsonl")).unwrap().lines().count(), 60);
+
+    // One caption shard deleted: that shard is captioned again, its T5 shard re-encoded, the density
+    // report and the training run redone; the VAE cache and the other shards are left alone.
+    let t5_kept = std::fs::read(out.join("latents/t5/00000_stats.json")).unwrap();
+    let vae_kept = std::fs::read(out.join("latents/vae/00001_stats.json")).unwrap();
+    std::fs::remove_file(out.join("captions/00001.captions.parquet")).unwrap();
+    let third = demo(out);
+    assert!(line(&third, "ingest").contains("nothing to do"), "{third}");
+    assert!(
+        line(&third, "caption").contains("1 shard(s) done: 2 of 2 samples (1 shard(s) already current)"),
+        "{third}"
+    );
+    assert!(line(&third, "density").contains("written"), "{third}");
+    assert!(line(&third, "cache.t5").contains("1 shard(s) done"), "{third}");
+    assert!(line(&third, "cache.vae").contains("nothing to do"), "{third}");
+    assert!(line(&third, "train").contains("steps 0 → 60"), "{third}");
+    assert!(out.join("captions/00001.captions.parquet").is_file());
+    assert_eq!(std::fs::read(out.join("latents/t5/00000_stats.json")).unwrap(), t5_kept);
+    assert_eq!(std::fs::read(out.join("latents/vae/00001_stats.json")).unwrap(), vae_kept);
+}
+
+fn run_pipeline(text: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, text).unwrap();
+    let o = Command::new(common::bin()).arg("run").arg(&file).arg("--no-progress").output().unwrap();
+    assert!(!o.status.success());
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn pipeline_errors_name_the_file_the_stage_and_the_field() {
+    let e = run_pipeline("out = \"o\"\n[caption]\nmodel = \"nowhere\"\n");
+    assert!(
+        e.contains("bad.toml: stage `caption`, field `model`") && e.contains("nowhere: no such model folder"),
+        "{e}"
+    );
+    let e = run_pipeline("out = \"o\"\n[cache.t5]\nmodel = \"m\"\nbatch = 4\n");
+    assert!(e.contains("bad.toml: stage `cache.t5`, field `batch`: unknown field `batch`"), "{e}");
+    let e = run_pipeline("out = \"o\"\n[caption]\nmodel = \"m\"\ntemperature = \"warm\"\n");
+    assert!(e.contains("stage `caption`, field `temperature`: invalid type: string \"warm\""), "{e}");
+    let e = run_pipeline("out = \"o\"\n[train]\nmax_steps = 5\n[train.optimizer]\nlearning_rate = 1\n");
+    assert!(e.contains("stage `train`, field `optimizer.learning_rate`: unknown field"), "{e}");
+    let e = run_pipeline("[ingest]\nsource = \"folder\"\ninputs = []\n");
+    assert!(e.contains("bad.toml: field `out`: missing"), "{e}");
+    let e = run_pipeline("out = \"o\"\n[ingest]\nsource = \"folder\"\ninputs = [\"photos\"]\n");
+    assert!(e.contains("stage `ingest`, field `inputs`") && e.contains("photos: no such file or folder"), "{e}");
+}
+
+/// The example pipelines parse (their model folders are not here, so they are not checked).
+#[test]
+fn example_pipelines_parse() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let p = entry.unwrap().path();
+        let text = std::fs::read_to_string(&p).unwrap();
+        if p.extension().is_some_and(|e| e == "toml") && text.lines().any(|l| l.starts_with("out = ")) {
+            pixforge::pipeline::Pipeline::load(&p, None).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+        }
+    }
+}
