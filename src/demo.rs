@@ -75,7 +75,7 @@ pub fn run(out: &Path) -> anyhow::Result<DemoReport> {
     crate::shards::write_atomic(&out.join("prompts.txt"), prompts.join("\n").as_bytes())?;
     let out = std::path::absolute(out)?;
     let pipeline = crate::pipeline::Pipeline::parse(PIPELINE, &out.join("demo.toml"), Some(&out))?;
-    let report = crate::pipeline::run(&pipeline, false)?;
+    let report = crate::pipeline::run(&pipeline, false, crate::shards::Worker::default())?;
     let first_caption = crate::caption::read_captions(&out.join("captions").join("00000.captions.parquet"))?
         .into_iter()
         .next()

@@ -39,6 +39,11 @@ enum Cmd {
         /// Hide the progress bars.
         #[arg(long)]
         no_progress: bool,
+        /// This worker's share of the shard stages, I/N (default: SLURM_ARRAY_TASK_ID /
+        /// SLURM_ARRAY_TASK_COUNT, or JOB_COMPLETION_INDEX with PIXFORGE_WORKER_COUNT, else 0/1); with
+        /// N > 1, density and train are left for a final run with one worker.
+        #[arg(long)]
+        worker: Option<Worker>,
     },
     /// Measurements for docs/BENCHMARKS.md.
     #[command(subcommand)]
@@ -911,9 +916,13 @@ fn main() -> anyhow::Result<()> {
             }
             emit(&format!("{}\n", serde_json::to_string_pretty(&out)?));
         }
-        Cmd::Run { pipeline, out, no_progress } => {
+        Cmd::Run { pipeline, out, no_progress, worker } => {
             let p = pixforge::pipeline::Pipeline::load(&pipeline, out.as_deref())?;
-            let report = pixforge::pipeline::run(&p, !no_progress)?;
+            let worker = match worker {
+                Some(w) => w,
+                None => Worker::from_env().map_err(anyhow::Error::msg)?,
+            };
+            let report = pixforge::pipeline::run(&p, !no_progress, worker)?;
             emit(&report.text());
         }
         Cmd::Demo { out } => {

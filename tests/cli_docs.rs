@@ -37,7 +37,8 @@ type Page<'a> = (&'a str, &'a [&'a [&'a str]], &'a [&'a str]);
 /// Each page documents its commands' flags exactly as the binary prints them.
 #[test]
 fn guide_pages_match_help() {
-    let pages: [Page; 5] = [
+    let pages: [Page; 6] = [
+        ("docs/pipelines.md", &[&["run"], &["demo"]], &["--out", "--worker", "--no-progress"]),
         (
             "docs/caption.md",
             &[&["caption"]],

@@ -148,3 +148,38 @@ fn example_pipelines_parse() {
         }
     }
 }
+
+/// Workers of a SLURM array / indexed job each do their shards of the shard stages and leave the
+/// whole-dataset stages to a final run with one worker, which finds every shard done.
+#[test]
+fn workers_split_the_shard_stages() {
+    let dir = tempfile::tempdir().unwrap();
+    pixforge::demo::write_inputs(&dir.path().join("input")).unwrap();
+    let file = dir.path().join("p.toml");
+    std::fs::write(
+        &file,
+        "out = \"run\"\n[models]\ntiny = [\"llava\", \"vae\"]\n[ingest]\nsource = \"folder\"\ninputs = [\"input\"]\n\
+         [ingest.curation]\nsamples_per_shard = 2\n[caption]\nmodel = \"{out}/models/llava\"\nmax_tokens = 4\n\
+         [density]\n[cache.vae]\nmodel = \"{out}/models\"\nresolution = 64\n",
+    )
+    .unwrap();
+    let run = |worker: &str| {
+        let o =
+            Command::new(common::bin()).args(["run", "--no-progress", "--worker", worker]).arg(&file).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let w0 = run("0/2");
+    assert!(line(&w0, "caption").contains("2 shard(s) done"), "{w0}");
+    assert!(line(&w0, "density").contains("left for the final run (this is worker 0 of 2"), "{w0}");
+    let captions = dir.path().join("run/captions");
+    assert_eq!(pixforge::shards::done_shards(&captions).unwrap(), [0, 2], "worker 0 owns shards 0 and 2");
+    let w1 = run("1/2");
+    assert!(line(&w1, "caption").contains("1 shard(s) done"), "{w1}");
+    assert_eq!(pixforge::shards::done_shards(&captions).unwrap(), [0, 1, 2]);
+    let last = run("0/1");
+    for stage in ["ingest", "caption", "cache.vae"] {
+        assert!(line(&last, stage).contains("nothing to do"), "{stage}: {last}");
+    }
+    assert!(line(&last, "density").contains("written"), "{last}");
+}

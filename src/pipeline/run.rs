@@ -63,9 +63,13 @@ impl PipelineReport {
     }
 }
 
-/// Runs every stage of `p` in order.
-pub fn run(p: &Pipeline, progress: bool) -> anyhow::Result<PipelineReport> {
+/// Runs every stage of `p` in order. With a `worker` share of several (`--worker I/N`, or a SLURM
+/// array / Kubernetes indexed job), only this worker's shards of the shard stages (ingest, caption,
+/// caches) are done, and the whole-dataset stages (density, train) are left for a final run with one
+/// worker.
+pub fn run(p: &Pipeline, progress: bool, worker: crate::shards::Worker) -> anyhow::Result<PipelineReport> {
     p.check()?;
+    let share = worker.count > 1;
     std::fs::create_dir_all(&p.out).map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", p.out.display()))?;
     let mut r = PipelineReport::default();
     let shards = p.out.join("shards");
@@ -77,6 +81,7 @@ pub fn run(p: &Pipeline, progress: bool) -> anyhow::Result<PipelineReport> {
     if let Some(cfg) = &p.ingest {
         let mut opts = crate::ingest::RunOptions::new(&shards);
         opts.progress = progress;
+        opts.worker = worker;
         let stats = crate::ingest::run(cfg, &opts).map_err(|e| e.context(stage_err("ingest")))?;
         r.stages.push(StageReport {
             stage: "ingest".into(),
@@ -94,13 +99,26 @@ pub fn run(p: &Pipeline, progress: bool) -> anyhow::Result<PipelineReport> {
         r.ingest = Some(stats);
     }
     if let Some(cfg) = &p.caption {
-        let stats = crate::caption::run(cfg, &options(&shards, &captions, progress))
+        let stats = crate::caption::run(cfg, &options(&shards, &captions, progress, worker))
             .map_err(|e| e.context(stage_err("caption")))?;
         failed_shards("caption", &stats)?;
         r.stages.push(cache_report("caption", &stats, "captions", &captions));
         r.captions = Some(stats);
     }
-    if let Some(d) = &p.density {
+    let whole = |stage: &str| {
+        StageReport {
+        stage: stage.into(),
+        did_work: false,
+        summary: format!(
+            "left for the final run (this is worker {} of {}: run the pipeline once more with one worker when every worker is done)",
+            worker.index, worker.count
+        ),
+        artifacts: Vec::new(),
+    }
+    };
+    if let (Some(_), true) = (&p.density, share) {
+        r.stages.push(whole("density"));
+    } else if let Some(d) = &p.density {
         let (report, stage) = density(d, &shards, p.caption.is_some().then_some(&captions), &p.out.join("density"))
             .map_err(|e| e.context(stage_err("density")))?;
         r.stages.push(stage);
@@ -113,7 +131,7 @@ pub fn run(p: &Pipeline, progress: bool) -> anyhow::Result<PipelineReport> {
         }
         let out = p.out.join("latents/t5");
         let dev = crate::caption::config::parse_device("cpu")?;
-        let stats = crate::latents::cache::t5_stage::run(&cfg, &options(&shards, &out, progress), &dev)
+        let stats = crate::latents::cache::t5_stage::run(&cfg, &options(&shards, &out, progress, worker), &dev)
             .map_err(|e| e.context(stage_err("cache.t5")))?;
         failed_shards("cache.t5", &stats)?;
         r.stages.push(cache_report("cache.t5", &stats, "t5", &out));
@@ -122,13 +140,15 @@ pub fn run(p: &Pipeline, progress: bool) -> anyhow::Result<PipelineReport> {
     if let Some(cfg) = &p.vae {
         let out = p.out.join("latents/vae");
         let dev = crate::caption::config::parse_device("cpu")?;
-        let stats = crate::latents::cache::vae_stage::run(cfg, &options(&shards, &out, progress), &dev)
+        let stats = crate::latents::cache::vae_stage::run(cfg, &options(&shards, &out, progress, worker), &dev)
             .map_err(|e| e.context(stage_err("cache.vae")))?;
         failed_shards("cache.vae", &stats)?;
         r.stages.push(cache_report("cache.vae", &stats, "vae", &out));
         r.vae = Some(stats);
     }
-    if let Some(cfg) = &p.train {
+    if let (Some(_), true) = (&p.train, share) {
+        r.stages.push(whole("train"));
+    } else if let Some(cfg) = &p.train {
         let (summary, stage) = train(cfg, p.when_data_changes, &p.file).map_err(|e| e.context(stage_err("train")))?;
         r.stages.push(stage);
         r.train = summary;
@@ -136,8 +156,8 @@ pub fn run(p: &Pipeline, progress: bool) -> anyhow::Result<PipelineReport> {
     Ok(r)
 }
 
-fn options(input: &Path, out: &Path, progress: bool) -> RunOptions {
-    RunOptions { progress, ..RunOptions::new(input, out) }
+fn options(input: &Path, out: &Path, progress: bool, worker: crate::shards::Worker) -> RunOptions {
+    RunOptions { progress, worker, ..RunOptions::new(input, out) }
 }
 
 fn failed_shards(stage: &str, stats: &CacheRunStats) -> anyhow::Result<()> {
