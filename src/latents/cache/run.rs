@@ -218,9 +218,11 @@ fn prepare_out(stage: &str, fingerprint: &CacheFingerprint, opts: &RunOptions) -
     if let Some(existing) = Manifest::read(out)? {
         // Changed source shards are redone one by one (their digests differ); anything else is
         // another cache.
-        let same_kind = serde_json::from_value::<CacheFingerprint>(existing.config.clone()).is_ok_and(|old| {
-            existing.stage == stage && old.digest_without_sources() == fingerprint.digest_without_sources()
-        });
+        // Compared as read back from JSON on both sides: a float written and read back may print
+        // differently from the one computed.
+        let now: CacheFingerprint = serde_json::from_str(&serde_json::to_string(fingerprint)?)?;
+        let same_kind = serde_json::from_value::<CacheFingerprint>(existing.config.clone())
+            .is_ok_and(|old| existing.stage == stage && old.digest_without_sources() == now.digest_without_sources());
         if !same_kind {
             if opts.overwrite {
                 remove_cache_files(out)?;
