@@ -28,7 +28,7 @@ enum Cmd {
         out: PathBuf,
     },
     /// Run a pipeline file: its stages in order (tiny models, ingest, caption, density, cache t5/vae,
-    /// train), each configured by its section, each resumable; prints what each stage did and every
+    /// train, sample), each configured by its section, each resumable; prints what each stage did and every
     /// artifact's path. `pipelines/*.toml` are examples.
     Run {
         /// The pipeline file.

@@ -78,8 +78,13 @@ fn demo_runs_every_stage_then_only_what_is_missing() {
     for f in ["loss.svg", "checkpoints/step_0000060/state.json", "samples/step_0000060.png"] {
         assert!(run.join(f).exists(), "{f}");
     }
+    // Sample images from the trained model's EMA weights.
+    for f in ["samples/0000.png", "samples/0001.png", "samples/0000.json"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
     // The summary names every artifact.
-    for a in ["shards", "captions", "density/report.html", "latents/t5", "latents/vae", "train/checkpoints"] {
+    for a in ["shards", "captions", "density/report.html", "latents/t5", "latents/vae", "train/checkpoints", "samples"]
+    {
         assert!(stdout.contains(&out.join(a).display().to_string()), "{a}: {stdout}");
     }
 

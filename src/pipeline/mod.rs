@@ -12,6 +12,7 @@
 //! [cache.t5]                      # pixforge cache t5's (captions from [caption] when present)
 //! [cache.vae]                     # pixforge cache vae's              -> {out}/latents/{t5,vae}
 //! [train]                         # a pixforge train config without output_dir and data.caches
+//! [sample]                        # images from prompts with the trained model -> {out}/samples
 //! ```
 //!
 //! `{out}` in any string is the output folder; other relative paths are relative to the file.
@@ -93,6 +94,60 @@ impl CompareSet {
     }
 }
 
+/// The sample stage: images from prompts with the trained model's EMA weights (or its raw weights),
+/// the T5 encoder and the VAE.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SampleStage {
+    /// Prompts, one per line.
+    pub prompts: PathBuf,
+    /// The T5 folder (or a diffusers pipeline folder with text_encoder/, tokenizer/).
+    pub t5: PathBuf,
+    /// The VAE folder (or a diffusers pipeline folder with vae/).
+    pub vae: PathBuf,
+    /// Image size, `WIDTHxHEIGHT`.
+    #[serde(default = "default_sample_size")]
+    pub size: String,
+    /// `dpm-solver` (default), `dpm-solver-diffusers`, `ddim` or `iddpm`.
+    #[serde(default = "default_sampler")]
+    pub sampler: crate::train::sampler::SamplerKind,
+    /// Steps (the sampler's default when absent).
+    #[serde(default)]
+    pub steps: Option<usize>,
+    /// Classifier-free guidance scale.
+    #[serde(default = "default_cfg")]
+    pub cfg: f64,
+    /// The noise seed of the first image (then +1 per image).
+    #[serde(default)]
+    pub seed: u64,
+    /// The EMA weights (true) or the trained weights.
+    #[serde(default = "default_true")]
+    pub ema: bool,
+}
+
+fn default_sample_size() -> String {
+    "256x256".into()
+}
+fn default_sampler() -> crate::train::sampler::SamplerKind {
+    crate::train::sampler::SamplerKind::DpmSolver
+}
+fn default_cfg() -> f64 {
+    4.5
+}
+fn default_true() -> bool {
+    true
+}
+
+impl SampleStage {
+    /// `size` as (height, width).
+    pub fn hw(&self) -> anyhow::Result<(usize, usize)> {
+        let bad =
+            || anyhow::anyhow!("field `size`: expected WIDTHxHEIGHT in pixels, e.g. 256x256, found {:?}", self.size);
+        let (w, h) = self.size.split_once(['x', 'X']).ok_or_else(bad)?;
+        Ok((h.trim().parse().map_err(|_| bad())?, w.trim().parse().map_err(|_| bad())?))
+    }
+}
+
 /// What the train stage does when its caches changed after a finished or started run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -127,10 +182,12 @@ pub struct Pipeline {
     pub train: Option<crate::train::config::TrainConfig>,
     /// `[train] when_data_changes`.
     pub when_data_changes: WhenDataChanges,
+    /// `[sample]`.
+    pub sample: Option<SampleStage>,
 }
 
 /// The stage sections a pipeline file may have.
-const SECTIONS: [&str; 7] = ["out", "description", "models", "ingest", "caption", "density", "cache"];
+const SECTIONS: [&str; 8] = ["out", "description", "models", "ingest", "caption", "density", "cache", "sample"];
 
 impl Pipeline {
     /// Reads `file`; `out` overrides its `out`. Errors name the file, the stage and the field.
@@ -149,7 +206,7 @@ impl Pipeline {
             if !SECTIONS.contains(&key.as_str()) && key != "train" {
                 anyhow::bail!(
                     "{f}: unknown stage `{key}`; a pipeline has out, description, [models], [ingest], [caption], \
-                     [density], [cache.t5], [cache.vae] and [train]"
+                     [density], [cache.t5], [cache.vae], [train] and [sample]"
                 );
             }
         }
@@ -213,6 +270,13 @@ impl Pipeline {
             }
             Some(v) => anyhow::bail!("{f}: stage `train`: expected a table, found {v}"),
         };
+        let mut sample = stage("sample").map(|v| typed::<SampleStage>(file, "sample", v)).transpose()?;
+        if let Some(smp) = &sample {
+            smp.hw().map_err(|e| anyhow::anyhow!("{f}: stage `sample`, {e}"))?;
+            if train.is_none() {
+                anyhow::bail!("{f}: stage `sample` samples the model of [train]: add a [train] stage");
+            }
+        }
         // Relative paths are relative to the file.
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -237,7 +301,24 @@ impl Pipeline {
         if let Some(v) = &mut vae {
             fix(&mut v.model);
         }
-        Ok(Self { file: file.to_path_buf(), out, models, ingest, caption, density, t5, vae, train, when_data_changes })
+        if let Some(smp) = &mut sample {
+            fix(&mut smp.prompts);
+            fix(&mut smp.t5);
+            fix(&mut smp.vae);
+        }
+        Ok(Self {
+            file: file.to_path_buf(),
+            out,
+            models,
+            ingest,
+            caption,
+            density,
+            t5,
+            vae,
+            train,
+            when_data_changes,
+            sample,
+        })
     }
 
     /// Checks what must exist before the run starts (model folders a tiny-models stage will not

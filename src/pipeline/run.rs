@@ -153,7 +153,69 @@ pub fn run(p: &Pipeline, progress: bool, worker: crate::shards::Worker) -> anyho
         r.stages.push(stage);
         r.train = summary;
     }
+    if let (Some(_), true) = (&p.sample, share) {
+        r.stages.push(whole("sample"));
+    } else if let (Some(smp), Some(cfg)) = (&p.sample, &p.train) {
+        r.stages.push(sample(smp, cfg, &p.out.join("samples")).map_err(|e| e.context(stage_err("sample")))?);
+    }
     Ok(r)
+}
+
+/// Images from the prompts with the last checkpoint of the training run; redone only when the
+/// checkpoint or the options change.
+fn sample(
+    s: &super::SampleStage,
+    train: &crate::train::config::TrainConfig,
+    out: &Path,
+) -> anyhow::Result<StageReport> {
+    let (step, ckpt) = crate::train::checkpoint::list(&train.output_dir)?
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("{}: no checkpoint to sample from", train.output_dir.display()))?;
+    let weights = ckpt.join(if s.ema { "ema.safetensors" } else { "model.safetensors" });
+    let mut h = Sha256::new();
+    h.update(crate::latents::cache::sha256_file(&weights)?);
+    h.update(serde_json::to_vec(s)?);
+    h.update(std::fs::read(&s.prompts).map_err(|e| anyhow::anyhow!("{}: {e}", s.prompts.display()))?);
+    let digest = hex::encode(&h.finalize()[..16]);
+    let marker = out.join("inputs.sha256");
+    let artifacts = vec![("images".into(), out.to_path_buf())];
+    if std::fs::read_to_string(&marker).ok().as_deref() == Some(digest.as_str()) {
+        return Ok(StageReport {
+            stage: "sample".into(),
+            did_work: false,
+            summary: format!("nothing to do (the images of step {step} are current)"),
+            artifacts,
+        });
+    }
+    let text = std::fs::read_to_string(&s.prompts)?;
+    let prompts: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect();
+    let o = crate::train::generate::SampleOptions {
+        transformer: weights,
+        official_shape: (train.model.heads, train.model.sample_size),
+        t5: s.t5.clone(),
+        vae: s.vae.clone(),
+        size: s.hw()?,
+        sampler: s.sampler,
+        steps: s.steps,
+        cfg: s.cfg,
+        null: crate::train::generate::NullCondition::Auto,
+        cleaning: Default::default(),
+        seed: s.seed,
+        noise: None,
+        binning: true,
+    };
+    let paths = crate::train::generate::run(&o, &prompts, out, &crate::train::device(&train.device)?)?;
+    crate::shards::write_atomic(&marker, digest.as_bytes())?;
+    Ok(StageReport {
+        stage: "sample".into(),
+        did_work: true,
+        summary: format!(
+            "{} image(s) from step {step}'s {} weights",
+            paths.len(),
+            if s.ema { "EMA" } else { "trained" }
+        ),
+        artifacts,
+    })
 }
 
 fn options(input: &Path, out: &Path, progress: bool, worker: crate::shards::Worker) -> RunOptions {
