@@ -34,6 +34,57 @@ pub fn write_inputs(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Writes the bundled photos as one SA-1B-format tar (`sa_N.jpg` + `sa_N.json`) at `path`, each
+/// image with two COCO-RLE masks: the pixels brighter than its mean luminance, and the others.
+pub fn write_sa1b_tar(path: &Path) -> anyhow::Result<()> {
+    use crate::ingest::rle::Rle;
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add = |name: String, data: &[u8]| -> std::io::Result<()> {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        b.append_data(&mut h, name, data)
+    };
+    for (i, (name, bytes)) in IMAGES.iter().enumerate() {
+        let img = image::load_from_memory(bytes)?.to_luma8();
+        let (w, h) = img.dimensions();
+        let mean = img.pixels().map(|p| p[0] as f64).sum::<f64>() / (w as f64 * h as f64);
+        // COCO masks are column-major.
+        let bright: Vec<u8> = (0..w)
+            .flat_map(|x| (0..h).map(move |y| (x, y)))
+            .map(|(x, y)| u8::from(img.get_pixel(x, y)[0] as f64 > mean))
+            .collect();
+        let dark: Vec<u8> = bright.iter().map(|&v| 1 - v).collect();
+        let annotations: Vec<serde_json::Value> = [bright, dark]
+            .iter()
+            .enumerate()
+            .map(|(k, m)| {
+                let rle = Rle::encode(m, h, w);
+                serde_json::json!({
+                    "id": i * 2 + k + 1, "area": rle.area(), "bbox": rle.bbox(),
+                    "segmentation": {"size": [h, w], "counts": String::from_utf8_lossy(&rle.to_string_bytes())},
+                })
+            })
+            .collect();
+        let id = i + 1;
+        let json = serde_json::json!({
+            "image": {"image_id": id, "width": w, "height": h, "file_name": format!("sa_{id}.jpg"), "source": name},
+            "annotations": annotations,
+        });
+        add(format!("sa_{id}.jpg"), bytes)?;
+        add(format!("sa_{id}.json"), serde_json::to_string(&json)?.as_bytes())?;
+    }
+    let data = b.into_inner()?;
+    if std::fs::read(path).ok().as_deref() != Some(data.as_slice()) {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        crate::shards::write_atomic(path, &data)?;
+    }
+    Ok(())
+}
+
 /// Real caption sets the demo's density report compares: (file name, bytes) — COCO captions
 /// (human-written) and LLaVA's GPT-4 answers (the `detail` ones are dense descriptions).
 pub const REFERENCE_CAPTIONS: &[(&str, &[u8])] = &[
@@ -59,11 +110,13 @@ pub struct DemoReport {
     pub first_loss: f64,
 }
 
-/// Runs the demo into `out`: the bundled photos and their captions written to `out/input`, then
-/// `pipelines/demo.toml` (tiny models, ingest, captions, density, caches, training) into `out`.
+/// Runs the demo into `out`: the bundled photos and their captions written to `out/input` (a
+/// folder source) and as an SA-1B-format tar to `out/input-sa1b`, then `pipelines/demo.toml` (tiny
+/// models, both sources ingested, captions, density, caches, training, samples) into `out`.
 /// A rerun does only what is missing.
 pub fn run(out: &Path) -> anyhow::Result<DemoReport> {
     write_inputs(&out.join("input"))?;
+    write_sa1b_tar(&out.join("input-sa1b").join("sa_demo.tar"))?;
     std::fs::create_dir_all(out.join("reference"))?;
     for (name, bytes) in REFERENCE_CAPTIONS {
         let p = out.join("reference").join(name);
@@ -76,7 +129,7 @@ pub fn run(out: &Path) -> anyhow::Result<DemoReport> {
     let out = std::path::absolute(out)?;
     let pipeline = crate::pipeline::Pipeline::parse(PIPELINE, &out.join("demo.toml"), Some(&out))?;
     let report = crate::pipeline::run(&pipeline, false, crate::shards::Worker::default())?;
-    let first_caption = crate::caption::read_captions(&out.join("captions").join("00000.captions.parquet"))?
+    let first_caption = crate::caption::read_captions(&out.join("photos/captions/00000.captions.parquet"))?
         .into_iter()
         .next()
         .map(|(k, c, _)| (k, c.unwrap_or_default()))
@@ -89,7 +142,7 @@ pub fn run(out: &Path) -> anyhow::Result<DemoReport> {
         .map(|l| l.loss)
         .collect();
     let first_loss = first.iter().sum::<f64>() / first.len().max(1) as f64;
-    Ok(DemoReport { pipeline: report, shards: out.join("shards"), first_caption, first_loss })
+    Ok(DemoReport { pipeline: report, shards: out.join("photos/shards"), first_caption, first_loss })
 }
 
 /// A human summary of a shard directory: one line per shard, then one per sample.

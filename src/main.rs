@@ -940,7 +940,7 @@ fn main() -> anyhow::Result<()> {
             }
             if let Some(c) = &p.captions {
                 text.push_str(&format!(
-                    "\ncaptions in {}/captions: {} of {} images re-captioned with the paper's prompt by a tiny LLaVA-1.5 in \
+                    "\ncaptions in {}/{{photos,sa1b}}/captions: {} of {} images re-captioned with the paper's prompt by a tiny LLaVA-1.5 in \
                      the llava-hf layout ({}/models/llava) — UNTRAINED, random weights, so its captions are noise; the \
                      same stage takes llava-hf/llava-1.5-7b-hf or a vLLM server (docs/caption.md)\n  {}: {:?}\n",
                     out.display(),
@@ -957,7 +957,7 @@ fn main() -> anyhow::Result<()> {
             }
             if let (Some(t5), Some(vae)) = (&p.t5, &p.vae) {
                 text.push_str(&format!(
-                    "\nfeature caches in {}/latents (tiny random T5 and VAE in the real layouts: no weights are downloaded \
+                    "\nfeature caches in {}/{{photos,sa1b}}/latents (tiny random T5 and VAE in the real layouts: no weights are downloaded \
                      here):\n  t5: {} of {} captions embedded (the captions above; PixArt-α cleaning, unpadded, bf16)\n  \
                      vae: {} of {} images encoded into the 256 px aspect-ratio buckets (mean and std, f16)\n",
                     out.display(),

@@ -28,29 +28,43 @@ fn demo_runs_every_stage_then_only_what_is_missing() {
     let out = dir.path();
     let stdout = demo(out);
     let n = pixforge::demo::IMAGES.len();
+    let sets = ["photos", "sa1b"];
 
-    // Ingest: the bundled photos as shards, one row per photo.
-    let shards: Vec<usize> = pixforge::shards::done_shards(&out.join("shards")).unwrap();
-    assert_eq!(shards, [0, 1]);
-    // Captions by the untrained tiny LLaVA, clearly labelled, one per sample.
-    assert!(stdout.contains(&format!("{n} of {n} images re-captioned")) && stdout.contains("UNTRAINED"), "{stdout}");
-    let caps: usize = ["00000", "00001"]
-        .iter()
-        .map(|s| {
-            pixforge::caption::read_captions(&out.join(format!("captions/{s}.captions.parquet")))
+    // Ingest: the bundled photos as a folder and as an SA-1B tar, each its own dataset of shards,
+    // one row per photo; the SA-1B shards carry the mask statistics.
+    for set in sets {
+        let shards: Vec<usize> = pixforge::shards::done_shards(&out.join(set).join("shards")).unwrap();
+        assert_eq!(shards, [0, 1], "{set}");
+    }
+    use polars::prelude::SerReader;
+    let f = std::fs::File::open(out.join("sa1b/shards/00000.parquet")).unwrap();
+    let df = polars::prelude::ParquetReader::new(f).finish().unwrap();
+    let masks = df.column("mask_count").unwrap().cast(&polars::prelude::DataType::Int64).unwrap();
+    let masks = masks.i64().unwrap();
+    assert!((0..df.height()).all(|i| masks.get(i) == Some(2)), "{df}");
+    // Captions by the untrained tiny LLaVA, clearly labelled, one per sample of each dataset.
+    assert!(
+        stdout.contains(&format!("{} of {} images re-captioned", 2 * n, 2 * n)) && stdout.contains("UNTRAINED"),
+        "{stdout}"
+    );
+    let mut caps = 0;
+    for set in sets {
+        for s in ["00000", "00001"] {
+            caps += pixforge::caption::read_captions(&out.join(format!("{set}/captions/{s}.captions.parquet")))
                 .unwrap()
                 .iter()
                 .filter(|r| r.2 == "success" && r.1.is_some())
-                .count()
-        })
-        .sum();
-    assert_eq!(caps, n);
+                .count();
+        }
+    }
+    assert_eq!(caps, 2 * n);
     // Density: the alt-text, the captions and the two bundled real sets; LLaVA's dense descriptions
     // have several times the nouns per caption of COCO's human captions (PixArt-α's Table 1 point).
     assert!(stdout.contains("| Dataset | VN/DN | Total Noun | Average |"), "{stdout}");
     let r: Value = serde_json::from_str(&std::fs::read_to_string(out.join("density/report.json")).unwrap()).unwrap();
-    assert_eq!(metrics(&r, "alt-text")["captions"], n);
-    assert_eq!(metrics(&r, "captions")["captions"], n);
+    assert_eq!(metrics(&r, "alt-text (photos)")["captions"], n);
+    assert_eq!(metrics(&r, "captions (photos)")["captions"], n);
+    assert_eq!(metrics(&r, "captions (sa1b)")["captions"], n);
     assert_eq!(metrics(&r, "COCO (human)")["captions"], 1000);
     assert_eq!(metrics(&r, "LLaVA detail")["captions"], 30);
     let nouns = |name: &str| metrics(&r, name)["nouns_per_caption"]["mean"].as_f64().unwrap();
@@ -60,19 +74,22 @@ fn demo_runs_every_stage_then_only_what_is_missing() {
         nouns("LLaVA detail"),
         nouns("COCO (human)")
     );
-    // Caches: one entry per sample, every sample cached; the T5 cache embeds the captions.
-    assert!(
-        stdout.contains(&format!("t5: {n} of {n} captions")) && stdout.contains(&format!("vae: {n} of {n} images"))
-    );
-    for cache in ["t5", "vae"] {
-        let c = pixforge::latents::cache::CacheReader::open_unchecked(&out.join("latents").join(cache)).unwrap();
-        let entries: usize = c.shards.iter().map(|s| c.shard(s).unwrap().entries.len()).sum();
-        assert_eq!(entries, n, "{cache}");
+    // Caches: one entry per sample, every sample cached; the T5 caches embed the captions.
+    let m = 2 * n;
+    assert!(stdout.contains(&format!("t5: {m} of {m} captions")), "{stdout}");
+    assert!(stdout.contains(&format!("vae: {m} of {m} images")), "{stdout}");
+    for set in sets {
+        for cache in ["t5", "vae"] {
+            let dir = out.join(set).join("latents").join(cache);
+            let c = pixforge::latents::cache::CacheReader::open_unchecked(&dir).unwrap();
+            let entries: usize = c.shards.iter().map(|s| c.shard(s).unwrap().entries.len()).sum();
+            assert_eq!(entries, n, "{set} {cache}");
+        }
+        let t5 = pixforge::latents::cache::CacheReader::open_unchecked(&out.join(set).join("latents/t5")).unwrap();
+        assert!(t5.fingerprint.preprocessing["caption"].as_str().unwrap().contains("caption folder"));
     }
-    let t5 = pixforge::latents::cache::CacheReader::open_unchecked(&out.join("latents/t5")).unwrap();
-    assert!(t5.fingerprint.preprocessing["caption"].as_str().unwrap().contains("caption folder"));
-    // Training: its log, curve, checkpoint and validation grid.
-    assert!(stdout.contains(&format!("60 steps on {n} samples")), "{stdout}");
+    // Training on both datasets' caches: its log, curve, checkpoint and validation grid.
+    assert!(stdout.contains(&format!("60 steps on {m} samples")), "{stdout}");
     let run = out.join("train");
     assert_eq!(std::fs::read_to_string(run.join("log.jsonl")).unwrap().lines().count(), 60);
     for f in ["loss.svg", "checkpoints/step_0000060/state.json", "samples/step_0000060.png"] {
@@ -83,8 +100,17 @@ fn demo_runs_every_stage_then_only_what_is_missing() {
         assert!(out.join(f).is_file(), "{f}");
     }
     // The summary names every artifact.
-    for a in ["shards", "captions", "density/report.html", "latents/t5", "latents/vae", "train/checkpoints", "samples"]
-    {
+    let artifacts = [
+        "photos/shards",
+        "sa1b/shards",
+        "sa1b/captions",
+        "density/report.html",
+        "sa1b/latents/t5",
+        "photos/latents/vae",
+        "train/checkpoints",
+        "samples",
+    ];
+    for a in artifacts {
         assert!(stdout.contains(&out.join(a).display().to_string()), "{a}: {stdout}");
     }
 
@@ -95,22 +121,22 @@ fn demo_runs_every_stage_then_only_what_is_missing() {
 
     // One caption shard deleted: that shard is captioned again, its T5 shard re-encoded, the density
     // report and the training run redone; the VAE cache and the other shards are left alone.
-    let t5_kept = std::fs::read(out.join("latents/t5/00000_stats.json")).unwrap();
-    let vae_kept = std::fs::read(out.join("latents/vae/00001_stats.json")).unwrap();
-    std::fs::remove_file(out.join("captions/00001.captions.parquet")).unwrap();
+    let t5_kept = std::fs::read(out.join("photos/latents/t5/00000_stats.json")).unwrap();
+    let vae_kept = std::fs::read(out.join("photos/latents/vae/00001_stats.json")).unwrap();
+    std::fs::remove_file(out.join("photos/captions/00001.captions.parquet")).unwrap();
     let third = demo(out);
-    assert!(line(&third, "ingest").contains("nothing to do"), "{third}");
-    assert!(
-        line(&third, "caption").contains("1 shard(s) done: 2 of 2 samples (1 shard(s) already current)"),
-        "{third}"
-    );
+    let redone = "1 shard(s) done: 2 of 2 samples (1 shard(s) already current)";
+    assert!(line(&third, "ingest[photos]").contains("nothing to do"), "{third}");
+    assert!(line(&third, "caption[photos]").contains(redone), "{third}");
+    assert!(line(&third, "caption[sa1b]").contains("nothing to do"), "{third}");
     assert!(line(&third, "density").contains("written"), "{third}");
-    assert!(line(&third, "cache.t5").contains("1 shard(s) done"), "{third}");
-    assert!(line(&third, "cache.vae").contains("nothing to do"), "{third}");
+    assert!(line(&third, "cache.t5[photos]").contains(redone), "{third}");
+    assert!(line(&third, "cache.t5[sa1b]").contains("nothing to do"), "{third}");
+    assert!(line(&third, "cache.vae[photos]").contains("nothing to do"), "{third}");
     assert!(line(&third, "train").contains("steps 0 → 60"), "{third}");
-    assert!(out.join("captions/00001.captions.parquet").is_file());
-    assert_eq!(std::fs::read(out.join("latents/t5/00000_stats.json")).unwrap(), t5_kept);
-    assert_eq!(std::fs::read(out.join("latents/vae/00001_stats.json")).unwrap(), vae_kept);
+    assert!(out.join("photos/captions/00001.captions.parquet").is_file());
+    assert_eq!(std::fs::read(out.join("photos/latents/t5/00000_stats.json")).unwrap(), t5_kept);
+    assert_eq!(std::fs::read(out.join("photos/latents/vae/00001_stats.json")).unwrap(), vae_kept);
 }
 
 fn run_pipeline(text: &str) -> String {

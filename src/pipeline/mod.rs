@@ -16,6 +16,10 @@
 //! ```
 //!
 //! `{out}` in any string is the output folder; other relative paths are relative to the file.
+//!
+//! Several sources are several `[[ingest]]` tables, each with a `name`: each is a dataset with its
+//! own folders (`{out}/{name}/shards`, `/captions`, `/latents/{t5,vae}`) that every shard stage
+//! runs over, and the training run takes all their caches.
 
 mod run;
 
@@ -159,6 +163,46 @@ pub enum WhenDataChanges {
     Retrain,
 }
 
+/// One source and the folders its stages write.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    /// Empty for a single `[ingest]`; the `name` of an `[[ingest]]` table.
+    pub name: String,
+    /// How its shards are made (`None`: the shards are already in `shards`).
+    pub ingest: Option<crate::ingest::IngestConfig>,
+    /// Its shards.
+    pub shards: PathBuf,
+    /// Its captions.
+    pub captions: PathBuf,
+    /// Its T5 cache.
+    pub t5: PathBuf,
+    /// Its VAE cache.
+    pub vae: PathBuf,
+}
+
+impl Dataset {
+    fn new(out: &Path, name: &str, ingest: Option<crate::ingest::IngestConfig>) -> Self {
+        let root = if name.is_empty() { out.to_path_buf() } else { out.join(name) };
+        Self {
+            name: name.to_string(),
+            ingest,
+            shards: root.join("shards"),
+            captions: root.join("captions"),
+            t5: root.join("latents/t5"),
+            vae: root.join("latents/vae"),
+        }
+    }
+
+    /// `stage` or `stage[name]`.
+    pub fn label(&self, stage: &str) -> String {
+        if self.name.is_empty() {
+            stage.to_string()
+        } else {
+            format!("{stage}[{}]", self.name)
+        }
+    }
+}
+
 /// A parsed pipeline: its sections, paths resolved.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
@@ -168,8 +212,8 @@ pub struct Pipeline {
     pub out: PathBuf,
     /// `[models]`.
     pub models: Option<ModelsStage>,
-    /// `[ingest]`.
-    pub ingest: Option<crate::ingest::IngestConfig>,
+    /// The datasets: one per `[[ingest]]` (one for `[ingest]`, or none given).
+    pub datasets: Vec<Dataset>,
     /// `[caption]`.
     pub caption: Option<crate::caption::CaptionConfig>,
     /// `[density]`.
@@ -219,8 +263,36 @@ impl Pipeline {
         substitute_out(&mut doc, &out.to_string_lossy());
         let stage = |name: &str| doc.get(name).cloned();
         let models = stage("models").map(|v| typed::<ModelsStage>(file, "models", v)).transpose()?;
-        let mut ingest =
-            stage("ingest").map(|v| typed::<crate::ingest::IngestConfig>(file, "ingest", v)).transpose()?;
+        let mut datasets = match stage("ingest") {
+            None => vec![Dataset::new(&out, "", None)],
+            Some(toml::Value::Array(tables)) => {
+                let mut sets: Vec<Dataset> = Vec::new();
+                for (i, t) in tables.into_iter().enumerate() {
+                    let toml::Value::Table(mut t) = t else {
+                        anyhow::bail!("{f}: stage `ingest`: [[ingest]] entry {i}: expected a table");
+                    };
+                    let name = match t.remove("name") {
+                        Some(toml::Value::String(n))
+                            if !n.is_empty() && n.chars().all(|c| c.is_alphanumeric() || c == '-' || c == '_') =>
+                        {
+                            n
+                        }
+                        other => anyhow::bail!(
+                            "{f}: stage `ingest`, [[ingest]] entry {i}, field `name`: expected a name of letters, digits,                              - and _ (its folder under out), found {}",
+                            other.map(|v| v.to_string()).unwrap_or_else(|| "none".into())
+                        ),
+                    };
+                    if sets.iter().any(|d| d.name == name) {
+                        anyhow::bail!("{f}: stage `ingest`, field `name`: {name:?} is used twice");
+                    }
+                    let label = format!("ingest[{name}]");
+                    let cfg = typed::<crate::ingest::IngestConfig>(file, &label, toml::Value::Table(t))?;
+                    sets.push(Dataset::new(&out, &name, Some(cfg)));
+                }
+                sets
+            }
+            Some(v) => vec![Dataset::new(&out, "", Some(typed::<crate::ingest::IngestConfig>(file, "ingest", v)?))],
+        };
         let mut caption =
             stage("caption").map(|v| typed::<crate::caption::CaptionConfig>(file, "caption", v)).transpose()?;
         let mut density = stage("density").map(|v| typed::<DensityStage>(file, "density", v)).transpose()?;
@@ -258,10 +330,13 @@ impl Pipeline {
                 let data = t.entry("data").or_insert(toml::Value::Table(toml::Table::new()));
                 if let toml::Value::Table(d) = data {
                     d.entry("caches").or_insert_with(|| {
-                        let mut pair = toml::Table::new();
-                        pair.insert("t5".into(), out.join("latents/t5").to_string_lossy().into_owned().into());
-                        pair.insert("vae".into(), out.join("latents/vae").to_string_lossy().into_owned().into());
-                        toml::Value::Array(vec![toml::Value::Table(pair)])
+                        let pairs = datasets.iter().map(|ds| {
+                            let mut pair = toml::Table::new();
+                            pair.insert("t5".into(), ds.t5.to_string_lossy().into_owned().into());
+                            pair.insert("vae".into(), ds.vae.to_string_lossy().into_owned().into());
+                            toml::Value::Table(pair)
+                        });
+                        toml::Value::Array(pairs.collect())
                     });
                 }
                 let mut cfg = typed::<crate::train::config::TrainConfig>(file, "train", toml::Value::Table(t))?;
@@ -283,8 +358,10 @@ impl Pipeline {
                 *p = base.join(&*p);
             }
         };
-        if let Some(i) = &mut ingest {
-            i.inputs.iter_mut().for_each(fix);
+        for ds in &mut datasets {
+            if let Some(i) = &mut ds.ingest {
+                i.inputs.iter_mut().for_each(fix);
+            }
         }
         if let Some(c) = &mut caption {
             if c.backend == crate::caption::Backend::Candle && Path::new(&c.model).is_relative() {
@@ -310,7 +387,7 @@ impl Pipeline {
             file: file.to_path_buf(),
             out,
             models,
-            ingest,
+            datasets,
             caption,
             density,
             t5,
@@ -327,10 +404,14 @@ impl Pipeline {
         let f = self.file.display();
         let made = self.out.join("models");
         let exists = |p: &Path| p.exists() || (self.models.is_some() && p.starts_with(&made));
-        if let Some(i) = &self.ingest {
-            for p in &i.inputs {
+        for ds in &self.datasets {
+            for p in ds.ingest.iter().flat_map(|i| &i.inputs) {
                 if !exists(p) {
-                    anyhow::bail!("{f}: stage `ingest`, field `inputs`: {}: no such file or folder", p.display());
+                    anyhow::bail!(
+                        "{f}: stage `{}`, field `inputs`: {}: no such file or folder",
+                        ds.label("ingest"),
+                        p.display()
+                    );
                 }
             }
         }
@@ -369,7 +450,7 @@ impl Pipeline {
             }
         }
         if let (Some(train), true) = (&self.train, self.t5.is_none() || self.vae.is_none()) {
-            if train.data.caches.iter().any(|c| c.t5.starts_with(&self.out) || c.vae.starts_with(&self.out)) {
+            if train.data.caches.iter().any(|c| self.datasets.iter().any(|d| c.t5 == d.t5 || c.vae == d.vae)) {
                 anyhow::bail!("{f}: stage `train` trains on the pipeline's caches: add [cache.t5] and [cache.vae]");
             }
         }

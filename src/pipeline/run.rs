@@ -47,17 +47,22 @@ impl PipelineReport {
     /// The stage lines and every artifact's path.
     pub fn text(&self) -> String {
         let mut s = String::new();
+        let width = self.stages.iter().map(|st| st.stage.len()).max().unwrap_or(0);
         for st in &self.stages {
-            s.push_str(&format!("{:<9} {}\n", st.stage, st.summary));
+            s.push_str(&format!("{:<width$} {}\n", st.stage, st.summary));
         }
         if !self.did_work() {
             s.push_str("nothing to do: every stage's outputs are current\n");
         }
         s.push_str("artifacts:\n");
-        for st in &self.stages {
-            for (name, p) in &st.artifacts {
-                s.push_str(&format!("  {:<22} {}\n", format!("{}.{name}", st.stage), p.display()));
-            }
+        let names: Vec<(String, &PathBuf)> = self
+            .stages
+            .iter()
+            .flat_map(|st| st.artifacts.iter().map(move |(n, p)| (format!("{}.{n}", st.stage), p)))
+            .collect();
+        let width = names.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+        for (name, p) in names {
+            s.push_str(&format!("  {name:<width$} {}\n", p.display()));
         }
         s
     }
@@ -72,19 +77,19 @@ pub fn run(p: &Pipeline, progress: bool, worker: crate::shards::Worker) -> anyho
     let share = worker.count > 1;
     std::fs::create_dir_all(&p.out).map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", p.out.display()))?;
     let mut r = PipelineReport::default();
-    let shards = p.out.join("shards");
-    let captions = p.out.join("captions");
     let stage_err = |stage: &str| format!("{}: stage `{stage}`", p.file.display());
     if let Some(m) = &p.models {
         r.stages.push(tiny_models(&m.tiny, &p.out.join("models")).map_err(|e| e.context(stage_err("models")))?);
     }
-    if let Some(cfg) = &p.ingest {
-        let mut opts = crate::ingest::RunOptions::new(&shards);
+    for ds in &p.datasets {
+        let Some(cfg) = &ds.ingest else { continue };
+        let label = ds.label("ingest");
+        let mut opts = crate::ingest::RunOptions::new(&ds.shards);
         opts.progress = progress;
         opts.worker = worker;
-        let stats = crate::ingest::run(cfg, &opts).map_err(|e| e.context(stage_err("ingest")))?;
+        let stats = crate::ingest::run(cfg, &opts).map_err(|e| e.context(stage_err(&label)))?;
         r.stages.push(StageReport {
-            stage: "ingest".into(),
+            stage: label,
             did_work: stats.shards_done > 0,
             summary: if stats.shards_done > 0 {
                 format!(
@@ -94,16 +99,19 @@ pub fn run(p: &Pipeline, progress: bool, worker: crate::shards::Worker) -> anyho
             } else {
                 format!("nothing to do ({} shard(s) done)", stats.shards_skipped)
             },
-            artifacts: vec![("shards".into(), shards.clone())],
+            artifacts: vec![("shards".into(), ds.shards.clone())],
         });
-        r.ingest = Some(stats);
+        merge_ingest(&mut r.ingest, stats);
     }
     if let Some(cfg) = &p.caption {
-        let stats = crate::caption::run(cfg, &options(&shards, &captions, progress, worker))
-            .map_err(|e| e.context(stage_err("caption")))?;
-        failed_shards("caption", &stats)?;
-        r.stages.push(cache_report("caption", &stats, "captions", &captions));
-        r.captions = Some(stats);
+        for ds in &p.datasets {
+            let label = ds.label("caption");
+            let stats = crate::caption::run(cfg, &options(&ds.shards, &ds.captions, progress, worker))
+                .map_err(|e| e.context(stage_err(&label)))?;
+            failed_shards(&label, &stats)?;
+            r.stages.push(cache_report(&label, &stats, "captions", &ds.captions));
+            merge_cache(&mut r.captions, stats);
+        }
     }
     let whole = |stage: &str| {
         StageReport {
@@ -119,32 +127,38 @@ pub fn run(p: &Pipeline, progress: bool, worker: crate::shards::Worker) -> anyho
     if let (Some(_), true) = (&p.density, share) {
         r.stages.push(whole("density"));
     } else if let Some(d) = &p.density {
-        let (report, stage) = density(d, &shards, p.caption.is_some().then_some(&captions), &p.out.join("density"))
+        let (report, stage) = density(d, &p.datasets, p.caption.is_some(), &p.out.join("density"))
             .map_err(|e| e.context(stage_err("density")))?;
         r.stages.push(stage);
         r.density = report;
     }
     if let Some(cfg) = &p.t5 {
-        let mut cfg = cfg.clone();
-        if p.caption.is_some() && cfg.captions.is_none() {
-            cfg.captions = Some(captions.clone());
+        for ds in &p.datasets {
+            let label = ds.label("cache.t5");
+            let mut cfg = cfg.clone();
+            if p.caption.is_some() && cfg.captions.is_none() {
+                cfg.captions = Some(ds.captions.clone());
+            }
+            let dev = crate::caption::config::parse_device("cpu")?;
+            let stats =
+                crate::latents::cache::t5_stage::run(&cfg, &options(&ds.shards, &ds.t5, progress, worker), &dev)
+                    .map_err(|e| e.context(stage_err(&label)))?;
+            failed_shards(&label, &stats)?;
+            r.stages.push(cache_report(&label, &stats, "t5", &ds.t5));
+            merge_cache(&mut r.t5, stats);
         }
-        let out = p.out.join("latents/t5");
-        let dev = crate::caption::config::parse_device("cpu")?;
-        let stats = crate::latents::cache::t5_stage::run(&cfg, &options(&shards, &out, progress, worker), &dev)
-            .map_err(|e| e.context(stage_err("cache.t5")))?;
-        failed_shards("cache.t5", &stats)?;
-        r.stages.push(cache_report("cache.t5", &stats, "t5", &out));
-        r.t5 = Some(stats);
     }
     if let Some(cfg) = &p.vae {
-        let out = p.out.join("latents/vae");
-        let dev = crate::caption::config::parse_device("cpu")?;
-        let stats = crate::latents::cache::vae_stage::run(cfg, &options(&shards, &out, progress, worker), &dev)
-            .map_err(|e| e.context(stage_err("cache.vae")))?;
-        failed_shards("cache.vae", &stats)?;
-        r.stages.push(cache_report("cache.vae", &stats, "vae", &out));
-        r.vae = Some(stats);
+        for ds in &p.datasets {
+            let label = ds.label("cache.vae");
+            let dev = crate::caption::config::parse_device("cpu")?;
+            let stats =
+                crate::latents::cache::vae_stage::run(cfg, &options(&ds.shards, &ds.vae, progress, worker), &dev)
+                    .map_err(|e| e.context(stage_err(&label)))?;
+            failed_shards(&label, &stats)?;
+            r.stages.push(cache_report(&label, &stats, "vae", &ds.vae));
+            merge_cache(&mut r.vae, stats);
+        }
     }
     if let (Some(_), true) = (&p.train, share) {
         r.stages.push(whole("train"));
@@ -216,6 +230,35 @@ fn sample(
         ),
         artifacts,
     })
+}
+
+/// Adds one dataset's ingest totals to the run's.
+fn merge_ingest(total: &mut Option<crate::shards::RunStats>, s: crate::shards::RunStats) {
+    match total {
+        None => *total = Some(s),
+        Some(t) => {
+            for (shard, st) in &s.shards {
+                t.add(*shard, st);
+            }
+            t.shards_skipped += s.shards_skipped;
+        }
+    }
+}
+
+/// Adds one dataset's shard-stage totals to the run's.
+fn merge_cache(total: &mut Option<CacheRunStats>, s: CacheRunStats) {
+    match total {
+        None => *total = Some(s),
+        Some(t) => {
+            t.shards_done += s.shards_done;
+            t.shards_skipped += s.shards_skipped;
+            t.shards_failed.extend(s.shards_failed);
+            t.samples += s.samples;
+            t.successes += s.successes;
+            t.failed += s.failed;
+            t.seconds += s.seconds;
+        }
+    }
 }
 
 fn options(input: &Path, out: &Path, progress: bool, worker: crate::shards::Worker) -> RunOptions {
@@ -295,28 +338,31 @@ fn stats_digest(dirs: &[&Path]) -> anyhow::Result<String> {
     Ok(hex::encode(&h.finalize()[..16]))
 }
 
-/// The density report of the alt-text, the captions and the other sets; redone only when an input
-/// changed (the digest of the inputs is kept beside the report).
+/// The density report of each dataset's alt-text (when its source has any) and captions, and the
+/// other sets; redone only when an input changed (the digest of the inputs is kept beside the report).
 fn density(
     d: &super::DensityStage,
-    shards: &Path,
-    captions: Option<&PathBuf>,
+    datasets: &[super::Dataset],
+    with_captions: bool,
     out: &Path,
 ) -> anyhow::Result<(Option<crate::density::report::Report>, StageReport)> {
     use crate::density::input::NamedInput;
-    let mut inputs = vec![NamedInput { name: "alt-text".into(), path: shards.to_path_buf(), selection: None }];
-    if let Some(c) = captions {
-        inputs.push(NamedInput { name: "captions".into(), path: c.clone(), selection: None });
+    let mut inputs = Vec::new();
+    let mut h = Sha256::new();
+    for ds in datasets {
+        let named = |what: &str| if ds.name.is_empty() { what.to_string() } else { format!("{what} ({})", ds.name) };
+        let has_alt = ds.ingest.as_ref().is_none_or(|i| i.source != crate::ingest::SourceKind::Sa1b);
+        if has_alt {
+            inputs.push(NamedInput { name: named("alt-text"), path: ds.shards.clone(), selection: None });
+            h.update(stats_digest(&[&ds.shards])?);
+        }
+        if with_captions {
+            inputs.push(NamedInput { name: named("captions"), path: ds.captions.clone(), selection: None });
+            h.update(stats_digest(&[&ds.captions])?);
+        }
     }
     for (name, set) in &d.compare {
         inputs.push(set.input(name));
-    }
-    let mut h = Sha256::new();
-    h.update(stats_digest(&[shards])?);
-    if let Some(c) = captions {
-        h.update(stats_digest(&[c])?);
-    }
-    for (name, set) in &d.compare {
         h.update(name);
         h.update(serde_json::to_vec(set)?);
         h.update(std::fs::metadata(set.path()).map(|m| m.len()).unwrap_or(0).to_le_bytes());

@@ -93,7 +93,12 @@ impl T5CacheConfig {
                         dir.display()
                     )
                 })?;
-                format!("the first caption of a caption folder made with fingerprint {}", m.fingerprint)
+                // How the captions were made (model, prompts, sampling), not from which shards: caches
+                // of several datasets captioned alike train together.
+                let how = serde_json::from_value::<CacheFingerprint>(m.config.clone())
+                    .map(|f| f.digest_without_sources())
+                    .unwrap_or(m.fingerprint);
+                format!("the first caption of a caption folder made with fingerprint {how}")
             }
         };
         let preprocessing = serde_json::json!({
