@@ -938,7 +938,7 @@ fn main() -> anyhow::Result<()> {
                     text.push_str(&pixforge::demo::summarize(&report.shards)?);
                 }
             }
-            if let Some(c) = &p.captions {
+            if let Some(c) = p.captions.as_ref().filter(|c| c.shards_done > 0) {
                 text.push_str(&format!(
                     "\ncaptions in {}/{{photos,sa1b}}/captions: {} of {} images re-captioned with the paper's prompt by a tiny LLaVA-1.5 in \
                      the llava-hf layout ({}/models/llava) — UNTRAINED, random weights, so its captions are noise; the \
@@ -955,7 +955,8 @@ fn main() -> anyhow::Result<()> {
                 text.push_str(&format!("\nconcept density ({}/density/report.html):\n\n", out.display()));
                 text.push_str(&pixforge::density::report::markdown(d));
             }
-            if let (Some(t5), Some(vae)) = (&p.t5, &p.vae) {
+            let (t5, vae) = (p.t5.as_ref().filter(|s| s.shards_done > 0), p.vae.as_ref().filter(|s| s.shards_done > 0));
+            if let (Some(t5), Some(vae)) = (t5, vae) {
                 text.push_str(&format!(
                     "\nfeature caches in {}/{{photos,sa1b}}/latents (tiny random T5 and VAE in the real layouts: no weights are downloaded \
                      here):\n  t5: {} of {} captions embedded (the captions above; PixArt-α cleaning, unpadded, bf16)\n  \
