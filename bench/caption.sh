@@ -16,12 +16,8 @@ VENV=${VENV:-/tmp/pixart-bench-venv}
 WORK=${WORK:-/tmp/pixforge-caption-bench}
 BIN=target/release/pixforge
 mkdir -p docs/bench-results "$WORK"
-if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q torch==2.15.0 --index-url https://download.pytorch.org/whl/cpu \
-    || "$VENV/bin/pip" install -q torch==2.15.0
-fi
-"$VENV/bin/pip" install -q transformers==5.24.0 openai pillow
+source bench/torch_venv.sh
+torch_venv transformers==5.24.0 openai pillow
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release
 for n in 30 160 960; do
   if [ ! -f "$WORK/shards-$n/00000_stats.json" ]; then

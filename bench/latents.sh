@@ -14,12 +14,8 @@ MODELS=${MODELS:-/tmp/pixforge-latents-bench-models}
 PROMPTS=../shared/data/prompts/pixart_alpha_samples.txt
 TOKENIZER=tests/fixtures/t5-sentinels/tokenizer.json
 mkdir -p docs/bench-results
-if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q torch==2.15.0 --index-url https://download.pytorch.org/whl/cpu \
-    || "$VENV/bin/pip" install -q torch==2.15.0
-fi
-"$VENV/bin/pip" install -q diffusers==0.42.1 transformers==5.24.0 ftfy beautifulsoup4
+source bench/torch_venv.sh
+torch_venv diffusers==0.42.1 transformers==5.24.0 ftfy beautifulsoup4
 if [ ! -f "$MODELS/t5/model.safetensors" ]; then
   "$VENV/bin/python" bench/latents_models.py "$MODELS"
 fi

@@ -11,12 +11,8 @@ VENV=${VENV:-/tmp/pixart-bench-venv}
 ITERS=${ITERS:-7}
 ROUNDS=${ROUNDS:-3}
 mkdir -p docs/bench-results
-if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q torch==2.15.0 --index-url https://download.pytorch.org/whl/cpu \
-    || "$VENV/bin/pip" install -q torch==2.15.0
-  "$VENV/bin/pip" install -q diffusers==0.42.1
-fi
+source bench/torch_venv.sh
+torch_venv diffusers==0.42.1
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release
 OUT=$(mktemp -d)
 for r in $(seq "$ROUNDS"); do

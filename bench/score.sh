@@ -13,12 +13,8 @@ ROUNDS=${ROUNDS:-2}
 WORK=${WORK:-/tmp/pixforge-score-bench}
 BIN=target/release/pixforge
 mkdir -p docs/bench-results "$WORK"
-if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q torch==2.15.0 --index-url https://download.pytorch.org/whl/cpu \
-    || "$VENV/bin/pip" install -q torch==2.15.0
-fi
-"$VENV/bin/pip" install -q transformers==5.24.0 onnx onnxruntime==1.31.1 pillow
+source bench/torch_venv.sh
+torch_venv transformers==5.24.0 onnx onnxruntime==1.31.1 pillow
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release
 tools/install-onnxruntime.sh >/dev/null
 if [ ! -f "$WORK/shards/_done" ]; then

@@ -15,12 +15,8 @@ ROUNDS=${ROUNDS:-3}
 WORK=${WORK:-/tmp/pixforge-train-bench}
 BIN=target/release/pixforge
 mkdir -p docs/bench-results "$WORK"
-if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q torch==2.15.0 --index-url https://download.pytorch.org/whl/cpu \
-    || "$VENV/bin/pip" install -q torch==2.15.0
-fi
-"$VENV/bin/pip" install -q diffusers==0.42.1 transformers==5.24.0 safetensors pillow
+source bench/torch_venv.sh
+torch_venv diffusers==0.42.1 transformers==5.24.0 safetensors pillow
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release
 if [ ! -f "$WORK/vae/_SUCCESS" ]; then
   rm -rf "$WORK"/{photos,shards,t5,vae,models}
