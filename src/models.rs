@@ -136,7 +136,7 @@ pub fn init_tiny(kind: ModelKind, out: &Path, micro_conditions: bool, seed: u64)
 const TINY_LLAVA_TOKENIZER: &str = include_str!("../assets/llava/tiny-tokenizer.json");
 
 fn init_tiny_llava(out: &Path, seed: u64) -> anyhow::Result<()> {
-    use candle_transformers::models::clip::vision_model::{ClipVisionConfig, ClipVisionTransformer};
+    use candle_transformers::models::clip::vision_model::ClipVisionTransformer;
     std::fs::create_dir_all(out)?;
     let cfg = serde_json::json!({
         "architectures": ["LlavaForConditionalGeneration"], "model_type": "llava", "image_token_index": 500,
@@ -156,17 +156,7 @@ fn init_tiny_llava(out: &Path, seed: u64) -> anyhow::Result<()> {
     });
     let config: crate::caption::llava::LlavaConfig = serde_json::from_value(cfg.clone())?;
     let v = &config.vision_config;
-    let vision = ClipVisionConfig {
-        embed_dim: v.hidden_size,
-        activation: candle_transformers::models::clip::text_model::Activation::QuickGelu,
-        intermediate_size: v.intermediate_size,
-        num_hidden_layers: v.num_hidden_layers,
-        num_attention_heads: v.num_attention_heads,
-        projection_dim: v.projection_dim,
-        num_channels: v.num_channels,
-        image_size: v.image_size,
-        patch_size: v.patch_size,
-    };
+    let vision = v.clip(v.num_hidden_layers);
     let h = config.text_config.hidden_size;
     save_random(&out.join("model.safetensors"), seed, &[], |vb| {
         let tower = vb.pp("vision_tower.vision_model");

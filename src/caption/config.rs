@@ -91,8 +91,8 @@ pub struct CaptionConfig {
     #[arg(skip = String::from("cpu"))]
     pub device: String,
     /// candle: weights and activations `f32`, `f16` or `bf16` (default: f32 on CPU, bf16 on CUDA).
-    #[arg(long)]
-    pub dtype: Option<String>,
+    #[arg(long, value_enum)]
+    pub dtype: Option<crate::latents::cache::FeatureDType>,
     /// candle: prompts of equal token length generated together.
     #[arg(long, default_value_t = 4)]
     pub batch_size: usize,
@@ -203,17 +203,5 @@ impl CaptionConfig {
             }),
             sources: Default::default(),
         })
-    }
-}
-
-/// The device a `--device` value names.
-pub fn parse_device(s: &str) -> anyhow::Result<candle_core::Device> {
-    if s == "cpu" {
-        return Ok(candle_core::Device::Cpu);
-    }
-    let n = s.strip_prefix("cuda:").or_else(|| (s == "cuda").then_some("0"));
-    match n.and_then(|n| n.parse::<usize>().ok()) {
-        Some(n) => Ok(candle_core::Device::new_cuda(n).map_err(|e| anyhow::anyhow!("--device {s}: {e}"))?),
-        None => anyhow::bail!("--device {s:?}: expected cpu or cuda:N"),
     }
 }

@@ -5,7 +5,7 @@
 //! The shard loop, manifest fingerprint, `--worker I/N` split and done markers are the feature caches'
 //! ([`crate::latents::cache::run_shards`]); `{shard}.index.json` holds each sample's status.
 
-use super::config::{parse_device, Backend, CaptionConfig};
+use super::config::{Backend, CaptionConfig};
 use super::llava::{Job, LocalCaptioner};
 use super::openai::{image_for_request, OpenAiClient, OpenAiOptions, Request};
 use super::output::{journal_path, read_journal, shard_output, sweep_journals, CaptionRow, Slot};
@@ -65,14 +65,11 @@ pub fn run(cfg: &CaptionConfig, opts: &RunOptions) -> anyhow::Result<CacheRunSta
     let fingerprint = cfg.fingerprint()?;
     let engine = match cfg.backend {
         Backend::Candle => {
-            let device = parse_device(&cfg.device)?;
-            let dtype = match cfg.dtype.as_deref() {
+            let device = crate::train::device(&cfg.device)?;
+            let dtype = match cfg.dtype {
+                Some(d) => d.dtype(),
                 None if device.is_cpu() => candle_core::DType::F32,
                 None => candle_core::DType::BF16,
-                Some("f32") => candle_core::DType::F32,
-                Some("f16") => candle_core::DType::F16,
-                Some("bf16") => candle_core::DType::BF16,
-                Some(other) => anyhow::bail!("--dtype (dtype) {other:?}: expected f32, f16 or bf16"),
             };
             let model = Path::new(&cfg.model);
             Engine::Local(Box::new(LocalCaptioner::load(model, &device, dtype, cfg.image_mode, &cfg.chat_template)?))

@@ -139,7 +139,7 @@ pub fn run(p: &Pipeline, progress: bool, worker: crate::shards::Worker) -> anyho
             if p.caption.is_some() && cfg.captions.is_none() {
                 cfg.captions = Some(ds.captions.clone());
             }
-            let dev = crate::caption::config::parse_device("cpu")?;
+            let dev = candle_core::Device::Cpu;
             let stats =
                 crate::latents::cache::t5_stage::run(&cfg, &options(&ds.shards, &ds.t5, progress, worker), &dev)
                     .map_err(|e| e.context(stage_err(&label)))?;
@@ -151,7 +151,7 @@ pub fn run(p: &Pipeline, progress: bool, worker: crate::shards::Worker) -> anyho
     if let Some(cfg) = &p.vae {
         for ds in &p.datasets {
             let label = ds.label("cache.vae");
-            let dev = crate::caption::config::parse_device("cpu")?;
+            let dev = candle_core::Device::Cpu;
             let stats =
                 crate::latents::cache::vae_stage::run(cfg, &options(&ds.shards, &ds.vae, progress, worker), &dev)
                     .map_err(|e| e.context(stage_err(&label)))?;

@@ -102,6 +102,23 @@ pub struct VisionConfig {
     pub projection_dim: usize,
 }
 
+impl VisionConfig {
+    /// candle's configuration of this tower with its first `layers` layers.
+    pub fn clip(&self, layers: usize) -> candle_transformers::models::clip::vision_model::ClipVisionConfig {
+        candle_transformers::models::clip::vision_model::ClipVisionConfig {
+            embed_dim: self.hidden_size,
+            activation: candle_transformers::models::clip::text_model::Activation::QuickGelu,
+            intermediate_size: self.intermediate_size,
+            num_hidden_layers: layers,
+            num_attention_heads: self.num_attention_heads,
+            projection_dim: self.projection_dim,
+            num_channels: self.num_channels,
+            image_size: self.image_size,
+            patch_size: self.patch_size,
+        }
+    }
+}
+
 impl Default for TextConfig {
     fn default() -> Self {
         serde_json::from_str("{}").expect("defaults")

@@ -11,7 +11,7 @@
 use super::config::LlavaConfig;
 use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
-use candle_transformers::models::clip::vision_model::{ClipVisionConfig, ClipVisionTransformer};
+use candle_transformers::models::clip::vision_model::ClipVisionTransformer;
 use candle_transformers::models::llama::{Cache, Llama};
 use std::path::{Path, PathBuf};
 
@@ -44,26 +44,18 @@ impl Llava {
         let config: LlavaConfig = crate::latents::read_config(&cfg_path)?;
         config.check(&cfg_path)?;
         let files = crate::latents::weight_files(dir, "model")?;
-        let names = std::sync::Arc::new(all_names(&files)?);
         // SAFETY: the files are memory-mapped read-only and not modified while loaded.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device)? };
-        let vb = vb.rename_f(move |name: &str| stored_name(name, &names));
+        let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files)? };
+        let names = std::sync::Arc::new(llava_names(&st, &files)?);
+        let vb = VarBuilder::from_backend(Box::new(st), dtype, device.clone())
+            .rename_f(move |name: &str| stored_name(name, &names));
         let err = |part: &str, e: candle_core::Error| {
             anyhow::anyhow!("{}: cannot load the {part} ({e}); expected llava-hf tensor names", dir.display())
         };
         let v = &config.vision_config;
         let layer = config.feature_layer(&cfg_path)?;
-        let vision_cfg = ClipVisionConfig {
-            embed_dim: v.hidden_size,
-            activation: candle_transformers::models::clip::text_model::Activation::QuickGelu,
-            intermediate_size: v.intermediate_size,
-            num_hidden_layers: (v.num_hidden_layers as i64 + 1 + layer) as usize,
-            num_attention_heads: v.num_attention_heads,
-            projection_dim: v.projection_dim,
-            num_channels: v.num_channels,
-            image_size: v.image_size,
-            patch_size: v.patch_size,
-        };
+        // Only the layers up to the selected one are built.
+        let vision_cfg = v.clip((v.num_hidden_layers as i64 + 1 + layer) as usize);
         // candle draws a random CLS embedding when the checkpoint has none: refuse that instead.
         vb.get(v.hidden_size, "vision_tower.vision_model.embeddings.class_embedding")
             .map_err(|e| err("vision tower's CLS embedding", e))?;
@@ -223,29 +215,12 @@ impl Llava {
     }
 }
 
-/// The tensor names in a safetensors file's header (the data is not read).
-fn tensor_names(path: &Path) -> anyhow::Result<Vec<String>> {
-    use std::io::Read;
-    let bad = |why: String| anyhow::anyhow!("{}: not a safetensors file ({why})", path.display());
-    let mut f = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len).map_err(|e| bad(e.to_string()))?;
-    let len = u64::from_le_bytes(len);
-    if len > 100 << 20 {
-        return Err(bad(format!("a {len}-byte header")));
-    }
-    let mut header = vec![0u8; len as usize];
-    f.read_exact(&mut header).map_err(|e| bad(e.to_string()))?;
-    let v: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&header).map_err(|e| bad(e.to_string()))?;
-    Ok(v.into_iter().map(|(k, _)| k).filter(|k| k != "__metadata__").collect())
-}
-
-fn all_names(files: &[PathBuf]) -> anyhow::Result<std::collections::HashSet<String>> {
-    let mut out = std::collections::HashSet::new();
-    for f in files {
-        out.extend(tensor_names(f)?);
-    }
+/// The tensor names of a checkpoint, refused when it holds no LLaVA.
+fn llava_names(
+    st: &candle_core::safetensors::MmapedSafetensors,
+    files: &[PathBuf],
+) -> anyhow::Result<std::collections::HashSet<String>> {
+    let out: std::collections::HashSet<String> = st.tensors().into_iter().map(|(name, _)| name).collect();
     if !out.iter().any(|n| n.contains("language_model.")) {
         anyhow::bail!(
             "{}: no LLaVA tensors (expected language_model.model.* and vision_tower.vision_model.* as llava-hf has them)",
