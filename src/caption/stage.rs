@@ -39,6 +39,9 @@ struct Answer {
     attempts: u32,
 }
 
+/// An image as it is sent: its bytes and MIME type.
+type Prepared = (Vec<u8>, &'static str);
+
 /// The seed of caption `index` of `key` with prompt `prompt`, QC attempt `attempt`.
 pub fn caption_seed(base: u64, key: &str, prompt: u32, index: u32, attempt: u32) -> u64 {
     use sha2::Digest;
@@ -285,12 +288,13 @@ async fn remote_shard(
     rows: &mut HashMap<Slot, CaptionRow>,
 ) -> anyhow::Result<()> {
     use futures_util::StreamExt;
+    // A sample's image is prepared once for all its prompts and captions.
+    let images: Vec<tokio::sync::OnceCell<Prepared>> = reader.samples.iter().map(|_| Default::default()).collect();
+    let images = &images;
     let mut stream = futures_util::stream::iter(todo.into_iter().map(|it| {
-        let client = client.clone();
-        let reader = reader.clone();
-        let cfg = cfg.clone();
+        let (client, reader) = (client.clone(), reader.clone());
         async move {
-            let r = remote_one(&cfg, &client, reader, &it).await;
+            let r = remote_one(cfg, &client, reader, &images[it.sample], &it).await;
             (it, r)
         }
     }))
@@ -305,18 +309,23 @@ async fn remote_one(
     cfg: &CaptionConfig,
     client: &OpenAiClient,
     reader: Arc<WdsReader>,
+    image: &tokio::sync::OnceCell<Prepared>,
     it: &Item,
 ) -> Result<Answer, (String, bool)> {
     let sample = it.sample;
     let key = reader.samples[sample].key.clone();
     let side = cfg.image_side;
-    let prepared = tokio::task::spawn_blocking(move || {
-        let bytes = crate::latents::cache::image_bytes(&reader, &reader.samples[sample])?;
-        image_for_request(&bytes, side)
-    })
-    .await
-    .map_err(|e| (format!("image preparation panicked: {e}"), false))?
-    .map_err(|e| (e, false))?;
+    let prepared = image
+        .get_or_try_init(|| async move {
+            tokio::task::spawn_blocking(move || {
+                let bytes = crate::latents::cache::image_bytes(&reader, &reader.samples[sample])?;
+                image_for_request(&bytes, side)
+            })
+            .await
+            .map_err(|e| (format!("image preparation panicked: {e}"), false))?
+            .map_err(|e| (e, false))
+        })
+        .await?;
     let mut attempts = 0;
     let mut qc_attempt = 0u32;
     loop {
