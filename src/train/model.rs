@@ -7,7 +7,7 @@
 //! Every op here records gradients: the hot ones are our fused differentiable kernels
 //! ([`super::ops`]), never candle_nn's fused ones (which record none).
 
-use super::ops::{attention, gated_add, gelu, layer_norm, linear, modulate};
+use super::ops::{attention, fused_block, gated_add, gelu, layer_norm, linear, modulate, pixart_block, BLOCK_PARAMS};
 use candle_core::{DType, Device, Result, Tensor, Var};
 use std::collections::HashMap;
 
@@ -282,6 +282,40 @@ impl PixArt {
         t + Tensor::cat(&[size, ratio], 1)?
     }
 
+    /// Transformer block `i` of `x`: the fused op on CPU (f32/f64), composite ops elsewhere.
+    fn block(&self, i: usize, x: &Tensor, blocks: &Blocks) -> Result<Tensor> {
+        match &blocks.fused {
+            Some((ctx, key_bias)) => self.block_fused(i, x, ctx, blocks.y.dim(1)?, key_bias),
+            None => self.block_composite(i, x, &blocks.y, &blocks.t0, &blocks.bias),
+        }
+    }
+
+    fn block_fused(&self, i: usize, x: &Tensor, ctx: &Tensor, l: usize, key_bias: &[f64]) -> Result<Tensor> {
+        let c = &self.config;
+        let pre = format!("transformer_blocks.{i}");
+        let parts =
+            BLOCK_PARAMS.iter().map(|n| self.p(&format!("{pre}.{n}"))?.flatten_all()).collect::<Result<Vec<_>>>()?;
+        let ff = self.p(&format!("{pre}.ff.net.0.proj.bias"))?.dim(0)?;
+        let params = Tensor::cat(&parts, 0)?;
+        pixart_block(x, ctx, &params, (c.num_attention_heads, c.norm_eps, l, ff), key_bias.to_vec())
+    }
+
+    /// Block `i` from composite ops (any device and dtype).
+    fn block_composite(&self, i: usize, x: &Tensor, y: &Tensor, t0: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        let c = &self.config;
+        let pre = format!("transformer_blocks.{i}");
+        let mods = self.p(&format!("{pre}.scale_shift_table"))?.unsqueeze(0)?.broadcast_add(t0)?;
+        let m = |j: usize| mods.narrow(1, j, 1);
+        let (shift_msa, scale_msa, gate_msa) = (m(0)?, m(1)?, m(2)?);
+        let (shift_mlp, scale_mlp, gate_mlp) = (m(3)?, m(4)?, m(5)?);
+        let h = modulate(&layer_norm(x, c.norm_eps)?, &shift_msa, &scale_msa)?;
+        let x = gated_add(x, &self.attention(&format!("{pre}.attn1"), &h, &h, None)?, &gate_msa)?;
+        let x = (&x + self.attention(&format!("{pre}.attn2"), &x, y, Some(bias))?)?;
+        let h = modulate(&layer_norm(&x, c.norm_eps)?, &shift_mlp, &scale_mlp)?;
+        let h = self.lin(&gelu(&self.lin(&h, &format!("{pre}.ff.net.0.proj"))?)?, &format!("{pre}.ff.net.2"))?;
+        gated_add(&x, &h, &gate_mlp)
+    }
+
     /// The model output `[B, out_channels, H, W]` for latents `[B, C, H, W]`, timesteps `[B]`,
     /// captions `[B, L, caption_channels]` with their 0/1 mask `[B, L]`, and for PixArtMS the
     /// micro-conditions (image size `[B, 2]`, aspect ratio `[B, 1]`).
@@ -311,18 +345,9 @@ impl PixArt {
         let y = self.lin(&y, "caption_projection.linear_2")?;
         let bias = mask.to_dtype(x.dtype())?.affine(10000.0, -10000.0)?;
 
+        let blocks = Blocks::new(&x, &y, &t0, &bias)?;
         for i in 0..c.num_layers {
-            let pre = format!("transformer_blocks.{i}");
-            let mods = self.p(&format!("{pre}.scale_shift_table"))?.unsqueeze(0)?.broadcast_add(&t0)?;
-            let m = |j: usize| mods.narrow(1, j, 1);
-            let (shift_msa, scale_msa, gate_msa) = (m(0)?, m(1)?, m(2)?);
-            let (shift_mlp, scale_mlp, gate_mlp) = (m(3)?, m(4)?, m(5)?);
-            let h = modulate(&layer_norm(&x, c.norm_eps)?, &shift_msa, &scale_msa)?;
-            x = gated_add(&x, &self.attention(&format!("{pre}.attn1"), &h, &h, None)?, &gate_msa)?;
-            x = (&x + self.attention(&format!("{pre}.attn2"), &x, &y, Some(&bias))?)?;
-            let h = modulate(&layer_norm(&x, c.norm_eps)?, &shift_mlp, &scale_mlp)?;
-            let h = self.lin(&gelu(&self.lin(&h, &format!("{pre}.ff.net.0.proj"))?)?, &format!("{pre}.ff.net.2"))?;
-            x = gated_add(&x, &h, &gate_mlp)?;
+            x = self.block(i, &x, &blocks)?;
         }
 
         let mods = self.p("scale_shift_table")?.unsqueeze(0)?.broadcast_add(&t_emb.unsqueeze(1)?)?;
@@ -335,5 +360,90 @@ impl PixArt {
             gh * p,
             gw * p,
         ))
+    }
+}
+
+/// What every block reads: the projected caption `y` `[B, L, C]`, the adaLN input `t0` `[B, 6, C]`,
+/// the caption key bias `[B, L]`, and for the fused op the first two joined plus the bias as values.
+struct Blocks {
+    y: Tensor,
+    t0: Tensor,
+    bias: Tensor,
+    fused: Option<(Tensor, Vec<f64>)>,
+}
+
+impl Blocks {
+    fn new(x: &Tensor, y: &Tensor, t0: &Tensor, bias: &Tensor) -> Result<Self> {
+        let fused = if fused_block(x) {
+            let ctx = Tensor::cat(&[y.flatten_all()?, t0.flatten_all()?], 0)?;
+            Some((ctx, bias.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?))
+        } else {
+            None
+        };
+        Ok(Blocks { y: y.clone(), t0: t0.clone(), bias: bias.clone(), fused })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::init::Rng;
+
+    fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
+        let d: f64 = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+        let s: f64 = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+        // The key bias's gradient is zero in exact arithmetic (softmax is shift-invariant): rounding only.
+        d / s.max(1e-3)
+    }
+
+    /// The fused block op against the same block from composite ops (forward, and the gradient of
+    /// every input and every one of the block's weights), in f64 with random weights everywhere.
+    #[test]
+    fn fused_block_matches_composite_ops_and_their_gradients() {
+        let dev = Device::Cpu;
+        let config = PixArtConfig {
+            num_attention_heads: 3,
+            attention_head_dim: 8,
+            in_channels: 4,
+            out_channels: 8,
+            num_layers: 1,
+            sample_size: 8,
+            patch_size: 2,
+            caption_channels: 16,
+            interpolation_scale: None,
+            norm_eps: 1e-6,
+        };
+        let base = crate::train::init::init(config.clone(), false, 5, 1, &dev).unwrap();
+        let mut rng = Rng::new(7);
+        let mut random =
+            |dims: &[usize], std: f64| rng.normal_tensor(dims, std, &dev).unwrap().to_dtype(DType::F64).unwrap();
+        let w = base.weights().iter().map(|(k, t)| (k.clone(), random(t.dims(), 0.3))).collect();
+        let mut model = PixArt::from_weights(config, w);
+        let vars = model.trainable().unwrap();
+        let (b, n, l, c) = (2, 16, 5, 24);
+        let x = Var::from_tensor(&random(&[b, n, c], 1.0)).unwrap();
+        let y = Var::from_tensor(&random(&[b, l, c], 1.0)).unwrap();
+        let t0 = Var::from_tensor(&random(&[b, 6, c], 0.5)).unwrap();
+        let mask: Vec<f64> = (0..b * l).map(|i| if i % l < 3 + i / l { 1.0 } else { 0.0 }).collect();
+        let bias = Tensor::from_vec(mask, (b, l), &dev).unwrap().affine(10000.0, -10000.0).unwrap();
+        let probe = random(&[b, n, c], 1.0);
+
+        let blocks = Blocks::new(&x, &y, &t0, &bias).unwrap();
+        assert!(blocks.fused.is_some());
+        let fused = model.block(0, &x, &blocks).unwrap();
+        let composite = model.block_composite(0, &x, &y, &t0, &bias).unwrap();
+        assert!(max_rel(&fused, &composite) < 1e-12, "forward differs by {}", max_rel(&fused, &composite));
+
+        let gf = (&fused * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let gc = (&composite * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let mut checked = 0;
+        let inputs = [("x", &x), ("y", &y), ("t0", &t0)];
+        let weights = vars.iter().filter(|(k, _)| k.starts_with("transformer_blocks.0.")).map(|(k, v)| (k.as_str(), v));
+        for (name, var) in inputs.into_iter().chain(weights) {
+            let (a, e) = (gf.get(var.as_tensor()).unwrap(), gc.get(var.as_tensor()).unwrap());
+            assert!(max_rel(a, e) < 1e-10, "{name}: gradient differs by {}", max_rel(a, e));
+            checked += 1;
+        }
+        assert_eq!(checked, 3 + BLOCK_PARAMS.len());
     }
 }

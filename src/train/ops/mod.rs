@@ -7,6 +7,7 @@
 //! On other devices, and for dtypes other than f32/f64, the same math runs as composite candle ops.
 
 mod attention;
+mod block;
 mod cpu;
 pub(crate) mod kernels;
 mod linear;
@@ -85,6 +86,32 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, bias: Option<
     let (qh, kh, vh) = (split(q, n)?, split(k, l)?, split(v, l)?);
     let probs = attention_softmax(&qh.matmul(&kh.t()?)?, scale, bias)?;
     probs.matmul(&vh)?.transpose(1, 2)?.reshape((b, n, c))
+}
+
+/// Whether [`pixart_block`] runs as the fused op for `x` (CPU, f32 or f64).
+pub fn fused_block(x: &Tensor) -> bool {
+    fused(x)
+}
+
+/// The names of a PixArt block's weights (under `transformer_blocks.{i}.`) in the order
+/// [`pixart_block`] takes them packed.
+pub const BLOCK_PARAMS: [&str; 21] = block::PARAMS;
+
+/// One PixArt-α transformer block as a single fused op (CPU, f32/f64; see [`fused_block`]): `x`
+/// `[B, N, C]`; `ctx` = the projected caption `[B, L, C]` and the adaLN input `t0` `[B, 6C]`,
+/// flattened and joined; `params` = the block's weights flattened and joined in the order of
+/// [`BLOCK_PARAMS`]; `key_bias` the additive caption mask `[B·L]` (0 or -10000). Gradients flow to all
+/// three tensors.
+pub fn pixart_block(
+    x: &Tensor,
+    ctx: &Tensor,
+    params: &Tensor,
+    (heads, eps, l, ff): (usize, f64, usize, usize),
+    key_bias: Vec<f64>,
+) -> Result<Tensor> {
+    let save = x.track_op() || ctx.track_op() || params.track_op();
+    let op = block::Block::new(heads, eps, l, ff, key_bias, save);
+    x.contiguous()?.apply_op3(&ctx.contiguous()?, &params.contiguous()?, op)
 }
 
 /// The tanh approximation of GELU.
