@@ -102,6 +102,7 @@ fn probs<T: Real + 'static>(
 }
 
 /// `out = softmax(scale·Q Kᵀ + bias) V` over every item and head (in parallel); `bias` `[B·L]` or empty.
+/// With `keep` (`[B·heads·N·L]`), the probabilities are left there for [`backward`].
 ///
 /// # Safety
 /// The views must cover `b·n` (q, out) and `b·l` (k, v) rows of `heads·d` values; `out` must not
@@ -112,12 +113,23 @@ pub unsafe fn forward<T: Real + 'static>(
     bias: &[T],
     (q, k, v): (View<*const T>, View<*const T>, View<*const T>),
     out: View<Shared<T>>,
+    keep: Option<&mut [T]>,
 ) {
     let (q, k, v) = (SendView(q), SendView(k), SendView(v));
+    let size = z.n * z.l;
+    if let Some(kept) = &keep {
+        assert_eq!(kept.len(), z.b * z.heads * size, "attention: the probability buffer has the wrong size");
+    }
+    let keep = keep.map(|k| Shared(k.as_mut_ptr()));
     (0..z.b * z.heads).into_par_iter().for_each_init(
-        || vec![T::zero(); z.n * z.l],
-        |p, task| {
+        || vec![T::zero(); if keep.is_some() { 0 } else { size }],
+        |local, task| {
             let (item, head) = (task / z.heads, task % z.heads);
+            let p: &mut [T] = match keep {
+                // SAFETY: each task owns its own n×l part of the buffer (checked size above).
+                Some(buf) => unsafe { std::slice::from_raw_parts_mut(buf.at(task * size), size) },
+                None => local,
+            };
             probs(z, (item, head), (q.get(), k.get()), scale, bias, p);
             // SAFETY: this task alone writes its head's columns of item's rows.
             unsafe {
@@ -135,7 +147,8 @@ pub unsafe fn forward<T: Real + 'static>(
     );
 }
 
-/// dQ, dK, dV of [`forward`] for the output gradient `g` (scores recomputed).
+/// dQ, dK, dV of [`forward`] for the output gradient `g`, from the probabilities `kept` by the
+/// forward or, without them, recomputed.
 ///
 /// # Safety
 /// As [`forward`]; `dq`, `dk`, `dv` cover the rows of q, k, v and overlap nothing else.
@@ -147,14 +160,25 @@ pub unsafe fn backward<T: Real + 'static>(
     (q, k, v): (View<*const T>, View<*const T>, View<*const T>),
     g: View<*const T>,
     (dq, dk, dv): GradViews<T>,
+    kept: Option<&[T]>,
 ) {
     let (q, k, v, g) = (SendView(q), SendView(k), SendView(v), SendView(g));
+    let size = z.n * z.l;
+    if let Some(kept) = kept {
+        assert_eq!(kept.len(), z.b * z.heads * size, "attention: the probability buffer has the wrong size");
+    }
     (0..z.b * z.heads).into_par_iter().for_each_init(
-        || (vec![T::zero(); z.n * z.l], vec![T::zero(); z.n * z.l], vec![T::zero(); z.l]),
-        |(p, dp, row), task| {
+        || (vec![T::zero(); if kept.is_some() { 0 } else { size }], vec![T::zero(); size], vec![T::zero(); z.l]),
+        |(local, dp, row), task| {
             let (item, head) = (task / z.heads, task % z.heads);
             let (q, k, v, g) = (q.get(), k.get(), v.get(), g.get());
-            probs(z, (item, head), (q, k), scale, bias, p);
+            let p: &[T] = match kept {
+                Some(kept) => &kept[task * size..(task + 1) * size],
+                None => {
+                    probs(z, (item, head), (q, k), scale, bias, local);
+                    local
+                }
+            };
             let gi = at(g, item, z.n, head, z.d);
             // SAFETY: all views stay inside their buffers; this task alone writes its head's columns
             // of item's dQ, dK and dV rows.
@@ -213,7 +237,7 @@ impl Attention {
         let mut out = vec![T::zero(); z.b * z.n * c];
         let views = (View::of(q, 0, c), View::of(k, 0, c), View::of(v, 0, c));
         // SAFETY: q/out hold b·n rows of c, k/v b·l rows of c.
-        unsafe { forward(z, T::from_f64(self.scale), &self.bias::<T>(), views, View::of_mut(&mut out, 0, c)) };
+        unsafe { forward(z, T::from_f64(self.scale), &self.bias::<T>(), views, View::of_mut(&mut out, 0, c), None) };
         out
     }
 
@@ -226,7 +250,7 @@ impl Attention {
         let grads =
             (View::of_mut(&mut out, 0, c), View::of_mut(&mut out, q_len, c), View::of_mut(&mut out, q_len + kv_len, c));
         // SAFETY: as in run_forward; the three gradient views are disjoint parts of `out`.
-        unsafe { backward(z, T::from_f64(self.scale), &self.bias::<T>(), views, View::of(g, 0, c), grads) };
+        unsafe { backward(z, T::from_f64(self.scale), &self.bias::<T>(), views, View::of(g, 0, c), grads, None) };
         out
     }
 }

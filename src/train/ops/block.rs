@@ -109,9 +109,19 @@ struct Sz {
     eps: f64,
 }
 
+/// The most attention probabilities a block keeps per attention for its backward (bytes): beyond it
+/// (large images) they are recomputed, as flash attention does.
+const KEEP_PROBABILITIES: usize = 32 << 20;
+
 impl Sz {
     fn attn(&self, keys: usize) -> Dims {
         Dims { b: self.b, n: self.n, l: keys, d: self.c / self.heads, heads: self.heads }
+    }
+
+    /// A buffer for the probabilities of an attention over `keys` keys, if they are to be kept.
+    fn probability_buffer<T: Real>(&self, keys: usize, save: bool) -> Option<Vec<T>> {
+        let len = self.b * self.heads * self.n * keys;
+        (save && len * std::mem::size_of::<T>() <= KEEP_PROBABILITIES).then(|| vec![T::zero(); len])
     }
 }
 
@@ -127,6 +137,9 @@ struct Saved<T> {
     q2: Vec<T>,
     kv2: Vec<T>,
     a2: Vec<T>,
+    /// The attention probabilities, when small enough to keep (else the backward recomputes them).
+    p1: Option<Vec<T>>,
+    p2: Option<Vec<T>>,
     x2: Vec<T>,
     h2: Vec<T>,
     m2: Vec<T>,
@@ -144,9 +157,10 @@ fn threads(work: usize) -> gemm::Parallelism {
     }
 }
 
-/// `dst (m×n) = [dst +] lhs · rhs` over row-major buffers given as (pointer, column stride, row stride).
-#[allow(clippy::too_many_arguments)]
+/// `dst (m×n) = [dst +] lhs · rhs` over row-major buffers given as (pointer, column stride, row stride),
+/// on every thread when `parallel` (and the product is large enough), else on this one.
 fn product<T: Real + 'static>(
+    parallel: bool,
     (m, n, k): (usize, usize, usize),
     dst: &mut [T],
     accumulate: bool,
@@ -178,24 +192,24 @@ fn product<T: Real + 'static>(
             false,
             false,
             false,
-            threads(m * n * k),
+            if parallel { threads(m * n * k) } else { gemm::Parallelism::None },
         )
     }
 }
 
 /// `out [r, m] = [out +] x [r, k] · wᵀ` for `w` `[m, k]`.
 fn x_wt<T: Real + 'static>(out: &mut [T], accumulate: bool, x: &[T], w: &[T], (r, k, m): (usize, usize, usize)) {
-    product((r, m, k), out, accumulate, (x, 1, k as isize), (w, k as isize, 1));
+    product(true, (r, m, k), out, accumulate, (x, 1, k as isize), (w, k as isize, 1));
 }
 
-/// `dw [m, k] = dyᵀ · x` for `dy` `[r, m]`, `x` `[r, k]`.
+/// `dw [m, k] = dyᵀ · x` (one thread) for `dy` `[r, m]`, `x` `[r, k]`.
 fn dyt_x<T: Real + 'static>(dw: &mut [T], dy: &[T], x: &[T], (r, k, m): (usize, usize, usize)) {
-    product((m, k, r), dw, false, (dy, m as isize, 1), (x, 1, k as isize));
+    product(false, (m, k, r), dw, false, (dy, m as isize, 1), (x, 1, k as isize));
 }
 
-/// `dx [r, k] = [dx +] dy · w` for `dy` `[r, m]`, `w` `[m, k]`.
+/// `dx [r, k] = [dx +] dy · w` (one thread) for `dy` `[r, m]`, `w` `[m, k]`.
 fn dy_w<T: Real + 'static>(dx: &mut [T], accumulate: bool, dy: &[T], w: &[T], (r, k, m): (usize, usize, usize)) {
-    product((r, k, m), dx, accumulate, (dy, 1, m as isize), (w, 1, k as isize));
+    product(false, (r, k, m), dx, accumulate, (dy, 1, m as isize), (w, 1, k as isize));
 }
 
 /// Rows of `out` (width `w`) given to `f(row, out_row)`, in parallel chunks.
@@ -251,16 +265,26 @@ fn linear<T: Real + 'static>(x: &[T], w: &[T], b: &[T], add: Option<&[T]>, (r, k
     out
 }
 
-/// The weight and bias gradients of a linear layer, written into `dp` at `w_at` and `b_at`.
-fn linear_grads<T: Real + 'static>(
-    dp: &mut [T],
-    (w_at, b_at): (usize, usize),
-    dy: &[T],
-    x: &[T],
+/// The backward of a linear layer `y = x Wᵀ + b` (`x` `[r, k]`, `W` `[m, k]` at `w_at` in `p`, `b`
+/// right after it): dW and db into `dp` at the same place, and `dx = [dx +] dy · W`. The weight and
+/// input products run side by side, one thread each (two single-thread products beat one product
+/// split over both threads by 15-40% at these sizes).
+fn linear_back<T: Real + 'static>(
+    (p, dp): (&[T], &mut [T]),
+    w_at: usize,
+    (dy, x): (&[T], &[T]),
+    dx: (&mut [T], bool),
     (r, k, m): (usize, usize, usize),
 ) {
-    dyt_x(&mut dp[w_at..w_at + m * k], dy, x, (r, k, m));
-    col_sums(&mut dp[b_at..b_at + m], dy, m);
+    let (dw, db) = dp[w_at..w_at + m * k + m].split_at_mut(m * k);
+    let w = &p[w_at..w_at + m * k];
+    rayon::join(
+        || {
+            dyt_x(dw, dy, x, (r, k, m));
+            col_sums(db, dy, m);
+        },
+        || dy_w(dx.0, dx.1, dy, w, (r, k, m)),
+    );
 }
 
 impl Sz {
@@ -366,7 +390,7 @@ impl Sz {
     }
 }
 
-fn forward<T: Real + 'static>(s: &Sz, bias: &[T], x: &[T], ctx: &[T], p: &[T]) -> (Vec<T>, Saved<T>) {
+fn forward<T: Real + 'static>(s: &Sz, bias: &[T], x: &[T], ctx: &[T], p: &[T], save: bool) -> (Vec<T>, Saved<T>) {
     let (c, ff) = (s.c, s.ff);
     let (r, rl) = (s.b * s.n, s.b * s.l);
     let o = Offsets::new(c, ff);
@@ -380,7 +404,8 @@ fn forward<T: Real + 'static>(s: &Sz, bias: &[T], x: &[T], ctx: &[T], p: &[T]) -
     let mut a1 = vec![T::zero(); r * c];
     let views = (View::of(&qkv, 0, 3 * c), View::of(&qkv, c, 3 * c), View::of(&qkv, 2 * c, 3 * c));
     // SAFETY: qkv holds r rows of 3c, a1 r rows of c.
-    unsafe { attention::forward(&s.attn(s.n), scale, &[], views, View::of_mut(&mut a1, 0, c)) };
+    let mut p1 = s.probability_buffer::<T>(s.n, save);
+    unsafe { attention::forward(&s.attn(s.n), scale, &[], views, View::of_mut(&mut a1, 0, c), p1.as_deref_mut()) };
     let o1 = linear(&a1, &p[o.wo..o.bo], &p[o.bo..o.wq2], None, (r, c));
     let x1 = s.gated(x, &o1, &mods, 2);
 
@@ -389,7 +414,8 @@ fn forward<T: Real + 'static>(s: &Sz, bias: &[T], x: &[T], ctx: &[T], p: &[T]) -
     let mut a2 = vec![T::zero(); r * c];
     let views = (View::of(&q2, 0, c), View::of(&kv2, 0, 2 * c), View::of(&kv2, c, 2 * c));
     // SAFETY: q2 holds r rows of c, kv2 rl rows of 2c, a2 r rows of c.
-    unsafe { attention::forward(&s.attn(s.l), scale, bias, views, View::of_mut(&mut a2, 0, c)) };
+    let mut p2 = s.probability_buffer::<T>(s.l, save);
+    unsafe { attention::forward(&s.attn(s.l), scale, bias, views, View::of_mut(&mut a2, 0, c), p2.as_deref_mut()) };
     let x2 = linear(&a2, &p[o.wo2..o.bo2], &p[o.bo2..o.w1], Some(&x1), (r, c));
 
     let (h2, m2) = s.norm_modulate(&x2, &mods, 3);
@@ -398,7 +424,7 @@ fn forward<T: Real + 'static>(s: &Sz, bias: &[T], x: &[T], ctx: &[T], p: &[T]) -
     rows(&mut g1, ff, |i, out| gelu_row(&f1[i * ff..(i + 1) * ff], out));
     let f2 = linear(&g1, &p[o.w2..o.b2], &p[o.b2..o.total], None, (r, ff));
     let out = s.gated(&x2, &f2, &mods, 5);
-    (out, Saved { mods, h1, m1, qkv, a1, o1, x1, q2, kv2, a2, x2, h2, m2, f1, g1, f2 })
+    (out, Saved { mods, h1, m1, qkv, a1, o1, x1, q2, kv2, a2, p1, p2, x2, h2, m2, f1, g1, f2 })
 }
 
 /// Gradients of x `[B·N·C]`, ctx `[B·L·C + B·6C]` and the packed parameters for the output gradient `g`.
@@ -419,54 +445,47 @@ fn backward<T: Real + 'static>(
 
     // MLP: out = x2 + gate_mlp·(W2 gelu(W1 m2 + b1) + b2).
     let df2 = s.gated_grad(&mut dmods, &v.mods, 5, g, &v.f2);
-    linear_grads(&mut dp, (o.w2, o.b2), &df2, &v.g1, (r, ff, c));
     let mut dg1 = vec![T::zero(); r * ff];
-    dy_w(&mut dg1, false, &df2, &p[o.w2..o.b2], (r, ff, c));
+    linear_back((p, &mut dp), o.w2, (&df2, &v.g1), (&mut dg1, false), (r, ff, c));
     let f1 = &v.f1;
     rows(&mut dg1, ff, |i, d| {
         let gin = d.to_vec();
         gelu_grad_row(&f1[i * ff..(i + 1) * ff], &gin, d);
     });
-    linear_grads(&mut dp, (o.w1, o.b1), &dg1, &v.m2, (r, c, ff));
     let mut dm2 = vec![T::zero(); r * c];
-    dy_w(&mut dm2, false, &dg1, &p[o.w1..o.b1], (r, c, ff));
+    linear_back((p, &mut dp), o.w1, (&dg1, &v.m2), (&mut dm2, false), (r, c, ff));
     drop(dg1);
     let mut dx2 = g.to_vec();
     s.norm_modulate_grad(&mut dmods, &v.mods, 3, &dm2, &v.h2, &v.x2, &mut dx2);
 
     // Cross-attention: x2 = x1 + Wo2 attn(Wq2 x1, Wkv2 y) + bo2.
-    linear_grads(&mut dp, (o.wo2, o.bo2), &dx2, &v.a2, (r, c, c));
     let mut da2 = vec![T::zero(); r * c];
-    dy_w(&mut da2, false, &dx2, &p[o.wo2..o.bo2], (r, c, c));
+    linear_back((p, &mut dp), o.wo2, (&dx2, &v.a2), (&mut da2, false), (r, c, c));
     let (mut dq2, mut dkv2) = (vec![T::zero(); r * c], vec![T::zero(); rl * 2 * c]);
     let views = (View::of(&v.q2, 0, c), View::of(&v.kv2, 0, 2 * c), View::of(&v.kv2, c, 2 * c));
     let grads = (View::of_mut(&mut dq2, 0, c), View::of_mut(&mut dkv2, 0, 2 * c), View::of_mut(&mut dkv2, c, 2 * c));
     // SAFETY: the views cover their buffers' rows; the dk and dv views interleave without overlap.
-    unsafe { attention::backward(&s.attn(s.l), scale, bias, views, View::of(&da2, 0, c), grads) };
+    unsafe { attention::backward(&s.attn(s.l), scale, bias, views, View::of(&da2, 0, c), grads, v.p2.as_deref()) };
     drop(da2);
-    linear_grads(&mut dp, (o.wq2, o.bq2), &dq2, &v.x1, (r, c, c));
     let mut dx1 = dx2;
-    dy_w(&mut dx1, true, &dq2, &p[o.wq2..o.bq2], (r, c, c));
-    linear_grads(&mut dp, (o.wkv2, o.bkv2), &dkv2, y, (rl, c, 2 * c));
+    linear_back((p, &mut dp), o.wq2, (&dq2, &v.x1), (&mut dx1, true), (r, c, c));
     let mut dctx = vec![T::zero(); rl * c + s.b * 6 * c];
-    dy_w(&mut dctx[..rl * c], false, &dkv2, &p[o.wkv2..o.bkv2], (rl, c, 2 * c));
+    linear_back((p, &mut dp), o.wkv2, (&dkv2, y), (&mut dctx[..rl * c], false), (rl, c, 2 * c));
 
     // Self-attention: x1 = x + gate_msa·(Wo attn(Wqkv m1 + bqkv) + bo).
     let do1 = s.gated_grad(&mut dmods, &v.mods, 2, &dx1, &v.o1);
-    linear_grads(&mut dp, (o.wo, o.bo), &do1, &v.a1, (r, c, c));
     let mut da1 = vec![T::zero(); r * c];
-    dy_w(&mut da1, false, &do1, &p[o.wo..o.bo], (r, c, c));
+    linear_back((p, &mut dp), o.wo, (&do1, &v.a1), (&mut da1, false), (r, c, c));
     drop(do1);
     let mut dqkv = vec![T::zero(); r * 3 * c];
     let views = (View::of(&v.qkv, 0, 3 * c), View::of(&v.qkv, c, 3 * c), View::of(&v.qkv, 2 * c, 3 * c));
     let grads =
         (View::of_mut(&mut dqkv, 0, 3 * c), View::of_mut(&mut dqkv, c, 3 * c), View::of_mut(&mut dqkv, 2 * c, 3 * c));
     // SAFETY: as above, the three gradient views interleave without overlap.
-    unsafe { attention::backward(&s.attn(s.n), scale, &[], views, View::of(&da1, 0, c), grads) };
+    unsafe { attention::backward(&s.attn(s.n), scale, &[], views, View::of(&da1, 0, c), grads, v.p1.as_deref()) };
     drop(da1);
-    linear_grads(&mut dp, (o.wqkv, o.bqkv), &dqkv, &v.m1, (r, c, 3 * c));
     let mut dm1 = vec![T::zero(); r * c];
-    dy_w(&mut dm1, false, &dqkv, &p[o.wqkv..o.bqkv], (r, c, 3 * c));
+    linear_back((p, &mut dp), o.wqkv, (&dqkv, &v.m1), (&mut dm1, false), (r, c, 3 * c));
     drop(dqkv);
     let mut dx = dx1;
     s.norm_modulate_grad(&mut dmods, &v.mods, 0, &dm1, &v.h1, x, &mut dx);
@@ -515,7 +534,7 @@ impl Block {
         let kept = self.saved.lock().expect("the saved activations are never poisoned").take();
         let saved = match kept.and_then(|b| b.downcast::<Saved<T>>().ok()) {
             Some(saved) => *saved,
-            None => forward(s, &bias, ins.0, ins.1, ins.2).1,
+            None => forward(s, &bias, ins.0, ins.1, ins.2, true).1,
         };
         backward(s, &bias, ins, &saved, g)
     }
@@ -547,7 +566,7 @@ impl CustomOp3 for Block {
             ($t:ty, $wrap:path) => {{
                 let x = contiguous::<$t>(s1, l1, "x")?;
                 let (ctx, p) = (contiguous::<$t>(s2, l2, "ctx")?, contiguous::<$t>(s3, l3, "params")?);
-                let (out, saved) = forward(&sz, &self.bias_as::<$t>(), x, ctx, p);
+                let (out, saved) = forward(&sz, &self.bias_as::<$t>(), x, ctx, p, self.save);
                 if self.save {
                     *self.saved.lock().expect("the saved activations are never poisoned") = Some(Box::new(saved));
                 }
