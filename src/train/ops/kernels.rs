@@ -23,6 +23,7 @@ pub trait Real:
     /// e^x (f32: within 2 ulp over the whole range).
     fn exp(self) -> Self;
     /// tanh, from [`Real::exp`].
+    #[inline(always)]
     fn tanh(self) -> Self {
         let one = Self::from_f64(1.0);
         one - Self::from_f64(2.0) / ((self + self).exp() + one)
@@ -54,7 +55,8 @@ fn exp_f32(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5·2^23: adding and subtracting rounds to nearest
     let x = x.clamp(-87.3, 88.3);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_1e-4;
     let p = p * r + 1.398_2e-3;
@@ -63,7 +65,9 @@ fn exp_f32(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 0.5;
     let p = p * r * r + r + 1.0;
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n from n's bits in `shifted` (its last mantissa bits hold n): integer ops only, which
+    // vectorise, where a saturating `n as i32` is converted one lane at a time.
+    p * f32::from_bits(shifted.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23)
 }
 
 /// The contiguous slice of `storage` under `layout`, or an error naming `op`.
@@ -177,37 +181,87 @@ macro_rules! on_float {
 }
 pub(crate) use on_float;
 
-/// Mean and 1/√(var + eps) of a row, accumulated in f64.
-fn moments<T: Real>(x: &[T], eps: f64) -> (f64, f64) {
-    let n = x.len() as f64;
-    let mean = x.iter().map(|v| v.to_f64()).sum::<f64>() / n;
-    let var = x.iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>() / n;
-    (mean, 1.0 / (var + eps).sqrt())
+/// Which vector unit [`row_kernel!`] functions run on: 0 baseline, 1 AVX2 + FMA, 2 AVX-512. Read once.
+#[cfg(target_arch = "x86_64")]
+pub fn vector_level() -> u8 {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    static LEVEL: AtomicU8 = AtomicU8::new(u8::MAX);
+    let level = LEVEL.load(Ordering::Relaxed);
+    if level != u8::MAX {
+        return level;
+    }
+    use std::arch::is_x86_feature_detected as has;
+    let level = if has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl") && has!("fma") {
+        2
+    } else if has!("avx2") && has!("fma") {
+        1
+    } else {
+        0
+    };
+    LEVEL.store(level, Ordering::Relaxed);
+    level
 }
 
-/// y = (x − mean)/√(var + eps).
-pub fn layer_norm_row<T: Real>(x: &[T], y: &mut [T], eps: f64) {
-    let (mean, rstd) = moments(x, eps);
-    let (mean, rstd) = (T::from_f64(mean), T::from_f64(rstd));
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y = (x - mean) * rstd;
+/// Defines a row kernel generic over [`Real`] that runs compiled for the widest vector unit this CPU
+/// has (AVX-512, else AVX2 + FMA), chosen at run time: the binary targets baseline x86-64, where
+/// these loops (exp, tanh, reductions) would use a quarter of the machine's width or none.
+macro_rules! row_kernel {
+    ($(#[$m:meta])* pub fn $name:ident<T: Real>($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$m])*
+        pub fn $name<T: Real>($($arg: $ty),*) {
+            #[inline(always)]
+            fn imp<T: Real>($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,avx,fma,sse4.1,sse4.2,ssse3")]
+                unsafe fn v4<T: Real>($($arg: $ty),*) {
+                    imp($($arg),*)
+                }
+                #[target_feature(enable = "avx2,avx,fma,sse4.1,sse4.2,ssse3")]
+                unsafe fn v3<T: Real>($($arg: $ty),*) {
+                    imp($($arg),*)
+                }
+                match vector_level() {
+                    // SAFETY: the CPU has every feature these are compiled for (checked at run time).
+                    2 => return unsafe { v4($($arg),*) },
+                    1 => return unsafe { v3($($arg),*) },
+                    _ => {}
+                }
+            }
+            imp($($arg),*)
+        }
+    };
+}
+
+/// Mean and 1/√(var + eps) of a row (two passes, in lanes).
+#[inline(always)]
+fn moments<T: Real>(x: &[T], eps: f64) -> (T, T) {
+    let n = T::from_f64(x.len() as f64);
+    let mean = sum_of(x, x, |a, _| a) / n;
+    let var = sum_of(x, x, |a, _| (a - mean) * (a - mean)) / n;
+    (mean, T::from_f64(1.0 / (var.to_f64() + eps).sqrt()))
+}
+
+row_kernel! {
+    /// y = (x − mean)/√(var + eps).
+    pub fn layer_norm_row<T: Real>(x: &[T], y: &mut [T], eps: f64) {
+        let (mean, rstd) = moments(x, eps);
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = (x - mean) * rstd;
+        }
     }
 }
 
-/// dx = rstd·(g − mean(g) − y·mean(g·y)) with y the normalised row.
-pub fn layer_norm_grad_row<T: Real>(x: &[T], g: &[T], dx: &mut [T], eps: f64) {
-    let (mean, rstd) = moments(x, eps);
-    let n = x.len() as f64;
-    let (mut sum_g, mut sum_gy) = (0.0, 0.0);
-    for (&x, &g) in x.iter().zip(g) {
-        let y = (x.to_f64() - mean) * rstd;
-        sum_g += g.to_f64();
-        sum_gy += g.to_f64() * y;
-    }
-    let (mg, mgy) = (sum_g / n, sum_gy / n);
-    for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
-        let y = (x.to_f64() - mean) * rstd;
-        *dx = T::from_f64(rstd * (g.to_f64() - mg - y * mgy));
+row_kernel! {
+    /// dx = rstd·(g − mean(g) − y·mean(g·y)) with y the normalised row.
+    pub fn layer_norm_grad_row<T: Real>(x: &[T], g: &[T], dx: &mut [T], eps: f64) {
+        let (mean, rstd) = moments(x, eps);
+        let n = T::from_f64(x.len() as f64);
+        let mg = sum_of(g, g, |a, _| a) / n;
+        let mgy = sum_of(x, g, |x, g| g * ((x - mean) * rstd)) / n;
+        for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
+            *dx = rstd * (g - mg - (x - mean) * rstd * mgy);
+        }
     }
 }
 
@@ -215,6 +269,7 @@ pub fn layer_norm_grad_row<T: Real>(x: &[T], g: &[T], dx: &mut [T], eps: f64) {
 const LANES: usize = 16;
 
 /// The maximum of a row.
+#[inline(always)]
 fn max_of<T: Real>(x: &[T]) -> T {
     let mut m = [T::from_f64(f64::NEG_INFINITY); LANES];
     let chunks = x.chunks_exact(LANES);
@@ -228,6 +283,7 @@ fn max_of<T: Real>(x: &[T]) -> T {
 }
 
 /// Σ f(aᵢ, bᵢ) over two rows, in lanes.
+#[inline(always)]
 fn sum_of<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> T {
     let mut s = [T::zero(); LANES];
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
@@ -244,28 +300,32 @@ fn sum_of<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> T {
     s.iter().fold(total, |a, &v| a + v)
 }
 
-/// y = softmax(scale·x + bias) over the row (`bias` per element, or none).
-pub fn softmax_row<T: Real>(x: &[T], bias: Option<&[T]>, scale: T, y: &mut [T]) {
-    match bias {
-        Some(b) => y.iter_mut().zip(x.iter().zip(b)).for_each(|(y, (&x, &b))| *y = x * scale + b),
-        None => y.iter_mut().zip(x).for_each(|(y, &x)| *y = x * scale),
-    }
-    let max = max_of(y);
-    for y in y.iter_mut() {
-        *y = (*y - max).exp();
-    }
-    let sum = sum_of(y, y, |a, _| a);
-    let inv = T::from_f64(1.0) / sum;
-    for y in y.iter_mut() {
-        *y *= inv;
+row_kernel! {
+    /// y = softmax(scale·x + bias) over the row (`bias` per element, or none).
+    pub fn softmax_row<T: Real>(x: &[T], bias: Option<&[T]>, scale: T, y: &mut [T]) {
+        match bias {
+            Some(b) => y.iter_mut().zip(x.iter().zip(b)).for_each(|(y, (&x, &b))| *y = x * scale + b),
+            None => y.iter_mut().zip(x).for_each(|(y, &x)| *y = x * scale),
+        }
+        let max = max_of(y);
+        for y in y.iter_mut() {
+            *y = (*y - max).exp();
+        }
+        let sum = sum_of(y, y, |a, _| a);
+        let inv = T::from_f64(1.0) / sum;
+        for y in y.iter_mut() {
+            *y *= inv;
+        }
     }
 }
 
-/// dx = scale·y·(g − Σ g·y).
-pub fn softmax_grad_row<T: Real>(y: &[T], g: &[T], scale: T, dx: &mut [T]) {
-    let dot = sum_of(y, g, |a, b| a * b);
-    for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(g) {
-        *dx = scale * y * (g - dot);
+row_kernel! {
+    /// dx = scale·y·(g − Σ g·y).
+    pub fn softmax_grad_row<T: Real>(y: &[T], g: &[T], scale: T, dx: &mut [T]) {
+        let dot = sum_of(y, g, |a, b| a * b);
+        for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(g) {
+            *dx = scale * y * (g - dot);
+        }
     }
 }
 
@@ -273,21 +333,25 @@ pub fn softmax_grad_row<T: Real>(y: &[T], g: &[T], scale: T, dx: &mut [T]) {
 const GELU_C: f64 = 0.797_884_560_802_865_4;
 const GELU_A: f64 = 0.044_715;
 
-/// y = ½x(1 + tanh(c(x + a·x³))).
-pub fn gelu_row<T: Real>(x: &[T], y: &mut [T]) {
-    let (c, a, half, one) = (T::from_f64(GELU_C), T::from_f64(GELU_A), T::from_f64(0.5), T::from_f64(1.0));
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y = half * x * (one + (c * (x + a * x * x * x)).tanh());
+row_kernel! {
+    /// y = ½x(1 + tanh(c(x + a·x³))).
+    pub fn gelu_row<T: Real>(x: &[T], y: &mut [T]) {
+        let (c, a, half, one) = (T::from_f64(GELU_C), T::from_f64(GELU_A), T::from_f64(0.5), T::from_f64(1.0));
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = half * x * (one + (c * (x + a * x * x * x)).tanh());
+        }
     }
 }
 
-/// dx = g·(½(1 + tanh u) + ½x(1 − tanh²u)·c(1 + 3a·x²)), u = c(x + a·x³).
-pub fn gelu_grad_row<T: Real>(x: &[T], g: &[T], dx: &mut [T]) {
-    let (c, a, half, one) = (T::from_f64(GELU_C), T::from_f64(GELU_A), T::from_f64(0.5), T::from_f64(1.0));
-    let a3 = T::from_f64(3.0 * GELU_A);
-    for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
-        let t = (c * (x + a * x * x * x)).tanh();
-        *dx = g * (half * (one + t) + half * x * (one - t * t) * c * (one + a3 * x * x));
+row_kernel! {
+    /// dx = g·(½(1 + tanh u) + ½x(1 − tanh²u)·c(1 + 3a·x²)), u = c(x + a·x³).
+    pub fn gelu_grad_row<T: Real>(x: &[T], g: &[T], dx: &mut [T]) {
+        let (c, a, half, one) = (T::from_f64(GELU_C), T::from_f64(GELU_A), T::from_f64(0.5), T::from_f64(1.0));
+        let a3 = T::from_f64(3.0 * GELU_A);
+        for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
+            let t = (c * (x + a * x * x * x)).tanh();
+            *dx = g * (half * (one + t) + half * x * (one - t * t) * c * (one + a3 * x * x));
+        }
     }
 }
 
