@@ -316,8 +316,8 @@ pub fn bench_pixart_step(iters: usize) -> anyhow::Result<StepTiming> {
     let mut steps = Vec::new();
     for i in 0..=iters {
         let start = std::time::Instant::now();
-        let out = model.forward(&latents, &t, &caption, &mask, None)?;
-        let grads = out.sqr()?.mean_all()?.backward()?;
+        // The trainer's path: forward, loss and every weight's gradient.
+        let (_, grads) = model.loss_and_grads((&latents, &t, &caption, &mask), None, |out| out.sqr()?.mean_all())?;
         drop(grads);
         if i > 0 {
             steps.push(start.elapsed().as_secs_f64());

@@ -18,6 +18,7 @@ pub mod run;
 pub mod sampler;
 pub mod schedule;
 pub mod step;
+mod tape;
 pub mod validation;
 
 /// The device named by `--device`: `cpu` or `cuda:N` (with the `cuda` feature).

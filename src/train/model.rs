@@ -327,6 +327,25 @@ impl PixArt {
         mask: &Tensor,
         micro: Option<(&Tensor, &Tensor)>,
     ) -> Result<Tensor> {
+        let e = self.embed(latents, timestep, caption, mask, micro)?;
+        let blocks = Blocks::new(&e.x, &e.y, &e.t0, &e.bias)?;
+        let mut x = e.x.clone();
+        for i in 0..self.config.num_layers {
+            x = self.block(i, &x, &blocks)?;
+        }
+        self.head(&x, &e.t_emb, e.grid)
+    }
+
+    /// Everything before the blocks: patch embedding with positions, timestep (and micro-condition)
+    /// embedding, the adaLN input, the caption projection and the caption key bias.
+    pub(crate) fn embed(
+        &self,
+        latents: &Tensor,
+        timestep: &Tensor,
+        caption: &Tensor,
+        mask: &Tensor,
+        micro: Option<(&Tensor, &Tensor)>,
+    ) -> Result<Embedded> {
         let c = &self.config;
         let (b, ch, hh, ww) = latents.dims4()?;
         let p = c.patch_size;
@@ -336,22 +355,23 @@ impl PixArt {
         let patches =
             latents.reshape((b, ch, gh, p, gw, p))?.permute((0, 2, 4, 1, 3, 5))?.reshape((b, gh * gw, ch * p * p))?;
         let conv_w = self.p("pos_embed.proj.weight")?.reshape((hidden, ch * p * p))?;
-        let mut x = linear(&patches, &conv_w, self.p("pos_embed.proj.bias")?)?;
-        x = x.broadcast_add(&self.positions(gh, gw, x.dtype(), latents.device())?)?;
+        let x = linear(&patches, &conv_w, self.p("pos_embed.proj.bias")?)?;
+        let x = x.broadcast_add(&self.positions(gh, gw, x.dtype(), latents.device())?)?;
 
         let t_emb = self.time_embedding(timestep, micro, x.dtype())?;
         let t0 = self.lin(&t_emb.silu()?, "adaln_single.linear")?.reshape((b, 6, hidden))?;
         let y = gelu(&self.lin(caption, "caption_projection.linear_1")?)?;
         let y = self.lin(&y, "caption_projection.linear_2")?;
         let bias = mask.to_dtype(x.dtype())?.affine(10000.0, -10000.0)?;
+        Ok(Embedded { x, t_emb, t0, y, bias, grid: (b, gh, gw) })
+    }
 
-        let blocks = Blocks::new(&x, &y, &t0, &bias)?;
-        for i in 0..c.num_layers {
-            x = self.block(i, &x, &blocks)?;
-        }
-
+    /// The final layer (adaLN-modulated norm and projection) and unpatchify of the blocks' output.
+    pub(crate) fn head(&self, x: &Tensor, t_emb: &Tensor, (b, gh, gw): (usize, usize, usize)) -> Result<Tensor> {
+        let c = &self.config;
+        let p = c.patch_size;
         let mods = self.p("scale_shift_table")?.unsqueeze(0)?.broadcast_add(&t_emb.unsqueeze(1)?)?;
-        let x = modulate(&layer_norm(&x, c.norm_eps)?, &mods.narrow(1, 0, 1)?, &mods.narrow(1, 1, 1)?)?;
+        let x = modulate(&layer_norm(x, c.norm_eps)?, &mods.narrow(1, 0, 1)?, &mods.narrow(1, 1, 1)?)?;
         let x = self.lin(&x, "proj_out")?;
         // Unpatchify: (B, gh·gw, p·p·C) → (B, C, gh·p, gw·p).
         x.reshape((b, gh, gw, p, p, c.out_channels))?.permute((0, 5, 1, 3, 2, 4))?.reshape((
@@ -361,6 +381,30 @@ impl PixArt {
             gw * p,
         ))
     }
+
+    /// Block `i`'s weights in the order of [`BLOCK_PARAMS`], with their names.
+    pub(crate) fn block_weights(&self, i: usize) -> Result<Vec<(String, &Tensor)>> {
+        BLOCK_PARAMS
+            .iter()
+            .map(|n| {
+                let name = format!("transformer_blocks.{i}.{n}");
+                let t = self.p(&name)?;
+                Ok((name, t))
+            })
+            .collect()
+    }
+}
+
+/// The inputs of the blocks and the head: tokens `x` `[B, N, C]`, the timestep embedding `t_emb`
+/// `[B, C]`, the adaLN input `t0` `[B, 6, C]`, the projected caption `y` `[B, L, C]`, the caption
+/// key bias `[B, L]` and (batch, grid height, grid width).
+pub(crate) struct Embedded {
+    pub x: Tensor,
+    pub t_emb: Tensor,
+    pub t0: Tensor,
+    pub y: Tensor,
+    pub bias: Tensor,
+    pub grid: (usize, usize, usize),
 }
 
 /// What every block reads: the projected caption `y` `[B, L, C]`, the adaLN input `t0` `[B, 6, C]`,

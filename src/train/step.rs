@@ -64,8 +64,12 @@ impl Trainer {
         })
     }
 
-    /// The hybrid loss of one batch: per-sample terms and their mean.
-    fn forward_loss(&mut self, batch: &Batch) -> anyhow::Result<(super::diffusion::Losses, Tensor)> {
+    /// The hybrid loss of one batch (its per-sample terms) and the gradients of `mean loss · scale`.
+    fn loss_and_grads(
+        &mut self,
+        batch: &Batch,
+        scale: f64,
+    ) -> anyhow::Result<(super::diffusion::Losses, candle_core::backprop::GradStore)> {
         let x0 = &batch.latents;
         let (b, dev) = (x0.dim(0)?, x0.device().clone());
         let steps = self.diffusion.steps();
@@ -83,10 +87,16 @@ impl Trainer {
         };
         let timesteps = Tensor::from_vec(t.iter().map(|&v| v as f32).collect::<Vec<_>>(), b, &dev)?;
         let micro = self.model.has_micro_conditions().then_some((&batch.img_hw, &batch.aspect_ratio));
-        let out = self.model.forward(&x_t, &timesteps, &caption, &batch.mask, micro)?;
-        let losses = self.diffusion.training_losses(&out, x0, &x_t, &t, &noise)?;
-        let loss = losses.loss.mean_all()?;
-        Ok((losses, loss))
+        let mut kept = None;
+        let diffusion = &self.diffusion;
+        let (_, grads) = self.model.loss_and_grads((&x_t, &timesteps, &caption, &batch.mask), micro, |out| {
+            let losses = diffusion.training_losses(out, x0, &x_t, &t, &noise)?;
+            let loss = (losses.loss.mean_all()? * scale)?;
+            kept = Some(losses);
+            Ok(loss)
+        })?;
+        let losses = kept.ok_or_else(|| anyhow::anyhow!("the loss was not computed"))?;
+        Ok((losses, grads))
     }
 
     /// One step on `batch` at learning rate `lr`, gradients clipped to `max_grad_norm`.
@@ -104,13 +114,12 @@ impl Trainer {
         let (mut loss_v, mut mse, mut vb) = (0.0, 0.0, 0.0);
         let mut grads: Vec<Tensor> = Vec::new();
         for batch in batches {
-            let (losses, loss) = self.forward_loss(batch)?;
+            let (losses, store) = self.loss_and_grads(batch, 1.0 / n)?;
             let mean =
                 |x: &Tensor| -> anyhow::Result<f64> { Ok(x.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
             loss_v += mean(&losses.loss)? / n;
             mse += mean(&losses.mse)? / n;
             vb += mean(&losses.vb)? / n;
-            let store = (loss / n)?.backward()?;
             for (i, (_, v)) in self.vars.iter().enumerate() {
                 // Detached: a gradient our fused ops computed from tracked tensors would otherwise keep
                 // the step's whole graph (activations included) alive in the optimizer's moments.

@@ -629,3 +629,40 @@ impl CustomOp3 for Block {
         }
     }
 }
+
+/// A block's forward run outside candle's autograd (the CPU training path of
+/// [`crate::train::model::PixArt::loss_and_grads`]): what its [`backward_taped`] needs.
+pub struct Tape<T> {
+    sz: Sz,
+    bias: Vec<T>,
+    saved: Saved<T>,
+}
+
+/// One block's forward on raw values: `x` `[B·N·C]`, `ctx` (`y` `[B·L·C]` then `t0` `[B·6C]`) and the
+/// packed parameters `p` (the order of [`PARAMS`]); `dims` = (heads, eps, B, N, L, C, MLP width),
+/// `key_bias` the caption mask as 0 / -10000 per key. Returns the output and its tape.
+pub fn forward_taped<T: Real + 'static>(
+    (heads, eps): (usize, f64),
+    (b, n, l, c, ff): (usize, usize, usize, usize, usize),
+    key_bias: &[f64],
+    (x, ctx, p): (&[T], &[T], &[T]),
+) -> Result<(Vec<T>, Tape<T>)> {
+    let sz = Sz { b, n, l, c, ff, heads, eps };
+    if c % heads != 0 || x.len() != b * n * c || ctx.len() != b * (l + 6) * c || p.len() != Offsets::new(c, ff).total {
+        candle_core::bail!(
+            "transformer block: inputs of {}, {} and {} values do not fit B {b}, N {n}, L {l}, C {c}, MLP {ff}",
+            x.len(),
+            ctx.len(),
+            p.len()
+        );
+    }
+    let bias: Vec<T> = key_bias.iter().map(|&v| T::from_f64(v)).collect();
+    let (out, saved) = forward(&sz, &bias, x, ctx, p, true);
+    Ok((out, Tape { sz, bias, saved }))
+}
+
+/// The gradients of `x`, `ctx` and the packed parameters of a [`forward_taped`] block for its output
+/// gradient `g`, given the same inputs.
+pub fn backward_taped<T: Real + 'static>(tape: &Tape<T>, ins: (&[T], &[T], &[T]), g: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
+    backward(&tape.sz, &tape.bias, ins, &tape.saved, g)
+}

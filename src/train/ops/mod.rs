@@ -93,6 +93,8 @@ pub fn fused_block(x: &Tensor) -> bool {
     fused(x)
 }
 
+pub use block::{backward_taped as block_backward, forward_taped as block_forward, Tape as BlockTape};
+
 /// The names of a PixArt block's weights (under `transformer_blocks.{i}.`) in the order
 /// [`pixart_block`] takes them packed.
 pub const BLOCK_PARAMS: [&str; 21] = block::PARAMS;
