@@ -20,7 +20,7 @@ pub trait Real:
     + Send
     + Sync
 {
-    /// e^x (f32: within 2 ulp over the whole range).
+    /// e^x (f32: within 2 ulp down to e^-87, 0 below: never subnormal).
     fn exp(self) -> Self;
     /// tanh, from [`Real::exp`].
     #[inline(always)]
@@ -54,7 +54,10 @@ fn exp_f32(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5·2^23: adding and subtracting rounds to nearest
-    let x = x.clamp(-87.3, 88.3);
+    // Below e^-87 (the smallest normal float) the result is 0: a subnormal result (the softmax of a
+    // masked key) would make every later product that reads it take the CPU's slow microcode path.
+    let underflow = x < -87.0;
+    let x = x.clamp(-87.0, 88.3);
     let shifted = x * LOG2E + ROUND;
     let n = shifted - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
@@ -67,7 +70,12 @@ fn exp_f32(x: f32) -> f32 {
     let p = p * r * r + r + 1.0;
     // 2^n from n's bits in `shifted` (its last mantissa bits hold n): integer ops only, which
     // vectorise, where a saturating `n as i32` is converted one lane at a time.
-    p * f32::from_bits(shifted.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23)
+    let e = p * f32::from_bits(shifted.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23);
+    if underflow {
+        0.0
+    } else {
+        e
+    }
 }
 
 /// The contiguous slice of `storage` under `layout`, or an error naming `op`.
@@ -367,7 +375,9 @@ mod tests {
             x += 0.0137;
         }
         assert!(worst < 4.0 * f32::EPSILON as f64, "relative error {worst}");
-        assert_eq!(super::exp_f32(-200.0), super::exp_f32(-87.3));
+        assert_eq!(super::exp_f32(-87.01), 0.0);
+        assert_eq!(super::exp_f32(-1e4), 0.0);
+        assert!(super::exp_f32(-87.0).is_normal());
         assert!(super::exp_f32(200.0).is_finite());
     }
 }
