@@ -42,12 +42,20 @@ pub struct AdamW {
 impl AdamW {
     /// Zero moments for `params`.
     pub fn new(config: AdamWConfig, params: &[Var]) -> Result<Self> {
-        let zeros = params.iter().map(|p| p.zeros_like()).collect::<Result<Vec<_>>>()?;
-        Ok(Self { config, steps: 0, m: zeros.clone(), v: zeros })
+        // Separate buffers: the moments are updated in place.
+        let zeros = || params.iter().map(|p| p.zeros_like()).collect::<Result<Vec<_>>>();
+        Ok(Self { config, steps: 0, m: zeros()?, v: zeros()? })
     }
 
     /// One update of `params` with `grads` (same order and shapes) at learning rate `lr`.
     pub fn step(&mut self, params: &[Var], grads: &[Tensor], lr: f64) -> Result<()> {
+        self.step_scaled(params, grads, lr, 1.0)
+    }
+
+    /// [`AdamW::step`] with every gradient multiplied by `grad_scale` first (the clipping factor of
+    /// [`grad_norm_and_scale`]; on CPU it is applied as the gradient is read, with no scaled copy).
+    /// The moments are updated in place (a checkpoint's [`AdamW::state`] is written before the next step).
+    pub fn step_scaled(&mut self, params: &[Var], grads: &[Tensor], lr: f64, grad_scale: f64) -> Result<()> {
         if params.len() != self.m.len() || grads.len() != params.len() {
             candle_core::bail!(
                 "AdamW: {} parameters and {} gradients for an optimizer of {}",
@@ -71,12 +79,11 @@ impl AdamW {
         };
         for ((p, g), (m, v)) in params.iter().zip(grads).zip(self.m.iter_mut().zip(self.v.iter_mut())) {
             if super::optim_cpu::applies(&[p.as_tensor(), g, m, v]) {
-                let (p1, m1, v1) = super::optim_cpu::adamw(p.as_tensor(), g, m, v, &fused)?;
-                p.set(&p1)?;
-                (*m, *v) = (m1, v1);
+                super::optim_cpu::adamw(p.as_tensor(), g, (m, v), &fused, grad_scale)?;
                 continue;
             }
             let g = g.to_dtype(p.dtype())?;
+            let g = if grad_scale == 1.0 { g } else { (g * grad_scale)? };
             *m = ((&*m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
             *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             // Detached: the update is plain arithmetic, never part of a graph.
@@ -109,7 +116,8 @@ impl AdamW {
                 if t.dims() != slot.dims() {
                     candle_core::bail!("optimizer state `{key}`: expected {:?}, found {:?}", slot.dims(), t.dims());
                 }
-                *slot = t.to_dtype(slot.dtype())?.to_device(slot.device())?;
+                // A copy: the moments are updated in place, never through the caller's tensors.
+                *slot = t.to_dtype(slot.dtype())?.to_device(slot.device())?.copy()?;
             }
         }
         self.steps = get("adamw.steps")?.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?[0] as u64;
@@ -120,6 +128,18 @@ impl AdamW {
 /// `clip_grad_norm_(max_norm)`: the 2-norm over all gradients together; when it exceeds `max_norm`
 /// every gradient is scaled by `max_norm / (norm + 1e-6)`. Returns the norm before clipping.
 pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
+    let (norm, coef) = grad_norm_and_scale(grads, max_norm)?;
+    if coef < 1.0 {
+        for g in grads.iter_mut() {
+            *g = (&*g * coef)?;
+        }
+    }
+    Ok(norm)
+}
+
+/// The global 2-norm of `grads` and the factor `clip_grad_norm_(max_norm)` would scale them by
+/// (`max_norm / (norm + 1e-6)` when the norm exceeds `max_norm`, else 1), without scaling them.
+pub fn grad_norm_and_scale(grads: &[Tensor], max_norm: f64) -> Result<(f64, f64)> {
     let mut sum = 0f64;
     for g in grads.iter() {
         sum += if super::optim_cpu::applies(&[g]) {
@@ -129,13 +149,7 @@ pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
         };
     }
     let norm = sum.sqrt();
-    let coef = (max_norm / (norm + 1e-6)).min(1.0);
-    if coef < 1.0 {
-        for g in grads.iter_mut() {
-            *g = (&*g * coef)?;
-        }
-    }
-    Ok(norm)
+    Ok((norm, (max_norm / (norm + 1e-6)).min(1.0)))
 }
 
 /// The exponential moving average of the weights (`ema ← decay·ema + (1 − decay)·p`).
@@ -156,7 +170,7 @@ impl Ema {
     pub fn update(&mut self, params: &[Var]) -> Result<()> {
         for (e, p) in self.weights.iter_mut().zip(params) {
             if super::optim_cpu::applies(&[e, p.as_tensor()]) {
-                *e = super::optim_cpu::ema(e, p.as_tensor(), self.decay)?;
+                super::optim_cpu::ema(e, p.as_tensor(), self.decay)?;
                 continue;
             }
             // Detached, or each average would hold the op graph of every earlier one (a leak per step).

@@ -7,7 +7,7 @@ use super::data::Batch;
 use super::diffusion::Diffusion;
 use super::init::Rng;
 use super::model::PixArt;
-use super::optim::{clip_grad_norm, AdamW, AdamWConfig, Ema};
+use super::optim::{grad_norm_and_scale, AdamW, AdamWConfig, Ema};
 use candle_core::{DType, Tensor, Var};
 use std::collections::HashMap;
 
@@ -135,7 +135,7 @@ impl Trainer {
             }
         }
         // The norm before clipping; a non-finite one (or loss) skips the step, the clipped gradients unused.
-        let grad_norm = clip_grad_norm(&mut grads, max_grad_norm)?;
+        let (grad_norm, grad_scale) = grad_norm_and_scale(&grads, max_grad_norm)?;
         if !(loss_v.is_finite() && grad_norm.is_finite()) {
             self.skipped += 1;
             self.skipped_in_a_row += 1;
@@ -151,7 +151,7 @@ impl Trainer {
         }
         self.skipped_in_a_row = 0;
         let params: Vec<Var> = self.vars.iter().map(|(_, v)| v.clone()).collect();
-        self.optimizer.step(&params, &grads, lr)?;
+        self.optimizer.step_scaled(&params, &grads, lr, grad_scale)?;
         self.ema.update(&params)?;
         Ok(StepLog { loss: loss_v, mse, vb, grad_norm, skipped: false })
     }
@@ -178,7 +178,7 @@ impl Trainer {
             if t.dims() != v.dims() {
                 anyhow::bail!("EMA weight `{name}`: expected {:?}, found {:?}", v.dims(), t.dims());
             }
-            *slot = t.to_dtype(v.dtype())?.to_device(v.device())?;
+            *slot = t.to_dtype(v.dtype())?.to_device(v.device())?.copy()?; // updated in place later
         }
         Ok(())
     }

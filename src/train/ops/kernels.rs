@@ -54,8 +54,8 @@ fn exp_f32(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5·2^23: adding and subtracting rounds to nearest
-    // Below e^-87 (the smallest normal float) the result is 0: a subnormal result (the softmax of a
-    // masked key) would make every later product that reads it take the CPU's slow microcode path.
+                                     // Below e^-87 (the smallest normal float) the result is 0: a subnormal result (the softmax of a
+                                     // masked key) would make every later product that reads it take the CPU's slow microcode path.
     let underflow = x < -87.0;
     let x = x.clamp(-87.0, 88.3);
     let shifted = x * LOG2E + ROUND;
