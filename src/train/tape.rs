@@ -109,12 +109,15 @@ impl PixArt {
         let mut dctx = vec![T::zero(); ctx_v.len()];
         for (i, r) in ran.into_iter().enumerate().rev() {
             let (dx, dc, dp) = block_backward(&r.tape, (&r.x, &ctx_v, &r.params), &g);
+            let r_len = r.params.len();
             drop(r);
             dctx.iter_mut().zip(&dc).for_each(|(a, &d)| *a += d);
+            // Every weight's gradient is a view into the block's one buffer (no copies).
+            let dp = Tensor::from_vec(dp, r_len, &dev)?;
             let mut at = 0;
             for (name, t) in self.block_weights(i)? {
                 let len = t.elem_count();
-                block_grads.push((name, Tensor::from_slice(&dp[at..at + len], t.shape(), &dev)?));
+                block_grads.push((name, dp.narrow(0, at, len)?.reshape(t.shape())?));
                 at += len;
             }
             g = dx;

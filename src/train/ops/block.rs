@@ -197,9 +197,16 @@ fn product<T: Real + 'static>(
     }
 }
 
-/// `out [r, m] = [out +] x [r, k] · wᵀ` for `w` `[m, k]`.
-fn x_wt<T: Real + 'static>(out: &mut [T], accumulate: bool, x: &[T], w: &[T], (r, k, m): (usize, usize, usize)) {
-    product(true, (r, m, k), out, accumulate, (x, 1, k as isize), (w, k as isize, 1));
+/// `out [r, m] = [out +] x [r, k] · wᵀ` for `w` `[m, k]`, on every thread when `parallel`.
+fn x_wt<T: Real + 'static>(
+    out: &mut [T],
+    accumulate: bool,
+    x: &[T],
+    w: &[T],
+    (r, k, m): (usize, usize, usize),
+    parallel: bool,
+) {
+    product(parallel, (r, m, k), out, accumulate, (x, 1, k as isize), (w, k as isize, 1));
 }
 
 /// `dw [m, k] = dyᵀ · x` (one thread) for `dy` `[r, m]`, `x` `[r, k]`.
@@ -258,10 +265,22 @@ fn bias_rows<T: Real>(out: &mut [T], b: &[T], add: Option<&[T]>) {
 
 /// `out = x Wᵀ + b` (plus `add`) for `x` `[r, k]`, `w` `[m, k]`.
 fn linear<T: Real + 'static>(x: &[T], w: &[T], b: &[T], add: Option<&[T]>, (r, k): (usize, usize)) -> Vec<T> {
+    linear_on(x, w, b, add, (r, k), true)
+}
+
+/// [`linear`] on this thread only (for two products run side by side).
+fn linear_on<T: Real + 'static>(
+    x: &[T],
+    w: &[T],
+    b: &[T],
+    add: Option<&[T]>,
+    (r, k): (usize, usize),
+    parallel: bool,
+) -> Vec<T> {
     let m = b.len();
     let mut out = vec![T::zero(); r * m];
     bias_rows(&mut out, b, add);
-    x_wt(&mut out, true, x, w, (r, k, m));
+    x_wt(&mut out, true, x, w, (r, k, m), parallel);
     out
 }
 
@@ -409,8 +428,11 @@ fn forward<T: Real + 'static>(s: &Sz, bias: &[T], x: &[T], ctx: &[T], p: &[T], s
     let o1 = linear(&a1, &p[o.wo..o.bo], &p[o.bo..o.wq2], None, (r, c));
     let x1 = s.gated(x, &o1, &mods, 2);
 
-    let q2 = linear(&x1, &p[o.wq2..o.bq2], &p[o.bq2..o.wkv2], None, (r, c));
-    let kv2 = linear(y, &p[o.wkv2..o.bkv2], &p[o.bkv2..o.wo2], None, (rl, c));
+    // The cross-attention's query and key/value products are independent: one thread each.
+    let (q2, kv2) = rayon::join(
+        || linear_on(&x1, &p[o.wq2..o.bq2], &p[o.bq2..o.wkv2], None, (r, c), false),
+        || linear_on(y, &p[o.wkv2..o.bkv2], &p[o.bkv2..o.wo2], None, (rl, c), false),
+    );
     let mut a2 = vec![T::zero(); r * c];
     let views = (View::of(&q2, 0, c), View::of(&kv2, 0, 2 * c), View::of(&kv2, c, 2 * c));
     // SAFETY: q2 holds r rows of c, kv2 rl rows of 2c, a2 r rows of c.
