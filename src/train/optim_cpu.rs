@@ -11,9 +11,9 @@ use rayon::prelude::*;
 const CHUNK: usize = 1 << 14;
 
 /// The elements of a contiguous f32 CPU tensor's storage under its layout.
-fn slice<'a>(s: &'a Storage, l: &candle_core::Layout) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) => Ok(&v[start..end]),
+fn slice<'a>(s: &'a Storage, l: &Layout) -> Result<&'a [f32]> {
+    match s {
+        Storage::Cpu(c) => cpu_slice(c, l),
         _ => candle_core::bail!("optimizer kernel: expected a contiguous f32 CPU tensor"),
     }
 }

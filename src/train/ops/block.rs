@@ -7,10 +7,12 @@
 //!
 //! The op takes three tensors: `x` `[B, N, C]`; `ctx`, the caption `y` `[B, L, C]` (after the caption
 //! projection) and the adaLN input `t0` `[B, 6C]`, both flattened and joined; and `params`, the block's
-//! weights flattened and joined in the order of [`PARAMS`]. [`super::block`] builds them.
+//! weights flattened and joined in the order of [`PARAMS`]. [`super::pixart_block`] builds the op.
 
 use super::attention::{self, Dims, View};
-use super::kernels::{contiguous, gelu_grad_row, gelu_row, layer_norm_grad_row, layer_norm_row, Real, PARALLEL_MIN};
+use super::kernels::{
+    contiguous, gelu_grad_row, gelu_row, layer_norm_grad_row, layer_norm_row, mm_with, Real, PARALLEL_MIN,
+};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 use std::any::Any;
@@ -169,30 +171,18 @@ fn product<T: Real + 'static>(
 ) {
     assert!(dst.len() >= m * n, "product: destination holds {} < {m}×{n}", dst.len());
     // SAFETY: callers pass buffers covering m×k, k×n and m×n elements with these strides (checked in
-    // debug builds below).
+    // debug builds).
     debug_assert!(lhs.0.len() as isize > (m as isize - 1) * lhs.2 + (k as isize - 1) * lhs.1);
     debug_assert!(rhs.0.len() as isize > (k as isize - 1) * rhs.2 + (n as isize - 1) * rhs.1);
+    let par = if parallel { threads(m * n * k) } else { gemm::Parallelism::None };
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
+        mm_with(
+            par,
+            (m, n, k),
+            (dst.as_mut_ptr(), 1, n as isize),
             accumulate,
-            lhs.0.as_ptr(),
-            lhs.1,
-            lhs.2,
-            rhs.0.as_ptr(),
-            rhs.1,
-            rhs.2,
-            T::one(),
-            T::one(),
-            false,
-            false,
-            false,
-            if parallel { threads(m * n * k) } else { gemm::Parallelism::None },
+            (lhs.0.as_ptr(), lhs.1, lhs.2),
+            (rhs.0.as_ptr(), rhs.1, rhs.2),
         )
     }
 }
@@ -623,32 +613,23 @@ impl CustomOp3 for Block {
                     cpu_slice::<$t>(&sc, lc, "ctx")?,
                     cpu_slice::<$t>(&sp, lp, "params")?,
                 );
-                self.run_backward::<$t>(&sz, ins, cpu_slice::<$t>(&sg, lg, "grad")?)
+                let (dx, dctx, dp) = self.run_backward::<$t>(&sz, ins, cpu_slice::<$t>(&sg, lg, "grad")?);
+                (
+                    Tensor::from_vec(dx, x.shape(), x.device()),
+                    Tensor::from_vec(dctx, ctx.shape(), x.device()),
+                    Tensor::from_vec(dp, params.shape(), x.device()),
+                )
             }};
         }
-        let dev = x.device();
         let wrap = |v: Result<Tensor>, t: &Tensor| -> Result<Option<Tensor>> {
             Ok(if t.track_op() { Some(v?) } else { None })
         };
-        match x.dtype() {
-            DType::F32 => {
-                let (dx, dctx, dp) = run!(f32);
-                Ok((
-                    wrap(Tensor::from_vec(dx, x.shape(), dev), x)?,
-                    wrap(Tensor::from_vec(dctx, ctx.shape(), dev), ctx)?,
-                    wrap(Tensor::from_vec(dp, params.shape(), dev), params)?,
-                ))
-            }
-            DType::F64 => {
-                let (dx, dctx, dp) = run!(f64);
-                Ok((
-                    wrap(Tensor::from_vec(dx, x.shape(), dev), x)?,
-                    wrap(Tensor::from_vec(dctx, ctx.shape(), dev), ctx)?,
-                    wrap(Tensor::from_vec(dp, params.shape(), dev), params)?,
-                ))
-            }
+        let (dx, dctx, dp) = match x.dtype() {
+            DType::F32 => run!(f32),
+            DType::F64 => run!(f64),
             other => candle_core::bail!("transformer block: expected f32 or f64, found {other:?}"),
-        }
+        };
+        Ok((wrap(dx, x)?, wrap(dctx, ctx)?, wrap(dp, params)?))
     }
 }
 

@@ -135,11 +135,25 @@ impl<T> Shared<T> {
 ///
 /// # Safety
 /// The pointers must cover the strided extents.
-#[allow(clippy::too_many_arguments)]
 pub unsafe fn mm<T: Real + 'static>(
     m: usize,
     n: usize,
     k: usize,
+    dst: (*mut T, isize, isize),
+    accumulate: bool,
+    lhs: (*const T, isize, isize),
+    rhs: (*const T, isize, isize),
+) {
+    mm_with(gemm::Parallelism::None, (m, n, k), dst, accumulate, lhs, rhs)
+}
+
+/// [`mm`] with the given parallelism.
+///
+/// # Safety
+/// As [`mm`].
+pub unsafe fn mm_with<T: Real + 'static>(
+    par: gemm::Parallelism,
+    (m, n, k): (usize, usize, usize),
     dst: (*mut T, isize, isize),
     accumulate: bool,
     lhs: (*const T, isize, isize),
@@ -164,7 +178,7 @@ pub unsafe fn mm<T: Real + 'static>(
         false,
         false,
         false,
-        gemm::Parallelism::None,
+        par,
     )
 }
 
