@@ -292,12 +292,9 @@ impl PixArt {
 
     fn block_fused(&self, i: usize, x: &Tensor, ctx: &Tensor, l: usize, key_bias: &[f64]) -> Result<Tensor> {
         let c = &self.config;
-        let pre = format!("transformer_blocks.{i}");
-        let parts =
-            BLOCK_PARAMS.iter().map(|n| self.p(&format!("{pre}.{n}"))?.flatten_all()).collect::<Result<Vec<_>>>()?;
-        let ff = self.p(&format!("{pre}.ff.net.0.proj.bias"))?.dim(0)?;
+        let parts = self.block_weights(i)?.iter().map(|t| t.flatten_all()).collect::<Result<Vec<_>>>()?;
         let params = Tensor::cat(&parts, 0)?;
-        pixart_block(x, ctx, &params, (c.num_attention_heads, c.norm_eps, l, ff), key_bias.to_vec())
+        pixart_block(x, ctx, &params, (c.num_attention_heads, c.norm_eps, l, self.mlp_width(i)?), key_bias.to_vec())
     }
 
     /// Block `i` from composite ops (any device and dtype).
@@ -327,7 +324,11 @@ impl PixArt {
         mask: &Tensor,
         micro: Option<(&Tensor, &Tensor)>,
     ) -> Result<Tensor> {
-        let e = self.embed(latents, timestep, caption, mask, micro)?;
+        self.blocks_and_head(&self.embed(latents, timestep, caption, mask, micro)?)
+    }
+
+    /// The blocks and the head over [`PixArt::embed`]'s output: the model output.
+    pub(crate) fn blocks_and_head(&self, e: &Embedded) -> Result<Tensor> {
         let blocks = Blocks::new(&e.x, &e.y, &e.t0, &e.bias)?;
         let mut x = e.x.clone();
         for i in 0..self.config.num_layers {
@@ -382,16 +383,14 @@ impl PixArt {
         ))
     }
 
-    /// Block `i`'s weights in the order of [`BLOCK_PARAMS`], with their names.
-    pub(crate) fn block_weights(&self, i: usize) -> Result<Vec<(String, &Tensor)>> {
-        BLOCK_PARAMS
-            .iter()
-            .map(|n| {
-                let name = format!("transformer_blocks.{i}.{n}");
-                let t = self.p(&name)?;
-                Ok((name, t))
-            })
-            .collect()
+    /// Block `i`'s weights in the order of [`BLOCK_PARAMS`].
+    pub(crate) fn block_weights(&self, i: usize) -> Result<Vec<&Tensor>> {
+        BLOCK_PARAMS.iter().map(|n| self.p(&format!("transformer_blocks.{i}.{n}"))).collect()
+    }
+
+    /// The width of block `i`'s MLP.
+    pub(crate) fn mlp_width(&self, i: usize) -> Result<usize> {
+        self.p(&format!("transformer_blocks.{i}.ff.net.0.proj.bias"))?.dim(0)
     }
 }
 
@@ -418,14 +417,16 @@ struct Blocks {
 
 impl Blocks {
     fn new(x: &Tensor, y: &Tensor, t0: &Tensor, bias: &Tensor) -> Result<Self> {
-        let fused = if fused_block(x) {
-            let ctx = Tensor::cat(&[y.flatten_all()?, t0.flatten_all()?], 0)?;
-            Some((ctx, bias.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?))
-        } else {
-            None
-        };
+        let fused = if fused_block(x) { Some(fused_inputs(y, t0, bias)?) } else { None };
         Ok(Blocks { y: y.clone(), t0: t0.clone(), bias: bias.clone(), fused })
     }
+}
+
+/// What the fused blocks read besides `x`: `ctx` (`y` and `t0` flattened and joined) and the caption
+/// key bias as values.
+pub(crate) fn fused_inputs(y: &Tensor, t0: &Tensor, bias: &Tensor) -> Result<(Tensor, Vec<f64>)> {
+    let ctx = Tensor::cat(&[y.flatten_all()?, t0.flatten_all()?], 0)?;
+    Ok((ctx, bias.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?))
 }
 
 #[cfg(test)]

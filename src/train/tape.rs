@@ -10,7 +10,7 @@
 //! `Σ x·dx + Σ ctx·dctx + Σ t_emb·dt_emb` (the gradients held constant), which is exactly the chain
 //! rule through them. Elsewhere (other devices, f16/bf16) it is the plain autograd path.
 
-use super::model::PixArt;
+use super::model::{fused_inputs, PixArt};
 use super::ops::kernels::Real;
 use super::ops::{block_backward, block_forward, fused_block, BlockTape};
 use candle_core::backprop::GradStore;
@@ -35,10 +35,12 @@ fn values<T: Real>(t: &Tensor) -> Result<Vec<T>> {
     Ok(v)
 }
 
-/// One block's forward kept for its backward: its input, its packed weights and its tape.
-struct Ran<T> {
+/// One block's forward kept for its backward: its input, its packed weights (and the tensors they
+/// came from, in order) and its tape.
+struct Ran<'a, T> {
     x: Vec<T>,
     params: Vec<T>,
+    weights: Vec<&'a Tensor>,
     tape: BlockTape<T>,
 }
 
@@ -55,7 +57,7 @@ impl PixArt {
     ) -> Result<(Tensor, GradStore)> {
         let e = self.embed(latents, timestep, caption, mask, micro)?;
         if !fused_block(&e.x) {
-            let value = loss(&self.forward(latents, timestep, caption, mask, micro)?)?;
+            let value = loss(&self.blocks_and_head(&e)?)?;
             let grads = value.backward()?;
             return Ok((value, grads));
         }
@@ -75,24 +77,21 @@ impl PixArt {
         let dev = Device::Cpu;
         let (b, n, hidden) = e.x.dims3()?;
         let l = e.y.dim(1)?;
-        let ctx = Tensor::cat(&[e.y.flatten_all()?, e.t0.flatten_all()?], 0)?;
+        let (ctx, key_bias) = fused_inputs(&e.y, &e.t0, &e.bias)?;
         let ctx_v: Vec<T> = values(&ctx)?;
-        let key_bias: Vec<f64> = e.bias.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
 
         let mut x: Vec<T> = values(&e.x)?;
         let mut ran = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let weights = self.block_weights(i)?;
-            let mut params = Vec::with_capacity(weights.iter().map(|(_, t)| t.elem_count()).sum());
-            for (_, t) in &weights {
+            let mut params = Vec::with_capacity(weights.iter().map(|t| t.elem_count()).sum());
+            for t in &weights {
                 extend_values(&mut params, t)?;
             }
-            // The MLP's width: its first bias, `ff.net.0.proj.bias`, the third packed from the end.
-            let ff = weights[weights.len() - 3].1.dim(0)?;
-            let dims = (b, n, l, hidden, ff);
+            let dims = (b, n, l, hidden, self.mlp_width(i)?);
             let (out, tape) =
                 block_forward((c.num_attention_heads, c.norm_eps), dims, &key_bias, (&x, &ctx_v, &params))?;
-            ran.push(Ran { x: std::mem::replace(&mut x, out), params, tape });
+            ran.push(Ran { x: std::mem::replace(&mut x, out), params, weights, tape });
         }
 
         // The head and the loss on leaves: the blocks' output and the timestep embedding.
@@ -107,17 +106,15 @@ impl PixArt {
 
         let mut block_grads = Vec::new();
         let mut dctx = vec![T::zero(); ctx_v.len()];
-        for (i, r) in ran.into_iter().enumerate().rev() {
+        for r in ran.into_iter().rev() {
             let (dx, dc, dp) = block_backward(&r.tape, (&r.x, &ctx_v, &r.params), &g);
-            let r_len = r.params.len();
-            drop(r);
             dctx.iter_mut().zip(&dc).for_each(|(a, &d)| *a += d);
             // Every weight's gradient is a view into the block's one buffer (no copies).
-            let dp = Tensor::from_vec(dp, r_len, &dev)?;
+            let dp = Tensor::from_vec(dp, r.params.len(), &dev)?;
             let mut at = 0;
-            for (name, t) in self.block_weights(i)? {
-                let len = t.elem_count();
-                block_grads.push((name, dp.narrow(0, at, len)?.reshape(t.shape())?));
+            for w in r.weights {
+                let len = w.elem_count();
+                block_grads.push((w, dp.narrow(0, at, len)?.reshape(w.shape())?));
                 at += len;
             }
             g = dx;
@@ -140,8 +137,8 @@ impl PixArt {
                 grads.insert(w, sum);
             }
         }
-        for (name, grad) in block_grads {
-            grads.insert(self.weights().get(&name).expect("block weights exist"), grad);
+        for (w, grad) in block_grads {
+            grads.insert(w, grad);
         }
         Ok((value, grads))
     }

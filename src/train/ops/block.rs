@@ -116,6 +116,25 @@ struct Sz {
 const KEEP_PROBABILITIES: usize = 32 << 20;
 
 impl Sz {
+    /// Checks the sizes of `ctx`, the packed parameters and the key bias (empty: no mask).
+    fn check(&self, ctx: usize, params: usize, bias: usize) -> Result<()> {
+        let (b, l, c) = (self.b, self.l, self.c);
+        if c % self.heads != 0 {
+            candle_core::bail!("transformer block: width {c} is not divisible by {} heads", self.heads);
+        }
+        if ctx != b * (l + 6) * c {
+            candle_core::bail!("transformer block: ctx holds {ctx} values, expected {b}·({l} + 6)·{c}");
+        }
+        let want = Offsets::new(c, self.ff).total;
+        if params != want {
+            candle_core::bail!("transformer block: {params} packed parameters, expected {want}");
+        }
+        if bias != 0 && bias != b * l {
+            candle_core::bail!("transformer block: caption bias of {bias} values, expected {b}·{l}");
+        }
+        Ok(())
+    }
+
     fn attn(&self, keys: usize) -> Dims {
         Dims { b: self.b, n: self.n, l: keys, d: self.c / self.heads, heads: self.heads }
     }
@@ -460,10 +479,7 @@ fn backward<T: Real + 'static>(
     let mut dg1 = vec![T::zero(); r * ff];
     linear_back((p, &mut dp), o.w2, (&df2, &v.g1), (&mut dg1, false), (r, ff, c));
     let f1 = &v.f1;
-    rows(&mut dg1, ff, |i, d| {
-        let gin = d.to_vec();
-        gelu_grad_row(&f1[i * ff..(i + 1) * ff], &gin, d);
-    });
+    rows(&mut dg1, ff, |i, d| gelu_grad_row(&f1[i * ff..(i + 1) * ff], d));
     let mut dm2 = vec![T::zero(); r * c];
     linear_back((p, &mut dp), o.w1, (&dg1, &v.m2), (&mut dm2, false), (r, c, ff));
     drop(dg1);
@@ -513,28 +529,9 @@ fn backward<T: Real + 'static>(
 impl Block {
     fn sizes(&self, lx: &Layout, lctx: &Layout, lp: &Layout) -> Result<Sz> {
         let (b, n, c) = lx.shape().dims3()?;
-        let (l, ff) = (self.l, self.ff);
-        let o = Offsets::new(c, ff);
-        if c % self.heads != 0 {
-            candle_core::bail!("transformer block: width {c} is not divisible by {} heads", self.heads);
-        }
-        if lctx.shape().elem_count() != b * (l + 6) * c {
-            candle_core::bail!(
-                "transformer block: ctx holds {} values, expected {b}·({l} + 6)·{c}",
-                lctx.shape().elem_count()
-            );
-        }
-        if lp.shape().elem_count() != o.total {
-            candle_core::bail!(
-                "transformer block: {} packed parameters, expected {}",
-                lp.shape().elem_count(),
-                o.total
-            );
-        }
-        if !self.bias.is_empty() && self.bias.len() != b * l {
-            candle_core::bail!("transformer block: caption bias of {} values, expected {b}·{l}", self.bias.len());
-        }
-        Ok(Sz { b, n, l, c, ff, heads: self.heads, eps: self.eps })
+        let sz = Sz { b, n, l: self.l, c, ff: self.ff, heads: self.heads, eps: self.eps };
+        sz.check(lctx.shape().elem_count(), lp.shape().elem_count(), self.bias.len())?;
+        Ok(sz)
     }
 
     fn bias_as<T: Real>(&self) -> Vec<T> {
@@ -651,14 +648,10 @@ pub fn forward_taped<T: Real + 'static>(
     (x, ctx, p): (&[T], &[T], &[T]),
 ) -> Result<(Vec<T>, Tape<T>)> {
     let sz = Sz { b, n, l, c, ff, heads, eps };
-    if c % heads != 0 || x.len() != b * n * c || ctx.len() != b * (l + 6) * c || p.len() != Offsets::new(c, ff).total {
-        candle_core::bail!(
-            "transformer block: inputs of {}, {} and {} values do not fit B {b}, N {n}, L {l}, C {c}, MLP {ff}",
-            x.len(),
-            ctx.len(),
-            p.len()
-        );
+    if x.len() != b * n * c {
+        candle_core::bail!("transformer block: x holds {} values, expected {b}·{n}·{c}", x.len());
     }
+    sz.check(ctx.len(), p.len(), key_bias.len())?;
     let bias: Vec<T> = key_bias.iter().map(|&v| T::from_f64(v)).collect();
     let (out, saved) = forward(&sz, &bias, x, ctx, p, true);
     Ok((out, Tape { sz, bias, saved }))

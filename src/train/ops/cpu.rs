@@ -157,7 +157,10 @@ impl CustomOp2 for GeluGrad {
         on_float!(s1, l1, self.name(), l1.shape().clone(), |x: T| {
             let g = contiguous::<T>(s2, l2, self.name())?;
             // Chunks must not straddle: both inputs are split at the same offsets.
-            per_row::<T>(&[x, g], x.len(), CHUNK.min(x.len()), |_, i, dx| k::gelu_grad_row(i[0], i[1], dx))
+            per_row::<T>(&[x, g], x.len(), CHUNK.min(x.len()), |_, i, dx| {
+                dx.copy_from_slice(i[1]);
+                k::gelu_grad_row(i[0], dx)
+            })
         })
     }
 }

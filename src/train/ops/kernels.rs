@@ -366,13 +366,14 @@ row_kernel! {
 }
 
 row_kernel! {
-    /// dx = g·(½(1 + tanh u) + ½x(1 − tanh²u)·c(1 + 3a·x²)), u = c(x + a·x³).
-    pub fn gelu_grad_row<T: Real>(x: &[T], g: &[T], dx: &mut [T]) {
+    /// g ← g·(½(1 + tanh u) + ½x(1 − tanh²u)·c(1 + 3a·x²)), u = c(x + a·x³): the gradient `g` of
+    /// GELU's output becomes its input's, in place.
+    pub fn gelu_grad_row<T: Real>(x: &[T], g: &mut [T]) {
         let (c, a, half, one) = (T::from_f64(GELU_C), T::from_f64(GELU_A), T::from_f64(0.5), T::from_f64(1.0));
         let a3 = T::from_f64(3.0 * GELU_A);
-        for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
+        for (g, &x) in g.iter_mut().zip(x) {
             let t = (c * (x + a * x * x * x)).tanh();
-            *dx = g * (half * (one + t) + half * x * (one - t * t) * c * (one + a3 * x * x));
+            *g *= half * (one + t) + half * x * (one - t * t) * c * (one + a3 * x * x);
         }
     }
 }
