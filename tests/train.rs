@@ -128,3 +128,91 @@ fn trainer_steps_on_cached_batches_and_skips_non_finite_ones() {
         assert_eq!(max_abs_diff(w, &before[k]), 0.0, "{k}");
     }
 }
+
+/// Mixed precision on CPU (the code path CUDA runs): bf16 and f16 steps follow the f32 run's losses
+/// and gradient norms, the weights stay f32, and an f16 overflow halves the loss scale and skips the
+/// step without counting it as a failure.
+#[test]
+fn mixed_precision_steps_follow_the_f32_run() {
+    use candle_core::{DType, Tensor};
+    use pixforge::train::data::Batch;
+    use pixforge::train::init::{init, Rng};
+    use pixforge::train::model::PixArtConfig;
+    use pixforge::train::optim::AdamWConfig;
+    use pixforge::train::precision::Precision;
+    use pixforge::train::step::Trainer;
+    let dev = Device::Cpu;
+    let config = PixArtConfig {
+        num_attention_heads: 2,
+        attention_head_dim: 16,
+        in_channels: 4,
+        out_channels: 8,
+        num_layers: 2,
+        sample_size: 8,
+        patch_size: 2,
+        caption_channels: 16,
+        interpolation_scale: Some(1.0),
+        norm_eps: 1e-6,
+    };
+    let mut rng = Rng::new(7);
+    let mask: Vec<f32> = (0..2 * 12).map(|i| if i % 12 < [9, 5][i / 12] { 1.0 } else { 0.0 }).collect();
+    let batch = Batch {
+        keys: vec!["a".into(), "b".into()],
+        latents: rng.normal_tensor(&[2, 4, 8, 8], 1.0, &dev).unwrap(),
+        caption: rng.normal_tensor(&[2, 12, 16], 1.0, &dev).unwrap(),
+        mask: Tensor::from_vec(mask, (2, 12), &dev).unwrap(),
+        img_hw: Tensor::from_vec(vec![64f32, 64.0, 64.0, 64.0], (2, 2), &dev).unwrap(),
+        aspect_ratio: Tensor::from_vec(vec![1f32, 1.0], (2, 1), &dev).unwrap(),
+        drop: vec![false, true],
+        bucket: "1.0".into(),
+    };
+    let run = |precision: Precision| {
+        let model = init(config.clone(), false, 12, 3, &dev).unwrap();
+        let adamw = AdamWConfig { lr: 1e-3, weight_decay: 0.0, ..Default::default() };
+        let mut trainer = Trainer::new(model, adamw, 0.99, 1).unwrap();
+        trainer.set_precision(precision);
+        let logs: Vec<_> = (0..40).map(|_| trainer.step(&batch, 1e-3, 1.0).unwrap()).collect();
+        (logs, trainer)
+    };
+    let (f32_logs, _) = run(Precision::F32);
+    for precision in [Precision::Bf16, Precision::F16] {
+        let (logs, trainer) = run(precision);
+        // bf16 keeps 8 bits of mantissa, f16 11: the same steps within a few percent.
+        let tol = if precision == Precision::Bf16 { 0.05 } else { 0.01 };
+        for (i, (a, b)) in f32_logs.iter().zip(&logs).enumerate().take(5) {
+            assert!(!b.skipped, "{precision:?} step {i}");
+            assert!(
+                (a.loss - b.loss).abs() <= tol * a.loss,
+                "{precision:?} step {i}: loss {} vs f32 {}",
+                b.loss,
+                a.loss
+            );
+            let rel = (a.grad_norm - b.grad_norm).abs() / a.grad_norm;
+            assert!(rel <= 2.0 * tol, "{precision:?} step {i}: grad norm {} vs f32 {}", b.grad_norm, a.grad_norm);
+        }
+        eprintln!(
+            "{precision:?}: first losses {:?} (f32 {:?})",
+            &logs[..3].iter().map(|l| l.loss).collect::<Vec<_>>(),
+            &f32_logs[..3].iter().map(|l| l.loss).collect::<Vec<_>>()
+        );
+        assert!(logs.iter().zip(&f32_logs).any(|(a, b)| a.loss != b.loss), "{precision:?} computes in 16 bits");
+        let mean = |l: &[pixforge::train::step::StepLog]| l.iter().map(|s| s.loss).sum::<f64>() / l.len() as f64;
+        let (first, last) = (mean(&logs[..5]), mean(&logs[35..]));
+        assert!(last < 0.7 * first, "{precision:?}: the loss falls, {first} → {last}");
+        for (name, w) in trainer.model.weights() {
+            assert_eq!(w.dtype(), DType::F32, "{precision:?}: master weight {name} stays f32");
+        }
+    }
+
+    // f16: a scale that overflows the gradients skips the step, halves the scale, counts no failure.
+    let (_, mut trainer) = run(Precision::F16);
+    assert_eq!(trainer.loss_scale.unwrap().scale, 65536.0, "40 good steps leave the scale");
+    let before = trainer.model.weights().clone();
+    trainer.loss_scale.as_mut().unwrap().scale = 1e30;
+    let log = trainer.step(&batch, 1e-3, 1.0).unwrap();
+    assert!(log.skipped && log.loss.is_finite(), "{log:?}");
+    assert_eq!((trainer.skipped, trainer.loss_scale.unwrap().scale), (0, 5e29));
+    for (k, w) in trainer.model.weights() {
+        assert_eq!(max_abs_diff(w, &before[k]), 0.0, "{k} unchanged by an overflowing step");
+    }
+}

@@ -289,7 +289,7 @@ fn example_configs_parse_and_errors_name_the_field() {
     let base = "output_dir = \"o\"\nmax_steps = 10\n[data]\ncaches = [{ t5 = \"a\", vae = \"b\" }]\n";
     assert!(bad(&format!("{base}batch_sise = 4\n")).contains("batch_sise"));
     assert!(bad(&format!("{base}batch_size = 0\n")).contains("`data.batch_size` must be at least 1"));
-    assert!(bad(&base.replace("max_steps = 10", "max_steps = 10\nprecision = \"bf16\"")).contains("`precision`"));
+    assert!(bad(&base.replace("max_steps = 10", "max_steps = 10\nprecision = \"fp8\"")).contains("`precision`"));
     assert!(bad("max_steps = 10\n").contains("output_dir"));
 }
 

@@ -41,6 +41,9 @@ pub struct TrainState {
     pub skipped: usize,
     /// Skipped steps in a row at this point.
     pub skipped_in_a_row: usize,
+    /// The f16 dynamic loss scale (mixed precision), if the run has one.
+    #[serde(default)]
+    pub loss_scale: Option<super::precision::LossScale>,
     /// Images trained on (micro-batches × batch size).
     pub images: u64,
     /// The transformer's shape.

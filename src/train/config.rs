@@ -33,7 +33,9 @@ pub struct TrainConfig {
     /// EMA decay per optimizer step.
     #[serde(default = "default_ema")]
     pub ema_decay: f64,
-    /// Compute precision: `f32` (CPU and GPU). `bf16`/`f16` mixed precision is not built yet.
+    /// Compute precision: `f32`, or mixed `bf16` / `f16` (f32 master weights, optimizer and EMA;
+    /// norms, attention and the loss in f32; f16 with a dynamic loss scale). Meant for CUDA: on CPU
+    /// candle runs 16-bit types slower than f32.
     #[serde(default = "default_precision")]
     pub precision: String,
     /// Stop with an error after this many non-finite steps in a row.
@@ -394,12 +396,7 @@ impl TrainConfig {
         if !(0.0..=1.0).contains(&self.ema_decay) {
             anyhow::bail!("`ema_decay`: expected a value in [0, 1], found {}", self.ema_decay);
         }
-        if self.precision != "f32" {
-            anyhow::bail!(
-                "`precision`: only \"f32\" is built so far, found {:?} (on CPU candle widens bf16 to f32 anyway)",
-                self.precision
-            );
-        }
+        super::precision::Precision::parse(&self.precision)?;
         if self.model.pretrained.is_some() && self.model.from_dit.is_some() {
             anyhow::bail!("`model.pretrained` and `model.from_dit` are both set: choose one starting point");
         }

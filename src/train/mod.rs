@@ -14,6 +14,7 @@ pub mod observe;
 pub(crate) mod ops;
 pub mod optim;
 mod optim_cpu;
+pub mod precision;
 pub mod run;
 pub mod sampler;
 pub mod schedule;

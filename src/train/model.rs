@@ -224,6 +224,13 @@ impl PixArt {
         Ok(vars)
     }
 
+    /// This model computing in `dtype` (mixed precision): every weight cast by a tracked op, so the
+    /// gradients of a loss on the copy flow back to this model's (f32) weights in their own type.
+    pub fn cast(&self, dtype: DType) -> Result<PixArt> {
+        let w = self.w.iter().map(|(k, t)| Ok((k.clone(), t.to_dtype(dtype)?))).collect::<Result<_>>()?;
+        Ok(PixArt { config: self.config.clone(), w, pos_cache: Default::default() })
+    }
+
     fn p(&self, key: &str) -> Result<&Tensor> {
         self.w.get(key).ok_or_else(|| candle_core::Error::Msg(format!("missing weight {key:?}")))
     }

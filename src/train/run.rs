@@ -195,6 +195,7 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
     let effective_batch = cfg.data.batch_size * cfg.grad_accum * world;
     let schedule = cfg.lr_schedule();
 
+    let precision = super::precision::Precision::parse(&cfg.precision)?;
     let (mut trainer, mut state) = match &from {
         Some(dir) => {
             let ck = checkpoint::load(dir, &device)?;
@@ -211,6 +212,10 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
             t.rng = Rng::from_state(ck.state.trainer_rng);
             t.skipped = ck.state.skipped;
             t.skipped_in_a_row = ck.state.skipped_in_a_row;
+            t.set_precision(precision);
+            if let (Some(scale), Some(saved)) = (t.loss_scale.as_mut(), ck.state.loss_scale) {
+                *scale = saved;
+            }
             (t, ck.state)
         }
         None => {
@@ -223,11 +228,14 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
                 data_rng: Rng::new(cfg.seed ^ 0xDA7A).state(),
                 skipped: 0,
                 skipped_in_a_row: 0,
+                loss_scale: None,
                 images: 0,
                 model: model.config.clone(),
                 config_digest: cfg.digest(),
             };
-            (Trainer::new(model, cfg.optimizer, cfg.ema_decay, cfg.seed.wrapping_add(1))?, state)
+            let mut t = Trainer::new(model, cfg.optimizer, cfg.ema_decay, cfg.seed.wrapping_add(1))?;
+            t.set_precision(precision);
+            (t, state)
         }
     };
     trainer.max_skipped_in_a_row = cfg.max_skipped_in_a_row;
@@ -312,6 +320,7 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
         state.data_rng = data_rng.state();
         state.skipped = trainer.skipped;
         state.skipped_in_a_row = trainer.skipped_in_a_row;
+        state.loss_scale = trainer.loss_scale;
         let secs = started.elapsed().as_secs_f64();
         let bucket = batches[0].bucket.clone();
         log.push(LogLine {

@@ -8,6 +8,7 @@ use super::diffusion::Diffusion;
 use super::init::Rng;
 use super::model::PixArt;
 use super::optim::{grad_norm_and_scale, AdamW, AdamWConfig, Ema};
+use super::precision::{LossScale, Precision, MIN_SCALE};
 use candle_core::{DType, Tensor, Var};
 use std::collections::HashMap;
 
@@ -44,6 +45,10 @@ pub struct Trainer {
     pub skipped_in_a_row: usize,
     /// Stop with an error after this many skipped steps in a row.
     pub max_skipped_in_a_row: usize,
+    /// The compute precision (see [`Trainer::set_precision`]).
+    pub precision: Precision,
+    /// The dynamic loss scale (f16 only).
+    pub loss_scale: Option<LossScale>,
 }
 
 impl Trainer {
@@ -61,7 +66,17 @@ impl Trainer {
             skipped: 0,
             skipped_in_a_row: 0,
             max_skipped_in_a_row: 10,
+            precision: Precision::F32,
+            loss_scale: None,
         })
+    }
+
+    /// Computes the forward and backward in `precision` from now on: bf16/f16 on cast copies of the
+    /// f32 weights (which the optimizer and the EMA keep updating in f32), norms, attention and the
+    /// loss in f32; f16 with a dynamic loss scale (a fresh one).
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+        self.loss_scale = (precision == Precision::F16).then(LossScale::default);
     }
 
     /// The hybrid loss of one batch (its per-sample terms) and the gradients of `mean loss · scale`.
@@ -89,12 +104,25 @@ impl Trainer {
         let micro = self.model.has_micro_conditions().then_some((&batch.img_hw, &batch.aspect_ratio));
         let mut kept = None;
         let diffusion = &self.diffusion;
-        let (_, grads) = self.model.loss_and_grads((&x_t, &timesteps, &caption, &batch.mask), micro, |out| {
-            let losses = diffusion.training_losses(out, x0, &x_t, &t, &noise)?;
-            let loss = (losses.loss.mean_all()? * scale)?;
+        let loss_scale = self.loss_scale.map_or(1.0, |s| s.scale);
+        let loss_fn = |out: &Tensor| {
+            let losses = diffusion.training_losses(&out.to_dtype(x0.dtype())?, x0, &x_t, &t, &noise)?;
+            let loss = (losses.loss.mean_all()? * (scale * loss_scale))?;
             kept = Some(losses);
             Ok(loss)
-        })?;
+        };
+        let (_, grads) = match self.precision {
+            Precision::F32 => self.model.loss_and_grads((&x_t, &timesteps, &caption, &batch.mask), micro, loss_fn)?,
+            p => {
+                let (model, dt) = (self.model.cast(p.dtype())?, p.dtype());
+                let micro = match micro {
+                    Some((a, b)) => Some((a.to_dtype(dt)?, b.to_dtype(dt)?)),
+                    None => None,
+                };
+                let inputs = (&x_t.to_dtype(dt)?, &timesteps, &caption.to_dtype(dt)?, &batch.mask);
+                model.loss_and_grads(inputs, micro.as_ref().map(|(a, b)| (a, b)), loss_fn)?
+            }
+        };
         let losses = kept.ok_or_else(|| anyhow::anyhow!("the loss was not computed"))?;
         Ok((losses, grads))
     }
@@ -113,6 +141,7 @@ impl Trainer {
         let n = batches.len() as f64;
         let (mut loss_v, mut mse, mut vb) = (0.0, 0.0, 0.0);
         let mut grads: Vec<Tensor> = Vec::new();
+        let loss_scale = self.loss_scale.map_or(1.0, |s| s.scale);
         for batch in batches {
             let (losses, store) = self.loss_and_grads(batch, 1.0 / n)?;
             let mean =
@@ -124,6 +153,7 @@ impl Trainer {
                 // Detached: a gradient our fused ops computed from tracked tensors would otherwise keep
                 // the step's whole graph (activations included) alive in the optimizer's moments.
                 let g = match store.get(v.as_tensor()) {
+                    Some(g) if loss_scale != 1.0 => (g.detach() / loss_scale)?,
                     Some(g) => g.detach(),
                     None => v.zeros_like()?,
                 };
@@ -136,6 +166,16 @@ impl Trainer {
         }
         // The norm before clipping; a non-finite one (or loss) skips the step, the clipped gradients unused.
         let (grad_norm, grad_scale) = grad_norm_and_scale(&grads, max_grad_norm)?;
+        if let Some(ls) = self.loss_scale.as_mut() {
+            // f16: an overflow of the scaled gradients (the loss itself finite) halves the scale and
+            // skips the step without counting as a failure, as GradScaler does, until the scale is 1.
+            let overflow = loss_v.is_finite() && !grad_norm.is_finite();
+            let counts = ls.scale <= MIN_SCALE;
+            ls.update(overflow);
+            if overflow && !counts {
+                return Ok(StepLog { loss: loss_v, mse, vb, grad_norm, skipped: true });
+            }
+        }
         if !(loss_v.is_finite() && grad_norm.is_finite()) {
             self.skipped += 1;
             self.skipped_in_a_row += 1;

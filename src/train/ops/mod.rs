@@ -18,6 +18,11 @@ fn fused(x: &Tensor) -> bool {
     x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
 }
 
+/// Whether `x` is in a 16-bit float type, which mixed precision computes norms and attention above.
+fn half(x: &Tensor) -> bool {
+    matches!(x.dtype(), DType::F16 | DType::BF16)
+}
+
 /// `x Wᵀ + b` for `x` of any rank (one matrix product over all leading dimensions).
 pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     let dims = x.dims();
@@ -35,7 +40,11 @@ pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 /// Layer norm over the last dimension without affine parameters.
+/// In f16/bf16 it is computed in f32 (mixed precision) and returned in the input's type.
 pub fn layer_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
+    if half(x) {
+        return layer_norm(&x.to_dtype(DType::F32)?, eps)?.to_dtype(x.dtype());
+    }
     if fused(x) {
         return x.contiguous()?.apply_op1(cpu::LayerNorm(eps));
     }
@@ -68,8 +77,14 @@ pub fn attention_softmax(scores: &Tensor, scale: f64, bias: Option<&Tensor>) -> 
 }
 
 /// Multi-head attention `softmax(Q Kᵀ/√D + bias) V` of `q` `[B, N, heads·D]` over `k`, `v`
-/// `[B, L, heads·D]`, with an optional additive key bias `[B, L]`; returns `[B, N, heads·D]`.
+/// `[B, L, heads·D]`, with an optional additive key bias `[B, L]`; returns `[B, N, heads·D]`. In
+/// f16/bf16 it is computed in f32 (mixed precision: scores, softmax and the weighted sum) and
+/// returned in the inputs' type.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, bias: Option<&Tensor>) -> Result<Tensor> {
+    if half(q) {
+        let f = |t: &Tensor| t.to_dtype(DType::F32);
+        return attention(&f(q)?, &f(k)?, &f(v)?, heads, bias)?.to_dtype(q.dtype());
+    }
     let (b, n, c) = q.dims3()?;
     let l = k.dim(1)?;
     let d = c / heads;
