@@ -64,7 +64,6 @@ fn train_set_joins_the_caches_and_assembles_batches() {
 fn trainer_steps_on_cached_batches_and_skips_non_finite_ones() {
     use pixforge::train::data::TrainSet;
     use pixforge::train::init::{init, Rng};
-    use pixforge::train::model::PixArtConfig;
     use pixforge::train::optim::AdamWConfig;
     use pixforge::train::step::Trainer;
     let dir = tempfile::tempdir().unwrap();
@@ -77,18 +76,7 @@ fn trainer_steps_on_cached_batches_and_skips_non_finite_ones() {
     vae_stage::run(&vae_cfg, &opts(&src, &vae_dir), &Device::Cpu).unwrap();
     let set =
         TrainSet::open(&t5_dir, &t5_cfg.fingerprint().unwrap(), &vae_dir, &vae_cfg.fingerprint().unwrap()).unwrap();
-    let config = PixArtConfig {
-        num_attention_heads: 2,
-        attention_head_dim: 16,
-        in_channels: 4,
-        out_channels: 8,
-        num_layers: 2,
-        sample_size: 4,
-        patch_size: 2,
-        caption_channels: 16,
-        interpolation_scale: Some(1.0),
-        norm_eps: 1e-6,
-    };
+    let config = tiny_pixart(16, 4);
     let model = init(config, false, 120, 0, &Device::Cpu).unwrap();
     let adamw = AdamWConfig { lr: 1e-3, weight_decay: 0.0, ..Default::default() };
     let mut trainer = Trainer::new(model, adamw, 0.99, 1).unwrap();
@@ -137,23 +125,11 @@ fn mixed_precision_steps_follow_the_f32_run() {
     use candle_core::{DType, Tensor};
     use pixforge::train::data::Batch;
     use pixforge::train::init::{init, Rng};
-    use pixforge::train::model::PixArtConfig;
     use pixforge::train::optim::AdamWConfig;
     use pixforge::train::precision::Precision;
     use pixforge::train::step::Trainer;
     let dev = Device::Cpu;
-    let config = PixArtConfig {
-        num_attention_heads: 2,
-        attention_head_dim: 16,
-        in_channels: 4,
-        out_channels: 8,
-        num_layers: 2,
-        sample_size: 8,
-        patch_size: 2,
-        caption_channels: 16,
-        interpolation_scale: Some(1.0),
-        norm_eps: 1e-6,
-    };
+    let config = tiny_pixart(16, 8);
     let mut rng = Rng::new(7);
     let mask: Vec<f32> = (0..2 * 12).map(|i| if i % 12 < [9, 5][i / 12] { 1.0 } else { 0.0 }).collect();
     let batch = Batch {

@@ -5,7 +5,7 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use common::caches::{opts, pipeline, t5_config, tiny_vae, vae_config};
+use common::caches::{opts, pipeline, t5_config, tiny_pixart, tiny_vae, vae_config};
 use pixforge::latents::cache::{t5_stage, vae_stage, FeatureDType};
 use pixforge::train::observe::LogLine;
 use std::path::{Path, PathBuf};
@@ -336,18 +336,7 @@ fn fine_tunes_from_a_diffusers_folder() {
     let dir = tempfile::tempdir().unwrap();
     cached_photos(dir.path());
     // A PixArt (no micro-conditions) of hidden 48 (divisible by 3, as PixArtMS needs), in diffusers' layout.
-    let shape = pixforge::train::model::PixArtConfig {
-        num_attention_heads: 2,
-        attention_head_dim: 24,
-        in_channels: 4,
-        out_channels: 8,
-        num_layers: 2,
-        sample_size: 8,
-        patch_size: 2,
-        caption_channels: 16,
-        interpolation_scale: Some(1.0),
-        norm_eps: 1e-6,
-    };
+    let shape = tiny_pixart(24, 8);
     let pretrained = dir.path().join("pretrained");
     pixforge::train::init::init(shape, false, 120, 5, &Device::Cpu).unwrap().save_diffusers(&pretrained).unwrap();
     let cfg_path = config(dir.path(), "ft", 3, 4, "", "");

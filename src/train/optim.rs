@@ -128,7 +128,7 @@ impl AdamW {
 /// `clip_grad_norm_(max_norm)`: the 2-norm over all gradients together; when it exceeds `max_norm`
 /// every gradient is scaled by `max_norm / (norm + 1e-6)`. Returns the norm before clipping.
 pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
-    let (norm, coef) = grad_norm_and_scale(grads, max_norm)?;
+    let (norm, coef) = grad_norm_and_scale(grads, max_norm, 1.0)?;
     if coef < 1.0 {
         for g in grads.iter_mut() {
             *g = (&*g * coef)?;
@@ -137,9 +137,11 @@ pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
     Ok(norm)
 }
 
-/// The global 2-norm of `grads` and the factor `clip_grad_norm_(max_norm)` would scale them by
-/// (`max_norm / (norm + 1e-6)` when the norm exceeds `max_norm`, else 1), without scaling them.
-pub fn grad_norm_and_scale(grads: &[Tensor], max_norm: f64) -> Result<(f64, f64)> {
+/// The global 2-norm of the gradients `grads / loss_scale` (`loss_scale` 1 but under f16's loss
+/// scaling) and the factor that turns `grads` into them clipped as `clip_grad_norm_(max_norm)` does
+/// (`max_norm / (norm + 1e-6)` when the norm exceeds `max_norm`, else 1; times `1 / loss_scale`),
+/// without scaling them.
+pub fn grad_norm_and_scale(grads: &[Tensor], max_norm: f64, loss_scale: f64) -> Result<(f64, f64)> {
     let mut sum = 0f64;
     for g in grads.iter() {
         sum += if super::optim_cpu::applies(&[g]) {
@@ -148,8 +150,8 @@ pub fn grad_norm_and_scale(grads: &[Tensor], max_norm: f64) -> Result<(f64, f64)
             g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?
         };
     }
-    let norm = sum.sqrt();
-    Ok((norm, (max_norm / (norm + 1e-6)).min(1.0)))
+    let norm = sum.sqrt() / loss_scale;
+    Ok((norm, (max_norm / (norm + 1e-6)).min(1.0) / loss_scale))
 }
 
 /// The exponential moving average of the weights (`ema ← decay·ema + (1 − decay)·p`).

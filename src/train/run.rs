@@ -195,7 +195,6 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
     let effective_batch = cfg.data.batch_size * cfg.grad_accum * world;
     let schedule = cfg.lr_schedule();
 
-    let precision = super::precision::Precision::parse(&cfg.precision)?;
     let (mut trainer, mut state) = match &from {
         Some(dir) => {
             let ck = checkpoint::load(dir, &device)?;
@@ -212,10 +211,6 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
             t.rng = Rng::from_state(ck.state.trainer_rng);
             t.skipped = ck.state.skipped;
             t.skipped_in_a_row = ck.state.skipped_in_a_row;
-            t.set_precision(precision);
-            if let (Some(scale), Some(saved)) = (t.loss_scale.as_mut(), ck.state.loss_scale) {
-                *scale = saved;
-            }
             (t, ck.state)
         }
         None => {
@@ -233,12 +228,14 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
                 model: model.config.clone(),
                 config_digest: cfg.digest(),
             };
-            let mut t = Trainer::new(model, cfg.optimizer, cfg.ema_decay, cfg.seed.wrapping_add(1))?;
-            t.set_precision(precision);
-            (t, state)
+            (Trainer::new(model, cfg.optimizer, cfg.ema_decay, cfg.seed.wrapping_add(1))?, state)
         }
     };
     trainer.max_skipped_in_a_row = cfg.max_skipped_in_a_row;
+    trainer.set_precision(super::precision::Precision::parse(&cfg.precision)?);
+    if trainer.loss_scale.is_some() && state.loss_scale.is_some() {
+        trainer.loss_scale = state.loss_scale; // resumed: the scale where the checkpoint left it
+    }
     let start_step = state.step;
     let mut data_rng = Rng::from_state(state.data_rng);
     let mut log = StepLog::open(out, state.step)?;

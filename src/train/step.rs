@@ -79,11 +79,15 @@ impl Trainer {
         self.loss_scale = (precision == Precision::F16).then(LossScale::default);
     }
 
-    /// The hybrid loss of one batch (its per-sample terms) and the gradients of `mean loss · scale`.
+    /// The hybrid loss of one batch (its per-sample terms) and the gradients of
+    /// `mean loss · scale · loss_scale`, computed by `compute` (the weights cast to 16 bits) if given,
+    /// else by the model.
     fn loss_and_grads(
         &mut self,
+        compute: Option<&PixArt>,
         batch: &Batch,
         scale: f64,
+        loss_scale: f64,
     ) -> anyhow::Result<(super::diffusion::Losses, candle_core::backprop::GradStore)> {
         let x0 = &batch.latents;
         let (b, dev) = (x0.dim(0)?, x0.device().clone());
@@ -104,17 +108,16 @@ impl Trainer {
         let micro = self.model.has_micro_conditions().then_some((&batch.img_hw, &batch.aspect_ratio));
         let mut kept = None;
         let diffusion = &self.diffusion;
-        let loss_scale = self.loss_scale.map_or(1.0, |s| s.scale);
         let loss_fn = |out: &Tensor| {
             let losses = diffusion.training_losses(&out.to_dtype(x0.dtype())?, x0, &x_t, &t, &noise)?;
             let loss = (losses.loss.mean_all()? * (scale * loss_scale))?;
             kept = Some(losses);
             Ok(loss)
         };
-        let (_, grads) = match self.precision {
-            Precision::F32 => self.model.loss_and_grads((&x_t, &timesteps, &caption, &batch.mask), micro, loss_fn)?,
-            p => {
-                let (model, dt) = (self.model.cast(p.dtype())?, p.dtype());
+        let (_, grads) = match compute {
+            None => self.model.loss_and_grads((&x_t, &timesteps, &caption, &batch.mask), micro, loss_fn)?,
+            Some(model) => {
+                let dt = self.precision.dtype();
                 let micro = match micro {
                     Some((a, b)) => Some((a.to_dtype(dt)?, b.to_dtype(dt)?)),
                     None => None,
@@ -142,8 +145,13 @@ impl Trainer {
         let (mut loss_v, mut mse, mut vb) = (0.0, 0.0, 0.0);
         let mut grads: Vec<Tensor> = Vec::new();
         let loss_scale = self.loss_scale.map_or(1.0, |s| s.scale);
+        // Mixed precision: one 16-bit copy of the weights for all the micro-batches of this step.
+        let compute = match self.precision {
+            Precision::F32 => None,
+            p => Some(self.model.cast(p.dtype())?),
+        };
         for batch in batches {
-            let (losses, store) = self.loss_and_grads(batch, 1.0 / n)?;
+            let (losses, store) = self.loss_and_grads(compute.as_ref(), batch, 1.0 / n, loss_scale)?;
             let mean =
                 |x: &Tensor| -> anyhow::Result<f64> { Ok(x.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
             loss_v += mean(&losses.loss)? / n;
@@ -153,7 +161,6 @@ impl Trainer {
                 // Detached: a gradient our fused ops computed from tracked tensors would otherwise keep
                 // the step's whole graph (activations included) alive in the optimizer's moments.
                 let g = match store.get(v.as_tensor()) {
-                    Some(g) if loss_scale != 1.0 => (g.detach() / loss_scale)?,
                     Some(g) => g.detach(),
                     None => v.zeros_like()?,
                 };
@@ -165,7 +172,8 @@ impl Trainer {
             }
         }
         // The norm before clipping; a non-finite one (or loss) skips the step, the clipped gradients unused.
-        let (grad_norm, grad_scale) = grad_norm_and_scale(&grads, max_grad_norm)?;
+        // The gradients are still multiplied by the loss scale: the factor divides it out as AdamW reads them.
+        let (grad_norm, grad_scale) = grad_norm_and_scale(&grads, max_grad_norm, loss_scale)?;
         if let Some(ls) = self.loss_scale.as_mut() {
             // f16: an overflow of the scaled gradients (the loss itself finite) halves the scale and
             // skips the step without counting as a failure, as GradScaler does, until the scale is 1.

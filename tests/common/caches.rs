@@ -87,3 +87,19 @@ pub fn tiny_vae(dir: &Path) -> PathBuf {
     pixforge::models::init_tiny(pixforge::models::ModelKind::Vae, &out, false, 3).unwrap();
     out
 }
+
+/// A tiny PixArt shape: 2 blocks of 2 heads, patch 2, 16 caption channels, no micro-conditions.
+pub fn tiny_pixart(head_dim: usize, sample_size: usize) -> pixforge::train::model::PixArtConfig {
+    pixforge::train::model::PixArtConfig {
+        num_attention_heads: 2,
+        attention_head_dim: head_dim,
+        in_channels: 4,
+        out_channels: 8,
+        num_layers: 2,
+        sample_size,
+        patch_size: 2,
+        caption_channels: 16,
+        interpolation_scale: Some(1.0),
+        norm_eps: 1e-6,
+    }
+}
