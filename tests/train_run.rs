@@ -206,6 +206,53 @@ fn killed_training_resumes_exactly() {
     }
 }
 
+/// f16 training keeps its dynamic loss scale across a resume: a run stopped at step 12 and resumed
+/// to 24 logs the same steps (skips included) and ends with the same loss scale (factor and good-step
+/// count), weights and optimizer state as 24 steps straight. Without the scale in `state.json` the
+/// resumed run would restart the count at 0 (and at 65536).
+#[test]
+fn f16_loss_scale_survives_a_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    cached_photos(dir.path());
+    let (top, ck) = ("precision = \"f16\"", "[checkpoints]\nevery = 8\nkeep_last = 3");
+    let straight = config(dir.path(), "straight", 24, 2, top, ck);
+    let out = train(&straight, false);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let first = config(dir.path(), "cut", 12, 2, top, ck);
+    let out = train(&first, false);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rest = config(dir.path(), "cut", 24, 2, top, ck);
+    let out = train(&rest, true);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let (a, b) = (log_of(&dir.path().join("straight")), log_of(&dir.path().join("cut")));
+    assert_eq!((a.len(), b.len()), (24, 24), "each step logged once");
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(
+            (x.step, x.loss, x.grad_norm, x.skipped),
+            (y.step, y.loss, y.grad_norm, y.skipped),
+            "step {}",
+            x.step
+        );
+    }
+    let last = "checkpoints/step_0000024";
+    let scale = |run: &str| -> serde_json::Value {
+        let text = std::fs::read_to_string(dir.path().join(run).join(last).join("state.json")).unwrap();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()["loss_scale"].clone()
+    };
+    let (s, c) = (scale("straight"), scale("cut"));
+    let good = s["good_steps"].as_u64().expect("an f16 run saves its loss scale");
+    assert!(good > 12, "the good-step count runs on past the cut: {s}");
+    assert_eq!(s, c, "the loss scale after the resume");
+    for f in ["model.safetensors", "optimizer.safetensors"] {
+        let (x, y) = (
+            tensors(&dir.path().join("straight").join(last).join(f)),
+            tensors(&dir.path().join("cut").join(last).join(f)),
+        );
+        assert!(x == y, "{f} differs after the resume");
+    }
+}
+
 /// Sets the VAE cache's means to NaN: every sample of shard `shard`, or (with `first_only`) the
 /// first row of each of its tensors.
 fn poison(vae_dir: &Path, shard: &str, first_only: bool) {
