@@ -111,19 +111,23 @@ fn taped_training_path_matches_autograd() {
     let t = Tensor::from_vec(s.t.iter().map(|&t| t as f64).collect::<Vec<_>>(), s.t.len(), &Device::Cpu).unwrap();
     let micro = Some((&s.io["resolution"], &s.io["aspect_ratio"]));
     let inputs = (&x_t, &t, &s.io["caption"], &s.io["mask"]);
-    let (loss, got) = s
-        .model
-        .loss_and_grads(inputs, micro, |out| {
-            d.training_losses(out, &s.io["latents"], &x_t, &s.t, &s.noise)?.loss.mean_all()
-        })
-        .unwrap();
-    let scalar = |t: &Tensor| t.to_scalar::<f64>().unwrap();
-    assert!((scalar(&loss) - scalar(&want_loss)).abs() < 1e-12 * scalar(&want_loss).abs());
-    for (name, var) in &s.vars {
-        let (a, e) = (got.get(var.as_tensor()), want.get(var.as_tensor()));
-        let (a, e) = (a.unwrap_or_else(|| panic!("{name}: no gradient")), e.unwrap());
-        let diff = scalar(&(a - e).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap());
-        let size = scalar(&e.abs().unwrap().flatten_all().unwrap().max(0).unwrap());
-        assert!(diff <= 1e-10 * size.max(1e-3), "{name}: gradients differ by {diff} (largest {size})");
+    // Twice: the second run gets the first one's recycled buffers (ops::pool) and must not see their
+    // old values.
+    for run in 0..2 {
+        let (loss, got) = s
+            .model
+            .loss_and_grads(inputs, micro, |out| {
+                d.training_losses(out, &s.io["latents"], &x_t, &s.t, &s.noise)?.loss.mean_all()
+            })
+            .unwrap();
+        let scalar = |t: &Tensor| t.to_scalar::<f64>().unwrap();
+        assert!((scalar(&loss) - scalar(&want_loss)).abs() < 1e-12 * scalar(&want_loss).abs(), "run {run}");
+        for (name, var) in &s.vars {
+            let (a, e) = (got.get(var.as_tensor()), want.get(var.as_tensor()));
+            let (a, e) = (a.unwrap_or_else(|| panic!("{name}: no gradient")), e.unwrap());
+            let diff = scalar(&(a - e).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap());
+            let size = scalar(&e.abs().unwrap().flatten_all().unwrap().max(0).unwrap());
+            assert!(diff <= 1e-10 * size.max(1e-3), "run {run}, {name}: gradients differ by {diff} (largest {size})");
+        }
     }
 }

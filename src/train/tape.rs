@@ -12,6 +12,7 @@
 
 use super::model::{fused_inputs, PixArt};
 use super::ops::kernels::Real;
+use super::ops::pool;
 use super::ops::{block_backward, block_forward, fused_block, BlockTape};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Result, Storage, Tensor, Var};
@@ -84,7 +85,7 @@ impl PixArt {
         let mut ran = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let weights = self.block_weights(i)?;
-            let mut params = Vec::with_capacity(weights.iter().map(|t| t.elem_count()).sum());
+            let mut params = pool::take_empty(weights.iter().map(|t| t.elem_count()).sum());
             for t in &weights {
                 extend_values(&mut params, t)?;
             }
@@ -107,17 +108,20 @@ impl PixArt {
         let mut block_grads = Vec::new();
         let mut dctx = vec![T::zero(); ctx_v.len()];
         for r in ran.into_iter().rev() {
-            let (dx, dc, dp) = block_backward(&r.tape, (&r.x, &ctx_v, &r.params), &g);
+            let (dx, dc, dp) = block_backward(r.tape, (&r.x, &ctx_v, &r.params), &g);
             dctx.iter_mut().zip(&dc).for_each(|(a, &d)| *a += d);
+            let params_len = r.params.len();
+            for done in [dc, r.x, r.params, std::mem::replace(&mut g, dx)] {
+                pool::give(done);
+            }
             // Every weight's gradient is a view into the block's one buffer (no copies).
-            let dp = Tensor::from_vec(dp, r.params.len(), &dev)?;
+            let dp = Tensor::from_vec(dp, params_len, &dev)?;
             let mut at = 0;
             for w in r.weights {
                 let len = w.elem_count();
                 block_grads.push((w, dp.narrow(0, at, len)?.reshape(w.shape())?));
                 at += len;
             }
-            g = dx;
         }
 
         // The embeddings' gradients: one backward pass of Σ x·dx + Σ ctx·dctx (+ Σ t_emb·dt_emb).

@@ -13,6 +13,7 @@ use super::attention::{self, Dims, View};
 use super::kernels::{
     contiguous, gelu_grad_row, gelu_row, layer_norm_grad_row, layer_norm_row, mm_with, Real, PARALLEL_MIN,
 };
+use super::pool::{give, take};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 use std::any::Any;
@@ -142,7 +143,7 @@ impl Sz {
     /// A buffer for the probabilities of an attention over `keys` keys, if they are to be kept.
     fn probability_buffer<T: Real>(&self, keys: usize, save: bool) -> Option<Vec<T>> {
         let len = self.b * self.heads * self.n * keys;
-        (save && len * std::mem::size_of::<T>() <= KEEP_PROBABILITIES).then(|| vec![T::zero(); len])
+        (save && len * std::mem::size_of::<T>() <= KEEP_PROBABILITIES).then(|| take(len))
     }
 }
 
@@ -167,6 +168,16 @@ struct Saved<T> {
     f1: Vec<T>,
     g1: Vec<T>,
     f2: Vec<T>,
+}
+
+impl<T: Real> Saved<T> {
+    /// Gives the activations back to the buffer pool once the backward has read them.
+    fn recycle(self) {
+        let Saved { mods, h1, m1, qkv, a1, o1, x1, q2, kv2, a2, p1, p2, x2, h2, m2, f1, g1, f2 } = self;
+        for v in [mods, h1, m1, qkv, a1, o1, x1, q2, kv2, a2, x2, h2, m2, f1, g1, f2].into_iter().chain(p1).chain(p2) {
+            give(v);
+        }
+    }
 }
 
 fn threads(work: usize) -> gemm::Parallelism {
@@ -287,7 +298,7 @@ fn linear_on<T: Real + 'static>(
     parallel: bool,
 ) -> Vec<T> {
     let m = b.len();
-    let mut out = vec![T::zero(); r * m];
+    let mut out = take(r * m); // bias_rows writes every value
     bias_rows(&mut out, b, add);
     x_wt(&mut out, true, x, w, (r, k, m), parallel);
     out
@@ -325,7 +336,7 @@ impl Sz {
     /// `h = LN(x)`, `m = h·(1 + scale) + shift` with the modulation rows `j`, `j + 1` (shift, scale).
     fn norm_modulate<T: Real>(&self, x: &[T], mods: &[T], j: usize) -> (Vec<T>, Vec<T>) {
         let c = self.c;
-        let (mut h, mut m) = (vec![T::zero(); x.len()], vec![T::zero(); x.len()]);
+        let (mut h, mut m) = (take(x.len()), take(x.len())); // every row written
         let one = T::one();
         rows2(&mut h, &mut m, c, |r, h, m| {
             let i = r / self.n;
@@ -341,7 +352,7 @@ impl Sz {
     /// `x + y·gate` with the modulation row `j` as the gate.
     fn gated<T: Real>(&self, x: &[T], y: &[T], mods: &[T], j: usize) -> Vec<T> {
         let c = self.c;
-        let mut out = vec![T::zero(); x.len()];
+        let mut out = take(x.len()); // every row written
         rows(&mut out, c, |r, o| {
             let gate = self.md(mods, r / self.n, j);
             let (x, y) = (&x[r * c..(r + 1) * c], &y[r * c..(r + 1) * c]);
@@ -409,7 +420,7 @@ impl Sz {
             let (g, y) = (&g[r * c..(r + 1) * c], &y[r * c..(r + 1) * c]);
             acc.iter_mut().zip(g.iter().zip(y)).for_each(|(a, (&g, &y))| *a += g * y)
         });
-        let mut dy = vec![T::zero(); g.len()];
+        let mut dy = take(g.len()); // every row written
         rows(&mut dy, c, |r, d| {
             let gate = self.md(mods, r / self.n, j);
             d.iter_mut().zip(&g[r * c..(r + 1) * c]).zip(gate).for_each(|((d, &g), &s)| *d = g * s);
@@ -429,7 +440,7 @@ fn forward<T: Real + 'static>(s: &Sz, bias: &[T], x: &[T], ctx: &[T], p: &[T], s
 
     let (h1, m1) = s.norm_modulate(x, &mods, 0);
     let qkv = linear(&m1, &p[o.wqkv..o.bqkv], &p[o.bqkv..o.wo], None, (r, c));
-    let mut a1 = vec![T::zero(); r * c];
+    let mut a1 = take(r * c); // attention writes every head's columns
     let views = (View::of(&qkv, 0, 3 * c), View::of(&qkv, c, 3 * c), View::of(&qkv, 2 * c, 3 * c));
     // SAFETY: qkv holds r rows of 3c, a1 r rows of c.
     let mut p1 = s.probability_buffer::<T>(s.n, save);
@@ -442,7 +453,7 @@ fn forward<T: Real + 'static>(s: &Sz, bias: &[T], x: &[T], ctx: &[T], p: &[T], s
         || linear_on(&x1, &p[o.wq2..o.bq2], &p[o.bq2..o.wkv2], None, (r, c), false),
         || linear_on(y, &p[o.wkv2..o.bkv2], &p[o.bkv2..o.wo2], None, (rl, c), false),
     );
-    let mut a2 = vec![T::zero(); r * c];
+    let mut a2 = take(r * c);
     let views = (View::of(&q2, 0, c), View::of(&kv2, 0, 2 * c), View::of(&kv2, c, 2 * c));
     // SAFETY: q2 holds r rows of c, kv2 rl rows of 2c, a2 r rows of c.
     let mut p2 = s.probability_buffer::<T>(s.l, save);
@@ -451,7 +462,7 @@ fn forward<T: Real + 'static>(s: &Sz, bias: &[T], x: &[T], ctx: &[T], p: &[T], s
 
     let (h2, m2) = s.norm_modulate(&x2, &mods, 3);
     let f1 = linear(&m2, &p[o.w1..o.b1], &p[o.b1..o.w2], None, (r, c));
-    let mut g1 = vec![T::zero(); r * ff];
+    let mut g1 = take(r * ff);
     rows(&mut g1, ff, |i, out| gelu_row(&f1[i * ff..(i + 1) * ff], out));
     let f2 = linear(&g1, &p[o.w2..o.b2], &p[o.b2..o.total], None, (r, ff));
     let out = s.gated(&x2, &f2, &mods, 5);
@@ -476,47 +487,53 @@ fn backward<T: Real + 'static>(
 
     // MLP: out = x2 + gate_mlp·(W2 gelu(W1 m2 + b1) + b2).
     let df2 = s.gated_grad(&mut dmods, &v.mods, 5, g, &v.f2);
-    let mut dg1 = vec![T::zero(); r * ff];
+    // Buffers from the pool: each is written in full (products without accumulation, attention).
+    let mut dg1 = take(r * ff);
     linear_back((p, &mut dp), o.w2, (&df2, &v.g1), (&mut dg1, false), (r, ff, c));
+    give(df2);
     let f1 = &v.f1;
     rows(&mut dg1, ff, |i, d| gelu_grad_row(&f1[i * ff..(i + 1) * ff], d));
-    let mut dm2 = vec![T::zero(); r * c];
+    let mut dm2 = take(r * c);
     linear_back((p, &mut dp), o.w1, (&dg1, &v.m2), (&mut dm2, false), (r, c, ff));
-    drop(dg1);
+    give(dg1);
     let mut dx2 = g.to_vec();
     s.norm_modulate_grad(&mut dmods, &v.mods, 3, &dm2, &v.h2, &v.x2, &mut dx2);
+    give(dm2);
 
     // Cross-attention: x2 = x1 + Wo2 attn(Wq2 x1, Wkv2 y) + bo2.
-    let mut da2 = vec![T::zero(); r * c];
+    let mut da2 = take(r * c);
     linear_back((p, &mut dp), o.wo2, (&dx2, &v.a2), (&mut da2, false), (r, c, c));
-    let (mut dq2, mut dkv2) = (vec![T::zero(); r * c], vec![T::zero(); rl * 2 * c]);
+    let (mut dq2, mut dkv2) = (take(r * c), take(rl * 2 * c));
     let views = (View::of(&v.q2, 0, c), View::of(&v.kv2, 0, 2 * c), View::of(&v.kv2, c, 2 * c));
     let grads = (View::of_mut(&mut dq2, 0, c), View::of_mut(&mut dkv2, 0, 2 * c), View::of_mut(&mut dkv2, c, 2 * c));
     // SAFETY: the views cover their buffers' rows; the dk and dv views interleave without overlap.
     unsafe { attention::backward(&s.attn(s.l), scale, bias, views, View::of(&da2, 0, c), grads, v.p2.as_deref()) };
-    drop(da2);
+    give(da2);
     let mut dx1 = dx2;
     linear_back((p, &mut dp), o.wq2, (&dq2, &v.x1), (&mut dx1, true), (r, c, c));
-    let mut dctx = vec![T::zero(); rl * c + s.b * 6 * c];
+    give(dq2);
+    let mut dctx = take(rl * c + s.b * 6 * c);
     linear_back((p, &mut dp), o.wkv2, (&dkv2, y), (&mut dctx[..rl * c], false), (rl, c, 2 * c));
+    give(dkv2);
 
     // Self-attention: x1 = x + gate_msa·(Wo attn(Wqkv m1 + bqkv) + bo).
     let do1 = s.gated_grad(&mut dmods, &v.mods, 2, &dx1, &v.o1);
-    let mut da1 = vec![T::zero(); r * c];
+    let mut da1 = take(r * c);
     linear_back((p, &mut dp), o.wo, (&do1, &v.a1), (&mut da1, false), (r, c, c));
-    drop(do1);
-    let mut dqkv = vec![T::zero(); r * 3 * c];
+    give(do1);
+    let mut dqkv = take(r * 3 * c);
     let views = (View::of(&v.qkv, 0, 3 * c), View::of(&v.qkv, c, 3 * c), View::of(&v.qkv, 2 * c, 3 * c));
     let grads =
         (View::of_mut(&mut dqkv, 0, 3 * c), View::of_mut(&mut dqkv, c, 3 * c), View::of_mut(&mut dqkv, 2 * c, 3 * c));
     // SAFETY: as above, the three gradient views interleave without overlap.
     unsafe { attention::backward(&s.attn(s.n), scale, &[], views, View::of(&da1, 0, c), grads, v.p1.as_deref()) };
-    drop(da1);
-    let mut dm1 = vec![T::zero(); r * c];
+    give(da1);
+    let mut dm1 = take(r * c);
     linear_back((p, &mut dp), o.wqkv, (&dqkv, &v.m1), (&mut dm1, false), (r, c, 3 * c));
-    drop(dqkv);
+    give(dqkv);
     let mut dx = dx1;
     s.norm_modulate_grad(&mut dmods, &v.mods, 0, &dm1, &v.h1, x, &mut dx);
+    give(dm1);
 
     // The modulation: mods = scale_shift_table + t0.
     for item in dmods.chunks(6 * c) {
@@ -545,7 +562,9 @@ impl Block {
             Some(saved) => *saved,
             None => forward(s, &bias, ins.0, ins.1, ins.2, true).1,
         };
-        backward(s, &bias, ins, &saved, g)
+        let grads = backward(s, &bias, ins, &saved, g);
+        saved.recycle();
+        grads
     }
 }
 
@@ -658,7 +677,9 @@ pub fn forward_taped<T: Real + 'static>(
 }
 
 /// The gradients of `x`, `ctx` and the packed parameters of a [`forward_taped`] block for its output
-/// gradient `g`, given the same inputs.
-pub fn backward_taped<T: Real + 'static>(tape: &Tape<T>, ins: (&[T], &[T], &[T]), g: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
-    backward(&tape.sz, &tape.bias, ins, &tape.saved, g)
+/// gradient `g`, given the same inputs. The tape's buffers go back to the pool.
+pub fn backward_taped<T: Real + 'static>(tape: Tape<T>, ins: (&[T], &[T], &[T]), g: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let grads = backward(&tape.sz, &tape.bias, ins, &tape.saved, g);
+    tape.saved.recycle();
+    grads
 }

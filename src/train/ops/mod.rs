@@ -11,6 +11,7 @@ mod block;
 mod cpu;
 pub(crate) mod kernels;
 mod linear;
+pub(crate) mod pool;
 
 use candle_core::{DType, Result, Tensor, D};
 
