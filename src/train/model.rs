@@ -5,7 +5,7 @@
 //! checkpoints load through [`super::keys`]; [`PixArt::trainable`] makes the weights variables.
 //!
 //! Every op here records gradients: the hot ones are our fused differentiable kernels
-//! ([`super::ops`]), never candle_nn's fused ones (which record none).
+//! (`train::ops`), never candle_nn's fused ones (which record none).
 
 use super::ops::{attention, fused_block, gated_add, gelu, layer_norm, linear, modulate, pixart_block, BLOCK_PARAMS};
 use candle_core::{DType, Device, Result, Tensor, Var};
@@ -231,7 +231,8 @@ impl PixArt {
         Ok(PixArt { config: self.config.clone(), w, pos_cache: Default::default() })
     }
 
-    fn p(&self, key: &str) -> Result<&Tensor> {
+    /// The weight named `key` (diffusers names).
+    pub(crate) fn p(&self, key: &str) -> Result<&Tensor> {
         self.w.get(key).ok_or_else(|| candle_core::Error::Msg(format!("missing weight {key:?}")))
     }
 
@@ -336,7 +337,8 @@ impl PixArt {
 
     /// The blocks and the head over [`PixArt::embed`]'s output: the model output.
     pub(crate) fn blocks_and_head(&self, e: &Embedded) -> Result<Tensor> {
-        let blocks = Blocks::new(&e.x, &e.y, &e.t0, &e.bias)?;
+        let y = e.y.as_ref().ok_or_else(|| candle_core::Error::Msg("the projected caption is missing".into()))?;
+        let blocks = Blocks::new(&e.x, y, &e.t0, &e.bias)?;
         let mut x = e.x.clone();
         for i in 0..self.config.num_layers {
             x = self.block(i, &x, &blocks)?;
@@ -354,6 +356,19 @@ impl PixArt {
         mask: &Tensor,
         micro: Option<(&Tensor, &Tensor)>,
     ) -> Result<Embedded> {
+        let mut e = self.embed_latents(latents, timestep, mask, micro)?;
+        e.y = Some(self.project_caption(caption)?);
+        Ok(e)
+    }
+
+    /// [`PixArt::embed`] without the caption projection (`y` is `None`).
+    pub(crate) fn embed_latents(
+        &self,
+        latents: &Tensor,
+        timestep: &Tensor,
+        mask: &Tensor,
+        micro: Option<(&Tensor, &Tensor)>,
+    ) -> Result<Embedded> {
         let c = &self.config;
         let (b, ch, hh, ww) = latents.dims4()?;
         let p = c.patch_size;
@@ -368,10 +383,14 @@ impl PixArt {
 
         let t_emb = self.time_embedding(timestep, micro, x.dtype())?;
         let t0 = self.lin(&t_emb.silu()?, "adaln_single.linear")?.reshape((b, 6, hidden))?;
-        let y = gelu(&self.lin(caption, "caption_projection.linear_1")?)?;
-        let y = self.lin(&y, "caption_projection.linear_2")?;
         let bias = mask.to_dtype(x.dtype())?.affine(10000.0, -10000.0)?;
-        Ok(Embedded { x, t_emb, t0, y, bias, grid: (b, gh, gw) })
+        Ok(Embedded { x, t_emb, t0, y: None, bias, grid: (b, gh, gw) })
+    }
+
+    /// The caption projection (`y_embedder`): `gelu(caption W1ᵀ + b1) W2ᵀ + b2`, `[B, L, C]`.
+    pub(crate) fn project_caption(&self, caption: &Tensor) -> Result<Tensor> {
+        let y = gelu(&self.lin(caption, "caption_projection.linear_1")?)?;
+        self.lin(&y, "caption_projection.linear_2")
     }
 
     /// The final layer (adaLN-modulated norm and projection) and unpatchify of the blocks' output.
@@ -402,13 +421,13 @@ impl PixArt {
 }
 
 /// The inputs of the blocks and the head: tokens `x` `[B, N, C]`, the timestep embedding `t_emb`
-/// `[B, C]`, the adaLN input `t0` `[B, 6, C]`, the projected caption `y` `[B, L, C]`, the caption
-/// key bias `[B, L]` and (batch, grid height, grid width).
+/// `[B, C]`, the adaLN input `t0` `[B, 6, C]`, the projected caption `y` `[B, L, C]` (`None` where
+/// the caller projects it itself), the caption key bias `[B, L]` and (batch, grid height, grid width).
 pub(crate) struct Embedded {
     pub x: Tensor,
     pub t_emb: Tensor,
     pub t0: Tensor,
-    pub y: Tensor,
+    pub y: Option<Tensor>,
     pub bias: Tensor,
     pub grid: (usize, usize, usize),
 }
@@ -431,7 +450,7 @@ impl Blocks {
 
 /// What the fused blocks read besides `x`: `ctx` (`y` and `t0` flattened and joined) and the caption
 /// key bias as values.
-pub(crate) fn fused_inputs(y: &Tensor, t0: &Tensor, bias: &Tensor) -> Result<(Tensor, Vec<f64>)> {
+fn fused_inputs(y: &Tensor, t0: &Tensor, bias: &Tensor) -> Result<(Tensor, Vec<f64>)> {
     let ctx = Tensor::cat(&[y.flatten_all()?, t0.flatten_all()?], 0)?;
     Ok((ctx, bias.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?))
 }

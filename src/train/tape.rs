@@ -7,13 +7,17 @@
 //! The graph is cut at the blocks' input and output: the head and loss run on leaf variables (the
 //! blocks' output and a copy of the timestep embedding), their gradients go backward through the
 //! blocks by hand, and the embeddings' weights get theirs from one backward pass of
-//! `Σ x·dx + Σ ctx·dctx + Σ t_emb·dt_emb` (the gradients held constant), which is exactly the chain
-//! rule through them. Elsewhere (other devices, f16/bf16) it is the plain autograd path.
+//! `Σ x·dx + Σ t0·dt0 + Σ t_emb·dt_emb` (the gradients held constant), which is exactly the chain
+//! rule through them. The caption projection, the largest part before the blocks, runs by hand
+//! forward and backward (`ops::caption`) unless the caption itself needs a gradient.
+//! Elsewhere (other devices, f16/bf16) it is the plain autograd path.
 
-use super::model::{fused_inputs, PixArt};
+use super::model::PixArt;
 use super::ops::kernels::Real;
 use super::ops::pool;
-use super::ops::{block_backward, block_forward, fused_block, BlockTape};
+use super::ops::{
+    block_backward, block_forward, caption_backward, caption_forward, fused_block, BlockTape, CaptionWeights,
+};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Result, Storage, Tensor, Var};
 
@@ -28,6 +32,18 @@ fn extend_values<T: Real>(dst: &mut Vec<T>, t: &Tensor) -> Result<()> {
     }
     dst.extend(t.flatten_all()?.to_vec1::<T>()?);
     Ok(())
+}
+
+/// The caption projection's weights, in [`CaptionWeights`]' order.
+const CAPTION_WEIGHTS: [&str; 4] = [
+    "caption_projection.linear_1.weight",
+    "caption_projection.linear_1.bias",
+    "caption_projection.linear_2.weight",
+    "caption_projection.linear_2.bias",
+];
+
+fn caption_weights<T>(w: &[Vec<T>]) -> CaptionWeights<'_, T> {
+    CaptionWeights { w1: &w[0], b1: &w[1], w2: &w[2], b2: &w[3] }
 }
 
 fn values<T: Real>(t: &Tensor) -> Result<Vec<T>> {
@@ -56,15 +72,20 @@ impl PixArt {
         micro: Option<(&Tensor, &Tensor)>,
         loss: impl FnOnce(&Tensor) -> Result<Tensor>,
     ) -> Result<(Tensor, GradStore)> {
-        let e = self.embed(latents, timestep, caption, mask, micro)?;
+        let mut e = self.embed_latents(latents, timestep, mask, micro)?;
         if !fused_block(&e.x) {
+            e.y = Some(self.project_caption(caption)?);
             let value = loss(&self.blocks_and_head(&e)?)?;
             let grads = value.backward()?;
             return Ok((value, grads));
         }
+        if caption.track_op() {
+            // The caption itself needs a gradient: its projection stays in candle's graph.
+            e.y = Some(self.project_caption(caption)?);
+        }
         match e.x.dtype() {
-            DType::F32 => self.taped::<f32>(e, loss),
-            DType::F64 => self.taped::<f64>(e, loss),
+            DType::F32 => self.taped::<f32>(e, caption, loss),
+            DType::F64 => self.taped::<f64>(e, caption, loss),
             other => candle_core::bail!("the fused CPU path runs f32 or f64, not {other:?}"),
         }
     }
@@ -72,14 +93,33 @@ impl PixArt {
     fn taped<T: Real + 'static>(
         &self,
         e: super::model::Embedded,
+        caption: &Tensor,
         loss: impl FnOnce(&Tensor) -> Result<Tensor>,
     ) -> Result<(Tensor, GradStore)> {
         let c = &self.config;
         let dev = Device::Cpu;
         let (b, n, hidden) = e.x.dims3()?;
-        let l = e.y.dim(1)?;
-        let (ctx, key_bias) = fused_inputs(&e.y, &e.t0, &e.bias)?;
-        let ctx_v: Vec<T> = values(&ctx)?;
+        let l = caption.dim(1)?;
+        let key_bias = e.bias.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+        // What the blocks read: the projected caption, then the adaLN input. The projection runs by
+        // hand (its weights' gradients below) unless `embed` left it in candle's graph.
+        let y_len = b * l * hidden;
+        let mut ctx_v: Vec<T> = pool::take_empty(y_len + e.t0.elem_count());
+        let projection = match &e.y {
+            Some(y) => {
+                extend_values(&mut ctx_v, y)?;
+                None
+            }
+            None => {
+                let captions = values::<T>(caption)?;
+                let weights = CAPTION_WEIGHTS.iter().map(|n| values::<T>(self.p(n)?)).collect::<Result<Vec<_>>>()?;
+                let (y, tape) = caption_forward(&captions, &caption_weights(&weights), b * l);
+                ctx_v.extend_from_slice(&y);
+                pool::give(y);
+                Some((captions, weights, tape))
+            }
+        };
+        extend_values(&mut ctx_v, &e.t0)?;
 
         let mut x: Vec<T> = values(&e.x)?;
         let mut ran = Vec::with_capacity(c.num_layers);
@@ -124,14 +164,27 @@ impl PixArt {
             }
         }
 
-        // The embeddings' gradients: one backward pass of Σ x·dx + Σ ctx·dctx (+ Σ t_emb·dt_emb).
+        // The embeddings' gradients: one backward pass of Σ x·dx + Σ t0·dt0 (+ Σ y·dy when the
+        // caption projection is in the graph, + Σ t_emb·dt_emb).
         let dx = Tensor::from_vec(g, (b, n, hidden), &dev)?;
-        let dctx = Tensor::from_vec(dctx, ctx.shape(), &dev)?;
-        let mut surrogate = ((&e.x * dx)?.sum_all()? + (&ctx * dctx)?.sum_all()?)?;
+        let dt0 = Tensor::from_vec(dctx[y_len..].to_vec(), e.t0.shape(), &dev)?;
+        let mut surrogate = ((&e.x * dx)?.sum_all()? + (&e.t0 * dt0)?.sum_all()?)?;
+        if let Some(y) = &e.y {
+            let dy = Tensor::from_vec(dctx[..y_len].to_vec(), y.shape(), &dev)?;
+            surrogate = (surrogate + (y * dy)?.sum_all()?)?;
+        }
         if let Some(d) = head_grads.get(t_emb.as_tensor()) {
             surrogate = (surrogate + (&e.t_emb * d)?.sum_all()?)?;
         }
         let mut grads = surrogate.backward()?;
+        if let Some((captions, weights, tape)) = projection {
+            let got = caption_backward(tape, &captions, &caption_weights(&weights), &dctx[..y_len]);
+            for (name, grad) in CAPTION_WEIGHTS.iter().zip(got) {
+                let w = self.p(name)?;
+                grads.insert(w, Tensor::from_vec(grad, w.shape(), &dev)?);
+            }
+        }
+        pool::give(ctx_v);
         for w in self.weights().values() {
             if let Some(g) = head_grads.get(w) {
                 let sum = match grads.get(w) {

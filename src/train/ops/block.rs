@@ -191,7 +191,7 @@ fn threads(work: usize) -> gemm::Parallelism {
 
 /// `dst (m×n) = [dst +] lhs · rhs` over row-major buffers given as (pointer, column stride, row stride),
 /// on every thread when `parallel` (and the product is large enough), else on this one.
-fn product<T: Real + 'static>(
+pub(super) fn product<T: Real + 'static>(
     parallel: bool,
     (m, n, k): (usize, usize, usize),
     dst: &mut [T],
@@ -230,17 +230,23 @@ fn x_wt<T: Real + 'static>(
 }
 
 /// `dw [m, k] = dyᵀ · x` (one thread) for `dy` `[r, m]`, `x` `[r, k]`.
-fn dyt_x<T: Real + 'static>(dw: &mut [T], dy: &[T], x: &[T], (r, k, m): (usize, usize, usize)) {
+pub(super) fn dyt_x<T: Real + 'static>(dw: &mut [T], dy: &[T], x: &[T], (r, k, m): (usize, usize, usize)) {
     product(false, (m, k, r), dw, false, (dy, m as isize, 1), (x, 1, k as isize));
 }
 
 /// `dx [r, k] = [dx +] dy · w` (one thread) for `dy` `[r, m]`, `w` `[m, k]`.
-fn dy_w<T: Real + 'static>(dx: &mut [T], accumulate: bool, dy: &[T], w: &[T], (r, k, m): (usize, usize, usize)) {
+pub(super) fn dy_w<T: Real + 'static>(
+    dx: &mut [T],
+    accumulate: bool,
+    dy: &[T],
+    w: &[T],
+    (r, k, m): (usize, usize, usize),
+) {
     product(false, (r, k, m), dx, accumulate, (dy, 1, m as isize), (w, 1, k as isize));
 }
 
 /// Rows of `out` (width `w`) given to `f(row, out_row)`, in parallel chunks.
-fn rows<T: Real>(out: &mut [T], w: usize, f: impl Fn(usize, &mut [T]) + Send + Sync) {
+pub(super) fn rows<T: Real>(out: &mut [T], w: usize, f: impl Fn(usize, &mut [T]) + Send + Sync) {
     let per = (PARALLEL_MIN / w.max(1)).max(1);
     out.par_chunks_mut(per * w).enumerate().for_each(|(t, chunk)| {
         for (j, row) in chunk.chunks_mut(w).enumerate() {
@@ -260,7 +266,7 @@ fn rows2<T: Real>(a: &mut [T], b: &mut [T], w: usize, f: impl Fn(usize, &mut [T]
 }
 
 /// Column sums of `dy` `[r, m]` into `db` `[m]`.
-fn col_sums<T: Real>(db: &mut [T], dy: &[T], m: usize) {
+pub(super) fn col_sums<T: Real>(db: &mut [T], dy: &[T], m: usize) {
     const COLS: usize = 64;
     db.par_chunks_mut(COLS).enumerate().for_each(|(t, out)| {
         let start = t * COLS;
@@ -284,7 +290,13 @@ fn bias_rows<T: Real>(out: &mut [T], b: &[T], add: Option<&[T]>) {
 }
 
 /// `out = x Wᵀ + b` (plus `add`) for `x` `[r, k]`, `w` `[m, k]`.
-fn linear<T: Real + 'static>(x: &[T], w: &[T], b: &[T], add: Option<&[T]>, (r, k): (usize, usize)) -> Vec<T> {
+pub(super) fn linear<T: Real + 'static>(
+    x: &[T],
+    w: &[T],
+    b: &[T],
+    add: Option<&[T]>,
+    (r, k): (usize, usize),
+) -> Vec<T> {
     linear_on(x, w, b, add, (r, k), true)
 }
 

@@ -8,6 +8,7 @@
 
 mod attention;
 mod block;
+mod caption;
 mod cpu;
 pub(crate) mod kernels;
 mod linear;
@@ -110,6 +111,7 @@ pub fn fused_block(x: &Tensor) -> bool {
 }
 
 pub use block::{backward_taped as block_backward, forward_taped as block_forward, Tape as BlockTape};
+pub use caption::{caption_backward, caption_forward, CaptionWeights};
 
 /// The names of a PixArt block's weights (under `transformer_blocks.{i}.`) in the order
 /// [`pixart_block`] takes them packed.
