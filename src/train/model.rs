@@ -375,8 +375,7 @@ impl PixArt {
         let (gh, gw) = (hh / p, ww / p);
         let hidden = c.hidden();
         // Patch embedding: the stride-p convolution as a matmul over flattened patches.
-        let patches =
-            latents.reshape((b, ch, gh, p, gw, p))?.permute((0, 2, 4, 1, 3, 5))?.reshape((b, gh * gw, ch * p * p))?;
+        let patches = self.patches(latents)?;
         let conv_w = self.p("pos_embed.proj.weight")?.reshape((hidden, ch * p * p))?;
         let x = linear(&patches, &conv_w, self.p("pos_embed.proj.bias")?)?;
         let x = x.broadcast_add(&self.positions(gh, gw, x.dtype(), latents.device())?)?;
@@ -385,6 +384,14 @@ impl PixArt {
         let t0 = self.lin(&t_emb.silu()?, "adaln_single.linear")?.reshape((b, 6, hidden))?;
         let bias = mask.to_dtype(x.dtype())?.affine(10000.0, -10000.0)?;
         Ok(Embedded { x, t_emb, t0, y: None, bias, grid: (b, gh, gw) })
+    }
+
+    /// The latents `[B, C, H, W]` as flattened patches `[B, (H/p)·(W/p), C·p·p]`.
+    pub(crate) fn patches(&self, latents: &Tensor) -> Result<Tensor> {
+        let (b, ch, hh, ww) = latents.dims4()?;
+        let p = self.config.patch_size;
+        let (gh, gw) = (hh / p, ww / p);
+        latents.reshape((b, ch, gh, p, gw, p))?.permute((0, 2, 4, 1, 3, 5))?.reshape((b, gh * gw, ch * p * p))
     }
 
     /// The caption projection (`y_embedder`): `gelu(caption W1ᵀ + b1) W2ᵀ + b2`, `[B, L, C]`.

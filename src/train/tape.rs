@@ -6,17 +6,19 @@
 //!
 //! The graph is cut at the blocks' input and output: the head and loss run on leaf variables (the
 //! blocks' output and a copy of the timestep embedding), their gradients go backward through the
-//! blocks by hand, and the embeddings' weights get theirs from one backward pass of
-//! `Σ x·dx + Σ t0·dt0 + Σ t_emb·dt_emb` (the gradients held constant), which is exactly the chain
-//! rule through them. The caption projection, the largest part before the blocks, runs by hand
-//! forward and backward (`ops::caption`) unless the caption itself needs a gradient.
+//! blocks by hand, and the timestep embeddings' weights get theirs from one backward pass of
+//! `Σ t0·dt0 + Σ t_emb·dt_emb` (the gradients held constant), which is exactly the chain rule
+//! through them. The caption projection (the largest part before the blocks, forward and backward,
+//! `ops::caption`) and the patch embedding's weight gradients run by hand as well, unless the
+//! caption or the latents themselves need a gradient (then `Σ y·dy` and `Σ x·dx` join the pass).
 //! Elsewhere (other devices, f16/bf16) it is the plain autograd path.
 
 use super::model::PixArt;
 use super::ops::kernels::Real;
 use super::ops::pool;
 use super::ops::{
-    block_backward, block_forward, caption_backward, caption_forward, fused_block, BlockTape, CaptionWeights,
+    block_backward, block_forward, caption_backward, caption_forward, fused_block, linear_weight_grads, BlockTape,
+    CaptionWeights,
 };
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Result, Storage, Tensor, Var};
@@ -84,8 +86,8 @@ impl PixArt {
             e.y = Some(self.project_caption(caption)?);
         }
         match e.x.dtype() {
-            DType::F32 => self.taped::<f32>(e, caption, loss),
-            DType::F64 => self.taped::<f64>(e, caption, loss),
+            DType::F32 => self.taped::<f32>(e, (latents, caption), loss),
+            DType::F64 => self.taped::<f64>(e, (latents, caption), loss),
             other => candle_core::bail!("the fused CPU path runs f32 or f64, not {other:?}"),
         }
     }
@@ -93,7 +95,7 @@ impl PixArt {
     fn taped<T: Real + 'static>(
         &self,
         e: super::model::Embedded,
-        caption: &Tensor,
+        (latents, caption): (&Tensor, &Tensor),
         loss: impl FnOnce(&Tensor) -> Result<Tensor>,
     ) -> Result<(Tensor, GradStore)> {
         let c = &self.config;
@@ -166,9 +168,21 @@ impl PixArt {
 
         // The embeddings' gradients: one backward pass of Σ x·dx + Σ t0·dt0 (+ Σ y·dy when the
         // caption projection is in the graph, + Σ t_emb·dt_emb).
-        let dx = Tensor::from_vec(g, (b, n, hidden), &dev)?;
+        // The patch embedding `x = patches Wpᵀ + bp + positions` by hand too, unless the latents
+        // themselves need a gradient.
         let dt0 = Tensor::from_vec(dctx[y_len..].to_vec(), e.t0.shape(), &dev)?;
-        let mut surrogate = ((&e.x * dx)?.sum_all()? + (&e.t0 * dt0)?.sum_all()?)?;
+        let mut surrogate = (&e.t0 * dt0)?.sum_all()?;
+        let patch_grads = if latents.track_op() {
+            let dx = Tensor::from_vec(g, (b, n, hidden), &dev)?;
+            surrogate = (surrogate + (&e.x * dx)?.sum_all()?)?;
+            None
+        } else {
+            let patches = values::<T>(&self.patches(latents)?)?;
+            let k = patches.len() / (b * n);
+            let grads = linear_weight_grads(&g, &patches, (b * n, k, hidden));
+            pool::give(g);
+            Some(grads)
+        };
         if let Some(y) = &e.y {
             let dy = Tensor::from_vec(dctx[..y_len].to_vec(), y.shape(), &dev)?;
             surrogate = (surrogate + (y * dy)?.sum_all()?)?;
@@ -177,6 +191,12 @@ impl PixArt {
             surrogate = (surrogate + (&e.t_emb * d)?.sum_all()?)?;
         }
         let mut grads = surrogate.backward()?;
+        if let Some((dw, db)) = patch_grads {
+            for (name, grad) in [("pos_embed.proj.weight", dw), ("pos_embed.proj.bias", db)] {
+                let w = self.p(name)?;
+                grads.insert(w, Tensor::from_vec(grad, w.shape(), &dev)?);
+            }
+        }
         if let Some((captions, weights, tape)) = projection {
             let got = caption_backward(tape, &captions, &caption_weights(&weights), &dctx[..y_len]);
             for (name, grad) in CAPTION_WEIGHTS.iter().zip(got) {

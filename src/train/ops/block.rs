@@ -289,6 +289,14 @@ fn bias_rows<T: Real>(out: &mut [T], b: &[T], add: Option<&[T]>) {
     });
 }
 
+/// The weight and bias gradients `(dW [m, k], db [m])` of `y = x Wᵀ + b` for `dy` `[r, m]`, `x`
+/// `[r, k]` (no input gradient).
+pub fn linear_weight_grads<T: Real + 'static>(dy: &[T], x: &[T], (r, k, m): (usize, usize, usize)) -> (Vec<T>, Vec<T>) {
+    let (mut dw, mut db) = (vec![T::zero(); m * k], vec![T::zero(); m]);
+    rayon::join(|| dyt_x(&mut dw, dy, x, (r, k, m)), || col_sums(&mut db, dy, m));
+    (dw, db)
+}
+
 /// `out = x Wᵀ + b` (plus `add`) for `x` `[r, k]`, `w` `[m, k]`.
 pub(super) fn linear<T: Real + 'static>(
     x: &[T],

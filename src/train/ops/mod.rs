@@ -110,7 +110,9 @@ pub fn fused_block(x: &Tensor) -> bool {
     fused(x)
 }
 
-pub use block::{backward_taped as block_backward, forward_taped as block_forward, Tape as BlockTape};
+pub use block::{
+    backward_taped as block_backward, forward_taped as block_forward, linear_weight_grads, Tape as BlockTape,
+};
 pub use caption::{caption_backward, caption_forward, CaptionWeights};
 
 /// The names of a PixArt block's weights (under `transformer_blocks.{i}.`) in the order
