@@ -5,6 +5,10 @@
 //! in parallel on rayon, like candle's matmul.
 //!
 //! On other devices, and for dtypes other than f32/f64, the same math runs as composite candle ops.
+//!
+//! The CPU training path (`train::tape`) builds on them: a whole transformer block as one op with a
+//! hand-written backward (`block`), the caption projection by hand (`caption`), and the step's
+//! activation buffers recycled between steps (`pool`).
 
 mod attention;
 mod block;
