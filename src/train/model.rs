@@ -375,7 +375,8 @@ impl PixArt {
         let (gh, gw) = (hh / p, ww / p);
         let hidden = c.hidden();
         // Patch embedding: the stride-p convolution as a matmul over flattened patches.
-        let patches = self.patches(latents)?;
+        let patches =
+            latents.reshape((b, ch, gh, p, gw, p))?.permute((0, 2, 4, 1, 3, 5))?.reshape((b, gh * gw, ch * p * p))?;
         let conv_w = self.p("pos_embed.proj.weight")?.reshape((hidden, ch * p * p))?;
         let x = linear(&patches, &conv_w, self.p("pos_embed.proj.bias")?)?;
         let x = x.broadcast_add(&self.positions(gh, gw, x.dtype(), latents.device())?)?;
@@ -383,15 +384,7 @@ impl PixArt {
         let t_emb = self.time_embedding(timestep, micro, x.dtype())?;
         let t0 = self.lin(&t_emb.silu()?, "adaln_single.linear")?.reshape((b, 6, hidden))?;
         let bias = mask.to_dtype(x.dtype())?.affine(10000.0, -10000.0)?;
-        Ok(Embedded { x, t_emb, t0, y: None, bias, grid: (b, gh, gw) })
-    }
-
-    /// The latents `[B, C, H, W]` as flattened patches `[B, (H/p)·(W/p), C·p·p]`.
-    pub(crate) fn patches(&self, latents: &Tensor) -> Result<Tensor> {
-        let (b, ch, hh, ww) = latents.dims4()?;
-        let p = self.config.patch_size;
-        let (gh, gw) = (hh / p, ww / p);
-        latents.reshape((b, ch, gh, p, gw, p))?.permute((0, 2, 4, 1, 3, 5))?.reshape((b, gh * gw, ch * p * p))
+        Ok(Embedded { x, patches, t_emb, t0, y: None, bias, grid: (b, gh, gw) })
     }
 
     /// The caption projection (`y_embedder`): `gelu(caption W1ᵀ + b1) W2ᵀ + b2`, `[B, L, C]`.
@@ -427,11 +420,13 @@ impl PixArt {
     }
 }
 
-/// The inputs of the blocks and the head: tokens `x` `[B, N, C]`, the timestep embedding `t_emb`
+/// The inputs of the blocks and the head: tokens `x` `[B, N, C]` (from the flattened latent patches
+/// `[B, N, C_in·p·p]`), the timestep embedding `t_emb`
 /// `[B, C]`, the adaLN input `t0` `[B, 6, C]`, the projected caption `y` `[B, L, C]` (`None` where
 /// the caller projects it itself), the caption key bias `[B, L]` and (batch, grid height, grid width).
 pub(crate) struct Embedded {
     pub x: Tensor,
+    pub patches: Tensor,
     pub t_emb: Tensor,
     pub t0: Tensor,
     pub y: Option<Tensor>,
@@ -459,7 +454,12 @@ impl Blocks {
 /// key bias as values.
 fn fused_inputs(y: &Tensor, t0: &Tensor, bias: &Tensor) -> Result<(Tensor, Vec<f64>)> {
     let ctx = Tensor::cat(&[y.flatten_all()?, t0.flatten_all()?], 0)?;
-    Ok((ctx, bias.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?))
+    Ok((ctx, key_bias_values(bias)?))
+}
+
+/// The caption key bias `[B, L]` as values (what the fused blocks take).
+pub(crate) fn key_bias_values(bias: &Tensor) -> Result<Vec<f64>> {
+    bias.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()
 }
 
 #[cfg(test)]

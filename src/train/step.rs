@@ -174,10 +174,11 @@ impl Trainer {
         // The norm before clipping; a non-finite one (or loss) skips the step, the clipped gradients unused.
         // The gradients are still multiplied by the loss scale: the factor divides it out as AdamW reads them.
         let (grad_norm, grad_scale) = grad_norm_and_scale(&grads, max_grad_norm, loss_scale)?;
-        if let Some(ls) = self.loss_scale.as_mut() {
+        if let (Some(ls), true) = (self.loss_scale.as_mut(), loss_v.is_finite()) {
             // f16: an overflow of the scaled gradients (the loss itself finite) halves the scale and
             // skips the step without counting as a failure, as GradScaler does, until the scale is 1.
-            let overflow = loss_v.is_finite() && !grad_norm.is_finite();
+            // A non-finite loss is a failure below and leaves the scale as it is.
+            let overflow = !grad_norm.is_finite();
             let counts = ls.scale <= MIN_SCALE;
             ls.update(overflow);
             if overflow && !counts {

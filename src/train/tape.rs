@@ -13,7 +13,7 @@
 //! caption or the latents themselves need a gradient (then `Σ y·dy` and `Σ x·dx` join the pass).
 //! Elsewhere (other devices, f16/bf16) it is the plain autograd path.
 
-use super::model::PixArt;
+use super::model::{key_bias_values, PixArt};
 use super::ops::kernels::Real;
 use super::ops::pool;
 use super::ops::{
@@ -86,8 +86,8 @@ impl PixArt {
             e.y = Some(self.project_caption(caption)?);
         }
         match e.x.dtype() {
-            DType::F32 => self.taped::<f32>(e, (latents, caption), loss),
-            DType::F64 => self.taped::<f64>(e, (latents, caption), loss),
+            DType::F32 => self.taped::<f32>(e, caption, loss),
+            DType::F64 => self.taped::<f64>(e, caption, loss),
             other => candle_core::bail!("the fused CPU path runs f32 or f64, not {other:?}"),
         }
     }
@@ -95,14 +95,14 @@ impl PixArt {
     fn taped<T: Real + 'static>(
         &self,
         e: super::model::Embedded,
-        (latents, caption): (&Tensor, &Tensor),
+        caption: &Tensor,
         loss: impl FnOnce(&Tensor) -> Result<Tensor>,
     ) -> Result<(Tensor, GradStore)> {
         let c = &self.config;
         let dev = Device::Cpu;
         let (b, n, hidden) = e.x.dims3()?;
         let l = caption.dim(1)?;
-        let key_bias = e.bias.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+        let key_bias = key_bias_values(&e.bias)?;
         // What the blocks read: the projected caption, then the adaLN input. The projection runs by
         // hand (its weights' gradients below) unless `embed` left it in candle's graph.
         let y_len = b * l * hidden;
@@ -166,18 +166,17 @@ impl PixArt {
             }
         }
 
-        // The embeddings' gradients: one backward pass of Σ x·dx + Σ t0·dt0 (+ Σ y·dy when the
-        // caption projection is in the graph, + Σ t_emb·dt_emb).
-        // The patch embedding `x = patches Wpᵀ + bp + positions` by hand too, unless the latents
-        // themselves need a gradient.
+        // The embeddings' gradients: the patch embedding's (`x = patches Wpᵀ + bp + positions`) by
+        // hand unless the latents themselves need one, the rest from one backward pass of
+        // Σ t0·dt0 (+ Σ x·dx, + Σ y·dy when the caption projection is in the graph, + Σ t_emb·dt_emb).
         let dt0 = Tensor::from_vec(dctx[y_len..].to_vec(), e.t0.shape(), &dev)?;
         let mut surrogate = (&e.t0 * dt0)?.sum_all()?;
-        let patch_grads = if latents.track_op() {
+        let patch_grads = if e.patches.track_op() {
             let dx = Tensor::from_vec(g, (b, n, hidden), &dev)?;
             surrogate = (surrogate + (&e.x * dx)?.sum_all()?)?;
             None
         } else {
-            let patches = values::<T>(&self.patches(latents)?)?;
+            let patches = values::<T>(&e.patches)?;
             let k = patches.len() / (b * n);
             let grads = linear_weight_grads(&g, &patches, (b * n, k, hidden));
             pool::give(g);
@@ -191,18 +190,17 @@ impl PixArt {
             surrogate = (surrogate + (&e.t_emb * d)?.sum_all()?)?;
         }
         let mut grads = surrogate.backward()?;
+        let mut by_hand = Vec::new();
         if let Some((dw, db)) = patch_grads {
-            for (name, grad) in [("pos_embed.proj.weight", dw), ("pos_embed.proj.bias", db)] {
-                let w = self.p(name)?;
-                grads.insert(w, Tensor::from_vec(grad, w.shape(), &dev)?);
-            }
+            by_hand.extend([("pos_embed.proj.weight", dw), ("pos_embed.proj.bias", db)]);
         }
         if let Some((captions, weights, tape)) = projection {
             let got = caption_backward(tape, &captions, &caption_weights(&weights), &dctx[..y_len]);
-            for (name, grad) in CAPTION_WEIGHTS.iter().zip(got) {
-                let w = self.p(name)?;
-                grads.insert(w, Tensor::from_vec(grad, w.shape(), &dev)?);
-            }
+            by_hand.extend(CAPTION_WEIGHTS.into_iter().zip(got));
+        }
+        for (name, grad) in by_hand {
+            let w = self.p(name)?;
+            grads.insert(w, Tensor::from_vec(grad, w.shape(), &dev)?);
         }
         pool::give(ctx_v);
         for w in self.weights().values() {
