@@ -131,3 +131,37 @@ fn taped_training_path_matches_autograd() {
         }
     }
 }
+
+/// More caption padding (masked positions, whatever they hold) changes neither the training loss nor
+/// any gradient: the training path cuts the padding that no item attends to and projects only the
+/// attended positions of the rest (the fixture's two items attend to 4 and 2 of 5 positions).
+#[test]
+fn caption_padding_changes_no_loss_or_gradient() {
+    let s = setup();
+    let d = Diffusion::linear(1000);
+    let x_t = d.q_sample(&s.io["latents"], &s.t, &s.noise).unwrap();
+    let t = Tensor::from_vec(s.t.iter().map(|&t| t as f64).collect::<Vec<_>>(), s.t.len(), &Device::Cpu).unwrap();
+    let micro = Some((&s.io["resolution"], &s.io["aspect_ratio"]));
+    let (caption, mask) = (&s.io["caption"], &s.io["mask"]);
+    let (b, _, ch) = caption.dims3().unwrap();
+    let junk = Tensor::arange(0.0f64, (b * 9 * ch) as f64, &Device::Cpu).unwrap().sin().unwrap();
+    let junk = junk.affine(3.0, 0.5).unwrap().reshape((b, 9, ch)).unwrap();
+    let padded = Tensor::cat(&[caption, &junk], 1).unwrap();
+    let padded_mask = Tensor::cat(&[mask, &Tensor::zeros((b, 9), DType::F64, &Device::Cpu).unwrap()], 1).unwrap();
+    let run = |caption: &Tensor, mask: &Tensor| {
+        s.model
+            .loss_and_grads((&x_t, &t, caption, mask), micro, |out| {
+                d.training_losses(out, &s.io["latents"], &x_t, &s.t, &s.noise)?.loss.mean_all()
+            })
+            .unwrap()
+    };
+    let ((loss, want), (padded_loss, got)) = (run(caption, mask), run(&padded, &padded_mask));
+    let scalar = |t: &Tensor| t.to_scalar::<f64>().unwrap();
+    assert!((scalar(&loss) - scalar(&padded_loss)).abs() < 1e-12 * scalar(&loss).abs());
+    for (name, var) in &s.vars {
+        let (a, e) = (got.get(var.as_tensor()).unwrap(), want.get(var.as_tensor()).unwrap());
+        let diff = scalar(&(a - e).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap());
+        let size = scalar(&e.abs().unwrap().flatten_all().unwrap().max(0).unwrap());
+        assert!(diff <= 1e-12 * size.max(1e-3), "{name}: gradients differ by {diff} (largest {size})");
+    }
+}

@@ -332,7 +332,8 @@ impl PixArt {
         mask: &Tensor,
         micro: Option<(&Tensor, &Tensor)>,
     ) -> Result<Tensor> {
-        self.blocks_and_head(&self.embed(latents, timestep, caption, mask, micro)?)
+        let (caption, mask) = trim_caption_padding(caption, mask)?;
+        self.blocks_and_head(&self.embed(latents, timestep, &caption, &mask, micro)?)
     }
 
     /// The blocks and the head over [`PixArt::embed`]'s output: the model output.
@@ -455,6 +456,23 @@ impl Blocks {
 fn fused_inputs(y: &Tensor, t0: &Tensor, bias: &Tensor) -> Result<(Tensor, Vec<f64>)> {
     let ctx = Tensor::cat(&[y.flatten_all()?, t0.flatten_all()?], 0)?;
     Ok((ctx, key_bias_values(bias)?))
+}
+
+/// The caption `[B, L, ·]` and its 0/1 mask `[B, L]` cut after the last position any item attends
+/// to. The positions cut are masked for every item: their attention weight underflows to exactly 0,
+/// so they change no output and get no gradient, but they cost the caption projection, every block's
+/// cross-attention key/value product and the scores (T5 captions padded to 120 tokens are mostly
+/// padding). The official code skips each caption's own padding (xformers over the packed tokens).
+/// Kept whole where an item has no valid position at all (its attention is then uniform over every
+/// position, as in diffusers).
+pub(crate) fn trim_caption_padding(caption: &Tensor, mask: &Tensor) -> Result<(Tensor, Tensor)> {
+    let rows = mask.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    let last = rows.iter().map(|r| r.iter().rposition(|&m| m != 0.0)).collect::<Option<Vec<_>>>();
+    let keep = last.and_then(|l| l.into_iter().max()).map_or(mask.dim(1)?, |i| i + 1);
+    if keep == mask.dim(1)? {
+        return Ok((caption.clone(), mask.clone()));
+    }
+    Ok((caption.narrow(1, 0, keep)?, mask.narrow(1, 0, keep)?))
 }
 
 /// The caption key bias `[B, L]` as values (what the fused blocks take).

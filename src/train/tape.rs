@@ -13,7 +13,7 @@
 //! caption or the latents themselves need a gradient (then `Σ y·dy` and `Σ x·dx` join the pass).
 //! Elsewhere (other devices, f16/bf16) it is the plain autograd path.
 
-use super::model::{key_bias_values, PixArt};
+use super::model::{key_bias_values, trim_caption_padding, PixArt};
 use super::ops::kernels::Real;
 use super::ops::pool;
 use super::ops::{
@@ -48,6 +48,25 @@ fn caption_weights<T>(w: &[Vec<T>]) -> CaptionWeights<'_, T> {
     CaptionWeights { w1: &w[0], b1: &w[1], w2: &w[2], b2: &w[3] }
 }
 
+/// The caption positions (rows of `[B·L]`, `l` per item) that some query attends to, by their key
+/// bias (0, or -10000 where masked: a weight that underflows to exactly 0), if that is not all of them.
+/// `None` too when an item has no attended position (its attention is then uniform over all of them).
+fn attended_rows(key_bias: &[f64], l: usize) -> Option<Vec<usize>> {
+    let attended = |v: &f64| *v > -1000.0;
+    let every_item_attends = key_bias.chunks(l.max(1)).all(|item| item.iter().any(attended));
+    let rows: Vec<usize> = (0..key_bias.len()).filter(|&r| attended(&key_bias[r])).collect();
+    (every_item_attends && rows.len() < key_bias.len()).then_some(rows)
+}
+
+/// The rows `rows` (of width `w`) of `v`, packed.
+fn gather_rows<T: Real>(v: &[T], rows: &[usize], w: usize) -> Vec<T> {
+    let mut out = Vec::with_capacity(rows.len() * w);
+    for &r in rows {
+        out.extend_from_slice(&v[r * w..(r + 1) * w]);
+    }
+    out
+}
+
 fn values<T: Real>(t: &Tensor) -> Result<Vec<T>> {
     let mut v = Vec::with_capacity(t.elem_count());
     extend_values(&mut v, t)?;
@@ -74,7 +93,9 @@ impl PixArt {
         micro: Option<(&Tensor, &Tensor)>,
         loss: impl FnOnce(&Tensor) -> Result<Tensor>,
     ) -> Result<(Tensor, GradStore)> {
-        let mut e = self.embed_latents(latents, timestep, mask, micro)?;
+        let (caption, mask) = trim_caption_padding(caption, mask)?;
+        let caption = &caption;
+        let mut e = self.embed_latents(latents, timestep, &mask, micro)?;
         if !fused_block(&e.x) {
             e.y = Some(self.project_caption(caption)?);
             let value = loss(&self.blocks_and_head(&e)?)?;
@@ -113,12 +134,27 @@ impl PixArt {
                 None
             }
             None => {
-                let captions = values::<T>(caption)?;
+                // Only the positions some query attends to are projected: the others' `y` rows
+                // (left 0) meet an attention weight of exactly 0 and get no gradient.
+                let attended = attended_rows(&key_bias, l);
+                let mut captions = values::<T>(caption)?;
+                if let Some(rows) = &attended {
+                    captions = gather_rows(&captions, rows, caption.dim(2)?);
+                }
                 let weights = CAPTION_WEIGHTS.iter().map(|n| values::<T>(self.p(n)?)).collect::<Result<Vec<_>>>()?;
-                let (y, tape) = caption_forward(&captions, &caption_weights(&weights), b * l);
-                ctx_v.extend_from_slice(&y);
+                let r = attended.as_ref().map_or(b * l, Vec::len);
+                let (y, tape) = caption_forward(&captions, &caption_weights(&weights), r);
+                match &attended {
+                    Some(rows) => {
+                        ctx_v.resize(y_len, T::zero());
+                        for (row, src) in rows.iter().zip(y.chunks(hidden)) {
+                            ctx_v[row * hidden..(row + 1) * hidden].copy_from_slice(src);
+                        }
+                    }
+                    None => ctx_v.extend_from_slice(&y),
+                }
                 pool::give(y);
-                Some((captions, weights, tape))
+                Some((captions, weights, tape, attended))
             }
         };
         extend_values(&mut ctx_v, &e.t0)?;
@@ -194,8 +230,16 @@ impl PixArt {
         if let Some((dw, db)) = patch_grads {
             by_hand.extend([("pos_embed.proj.weight", dw), ("pos_embed.proj.bias", db)]);
         }
-        if let Some((captions, weights, tape)) = projection {
-            let got = caption_backward(tape, &captions, &caption_weights(&weights), &dctx[..y_len]);
+        if let Some((captions, weights, tape, attended)) = projection {
+            let packed;
+            let dy = match &attended {
+                Some(rows) => {
+                    packed = gather_rows(&dctx[..y_len], rows, hidden);
+                    &packed
+                }
+                None => &dctx[..y_len],
+            };
+            let got = caption_backward(tape, &captions, &caption_weights(&weights), dy);
             by_hand.extend(CAPTION_WEIGHTS.into_iter().zip(got));
         }
         for (name, grad) in by_hand {
