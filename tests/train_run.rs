@@ -206,6 +206,38 @@ fn killed_training_resumes_exactly() {
     }
 }
 
+/// A torchrun-style launch: one process launched with `WORLD_SIZE=1` trains exactly as an unlaunched
+/// one; a bad rank is refused naming the variables, and so is a second rank on a build or device
+/// without NCCL.
+#[test]
+fn launch_variables_of_one_process_and_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    cached_photos(dir.path());
+    let run = |name: &str, vars: &[(&str, &str)]| {
+        let cfg = config(dir.path(), name, 6, 2, "", "");
+        let mut c = Command::new(common::bin());
+        c.arg("train").arg("--config").arg(&cfg).env_remove("RANK").env_remove("WORLD_SIZE").env_remove("LOCAL_RANK");
+        c.envs(vars.iter().copied());
+        c.output().unwrap()
+    };
+    let plain = run("plain", &[]);
+    assert!(plain.status.success(), "{}", String::from_utf8_lossy(&plain.stderr));
+    let launched = run("launched", &[("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")]);
+    assert!(launched.status.success(), "{}", String::from_utf8_lossy(&launched.stderr));
+    let (a, b) = (log_of(&dir.path().join("plain")), log_of(&dir.path().join("launched")));
+    assert_eq!(a.len(), 6);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!((x.step, x.loss, x.grad_norm), (y.step, y.loss, y.grad_norm), "step {}", x.step);
+    }
+    let bad = run("bad", &[("RANK", "2"), ("WORLD_SIZE", "2")]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("RANK=2 WORLD_SIZE=2: expected 0 ≤ RANK < WORLD_SIZE"));
+    let second =
+        run("second", &[("RANK", "1"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "1")]);
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success() && err.contains("RANK=1 WORLD_SIZE=2") && err.contains("NCCL"), "{err}");
+    assert!(!dir.path().join("second").join("log.jsonl").exists(), "a refused rank writes nothing");
+}
+
 /// f16 training keeps its dynamic loss scale across a resume: a run stopped at step 12 and resumed
 /// to 24 logs the same steps (skips included) and ends with the same loss scale (factor and good-step
 /// count), weights and optimizer state as 24 steps straight. Without the scale in `state.json` the

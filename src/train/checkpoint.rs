@@ -37,6 +37,9 @@ pub struct TrainState {
     pub trainer_rng: u64,
     /// The data generator's state (posterior draws, caption drop).
     pub data_rng: u64,
+    /// With several processes, each rank's `[trainer_rng, data_rng]` (rank 0's are the two above).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rank_rngs: Vec<[u64; 2]>,
     /// Steps skipped for non-finite values, in all.
     pub skipped: usize,
     /// Skipped steps in a row at this point.

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod diffusion;
+pub mod distributed;
 pub mod dit;
 pub mod generate;
 pub mod init;

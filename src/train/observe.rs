@@ -53,7 +53,8 @@ pub fn peak_rss_mib() -> Option<f64> {
 /// `log.jsonl`, appended a line per step and flushed.
 pub struct StepLog {
     path: PathBuf,
-    file: std::fs::File,
+    /// `None` on the ranks other than 0, which keep their lines in memory alone.
+    file: Option<std::fs::File>,
     /// Every line so far (for the curve).
     pub lines: Vec<LogLine>,
 }
@@ -61,13 +62,17 @@ pub struct StepLog {
 impl StepLog {
     /// Opens the run's log keeping only the lines of steps up to `upto` (the resumed checkpoint's
     /// step; 0 for a fresh run), rewritten atomically; a torn last line of a killed run is dropped.
-    pub fn open(run: &Path, upto: u64) -> anyhow::Result<Self> {
+    /// Without `write` (a rank other than 0) the file is read, never written.
+    pub fn open(run: &Path, upto: u64, write: bool) -> anyhow::Result<Self> {
         let path = run.join("log.jsonl");
         let mut lines = Vec::new();
         if let Ok(text) = std::fs::read_to_string(&path) {
             lines.extend(
                 text.lines().filter_map(|l| serde_json::from_str::<LogLine>(l).ok()).filter(|l| l.step <= upto),
             );
+        }
+        if !write {
+            return Ok(Self { path, file: None, lines });
         }
         let mut text = String::new();
         for l in &lines {
@@ -79,21 +84,26 @@ impl StepLog {
             .append(true)
             .open(&path)
             .map_err(|e| anyhow::anyhow!("{}: cannot append: {e}", path.display()))?;
-        Ok(Self { path, file, lines })
+        Ok(Self { path, file: Some(file), lines })
     }
 
     /// Appends one step.
     pub fn push(&mut self, line: LogLine) -> anyhow::Result<()> {
-        let mut text = serde_json::to_string(&line)?;
-        text.push('\n');
-        self.file.write_all(text.as_bytes()).map_err(|e| anyhow::anyhow!("{}: {e}", self.path.display()))?;
-        self.file.flush()?;
+        if let Some(file) = &mut self.file {
+            let mut text = serde_json::to_string(&line)?;
+            text.push('\n');
+            file.write_all(text.as_bytes()).map_err(|e| anyhow::anyhow!("{}: {e}", self.path.display()))?;
+            file.flush()?;
+        }
         self.lines.push(line);
         Ok(())
     }
 
     /// Redraws `loss.svg` next to the log.
     pub fn draw_curve(&self) -> anyhow::Result<()> {
+        if self.file.is_none() {
+            return Ok(());
+        }
         let svg = loss_curve(&self.lines).map_err(anyhow::Error::msg)?;
         crate::shards::write_atomic(&self.path.with_file_name("loss.svg"), svg.as_bytes())?;
         Ok(())

@@ -8,6 +8,7 @@
 use super::checkpoint::{self, TrainState};
 use super::config::TrainConfig;
 use super::data::{epoch_batches, TrainSet};
+use super::distributed::{Place, Reducer};
 use super::init::Rng;
 use super::model::PixArt;
 use super::observe::{peak_rss_mib, LogLine, StepLog};
@@ -50,24 +51,6 @@ pub struct TrainSummary {
     pub validation: Option<PathBuf>,
     /// Mean loss of the last (up to) 10 steps of this run.
     pub final_loss: Option<f64>,
-}
-
-/// The rank and world size of a torchrun-style launch (`RANK`, `WORLD_SIZE`); 0 and 1 alone.
-fn rank_and_world() -> anyhow::Result<(usize, usize)> {
-    let read = |name: &str, default: usize| -> anyhow::Result<usize> {
-        match std::env::var(name) {
-            Ok(v) => v.trim().parse().map_err(|_| anyhow::anyhow!("{name}={v:?}: expected a whole number")),
-            Err(_) => Ok(default),
-        }
-    };
-    let (rank, world) = (read("RANK", 0)?, read("WORLD_SIZE", 1)?);
-    if world != 1 || rank != 0 {
-        anyhow::bail!(
-            "RANK={rank} WORLD_SIZE={world}: data-parallel training across processes is designed (docs/train.md, \
-             \"Several GPUs\") but not built yet; run one process (WORLD_SIZE=1)"
-        );
-    }
-    Ok((rank, world))
 }
 
 /// The expected fingerprint of a cache made with the model folder `model` (when given): the cache's
@@ -167,11 +150,19 @@ fn initial_model(cfg: &TrainConfig, device: &Device) -> anyhow::Result<PixArt> {
 
 /// Runs (or resumes) the training of `cfg`.
 pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
-    let device = super::device(&cfg.device)?;
-    let (rank, world) = rank_and_world()?;
+    // A torchrun-style launch: one process per GPU (`cuda:LOCAL_RANK`), gradients averaged over NCCL.
+    let place = Place::from_env()?;
+    let device = match cfg.device.starts_with("cuda") && place.launched {
+        true => super::device(&format!("cuda:{}", place.local_rank))?,
+        false => super::device(&cfg.device)?,
+    };
+    let reducer = Reducer::connect(&place, &device)?;
+    let (rank, world, main) = (place.rank, place.world, place.is_main());
     let out = &cfg.output_dir;
     std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("output_dir {}: cannot create: {e}", out.display()))?;
-    checkpoint::remove_partial(out)?;
+    if main {
+        checkpoint::remove_partial(out)?;
+    }
     let existing = checkpoint::list(out)?;
     let from = match resume {
         Resume::No if !existing.is_empty() => anyhow::bail!(
@@ -197,7 +188,7 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
 
     let (mut trainer, mut state) = match &from {
         Some(dir) => {
-            let ck = checkpoint::load(dir, &device)?;
+            let mut ck = checkpoint::load(dir, &device)?;
             if ck.state.config_digest != cfg.digest() {
                 anyhow::bail!(
                     "{}: written by a run with other settings (seed, data, model, optimizer, schedule, accumulation \
@@ -209,6 +200,19 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
             t.optimizer.load_state(&ck.optimizer)?;
             t.set_ema_weights(&ck.ema)?;
             t.rng = Rng::from_state(ck.state.trainer_rng);
+            if world > 1 {
+                // Each rank continues its own generators, which rank 0 gathered into the checkpoint.
+                let [trainer_rng, data_rng] =
+                    *ck.state.rank_rngs.get(rank).filter(|_| ck.state.rank_rngs.len() == world).ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "{}: written by {} process(es), resumed by WORLD_SIZE={world}; resume with as many",
+                            dir.display(),
+                            ck.state.rank_rngs.len().max(1)
+                        )
+                    })?;
+                t.rng = Rng::from_state(trainer_rng);
+                ck.state.data_rng = data_rng;
+            }
             t.skipped = ck.state.skipped;
             t.skipped_in_a_row = ck.state.skipped_in_a_row;
             (t, ck.state)
@@ -220,7 +224,8 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
                 epoch: 0,
                 batch: 0,
                 trainer_rng: 0,
-                data_rng: Rng::new(cfg.seed ^ 0xDA7A).state(),
+                data_rng: Rng::new(place.seed(cfg.seed ^ 0xDA7A)).state(),
+                rank_rngs: Vec::new(),
                 skipped: 0,
                 skipped_in_a_row: 0,
                 loss_scale: None,
@@ -228,17 +233,18 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
                 model: model.config.clone(),
                 config_digest: cfg.digest(),
             };
-            (Trainer::new(model, cfg.optimizer, cfg.ema_decay, cfg.seed.wrapping_add(1))?, state)
+            (Trainer::new(model, cfg.optimizer, cfg.ema_decay, place.seed(cfg.seed.wrapping_add(1)))?, state)
         }
     };
     trainer.max_skipped_in_a_row = cfg.max_skipped_in_a_row;
+    trainer.reducer = reducer;
     trainer.set_precision(super::precision::Precision::parse(&cfg.precision)?);
     if trainer.loss_scale.is_some() && state.loss_scale.is_some() {
         trainer.loss_scale = state.loss_scale; // resumed: the scale where the checkpoint left it
     }
     let start_step = state.step;
     let mut data_rng = Rng::from_state(state.data_rng);
-    let mut log = StepLog::open(out, state.step)?;
+    let mut log = StepLog::open(out, state.step, main)?;
     let validation = match &cfg.validation {
         Some(v) => Some(super::validation::Validation::prepare(v, trainer.model.config.caption_channels, &device)?),
         None => None,
@@ -340,9 +346,15 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
             log.draw_curve()?;
         }
         if state.step % cfg.checkpoints.every == 0 || last {
-            summary.checkpoint = Some(checkpoint::save(out, &trainer, &state, cfg.checkpoints.keep_last)?);
+            if let Some(r) = &trainer.reducer {
+                let all = r.gather(&[state.trainer_rng, state.data_rng])?;
+                state.rank_rngs = all.chunks(2).map(|c| [c[0], c[1]]).collect();
+            }
+            if main {
+                summary.checkpoint = Some(checkpoint::save(out, &trainer, &state, cfg.checkpoints.keep_last)?);
+            }
         }
-        if let (Some(v), Some(vc)) = (&validation, &cfg.validation) {
+        if let (Some(v), Some(vc), true) = (&validation, &cfg.validation, main) {
             if state.step % vc.every == 0 || last {
                 let grid = if vc.ema {
                     v.grid(

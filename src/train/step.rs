@@ -5,6 +5,7 @@
 
 use super::data::Batch;
 use super::diffusion::Diffusion;
+use super::distributed::Reducer;
 use super::init::Rng;
 use super::model::PixArt;
 use super::optim::{grad_norm_and_scale, AdamW, AdamWConfig, Ema};
@@ -49,6 +50,8 @@ pub struct Trainer {
     pub precision: Precision,
     /// The dynamic loss scale (f16 only).
     pub loss_scale: Option<LossScale>,
+    /// With several processes: averages the gradients and losses over the ranks.
+    pub reducer: Option<Reducer>,
 }
 
 impl Trainer {
@@ -68,6 +71,7 @@ impl Trainer {
             max_skipped_in_a_row: 10,
             precision: Precision::F32,
             loss_scale: None,
+            reducer: None,
         })
     }
 
@@ -170,6 +174,14 @@ impl Trainer {
                     grads.push(g);
                 }
             }
+        }
+        if let Some(r) = &self.reducer {
+            // Data parallel: every rank goes on with the means over the ranks, so all take the same
+            // step (or all skip it).
+            grads = r.mean_all(&grads)?;
+            let dev = batches[0].latents.device();
+            let means = r.mean(&Tensor::new(&[loss_v, mse, vb], dev)?)?.to_vec1::<f64>()?;
+            (loss_v, mse, vb) = (means[0], means[1], means[2]);
         }
         // The norm before clipping; a non-finite one (or loss) skips the step, the clipped gradients unused.
         // The gradients are still multiplied by the loss scale: the factor divides it out as AdamW reads them.
