@@ -207,8 +207,8 @@ fn killed_training_resumes_exactly() {
 }
 
 /// A torchrun-style launch: one process launched with `WORLD_SIZE=1` trains exactly as an unlaunched
-/// one; a bad rank is refused naming the variables, and so is a second rank on a build or device
-/// without NCCL.
+/// one; a checkpoint of two processes is not resumed by one; a bad rank is refused naming the
+/// variables, and so is a second rank on a build or device without NCCL.
 #[test]
 fn launch_variables_of_one_process_and_refusals() {
     let dir = tempfile::tempdir().unwrap();
@@ -229,6 +229,15 @@ fn launch_variables_of_one_process_and_refusals() {
     for (x, y) in a.iter().zip(&b) {
         assert_eq!((x.step, x.loss, x.grad_norm), (y.step, y.loss, y.grad_norm), "step {}", x.step);
     }
+    // A checkpoint of two processes (rank_rngs of two ranks) is not resumed by one.
+    let state = dir.path().join("launched/checkpoints/step_0000006/state.json");
+    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    json["rank_rngs"] = serde_json::json!([[1, 2], [3, 4]]);
+    std::fs::write(&state, json.to_string()).unwrap();
+    let cfg = dir.path().join("launched.toml");
+    let resumed = Command::new(common::bin()).args(["train", "--resume", "--config"]).arg(&cfg).output().unwrap();
+    let err = String::from_utf8_lossy(&resumed.stderr);
+    assert!(err.contains("written by 2 process(es), resumed by WORLD_SIZE=1"), "{err}");
     let bad = run("bad", &[("RANK", "2"), ("WORLD_SIZE", "2")]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("RANK=2 WORLD_SIZE=2: expected 0 ≤ RANK < WORLD_SIZE"));
     let second =

@@ -200,16 +200,16 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
             t.optimizer.load_state(&ck.optimizer)?;
             t.set_ema_weights(&ck.ema)?;
             t.rng = Rng::from_state(ck.state.trainer_rng);
-            if world > 1 {
-                // Each rank continues its own generators, which rank 0 gathered into the checkpoint.
-                let [trainer_rng, data_rng] =
-                    *ck.state.rank_rngs.get(rank).filter(|_| ck.state.rank_rngs.len() == world).ok_or_else(|| {
-                        anyhow::anyhow!(
-                            "{}: written by {} process(es), resumed by WORLD_SIZE={world}; resume with as many",
-                            dir.display(),
-                            ck.state.rank_rngs.len().max(1)
-                        )
-                    })?;
+            // A run of several processes resumes with as many; each rank continues its own generators,
+            // which rank 0 gathered into the checkpoint (a single process's checkpoint has none).
+            let written_by = ck.state.rank_rngs.len().max(1);
+            if written_by != world {
+                anyhow::bail!(
+                    "{}: written by {written_by} process(es), resumed by WORLD_SIZE={world}; resume with as many",
+                    dir.display()
+                );
+            }
+            if let Some(&[trainer_rng, data_rng]) = ck.state.rank_rngs.get(rank).filter(|_| world > 1) {
                 t.rng = Rng::from_state(trainer_rng);
                 ck.state.data_rng = data_rng;
             }
