@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-/tmp/density-bench-venv}
 COUNT=${COUNT:-10000000}
 WORK=${WORK:-/tmp/pixforge-density-bench}
-DEV=../shared/data/ud-ewt/en_ewt-ud-dev.conllu
+DEV=tests/data/ud-ewt/en_ewt-ud-dev.conllu.zst
 mkdir -p "$WORK" docs/bench-results
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
@@ -22,7 +22,8 @@ BIN=target/release/pixforge
 echo "== taggers on EWT dev (one core)"
 taskset -c 1 "$BIN" density eval-tagger --conllu "$DEV" --json > "$WORK/pixforge.json"
 taskset -c 1 "$BIN" density eval-tagger --conllu "$DEV" --json --title-case > "$WORK/pixforge-title.json"
-taskset -c 1 "$VENV/bin/python" bench/density_taggers.py "$DEV" > "$WORK/anchors.json"
+zstd -d -q -f "$DEV" -o "$WORK/en_ewt-ud-dev.conllu"
+taskset -c 1 "$VENV/bin/python" bench/density_taggers.py "$WORK/en_ewt-ud-dev.conllu" > "$WORK/anchors.json"
 
 echo "== $COUNT synthetic captions"
 "$BIN" bench synth-captions --count "$COUNT" --out "$WORK/synth.txt"

@@ -13,7 +13,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${WORK:-/tmp/pixforge-bench}
 N=${N:-3000}
-SHARED=${SHARED:-$ROOT/../shared/data/images}
+SHARED=${SHARED:-$ROOT/tests/data/images}
 PORT=18080
 FEATURES=${FEATURES-libjpeg-turbo}
 mkdir -p "$WORK"

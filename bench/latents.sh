@@ -11,8 +11,8 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-/tmp/pixart-bench-venv}
 ROUNDS=${ROUNDS:-2}
 MODELS=${MODELS:-/tmp/pixforge-latents-bench-models}
-PROMPTS=../shared/data/prompts/pixart_alpha_samples.txt
-TOKENIZER=tests/fixtures/t5-sentinels/tokenizer.json
+PROMPTS=tests/data/prompts/pixart_alpha_samples.txt
+TOKENIZER=assets/t5/tokenizer.json
 mkdir -p docs/bench-results
 source bench/torch_venv.sh
 torch_venv diffusers==0.42.1 transformers==5.24.0 ftfy beautifulsoup4

@@ -19,7 +19,7 @@ torch_venv transformers==5.24.0 onnx onnxruntime==1.31.1 pillow
 tools/install-onnxruntime.sh >/dev/null
 if [ ! -f "$WORK/shards/_done" ]; then
   rm -rf "$WORK/photos" "$WORK/shards"
-  "$VENV/bin/python" bench/train_data.py photos "$WORK/photos" ../shared/data/images ../shared/data/prompts/pixart_alpha_samples.txt
+  "$VENV/bin/python" bench/train_data.py photos "$WORK/photos" tests/data/images tests/data/prompts/pixart_alpha_samples.txt
   $BIN ingest folder "$WORK/photos" --out "$WORK/shards" --image-size 256 --samples-per-shard 24 --no-progress >/dev/null
   # 4 copies of each shard under other shard numbers (the images are the same, the keys are not).
   for s in "$WORK"/shards/0000?.tar; do

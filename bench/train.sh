@@ -23,8 +23,8 @@ if [ ! -f "$WORK/vae/_SUCCESS" ]; then
   mkdir -p "$WORK/photos"
   # 24 distinct photos (6 shared photos x 4 orientations: ingest drops exact duplicates), captioned
   # with PixArt-α's sample prompts.
-  "$VENV/bin/python" bench/train_data.py photos "$WORK/photos" ../shared/data/images ../shared/data/prompts/pixart_alpha_samples.txt
-  "$VENV/bin/python" bench/train_data.py t5 "$WORK/models/t5" tests/fixtures/t5-sentinels/tokenizer.json
+  "$VENV/bin/python" bench/train_data.py photos "$WORK/photos" tests/data/images tests/data/prompts/pixart_alpha_samples.txt
+  "$VENV/bin/python" bench/train_data.py t5 "$WORK/models/t5" assets/t5/tokenizer.json
   $BIN models init-tiny --kind vae --out "$WORK/models/tiny" >/dev/null
   $BIN ingest folder "$WORK/photos" --out "$WORK/shards" --image-size 256 --samples-per-shard 8 --no-progress >/dev/null
   $BIN cache t5 --model "$WORK/models/t5" --input "$WORK/shards" --out "$WORK/t5" --no-progress >/dev/null

@@ -93,7 +93,7 @@ pub const REFERENCE_CAPTIONS: &[(&str, &[u8])] = &[
 ];
 
 /// The T5 tokenizer of the demo's tiny T5 (a Unigram model in T5's format, trained on public captions).
-pub const DEMO_TOKENIZER: &[u8] = include_bytes!("../tests/fixtures/t5-sentinels/tokenizer.json");
+pub const DEMO_TOKENIZER: &[u8] = include_bytes!("../assets/t5/tokenizer.json");
 
 /// The demo's pipeline (`pipelines/demo.toml`).
 pub const PIPELINE: &str = include_str!("../pipelines/demo.toml");

@@ -78,7 +78,7 @@ enum Cmd {
     /// Write shards and their feature caches in another trainer's layout.
     #[command(subcommand)]
     Export(ExportCmd),
-    /// Curation scores (in progress): aesthetic heads over CLIP image embeddings.
+    /// Curation scores: CLIP image embeddings over shards, and aesthetic or ONNX heads on them.
     #[command(subcommand)]
     Score(ScoreCmd),
     /// Concept-balanced selection: captions chosen greedily to cover the most distinct nouns, each noun

@@ -289,7 +289,7 @@ pub struct StepTiming {
     pub peak_rss_mib: Option<f64>,
 }
 
-/// The benchmark step of issue 4: depth 4, hidden 384, 6 heads, 32×32 latents, 120 caption tokens of
+/// The training-step benchmark's model: depth 4, hidden 384, 6 heads, 32×32 latents, 120 caption tokens of
 /// 4096 channels, batch 4, f32; loss = mean of the squared output; forward + backward, `iters` times
 /// after one warm-up step.
 pub fn bench_pixart_step(iters: usize) -> anyhow::Result<StepTiming> {

@@ -311,7 +311,7 @@ fn export_writes_the_official_layout() {
         (info[0]["height"].as_u64(), info[0]["width"].as_u64(), info[0]["ratio"].as_f64()),
         (Some(30), Some(40), Some(0.75))
     );
-    let prompts = std::fs::read_to_string(common::shared_data().join("prompts/pixart_alpha_samples.txt")).unwrap();
+    let prompts = std::fs::read_to_string(common::data().join("prompts/pixart_alpha_samples.txt")).unwrap();
     assert_eq!(info[0]["prompt"], prompts.lines().next().unwrap());
     let img = image::open(out.join("InternImgs/00000/000000.png")).unwrap();
     assert_eq!((img.width(), img.height()), (40, 30));

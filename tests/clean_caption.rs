@@ -23,12 +23,11 @@ fn cases() -> Vec<Case> {
 fn cleaning_matches_diffusers_for_every_case() {
     let cases = cases();
     let prompts = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/prompts/pixart_alpha_samples.txt"),
-    );
-    if let Ok(prompts) = prompts {
-        let n = prompts.lines().filter(|l| !l.trim().is_empty()).count();
-        assert!(cases.len() > n, "the golden file covers the sample prompts and more");
-    }
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/prompts/pixart_alpha_samples.txt"),
+    )
+    .unwrap();
+    let n = prompts.lines().filter(|l| !l.trim().is_empty()).count();
+    assert!(cases.len() > n, "the golden file covers the sample prompts and more");
     let wrong: Vec<String> = cases
         .iter()
         .filter_map(|c| {
@@ -41,7 +40,7 @@ fn cleaning_matches_diffusers_for_every_case() {
 
 #[test]
 fn token_ids_match_t5_tokenizer_fast() {
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/t5-sentinels/tokenizer.json");
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/t5/tokenizer.json");
     let tok = CaptionTokenizer::load(&file, MAX_TOKENS, TextCleaning::Pixart).unwrap();
     let mut truncated = 0;
     for c in cases() {

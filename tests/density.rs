@@ -32,13 +32,13 @@ fn input<'a>(report: &'a Value, name: &str) -> &'a Value {
 
 #[test]
 fn report_on_coco_llava_and_laion() {
-    let data = common::shared_data();
+    let data = common::data();
     let dir = tempfile::tempdir().unwrap();
-    let coco = format!("coco={}", data.join("captions/coco_val2014_captions_1000.json").display());
+    let coco = format!("coco={}", common::caption_set("coco_val2014_captions_1000.json").display());
     let laion = format!("laion={}", data.join("laion/img2dataset_test_1000.parquet").display());
     let r = run_density(&["--input", &coco, "--input", &laion], dir.path());
     let llava_dir = tempfile::tempdir().unwrap();
-    let llava_path = data.join("captions/llava_qa90_gpt4_answer.jsonl");
+    let llava_path = common::caption_set("llava_qa90_gpt4_answer.jsonl");
     let llava = run_density(
         &["--input", &format!("llava={}", llava_path.display()), "--column", "text", "--filter", "category=detail"],
         llava_dir.path(),
@@ -233,7 +233,7 @@ fn inputs_stream_in_batches_with_clear_errors() {
     std::fs::write(&bad, "{\"caption\": \"ok\"}\n{\"title\": \"no caption\"}\n").unwrap();
     let e = read_batches(&bad, &Selection::default(), 10, &mut |_| Ok(())).unwrap_err().to_string();
     assert!(e.contains("bad.jsonl") && e.contains("line 2") && e.contains("--column"), "{e}");
-    let parquet = common::shared_data().join("laion/img2dataset_test_1000.parquet");
+    let parquet = common::data().join("laion/img2dataset_test_1000.parquet");
     let sel = Selection { column: Some("caption_text".into()), ..Default::default() };
     let e = read_batches(&parquet, &sel, 10, &mut |_| Ok(())).unwrap_err().to_string();
     assert!(e.contains("caption_text") && e.contains("TEXT"), "names the missing column and the ones there: {e}");

@@ -54,12 +54,14 @@ fn hybrid_loss_matches_the_reference_in_f64_and_f32() {
         let x_t = d.q_sample(&x0, &t, &noise).unwrap();
         let want_xt = floats(&g, "x_t");
         let got_xt: Vec<f64> = x_t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(got_xt.len(), want_xt.len(), "x_t has the golden's size");
         for (a, b) in got_xt.iter().zip(&want_xt) {
             assert!((a - b).abs() < tol, "x_t {a} vs {b} ({dtype:?})");
         }
         let l = d.training_losses(&out, &x0, &x_t, &t, &noise).unwrap();
         for (name, got) in [("mse", &l.mse), ("vb", &l.vb), ("loss", &l.loss)] {
             let got: Vec<f64> = got.to_dtype(DType::F64).unwrap().to_vec1().unwrap();
+            assert_eq!(got.len(), floats(&g, name).len(), "{name}: one value per item");
             for (i, (a, b)) in got.iter().zip(floats(&g, name)).enumerate() {
                 assert!((a - b).abs() <= tol * b.abs().max(1.0), "{name}[{i}] (t={}): {a} vs {b} ({dtype:?})", t[i]);
             }

@@ -53,7 +53,7 @@ fn expect(r: &Record, status: Status, needle: &str) {
 
 #[test]
 fn every_fault_ends_with_the_right_status() {
-    let srv = Server::start(common::shared_data().join("images"));
+    let srv = Server::start(common::data().join("images"));
     let dir = tempfile::tempdir().unwrap();
     let paths = [
         "/img/chelsea.png",
@@ -140,7 +140,7 @@ fn every_fault_ends_with_the_right_status() {
 
 #[test]
 fn private_addresses_are_refused_by_default() {
-    let srv = Server::start(common::shared_data().join("images"));
+    let srv = Server::start(common::data().join("images"));
     let dir = tempfile::tempdir().unwrap();
     let port = srv.base.rsplit(':').next().unwrap().to_string();
     let rows = vec![
@@ -163,7 +163,7 @@ fn private_addresses_are_refused_by_default() {
 
 #[test]
 fn retry_failed_reattempts_only_failed_rows() {
-    let srv = Server::start(common::shared_data().join("images"));
+    let srv = Server::start(common::data().join("images"));
     let dir = tempfile::tempdir().unwrap();
     let rows = vec![
         (srv.url("/img/chelsea.png"), "cat"),

@@ -55,9 +55,9 @@ fn exif_orientation_is_applied() {
 }
 
 #[test]
-fn shared_edge_cases() {
+fn real_edge_case_files() {
     let o = ImageOptions { image_size: 64, ..Default::default() };
-    let read = |n: &str| std::fs::read(common::shared_image(n)).unwrap();
+    let read = |n: &str| std::fs::read(common::data_image(n)).unwrap();
     for ok in ["palette_color.png", "foo3x5x4indexed.png", "no_time_for_that_tiny.gif", "multipage.tif", "camera.png"] {
         let p = process(&read(ok), &o).unwrap_or_else(|e| panic!("{ok}: {e}"));
         assert_eq!(p.width.min(p.height), 64, "{ok}");
@@ -73,7 +73,7 @@ fn shared_edge_cases() {
 
 #[test]
 fn skip_reencode_keeps_source_bytes_when_nothing_changes() {
-    let src = std::fs::read(common::shared_image("rocket.jpg")).unwrap();
+    let src = std::fs::read(common::data_image("rocket.jpg")).unwrap();
     let o =
         ImageOptions { image_size: 427, resize_mode: ResizeMode::KeepRatio, skip_reencode: true, ..Default::default() };
     let p = process(&src, &o).unwrap();
@@ -91,7 +91,7 @@ fn psnr(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
 #[test]
 fn dct_downscaled_decode_matches_full_decode() {
     // hubble_deep_field.jpg is 1000x872: at 256 px the DCT path decodes at 1/2 or 1/4 scale.
-    let src = std::fs::read(common::shared_image("hubble_deep_field.jpg")).unwrap();
+    let src = std::fs::read(common::data_image("hubble_deep_field.jpg")).unwrap();
     for mode in [ResizeMode::KeepRatio, ResizeMode::CenterCrop, ResizeMode::Border, ResizeMode::KeepRatioLargest] {
         for size in [100, 256, 333] {
             let fast = ImageOptions {

@@ -16,7 +16,7 @@ fn make_input(dir: &Path) {
     for i in 0..SHARDS * 4 {
         let n = names[i % names.len()];
         let ext = n.rsplit('.').next().unwrap();
-        std::fs::copy(common::shared_image(n), dir.join(format!("img_{i:03}.{ext}"))).unwrap();
+        std::fs::copy(common::data_image(n), dir.join(format!("img_{i:03}.{ext}"))).unwrap();
         std::fs::write(dir.join(format!("img_{i:03}.txt")), format!("caption {i}")).unwrap();
     }
 }

@@ -175,7 +175,9 @@ fn example_pipelines_parse() {
         let p = entry.unwrap().path();
         let text = std::fs::read_to_string(&p).unwrap();
         if p.extension().is_some_and(|e| e == "toml") && text.lines().any(|l| l.starts_with("out = ")) {
-            pixforge::pipeline::Pipeline::load(&p, None).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+            let pipeline =
+                pixforge::pipeline::Pipeline::load(&p, None).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+            pipeline.check().unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
         }
     }
 }

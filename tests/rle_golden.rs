@@ -1,5 +1,5 @@
 //! The COCO-RLE decoder against pycocotools on all 734 real masks of
-//! `../shared/data/sa1b/coco_rle_masks_734.json` (golden values from `tools/golden/rle_golden.py`).
+//! `tests/data/sa1b/coco_rle_masks_734.json` (golden values from `tools/golden/rle_golden.py`).
 
 mod common;
 
@@ -9,8 +9,7 @@ use sha2::{Digest, Sha256};
 #[test]
 fn matches_pycocotools_on_734_masks() {
     let masks: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(common::shared_data().join("sa1b/coco_rle_masks_734.json")).unwrap())
-            .unwrap();
+        serde_json::from_slice(&std::fs::read(common::data().join("sa1b/coco_rle_masks_734.json")).unwrap()).unwrap();
     let golden: serde_json::Value =
         serde_json::from_slice(&std::fs::read(common::fixtures().join("golden/rle_734.json")).unwrap()).unwrap();
     let masks = masks.as_array().unwrap();

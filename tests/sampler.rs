@@ -19,7 +19,9 @@ fn dpm_solver_pp_matches_diffusers() {
     let s = DpmSolverPP::new(d.alphas_cumprod(), 20, DpmSchedule::Diffusers);
     let want_t: Vec<f64> = g["timesteps"].as_array().unwrap().iter().map(|t| t.as_f64().unwrap()).collect();
     assert_eq!(s.times, want_t);
-    for (a, b) in s.sigmas.iter().zip(floats(&g["sigmas"])) {
+    let want_sigmas = floats(&g["sigmas"]);
+    assert_eq!(s.sigmas.len(), want_sigmas.len(), "one sigma per step");
+    for (a, b) in s.sigmas.iter().zip(want_sigmas) {
         assert!((a - b).abs() <= 1e-6 * b.max(1.0), "sigma {a} vs {b}");
     }
     let shape: Vec<usize> = g["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
@@ -33,6 +35,7 @@ fn dpm_solver_pp_matches_diffusers() {
     assert_eq!(visited, want_t, "one model call per step");
     let want = floats(g["steps"].as_array().unwrap().last().unwrap());
     let got: Vec<f64> = out.flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(got.len(), want.len(), "the sample has the golden's size");
     let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
     eprintln!("largest difference from diffusers after 20 steps: {worst:e}");
     assert!(worst < 1e-3, "largest difference after 20 steps: {worst}");
@@ -84,6 +87,7 @@ fn check(g: &Golden, kind: SamplerKind, steps: usize, uncond: Condition, key: &s
     }
     let want: Vec<f32> = g.t[key].flatten_all().unwrap().to_vec1().unwrap();
     let got: Vec<f32> = out.flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(got.len(), want.len(), "{key}: the sample has the golden's size");
     let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     let scale = want.iter().map(|b| b.abs()).fold(0.0f32, f32::max);
     eprintln!("{key}: largest difference {worst:e} (values up to {scale})");

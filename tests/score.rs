@@ -6,11 +6,11 @@ use candle_core::{Device, Tensor};
 use pixforge::score::aesthetic::AestheticHead;
 
 /// The LAION aesthetic heads V1 and V2 (real released weights) on the ten real CLIP ViT-L/14
-/// embeddings of ../shared/data/aesthetic equal the reference code's scores (`tools/golden/aesthetic.py`)
+/// embeddings of tests/data/aesthetic equal the reference code's scores (`tools/golden/aesthetic.py`)
 /// within 1e-4; a checkpoint of another kind is refused with the keys it has.
 #[test]
 fn aesthetic_heads_match_the_reference_scores() {
-    let data = common::shared_data().join("aesthetic");
+    let data = common::data().join("aesthetic");
     let rows: Vec<Tensor> =
         (0..10).map(|i| Tensor::read_npy(data.join(format!("vit_l_14_rating{i}.npy"))).unwrap()).collect();
     let emb = Tensor::cat(&rows, 0).unwrap();
@@ -22,6 +22,7 @@ fn aesthetic_heads_match_the_reference_scores() {
         assert_eq!((head.version, head.input_dim()), (version, 768));
         let scores = head.score(&emb).unwrap();
         let want: Vec<f64> = golden[version].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert_eq!((scores.len(), want.len()), (10, 10), "{version}: one score per embedding");
         for (i, (got, want)) in scores.iter().zip(&want).enumerate() {
             assert!((*got as f64 - want).abs() < 1e-4, "{version} rating {i}: {got} vs {want}");
         }
@@ -40,7 +41,7 @@ fn aesthetic_heads_match_the_reference_scores() {
 /// The committed ONNX graphs of the heads with their weights written from the released checkpoints
 /// (`{name}.weights`: each layer's weight and bias as raw little-endian f32, in order).
 fn onnx_head(dir: &std::path::Path, name: &str, checkpoint: &str, prefixes: &[&str]) -> std::path::PathBuf {
-    let data = common::shared_data().join("aesthetic");
+    let data = common::data().join("aesthetic");
     let sd: std::collections::HashMap<String, Tensor> =
         candle_core::pickle::read_all(data.join(checkpoint)).unwrap().into_iter().collect();
     let mut blob = Vec::new();
@@ -66,7 +67,7 @@ fn aesthetic_heads_run_through_onnx_runtime() {
     let v1 = onnx_head(dir.path(), "aesthetic_v1", "sa_0_4_vit_l_14_linear.pth", &[""]);
     let layers = ["layers.0.", "layers.2.", "layers.4.", "layers.6.", "layers.7."];
     let v2 = onnx_head(dir.path(), "aesthetic_v2", "sac+logos+ava1-l14-linearMSE.pth", &layers);
-    let data = common::shared_data().join("aesthetic");
+    let data = common::data().join("aesthetic");
     let rows: Vec<Tensor> =
         (0..10).map(|i| Tensor::read_npy(data.join(format!("vit_l_14_rating{i}.npy"))).unwrap()).collect();
     let emb = Tensor::cat(&rows, 0).unwrap();
@@ -77,6 +78,7 @@ fn aesthetic_heads_run_through_onnx_runtime() {
     for (path, name, version) in [(&v1, "aesthetic_v1", "v1"), (&v2, "aesthetic_v2", "v2")] {
         let mut head = pixforge::score::aesthetic::Head::load(path, &Device::Cpu).unwrap();
         let scores = head.score(&emb).unwrap();
+        assert_eq!(scores.len(), 10, "{name}: one score per embedding");
         for (i, s) in scores.iter().enumerate() {
             let (o, r) = (ort_golden[name][i].as_f64().unwrap(), reference[version][i].as_f64().unwrap());
             assert!((*s as f64 - o).abs() < 1e-5, "{name} {i}: {s} vs onnxruntime-Python {o}");
@@ -106,6 +108,48 @@ fn aesthetic_heads_run_through_onnx_runtime() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ORT_DYLIB_PATH=/nonexistent/libonnxruntime.so: no such file"), "{err}");
+}
+
+/// ONNX Runtime is searched for at run time in the documented order, with no path compiled in: a
+/// binary copied into a folder of its own, run with an empty cache, names the folder beside it and the
+/// user's cache and nothing of the source tree it was built from; with the library beside it, it runs.
+#[test]
+fn onnx_runtime_is_found_beside_the_binary_or_in_the_users_cache() {
+    let lib = common::onnxruntime();
+    let dir = tempfile::tempdir().unwrap();
+    let (bin_dir, home) = (dir.path().join("bin"), dir.path().join("home"));
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    std::fs::create_dir_all(&home).unwrap();
+    let bin = bin_dir.join("pixforge");
+    std::fs::copy(common::bin(), &bin).unwrap();
+    let onnx = onnx_head(dir.path(), "aesthetic_v1", "sa_0_4_vit_l_14_linear.pth", &[""]);
+    let emb = common::data().join("aesthetic/vit_l_14_rating0.npy");
+    let run = || {
+        std::process::Command::new(&bin)
+            .env_remove("ORT_DYLIB_PATH")
+            .env_remove("XDG_CACHE_HOME")
+            .env("HOME", &home)
+            .args(["score", "aesthetic", "--head"])
+            .arg(&onnx)
+            .arg(&emb)
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let cache = home.join(".cache/pixforge/onnxruntime");
+    assert!(err.contains("not found") && err.contains(&bin_dir.display().to_string()), "{err}");
+    assert!(err.contains(&cache.display().to_string()), "{err}");
+    assert!(!err.contains(env!("CARGO_MANIFEST_DIR")), "no source-tree path: {err}");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::copy(&lib, cache.join(lib.file_name().unwrap())).unwrap();
+    let out = run();
+    assert!(out.status.success(), "found in the user's cache: {}", String::from_utf8_lossy(&out.stderr));
+    std::fs::remove_dir_all(&cache).unwrap();
+    std::fs::copy(&lib, bin_dir.join(lib.file_name().unwrap())).unwrap();
+    let out = run();
+    assert!(out.status.success(), "found beside the binary: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// A tiny random CLIP vision tower exported to ONNX (`tools/golden/clip_tiny.py`) gives PyTorch's
@@ -360,7 +404,7 @@ fn dedup_finds_planted_near_duplicates() {
 #[test]
 fn balanced_selection_covers_more_concepts() {
     use pixforge::score::balance::{balance, BalanceConfig};
-    let text = std::fs::read_to_string(common::shared_data().join("captions/coco_val2014_captions_1000.json")).unwrap();
+    let text = std::fs::read_to_string(common::caption_set("coco_val2014_captions_1000.json")).unwrap();
     let rows: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
     let captions: Vec<String> = rows.iter().map(|r| r["caption"].as_str().unwrap().to_string()).collect();
     let cfg = BalanceConfig { size: 300, cap: 20, count: Default::default() };
@@ -424,7 +468,7 @@ fn laion_embeddings_are_matched_by_key_and_scored() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     common::caches::source(&src);
-    let data = common::shared_data().join("aesthetic");
+    let data = common::data().join("aesthetic");
     let rows: Vec<Tensor> =
         (0..10).map(|i| Tensor::read_npy(data.join(format!("vit_l_14_rating{i}.npy"))).unwrap()).collect();
     let (emb, meta) = (dir.path().join("img_emb"), dir.path().join("metadata"));

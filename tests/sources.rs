@@ -36,7 +36,7 @@ fn all_records(out: &Path) -> Vec<Record> {
 }
 
 fn copy(name: &str, dir: &Path, as_name: &str) {
-    std::fs::copy(common::shared_image(name), dir.join(as_name)).unwrap();
+    std::fs::copy(common::data_image(name), dir.join(as_name)).unwrap();
 }
 
 #[test]
@@ -52,11 +52,8 @@ fn folder_with_captions_and_duplicates() {
     copy("coffee.png", &input.join("sub"), "e_coffee.png");
     std::fs::write(input.join("notes.md"), "not an image").unwrap();
     // A near-duplicate: chelsea shrunk by 10% and re-encoded as JPEG.
-    let img = image::open(common::shared_image("chelsea.png")).unwrap().resize(
-        405,
-        270,
-        image::imageops::FilterType::Triangle,
-    );
+    let img =
+        image::open(common::data_image("chelsea.png")).unwrap().resize(405, 270, image::imageops::FilterType::Triangle);
     img.to_rgb8().save(input.join("f_chelsea_small.jpg")).unwrap();
     let mut c = cfg(SourceKind::Folder, vec![input.clone()]);
     c.curation.samples_per_shard = 4;
@@ -141,9 +138,9 @@ fn sa1b_tar(path: &Path) {
         h.set_cksum();
         b.append_data(&mut h, name, data).unwrap();
     };
-    let rocket = std::fs::read(common::shared_image("rocket.jpg")).unwrap();
-    let hubble = std::fs::read(common::shared_image("hubble_deep_field.jpg")).unwrap();
-    let chelsea = image::open(common::shared_image("chelsea.png")).unwrap();
+    let rocket = std::fs::read(common::data_image("rocket.jpg")).unwrap();
+    let hubble = std::fs::read(common::data_image("hubble_deep_field.jpg")).unwrap();
+    let chelsea = image::open(common::data_image("chelsea.png")).unwrap();
     let mut chelsea_jpg = Vec::new();
     chelsea.to_rgb8().write_to(&mut std::io::Cursor::new(&mut chelsea_jpg), image::ImageFormat::Jpeg).unwrap();
     add("sa_1.jpg", &rocket);
@@ -153,10 +150,10 @@ fn sa1b_tar(path: &Path) {
     add("sa_3.jpg", &chelsea_jpg);
     add(
         "sa_4.jpg",
-        &std::fs::read(common::shared_image("astronaut.png"))
+        &std::fs::read(common::data_image("astronaut.png"))
             .map(|_| {
                 let mut v = Vec::new();
-                image::open(common::shared_image("astronaut.png"))
+                image::open(common::data_image("astronaut.png"))
                     .unwrap()
                     .to_rgb8()
                     .write_to(&mut std::io::Cursor::new(&mut v), image::ImageFormat::Jpeg)
@@ -231,7 +228,7 @@ fn laion_parquet_with_no_network() {
     // interfaces (`unshare -n`), so no packet leaves this machine; every row must be recorded.
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let meta = common::shared_data().join("laion/img2dataset_test_1000.parquet");
+    let meta = common::data().join("laion/img2dataset_test_1000.parquet");
     let args = [
         "ingest",
         "laion",

@@ -7,7 +7,7 @@ mod common;
 use pixforge::density::{conllu, model_file, train, Tagger};
 
 fn ewt(name: &str) -> Vec<Vec<conllu::Token>> {
-    conllu::read_conllu(&common::shared_data().join("ud-ewt").join(name)).unwrap()
+    conllu::read_conllu(&common::data().join("ud-ewt").join(format!("{name}.zst"))).unwrap()
 }
 
 #[test]

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Puts ONNX Runtime's shared library (from the onnxruntime wheel on PyPI, pinned to the version ort
-# 2.0.0-rc.15 is built against) into DIR (default target/onnxruntime) and prints its path. pixforge
-# loads it at run time: ORT_DYLIB_PATH=<that path>, or it looks in target/onnxruntime by default.
+# 2.0.0-rc.15 is built against) into DIR and prints its path. DIR defaults to the user's cache,
+# ${XDG_CACHE_HOME:-$HOME/.cache}/pixforge/onnxruntime, where pixforge looks for it at run time after
+# ORT_DYLIB_PATH and the binary's own folder (docs/score.md, "ONNX Runtime").
 # Needs python3 with pip (only to download and unpack the wheel; nothing Python runs afterwards).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VERSION=1.31.1
-DIR=${1:-target/onnxruntime}
+DIR=${1:-${XDG_CACHE_HOME:-$HOME/.cache}/pixforge/onnxruntime}
 LIB="$DIR/libonnxruntime.so.$VERSION"
 if [ ! -f "$LIB" ]; then
   mkdir -p "$DIR/wheel"

@@ -14,8 +14,17 @@ pub struct Token {
 }
 
 /// Reads the syntactic words of every sentence (multi-word token lines and empty nodes are skipped).
+/// A file whose name ends in `.zst` is zstd-decompressed first.
 pub fn read_conllu(path: &Path) -> anyhow::Result<Vec<Vec<Token>>> {
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+    let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+    let bytes = if path.extension().is_some_and(|e| e == "zst") {
+        zstd::decode_all(bytes.as_slice())
+            .map_err(|e| anyhow::anyhow!("{}: not a readable zstd file: {e}", path.display()))?
+    } else {
+        bytes
+    };
+    let text = String::from_utf8(bytes)
+        .map_err(|e| anyhow::anyhow!("{}: expected UTF-8 CoNLL-U text, found invalid UTF-8: {e}", path.display()))?;
     let mut out = Vec::new();
     let mut sent = Vec::new();
     for (n, line) in text.lines().enumerate() {

@@ -398,9 +398,38 @@ impl Pipeline {
         })
     }
 
-    /// Checks what must exist before the run starts (model folders a tiny-models stage will not
-    /// write, inputs), naming the file, stage and field.
+    /// Checks the configuration before the run starts: fields that need each other, value forms,
+    /// and the caches a training stage trains on, naming the file, stage and field. Needs no input
+    /// to exist ([`Pipeline::check_paths`] checks those).
     pub fn check(&self) -> anyhow::Result<()> {
+        let f = self.file.display();
+        if let Some(c) = &self.caption {
+            if c.backend == crate::caption::Backend::Openai && c.endpoint.is_none() {
+                anyhow::bail!("{f}: stage `caption`, field `endpoint`: required with backend = \"openai\"");
+            }
+        }
+        if let Some(d) = &self.density {
+            for (name, c) in &d.compare {
+                if let CompareSet::Set { filter: Some(flt), .. } = c {
+                    if !flt.contains('=') {
+                        anyhow::bail!(
+                            "{f}: stage `density`, field `compare.{name}.filter`: expected field=value, found {flt:?}"
+                        );
+                    }
+                }
+            }
+        }
+        if let (Some(train), true) = (&self.train, self.t5.is_none() || self.vae.is_none()) {
+            if train.data.caches.iter().any(|c| self.datasets.iter().any(|d| c.t5 == d.t5 || c.vae == d.vae)) {
+                anyhow::bail!("{f}: stage `train` trains on the pipeline's caches: add [cache.t5] and [cache.vae]");
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks what must exist before the run starts (inputs, and model folders a tiny-models stage
+    /// will not write), naming the file, stage and field.
+    pub fn check_paths(&self) -> anyhow::Result<()> {
         let f = self.file.display();
         let made = self.out.join("models");
         let exists = |p: &Path| p.exists() || (self.models.is_some() && p.starts_with(&made));
@@ -418,9 +447,6 @@ impl Pipeline {
         if let Some(c) = &self.caption {
             if c.backend == crate::caption::Backend::Candle && !exists(Path::new(&c.model)) {
                 anyhow::bail!("{f}: stage `caption`, field `model`: {}: no such model folder", c.model);
-            }
-            if c.backend == crate::caption::Backend::Openai && c.endpoint.is_none() {
-                anyhow::bail!("{f}: stage `caption`, field `endpoint`: required with backend = \"openai\"");
             }
         }
         for (stage, model) in
@@ -440,18 +466,6 @@ impl Pipeline {
                         c.path().display()
                     );
                 }
-                if let CompareSet::Set { filter: Some(flt), .. } = c {
-                    if !flt.contains('=') {
-                        anyhow::bail!(
-                            "{f}: stage `density`, field `compare.{name}.filter`: expected field=value, found {flt:?}"
-                        );
-                    }
-                }
-            }
-        }
-        if let (Some(train), true) = (&self.train, self.t5.is_none() || self.vae.is_none()) {
-            if train.data.caches.iter().any(|c| self.datasets.iter().any(|d| c.t5 == d.t5 || c.vae == d.vae)) {
-                anyhow::bail!("{f}: stage `train` trains on the pipeline's caches: add [cache.t5] and [cache.vae]");
             }
         }
         Ok(())

@@ -74,6 +74,7 @@ impl PipelineReport {
 /// worker.
 pub fn run(p: &Pipeline, progress: bool, worker: crate::shards::Worker) -> anyhow::Result<PipelineReport> {
     p.check()?;
+    p.check_paths()?;
     let share = worker.count > 1;
     std::fs::create_dir_all(&p.out).map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", p.out.display()))?;
     let mut r = PipelineReport::default();

@@ -1,5 +1,6 @@
-//! Model-based curation scores (issue 8, in progress): heads over CLIP image embeddings. So far the
-//! LAION aesthetic predictors V1 and V2, computed natively.
+//! Model-based curation: CLIP image embeddings from an ONNX vision tower over the shards, score heads
+//! on them (the LAION aesthetic predictors V1 and V2 natively, any ONNX head on embeddings or pixels),
+//! threshold / top-fraction filters, semantic de-duplication and concept-balanced selection.
 
 pub mod aesthetic;
 pub mod balance;

@@ -1,7 +1,7 @@
 //! ONNX models through ONNX Runtime (`ort` with `load-dynamic`): the runtime's shared library is
-//! loaded at run time, never downloaded at build time. It is found at `ORT_DYLIB_PATH`, or where
-//! `tools/install-onnxruntime.sh` puts it (`target/onnxruntime/`, beside the binary's folder or the
-//! source tree's); a missing library is an error that says how to get it.
+//! loaded at run time, never downloaded at build time, and never looked for at a path compiled into
+//! the binary. [`dylib_path`] gives the search order; a missing library is an error that says how to
+//! get it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,8 +15,31 @@ fn lib_name() -> String {
     format!("libonnxruntime.so.{ORT_VERSION}")
 }
 
-/// Where ONNX Runtime is: `ORT_DYLIB_PATH`, else `target/onnxruntime/` next to the running binary's
-/// folder (`target/release/..`) or in the source tree this binary was built from.
+/// The user's cache folder for ONNX Runtime, where `tools/install-onnxruntime.sh` puts the library:
+/// `$XDG_CACHE_HOME/pixforge/onnxruntime`, else `$HOME/.cache/pixforge/onnxruntime`.
+pub fn user_cache_dir() -> Option<PathBuf> {
+    let base = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        Some(x) => PathBuf::from(x),
+        None => PathBuf::from(std::env::var_os("HOME").filter(|v| !v.is_empty())?).join(".cache"),
+    };
+    Some(base.join("pixforge").join("onnxruntime"))
+}
+
+/// The places searched for the library, in order (after `ORT_DYLIB_PATH`): beside the running binary
+/// (its own folder, then `onnxruntime/` beside its build folder, as `target/onnxruntime` is for
+/// `target/release/pixforge`), then the user's cache ([`user_cache_dir`]).
+pub fn search_path() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(dir) = std::env::current_exe().ok().as_deref().and_then(Path::parent) {
+        dirs.push(dir.to_path_buf());
+        dirs.push(dir.join("../onnxruntime"));
+    }
+    dirs.extend(user_cache_dir());
+    dirs.into_iter().map(|d| d.join(lib_name())).collect()
+}
+
+/// Where ONNX Runtime is: `ORT_DYLIB_PATH` if set (a missing file there is an error), else the first
+/// of [`search_path`] that exists.
 pub fn dylib_path() -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
         let p = PathBuf::from(p);
@@ -25,17 +48,14 @@ pub fn dylib_path() -> anyhow::Result<PathBuf> {
         }
         anyhow::bail!("ORT_DYLIB_PATH={}: no such file (expected ONNX Runtime's {})", p.display(), lib_name());
     }
-    let mut candidates = Vec::new();
-    if let Some(dir) = std::env::current_exe().ok().as_deref().and_then(Path::parent) {
-        candidates.push(dir.join("../onnxruntime").join(lib_name()));
-        candidates.push(dir.join("../../onnxruntime").join(lib_name()));
-    }
-    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("target/onnxruntime").join(lib_name()));
-    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
+    let candidates = search_path();
+    candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
+        let looked: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
         anyhow::anyhow!(
-            "ONNX Runtime {ORT_VERSION} not found: run tools/install-onnxruntime.sh (it unpacks {} from the \
-             onnxruntime=={ORT_VERSION} wheel into target/onnxruntime/), or set ORT_DYLIB_PATH to that file \
-             (e.g. from `pip install onnxruntime=={ORT_VERSION}`: site-packages/onnxruntime/capi/)",
+            "ONNX Runtime {ORT_VERSION} not found (looked for {}): run tools/install-onnxruntime.sh (it unpacks \
+             {} from the onnxruntime=={ORT_VERSION} wheel into the user's cache), or set ORT_DYLIB_PATH to that \
+             file (e.g. from `pip install onnxruntime=={ORT_VERSION}`: site-packages/onnxruntime/capi/)",
+            looked.join(", "),
             lib_name()
         )
     })

@@ -21,7 +21,7 @@ pub fn png(w: u32, h: u32, seed: u32) -> Vec<u8> {
 /// Shard 0: three captioned images; shard 1: one captioned image, one without a caption, one whose
 /// caption is not UTF-8 and whose image is not an image.
 pub fn source(dir: &Path) -> Vec<Vec<Sample>> {
-    let prompts = std::fs::read_to_string(super::shared_data().join("prompts/pixart_alpha_samples.txt")).unwrap();
+    let prompts = std::fs::read_to_string(super::data().join("prompts/pixart_alpha_samples.txt")).unwrap();
     let p: Vec<&str> = prompts.lines().filter(|l| !l.trim().is_empty()).collect();
     let s = |k: &str, img: Option<Vec<u8>>, txt: Option<&[u8]>| (k.to_string(), img, txt.map(<[u8]>::to_vec));
     let shards = vec![

@@ -1,4 +1,4 @@
-//! Shared test helpers: paths to the shared data, a loopback HTTP server with fault endpoints, and
+//! Shared test helpers: paths to the test data, a loopback HTTP server with fault endpoints, and
 //! fixtures built from the bundled photos.
 #![allow(dead_code)]
 
@@ -8,17 +8,20 @@ pub mod vlm;
 
 use std::path::{Path, PathBuf};
 
-/// `../shared/data` beside the repository (or `$PIXFORGE_SHARED_DATA`).
-pub fn shared_data() -> PathBuf {
-    if let Ok(p) = std::env::var("PIXFORGE_SHARED_DATA") {
-        return PathBuf::from(p);
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data")
+/// The real data the tests read, inside the repository (`tests/data/`, origins and licences in its
+/// README).
+pub fn data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
 }
 
-/// A shared image by file name.
-pub fn shared_image(name: &str) -> PathBuf {
-    shared_data().join("images").join(name)
+/// A real photo or image edge case of `tests/data/images` by file name.
+pub fn data_image(name: &str) -> PathBuf {
+    data().join("images").join(name)
+}
+
+/// One of the real caption sets the demo bundles (`assets/demo/`: COCO captions, LLaVA answers).
+pub fn caption_set(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo").join(name)
 }
 
 /// The committed fixtures directory.

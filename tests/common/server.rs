@@ -1,4 +1,4 @@
-//! A loopback HTTP/1.1 server for downloader tests: serves `../shared/data/images` under `/img/` and
+//! A loopback HTTP/1.1 server for downloader tests: serves `tests/data/images` under `/img/` and
 //! fault endpoints. It speaks raw HTTP so that faults (cut bodies, slow drips, lying headers) are exact.
 
 use std::collections::HashMap;

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Golden scores of the LAION aesthetic heads on the ten real CLIP ViT-L/14 embeddings of
-../shared/data/aesthetic, computed as the reference code does:
+tests/data/aesthetic, computed as the reference code does:
 - V1 (LAION-AI/aesthetic-predictor): `nn.Linear(768, 1)` on the L2-normalised embedding;
 - V2 (christophschuhmann/improved-aesthetic-predictor `simple_inference.py`): the MLP
   768→1024→128→64→16→1 (Dropout layers are identity at inference) on the L2-normalised embedding.
-Usage: python tools/golden/aesthetic.py ../shared/data/aesthetic tests/fixtures/golden/aesthetic.json (torch, numpy)"""
+Usage: python tools/golden/aesthetic.py tests/data/aesthetic tests/fixtures/golden/aesthetic.json (torch, numpy)"""
 import json
 import sys
 

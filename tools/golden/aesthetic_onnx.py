@@ -7,8 +7,8 @@ linear layer (transB = 1, so the weights keep PyTorch's [out, in] layout). The w
 data*: each initializer points into `{name}.weights`, the layers' weight and bias as raw little-endian
 f32 one after the other (V1: weight, bias; V2: layers.0.weight, layers.0.bias, layers.2.weight, …).
 Only the small graphs are committed; the test writes the weights file from the released checkpoints
-in ../shared/data/aesthetic (so the 3.7 MB of V2 are not duplicated).
-Usage: python tools/golden/aesthetic_onnx.py ../shared/data/aesthetic tests/fixtures/golden
+in tests/data/aesthetic (so the 3.7 MB of V2 are not duplicated).
+Usage: python tools/golden/aesthetic_onnx.py tests/data/aesthetic tests/fixtures/golden
 (torch, onnx, onnxruntime==1.31.1)"""
 import json
 import os

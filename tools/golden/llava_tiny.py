@@ -23,7 +23,7 @@ Writes into OUT:
                               [1, 3, 56, 56] (CLIPImageProcessor's, PIL bicubic), `logits` [1, V] (the
                               first generated position), `greedy` [20] (20 argmax tokens, EOS not special)
   llava_tiny.json             the prompt text, the photo and the greedy tokens' text
-Usage: python tools/golden/llava_tiny.py ../shared/data/captions assets/demo tests/fixtures/golden [--next]
+Usage: python tools/golden/llava_tiny.py assets/demo assets/demo tests/fixtures/golden [--next]
        (torch, transformers 5, tokenizers, pillow)"""
 import json
 import sys

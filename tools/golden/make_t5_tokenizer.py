@@ -9,7 +9,7 @@ Unigram model of the same layout on the bundled COCO captions (vocabulary 600) w
 `tokenizers` library (the reference implementation) and records its token counts.
 
 Usage:  python3 -m venv /tmp/t5venv && /tmp/t5venv/bin/pip install tokenizers==0.22.1
-        /tmp/t5venv/bin/python tools/golden/make_t5_tokenizer.py ../shared/data/captions tests/fixtures/t5
+        /tmp/t5venv/bin/python tools/golden/make_t5_tokenizer.py assets/demo tests/fixtures/t5
 """
 import json
 import sys

@@ -1,8 +1,8 @@
 """Golden values for the COCO-RLE decoder: pycocotools' area, toBbox and a checksum of the decoded mask
-for every mask of ../shared/data/sa1b/coco_rle_masks_734.json.
+for every mask of tests/data/sa1b/coco_rle_masks_734.json.
 
 Run: python3 -m venv /tmp/golden && /tmp/golden/bin/pip install pycocotools numpy
-     /tmp/golden/bin/python tools/golden/rle_golden.py ../shared/data/sa1b/coco_rle_masks_734.json \
+     /tmp/golden/bin/python tools/golden/rle_golden.py tests/data/sa1b/coco_rle_masks_734.json \
          tests/fixtures/golden/rle_734.json
 """
 import hashlib

@@ -10,7 +10,7 @@ the token ids T5TokenizerFast gives when called as PixArt-α calls it (max_lengt
 padding='max_length', truncation=True, add_special_tokens=True), unpadded by the attention mask.
 
 Usage:  /tmp/torchvenv/bin/pip install torch transformers diffusers ftfy beautifulsoup4
-        /tmp/torchvenv/bin/python tools/golden/t5_prompts.py ../shared/data/prompts/pixart_alpha_samples.txt
+        /tmp/torchvenv/bin/python tools/golden/t5_prompts.py tests/data/prompts/pixart_alpha_samples.txt
 """
 import json
 import sys
@@ -58,7 +58,7 @@ def main(prompts_file: Path) -> None:
     base = Tokenizer.from_file(str(ROOT / "tests/fixtures/t5/tokenizer.json"))
     if base.token_to_id("<extra_id_0>") is None:
         base.add_special_tokens([AddedToken(f"<extra_id_{i}>", special=True) for i in reversed(range(100))])
-    out = ROOT / "tests/fixtures/t5-sentinels"
+    out = ROOT / "assets/t5"
     out.mkdir(parents=True, exist_ok=True)
     base.save(str(out / "tokenizer.json"))
     tok = T5TokenizerFast(tokenizer_file=str(out / "tokenizer.json"), eos_token="</s>", pad_token="<pad>",
