@@ -630,7 +630,7 @@ fn parse_size(s: &str) -> anyhow::Result<(usize, usize)> {
 }
 
 fn main() -> anyhow::Result<()> {
-    pixforge::train::configure_cpu_threads();
+    pixforge::device::configure_cpu_threads();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -798,20 +798,20 @@ fn main() -> anyhow::Result<()> {
                 noise: a.noise.clone(),
                 binning: !a.no_binning,
             };
-            let device = pixforge::train::device(&a.device)?;
+            let device = pixforge::device::device(&a.device)?;
             let paths = pixforge::train::generate::run(&o, &prompts, &a.out, &device)?;
             for p in paths {
                 emit(&format!("{}\n", p.display()));
             }
         }
         Cmd::Cache(CacheCmd::T5 { cfg, run }) => {
-            let device = pixforge::train::device(&run.device)?;
+            let device = pixforge::device::device(&run.device)?;
             let stats = pixforge::latents::cache::t5_stage::run(&cfg, &run.options()?, &device)
                 .with_context(|| format!("cache t5 into {}", run.out.display()))?;
             finish_cache(&stats)?;
         }
         Cmd::Cache(CacheCmd::Vae { cfg, run }) => {
-            let device = pixforge::train::device(&run.device)?;
+            let device = pixforge::device::device(&run.device)?;
             let stats = pixforge::latents::cache::vae_stage::run(&cfg, &run.options()?, &device)
                 .with_context(|| format!("cache vae into {}", run.out.display()))?;
             finish_cache(&stats)?;
@@ -873,14 +873,7 @@ fn main() -> anyhow::Result<()> {
             emit(&format!("{}\n", serde_json::to_string_pretty(&report)?));
         }
         Cmd::Score(ScoreCmd::Clip { cfg, run }) => {
-            let cuda = match run.device.as_str() {
-                "cpu" => None,
-                d => Some(
-                    d.strip_prefix("cuda:")
-                        .and_then(|n| n.parse().ok())
-                        .with_context(|| format!("--device {d}: expected cpu or cuda:N"))?,
-                ),
-            };
+            let cuda = pixforge::device::DeviceName::parse(&run.device)?.cuda_ordinal().map(|n| n as i32);
             let stats = pixforge::score::stage::run(&cfg, &run.options()?, cuda)
                 .with_context(|| format!("score clip into {}", run.out.display()))?;
             finish_cache(&stats)?;

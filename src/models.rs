@@ -33,7 +33,7 @@ where
 {
     let map = candle_nn::VarMap::new();
     build(candle_nn::VarBuilder::from_varmap(&map, candle_core::DType::F32, &Device::Cpu))?;
-    let mut rng = crate::train::init::Rng::new(seed);
+    let mut rng = crate::rng::Rng::new(seed);
     let mut vars: Vec<(String, candle_core::Var)> =
         map.data().lock().expect("not poisoned").clone().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
@@ -308,7 +308,7 @@ pub fn bench_pixart_step(iters: usize) -> anyhow::Result<StepTiming> {
     let dev = Device::Cpu;
     let mut model = init(config, false, 120, 0, &dev)?;
     let _vars = model.trainable()?;
-    let mut rng = crate::train::init::Rng::new(1);
+    let mut rng = crate::rng::Rng::new(1);
     let latents = rng.normal_tensor(&[4, 4, 32, 32], 1.0, &dev)?;
     let caption = rng.normal_tensor(&[4, 120, 4096], 1.0, &dev)?;
     let mask = Tensor::ones((4, 120), candle_core::DType::F32, &dev)?;

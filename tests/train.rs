@@ -10,8 +10,8 @@ use pixforge::latents::cache::{t5_stage, vae_stage, CacheReader, FeatureDType};
 /// captions padded to 120 with their mask, and the caption drop.
 #[test]
 fn train_set_joins_the_caches_and_assembles_batches() {
+    use pixforge::rng::Rng;
     use pixforge::train::data::TrainSet;
-    use pixforge::train::init::Rng;
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     source(&src);
@@ -62,8 +62,9 @@ fn train_set_joins_the_caches_and_assembles_batches() {
 /// non-finite batch is skipped without touching the weights.
 #[test]
 fn trainer_steps_on_cached_batches_and_skips_non_finite_ones() {
+    use pixforge::rng::Rng;
     use pixforge::train::data::TrainSet;
-    use pixforge::train::init::{init, Rng};
+    use pixforge::train::init::init;
     use pixforge::train::optim::AdamWConfig;
     use pixforge::train::step::Trainer;
     let dir = tempfile::tempdir().unwrap();
@@ -123,8 +124,9 @@ fn trainer_steps_on_cached_batches_and_skips_non_finite_ones() {
 #[test]
 fn mixed_precision_steps_follow_the_f32_run() {
     use candle_core::{DType, Tensor};
+    use pixforge::rng::Rng;
     use pixforge::train::data::Batch;
-    use pixforge::train::init::{init, Rng};
+    use pixforge::train::init::init;
     use pixforge::train::optim::AdamWConfig;
     use pixforge::train::precision::Precision;
     use pixforge::train::step::Trainer;

@@ -499,7 +499,7 @@ fn dit_weights_reparameterised_at_t500_give_dits_output() {
     let model = pixforge::train::dit::from_dit(&golden.join("dit_tiny.safetensors"), &m, 120, 3, &Device::Cpu).unwrap();
     assert_eq!((model.config.num_layers, model.config.hidden()), (2, 48));
     let io = candle_core::safetensors::load(golden.join("dit_tiny_io.safetensors"), &Device::Cpu).unwrap();
-    let mut rng = pixforge::train::init::Rng::new(9);
+    let mut rng = pixforge::rng::Rng::new(9);
     let caption = rng.normal_tensor(&[2, 7, 16], 1.0, &Device::Cpu).unwrap();
     let mask = Tensor::new(&[[1f32, 1., 1., 1., 1., 0., 0.], [1., 1., 1., 1., 1., 1., 1.]], &Device::Cpu).unwrap();
     let t = Tensor::new(&[500f32, 500.], &Device::Cpu).unwrap();

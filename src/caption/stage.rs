@@ -68,7 +68,7 @@ pub fn run(cfg: &CaptionConfig, opts: &RunOptions) -> anyhow::Result<CacheRunSta
     let fingerprint = cfg.fingerprint()?;
     let engine = match cfg.backend {
         Backend::Candle => {
-            let device = crate::train::device(&cfg.device)?;
+            let device = crate::device::device(&cfg.device)?;
             let dtype = match cfg.dtype {
                 Some(d) => d.dtype(),
                 None if device.is_cpu() => candle_core::DType::F32,

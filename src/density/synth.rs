@@ -2,6 +2,8 @@
 //! text (with product codes, so the noun table keeps growing like a real crawl's) and LLaVA-style
 //! dense descriptions, with nouns drawn from a Zipf-like distribution.
 
+use crate::rng::Rng;
+
 const NOUNS: &[&str] = &[
     "dog",
     "cat",
@@ -99,21 +101,18 @@ const VERBS: &[&str] = &["shows", "depicts", "captures", "features", "displays",
 
 /// A seeded generator of captions.
 pub struct Synth {
-    state: u64,
+    rng: Rng,
     n: u64,
 }
 
 impl Synth {
     /// A generator; the same seed gives the same captions.
     pub fn new(seed: u64) -> Self {
-        Self { state: seed.max(1), n: 0 }
+        Self { rng: Rng::from_state(seed), n: 0 }
     }
 
     fn next(&mut self) -> u64 {
-        self.state ^= self.state >> 12;
-        self.state ^= self.state << 25;
-        self.state ^= self.state >> 27;
-        self.state.wrapping_mul(0x2545F4914F6CDD1D)
+        self.rng.next_u64()
     }
 
     fn pick<'a>(&mut self, list: &[&'a str]) -> &'a str {

@@ -2,6 +2,7 @@
 
 use super::conllu::Token;
 use super::tagger::{best_class, features, start_hashes, Context, FeatureRows, Scratch, TagDict, Tagger, Weights};
+use crate::rng::Rng;
 use std::collections::HashMap;
 
 /// Training settings.
@@ -20,21 +21,6 @@ pub struct TrainOptions {
 impl Default for TrainOptions {
     fn default() -> Self {
         Self { iterations: 10, augment_share: 0.25, seed: 1, min_weight: 0.05 }
-    }
-}
-
-/// A small seeded generator (xorshift64*), so training is reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545F4914F6CDD1D)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
@@ -147,7 +133,7 @@ fn fit(base: &Tagger, items: &[Item], o: &TrainOptions, rng: &mut Rng) -> Weight
     let (mut feats, mut scores) = (Vec::with_capacity(32), Vec::with_capacity(base.tags.len()));
     for _ in 0..o.iterations {
         for i in (1..order.len()).rev() {
-            order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+            order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
         }
         for &ii in &order {
             let item = &items[ii];
@@ -178,7 +164,7 @@ fn items(sents: &[Vec<Token>], class: &HashMap<String, usize>, o: &TrainOptions,
     let mut out: Vec<Item> =
         sents.iter().map(|s| Item { words: s.iter().map(|t| t.form.clone()).collect(), labels: labels(s) }).collect();
     for s in sents {
-        let r = rng.unit();
+        let r = rng.uniform();
         let words: Vec<String> = if r < o.augment_share {
             s.iter().map(|t| t.form.to_lowercase()).collect()
         } else if r < 2.0 * o.augment_share {
@@ -214,7 +200,7 @@ fn tag_dictionary(items: &[Item]) -> TagDict {
 
 /// Trains on `sents` (words with gold XPOS and UPOS tags).
 pub fn train(sents: &[Vec<Token>], o: &TrainOptions) -> Tagger {
-    let mut rng = Rng(o.seed.max(1));
+    let mut rng = Rng::from_state(o.seed);
     let mut tags: Vec<String> = sents.iter().flatten().map(label).collect();
     tags.sort();
     tags.dedup();

@@ -4,7 +4,6 @@
 
 pub mod cache;
 pub mod clean;
-pub mod conv;
 pub mod export;
 pub mod t5;
 pub mod t5_packed;

@@ -118,7 +118,7 @@ impl PackedT5 {
             let hidden = self.rms_norm(&x, &layer.norm_ff)?.matmul(&layer.wi.t()?)?;
             let act = &self.cfg.feed_forward_proj;
             let hidden = if act.gated && matches!(act.activation, Activation::NewGelu | Activation::GeluPytorchTanh) {
-                crate::train::ops::gated_gelu(&hidden)?
+                crate::nn::gated_gelu(&hidden)?
             } else if act.gated {
                 let ff = self.cfg.d_ff;
                 (activate(act.activation, &hidden.narrow(1, 0, ff)?)? * hidden.narrow(1, ff, ff)?)?
@@ -163,7 +163,7 @@ impl PackedT5 {
 /// kernel on CPU.
 fn activate(a: Activation, x: &Tensor) -> candle_core::Result<Tensor> {
     match a {
-        Activation::NewGelu | Activation::GeluPytorchTanh => crate::train::ops::gelu(x),
+        Activation::NewGelu | Activation::GeluPytorchTanh => crate::nn::gelu(x),
         _ => a.forward(x),
     }
 }

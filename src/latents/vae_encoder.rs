@@ -5,7 +5,7 @@
 //! so the encoder is ours, on the kernels of [`super::conv`] (implicit-GEMM convolution, group norm
 //! with fused SiLU, residual adds fused into the convolutions).
 
-use super::conv::{Conv2d, GroupNorm};
+use crate::nn::conv::{Conv2d, GroupNorm};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -76,11 +76,11 @@ impl Attention {
         for i in 0..b {
             let xi = x.narrow(0, i, 1)?;
             let tokens = self.norm.forward(&xi, false)?.reshape((c, h * w))?.t()?.contiguous()?;
-            let qkv = crate::train::ops::linear(&tokens, &self.qkv_w, &self.qkv_b)?;
+            let qkv = crate::nn::linear(&tokens, &self.qkv_w, &self.qkv_b)?;
             let (q, k, v) = (qkv.narrow(1, 0, c)?, qkv.narrow(1, c, c)?, qkv.narrow(1, 2 * c, c)?);
             let scores = (q.matmul(&k.t()?)? * (1.0 / (c as f64).sqrt()))?;
             let p = candle_nn::ops::softmax_last_dim(&scores)?;
-            let o = crate::train::ops::linear(&p.matmul(&v.contiguous()?)?, &self.out_w, &self.out_b)?;
+            let o = crate::nn::linear(&p.matmul(&v.contiguous()?)?, &self.out_w, &self.out_b)?;
             outs.push((o.t()?.reshape((1, c, h, w))? + xi)?);
         }
         Tensor::cat(&outs, 0)

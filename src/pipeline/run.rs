@@ -219,7 +219,7 @@ fn sample(
         noise: None,
         binning: true,
     };
-    let paths = crate::train::generate::run(&o, &prompts, out, &crate::train::device(&train.device)?)?;
+    let paths = crate::train::generate::run(&o, &prompts, out, &crate::device::device(&train.device)?)?;
     crate::shards::write_atomic(&marker, digest.as_bytes())?;
     Ok(StageReport {
         stage: "sample".into(),

@@ -5,7 +5,7 @@
 //! `cluster`), and every near-duplicate group as a JSON report.
 
 use crate::latents::cache::CacheReader;
-use crate::train::init::Rng;
+use crate::rng::Rng;
 use candle_core::Device;
 use polars::prelude::{Column, DataFrame};
 use serde::Serialize;

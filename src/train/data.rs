@@ -7,8 +7,8 @@
 //! proportion to their size, as in the paper. Everything is a function of (seed, epoch), so a run
 //! resumes at any batch by recomputing the epoch's order.
 
-use super::init::Rng;
 use crate::latents::cache::{CacheFingerprint, CacheReader, CacheShard, EntryStatus};
+use crate::rng::Rng;
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::Path;

@@ -145,7 +145,7 @@ pub fn generate(o: &SampleOptions, prompts: &[String], device: &Device) -> anyho
     };
     let diffusion = super::diffusion::Diffusion::linear(1000);
     let steps = o.steps.unwrap_or(o.sampler.default_steps());
-    let mut rng = super::init::Rng::new(o.seed);
+    let mut rng = crate::rng::Rng::new(o.seed);
     let mut out = Vec::new();
     for (i, prompt) in prompts.iter().enumerate() {
         let emb = t5.encode(prompt)?;

@@ -7,7 +7,8 @@
 //! Every op here records gradients: the hot ones are our fused differentiable kernels
 //! (`train::ops`), never candle_nn's fused ones (which record none).
 
-use super::ops::{attention, fused_block, gated_add, gelu, layer_norm, linear, modulate, pixart_block, BLOCK_PARAMS};
+use super::ops::{attention, fused_block, pixart_block, BLOCK_PARAMS};
+use crate::nn::{gated_add, gelu, layer_norm, linear, modulate};
 use candle_core::{DType, Device, Result, Tensor, Var};
 use std::collections::HashMap;
 
@@ -483,7 +484,7 @@ pub(crate) fn key_bias_values(bias: &Tensor) -> Result<Vec<f64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::init::Rng;
+    use crate::rng::Rng;
 
     fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
         let d: f64 = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();

@@ -159,7 +159,7 @@ pub fn sum_sq(g: &Tensor) -> Result<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::init::Rng;
+    use crate::rng::Rng;
     use candle_core::Device;
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {

@@ -9,11 +9,11 @@ use super::checkpoint::{self, TrainState};
 use super::config::TrainConfig;
 use super::data::{epoch_batches, TrainSet};
 use super::distributed::{Place, Reducer};
-use super::init::Rng;
 use super::model::PixArt;
 use super::observe::{peak_rss_mib, LogLine, StepLog};
 use super::step::Trainer;
 use crate::latents::cache::{CacheFingerprint, CacheReader};
+use crate::rng::Rng;
 use candle_core::Device;
 use std::path::{Path, PathBuf};
 
@@ -153,8 +153,8 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
     // A torchrun-style launch: one process per GPU (`cuda:LOCAL_RANK`), gradients averaged over NCCL.
     let place = Place::from_env()?;
     let device = match cfg.device.starts_with("cuda") && place.launched {
-        true => super::device(&format!("cuda:{}", place.local_rank))?,
-        false => super::device(&cfg.device)?,
+        true => crate::device::device(&format!("cuda:{}", place.local_rank))?,
+        false => crate::device::device(&cfg.device)?,
     };
     let reducer = Reducer::connect(&place, &device)?;
     let (rank, world, main) = (place.rank, place.world, place.is_main());

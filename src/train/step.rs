@@ -6,10 +6,10 @@
 use super::data::Batch;
 use super::diffusion::Diffusion;
 use super::distributed::Reducer;
-use super::init::Rng;
 use super::model::PixArt;
 use super::optim::{grad_norm_and_scale, AdamW, AdamWConfig, Ema};
 use super::precision::{LossScale, Precision, MIN_SCALE};
+use crate::rng::Rng;
 use candle_core::{DType, Tensor, Var};
 use std::collections::HashMap;
 

@@ -14,12 +14,12 @@
 //! Elsewhere (other devices, f16/bf16) it is the plain autograd path.
 
 use super::model::{key_bias_values, trim_caption_padding, PixArt};
-use super::ops::kernels::Real;
 use super::ops::pool;
 use super::ops::{
     block_backward, block_forward, caption_backward, caption_forward, fused_block, linear_weight_grads, BlockTape,
     CaptionWeights,
 };
+use crate::nn::kernels::Real;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Result, Storage, Tensor, Var};
 

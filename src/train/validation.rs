@@ -5,10 +5,10 @@
 
 use super::config::ValidationConfig;
 use super::diffusion::Diffusion;
-use super::init::Rng;
 use super::model::PixArt;
 use super::sampler::{self, Condition, Guided};
 use crate::latents::{t5::TextEncoder, vae::Vae};
+use crate::rng::Rng;
 use candle_core::{DType, Device, Tensor};
 use std::path::{Path, PathBuf};
 

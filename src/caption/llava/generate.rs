@@ -47,7 +47,7 @@ pub struct Generation {
 }
 
 /// Picks a token from `logits` (f32, one row).
-pub fn pick(logits: &[f32], sampling: &Sampling, rng: &mut crate::train::init::Rng) -> u32 {
+pub fn pick(logits: &[f32], sampling: &Sampling, rng: &mut crate::rng::Rng) -> u32 {
     let argmax = || {
         logits.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0
             as u32
@@ -99,7 +99,7 @@ pub fn generate(
     }
     let embeddings = model.input_embeddings(ids, features)?;
     let eos = model.config.eos_ids();
-    let mut rngs: Vec<_> = seeds.iter().map(|&s| crate::train::init::Rng::new(s)).collect();
+    let mut rngs: Vec<_> = seeds.iter().map(|&s| crate::rng::Rng::new(s)).collect();
     let mut out: Vec<Option<Generation>> = vec![None; ids.len()];
     let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); ids.len()];
     let mut cache = model.new_cache()?;

@@ -4,7 +4,7 @@
 //! and produces dQ, dK, dV with four more products. The views may sit inside packed projections (the
 //! fused block's `[B, N, 3C]` q/k/v), see [`View`].
 
-use super::kernels::{contiguous, mm, on_float, softmax_grad_row, softmax_row, Real, Shared};
+use crate::nn::kernels::{contiguous, mm, on_float, softmax_grad_row, softmax_row, Real, Shared};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 

@@ -10,10 +10,10 @@
 //! weights flattened and joined in the order of [`PARAMS`]. [`super::pixart_block`] builds the op.
 
 use super::attention::{self, Dims, View};
-use super::kernels::{
+use super::pool::{give, take};
+use crate::nn::kernels::{
     contiguous, gelu_grad_row, gelu_row, layer_norm_grad_row, layer_norm_row, mm_with, Real, PARALLEL_MIN,
 };
-use super::pool::{give, take};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 use std::any::Any;

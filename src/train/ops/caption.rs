@@ -5,8 +5,8 @@
 //! a 0.4 s step of the benchmark model, by hand about 10.
 
 use super::block::{col_sums, dy_w, dyt_x, linear, product, rows};
-use super::kernels::{gelu_grad_row, gelu_row, Real};
 use super::pool::{give, take};
+use crate::nn::kernels::{gelu_grad_row, gelu_row, Real};
 
 /// The projection's weights: `linear_1` `[C, K]` and its bias `[C]`, `linear_2` `[C, C]` and its bias.
 pub struct CaptionWeights<'a, T> {

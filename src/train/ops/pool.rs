@@ -4,7 +4,7 @@
 //! ([`give`]) and are handed out again ([`take`]) to outputs that are overwritten in full, so their
 //! stale contents are never read.
 
-use super::kernels::Real;
+use crate::nn::kernels::Real;
 use std::any::Any;
 use std::sync::Mutex;
 

@@ -8,7 +8,7 @@
 //! processed in cache-sized chunks, in parallel. Strided convolutions take one product per output row
 //! and tap, reading the buffer with a column stride.
 
-use crate::train::ops::kernels::{contiguous, mm, on_float, Real, Shared};
+use crate::nn::kernels::{contiguous, mm, on_float, Real, Shared};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Result, Shape, Tensor, WithDType};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
@@ -548,7 +548,7 @@ mod tests {
     #[test]
     fn convolution_matches_candle() {
         let dev = Device::Cpu;
-        let mut rng = crate::train::init::Rng::new(3);
+        let mut rng = crate::rng::Rng::new(3);
         for (ci, co, k, stride, pad, (b, h, w)) in [
             (3, 8, 3, 1, [1, 1, 1, 1], (2, 9, 13)),
             (8, 16, 3, 2, [0, 1, 0, 1], (1, 10, 7)),
@@ -584,7 +584,7 @@ mod tests {
     #[test]
     fn group_norm_with_silu_matches_the_formula() {
         let dev = Device::Cpu;
-        let mut rng = crate::train::init::Rng::new(4);
+        let mut rng = crate::rng::Rng::new(4);
         let (g, c) = (4, 12);
         let weights = HashMap::from([
             ("weight".to_string(), rng.normal_tensor(&[c], 1.0, &dev).unwrap()),

@@ -189,12 +189,12 @@ macro_rules! on_float {
         match candle_core::backend::BackendStorage::dtype($storage) {
             candle_core::DType::F32 => {
                 type $t = f32;
-                let $x = $crate::train::ops::kernels::contiguous::<f32>($storage, $layout, $name)?;
+                let $x = $crate::nn::kernels::contiguous::<f32>($storage, $layout, $name)?;
                 Ok((candle_core::CpuStorage::F32($body), $shape))
             }
             candle_core::DType::F64 => {
                 type $t = f64;
-                let $x = $crate::train::ops::kernels::contiguous::<f64>($storage, $layout, $name)?;
+                let $x = $crate::nn::kernels::contiguous::<f64>($storage, $layout, $name)?;
                 Ok((candle_core::CpuStorage::F64($body), $shape))
             }
             other => candle_core::bail!("{}: expected f32 or f64, found {other:?}", $name),
