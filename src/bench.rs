@@ -1,7 +1,7 @@
 //! `pixforge bench …`: measured figures for docs/BENCHMARKS.md.
 
-use crate::ingest::imageops::{decode_rgb, encode, plan, resize_rgb, sha256_hex, ImageOptions};
-use crate::ingest::phash::phash;
+use crate::image::phash::phash;
+use crate::image::{decode_rgb, encode, plan, resize_rgb, sha256_hex, ImageOptions};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ pub struct PhaseTimes {
     pub hash_s: f64,
     /// Sum of the phases, as images per second on one core (full-size decode).
     pub phases_img_s: f64,
-    /// The real image step (`imageops::process`, DCT downscaling as configured), images per second on one core.
+    /// The real image step (`image::process`, DCT downscaling as configured), images per second on one core.
     pub process_img_s: f64,
 }
 
@@ -54,7 +54,7 @@ pub fn image_phases(dir: &Path, o: &ImageOptions) -> anyhow::Result<PhaseTimes> 
     t.phases_img_s = t.images as f64 / (t.decode_s + t.resize_s + t.encode_s + t.hash_s).max(1e-9);
     let s = Instant::now();
     for b in &blobs {
-        std::hint::black_box(crate::ingest::imageops::process(b, o)?);
+        std::hint::black_box(crate::image::process(b, o)?);
     }
     t.process_img_s = t.images as f64 / s.elapsed().as_secs_f64().max(1e-9);
     Ok(t)

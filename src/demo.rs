@@ -92,9 +92,6 @@ pub const REFERENCE_CAPTIONS: &[(&str, &[u8])] = &[
     ("llava_qa90_gpt4_answer.jsonl", include_bytes!("../assets/demo/llava_qa90_gpt4_answer.jsonl")),
 ];
 
-/// The T5 tokenizer of the demo's tiny T5 (a Unigram model in T5's format, trained on public captions).
-pub const DEMO_TOKENIZER: &[u8] = include_bytes!("../assets/t5/tokenizer.json");
-
 /// The demo's pipeline (`pipelines/demo.toml`).
 pub const PIPELINE: &str = include_str!("../pipelines/demo.toml");
 

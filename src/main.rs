@@ -2,7 +2,8 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use pixforge::ingest::{download::DownloadOptions, imageops::ImageOptions, laion::LaionOptions};
+use pixforge::image::ImageOptions;
+use pixforge::ingest::{download::DownloadOptions, laion::LaionOptions};
 use pixforge::ingest::{CurationOptions, IngestConfig, RunOptions, SourceKind};
 use pixforge::shards::{RunStats, Worker};
 use std::path::PathBuf;

@@ -7,6 +7,10 @@ use candle_core::{Device, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
 
+/// The T5 tokenizer of the tiny T5 (a Unigram model in T5's format, trained on public captions,
+/// with T5's sentinels; `assets/t5/`).
+pub const TINY_T5_TOKENIZER: &[u8] = include_bytes!("../assets/t5/tokenizer.json");
+
 /// Model kinds `init-tiny` can write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 #[value(rename_all = "snake_case")]
@@ -176,8 +180,8 @@ fn init_tiny_llava(out: &Path, seed: u64) -> anyhow::Result<()> {
             "image_processor_type": "CLIPImageProcessor", "processor_class": "LlavaProcessor",
             "size": {"shortest_edge": 56}, "crop_size": {"height": 56, "width": 56}, "do_resize": true,
             "do_center_crop": true, "do_rescale": true, "rescale_factor": 1.0 / 255.0, "do_normalize": true,
-            "image_mean": crate::score::clip::ClipPreprocess::default().mean,
-            "image_std": crate::score::clip::ClipPreprocess::default().std, "resample": 3, "do_convert_rgb": true,
+            "image_mean": crate::image::clip::ClipPreprocess::default().mean,
+            "image_std": crate::image::clip::ClipPreprocess::default().std, "resample": 3, "do_convert_rgb": true,
         }),
     )?;
     write_json(

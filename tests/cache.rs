@@ -123,23 +123,16 @@ fn vae_cache_holds_each_images_moments_per_bucket() {
                 let (plan, filter) = if multiscale {
                     let b = pixforge::train::buckets::closest(&table, h, w);
                     assert_eq!(e.bucket.as_deref().unwrap().parse::<f64>().unwrap(), b.key, "{key}");
-                    (pixforge::train::buckets::cover_and_crop(h, w, b), pixforge::ingest::imageops::Filter::Bicubic)
+                    (pixforge::train::buckets::cover_and_crop(h, w, b), pixforge::image::Filter::Bicubic)
                 } else {
                     assert_eq!(e.bucket.as_deref(), Some("32"));
-                    (
-                        pixforge::train::buckets::shorter_side_and_crop(h, w, 32),
-                        pixforge::ingest::imageops::Filter::Bilinear,
-                    )
+                    (pixforge::train::buckets::shorter_side_and_crop(h, w, 32), pixforge::image::Filter::Bilinear)
                 };
                 assert_eq!(e.resized, Some([plan.resize.0, plan.resize.1]));
                 let (t, l, ch, cw) = plan.crop;
                 assert_eq!(e.crop, Some([t, l, ch, cw]));
-                let resized = pixforge::ingest::imageops::resize_exact(
-                    &rgb,
-                    (plan.resize.1 as u32, plan.resize.0 as u32),
-                    filter,
-                )
-                .unwrap();
+                let resized =
+                    pixforge::image::resize_exact(&rgb, (plan.resize.1 as u32, plan.resize.0 as u32), filter).unwrap();
                 let crop = image::imageops::crop_imm(&resized, l as u32, t as u32, cw as u32, ch as u32).to_image();
                 let px: Vec<f32> = (0..3)
                     .flat_map(|c| crop.pixels().map(move |p| p[c] as f32 / 127.5 - 1.0).collect::<Vec<_>>())

@@ -128,7 +128,7 @@ fn every_fault_ends_with_the_right_status() {
         assert!(s.members.contains_key("jpg") && s.members.contains_key("txt") && s.members.contains_key("json"));
         let r = successes.iter().find(|r| r.key == s.key).unwrap();
         let jpg = tar.read(s, "jpg").unwrap().unwrap();
-        assert_eq!(Some(pixforge::ingest::imageops::sha256_hex(&jpg)), r.sha256, "sha256 of the written bytes");
+        assert_eq!(Some(pixforge::image::sha256_hex(&jpg)), r.sha256, "sha256 of the written bytes");
         assert_eq!(r.width.unwrap().min(r.height.unwrap()), 128);
     }
     assert!(out.join("00000_stats.json").exists());

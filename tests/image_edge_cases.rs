@@ -3,7 +3,7 @@
 
 mod common;
 
-use pixforge::ingest::imageops::{decode_rgb, process, ImageError, ImageOptions, ResizeMode};
+use pixforge::image::{decode_rgb, process, ImageError, ImageOptions, ResizeMode};
 
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(common::fixtures().join("images").join(name)).unwrap()
@@ -97,7 +97,7 @@ fn dct_downscaled_decode_matches_full_decode() {
             let fast = ImageOptions {
                 image_size: size,
                 resize_mode: mode,
-                encode_format: pixforge::ingest::imageops::EncodeFormat::Png,
+                encode_format: pixforge::image::EncodeFormat::Png,
                 ..Default::default()
             };
             let full = ImageOptions { dct_downscale: false, ..fast.clone() };

@@ -27,7 +27,7 @@ fn cached_photos(dir: &Path) {
         source: pixforge::ingest::SourceKind::Folder,
         inputs: vec![input],
         laion: Default::default(),
-        image: pixforge::ingest::imageops::ImageOptions { image_size: 64, ..Default::default() },
+        image: pixforge::image::ImageOptions { image_size: 64, ..Default::default() },
         curation: pixforge::ingest::CurationOptions { samples_per_shard: 4, ..Default::default() },
         download: Default::default(),
     };

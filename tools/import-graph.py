@@ -10,7 +10,8 @@ Imports between two stages (peers on floor 2) are listed as warnings; `--strict`
 
 Usage: python3 tools/import-graph.py [--strict] [--dot FILE] [--quiet]
 Prints every violation and exits 1 if there is one; `--dot` writes the module-level graph for graphviz.
-Only the standard library is needed. Paths inside comments and string literals are ignored.
+Only the standard library is needed. Paths inside comments and string literals are ignored, and so
+are unit-test modules (`#[cfg(test)] mod … { … }`): a test may build its fixture with a sibling.
 """
 import os
 import re
@@ -76,6 +77,22 @@ def strip_comments_and_strings(text):
     return "".join(out)
 
 
+def strip_test_modules(text):
+    """The text without the bodies of `#[cfg(test)] mod name { ... }` blocks."""
+    out, pos = [], 0
+    for m in re.finditer(r"#\[cfg\(test\)\]\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+\w+\s*\{", text):
+        if m.start() < pos:
+            continue
+        depth, i = 1, m.end()
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        out.append(text[pos:m.start()])
+        pos = i
+    out.append(text[pos:])
+    return "".join(out)
+
+
 def expand_use(tree):
     """`a::{b, c::{d, e}}` -> ["a::b", "a::c::d", "a::c::e"]."""
     tree = re.sub(r"\s+", "", tree)
@@ -136,8 +153,7 @@ def edges():
     for d, _, names in os.walk(ROOT):
         files += [os.path.join(d, n) for n in names if n.endswith(".rs")]
     for f in sorted(files):
-        text = strip_comments_and_strings(open(f, encoding="utf-8").read())
-        # `#[cfg(test)] mod tests { ... }` blocks import their own file through super: drop them.
+        text = strip_test_modules(strip_comments_and_strings(open(f, encoding="utf-8").read()))
         here = module_of_file(f)
         if os.path.basename(f) == "main.rs":
             here = ["main"]
@@ -147,7 +163,7 @@ def edges():
         for m in re.finditer(r"(?<![\w:])((?:crate|super|self|pixforge)(?:::\w+)+)", text):
             paths.append(m.group(1))
         for p in paths:
-            target = resolve(p, here if not (os.path.basename(f) in ("mod.rs", "lib.rs") and p.startswith("super")) else here)
+            target = resolve(p, here)
             if target and os.path.abspath(target) != os.path.abspath(f):
                 graph[os.path.abspath(f)].add(os.path.abspath(target))
     return graph

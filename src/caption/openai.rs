@@ -246,7 +246,7 @@ impl OpenAiClient {
 /// The image as sent: the original bytes when its shorter side is at most `max_side` (0 = always),
 /// else resized (bicubic) to that shorter side and encoded as JPEG (quality 90).
 pub fn image_for_request(bytes: &[u8], max_side: u32) -> Result<(Vec<u8>, &'static str), String> {
-    use crate::ingest::imageops::{decode_rgb, encode, peek_dimensions, resize_exact, EncodeFormat, Filter};
+    use crate::image::{decode_rgb, encode, peek_dimensions, resize_exact, EncodeFormat, Filter};
     let (format, w, h) = peek_dimensions(bytes).map_err(|e| format!("cannot read the image: {e}"))?;
     let mime = match format {
         image::ImageFormat::Jpeg => Some("image/jpeg"),
@@ -258,7 +258,7 @@ pub fn image_for_request(bytes: &[u8], max_side: u32) -> Result<(Vec<u8>, &'stat
         return Ok((bytes.to_vec(), mime));
     }
     let (img, _, _) =
-        decode_rgb(bytes, crate::latents::cache::MAX_PIXELS).map_err(|e| format!("cannot decode the image: {e}"))?;
+        decode_rgb(bytes, crate::image::MAX_PIXELS).map_err(|e| format!("cannot decode the image: {e}"))?;
     let (w, h) = img.dimensions();
     let short = w.min(h);
     let img = if max_side > 0 && short > max_side {

@@ -5,6 +5,7 @@
 pub mod charts;
 pub mod conllu;
 pub mod counts;
+mod hash;
 pub mod input;
 pub mod metrics;
 pub mod model_file;

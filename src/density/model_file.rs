@@ -3,6 +3,17 @@
 
 use super::tagger::{TagDict, Tagger, Weights};
 
+impl Tagger {
+    /// The model built into the binary: trained on UD English-EWT v2.16 (CC BY-SA 4.0, see
+    /// `assets/tagger/README.md`) by `pixforge density train-tagger` with its defaults.
+    pub fn embedded() -> &'static Tagger {
+        static MODEL: std::sync::OnceLock<Tagger> = std::sync::OnceLock::new();
+        MODEL.get_or_init(|| {
+            from_bytes(include_bytes!("../../assets/tagger/ewt-xpos.pxtag")).expect("the embedded tagger model parses")
+        })
+    }
+}
+
 const MAGIC: &[u8; 8] = b"PXTAGv3\0";
 
 fn put_u32(out: &mut Vec<u8>, v: u32) {

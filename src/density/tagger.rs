@@ -5,48 +5,21 @@
 //! - what WordNet knows of each word (its parts of speech, the most frequent one, what it inflects),
 //!   which is what tells a noun from an adjective among the words the treebank never saw.
 
+use super::hash::fold_bytes;
+pub use super::hash::MixHasher;
 use super::wordnet::WordNet;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 
 /// The history tags before the first word.
 pub const START: [&str; 2] = ["-START-", "-START2-"];
 const END: [&str; 2] = ["-END-", "-END2-"];
-
-/// Hasher for keys that are already hashes: one multiply-xorshift mix.
-#[derive(Default, Clone, Copy)]
-pub struct MixHasher(u64);
-
-impl Hasher for MixHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        self.0 = fold_bytes(self.0, bytes);
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-    fn finish(&self) -> u64 {
-        let x = self.0.wrapping_mul(0x9E3779B97F4A7C15);
-        x ^ (x >> 29)
-    }
-}
 
 /// Word → class, for the words that skip scoring.
 pub type TagDict = HashMap<String, u16, BuildHasherDefault<MixHasher>>;
 
 /// Feature hash → weight row (training).
 pub type FeatureRows = HashMap<u64, u32, BuildHasherDefault<MixHasher>>;
-
-/// Folds bytes into a running hash eight at a time (FxHash's step), with the length mixed in.
-fn fold_bytes(mut h: u64, bytes: &[u8]) -> u64 {
-    const K: u64 = 0x517cc1b727220a95;
-    let mut chunks = bytes.chunks_exact(8);
-    for c in &mut chunks {
-        h = (h.rotate_left(5) ^ u64::from_le_bytes(c.try_into().expect("8 bytes"))).wrapping_mul(K);
-    }
-    let last = chunks.remainder().iter().rev().fold(0u64, |v, &b| v << 8 | b as u64);
-    h = (h.rotate_left(5) ^ last).wrapping_mul(K);
-    (h.rotate_left(5) ^ bytes.len() as u64).wrapping_mul(K)
-}
 
 /// NLTK's normalisation (`!HYPHEN`, `!YEAR`, `!DIGITS`, else lower case), appended to `out`.
 fn normalize_into(word: &str, out: &mut String) {
@@ -485,16 +458,6 @@ pub fn start_hashes() -> [u64; 2] {
 }
 
 impl Tagger {
-    /// The model built into the binary: trained on UD English-EWT v2.16 (CC BY-SA 4.0, see
-    /// `assets/tagger/README.md`) by `pixforge density train-tagger` with its defaults.
-    pub fn embedded() -> &'static Tagger {
-        static MODEL: std::sync::OnceLock<Tagger> = std::sync::OnceLock::new();
-        MODEL.get_or_init(|| {
-            super::model_file::from_bytes(include_bytes!("../../assets/tagger/ewt-xpos.pxtag"))
-                .expect("the embedded tagger model parses")
-        })
-    }
-
     /// A tagger with these classes and tag dictionary and no weights yet.
     pub fn new(tags: Vec<String>, tagdict: TagDict) -> Self {
         let tag_hashes = tags.iter().map(|t| str_hash(t.as_bytes())).collect();

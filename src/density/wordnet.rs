@@ -2,7 +2,7 @@
 //! `assets/wordnet/LICENSE`): plural nouns folded to their lemma the way WordNet's morphy does, and a
 //! per-word part-of-speech signature that the tagger uses for words its treebank never saw.
 
-use super::tagger::MixHasher;
+use super::hash::MixHasher;
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::OnceLock;

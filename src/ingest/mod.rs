@@ -1,18 +1,14 @@
 //! The ingest stage: sources (LAION metadata, SA-1B, image folders, WebDataset) to curated
-//! WebDataset shards. Readers list input rows, the downloader fetches URLs, [`imageops`] decodes,
+//! WebDataset shards. Readers list input rows, the downloader fetches URLs, [`crate::image::process`] decodes,
 //! filters, resizes and encodes, the de-duplicator marks repeats, and [`crate::shards`] writes.
 
 pub mod download;
 pub mod folder;
-pub mod imageops;
 pub mod laion;
-pub mod phash;
 pub mod rle;
 mod run;
 pub mod sa1b;
 pub mod source;
-#[cfg(feature = "libjpeg-turbo")]
-mod turbo;
 pub mod webdataset;
 
 pub use run::{run, RunOptions};
@@ -85,7 +81,7 @@ pub struct IngestConfig {
     pub laion: laion::LaionOptions,
     /// Image decoding, filtering, resizing and encoding.
     #[serde(default)]
-    pub image: imageops::ImageOptions,
+    pub image: crate::image::ImageOptions,
     /// Shards and de-duplication.
     #[serde(default)]
     pub curation: CurationOptions,

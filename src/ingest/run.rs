@@ -2,11 +2,11 @@
 //! not done yet fetches, processes, de-duplicates and writes it.
 
 use super::download::Downloader;
-use super::imageops::process;
-use super::phash::PhashIndex;
 use super::sa1b::mask_stats;
 use super::source::{InputRow, Payload, SourceRows};
 use super::{DedupMode, IngestConfig, SourceKind};
+use crate::image::phash::PhashIndex;
+use crate::image::process;
 use crate::shards::{
     done_shards, read_records, Manifest, Record, RunStats, ShardLayout, ShardWriter, Status, Value, WdsReader, Worker,
     TEMP_MARKER,

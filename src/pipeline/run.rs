@@ -310,7 +310,7 @@ fn tiny_models(kinds: &[String], dir: &Path) -> anyhow::Result<StageReport> {
         init_tiny(k, &target, false, 0)?;
         if k == ModelKind::T5 {
             std::fs::create_dir_all(dir.join("tokenizer"))?;
-            crate::shards::write_atomic(&dir.join("tokenizer/tokenizer.json"), crate::demo::DEMO_TOKENIZER)?;
+            crate::shards::write_atomic(&dir.join("tokenizer/tokenizer.json"), crate::models::TINY_T5_TOKENIZER)?;
         }
         made.push(kind.clone());
     }

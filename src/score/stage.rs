@@ -139,9 +139,8 @@ pub fn run(cfg: &ScoreConfig, opts: &RunOptions, cuda: Option<i32>) -> anyhow::R
                     .par_iter()
                     .map(|sample| {
                         let bytes = crate::latents::cache::image_bytes(reader, sample)?;
-                        let (img, _, _) =
-                            crate::ingest::imageops::decode_rgb(&bytes, crate::latents::cache::MAX_PIXELS)
-                                .map_err(|e| format!("cannot decode the image: {e}"))?;
+                        let (img, _, _) = crate::image::decode_rgb(&bytes, crate::image::MAX_PIXELS)
+                            .map_err(|e| format!("cannot decode the image: {e}"))?;
                         let pixels = pre.pixels(&img).map_err(|e| format!("{e:#}"))?;
                         Ok((pixels, (!cfg.pixel_heads.is_empty()).then_some(img)))
                     })

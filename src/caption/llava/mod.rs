@@ -64,7 +64,7 @@ impl LocalCaptioner {
         let prepared: Vec<Result<Prepared, String>> = jobs
             .par_iter()
             .map(|j| {
-                let (img, _, _) = crate::ingest::imageops::decode_rgb(j.image, crate::latents::cache::MAX_PIXELS)
+                let (img, _, _) = crate::image::decode_rgb(j.image, crate::image::MAX_PIXELS)
                     .map_err(|e| format!("cannot decode the image: {e}"))?;
                 let prepared = self.processor.image(&img).map_err(|e| format!("cannot preprocess the image: {e:#}"))?;
                 let ids = self.processor.input_ids(j.instruction, prepared.tokens).map_err(|e| format!("{e:#}"))?;

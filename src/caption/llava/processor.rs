@@ -6,7 +6,7 @@
 //! image resized into it and padded with black, cut into tower-size tiles after a squashed overview).
 
 use super::config::LlavaConfig;
-use crate::score::clip::ClipPreprocess;
+use crate::image::clip::ClipPreprocess;
 use image::RgbImage;
 use std::path::Path;
 
@@ -156,7 +156,7 @@ impl LlavaProcessor {
             };
             return Ok(PreparedImage { pixels, patches: 1, size, tokens: self.image_tokens });
         };
-        use crate::ingest::imageops::{resize_exact, Filter};
+        use crate::image::{resize_exact, Filter};
         if w == 0 || h == 0 {
             anyhow::bail!("an empty image");
         }

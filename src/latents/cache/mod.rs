@@ -11,7 +11,7 @@ pub mod vae_stage;
 
 pub use fingerprint::{sha256_file, CacheFingerprint, FileHash};
 pub use reader::{CacheReader, CacheShard};
-pub use run::{image_bytes, run_shards, CacheRunStats, RunOptions, IMAGE_EXTS, MAX_PIXELS};
+pub use run::{image_bytes, run_shards, CacheRunStats, RunOptions, IMAGE_EXTS};
 pub use store::{CacheEntry, CacheShardStats, EntryStatus, ShardOutput};
 pub use t5_stage::{FeatureDType, T5CacheConfig};
 pub use vae_stage::VaeCacheConfig;

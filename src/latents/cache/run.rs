@@ -47,9 +47,6 @@ impl RunOptions {
 
 /// Image members read, in order of preference.
 pub const IMAGE_EXTS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
-/// Largest image (pixels) decoded (PIL's default bomb limit).
-pub const MAX_PIXELS: u64 = 178_956_970;
-
 /// The bytes of a sample's image member (the first of [`IMAGE_EXTS`] it has), or why there are none.
 pub fn image_bytes(reader: &WdsReader, sample: &crate::shards::TarSample) -> Result<Vec<u8>, String> {
     let ext = IMAGE_EXTS

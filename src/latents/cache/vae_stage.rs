@@ -10,7 +10,7 @@
 use super::fingerprint::CacheFingerprint;
 use super::run::{run_shards, CacheRunStats, RunOptions};
 use super::store::{CacheEntry, ShardOutput};
-use crate::ingest::imageops::{decode_rgb, resize_exact, Filter};
+use crate::image::{decode_rgb, resize_exact, Filter};
 use crate::latents::vae::Vae;
 use crate::train::buckets::{self, Bucket, CropPlan};
 use candle_core::{DType, Device, Tensor};
@@ -90,7 +90,8 @@ impl VaeCacheConfig {
 
     /// Decodes, resizes and crops one image into `[1, 3, H, W]` pixels in [−1, 1].
     fn prepare(&self, table: Option<&[Bucket]>, bytes: &[u8]) -> Result<Prepared, String> {
-        let (img, _, _) = decode_rgb(bytes, super::MAX_PIXELS).map_err(|e| format!("cannot decode the image: {e}"))?;
+        let (img, _, _) =
+            decode_rgb(bytes, crate::image::MAX_PIXELS).map_err(|e| format!("cannot decode the image: {e}"))?;
         let (h, w) = (img.height() as usize, img.width() as usize);
         let (bucket, plan, filter) = match table {
             Some(t) => {

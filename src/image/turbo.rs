@@ -4,7 +4,10 @@
 //! libjpeg reports errors through `error_exit`, which unwinds here and is caught; the premature-end
 //! warning is made an error too, so a truncated file fails as it does in the pure-Rust path.
 
-use super::imageops::{check_filters, plan, ImageError, ImageOptions, Scaled};
+use super::codec::JpegCodec;
+use super::decode::ImageError;
+use super::options::{check_filters, ImageOptions};
+use super::resize::{plan, Scaled};
 use image::RgbImage;
 use mozjpeg_sys::{jpeg_common_struct, jpeg_error_mgr, jpeg_std_error, JWRN_JPEG_EOF};
 use std::os::raw::c_int;
@@ -40,7 +43,7 @@ fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
 /// Decodes a JPEG at the smallest DCT scale that still covers the plan's target (full size when
 /// `o.dct_downscale` is off). `None` when the caller must use the general path (CMYK/YCCK, EXIF
 /// rotation).
-pub fn decode_for_plan(bytes: &[u8], o: &ImageOptions) -> Result<Option<Scaled>, ImageError> {
+fn decode_for_plan(bytes: &[u8], o: &ImageOptions) -> Result<Option<Scaled>, ImageError> {
     let run = || -> Result<Option<Scaled>, ImageError> {
         let io = |e: std::io::Error| ImageError::Decode(e.to_string());
         let mut d = mozjpeg::Decompress::builder()
@@ -83,7 +86,7 @@ pub fn decode_for_plan(bytes: &[u8], o: &ImageOptions) -> Result<Option<Scaled>,
 }
 
 /// Encodes RGB pixels as baseline JPEG, 4:2:0, libjpeg-turbo's defaults (no trellis, no progressive).
-pub fn encode_jpeg(img: &RgbImage, quality: u8) -> Result<Vec<u8>, ImageError> {
+fn encode_jpeg(img: &RgbImage, quality: u8) -> Result<Vec<u8>, ImageError> {
     let run = || -> std::io::Result<Vec<u8>> {
         let mut c = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
         c.set_fastest_defaults();
@@ -96,5 +99,18 @@ pub fn encode_jpeg(img: &RgbImage, quality: u8) -> Result<Vec<u8>, ImageError> {
     match catch_unwind(AssertUnwindSafe(run)) {
         Ok(r) => r.map_err(|e| ImageError::Encode(e.to_string())),
         Err(p) => Err(ImageError::Encode(panic_text(p))),
+    }
+}
+
+/// libjpeg-turbo's JPEG codec (mozjpeg's static build, SIMD).
+pub struct TurboJpeg;
+
+impl JpegCodec for TurboJpeg {
+    fn decode_for_plan(&self, bytes: &[u8], o: &ImageOptions) -> Result<Option<Scaled>, ImageError> {
+        decode_for_plan(bytes, o)
+    }
+
+    fn encode(&self, img: &RgbImage, quality: u8) -> Result<Vec<u8>, ImageError> {
+        encode_jpeg(img, quality)
     }
 }

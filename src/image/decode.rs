@@ -1,0 +1,117 @@
+//! Decoding with the decompression-bomb check: the header's size is read before any pixel is decoded
+//! and refused above a limit; EXIF orientation applied; palette, grey, alpha (on white), 16-bit and
+//! CMYK inputs become 8-bit RGB.
+
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
+use std::io::Cursor;
+
+/// The largest image, in pixels, decoded unless a stage is told otherwise (PIL's
+/// `Image.MAX_IMAGE_PIXELS`, its decompression-bomb limit): every stage that decodes uses it.
+pub const MAX_PIXELS: u64 = 89_478_485;
+
+/// Why an image could not be processed (stored as `failed_to_resize` with this message).
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ImageError {
+    /// The bytes are not a known image format.
+    #[error("image decoding error: unknown image format (first bytes {0})")]
+    UnknownFormat(String),
+    /// The header declares too many pixels.
+    #[error("image too large to decode: {width}x{height} = {pixels} pixels exceeds --max-image-pixels {limit}")]
+    Bomb { width: u32, height: u32, pixels: u64, limit: u64 },
+    /// The decoder failed.
+    #[error("image decoding error: {0}")]
+    Decode(String),
+    /// The smaller side is under `min_image_size`.
+    #[error("image too small: {width}x{height}, smaller side below --min-image-size {limit}")]
+    TooSmall { width: u32, height: u32, limit: u32 },
+    /// Too many pixels for `max_image_area`.
+    #[error("image area too large: {width}x{height} exceeds --max-image-area {limit}")]
+    AreaTooLarge { width: u32, height: u32, limit: u64 },
+    /// Aspect ratio beyond `max_aspect_ratio`.
+    #[error("aspect ratio too large: {width}x{height} exceeds --max-aspect-ratio {limit}")]
+    AspectTooLarge { width: u32, height: u32, limit: f64 },
+    /// Resize or encode failed.
+    #[error("image encoding error: {0}")]
+    Encode(String),
+}
+
+fn first_bytes(b: &[u8]) -> String {
+    b.iter().take(8).map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
+}
+
+/// Width and height declared by the header of `bytes`, without decoding pixels.
+pub fn peek_dimensions(bytes: &[u8]) -> Result<(ImageFormat, u32, u32), ImageError> {
+    let format = image::guess_format(bytes).map_err(|_| ImageError::UnknownFormat(first_bytes(bytes)))?;
+    let reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let (w, h) = reader.into_dimensions().map_err(|e| ImageError::Decode(e.to_string()))?;
+    Ok((format, w, h))
+}
+
+/// Decodes `bytes` to RGB: EXIF orientation applied, alpha composited on white, 16-bit, grey,
+/// palette and CMYK converted. Returns the image and whether the orientation changed it.
+pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<(RgbImage, bool, ImageFormat), ImageError> {
+    let (format, _, _) = checked_header(bytes, max_pixels)?;
+    decode_checked(bytes, format, max_pixels)
+}
+
+/// The format and size declared by the header, refused when it declares more than `max_pixels`.
+pub(crate) fn checked_header(bytes: &[u8], max_pixels: u64) -> Result<(ImageFormat, u32, u32), ImageError> {
+    let (format, w, h) = peek_dimensions(bytes)?;
+    let pixels = w as u64 * h as u64;
+    if pixels > max_pixels {
+        return Err(ImageError::Bomb { width: w, height: h, pixels, limit: max_pixels });
+    }
+    Ok((format, w, h))
+}
+
+/// [`decode_rgb`] once the header has passed [`checked_header`].
+pub(crate) fn decode_checked(
+    bytes: &[u8],
+    format: ImageFormat,
+    max_pixels: u64,
+) -> Result<(RgbImage, bool, ImageFormat), ImageError> {
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(max_pixels.saturating_mul(16).max(64 << 20));
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(|e| ImageError::Decode(e.to_string()))?;
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| ImageError::Decode(e.to_string()))?;
+    let rotated = orientation != image::metadata::Orientation::NoTransforms;
+    if rotated {
+        img.apply_orientation(orientation);
+    }
+    Ok((to_rgb_on_white(img), rotated, format))
+}
+
+/// Converts any decoded image to 8-bit RGB, compositing transparent pixels on white.
+pub fn to_rgb_on_white(img: DynamicImage) -> RgbImage {
+    if !img.color().has_alpha() {
+        return img.into_rgb8();
+    }
+    let rgba = img.into_rgba8();
+    let (w, h) = rgba.dimensions();
+    let mut out = RgbImage::new(w, h);
+    for (o, p) in out.pixels_mut().zip(rgba.pixels()) {
+        let a = p[3] as u32;
+        for c in 0..3 {
+            o[c] = ((p[c] as u32 * a + 255 * (255 - a) + 127) / 255) as u8;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alpha_composites_on_white() {
+        let mut rgba = image::RgbaImage::new(2, 1);
+        rgba.put_pixel(0, 0, image::Rgba([0, 0, 0, 0]));
+        rgba.put_pixel(1, 0, image::Rgba([10, 20, 30, 255]));
+        let rgb = to_rgb_on_white(DynamicImage::ImageRgba8(rgba));
+        assert_eq!(rgb.get_pixel(0, 0).0, [255, 255, 255]);
+        assert_eq!(rgb.get_pixel(1, 0).0, [10, 20, 30]);
+    }
+}
