@@ -126,10 +126,10 @@ pub fn run(out: &Path) -> anyhow::Result<DemoReport> {
     let out = std::path::absolute(out)?;
     let pipeline = crate::pipeline::Pipeline::parse(PIPELINE, &out.join("demo.toml"), Some(&out))?;
     let report = crate::pipeline::run(&pipeline, false, crate::shards::Worker::default())?;
-    let first_caption = crate::caption::read_captions(&out.join("photos/captions/00000.captions.parquet"))?
+    let first_caption = crate::shards::captions::read_captions(&out.join("photos/captions/00000.captions.parquet"))?
         .into_iter()
         .next()
-        .map(|(k, c, _)| (k, c.unwrap_or_default()))
+        .map(|e| (e.key, e.caption.unwrap_or_default()))
         .unwrap_or_default();
     let log = std::fs::read_to_string(out.join("train/log.jsonl")).unwrap_or_default();
     let first: Vec<f64> = log

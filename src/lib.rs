@@ -8,6 +8,7 @@ pub mod caption;
 pub mod demo;
 pub mod density;
 pub mod device;
+pub mod hub;
 pub mod image;
 pub mod ingest;
 pub mod latents;

@@ -248,12 +248,12 @@ struct CacheRunArgs {
 }
 
 impl CacheRunArgs {
-    fn options(&self) -> anyhow::Result<pixforge::latents::cache::RunOptions> {
+    fn options(&self) -> anyhow::Result<pixforge::shards::stage::StageOptions> {
         let worker = match self.worker {
             Some(w) => w,
             None => Worker::from_env().map_err(anyhow::Error::msg)?,
         };
-        Ok(pixforge::latents::cache::RunOptions {
+        Ok(pixforge::shards::stage::StageOptions {
             input: self.input.clone(),
             out: self.out.clone(),
             worker,
@@ -261,7 +261,7 @@ impl CacheRunArgs {
             progress: !self.no_progress,
             selection: match &self.selection {
                 Some(p) => Some(std::sync::Arc::new(
-                    pixforge::score::filter::read_selection(p)
+                    pixforge::shards::selection::read_selection(p)
                         .with_context(|| format!("--selection {}", p.display()))?,
                 )),
                 None => None,
@@ -272,7 +272,7 @@ impl CacheRunArgs {
 }
 
 /// Prints a cache run's stats as JSON; fails when a shard could not be cached.
-fn finish_cache(stats: &pixforge::latents::cache::CacheRunStats) -> anyhow::Result<()> {
+fn finish_cache(stats: &pixforge::shards::stage::StageRunStats) -> anyhow::Result<()> {
     emit(&format!("{}\n", serde_json::to_string_pretty(stats)?));
     if !stats.shards_failed.is_empty() {
         anyhow::bail!("{} shard(s) could not be cached (listed above); rerun to retry them", stats.shards_failed.len());

@@ -7,8 +7,9 @@ mod common;
 use common::caches::*;
 
 use candle_core::{Device, Tensor};
-use pixforge::latents::cache::{t5_stage, vae_stage, CacheReader, EntryStatus, FeatureDType, RunOptions};
+use pixforge::latents::cache::{t5_stage, vae_stage, FeatureDType};
 use pixforge::latents::t5::{TextCleaning, TextEncoder, MAX_TOKENS};
+use pixforge::shards::stage::{EntryStatus, StageOptions, StageReader};
 use pixforge::shards::Worker;
 use std::process::Command;
 
@@ -21,7 +22,7 @@ fn t5_cache_holds_each_captions_own_encoding() {
     let stats = t5_stage::run(&cfg, &opts(&src, &out), &Device::Cpu).unwrap();
     assert_eq!((stats.shards_done, stats.samples, stats.successes, stats.failed), (2, 6, 4, 2));
 
-    let reader = CacheReader::open(&out, &cfg.fingerprint().unwrap()).unwrap();
+    let reader = StageReader::open(&out, &cfg.fingerprint().unwrap()).unwrap();
     assert_eq!(reader.shards, ["00000", "00001"]);
     let mut t5 = TextEncoder::load(&pipeline(), MAX_TOKENS, TextCleaning::Pixart, &Device::Cpu).unwrap();
     for (name, samples) in reader.shards.iter().zip(&shards) {
@@ -49,7 +50,7 @@ fn t5_cache_holds_each_captions_own_encoding() {
     let out16 = dir.path().join("t5-bf16");
     let cfg16 = t5_config(FeatureDType::Bf16);
     t5_stage::run(&cfg16, &opts(&src, &out16), &Device::Cpu).unwrap();
-    let (a, b) = (reader.shard("00000").unwrap(), CacheReader::open_unchecked(&out16).unwrap().shard("00000").unwrap());
+    let (a, b) = (reader.shard("00000").unwrap(), StageReader::open_unchecked(&out16).unwrap().shard("00000").unwrap());
     let (x, y) = (a.tensor("embeddings", &Device::Cpu).unwrap(), b.tensor("embeddings", &Device::Cpu).unwrap());
     let scale: f32 = x.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
     let d = max_abs_diff(&x, &y);
@@ -71,7 +72,7 @@ fn t5_cache_resumes_and_splits_among_workers() {
 
     // Two workers into one directory: each does its own shard.
     for i in 0..2 {
-        let o = RunOptions { worker: Worker::new(i, 2).unwrap(), ..opts(&src, &out) };
+        let o = StageOptions { worker: Worker::new(i, 2).unwrap(), ..opts(&src, &out) };
         let s = t5_stage::run(&cfg, &o, &Device::Cpu).unwrap();
         assert_eq!((s.shards_done, s.shards_skipped), (1, 0), "worker {i}/2");
     }
@@ -107,8 +108,8 @@ fn vae_cache_holds_each_images_moments_per_bucket() {
         let cfg = vae_config(&model, resolution, multiscale);
         let stats = vae_stage::run(&cfg, &opts(&src, &out), &Device::Cpu).unwrap();
         assert_eq!((stats.successes, stats.failed), (5, 1));
-        let reader = CacheReader::open(&out, &cfg.fingerprint().unwrap()).unwrap();
-        let table = pixforge::train::buckets::table(256, false).unwrap();
+        let reader = StageReader::open(&out, &cfg.fingerprint().unwrap()).unwrap();
+        let table = pixforge::latents::buckets::table(256, false).unwrap();
         for (name, samples) in reader.shards.iter().zip(&shards) {
             let shard = reader.shard(name).unwrap();
             for (key, img, _) in samples {
@@ -121,12 +122,12 @@ fn vae_cache_holds_each_images_moments_per_bucket() {
                 let (h, w) = (rgb.height() as usize, rgb.width() as usize);
                 assert_eq!(e.original_size, Some([h, w]));
                 let (plan, filter) = if multiscale {
-                    let b = pixforge::train::buckets::closest(&table, h, w);
+                    let b = pixforge::latents::buckets::closest(&table, h, w);
                     assert_eq!(e.bucket.as_deref().unwrap().parse::<f64>().unwrap(), b.key, "{key}");
-                    (pixforge::train::buckets::cover_and_crop(h, w, b), pixforge::image::Filter::Bicubic)
+                    (pixforge::latents::buckets::cover_and_crop(h, w, b), pixforge::image::Filter::Bicubic)
                 } else {
                     assert_eq!(e.bucket.as_deref(), Some("32"));
-                    (pixforge::train::buckets::shorter_side_and_crop(h, w, 32), pixforge::image::Filter::Bilinear)
+                    (pixforge::latents::buckets::shorter_side_and_crop(h, w, 32), pixforge::image::Filter::Bilinear)
                 };
                 assert_eq!(e.resized, Some([plan.resize.0, plan.resize.1]));
                 let (t, l, ch, cw) = plan.crop;
@@ -173,7 +174,7 @@ fn cache_takes_a_selection() {
     };
     let o = run(true);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let c = CacheReader::open_unchecked(&out).unwrap();
+    let c = StageReader::open_unchecked(&out).unwrap();
     let mut seen = Vec::new();
     for name in &c.shards {
         for e in c.shard(name).unwrap().entries {
@@ -199,12 +200,12 @@ fn changed_vae_config_is_refused() {
     let out = dir.path().join("vae");
     let cfg = vae_config(&model, 32, false);
     vae_stage::run(&cfg, &opts(&src, &out), &Device::Cpu).unwrap();
-    assert!(CacheReader::open(&out, &cfg.fingerprint().unwrap()).is_ok());
+    assert!(StageReader::open(&out, &cfg.fingerprint().unwrap()).is_ok());
 
     let config = model.join("vae/config.json");
     let text = std::fs::read_to_string(&config).unwrap().replace("0.18215", "0.13025");
     std::fs::write(&config, text).unwrap();
-    let err = CacheReader::open(&out, &cfg.fingerprint().unwrap()).err().expect("a stale cache is refused");
+    let err = StageReader::open(&out, &cfg.fingerprint().unwrap()).err().expect("a stale cache is refused");
     let msg = format!("{err:#}");
     assert!(
         msg.contains("stale vae cache") && msg.contains("`scaling_factor` was 0.18215 in the cache, is now 0.13025"),
@@ -234,7 +235,7 @@ fn changed_vae_config_is_refused() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let stats: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(stats["shards_done"], 2);
-    assert!(CacheReader::open(&out, &cfg.fingerprint().unwrap()).is_ok());
+    assert!(StageReader::open(&out, &cfg.fingerprint().unwrap()).is_ok());
 }
 
 /// A changed weight file or source shard is named too.
@@ -250,7 +251,7 @@ fn changed_weights_and_sources_are_named() {
     pixforge::models::init_tiny(pixforge::models::ModelKind::Vae, &model, false, 4).unwrap();
     std::fs::write(src.join("00001_stats.json"), "{\"count\": 2}").unwrap();
     let expected = cfg.fingerprint().unwrap().with_sources(&src, &["00000".into(), "00001".into()]).unwrap();
-    let msg = format!("{:#}", CacheReader::open(&out, &expected).err().unwrap());
+    let msg = format!("{:#}", StageReader::open(&out, &expected).err().unwrap());
     assert!(msg.contains("model file diffusion_pytorch_model.safetensors"), "{msg}");
     assert!(msg.contains("source shard 00001: its _stats.json changed") && !msg.contains("00000"), "{msg}");
 }
@@ -309,7 +310,7 @@ fn export_writes_the_official_layout() {
     let img = image::open(out.join("InternImgs/00000/000000.png")).unwrap();
     assert_eq!((img.width(), img.height()), (40, 30));
 
-    let t5 = CacheReader::open_unchecked(&t5_dir).unwrap().shard("00000").unwrap();
+    let t5 = StageReader::open_unchecked(&t5_dir).unwrap().shard("00000").unwrap();
     let e = t5.entry("000000").unwrap();
     let emb = t5.t5_embedding(e, &Device::Cpu).unwrap();
     let (len, d) = emb.dims2().unwrap();
@@ -332,7 +333,7 @@ fn export_writes_the_official_layout() {
     let ones = data.chunks_exact(8).filter(|c| i64::from_le_bytes((*c).try_into().unwrap()) == 1).count();
     assert_eq!(ones, len);
 
-    let vae = CacheReader::open_unchecked(&vae_dir).unwrap().shard("00000").unwrap();
+    let vae = StageReader::open_unchecked(&vae_dir).unwrap().shard("00000").unwrap();
     let (m, s) = vae.vae_moments(vae.entry("000000").unwrap(), &Device::Cpu).unwrap();
     let bytes = std::fs::read(out.join("InternData/img_vae_features_32resolution/noflip/00000_000000.npy")).unwrap();
     let (header, data) = parse_npy(&bytes);

@@ -6,7 +6,8 @@ mod common;
 
 use common::caches::{opts, source};
 use common::vlm::{Expect, Fault, VlmServer};
-use pixforge::caption::{read_captions, Backend, CaptionConfig};
+use pixforge::caption::{Backend, CaptionConfig};
+use pixforge::shards::captions::read_captions;
 use polars::prelude::SerReader;
 use std::collections::HashMap;
 
@@ -94,8 +95,9 @@ fn every_sample_ends_with_a_caption_or_a_recorded_error() {
         assert!(df.column(col).is_ok(), "no column {col}");
     }
     let rows = read_captions(&out.join("00000.captions.parquet")).unwrap();
-    assert_eq!(rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), ["000000", "000001", "000002"]);
-    for (key, caption, status) in &rows {
+    assert_eq!(rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), ["000000", "000001", "000002"]);
+    for r in &rows {
+        let (key, caption, status) = (&r.key, &r.caption, &r.status);
         assert_eq!(status, "success");
         assert!(caption.as_deref().unwrap().contains(&format!("sample {key}")), "{caption:?}");
     }
@@ -111,8 +113,8 @@ fn every_sample_ends_with_a_caption_or_a_recorded_error() {
     assert!(!alt.is_empty(), "the source caption is kept beside the new one");
 
     let rows = read_captions(&out.join("00001.captions.parquet")).unwrap();
-    let by_key: HashMap<_, _> = rows.iter().map(|r| (r.0.clone(), r.clone())).collect();
-    assert_eq!(by_key["010000"].2, "success", "the hung request was retried after the timeout");
+    let by_key: HashMap<_, _> = rows.iter().map(|r| (r.key.clone(), r.clone())).collect();
+    assert_eq!(by_key["010000"].status, "success", "the hung request was retried after the timeout");
     let df1 = frame(&out.join("00001.captions.parquet"));
     let errors = strs(&df1, "error");
     assert!(
@@ -222,9 +224,9 @@ fn a_killed_run_resumes_without_loss_or_duplicates() {
     let status = args(&out).stdout(std::process::Stdio::null()).status().unwrap();
     assert!(status.success());
     let rows = read_captions(&out.join("00000.captions.parquet")).unwrap();
-    let got: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    let got: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
     assert_eq!(got, keys.iter().map(String::as_str).collect::<Vec<_>>(), "each key once, in order");
-    assert!(rows.iter().all(|r| r.2 == "success" && r.1.is_some()));
+    assert!(rows.iter().all(|r| r.status == "success" && r.caption.is_some()));
     for k in &kept {
         assert_eq!(srv.requests(k), 1, "{k} was captioned before the kill and must not be asked again");
     }

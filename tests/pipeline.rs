@@ -50,11 +50,12 @@ fn demo_runs_every_stage_then_only_what_is_missing() {
     let mut caps = 0;
     for set in sets {
         for s in ["00000", "00001"] {
-            caps += pixforge::caption::read_captions(&out.join(format!("{set}/captions/{s}.captions.parquet")))
-                .unwrap()
-                .iter()
-                .filter(|r| r.2 == "success" && r.1.is_some())
-                .count();
+            caps +=
+                pixforge::shards::captions::read_captions(&out.join(format!("{set}/captions/{s}.captions.parquet")))
+                    .unwrap()
+                    .iter()
+                    .filter(|r| r.status == "success" && r.caption.is_some())
+                    .count();
         }
     }
     assert_eq!(caps, 2 * n);
@@ -81,11 +82,11 @@ fn demo_runs_every_stage_then_only_what_is_missing() {
     for set in sets {
         for cache in ["t5", "vae"] {
             let dir = out.join(set).join("latents").join(cache);
-            let c = pixforge::latents::cache::CacheReader::open_unchecked(&dir).unwrap();
+            let c = pixforge::shards::stage::StageReader::open_unchecked(&dir).unwrap();
             let entries: usize = c.shards.iter().map(|s| c.shard(s).unwrap().entries.len()).sum();
             assert_eq!(entries, n, "{set} {cache}");
         }
-        let t5 = pixforge::latents::cache::CacheReader::open_unchecked(&out.join(set).join("latents/t5")).unwrap();
+        let t5 = pixforge::shards::stage::StageReader::open_unchecked(&out.join(set).join("latents/t5")).unwrap();
         assert!(t5.fingerprint.preprocessing["caption"].as_str().unwrap().contains("caption folder"));
     }
     // Training on both datasets' caches: its log, curve, checkpoint and validation grid.

@@ -212,8 +212,8 @@ fn clip_tower_runs_through_onnx_runtime() {
 /// (null for the failure), a rerun that does nothing, and a changed head refused without --overwrite.
 #[test]
 fn score_stage_embeds_and_scores_shards() {
-    use pixforge::latents::cache::CacheReader;
     use pixforge::score::stage::{run, ScoreConfig};
+    use pixforge::shards::stage::StageReader;
     common::onnxruntime();
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
@@ -233,7 +233,7 @@ fn score_stage_embeds_and_scores_shards() {
     let stats = run(&cfg, &common::caches::opts(&src, &out), None).unwrap();
     assert_eq!((stats.shards_done, stats.samples, stats.successes, stats.failed), (2, 6, 5, 1), "{stats:?}");
 
-    let cache = CacheReader::open_unchecked(&out).unwrap();
+    let cache = StageReader::open_unchecked(&out).unwrap();
     let mut tower = pixforge::score::clip::ClipTower::load(&cfg.tower, cfg.preprocess().unwrap(), 1).unwrap();
     let mut head = pixforge::score::aesthetic::Head::load(&cfg.heads[0], &Device::Cpu).unwrap();
     let mut pixel_head =
@@ -281,7 +281,8 @@ fn score_stage_embeds_and_scores_shards() {
 /// with their scores; an unknown column or a malformed rule is named.
 #[test]
 fn filter_selects_by_thresholds_and_top_fraction() {
-    use pixforge::score::filter::{read_selection, run, Rule};
+    use pixforge::score::filter::{run, Rule};
+    use pixforge::shards::selection::read_selection;
     use polars::prelude::*;
     let dir = tempfile::tempdir().unwrap();
     let scores = dir.path().join("scores");
@@ -393,7 +394,7 @@ fn dedup_finds_planted_near_duplicates() {
     pairs.sort();
     let want = [("000000", "000006"), ("000002", "000007"), ("000003", "000008")];
     assert_eq!(pairs, want.map(|(a, b)| (a.to_string(), b.to_string())), "each copy is grouped with its photo");
-    let kept = pixforge::score::filter::read_selection(&out).unwrap();
+    let kept = pixforge::shards::selection::read_selection(&out).unwrap();
     assert_eq!(kept.len(), 6);
     assert!(out.with_extension("groups.json").exists());
 }
@@ -456,7 +457,7 @@ fn balance_command_writes_a_selection() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("| all | 6 |") && stdout.contains("| selected | 3 |"), "{stdout}");
-    assert_eq!(pixforge::score::filter::read_selection(&out).unwrap().len(), 3);
+    assert_eq!(pixforge::shards::selection::read_selection(&out).unwrap().len(), 3);
 }
 
 /// `pixforge score laion-emb`: embeddings from LAION's precomputed files (clip-retrieval layout,
@@ -524,7 +525,7 @@ fn laion_embeddings_are_matched_by_key_and_scored() {
             assert!((v.get(i).unwrap() as f64 - want).abs() < 2e-2, "{key}: {:?} vs {want} (f16 rows)", v.get(i));
         }
     }
-    let c = pixforge::latents::cache::CacheReader::open_unchecked(&out).unwrap();
+    let c = pixforge::shards::stage::StageReader::open_unchecked(&out).unwrap();
     let e = c.shard("00001").unwrap().entry("010002").unwrap().clone();
     assert!(e.reason.unwrap().contains("no embedding in the LAION files"));
 }

@@ -4,7 +4,8 @@ mod common;
 
 use candle_core::Device;
 use common::caches::*;
-use pixforge::latents::cache::{t5_stage, vae_stage, CacheReader, FeatureDType};
+use pixforge::latents::cache::{t5_stage, vae_stage, FeatureDType};
+use pixforge::shards::stage::StageReader;
 
 /// The trainer's view of the caches: joined by key, single-bucket batches with a fresh posterior draw,
 /// captions padded to 120 with their mask, and the caption drop.
@@ -31,8 +32,8 @@ fn train_set_joins_the_caches_and_assembles_batches() {
     assert!(b.drop.iter().all(|d| !d));
 
     // The latents are (mean + std·ε)·0.18215 with ε drawn in order from the generator.
-    let vae = CacheReader::open_unchecked(&vae_dir).unwrap();
-    let t5 = CacheReader::open_unchecked(&t5_dir).unwrap();
+    let vae = StageReader::open_unchecked(&vae_dir).unwrap();
+    let t5 = StageReader::open_unchecked(&t5_dir).unwrap();
     let mut rng = Rng::new(5);
     for (j, key) in b.keys.iter().enumerate() {
         let shard = format!("{:05}", key[..2].parse::<usize>().unwrap());

@@ -387,7 +387,7 @@ fn trains_only_on_a_selection() {
     use polars::prelude::*;
     let dir = tempfile::tempdir().unwrap();
     cached_photos(dir.path());
-    let t5 = pixforge::latents::cache::CacheReader::open_unchecked(&dir.path().join("t5")).unwrap();
+    let t5 = pixforge::shards::stage::StageReader::open_unchecked(&dir.path().join("t5")).unwrap();
     let mut keys: Vec<String> =
         t5.shards.iter().flat_map(|s| t5.shard(s).unwrap().entries.into_iter().map(|e| e.key)).collect();
     keys.sort();

@@ -4,7 +4,7 @@
 
 use super::llava::{ImageMode, Sampling, DEFAULT_TEMPLATE};
 use super::prompts::Prompt;
-use crate::latents::cache::{CacheFingerprint, FileHash};
+use crate::shards::stage::{FileHash, StageFingerprint};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -178,18 +178,18 @@ impl CaptionConfig {
     }
 
     /// What the captions depend on: backend, model (its files for candle), prompts and sampling.
-    pub(super) fn fingerprint(&self) -> anyhow::Result<CacheFingerprint> {
+    pub(super) fn fingerprint(&self) -> anyhow::Result<StageFingerprint> {
         let mut files = Vec::new();
         if self.backend == Backend::Candle {
             let dir = Path::new(&self.model);
-            let mut paths = crate::latents::weight_files(dir, "model")?;
+            let mut paths = crate::hub::weight_files(dir, "model")?;
             paths.push(dir.join("config.json"));
             paths.push(dir.join("tokenizer.json"));
             for f in paths {
                 files.push(FileHash::of(&f)?);
             }
         }
-        Ok(CacheFingerprint {
+        Ok(StageFingerprint {
             kind: "caption".into(),
             model_config: serde_json::json!({ "backend": self.backend, "model": self.model_name() }),
             files,

@@ -5,11 +5,14 @@
 use super::config::CaptionConfig;
 use super::prompts::Prompt;
 use super::qc;
-use crate::latents::cache::{CacheEntry, CacheRunStats, ShardOutput};
+use crate::shards::stage::{SampleEntry, ShardOutput, StageRunStats};
 use crate::shards::WdsReader;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+
+/// The file name ending of a shard's journal (finished captions of a shard in progress).
+pub const JOURNAL_SUFFIX: &str = ".captions.journal.jsonl";
 
 /// A caption's place in a shard: key, prompt number, caption number.
 pub type Slot = (String, u32, u32);
@@ -62,7 +65,7 @@ pub struct CaptionRow {
 
 /// The journal of a shard in progress.
 pub(super) fn journal_path(out: &Path, shard: &str) -> PathBuf {
-    out.join(format!("{shard}.captions.journal.jsonl"))
+    out.join(format!("{shard}{JOURNAL_SUFFIX}"))
 }
 
 /// The rows a journal holds (a torn last line, from a killed run, is ignored), later lines winning.
@@ -113,9 +116,9 @@ pub(super) fn shard_output(
             }
         }
         entries.push(if ok {
-            CacheEntry::success(&sample.key)
+            SampleEntry::success(&sample.key)
         } else {
-            CacheEntry::failed(&sample.key, first_error.unwrap_or_else(|| "no caption".into()))
+            SampleEntry::failed(&sample.key, first_error.unwrap_or_else(|| "no caption".into()))
         });
     }
     let successes = ordered.iter().filter(|r| r.status == "success").count();
@@ -128,7 +131,7 @@ pub(super) fn shard_output(
         }
     }
     let mut df = rows_to_frame(&ordered)?;
-    crate::shards::write_parquet_atomic(&mut df, &out_dir.join(format!("{shard}.captions.parquet")))?;
+    crate::shards::write_parquet_atomic(&mut df, &crate::shards::captions::captions_path(out_dir, shard))?;
     let mut qc_counts: std::collections::BTreeMap<&str, usize> = qc::FLAGS.iter().map(|f| (*f, 0)).collect();
     for r in &ordered {
         for f in &r.qc_flags {
@@ -180,27 +183,8 @@ fn rows_to_frame(rows: &[CaptionRow]) -> anyhow::Result<polars::prelude::DataFra
     Ok(DataFrame::new(rows.len(), columns)?)
 }
 
-/// Reads a shard's caption parquet back as rows (for consumers and tests).
-pub fn read_captions(path: &Path) -> anyhow::Result<Vec<(String, Option<String>, String)>> {
-    use polars::prelude::SerReader;
-    let f = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let df = polars::prelude::ParquetReader::new(f).finish().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let key = df.column("key")?.str()?.clone();
-    let cap = df.column("caption")?.str()?.clone();
-    let status = df.column("status")?.str()?.clone();
-    Ok((0..df.height())
-        .map(|i| {
-            (
-                key.get(i).unwrap_or_default().to_string(),
-                cap.get(i).map(str::to_string),
-                status.get(i).unwrap_or_default().to_string(),
-            )
-        })
-        .collect())
-}
-
 /// A run's figures and the totals over every caption shard in `out` (this run's and earlier ones).
-pub fn summary(out: &Path, run: &CacheRunStats) -> anyhow::Result<serde_json::Value> {
+pub fn summary(out: &Path, run: &StageRunStats) -> anyhow::Result<serde_json::Value> {
     let mut captions = 0u64;
     let mut failures = 0u64;
     let mut tokens = 0u64;

@@ -3,15 +3,18 @@
 //! keeps each finished caption of a shard in progress, so a killed run loses none of them.
 //!
 //! The shard loop, manifest fingerprint, `--worker I/N` split and done markers are the feature caches'
-//! ([`crate::latents::cache::run_shards`]); `{shard}.index.json` holds each sample's status.
+//! ([`crate::shards::stage::run_shards`]); `{shard}.index.json` holds each sample's status.
 
 use super::config::{Backend, CaptionConfig};
 use super::llava::{Job, LocalCaptioner};
 use super::openai::{image_for_request, OpenAiClient, OpenAiOptions, Request};
+use super::output::JOURNAL_SUFFIX;
 use super::output::{journal_path, read_journal, shard_output, sweep_journals, CaptionRow, Slot};
 use super::prompts::Prompt;
 use super::qc;
-use crate::latents::cache::{CacheRunStats, RunOptions, ShardOutput};
+use crate::shards::captions::CAPTIONS_SUFFIX;
+use crate::shards::stage::Stage;
+use crate::shards::stage::{ShardOutput, StageOptions, StageRunStats};
 use crate::shards::{TarSample, WdsReader};
 use std::collections::HashMap;
 use std::io::Write;
@@ -63,7 +66,7 @@ enum Engine {
 }
 
 /// Captions the images of `opts.input` into `opts.out`.
-pub fn run(cfg: &CaptionConfig, opts: &RunOptions) -> anyhow::Result<CacheRunStats> {
+pub fn run(cfg: &CaptionConfig, opts: &StageOptions) -> anyhow::Result<StageRunStats> {
     let prompts = cfg.check()?;
     let fingerprint = cfg.fingerprint()?;
     let engine = match cfg.backend {
@@ -94,13 +97,10 @@ pub fn run(cfg: &CaptionConfig, opts: &RunOptions) -> anyhow::Result<CacheRunSta
     };
     let out_dir = opts.out.clone();
     sweep_journals(&out_dir);
-    let stats = crate::latents::cache::run_shards(
-        "caption",
-        fingerprint,
-        opts,
-        &[".captions.parquet", ".index.json"],
-        |shard, reader, pb| caption_shard(cfg, &prompts, &engine, &out_dir, shard, reader, pb),
-    );
+    let stage = Stage { name: "caption", outputs: &[CAPTIONS_SUFFIX, ".index.json"], scratch: &[JOURNAL_SUFFIX] };
+    let stats = crate::shards::stage::run_shards(&stage, fingerprint, opts, |shard, reader, pb| {
+        caption_shard(cfg, &prompts, &engine, &out_dir, shard, reader, pb)
+    });
     sweep_journals(&out_dir);
     stats
 }
@@ -224,7 +224,7 @@ fn caption_shard(
                 let batch: Vec<(Item, u32)> = pending.drain(..pending.len().min(chunk)).collect();
                 let images: Vec<Result<Vec<u8>, String>> = batch
                     .iter()
-                    .map(|(it, _)| crate::latents::cache::image_bytes(reader, &reader.samples[it.sample]))
+                    .map(|(it, _)| crate::shards::stage::image_bytes(reader, &reader.samples[it.sample]))
                     .collect();
                 let mut jobs = Vec::new();
                 let mut job_of = Vec::new();
@@ -318,7 +318,7 @@ async fn remote_one(
     let prepared = image
         .get_or_try_init(|| async move {
             tokio::task::spawn_blocking(move || {
-                let bytes = crate::latents::cache::image_bytes(&reader, &reader.samples[sample])?;
+                let bytes = crate::shards::stage::image_bytes(&reader, &reader.samples[sample])?;
                 image_for_request(&bytes, side)
             })
             .await

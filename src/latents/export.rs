@@ -17,7 +17,7 @@
 //! outputs at padded positions; every reader masks them out with `attention_mask`). Only samples cached
 //! in both caches are exported.
 
-use super::cache::{CacheReader, EntryStatus};
+use crate::shards::stage::{EntryStatus, StageReader};
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 use std::io::Write;
@@ -97,8 +97,8 @@ fn write_npz(path: &Path, files: &[(&str, Vec<u8>)]) -> anyhow::Result<()> {
 /// Exports the samples cached in both caches (see the module documentation); returns what it wrote.
 pub fn export_official(o: &ExportOptions) -> anyhow::Result<ExportStats> {
     let dev = Device::Cpu;
-    let t5 = CacheReader::open_unchecked(&o.t5)?;
-    let vae = CacheReader::open_unchecked(&o.vae)?;
+    let t5 = StageReader::open_unchecked(&o.t5)?;
+    let vae = StageReader::open_unchecked(&o.vae)?;
     for (cache, dir) in [(&t5, &o.t5), (&vae, &o.vae)] {
         let names: Vec<String> = cache.fingerprint.sources.keys().cloned().collect();
         let expected = cache.fingerprint.clone().with_sources(&o.shards, &names).map_err(|e| {

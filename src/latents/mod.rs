@@ -2,6 +2,7 @@
 //! SD VAE ([`vae`]), loaded from Hugging Face / diffusers folders; PixArt-α's caption cleaning
 //! ([`clean`]); and the per-shard feature caches built with them ([`cache`]).
 
+pub mod buckets;
 pub mod cache;
 pub mod clean;
 pub mod export;
@@ -9,40 +10,3 @@ pub mod t5;
 pub mod t5_packed;
 pub mod vae;
 pub mod vae_encoder;
-
-/// The `name/` part of a diffusers pipeline folder, or `dir` itself when it has no such subfolder.
-pub fn part(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
-    let sub = dir.join(name);
-    if sub.is_dir() {
-        sub
-    } else {
-        dir.to_path_buf()
-    }
-}
-
-/// Reads and parses a `config.json`, naming the file on error.
-pub(crate) fn read_config<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> anyhow::Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: unexpected config: {e}", path.display()))
-}
-
-/// The safetensors weight files of a model folder: `{stem}.safetensors`, or the shards listed in
-/// `{stem}.safetensors.index.json`.
-pub(crate) fn weight_files(dir: &std::path::Path, stem: &str) -> anyhow::Result<Vec<std::path::PathBuf>> {
-    let single = dir.join(format!("{stem}.safetensors"));
-    if single.is_file() {
-        return Ok(vec![single]);
-    }
-    let index = dir.join(format!("{stem}.safetensors.index.json"));
-    if !index.is_file() {
-        anyhow::bail!("{}: expected {stem}.safetensors or {stem}.safetensors.index.json", dir.display());
-    }
-    let v: serde_json::Value = read_config(&index)?;
-    let map = v["weight_map"]
-        .as_object()
-        .ok_or_else(|| anyhow::anyhow!("{}: expected a \"weight_map\" object", index.display()))?;
-    let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
-    files.sort();
-    files.dedup();
-    Ok(files.into_iter().map(|f| dir.join(f)).collect())
-}

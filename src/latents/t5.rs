@@ -85,7 +85,7 @@ pub struct TextEncoder {
 
 /// The (model folder, tokenizer file) of a T5 folder or a diffusers pipeline folder.
 fn locate(dir: &Path) -> (PathBuf, PathBuf) {
-    (super::part(dir, "text_encoder"), super::part(dir, "tokenizer").join("tokenizer.json"))
+    (crate::hub::part(dir, "text_encoder"), crate::hub::part(dir, "tokenizer").join("tokenizer.json"))
 }
 
 impl TextEncoder {
@@ -100,8 +100,8 @@ impl TextEncoder {
     /// Loads the encoder alone (weights as f32): it takes token ids ([`TextEncoder::encode_ids`]).
     pub fn load_encoder(dir: &Path, device: &Device) -> anyhow::Result<Self> {
         let (model_dir, _) = locate(dir);
-        let config: t5::Config = super::read_config(&model_dir.join("config.json"))?;
-        let files = super::weight_files(&model_dir, "model")?;
+        let config: t5::Config = crate::hub::read_config(&model_dir.join("config.json"))?;
+        let files = crate::hub::weight_files(&model_dir, "model")?;
         // SAFETY: the files are memory-mapped read-only; we do not modify them while loaded.
         let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, DType::F32, device)? };
         let model = PackedT5::load(vb, &config)

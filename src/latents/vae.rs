@@ -55,16 +55,16 @@ pub struct Vae {
 impl Vae {
     /// Loads a diffusers `AutoencoderKL` folder (or a pipeline folder with `vae/`), as f32.
     pub fn load(dir: &Path, device: &Device) -> anyhow::Result<Self> {
-        let dir = super::part(dir, "vae");
+        let dir = crate::hub::part(dir, "vae");
         let cfg_path = dir.join("config.json");
-        let c: VaeConfig = super::read_config(&cfg_path)?;
+        let c: VaeConfig = crate::hub::read_config(&cfg_path)?;
         if let Some(t) = c.down_block_types.iter().find(|t| *t != "DownEncoderBlock2D") {
             anyhow::bail!(
                 "{}: down block type {t:?} is not supported (expected DownEncoderBlock2D)",
                 cfg_path.display()
             );
         }
-        let files = super::weight_files(&dir, "diffusion_pytorch_model")?;
+        let files = crate::hub::weight_files(&dir, "diffusion_pytorch_model")?;
         // SAFETY: the files are memory-mapped read-only; we do not modify them while loaded.
         let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, DType::F32, device)? };
         Self::from_parts(vb, c).map_err(|e| anyhow::anyhow!("{}: not an AutoencoderKL checkpoint: {e}", dir.display()))

@@ -2,7 +2,7 @@
 //! (or that it had nothing to do) and the paths of what it wrote.
 
 use super::{Pipeline, WhenDataChanges};
-use crate::latents::cache::{CacheRunStats, RunOptions};
+use crate::shards::stage::{StageOptions, StageRunStats};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
@@ -27,13 +27,13 @@ pub struct PipelineReport {
     /// The ingest stage's totals (this run).
     pub ingest: Option<crate::shards::RunStats>,
     /// The caption stage's run.
-    pub captions: Option<CacheRunStats>,
+    pub captions: Option<StageRunStats>,
     /// The density report, when it was made in this run.
     pub density: Option<crate::density::report::Report>,
     /// The T5 and VAE cache runs.
-    pub t5: Option<CacheRunStats>,
+    pub t5: Option<StageRunStats>,
     /// The VAE cache run.
-    pub vae: Option<CacheRunStats>,
+    pub vae: Option<StageRunStats>,
     /// The training run (`None` when it was already finished).
     pub train: Option<crate::train::run::TrainSummary>,
 }
@@ -188,7 +188,7 @@ fn sample(
         .ok_or_else(|| anyhow::anyhow!("{}: no checkpoint to sample from", train.output_dir.display()))?;
     let weights = ckpt.join(if s.ema { "ema.safetensors" } else { "model.safetensors" });
     let mut h = Sha256::new();
-    h.update(crate::latents::cache::sha256_file(&weights)?);
+    h.update(crate::shards::stage::sha256_file(&weights)?);
     h.update(serde_json::to_vec(s)?);
     h.update(std::fs::read(&s.prompts).map_err(|e| anyhow::anyhow!("{}: {e}", s.prompts.display()))?);
     let digest = hex::encode(&h.finalize()[..16]);
@@ -247,7 +247,7 @@ fn merge_ingest(total: &mut Option<crate::shards::RunStats>, s: crate::shards::R
 }
 
 /// Adds one dataset's shard-stage totals to the run's.
-fn merge_cache(total: &mut Option<CacheRunStats>, s: CacheRunStats) {
+fn merge_cache(total: &mut Option<StageRunStats>, s: StageRunStats) {
     match total {
         None => *total = Some(s),
         Some(t) => {
@@ -262,11 +262,11 @@ fn merge_cache(total: &mut Option<CacheRunStats>, s: CacheRunStats) {
     }
 }
 
-fn options(input: &Path, out: &Path, progress: bool, worker: crate::shards::Worker) -> RunOptions {
-    RunOptions { progress, worker, ..RunOptions::new(input, out) }
+fn options(input: &Path, out: &Path, progress: bool, worker: crate::shards::Worker) -> StageOptions {
+    StageOptions { progress, worker, ..StageOptions::new(input, out) }
 }
 
-fn failed_shards(stage: &str, stats: &CacheRunStats) -> anyhow::Result<()> {
+fn failed_shards(stage: &str, stats: &StageRunStats) -> anyhow::Result<()> {
     if let Some((name, why)) = stats.shards_failed.first() {
         anyhow::bail!(
             "stage `{stage}`: {} shard(s) failed, the first ({name}) with: {why}; rerun to retry them",
@@ -276,7 +276,7 @@ fn failed_shards(stage: &str, stats: &CacheRunStats) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cache_report(stage: &str, s: &CacheRunStats, name: &str, dir: &Path) -> StageReport {
+fn cache_report(stage: &str, s: &StageRunStats, name: &str, dir: &Path) -> StageReport {
     StageReport {
         stage: stage.into(),
         did_work: s.shards_done > 0,

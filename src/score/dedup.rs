@@ -4,8 +4,8 @@
 //! to them reaches the threshold. The kept keys are written as a selection (parquet with `key` and
 //! `cluster`), and every near-duplicate group as a JSON report.
 
-use crate::latents::cache::CacheReader;
 use crate::rng::Rng;
+use crate::shards::stage::StageReader;
 use candle_core::Device;
 use polars::prelude::{Column, DataFrame};
 use serde::Serialize;
@@ -58,7 +58,7 @@ pub struct DedupReport {
 fn read_embeddings(dirs: &[PathBuf]) -> anyhow::Result<(Vec<String>, Vec<Vec<f32>>)> {
     let (mut keys, mut rows) = (Vec::new(), Vec::new());
     for dir in dirs {
-        let cache = CacheReader::open_unchecked(dir)?;
+        let cache = StageReader::open_unchecked(dir)?;
         if cache.fingerprint.kind != "clip" {
             anyhow::bail!(
                 "--embeddings {}: a `{}` cache, expected `pixforge score clip` output",

@@ -140,12 +140,3 @@ pub fn run(dirs: &[PathBuf], rules: &[Rule], out: &Path) -> anyhow::Result<Filte
     crate::shards::write_parquet_atomic(&mut df, out).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
     Ok(FilterReport { input: rows.len(), after, kept: kept.len(), out: out.to_path_buf() })
 }
-
-/// The keys of a selection file.
-pub fn read_selection(path: &Path) -> anyhow::Result<std::collections::HashSet<String>> {
-    let f = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
-    let df =
-        ParquetReader::new(f).finish().map_err(|e| anyhow::anyhow!("{}: not a parquet file: {e}", path.display()))?;
-    let keys = df.column("key").map_err(|_| anyhow::anyhow!("{}: no `key` column", path.display()))?.str()?.clone();
-    Ok((0..keys.len()).filter_map(|i| keys.get(i).map(str::to_string)).collect())
-}

@@ -7,13 +7,17 @@
 
 use super::aesthetic::Head;
 use super::clip::{ClipPreprocess, ClipTower, PixelHead};
-use crate::latents::cache::{CacheEntry, CacheFingerprint, CacheRunStats, FileHash, RunOptions, ShardOutput};
+use crate::shards::stage::Stage;
+use crate::shards::stage::{FileHash, SampleEntry, ShardOutput, StageFingerprint, StageOptions, StageRunStats};
 use candle_core::{DType, Device, Tensor};
 use polars::prelude::{Column, DataFrame, SerReader};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::PathBuf;
+
+/// The file name endings of a score shard besides its `_stats.json`.
+const SCORE_OUTPUTS: [&str; 2] = [".safetensors", ".scores.parquet"];
 
 /// The scoring stage's configuration (CLI flags and pipeline TOML).
 #[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
@@ -91,7 +95,7 @@ impl ScoreConfig {
     }
 
     /// What the scores depend on: the tower's and heads' bytes, the preprocessing.
-    pub fn fingerprint(&self) -> anyhow::Result<CacheFingerprint> {
+    pub fn fingerprint(&self) -> anyhow::Result<StageFingerprint> {
         let sidecars: Vec<PathBuf> =
             self.pixel_heads.iter().map(|p| p.with_extension("json")).filter(|p| p.exists()).collect();
         let files = std::iter::once(&self.tower)
@@ -100,7 +104,7 @@ impl ScoreConfig {
             .chain(&sidecars)
             .map(|p| FileHash::of(p))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(CacheFingerprint {
+        Ok(StageFingerprint {
             kind: "clip".into(),
             model_config: serde_json::json!({ "tower": self.tower.file_name().map(|n| n.to_string_lossy().into_owned()), "heads": self.head_names() }),
             files,
@@ -115,7 +119,7 @@ type Prepared = (Vec<f32>, Option<image::RgbImage>);
 
 /// Embeds and scores the images of `opts.input` into `opts.out` (the tower on CUDA device `cuda`
 /// when given).
-pub fn run(cfg: &ScoreConfig, opts: &RunOptions, cuda: Option<i32>) -> anyhow::Result<CacheRunStats> {
+pub fn run(cfg: &ScoreConfig, opts: &StageOptions, cuda: Option<i32>) -> anyhow::Result<StageRunStats> {
     let pre = cfg.preprocess()?;
     let fingerprint = cfg.fingerprint()?;
     let mut tower = ClipTower::load_on(&cfg.tower, pre.clone(), 0, cuda)?;
@@ -124,11 +128,10 @@ pub fn run(cfg: &ScoreConfig, opts: &RunOptions, cuda: Option<i32>) -> anyhow::R
         cfg.pixel_heads.iter().map(|p| PixelHead::load(p, &pre, cuda)).collect::<anyhow::Result<Vec<_>>>()?;
     let names: Vec<String> = cfg.head_names().into_iter().take(cfg.heads.len()).collect();
     let out_dir = opts.out.clone();
-    crate::latents::cache::run_shards(
-        "score-clip",
+    crate::shards::stage::run_shards(
+        &Stage { name: "score-clip", outputs: &SCORE_OUTPUTS, scratch: &[] },
         fingerprint,
         opts,
-        &[".safetensors", ".scores.parquet"],
         |shard, reader, _| {
             let mut entries = Vec::with_capacity(reader.samples.len());
             let mut rows: Vec<Vec<f32>> = Vec::new();
@@ -138,7 +141,7 @@ pub fn run(cfg: &ScoreConfig, opts: &RunOptions, cuda: Option<i32>) -> anyhow::R
                 let prepared: Vec<Result<Prepared, String>> = chunk
                     .par_iter()
                     .map(|sample| {
-                        let bytes = crate::latents::cache::image_bytes(reader, sample)?;
+                        let bytes = crate::shards::stage::image_bytes(reader, sample)?;
                         let (img, _, _) = crate::image::decode_rgb(&bytes, crate::image::MAX_PIXELS)
                             .map_err(|e| format!("cannot decode the image: {e}"))?;
                         let pixels = pre.pixels(&img).map_err(|e| format!("{e:#}"))?;
@@ -151,14 +154,14 @@ pub fn run(cfg: &ScoreConfig, opts: &RunOptions, cuda: Option<i32>) -> anyhow::R
                 for (sample, p) in chunk.iter().zip(prepared) {
                     match p {
                         Ok((p, img)) => {
-                            let mut e = CacheEntry::success(&sample.key);
+                            let mut e = SampleEntry::success(&sample.key);
                             e.row = Some(rows.len() + n);
                             entries.push(e);
                             pixels.extend(p);
                             images.extend(img);
                             n += 1;
                         }
-                        Err(reason) => entries.push(CacheEntry::failed(&sample.key, reason)),
+                        Err(reason) => entries.push(SampleEntry::failed(&sample.key, reason)),
                     }
                 }
                 if n > 0 {
@@ -177,7 +180,7 @@ pub fn run(cfg: &ScoreConfig, opts: &RunOptions, cuda: Option<i32>) -> anyhow::R
 /// One shard's output: the embeddings tensor, the index entries and the scores parquet (written
 /// here, before the stats that mark the shard done).
 fn shard_output(
-    entries: Vec<CacheEntry>,
+    entries: Vec<SampleEntry>,
     rows: Vec<Vec<f32>>,
     heads: &mut [Head],
     names: &[String],
@@ -283,7 +286,7 @@ impl NpyRows {
 /// Takes each sample's embedding from LAION's precomputed files (matched by key) instead of running
 /// a tower, and scores it: the same per-shard output as [`run`]. A sample without a row is recorded
 /// with the reason.
-pub fn run_laion(cfg: &LaionEmbeddings, opts: &RunOptions) -> anyhow::Result<CacheRunStats> {
+pub fn run_laion(cfg: &LaionEmbeddings, opts: &StageOptions) -> anyhow::Result<StageRunStats> {
     let mut metas: Vec<PathBuf> = std::fs::read_dir(&cfg.meta_dir)
         .map_err(|e| anyhow::anyhow!("--meta-dir {}: {e}", cfg.meta_dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -319,7 +322,7 @@ pub fn run_laion(cfg: &LaionEmbeddings, opts: &RunOptions) -> anyhow::Result<Cac
     let fp_files = metas.iter().chain(&cfg.heads).map(|p| FileHash::of(p)).collect::<anyhow::Result<Vec<_>>>()?;
     let names: Vec<String> =
         cfg.heads.iter().map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()).collect();
-    let fingerprint = CacheFingerprint {
+    let fingerprint = StageFingerprint {
         kind: "clip".into(),
         model_config: serde_json::json!({ "source": "LAION img_emb", "heads": names }),
         files: fp_files,
@@ -328,24 +331,23 @@ pub fn run_laion(cfg: &LaionEmbeddings, opts: &RunOptions) -> anyhow::Result<Cac
     };
     let mut heads = cfg.heads.iter().map(|p| Head::load(p, &Device::Cpu)).collect::<anyhow::Result<Vec<_>>>()?;
     let out_dir = opts.out.clone();
-    crate::latents::cache::run_shards(
-        "score-laion-emb",
+    crate::shards::stage::run_shards(
+        &Stage { name: "score-laion-emb", outputs: &SCORE_OUTPUTS, scratch: &[] },
         fingerprint,
         opts,
-        &[".safetensors", ".scores.parquet"],
         |shard, reader, _| {
             let mut entries = Vec::with_capacity(reader.samples.len());
             let mut rows = Vec::new();
             for sample in &reader.samples {
                 match index.get(&sample.key) {
                     Some(&(f, r)) => {
-                        let mut e = CacheEntry::success(&sample.key);
+                        let mut e = SampleEntry::success(&sample.key);
                         e.row = Some(rows.len());
                         rows.push(files[f].row(r)?);
                         entries.push(e);
                     }
                     None => {
-                        entries.push(CacheEntry::failed(&sample.key, "no embedding in the LAION files for this key"))
+                        entries.push(SampleEntry::failed(&sample.key, "no embedding in the LAION files for this key"))
                     }
                 }
             }

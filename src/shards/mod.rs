@@ -6,10 +6,13 @@
 //! A dataset directory also carries a `manifest.json` (stage, configuration, fingerprint, version).
 
 mod atomic;
+pub mod captions;
 mod keys;
 mod manifest;
 mod parquet;
 mod record;
+pub mod selection;
+pub mod stage;
 mod stats;
 mod tar_reader;
 mod worker;

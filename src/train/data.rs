@@ -7,8 +7,8 @@
 //! proportion to their size, as in the paper. Everything is a function of (seed, epoch), so a run
 //! resumes at any batch by recomputing the epoch's order.
 
-use crate::latents::cache::{CacheFingerprint, CacheReader, CacheShard, EntryStatus};
 use crate::rng::Rng;
+use crate::shards::stage::{EntryStatus, StageFingerprint, StageReader, StageShard};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
@@ -24,7 +24,7 @@ struct Sample {
 
 /// The samples cached in both a T5 and a VAE cache.
 pub struct TrainSet {
-    shards: Vec<(CacheShard, CacheShard)>,
+    shards: Vec<(StageShard, StageShard)>,
     samples: Vec<Sample>,
     /// Samples present in one cache only, or failed in either (not trained on).
     pub skipped: usize,
@@ -55,17 +55,17 @@ impl TrainSet {
     /// their successful entries by key (shard by shard).
     pub fn open(
         t5_dir: &Path,
-        t5_expected: &CacheFingerprint,
+        t5_expected: &StageFingerprint,
         vae_dir: &Path,
-        vae_expected: &CacheFingerprint,
+        vae_expected: &StageFingerprint,
     ) -> anyhow::Result<Self> {
-        let t5 = CacheReader::open(t5_dir, t5_expected)?;
-        let vae = CacheReader::open(vae_dir, vae_expected)?;
+        let t5 = StageReader::open(t5_dir, t5_expected)?;
+        let vae = StageReader::open(vae_dir, vae_expected)?;
         Self::join(&[(t5, vae)])
     }
 
     /// Joins the successful entries of each (T5, VAE) cache pair by key, shard by shard.
-    pub fn join(pairs: &[(CacheReader, CacheReader)]) -> anyhow::Result<Self> {
+    pub fn join(pairs: &[(StageReader, StageReader)]) -> anyhow::Result<Self> {
         let mut shards = Vec::new();
         let mut samples = Vec::new();
         let mut skipped = 0;

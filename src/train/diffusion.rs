@@ -83,7 +83,7 @@ impl Diffusion {
         let mut keep = Vec::with_capacity(count);
         let mut cur = 0.0f64;
         for _ in 0..count {
-            keep.push(round_half_even(cur) as usize);
+            keep.push(cur.round_ties_even() as usize);
             cur += stride;
         }
         keep.dedup();
@@ -173,16 +173,6 @@ impl Diffusion {
         let vb = at_zero.where_cond(&nll, &kl)?;
         let loss = (&mse + &vb)?;
         Ok(Losses { mse, vb, loss })
-    }
-}
-
-/// numpy's `round` (half to even).
-pub(crate) fn round_half_even(x: f64) -> f64 {
-    let r = x.round();
-    if (x - x.trunc()).abs() == 0.5 && r % 2.0 != 0.0 {
-        r - x.signum()
-    } else {
-        r
     }
 }
 

@@ -66,11 +66,11 @@ pub struct Generated {
     /// Image height.
     pub height: usize,
     /// The bucket generated at, when binning applied.
-    pub bucket: Option<crate::train::buckets::Bucket>,
+    pub bucket: Option<crate::latents::buckets::Bucket>,
 }
 
 fn load_transformer(o: &SampleOptions, dev: &Device) -> anyhow::Result<PixArt> {
-    let t = crate::latents::part(&o.transformer, "transformer");
+    let t = crate::hub::part(&o.transformer, "transformer");
     if t.is_dir() {
         PixArt::load_diffusers(&t, dev)
     } else {
@@ -114,8 +114,8 @@ pub fn generate(o: &SampleOptions, prompts: &[String], device: &Device) -> anyho
     }
     let (want_h, want_w) = o.size;
     let base = c.sample_size * 8;
-    let bucket = match crate::train::buckets::table(base, true) {
-        Some(t) if o.binning => Some(crate::train::buckets::closest(&t, want_h, want_w)),
+    let bucket = match crate::latents::buckets::table(base, true) {
+        Some(t) if o.binning => Some(crate::latents::buckets::closest(&t, want_h, want_w)),
         _ => None,
     };
     let (h, w) = bucket.map(|b| (b.height, b.width)).unwrap_or(o.size);

@@ -1,6 +1,5 @@
 //! Training PixArt-α: the model, the diffusion objective, the samplers, and the trainer (`pixforge train`).
 
-pub mod buckets;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

@@ -12,8 +12,8 @@ use super::distributed::{Place, Reducer};
 use super::model::PixArt;
 use super::observe::{peak_rss_mib, LogLine, StepLog};
 use super::step::Trainer;
-use crate::latents::cache::{CacheFingerprint, CacheReader};
 use crate::rng::Rng;
+use crate::shards::stage::{StageFingerprint, StageReader};
 use candle_core::Device;
 use std::path::{Path, PathBuf};
 
@@ -56,7 +56,7 @@ pub struct TrainSummary {
 /// The expected fingerprint of a cache made with the model folder `model` (when given): the cache's
 /// own, with each of its files hashed again from that folder (or its `text_encoder`, `tokenizer` and
 /// `vae` subfolders). Without a model folder, the first cache of the kind is the reference.
-fn expected(first: &CacheFingerprint, model: Option<&Path>) -> anyhow::Result<CacheFingerprint> {
+fn expected(first: &StageFingerprint, model: Option<&Path>) -> anyhow::Result<StageFingerprint> {
     let mut e = first.clone();
     e.sources.clear();
     if let Some(dir) = model {
@@ -74,7 +74,7 @@ fn expected(first: &CacheFingerprint, model: Option<&Path>) -> anyhow::Result<Ca
                     )
                 })?;
             f.bytes = std::fs::metadata(&found)?.len();
-            f.sha256 = crate::latents::cache::sha256_file(&found)?;
+            f.sha256 = crate::shards::stage::sha256_file(&found)?;
         }
     }
     Ok(e)
@@ -85,7 +85,7 @@ fn open_data(cfg: &TrainConfig) -> anyhow::Result<TrainSet> {
     let mut pairs = Vec::new();
     let (mut t5_ref, mut vae_ref) = (None, None);
     for p in &cfg.data.caches {
-        let (t5, vae) = (CacheReader::open_unchecked(&p.t5)?, CacheReader::open_unchecked(&p.vae)?);
+        let (t5, vae) = (StageReader::open_unchecked(&p.t5)?, StageReader::open_unchecked(&p.vae)?);
         for (r, kind) in [(&t5, "t5"), (&vae, "vae")] {
             if r.fingerprint.kind != kind {
                 anyhow::bail!(
@@ -103,11 +103,11 @@ fn open_data(cfg: &TrainConfig) -> anyhow::Result<TrainSet> {
             Some(e) => e,
             None => vae_ref.insert(expected(&vae.fingerprint, cfg.data.vae_model.as_deref())?),
         };
-        pairs.push((CacheReader::open(&p.t5, t5_e)?, CacheReader::open(&p.vae, vae_e)?));
+        pairs.push((StageReader::open(&p.t5, t5_e)?, StageReader::open(&p.vae, vae_e)?));
     }
     let mut set = TrainSet::join(&pairs)?;
     if let Some(sel) = &cfg.data.selection {
-        let keys = crate::score::filter::read_selection(sel)?;
+        let keys = crate::shards::selection::read_selection(sel)?;
         let dropped = set.retain(&keys);
         set.skipped += dropped;
         if set.is_empty() {
@@ -120,7 +120,7 @@ fn open_data(cfg: &TrainConfig) -> anyhow::Result<TrainSet> {
 
 /// The VAE scaling factor the latents are multiplied by (`scaling_factor` of the VAE's config).
 fn scaling_factor(cfg: &TrainConfig) -> anyhow::Result<f64> {
-    let vae = CacheReader::open_unchecked(&cfg.data.caches[0].vae)?;
+    let vae = StageReader::open_unchecked(&cfg.data.caches[0].vae)?;
     Ok(vae.fingerprint.model_config.get("scaling_factor").and_then(|v| v.as_f64()).unwrap_or(0.18215))
 }
 

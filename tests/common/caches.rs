@@ -1,8 +1,9 @@
 //! Caches over a small source dataset, shared by tests/cache.rs and tests/train.rs.
 
 use candle_core::Tensor;
-use pixforge::latents::cache::{FeatureDType, RunOptions, T5CacheConfig, VaeCacheConfig};
+use pixforge::latents::cache::{FeatureDType, T5CacheConfig, VaeCacheConfig};
 use pixforge::latents::t5::{TextCleaning, MAX_TOKENS};
+use pixforge::shards::stage::StageOptions;
 use std::path::{Path, PathBuf};
 
 /// One source sample: key, image bytes, caption bytes.
@@ -59,8 +60,8 @@ pub fn pipeline() -> PathBuf {
     super::fixtures().join("pixart-pipeline")
 }
 
-pub fn opts(input: &Path, out: &Path) -> RunOptions {
-    RunOptions { progress: false, ..RunOptions::new(input, out) }
+pub fn opts(input: &Path, out: &Path) -> StageOptions {
+    StageOptions { progress: false, ..StageOptions::new(input, out) }
 }
 
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {

@@ -41,9 +41,9 @@ impl Llava {
     /// as `dtype` on `device`.
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
         let cfg_path = dir.join("config.json");
-        let config: LlavaConfig = crate::latents::read_config(&cfg_path)?;
+        let config: LlavaConfig = crate::hub::read_config(&cfg_path)?;
         config.check(&cfg_path)?;
-        let files = crate::latents::weight_files(dir, "model")?;
+        let files = crate::hub::weight_files(dir, "model")?;
         // SAFETY: the files are memory-mapped read-only and not modified while loaded.
         let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files)? };
         let names = std::sync::Arc::new(llava_names(&st, &files)?);

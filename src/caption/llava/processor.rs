@@ -204,9 +204,9 @@ fn image_settings(dir: &Path, config: &LlavaConfig) -> anyhow::Result<ClipPrepro
     let pre = dir.join("preprocessor_config.json");
     let proc = dir.join("processor_config.json");
     let (file, v): (&Path, serde_json::Value) = if pre.is_file() {
-        (&pre, crate::latents::read_config(&pre)?)
+        (&pre, crate::hub::read_config(&pre)?)
     } else if proc.is_file() {
-        let v: serde_json::Value = crate::latents::read_config(&proc)?;
+        let v: serde_json::Value = crate::hub::read_config(&proc)?;
         let ip = v.get("image_processor").cloned().ok_or_else(|| {
             anyhow::anyhow!("{}: no \"image_processor\" section (the image preprocessing)", proc.display())
         })?;

@@ -6,10 +6,12 @@
 //! ([`crate::latents::t5_packed`]), so a caption's rows equal the valid rows of PixArt-α's padded,
 //! masked encoding.
 
-use super::fingerprint::CacheFingerprint;
-use super::run::{run_shards, CacheRunStats, RunOptions};
-use super::store::{CacheEntry, ShardOutput};
+use super::CACHE_OUTPUTS;
 use crate::latents::t5::{CaptionTokenizer, TextCleaning, TextEncoder, MAX_TOKENS};
+use crate::shards::captions::{captions_path, first_captions};
+use crate::shards::stage::{
+    run_shards, SampleEntry, ShardOutput, Stage, StageFingerprint, StageOptions, StageRunStats,
+};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -80,9 +82,9 @@ pub struct T5CacheConfig {
 
 impl T5CacheConfig {
     /// The fingerprint a cache made with this configuration carries (without its sources).
-    pub fn fingerprint(&self) -> anyhow::Result<CacheFingerprint> {
-        let model_dir = crate::latents::part(&self.model, "text_encoder");
-        let mut files = crate::latents::weight_files(&model_dir, "model")?;
+    pub fn fingerprint(&self) -> anyhow::Result<StageFingerprint> {
+        let model_dir = crate::hub::part(&self.model, "text_encoder");
+        let mut files = crate::hub::weight_files(&model_dir, "model")?;
         files.push(CaptionTokenizer::file_in(&self.model));
         let caption = match &self.captions {
             None => "the sample's .txt member".to_string(),
@@ -95,7 +97,7 @@ impl T5CacheConfig {
                 })?;
                 // How the captions were made (model, prompts, sampling), not from which shards: caches
                 // of several datasets captioned alike train together.
-                let how = serde_json::from_value::<CacheFingerprint>(m.config.clone())
+                let how = serde_json::from_value::<StageFingerprint>(m.config.clone())
                     .map(|f| f.digest_without_sources())
                     .unwrap_or(m.fingerprint);
                 format!("the first caption of a caption folder made with fingerprint {how}")
@@ -107,12 +109,12 @@ impl T5CacheConfig {
             "max_tokens": self.max_tokens,
             "dtype": self.dtype,
         });
-        CacheFingerprint::of_model("t5", &model_dir, &files, preprocessing)
+        StageFingerprint::of_model("t5", &model_dir, &files, preprocessing)
     }
 }
 
 /// Caches the T5 embeddings of the captions of `opts.input` into `opts.out`.
-pub fn run(cfg: &T5CacheConfig, opts: &RunOptions, device: &Device) -> anyhow::Result<CacheRunStats> {
+pub fn run(cfg: &T5CacheConfig, opts: &StageOptions, device: &Device) -> anyhow::Result<StageRunStats> {
     if cfg.batch_size == 0 || cfg.max_tokens == 0 {
         anyhow::bail!("--batch-size and --max-tokens: expected at least 1");
     }
@@ -120,71 +122,65 @@ pub fn run(cfg: &T5CacheConfig, opts: &RunOptions, device: &Device) -> anyhow::R
     let t5 = TextEncoder::load(&cfg.model, cfg.max_tokens, cfg.cleaning, device)?;
     let mut opts = opts.clone();
     opts.depends_on.extend(cfg.captions.iter().cloned());
-    run_shards("cache-t5", fingerprint, &opts, &[".safetensors", ".index.json"], |name, reader, _| {
-        let mut entries = Vec::with_capacity(reader.samples.len());
-        let mut ids: Vec<Option<Vec<u32>>> = Vec::with_capacity(reader.samples.len());
-        let dense = match &cfg.captions {
-            Some(dir) => Some(first_captions(&dir.join(format!("{name}.captions.parquet")))?),
-            None => None,
-        };
-        for sample in &reader.samples {
-            let caption = match &dense {
-                Some(map) => map
-                    .get(&sample.key)
-                    .cloned()
-                    .ok_or_else(|| "no caption: the caption folder has no caption for this sample".to_string()),
-                None => match reader.read(sample, "txt") {
-                    Ok(Some(bytes)) => String::from_utf8(bytes).map_err(|_| "caption is not UTF-8".to_string()),
-                    Ok(None) => Err("no caption: the sample has no .txt member".to_string()),
-                    Err(e) => Err(format!("cannot read the .txt member: {e}")),
-                },
+    run_shards(
+        &Stage { name: "cache-t5", outputs: &CACHE_OUTPUTS, scratch: &[] },
+        fingerprint,
+        &opts,
+        |name, reader, _| {
+            let mut entries = Vec::with_capacity(reader.samples.len());
+            let mut ids: Vec<Option<Vec<u32>>> = Vec::with_capacity(reader.samples.len());
+            let dense = match &cfg.captions {
+                Some(dir) => Some(first_captions(&captions_path(dir, name))?),
+                None => None,
             };
-            match caption.and_then(|c| t5.tokens(&c).map_err(|e| format!("{e:#}"))) {
-                Ok(t) => {
-                    entries.push(CacheEntry::success(&sample.key));
-                    ids.push(Some(t));
-                }
-                Err(reason) => {
-                    entries.push(CacheEntry::failed(&sample.key, reason));
-                    ids.push(None);
+            for sample in &reader.samples {
+                let caption = match &dense {
+                    Some(map) => map
+                        .get(&sample.key)
+                        .cloned()
+                        .ok_or_else(|| "no caption: the caption folder has no caption for this sample".to_string()),
+                    None => match reader.read(sample, "txt") {
+                        Ok(Some(bytes)) => String::from_utf8(bytes).map_err(|_| "caption is not UTF-8".to_string()),
+                        Ok(None) => Err("no caption: the sample has no .txt member".to_string()),
+                        Err(e) => Err(format!("cannot read the .txt member: {e}")),
+                    },
+                };
+                match caption.and_then(|c| t5.tokens(&c).map_err(|e| format!("{e:#}"))) {
+                    Ok(t) => {
+                        entries.push(SampleEntry::success(&sample.key));
+                        ids.push(Some(t));
+                    }
+                    Err(reason) => {
+                        entries.push(SampleEntry::failed(&sample.key, reason));
+                        ids.push(None);
+                    }
                 }
             }
-        }
-        let embeddings = encode_packed(&t5, &ids, cfg.batch_size)?;
-        let (mut rows, mut parts, mut lengths) = (0usize, Vec::new(), Vec::new());
-        for (entry, emb) in entries.iter_mut().zip(embeddings) {
-            if let Some(e) = emb {
-                let n = e.dim(0)?;
-                entry.row = Some(rows);
-                entry.tokens = Some(n);
-                rows += n;
-                lengths.push(n as i64);
-                parts.push(e);
+            let embeddings = encode_packed(&t5, &ids, cfg.batch_size)?;
+            let (mut rows, mut parts, mut lengths) = (0usize, Vec::new(), Vec::new());
+            for (entry, emb) in entries.iter_mut().zip(embeddings) {
+                if let Some(e) = emb {
+                    let n = e.dim(0)?;
+                    entry.row = Some(rows);
+                    entry.tokens = Some(n);
+                    rows += n;
+                    lengths.push(n as i64);
+                    parts.push(e);
+                }
             }
-        }
-        let embeddings = if parts.is_empty() {
-            Tensor::zeros((0, t5.d_model), DType::F32, device)?
-        } else {
-            Tensor::cat(&parts, 0)?
-        };
-        let n = lengths.len();
-        let tensors = HashMap::from([
-            ("embeddings".to_string(), embeddings.to_dtype(cfg.dtype.dtype())?.to_device(&Device::Cpu)?),
-            ("lengths".to_string(), Tensor::from_vec(lengths, n, &Device::Cpu)?),
-        ]);
-        Ok(ShardOutput { tensors: Some(tensors), entries, details: None })
-    })
-}
-
-/// Each key's first successful caption in a caption parquet.
-fn first_captions(path: &std::path::Path) -> anyhow::Result<HashMap<String, String>> {
-    let mut out = HashMap::new();
-    for (key, caption, status) in crate::caption::read_captions(path)? {
-        if let (Some(c), "success") = (caption, status.as_str()) {
-            out.entry(key).or_insert(c);
-        }
-    }
-    Ok(out)
+            let embeddings = if parts.is_empty() {
+                Tensor::zeros((0, t5.d_model), DType::F32, device)?
+            } else {
+                Tensor::cat(&parts, 0)?
+            };
+            let n = lengths.len();
+            let tensors = HashMap::from([
+                ("embeddings".to_string(), embeddings.to_dtype(cfg.dtype.dtype())?.to_device(&Device::Cpu)?),
+                ("lengths".to_string(), Tensor::from_vec(lengths, n, &Device::Cpu)?),
+            ]);
+            Ok(ShardOutput { tensors: Some(tensors), entries, details: None })
+        },
+    )
 }
 
 /// Encodes each `Some` token sequence, packing `batch_size` captions at a time; returns `[L, d]` per input.

@@ -7,12 +7,13 @@
 //! `{shard}.safetensors` holds `mean.{bucket}` and `std.{bucket}` `[n, 4, h/8, w/8]` per bucket; the
 //! index gives each key its bucket, row, original size, resized size and crop box.
 
-use super::fingerprint::CacheFingerprint;
-use super::run::{run_shards, CacheRunStats, RunOptions};
-use super::store::{CacheEntry, ShardOutput};
+use super::CACHE_OUTPUTS;
 use crate::image::{decode_rgb, resize_exact, Filter};
+use crate::latents::buckets::{self, Bucket, CropPlan};
 use crate::latents::vae::Vae;
-use crate::train::buckets::{self, Bucket, CropPlan};
+use crate::shards::stage::{
+    run_shards, SampleEntry, ShardOutput, Stage, StageFingerprint, StageOptions, StageRunStats,
+};
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 use rayon::prelude::*;
@@ -71,9 +72,9 @@ impl VaeCacheConfig {
     }
 
     /// The fingerprint a cache made with this configuration carries (without its sources).
-    pub fn fingerprint(&self) -> anyhow::Result<CacheFingerprint> {
-        let model_dir = crate::latents::part(&self.model, "vae");
-        let files = crate::latents::weight_files(&model_dir, "diffusion_pytorch_model")?;
+    pub fn fingerprint(&self) -> anyhow::Result<StageFingerprint> {
+        let model_dir = crate::hub::part(&self.model, "vae");
+        let files = crate::hub::weight_files(&model_dir, "diffusion_pytorch_model")?;
         let preprocessing = if self.multiscale {
             serde_json::json!({
                 "mode": "multiscale", "buckets": format!("ASPECT_RATIO_{}", self.resolution),
@@ -85,7 +86,7 @@ impl VaeCacheConfig {
                 "resize": "bilinear, shorter side", "crop": "center", "dtype": "f16",
             })
         };
-        CacheFingerprint::of_model("vae", &model_dir, &files, preprocessing)
+        StageFingerprint::of_model("vae", &model_dir, &files, preprocessing)
     }
 
     /// Decodes, resizes and crops one image into `[1, 3, H, W]` pixels in [−1, 1].
@@ -135,53 +136,58 @@ fn to_pixels(img: &RgbImage, (top, left, h, w): (usize, usize, usize, usize)) ->
 }
 
 /// Caches the VAE posterior moments of the images of `opts.input` into `opts.out`.
-pub fn run(cfg: &VaeCacheConfig, opts: &RunOptions, device: &Device) -> anyhow::Result<CacheRunStats> {
+pub fn run(cfg: &VaeCacheConfig, opts: &StageOptions, device: &Device) -> anyhow::Result<StageRunStats> {
     let table = cfg.table()?;
     let fingerprint = cfg.fingerprint()?;
-    let vae = Vae::load(&crate::latents::part(&cfg.model, "vae"), device)?;
-    run_shards("cache-vae", fingerprint, opts, &[".safetensors", ".index.json"], |_, reader, _| {
-        let mut entries = Vec::with_capacity(reader.samples.len());
-        let mut moments: BTreeMap<String, (Vec<Tensor>, Vec<Tensor>)> = BTreeMap::new();
-        for chunk in reader.samples.chunks(CHUNK) {
-            let prepared: Vec<Result<Prepared, String>> = chunk
-                .par_iter()
-                .map(|sample| {
-                    let bytes = crate::latents::cache::image_bytes(reader, sample)?;
-                    cfg.prepare(table.as_deref(), &bytes)
-                })
-                .collect();
-            for (sample, p) in chunk.iter().zip(prepared) {
-                let p = match p {
-                    Ok(p) => p,
-                    Err(reason) => {
-                        entries.push(CacheEntry::failed(&sample.key, reason));
-                        continue;
-                    }
-                };
-                let (mean, std) = vae.encode(&p.pixels.to_device(device)?)?;
-                let slot = moments.entry(p.bucket.clone()).or_default();
-                let mut e = CacheEntry::success(&sample.key);
-                e.row = Some(slot.0.len());
-                e.bucket = Some(p.bucket);
-                e.original_size = Some(p.original);
-                e.resized = Some([p.plan.resize.0, p.plan.resize.1]);
-                let (t, l, h, w) = p.plan.crop;
-                e.crop = Some([t, l, h, w]);
-                slot.0.push(mean);
-                slot.1.push(std);
-                entries.push(e);
+    let vae = Vae::load(&crate::hub::part(&cfg.model, "vae"), device)?;
+    run_shards(
+        &Stage { name: "cache-vae", outputs: &CACHE_OUTPUTS, scratch: &[] },
+        fingerprint,
+        opts,
+        |_, reader, _| {
+            let mut entries = Vec::with_capacity(reader.samples.len());
+            let mut moments: BTreeMap<String, (Vec<Tensor>, Vec<Tensor>)> = BTreeMap::new();
+            for chunk in reader.samples.chunks(CHUNK) {
+                let prepared: Vec<Result<Prepared, String>> = chunk
+                    .par_iter()
+                    .map(|sample| {
+                        let bytes = crate::shards::stage::image_bytes(reader, sample)?;
+                        cfg.prepare(table.as_deref(), &bytes)
+                    })
+                    .collect();
+                for (sample, p) in chunk.iter().zip(prepared) {
+                    let p = match p {
+                        Ok(p) => p,
+                        Err(reason) => {
+                            entries.push(SampleEntry::failed(&sample.key, reason));
+                            continue;
+                        }
+                    };
+                    let (mean, std) = vae.encode(&p.pixels.to_device(device)?)?;
+                    let slot = moments.entry(p.bucket.clone()).or_default();
+                    let mut e = SampleEntry::success(&sample.key);
+                    e.row = Some(slot.0.len());
+                    e.bucket = Some(p.bucket);
+                    e.original_size = Some(p.original);
+                    e.resized = Some([p.plan.resize.0, p.plan.resize.1]);
+                    let (t, l, h, w) = p.plan.crop;
+                    e.crop = Some([t, l, h, w]);
+                    slot.0.push(mean);
+                    slot.1.push(std);
+                    entries.push(e);
+                }
             }
-        }
-        let mut tensors = HashMap::new();
-        for (bucket, (means, stds)) in moments {
-            let f16 = |v: &[Tensor]| -> anyhow::Result<Tensor> {
-                Ok(Tensor::cat(v, 0)?.to_dtype(DType::F16)?.to_device(&Device::Cpu)?)
-            };
-            tensors.insert(format!("mean.{bucket}"), f16(&means)?);
-            tensors.insert(format!("std.{bucket}"), f16(&stds)?);
-        }
-        Ok(ShardOutput { tensors: Some(tensors), entries, details: None })
-    })
+            let mut tensors = HashMap::new();
+            for (bucket, (means, stds)) in moments {
+                let f16 = |v: &[Tensor]| -> anyhow::Result<Tensor> {
+                    Ok(Tensor::cat(v, 0)?.to_dtype(DType::F16)?.to_device(&Device::Cpu)?)
+                };
+                tensors.insert(format!("mean.{bucket}"), f16(&means)?);
+                tensors.insert(format!("std.{bucket}"), f16(&stds)?);
+            }
+            Ok(ShardOutput { tensors: Some(tensors), entries, details: None })
+        },
+    )
 }
 
 #[cfg(test)]

@@ -8,7 +8,6 @@
 //! Both share the data-prediction update (midpoint second order).
 
 use super::{eps_of, ModelFn};
-use crate::train::diffusion::round_half_even;
 use candle_core::{Result, Tensor};
 
 /// Which timestep schedule the solver walks.
@@ -69,7 +68,7 @@ impl DpmSolverPP {
             DpmSchedule::Diffusers => {
                 // linspace(0, n − 1, steps + 1).round()[::-1][:-1]
                 let ts: Vec<usize> = (0..=steps)
-                    .map(|i| round_half_even((n - 1) as f64 * i as f64 / steps as f64) as usize)
+                    .map(|i| ((n - 1) as f64 * i as f64 / steps as f64).round_ties_even() as usize)
                     .rev()
                     .take(steps)
                     .collect();

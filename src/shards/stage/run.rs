@@ -1,24 +1,37 @@
-//! The shard loop every cache stage shares: which shards to do (done source shards owned by this
-//! worker, not yet done here), the manifest check that refuses to mix caches, temporary-file
-//! cleanup, progress, and per-shard failure that does not stop the others.
+//! The shard loop every shard stage shares: which shards to do (done source shards owned by this
+//! worker, not yet done here), the manifest check that refuses to mix outputs of other inputs,
+//! temporary-file cleanup, progress, and per-shard failure that does not stop the others.
 
-use super::fingerprint::CacheFingerprint;
-use super::store::{write_shard, CacheEntry, CacheShardStats, ShardOutput};
+use super::fingerprint::StageFingerprint;
+use super::store::{write_shard, SampleEntry, ShardOutput, StageShardStats};
 use crate::shards::{done_shards, shard_name, Manifest, WdsReader, Worker, MANIFEST_FILE, TEMP_MARKER};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
-/// Where a cache stage reads and writes, and how it shares the work.
+/// A shard stage as the engine sees it: its name (recorded in the manifest) and the files it writes
+/// per shard besides `{shard}_stats.json`.
+#[derive(Debug, Clone, Copy)]
+pub struct Stage<'a> {
+    /// The stage's name in the manifest (`cache-t5`, `caption`, …).
+    pub name: &'a str,
+    /// File name endings of a done shard's outputs (`{shard}{ending}`), all required for it to be done.
+    pub outputs: &'a [&'a str],
+    /// File name endings of a shard's working files (a journal), removed with the outputs on
+    /// `--overwrite` but not required.
+    pub scratch: &'a [&'a str],
+}
+
+/// Where a shard stage reads and writes, and how it shares the work.
 #[derive(Debug, Clone)]
-pub struct RunOptions {
+pub struct StageOptions {
     /// The source dataset: WebDataset shards with `_stats.json` done markers (an ingest output).
     pub input: PathBuf,
-    /// The cache directory.
+    /// The stage's output directory.
     pub out: PathBuf,
     /// This worker's share: the shards with `shard % N == I`.
     pub worker: Worker,
-    /// Replace a cache made with a different fingerprint instead of refusing it.
+    /// Replace outputs made with a different fingerprint instead of refusing them.
     pub overwrite: bool,
     /// Show a progress bar (on a terminal).
     pub progress: bool,
@@ -30,7 +43,7 @@ pub struct RunOptions {
     pub depends_on: Vec<PathBuf>,
 }
 
-impl RunOptions {
+impl StageOptions {
     /// Options reading `input` and writing `out`, single worker, no overwrite, progress shown.
     pub fn new(input: impl Into<PathBuf>, out: impl Into<PathBuf>) -> Self {
         Self {
@@ -59,14 +72,14 @@ pub fn image_bytes(reader: &WdsReader, sample: &crate::shards::TarSample) -> Res
         .ok_or_else(|| format!("no .{ext} member"))
 }
 
-/// What one run of a cache stage did.
+/// What one run of a shard stage did.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct CacheRunStats {
-    /// Shards cached in this run.
+pub struct StageRunStats {
+    /// Shards done in this run.
     pub shards_done: usize,
-    /// Shards skipped because they were already cached.
+    /// Shards skipped because they were already done.
     pub shards_skipped: usize,
-    /// Shards that could not be cached, with the reason (rerun to retry them).
+    /// Shards that could not be done, with the reason (rerun to retry them).
     pub shards_failed: Vec<(String, String)>,
     /// Samples seen in the shards cached in this run.
     pub samples: usize,
@@ -80,15 +93,14 @@ pub struct CacheRunStats {
 
 /// Runs `per_shard` over the shards of `opts.input` this worker owns and has not done yet, writing
 /// each result into `opts.out`; the manifest of `stage` records `fingerprint`. A shard is done when
-/// its `_stats.json` and every file named `{shard}{suffix}` for `outputs` exist and it was made from
-/// the source shard as it is now; otherwise it is (re)done.
+/// its `_stats.json` and every file named `{shard}{ending}` for the stage's `outputs` exist and it
+/// was made from the source shard as it is now; otherwise it is (re)done.
 pub fn run_shards(
-    stage: &str,
-    fingerprint: CacheFingerprint,
-    opts: &RunOptions,
-    outputs: &[&str],
+    stage: &Stage,
+    fingerprint: StageFingerprint,
+    opts: &StageOptions,
     mut per_shard: impl FnMut(&str, &WdsReader, &ProgressBar) -> anyhow::Result<ShardOutput>,
-) -> anyhow::Result<CacheRunStats> {
+) -> anyhow::Result<StageRunStats> {
     let t0 = std::time::Instant::now();
     let mut sources: Vec<usize> = done_shards(&opts.input)
         .map_err(|e| anyhow::anyhow!("{}: cannot list the source shards: {e}", opts.input.display()))?;
@@ -123,10 +135,10 @@ pub fn run_shards(
     prepare_out(stage, &fingerprint, opts)?;
     let done: std::collections::HashSet<usize> = done_shards(&opts.out)?
         .into_iter()
-        .filter(|&s| is_current(&opts.out, &shard_name(s), outputs, fingerprint.sources.get(&shard_name(s))))
+        .filter(|&s| is_current(&opts.out, &shard_name(s), stage.outputs, fingerprint.sources.get(&shard_name(s))))
         .collect();
     let todo: Vec<usize> = sources.iter().copied().filter(|&s| opts.worker.owns(s)).collect();
-    let mut stats = CacheRunStats::default();
+    let mut stats = StageRunStats::default();
     let pb = if opts.progress { ProgressBar::new(todo.len() as u64) } else { ProgressBar::hidden() };
     pb.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} shards {msg}")
@@ -141,7 +153,7 @@ pub fn run_shards(
         let name = shard_name(shard);
         pb.set_message(name.clone());
         let digest = fingerprint.sources.get(&name).cloned();
-        match cache_one(&name, opts, &pb, digest, &mut per_shard) {
+        match run_one(&name, opts, &pb, digest, &mut per_shard) {
             Ok(s) => {
                 stats.shards_done += 1;
                 stats.samples += s.count;
@@ -167,20 +179,21 @@ fn is_current(dir: &Path, name: &str, outputs: &[&str], digest: Option<&String>)
     }
     let stats = std::fs::read(dir.join(format!("{name}_stats.json")))
         .ok()
-        .and_then(|b| serde_json::from_slice::<CacheShardStats>(&b).ok());
+        .and_then(|b| serde_json::from_slice::<StageShardStats>(&b).ok());
     match (stats.and_then(|s| s.source_digest), digest) {
         (Some(recorded), Some(now)) => &recorded == now,
         _ => true,
     }
 }
 
-fn cache_one(
+/// Runs `per_shard` on source shard `name` (its selected samples) and writes the result.
+fn run_one(
     name: &str,
-    opts: &RunOptions,
+    opts: &StageOptions,
     pb: &ProgressBar,
     digest: Option<String>,
     per_shard: &mut impl FnMut(&str, &WdsReader, &ProgressBar) -> anyhow::Result<ShardOutput>,
-) -> anyhow::Result<CacheShardStats> {
+) -> anyhow::Result<StageShardStats> {
     let start = crate::shards::now();
     let tar = opts.input.join(format!("{name}.tar"));
     let mut reader =
@@ -195,19 +208,19 @@ fn cache_one(
     let (kept, left): (Vec<_>, Vec<_>) = reader.samples.drain(..).partition(|s| selection.contains(&s.key));
     reader.samples = kept;
     let mut out = per_shard(name, &reader, pb)?;
-    out.entries.extend(left.iter().map(|s| CacheEntry::failed(&s.key, "not in the selection")));
+    out.entries.extend(left.iter().map(|s| SampleEntry::failed(&s.key, "not in the selection")));
     out.entries.sort_by_key(|e| order.get(&e.key).copied().unwrap_or(usize::MAX));
     write_shard(&opts.out, name, &out, start, digest)
 }
 
-/// Creates the cache directory, refuses (or with `overwrite` clears) a cache made from other inputs,
-/// writes the manifest and removes this worker's leftover temporary files.
-fn prepare_out(stage: &str, fingerprint: &CacheFingerprint, opts: &RunOptions) -> anyhow::Result<()> {
+/// Creates the output directory, refuses (or with `overwrite` clears) outputs made from other
+/// inputs, writes the manifest and removes this worker's leftover temporary files.
+fn prepare_out(stage: &Stage, fingerprint: &StageFingerprint, opts: &StageOptions) -> anyhow::Result<()> {
     let out = &opts.out;
     std::fs::create_dir_all(out)
-        .map_err(|e| anyhow::anyhow!("{}: cannot create the cache directory: {e}", out.display()))?;
+        .map_err(|e| anyhow::anyhow!("{}: cannot create the output directory: {e}", out.display()))?;
     let manifest = Manifest {
-        stage: stage.into(),
+        stage: stage.name.into(),
         version: env!("CARGO_PKG_VERSION").into(),
         config: serde_json::to_value(fingerprint)?,
         fingerprint: fingerprint.digest(),
@@ -217,14 +230,15 @@ fn prepare_out(stage: &str, fingerprint: &CacheFingerprint, opts: &RunOptions) -
         // another cache.
         // Compared as read back from JSON on both sides: a float written and read back may print
         // differently from the one computed.
-        let now: CacheFingerprint = serde_json::from_str(&serde_json::to_string(fingerprint)?)?;
-        let same_kind = serde_json::from_value::<CacheFingerprint>(existing.config.clone())
-            .is_ok_and(|old| existing.stage == stage && old.digest_without_sources() == now.digest_without_sources());
+        let now: StageFingerprint = serde_json::from_str(&serde_json::to_string(fingerprint)?)?;
+        let same_kind = serde_json::from_value::<StageFingerprint>(existing.config.clone()).is_ok_and(|old| {
+            existing.stage == stage.name && old.digest_without_sources() == now.digest_without_sources()
+        });
         if !same_kind {
             if opts.overwrite {
-                remove_cache_files(out)?;
+                remove_stage_files(out, stage)?;
             } else {
-                let what = match serde_json::from_value::<CacheFingerprint>(existing.config.clone()) {
+                let what = match serde_json::from_value::<StageFingerprint>(existing.config.clone()) {
                     Ok(old) => {
                         let mut now = fingerprint.clone();
                         now.sources.clear();
@@ -233,8 +247,9 @@ fn prepare_out(stage: &str, fingerprint: &CacheFingerprint, opts: &RunOptions) -
                     Err(_) => format!("it was written by stage `{}`", existing.stage),
                 };
                 anyhow::bail!(
-                    "{}: this cache was made from other inputs ({what}). Use a new --out, or pass --overwrite to replace it.",
-                    out.join(MANIFEST_FILE).display()
+                    "{}: this `{}` output was made from other inputs ({what}). Use a new --out, or pass --overwrite to replace it.",
+                    out.join(MANIFEST_FILE).display(),
+                    stage.name
                 );
             }
         }
@@ -244,19 +259,16 @@ fn prepare_out(stage: &str, fingerprint: &CacheFingerprint, opts: &RunOptions) -
     Ok(())
 }
 
-fn remove_cache_files(dir: &Path) -> std::io::Result<()> {
+/// Removes what a stage wrote into `dir`: its outputs and working files of every shard, the key
+/// indexes and stats ([`super::write_shard`] writes them for every stage), the manifest and
+/// temporary files.
+fn remove_stage_files(dir: &Path, stage: &Stage) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let p = entry?.path();
         let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if name.ends_with(".safetensors")
-            || name.ends_with(".index.json")
-            || name.ends_with(".scores.parquet")
-            || name.ends_with(".captions.parquet")
-            || name.ends_with(".captions.journal.jsonl")
-            || name.ends_with("_stats.json")
-            || name == MANIFEST_FILE
-            || name.contains(TEMP_MARKER)
-        {
+        let written =
+            stage.outputs.iter().chain(stage.scratch).chain(&[".index.json", "_stats.json"]).any(|e| name.ends_with(e));
+        if written || name == MANIFEST_FILE || name.contains(TEMP_MARKER) {
             std::fs::remove_file(p)?;
         }
     }

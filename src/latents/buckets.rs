@@ -96,7 +96,7 @@ pub struct CropPlan {
 
 /// torchvision's `CenterCrop` offset: `int(round((size − crop) / 2))` (Python rounds half to even).
 fn center_offset(size: usize, crop: usize) -> usize {
-    crate::train::diffusion::round_half_even((size - crop) as f64 / 2.0) as usize
+    ((size - crop) as f64 / 2.0).round_ties_even() as usize
 }
 
 /// The official multi-scale rule (`InternalDataMS`): resize preserving the aspect ratio so the image

@@ -20,7 +20,7 @@ pub enum EntryStatus {
 
 /// One input sample's line in a cache shard's index.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CacheEntry {
+pub struct SampleEntry {
     /// The sample key (joins with the source shard's `{key}.*` members).
     pub key: String,
     /// Cached or not.
@@ -48,7 +48,7 @@ pub struct CacheEntry {
     pub crop: Option<[usize; 4]>,
 }
 
-impl CacheEntry {
+impl SampleEntry {
     /// A successful entry for `key` (fields filled by the stage).
     pub fn success(key: &str) -> Self {
         Self {
@@ -72,7 +72,7 @@ impl CacheEntry {
 
 /// The content of a cache shard's `_stats.json`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct CacheShardStats {
+pub struct StageShardStats {
     /// Input samples in the shard.
     pub count: usize,
     /// Samples cached.
@@ -99,7 +99,7 @@ pub struct ShardOutput {
     /// The feature tensors, by name (`None`: the stage writes no `{shard}.safetensors`).
     pub tensors: Option<HashMap<String, Tensor>>,
     /// One entry per input sample, in the source shard's order.
-    pub entries: Vec<CacheEntry>,
+    pub entries: Vec<SampleEntry>,
     /// Stage-specific figures for the shard's `_stats.json` (`details`).
     pub details: Option<serde_json::Value>,
 }
@@ -112,7 +112,7 @@ pub fn write_shard(
     out: &ShardOutput,
     start_time: f64,
     source_digest: Option<String>,
-) -> anyhow::Result<CacheShardStats> {
+) -> anyhow::Result<StageShardStats> {
     if let Some(tensors) = &out.tensors {
         let st = dir.join(format!("{name}.safetensors"));
         let tmp = temp_path(&st);
@@ -120,7 +120,7 @@ pub fn write_shard(
         std::fs::rename(&tmp, &st)?;
     }
     write_atomic(&dir.join(format!("{name}.index.json")), &serde_json::to_vec_pretty(&out.entries)?)?;
-    let mut stats = CacheShardStats {
+    let mut stats = StageShardStats {
         count: out.entries.len(),
         start_time,
         details: out.details.clone(),

@@ -1,32 +1,33 @@
-//! Reading a cache: refused when its fingerprint does not match what the consumer expects.
+//! Reading a stage's output folder: refused when its fingerprint does not match what the consumer
+//! expects.
 
-use super::fingerprint::CacheFingerprint;
-use super::store::CacheEntry;
+use super::fingerprint::StageFingerprint;
+use super::store::SampleEntry;
 use crate::shards::{done_shards, shard_name, Manifest, MANIFEST_FILE};
 use candle_core::{safetensors::MmapedSafetensors, DType, Device, Tensor};
 use std::path::{Path, PathBuf};
 
 /// An opened cache directory.
-pub struct CacheReader {
+pub struct StageReader {
     dir: PathBuf,
     /// What the cache was made from.
-    pub fingerprint: CacheFingerprint,
+    pub fingerprint: StageFingerprint,
     /// Its finished shards, by name.
     pub shards: Vec<String>,
 }
 
 /// One cache shard: its index and its memory-mapped tensors.
-pub struct CacheShard {
+pub struct StageShard {
     /// One entry per source sample.
-    pub entries: Vec<CacheEntry>,
+    pub entries: Vec<SampleEntry>,
     by_key: std::collections::HashMap<String, usize>,
     tensors: MmapedSafetensors,
 }
 
-impl CacheReader {
+impl StageReader {
     /// Opens the cache in `dir`, refusing it when it was made from inputs other than `expected`
     /// (the error lists every difference: model config, weight files, preprocessing, source shards).
-    pub fn open(dir: &Path, expected: &CacheFingerprint) -> anyhow::Result<Self> {
+    pub fn open(dir: &Path, expected: &StageFingerprint) -> anyhow::Result<Self> {
         let r = Self::open_unchecked(dir)?;
         let changes = r.fingerprint.changes(expected);
         if !changes.is_empty() {
@@ -45,7 +46,7 @@ impl CacheReader {
     pub fn open_unchecked(dir: &Path) -> anyhow::Result<Self> {
         let manifest = Manifest::read(dir)?
             .ok_or_else(|| anyhow::anyhow!("{}: not a pixforge cache (expected {MANIFEST_FILE})", dir.display()))?;
-        let fingerprint: CacheFingerprint = serde_json::from_value(manifest.config)
+        let fingerprint: StageFingerprint = serde_json::from_value(manifest.config)
             .map_err(|e| anyhow::anyhow!("{}: not a cache manifest ({e})", dir.join(MANIFEST_FILE).display()))?;
         let shards = done_shards(dir)?.into_iter().map(shard_name).collect();
         Ok(Self { dir: dir.to_path_buf(), fingerprint, shards })
@@ -57,10 +58,10 @@ impl CacheReader {
     }
 
     /// Opens shard `name`.
-    pub fn shard(&self, name: &str) -> anyhow::Result<CacheShard> {
+    pub fn shard(&self, name: &str) -> anyhow::Result<StageShard> {
         let index = self.dir.join(format!("{name}.index.json"));
         let text = std::fs::read_to_string(&index).map_err(|e| anyhow::anyhow!("{}: {e}", index.display()))?;
-        let entries: Vec<CacheEntry> =
+        let entries: Vec<SampleEntry> =
             serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", index.display()))?;
         let by_key = entries.iter().enumerate().map(|(i, e)| (e.key.clone(), i)).collect();
         let file = self.dir.join(format!("{name}.safetensors"));
@@ -68,11 +69,11 @@ impl CacheReader {
         // (a rerun renames a new file over the name, which leaves this mapping intact).
         let tensors =
             unsafe { MmapedSafetensors::new(&file) }.map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-        Ok(CacheShard { entries, by_key, tensors })
+        Ok(StageShard { entries, by_key, tensors })
     }
 }
 
-impl CacheShard {
+impl StageShard {
     /// Tensor `name` as f32 on `device`.
     pub fn tensor(&self, name: &str, device: &Device) -> anyhow::Result<Tensor> {
         Ok(self.tensors.load(name, device)?.to_dtype(DType::F32)?)
@@ -98,32 +99,13 @@ impl CacheShard {
         Ok(Tensor::from_raw_buffer(bytes, dtype, &dims, device)?.to_dtype(DType::F32)?)
     }
 
-    /// The position of `key`'s entry in [`CacheShard::entries`], if the shard has it.
+    /// The position of `key`'s entry in [`StageShard::entries`], if the shard has it.
     pub fn index_of(&self, key: &str) -> Option<usize> {
         self.by_key.get(key).copied()
     }
 
     /// The entry of `key`, if the shard has it.
-    pub fn entry(&self, key: &str) -> Option<&CacheEntry> {
+    pub fn entry(&self, key: &str) -> Option<&SampleEntry> {
         self.by_key.get(key).map(|&i| &self.entries[i])
-    }
-
-    /// The T5 embedding `[tokens, d]` (f32) of a successful entry of a T5 cache.
-    pub fn t5_embedding(&self, entry: &CacheEntry, device: &Device) -> anyhow::Result<Tensor> {
-        let (Some(row), Some(n)) = (entry.row, entry.tokens) else {
-            anyhow::bail!("sample {}: not cached ({})", entry.key, entry.reason.as_deref().unwrap_or("no T5 rows"));
-        };
-        self.rows("embeddings", row, n, device)
-    }
-
-    /// The posterior mean and std `[4, h, w]` (f32) of a successful entry of a VAE cache.
-    pub fn vae_moments(&self, entry: &CacheEntry, device: &Device) -> anyhow::Result<(Tensor, Tensor)> {
-        let (Some(row), Some(bucket)) = (entry.row, entry.bucket.as_deref()) else {
-            anyhow::bail!("sample {}: not cached ({})", entry.key, entry.reason.as_deref().unwrap_or("no VAE rows"));
-        };
-        let get = |what: &str| -> anyhow::Result<Tensor> {
-            Ok(self.rows(&format!("{what}.{bucket}"), row, 1, device)?.squeeze(0)?)
-        };
-        Ok((get("mean")?, get("std")?))
     }
 }

@@ -2,7 +2,7 @@
 //! shards. A cache whose fingerprint differs from what a consumer expects is stale; [`changes`]
 //! says what differs.
 //!
-//! [`changes`]: CacheFingerprint::changes
+//! [`changes`]: StageFingerprint::changes
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -23,7 +23,7 @@ pub struct FileHash {
 
 /// The inputs that determine a cache's content.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CacheFingerprint {
+pub struct StageFingerprint {
     /// The cache kind: `t5` or `vae`.
     pub kind: String,
     /// The model's `config.json`, parsed.
@@ -61,7 +61,7 @@ pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-impl CacheFingerprint {
+impl StageFingerprint {
     /// The fingerprint of model folder `model_dir` (its `config.json` and `files`) with `preprocessing`.
     pub fn of_model(
         kind: &str,
@@ -69,7 +69,7 @@ impl CacheFingerprint {
         files: &[std::path::PathBuf],
         preprocessing: serde_json::Value,
     ) -> anyhow::Result<Self> {
-        let model_config: serde_json::Value = crate::latents::read_config(&model_dir.join("config.json"))?;
+        let model_config: serde_json::Value = crate::hub::read_config(&model_dir.join("config.json"))?;
         let files = files.iter().map(|p| FileHash::of(p)).collect::<anyhow::Result<_>>()?;
         Ok(Self { kind: kind.into(), model_config, files, preprocessing, sources: BTreeMap::new() })
     }
@@ -115,7 +115,7 @@ impl CacheFingerprint {
 
     /// What differs between this (the cache's) fingerprint and `expected` (the consumer's), one line
     /// per difference; empty when they agree. Sources are compared only when `expected` lists some.
-    pub fn changes(&self, expected: &CacheFingerprint) -> Vec<String> {
+    pub fn changes(&self, expected: &StageFingerprint) -> Vec<String> {
         let mut out = Vec::new();
         if self.kind != expected.kind {
             out.push(format!("kind: the cache holds `{}` features, expected `{}`", self.kind, expected.kind));
@@ -181,7 +181,7 @@ mod tests {
 
     #[test]
     fn changes_name_what_differs() {
-        let a = CacheFingerprint {
+        let a = StageFingerprint {
             kind: "vae".into(),
             model_config: serde_json::json!({"latent_channels": 4, "scaling_factor": 0.18215}),
             files: vec![FileHash { name: "w.safetensors".into(), bytes: 10, sha256: "ab".repeat(32) }],

@@ -1,0 +1,40 @@
+//! Hugging Face and diffusers model folders: the part of a pipeline folder (`transformer/`, `vae/`,
+//! `text_encoder/`), `config.json`, and the weights, single or sharded with an index. Every model
+//! loader of the crate finds its files here.
+
+/// The `name/` part of a diffusers pipeline folder, or `dir` itself when it has no such subfolder.
+pub fn part(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let sub = dir.join(name);
+    if sub.is_dir() {
+        sub
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+/// Reads and parses a `config.json`, naming the file on error.
+pub fn read_config<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> anyhow::Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: unexpected config: {e}", path.display()))
+}
+
+/// The safetensors weight files of a model folder: `{stem}.safetensors`, or the shards listed in
+/// `{stem}.safetensors.index.json`.
+pub fn weight_files(dir: &std::path::Path, stem: &str) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let single = dir.join(format!("{stem}.safetensors"));
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join(format!("{stem}.safetensors.index.json"));
+    if !index.is_file() {
+        anyhow::bail!("{}: expected {stem}.safetensors or {stem}.safetensors.index.json", dir.display());
+    }
+    let v: serde_json::Value = read_config(&index)?;
+    let map = v["weight_map"]
+        .as_object()
+        .ok_or_else(|| anyhow::anyhow!("{}: expected a \"weight_map\" object", index.display()))?;
+    let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
+    files.sort();
+    files.dedup();
+    Ok(files.into_iter().map(|f| dir.join(f)).collect())
+}

@@ -1,0 +1,57 @@
+//! Caption shards: the `{shard}.captions.parquet` files the captioning stage writes beside the
+//! image shards (one row per caption, with its status and provenance; see docs/formats.md), read by
+//! the T5 cache, the demo and the density report.
+
+use polars::prelude::{ParquetReader, SerReader};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// The file name ending of a caption shard.
+pub const CAPTIONS_SUFFIX: &str = ".captions.parquet";
+
+/// The caption parquet of shard `shard` (e.g. `00000`) in `dir`.
+pub fn captions_path(dir: &Path, shard: &str) -> PathBuf {
+    dir.join(format!("{shard}{CAPTIONS_SUFFIX}"))
+}
+
+/// One row of a caption shard, as its consumers read it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CaptionEntry {
+    /// The sample's key.
+    pub key: String,
+    /// The caption; `None` where captioning failed.
+    pub caption: Option<String>,
+    /// `success`, or why there is no caption (the `status` column).
+    pub status: String,
+}
+
+/// Reads a caption shard's rows in file order; a missing `key`, `caption` or `status` column is an
+/// error naming the file and the column.
+pub fn read_captions(path: &Path) -> anyhow::Result<Vec<CaptionEntry>> {
+    let f = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+    let df =
+        ParquetReader::new(f).finish().map_err(|e| anyhow::anyhow!("{}: not a parquet file: {e}", path.display()))?;
+    let column = |name: &str| -> anyhow::Result<_> {
+        let c = df.column(name).map_err(|_| anyhow::anyhow!("{}: no `{name}` column", path.display()))?;
+        Ok(c.str().map_err(|e| anyhow::anyhow!("{}: `{name}` column: expected strings: {e}", path.display()))?.clone())
+    };
+    let (key, cap, status) = (column("key")?, column("caption")?, column("status")?);
+    Ok((0..df.height())
+        .map(|i| CaptionEntry {
+            key: key.get(i).unwrap_or_default().to_string(),
+            caption: cap.get(i).map(str::to_string),
+            status: status.get(i).unwrap_or_default().to_string(),
+        })
+        .collect())
+}
+
+/// Each key's first successful caption in a caption shard.
+pub fn first_captions(path: &Path) -> anyhow::Result<HashMap<String, String>> {
+    let mut out = HashMap::new();
+    for e in read_captions(path)? {
+        if let (Some(c), "success") = (e.caption, e.status.as_str()) {
+            out.entry(e.key).or_insert(c);
+        }
+    }
+    Ok(out)
+}
