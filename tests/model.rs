@@ -62,3 +62,41 @@ fn pixart_ms_micro_conditions_and_non_square_latents_match_diffusers() {
     let e = model.forward(&io["latents"], &io["timestep"], &io["caption"], &io["mask"], None).unwrap_err();
     assert!(e.to_string().contains("micro-conditions"), "{e}");
 }
+
+/// A diffusers folder with one tensor removed, or one truncated to fewer rows, or its weight file cut
+/// short, is refused at load with the file and the tensor's name (not later, mid-forward).
+#[test]
+fn damaged_diffusers_folders_are_refused_at_load_naming_file_and_tensor() {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pixart-tiny/transformer");
+    let weights =
+        candle_core::safetensors::load(src.join("diffusion_pytorch_model.safetensors"), &Device::Cpu).unwrap();
+    let folder = |name: &str, edit: &dyn Fn(&mut std::collections::HashMap<String, candle_core::Tensor>)| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+        let mut w = weights.clone();
+        edit(&mut w);
+        candle_core::safetensors::save(&w, dir.path().join("diffusion_pytorch_model.safetensors")).unwrap();
+        let e = PixArt::load_diffusers(dir.path(), &Device::Cpu).err().unwrap_or_else(|| panic!("{name}: loaded"));
+        (dir, format!("{e:#}"))
+    };
+    let tensor = "transformer_blocks.1.attn2.to_k.weight";
+    let (dir, e) = folder("removed", &|w| {
+        w.remove(tensor);
+    });
+    assert!(e.contains(tensor) && e.contains("missing"), "{e}");
+    assert!(e.contains(&dir.path().join("diffusion_pytorch_model.safetensors").display().to_string()), "{e}");
+    let (dir, e) = folder("truncated", &|w| {
+        let t = w[tensor].narrow(0, 0, 3).unwrap();
+        w.insert(tensor.into(), t);
+    });
+    assert!(e.contains(tensor) && e.contains("[3, 32]"), "the shape found: {e}");
+    assert!(e.contains(&dir.path().join("diffusion_pytorch_model.safetensors").display().to_string()), "{e}");
+    // The weight file itself cut short.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+    let bytes = std::fs::read(src.join("diffusion_pytorch_model.safetensors")).unwrap();
+    let cut = dir.path().join("diffusion_pytorch_model.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let e = format!("{:#}", PixArt::load_diffusers(dir.path(), &Device::Cpu).err().expect("a cut file is refused"));
+    assert!(e.contains(&cut.display().to_string()), "{e}");
+}

@@ -49,6 +49,53 @@ impl PixArtConfig {
     }
 }
 
+/// Every tensor of a PixArt transformer in the diffusers layout with its shape (`micro`: with
+/// PixArtMS's micro-condition embedders); the null caption `y_embedding`, which diffusers folders do
+/// not carry, is not listed.
+pub fn parameter_shapes(c: &PixArtConfig, micro: bool) -> Vec<(String, Vec<usize>)> {
+    let (h, p) = (c.hidden(), c.patch_size);
+    let mut out: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut linear = |out: &mut Vec<(String, Vec<usize>)>, name: &str, o: usize, i: usize| {
+        out.push((format!("{name}.weight"), vec![o, i]));
+        out.push((format!("{name}.bias"), vec![o]));
+    };
+    out.push(("pos_embed.proj.weight".into(), vec![h, c.in_channels, p, p]));
+    out.push(("pos_embed.proj.bias".into(), vec![h]));
+    let ts = "adaln_single.emb.timestep_embedder";
+    linear(&mut out, &format!("{ts}.linear_1"), h, 256);
+    linear(&mut out, &format!("{ts}.linear_2"), h, h);
+    if micro {
+        for e in ["resolution_embedder", "aspect_ratio_embedder"] {
+            linear(&mut out, &format!("adaln_single.emb.{e}.linear_1"), h / 3, 256);
+            linear(&mut out, &format!("adaln_single.emb.{e}.linear_2"), h / 3, h / 3);
+        }
+    }
+    linear(&mut out, "adaln_single.linear", 6 * h, h);
+    linear(&mut out, "caption_projection.linear_1", h, c.caption_channels);
+    linear(&mut out, "caption_projection.linear_2", h, h);
+    for i in 0..c.num_layers {
+        let b = format!("transformer_blocks.{i}");
+        out.push((format!("{b}.scale_shift_table"), vec![6, h]));
+        for l in [
+            "attn1.to_q",
+            "attn1.to_k",
+            "attn1.to_v",
+            "attn1.to_out.0",
+            "attn2.to_q",
+            "attn2.to_k",
+            "attn2.to_v",
+            "attn2.to_out.0",
+        ] {
+            linear(&mut out, &format!("{b}.{l}"), h, h);
+        }
+        linear(&mut out, &format!("{b}.ff.net.0.proj"), 4 * h, h);
+        linear(&mut out, &format!("{b}.ff.net.2"), h, 4 * h);
+    }
+    out.push(("scale_shift_table".into(), vec![2, h]));
+    linear(&mut out, "proj_out", p * p * c.out_channels, h);
+    out
+}
+
 /// A loaded PixArt transformer.
 pub struct PixArt {
     /// Its configuration.
@@ -88,15 +135,41 @@ pub(crate) fn timestep_features(t: &Tensor) -> Result<Tensor> {
 }
 
 impl PixArt {
-    /// Loads a diffusers transformer folder (`config.json` + `diffusion_pytorch_model.safetensors`).
+    /// Loads a diffusers transformer folder (`config.json` + `diffusion_pytorch_model.safetensors`, or
+    /// its shards with `diffusion_pytorch_model.safetensors.index.json`). Every tensor the config
+    /// calls for ([`parameter_shapes`]) must be there with its shape: a missing or mis-shaped one is
+    /// refused here, naming the file and the tensor, not later in the forward.
     pub fn load_diffusers(dir: &std::path::Path, device: &Device) -> anyhow::Result<Self> {
         let cfg = dir.join("config.json");
-        let text = std::fs::read_to_string(&cfg).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", cfg.display()))?;
-        let config: PixArtConfig =
-            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: not a PixArt config: {e}", cfg.display()))?;
-        let file = dir.join("diffusion_pytorch_model.safetensors");
-        let w = candle_core::safetensors::load(&file, device)
-            .map_err(|e| anyhow::anyhow!("{}: cannot load: {e}", file.display()))?;
+        let config: PixArtConfig = crate::hub::read_config(&cfg)?;
+        let mut w = HashMap::new();
+        let mut file_of = HashMap::new();
+        let files = crate::hub::weight_files(dir, "diffusion_pytorch_model")?;
+        for file in &files {
+            let part = candle_core::safetensors::load(file, device)
+                .map_err(|e| anyhow::anyhow!("{}: cannot load: {e}", file.display()))?;
+            for (k, t) in part {
+                file_of.insert(k.clone(), file.clone());
+                w.insert(k, t);
+            }
+        }
+        let micro = w.keys().any(|k| k.starts_with("adaln_single.emb.resolution_embedder."));
+        let named = files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ");
+        for (name, shape) in parameter_shapes(&config, micro) {
+            match w.get(&name) {
+                None => anyhow::bail!(
+                    "{named}: tensor `{name}` is missing (expected shape {shape:?} for {})",
+                    cfg.display()
+                ),
+                Some(t) if t.dims() != shape.as_slice() => anyhow::bail!(
+                    "{}: tensor `{name}` has shape {:?}, expected {shape:?} for {}",
+                    file_of[&name].display(),
+                    t.dims(),
+                    cfg.display()
+                ),
+                Some(_) => {}
+            }
+        }
         Ok(PixArt { config, w, pos_cache: Default::default() })
     }
 
