@@ -55,7 +55,7 @@ impl PixArtConfig {
 pub fn parameter_shapes(c: &PixArtConfig, micro: bool) -> Vec<(String, Vec<usize>)> {
     let (h, p) = (c.hidden(), c.patch_size);
     let mut out: Vec<(String, Vec<usize>)> = Vec::new();
-    let mut linear = |out: &mut Vec<(String, Vec<usize>)>, name: &str, o: usize, i: usize| {
+    let linear = |out: &mut Vec<(String, Vec<usize>)>, name: &str, o: usize, i: usize| {
         out.push((format!("{name}.weight"), vec![o, i]));
         out.push((format!("{name}.bias"), vec![o]));
     };
