@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// The file name ending of a shard's journal (finished captions of a shard in progress).
+/// The file name ending of a shard's journal: the captions finished so far of a shard being captioned.
 pub const JOURNAL_SUFFIX: &str = ".captions.journal.jsonl";
 
 /// A caption's place in a shard: key, prompt number, caption number.
