@@ -107,6 +107,70 @@ pub struct DemoReport {
     pub first_loss: f64,
 }
 
+impl DemoReport {
+    /// What the demo did, stage by stage, and where everything is (printed by `pixforge demo`).
+    pub fn text(&self, out: &Path) -> anyhow::Result<String> {
+        let p = &self.pipeline;
+        let mut text = format!("pixforge demo ({}: pipelines/demo.toml on the bundled photos)\n\n", out.display());
+        text.push_str(&p.text());
+        if let Some(stats) = &p.ingest {
+            if stats.shards_done > 0 {
+                text.push_str(&format!("\ningested the bundled photos into {}\n", self.shards.display()));
+                text.push_str(&crate::ingest::summary(stats));
+                text.push_str("samples:\n");
+                text.push_str(&summarize(&self.shards)?);
+            }
+        }
+        if let Some(c) = p.captions.as_ref().filter(|c| c.shards_done > 0) {
+            text.push_str(&format!(
+                "\ncaptions in {}/{{photos,sa1b}}/captions: {} of {} images re-captioned with the paper's prompt by a tiny LLaVA-1.5 in \
+                 the llava-hf layout ({}/models/llava) — UNTRAINED, random weights, so its captions are noise; the \
+                 same stage takes llava-hf/llava-1.5-7b-hf or a vLLM server (docs/caption.md)\n  {}: {:?}\n",
+                out.display(),
+                c.successes,
+                c.samples,
+                out.display(),
+                self.first_caption.0,
+                self.first_caption.1,
+            ));
+        }
+        if let Some(d) = &p.density {
+            text.push_str(&format!("\nconcept density ({}/density/self.html):\n\n", out.display()));
+            text.push_str(&crate::density::report::markdown(d));
+        }
+        let (t5, vae) = (p.t5.as_ref().filter(|s| s.shards_done > 0), p.vae.as_ref().filter(|s| s.shards_done > 0));
+        if let (Some(t5), Some(vae)) = (t5, vae) {
+            text.push_str(&format!(
+                "\nfeature caches in {}/{{photos,sa1b}}/latents (tiny random T5 and VAE in the real layouts: no weights are downloaded \
+                 here):\n  t5: {} of {} captions embedded (the captions above; PixArt-α cleaning, unpadded, bf16)\n  \
+                 vae: {} of {} images encoded into the 256 px aspect-ratio buckets (mean and std, f16)\n",
+                out.display(),
+                t5.successes,
+                t5.samples,
+                vae.successes,
+                vae.samples
+            ));
+        }
+        if let Some(t) = &p.train {
+            text.push_str(&format!(
+                "\ntraining ([train] of pipelines/demo.toml, the format of pixforge train --config): a tiny PixArtMS, {} \
+                 steps on {} samples in {} buckets\n  loss {:.3} (first 10 steps) -> {:.3} (last 10)\n  log: \
+                 {}/train/log.jsonl, curve: {}/train/loss.svg\n  checkpoint: {}\n  validation grid: {}\n",
+                t.end_step,
+                t.samples,
+                t.buckets.len(),
+                self.first_loss,
+                t.final_loss.unwrap_or(f64::NAN),
+                out.display(),
+                out.display(),
+                t.checkpoint.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                t.validation.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            ));
+        }
+        Ok(text)
+    }
+}
+
 /// Runs the demo into `out`: the bundled photos and their captions written to `out/input` (a
 /// folder source) and as an SA-1B-format tar to `out/input-sa1b`, then `pipelines/demo.toml` (tiny
 /// models, both sources ingested, captions, density, caches, training, samples) into `out`.

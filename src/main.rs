@@ -5,7 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use pixforge::image::ImageOptions;
 use pixforge::ingest::{download::DownloadOptions, laion::LaionOptions};
 use pixforge::ingest::{CurationOptions, IngestConfig, RunOptions, SourceKind};
-use pixforge::shards::{RunStats, Worker};
+use pixforge::shards::Worker;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -573,44 +573,6 @@ struct IngestArgs {
     download: DownloadOptions,
 }
 
-/// The end-of-run summary: one line per shard, the totals, and the most frequent reasons.
-fn summary(stats: &RunStats) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    if !stats.shards.is_empty() {
-        let _ = writeln!(out, "shard   rows  success  download  resize  filtered  duplicate   seconds");
-        for (id, s) in &stats.shards {
-            let _ = writeln!(
-                out,
-                "{:05} {:>6} {:>8} {:>9} {:>7} {:>9} {:>10} {:>9.1}",
-                id, s.count, s.successes, s.failed_to_download, s.failed_to_resize, s.filtered, s.duplicate, s.duration
-            );
-        }
-    }
-    let t = &stats.total;
-    let _ = writeln!(out,
-        "shards: {} written, {} already done | rows: {} | success {} | failed_to_download {} | failed_to_resize {} | filtered {} | duplicate {} | {:.1} MB written",
-        stats.shards_done,
-        stats.shards_skipped,
-        t.count,
-        t.successes,
-        t.failed_to_download,
-        t.failed_to_resize,
-        t.filtered,
-        t.duplicate,
-        t.bytes_written as f64 / 1e6
-    );
-    if t.count > 0 {
-        let _ = writeln!(out, "reasons:");
-        let mut reasons: Vec<_> = t.status_dict.iter().collect();
-        reasons.sort_by(|a, b| b.1.cmp(a.1));
-        for (reason, n) in reasons.iter().take(15) {
-            let _ = writeln!(out, "  {n:>8}  {reason}");
-        }
-    }
-    out
-}
-
 /// Writes `text` to stdout; a closed pipe (`| head`) ends the program quietly.
 fn emit(text: &str) {
     use std::io::Write;
@@ -662,7 +624,7 @@ fn main() -> anyhow::Result<()> {
             };
             let stats =
                 pixforge::ingest::run(&cfg, &opts).with_context(|| format!("ingest into {}", a.out.display()))?;
-            emit(&summary(&stats));
+            emit(&pixforge::ingest::summary(&stats));
         }
         Cmd::Bench(BenchCmd::Latents { models, prompts, tokenizer, rounds, only }) => {
             let t = pixforge::bench::latents(&models, &prompts, &tokenizer, rounds, only.as_deref())?;
@@ -692,48 +654,13 @@ fn main() -> anyhow::Result<()> {
             else {
                 unreachable!()
             };
-            use pixforge::density::{conllu, model_file, train as tr};
-            let sents = conllu::read_conllu(&train)?;
-            let o = tr::TrainOptions { iterations, augment_share, seed, min_weight };
-            let model = tr::train(&sents, &o);
-            let bytes = model_file::to_bytes(&model);
-            pixforge::shards::write_atomic(&out, &bytes)?;
-            let mut text = format!("model: {} ({} bytes, {} tags)\n", out.display(), bytes.len(), model.tags.len());
-            if let Some(dev) = dev {
-                let d = conllu::read_conllu(&dev)?;
-                let back = model_file::from_bytes(&bytes).map_err(anyhow::Error::msg)?;
-                text.push_str(&format!("dev: {}\n", serde_json::to_string(&tr::evaluate(&back, &d, false))?));
-                text.push_str(&format!(
-                    "dev Title-Cased: {}\n",
-                    serde_json::to_string(&tr::evaluate(&back, &d, true))?
-                ));
-            }
-            emit(&text);
+            let o = pixforge::density::train::TrainOptions { iterations, augment_share, seed, min_weight };
+            emit(&pixforge::density::train::train_file(&train, dev.as_deref(), &out, &o)?);
         }
         Cmd::Density(d) if matches!(d.cmd, Some(DensityCmd::EvalTagger { .. })) => {
             let Some(DensityCmd::EvalTagger { conllu: path, model, title_case, json }) = d.cmd else { unreachable!() };
-            use pixforge::density::{conllu, model_file, train as tr, Tagger};
-            let loaded = match &model {
-                Some(p) => {
-                    let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-                    Some(model_file::from_bytes(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?)
-                }
-                None => None,
-            };
-            let m = loaded.as_ref().unwrap_or_else(|| Tagger::embedded());
-            let e = tr::evaluate(m, &conllu::read_conllu(&path)?, title_case);
-            if json {
-                emit(&format!("{}\n", serde_json::to_string(&e)?));
-            } else {
-                emit(&format!(
-                    "tag accuracy {:.2}%  noun precision {:.2}%  recall {:.2}%  F1 {:.2}%  {:.0} tokens/s\n",
-                    100.0 * e.tag_accuracy,
-                    100.0 * e.noun_precision,
-                    100.0 * e.noun_recall,
-                    100.0 * e.noun_f1,
-                    e.tokens_per_s
-                ));
-            }
+            let e = pixforge::density::train::evaluate_file(&path, model.as_deref(), title_case)?;
+            emit(&if json { format!("{}\n", serde_json::to_string(&e)?) } else { e.text() });
         }
         Cmd::Density(d) => {
             let r = d.report;
@@ -897,18 +824,8 @@ fn main() -> anyhow::Result<()> {
             finish_cache(&stats)?;
         }
         Cmd::Score(ScoreCmd::Aesthetic { head, embeddings }) => {
-            let dev = candle_core::Device::Cpu;
-            let mut h = pixforge::score::aesthetic::Head::load(&head, &dev)
-                .with_context(|| format!("--head {}", head.display()))?;
-            let mut out = serde_json::Map::new();
-            for f in &embeddings {
-                let t =
-                    candle_core::Tensor::read_npy(f).with_context(|| format!("{}: not a .npy array", f.display()))?;
-                let t = if t.rank() == 1 { t.unsqueeze(0)? } else { t };
-                let scores = h.score(&t).with_context(|| f.display().to_string())?;
-                out.insert(f.display().to_string(), serde_json::json!(scores));
-            }
-            emit(&format!("{}\n", serde_json::to_string_pretty(&out)?));
+            let scores = pixforge::score::aesthetic::score_npy_files(&head, &embeddings)?;
+            emit(&format!("{}\n", serde_json::to_string_pretty(&scores)?));
         }
         Cmd::Run { pipeline, out, no_progress, worker } => {
             let p = pixforge::pipeline::Pipeline::load(&pipeline, out.as_deref())?;
@@ -921,64 +838,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Demo { out } => {
             let report = pixforge::demo::run(&out).context("demo")?;
-            let p = &report.pipeline;
-            let mut text = format!("pixforge demo ({}: pipelines/demo.toml on the bundled photos)\n\n", out.display());
-            text.push_str(&p.text());
-            if let Some(stats) = &p.ingest {
-                if stats.shards_done > 0 {
-                    text.push_str(&format!("\ningested the bundled photos into {}\n", report.shards.display()));
-                    text.push_str(&summary(stats));
-                    text.push_str("samples:\n");
-                    text.push_str(&pixforge::demo::summarize(&report.shards)?);
-                }
-            }
-            if let Some(c) = p.captions.as_ref().filter(|c| c.shards_done > 0) {
-                text.push_str(&format!(
-                    "\ncaptions in {}/{{photos,sa1b}}/captions: {} of {} images re-captioned with the paper's prompt by a tiny LLaVA-1.5 in \
-                     the llava-hf layout ({}/models/llava) — UNTRAINED, random weights, so its captions are noise; the \
-                     same stage takes llava-hf/llava-1.5-7b-hf or a vLLM server (docs/caption.md)\n  {}: {:?}\n",
-                    out.display(),
-                    c.successes,
-                    c.samples,
-                    out.display(),
-                    report.first_caption.0,
-                    report.first_caption.1,
-                ));
-            }
-            if let Some(d) = &p.density {
-                text.push_str(&format!("\nconcept density ({}/density/report.html):\n\n", out.display()));
-                text.push_str(&pixforge::density::report::markdown(d));
-            }
-            let (t5, vae) = (p.t5.as_ref().filter(|s| s.shards_done > 0), p.vae.as_ref().filter(|s| s.shards_done > 0));
-            if let (Some(t5), Some(vae)) = (t5, vae) {
-                text.push_str(&format!(
-                    "\nfeature caches in {}/{{photos,sa1b}}/latents (tiny random T5 and VAE in the real layouts: no weights are downloaded \
-                     here):\n  t5: {} of {} captions embedded (the captions above; PixArt-α cleaning, unpadded, bf16)\n  \
-                     vae: {} of {} images encoded into the 256 px aspect-ratio buckets (mean and std, f16)\n",
-                    out.display(),
-                    t5.successes,
-                    t5.samples,
-                    vae.successes,
-                    vae.samples
-                ));
-            }
-            if let Some(t) = &p.train {
-                text.push_str(&format!(
-                    "\ntraining ([train] of pipelines/demo.toml, the format of pixforge train --config): a tiny PixArtMS, {} \
-                     steps on {} samples in {} buckets\n  loss {:.3} (first 10 steps) -> {:.3} (last 10)\n  log: \
-                     {}/train/log.jsonl, curve: {}/train/loss.svg\n  checkpoint: {}\n  validation grid: {}\n",
-                    t.end_step,
-                    t.samples,
-                    t.buckets.len(),
-                    report.first_loss,
-                    t.final_loss.unwrap_or(f64::NAN),
-                    out.display(),
-                    out.display(),
-                    t.checkpoint.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
-                    t.validation.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
-                ));
-            }
-            emit(&text);
+            emit(&report.text(&out)?);
         }
     }
     Ok(())

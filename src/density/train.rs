@@ -1,9 +1,11 @@
 //! Training the averaged perceptron on a treebank, with case augmentation, and evaluating it.
 
-use super::conllu::Token;
+use super::conllu::{read_conllu, Token};
+use super::model_file;
 use super::tagger::{best_class, features, start_hashes, Context, FeatureRows, Scratch, TagDict, Tagger, Weights};
 use crate::rng::Rng;
 use std::collections::HashMap;
+use std::path::Path;
 
 /// Training settings.
 #[derive(Debug, Clone)]
@@ -264,5 +266,50 @@ pub fn evaluate(model: &Tagger, sents: &[Vec<Token>], title: bool) -> Eval {
         noun_recall: r,
         noun_f1: if p + r > 0.0 { 2.0 * p * r / (p + r) } else { 0.0 },
         tokens_per_s: total as f64 / secs.max(1e-9),
+    }
+}
+
+/// `pixforge density train-tagger`: trains on the CoNLL-U file `train` (`.conllu` or `.conllu.zst`),
+/// writes the model file to `out` (atomically) and, with `dev`, evaluates the written model there
+/// (normal and Title-Cased); returns the report's text.
+pub fn train_file(train: &Path, dev: Option<&Path>, out: &Path, o: &TrainOptions) -> anyhow::Result<String> {
+    let model = self::train(&read_conllu(train)?, o);
+    let bytes = model_file::to_bytes(&model);
+    crate::shards::write_atomic(out, &bytes)?;
+    let mut text = format!("model: {} ({} bytes, {} tags)\n", out.display(), bytes.len(), model.tags.len());
+    if let Some(dev) = dev {
+        let d = read_conllu(dev)?;
+        let back = model_file::from_bytes(&bytes).map_err(anyhow::Error::msg)?;
+        text.push_str(&format!("dev: {}\n", serde_json::to_string(&evaluate(&back, &d, false))?));
+        text.push_str(&format!("dev Title-Cased: {}\n", serde_json::to_string(&evaluate(&back, &d, true))?));
+    }
+    Ok(text)
+}
+
+/// `pixforge density eval-tagger`: evaluates the model file `model` (the embedded model when `None`)
+/// on the CoNLL-U file `conllu`.
+pub fn evaluate_file(conllu: &Path, model: Option<&Path>, title_case: bool) -> anyhow::Result<Eval> {
+    let loaded = match model {
+        Some(p) => {
+            let bytes = std::fs::read(p).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", p.display()))?;
+            Some(model_file::from_bytes(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?)
+        }
+        None => None,
+    };
+    let m = loaded.as_ref().unwrap_or_else(|| Tagger::embedded());
+    Ok(evaluate(m, &read_conllu(conllu)?, title_case))
+}
+
+impl Eval {
+    /// One line for a terminal.
+    pub fn text(&self) -> String {
+        format!(
+            "tag accuracy {:.2}%  noun precision {:.2}%  recall {:.2}%  F1 {:.2}%  {:.0} tokens/s\n",
+            100.0 * self.tag_accuracy,
+            100.0 * self.noun_precision,
+            100.0 * self.noun_recall,
+            100.0 * self.noun_f1,
+            self.tokens_per_s
+        )
     }
 }

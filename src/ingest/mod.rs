@@ -11,7 +11,7 @@ pub mod sa1b;
 pub mod source;
 pub mod webdataset;
 
-pub use run::{run, RunOptions};
+pub use run::{run, summary, RunOptions};
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;

@@ -461,3 +461,41 @@ pub fn run(cfg: &IngestConfig, opts: &RunOptions) -> anyhow::Result<RunStats> {
     runner.pb.finish_and_clear();
     Ok(stats)
 }
+
+/// The end-of-run summary: one line per shard, the totals, and the most frequent reasons.
+pub fn summary(stats: &RunStats) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    if !stats.shards.is_empty() {
+        let _ = writeln!(out, "shard   rows  success  download  resize  filtered  duplicate   seconds");
+        for (id, s) in &stats.shards {
+            let _ = writeln!(
+                out,
+                "{:05} {:>6} {:>8} {:>9} {:>7} {:>9} {:>10} {:>9.1}",
+                id, s.count, s.successes, s.failed_to_download, s.failed_to_resize, s.filtered, s.duplicate, s.duration
+            );
+        }
+    }
+    let t = &stats.total;
+    let _ = writeln!(out,
+        "shards: {} written, {} already done | rows: {} | success {} | failed_to_download {} | failed_to_resize {} | filtered {} | duplicate {} | {:.1} MB written",
+        stats.shards_done,
+        stats.shards_skipped,
+        t.count,
+        t.successes,
+        t.failed_to_download,
+        t.failed_to_resize,
+        t.filtered,
+        t.duplicate,
+        t.bytes_written as f64 / 1e6
+    );
+    if t.count > 0 {
+        let _ = writeln!(out, "reasons:");
+        let mut reasons: Vec<_> = t.status_dict.iter().collect();
+        reasons.sort_by(|a, b| b.1.cmp(a.1));
+        for (reason, n) in reasons.iter().take(15) {
+            let _ = writeln!(out, "  {n:>8}  {reason}");
+        }
+    }
+    out
+}

@@ -125,3 +125,17 @@ impl Head {
         }
     }
 }
+
+/// `pixforge score aesthetic`: the head's scores of each `.npy` file of embeddings (`[D]` or
+/// `[N, D]`), by file, on the CPU.
+pub fn score_npy_files(head: &Path, files: &[std::path::PathBuf]) -> anyhow::Result<serde_json::Value> {
+    let mut h = Head::load(head, &Device::Cpu).map_err(|e| anyhow::anyhow!("--head {}: {e:#}", head.display()))?;
+    let mut out = serde_json::Map::new();
+    for f in files {
+        let t = Tensor::read_npy(f).map_err(|e| anyhow::anyhow!("{}: not a .npy array: {e}", f.display()))?;
+        let t = if t.rank() == 1 { t.unsqueeze(0)? } else { t };
+        let scores = h.score(&t).map_err(|e| anyhow::anyhow!("{}: {e:#}", f.display()))?;
+        out.insert(f.display().to_string(), serde_json::json!(scores));
+    }
+    Ok(serde_json::Value::Object(out))
+}
