@@ -232,19 +232,11 @@ struct CacheRunArgs {
     /// SLURM_ARRAY_TASK_COUNT, or JOB_COMPLETION_INDEX with PIXFORGE_WORKER_COUNT, else 0/1.
     #[arg(long)]
     worker: Option<Worker>,
-    /// Replace a cache made from other inputs (model, preprocessing, source shards) instead of refusing it.
-    #[arg(long)]
-    overwrite: bool,
-    /// Only the keys of this selection (pixforge filter / dedup / balance output); the other samples
-    /// are indexed as "not in the selection".
-    #[arg(long)]
-    selection: Option<PathBuf>,
+    #[command(flatten)]
+    stage: pixforge::shards::stage::StageRun,
     /// Hide the progress bar.
     #[arg(long)]
     no_progress: bool,
-    /// Device: cpu or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
 }
 
 impl CacheRunArgs {
@@ -253,21 +245,12 @@ impl CacheRunArgs {
             Some(w) => w,
             None => Worker::from_env().map_err(anyhow::Error::msg)?,
         };
-        Ok(pixforge::shards::stage::StageOptions {
-            input: self.input.clone(),
-            out: self.out.clone(),
+        let opts = pixforge::shards::stage::StageOptions {
             worker,
-            overwrite: self.overwrite,
             progress: !self.no_progress,
-            selection: match &self.selection {
-                Some(p) => Some(std::sync::Arc::new(
-                    pixforge::shards::selection::read_selection(p)
-                        .with_context(|| format!("--selection {}", p.display()))?,
-                )),
-                None => None,
-            },
-            depends_on: Vec::new(),
-        })
+            ..pixforge::shards::stage::StageOptions::new(&self.input, &self.out)
+        };
+        self.stage.apply(opts).map_err(|e| anyhow::anyhow!("--{e:#}"))
     }
 }
 
@@ -733,13 +716,13 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Cache(CacheCmd::T5 { cfg, run }) => {
-            let device = pixforge::device::device(&run.device)?;
+            let device = pixforge::device::device(&run.stage.device)?;
             let stats = pixforge::latents::cache::t5_stage::run(&cfg, &run.options()?, &device)
                 .with_context(|| format!("cache t5 into {}", run.out.display()))?;
             finish_cache(&stats)?;
         }
         Cmd::Cache(CacheCmd::Vae { cfg, run }) => {
-            let device = pixforge::device::device(&run.device)?;
+            let device = pixforge::device::device(&run.stage.device)?;
             let stats = pixforge::latents::cache::vae_stage::run(&cfg, &run.options()?, &device)
                 .with_context(|| format!("cache vae into {}", run.out.display()))?;
             finish_cache(&stats)?;
@@ -801,13 +784,13 @@ fn main() -> anyhow::Result<()> {
             emit(&format!("{}\n", serde_json::to_string_pretty(&report)?));
         }
         Cmd::Score(ScoreCmd::Clip { cfg, run }) => {
-            let cuda = pixforge::device::DeviceName::parse(&run.device)?.cuda_ordinal().map(|n| n as i32);
+            let cuda = pixforge::device::DeviceName::parse(&run.stage.device)?.cuda_ordinal().map(|n| n as i32);
             let stats = pixforge::score::stage::run(&cfg, &run.options()?, cuda)
                 .with_context(|| format!("score clip into {}", run.out.display()))?;
             finish_cache(&stats)?;
         }
         Cmd::Caption { mut cfg, run } => {
-            cfg.device = run.device.clone();
+            cfg.device = run.stage.device.clone();
             let stats = pixforge::caption::run(&cfg, &run.options()?)
                 .with_context(|| format!("caption into {}", run.out.display()))?;
             emit(&format!("{}\n", serde_json::to_string_pretty(&pixforge::caption::summary(&run.out, &stats)?)?));

@@ -217,3 +217,43 @@ fn workers_split_the_shard_stages() {
     }
     assert!(line(&last, "density").contains("written"), "{last}");
 }
+
+/// A cache section takes what its command takes as flags: `selection` (only those keys are encoded,
+/// the others indexed "not in the selection"), `device` and `overwrite`; a bad device or a missing
+/// selection file is an error naming the stage and the field.
+#[test]
+fn cache_sections_take_device_selection_and_overwrite() {
+    use polars::prelude::{df, ParquetWriter};
+    let dir = tempfile::tempdir().unwrap();
+    pixforge::demo::write_inputs(&dir.path().join("input")).unwrap();
+    let keys = ["000000000", "000000002"];
+    let mut sel = df!("key" => keys).unwrap();
+    ParquetWriter::new(std::fs::File::create(dir.path().join("keep.parquet")).unwrap()).finish(&mut sel).unwrap();
+    let write = |extra: &str| {
+        let file = dir.path().join("p.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "out = \"run\"\n[models]\ntiny = [\"vae\"]\n[ingest]\nsource = \"folder\"\ninputs = [\"input\"]\n\
+                 [cache.vae]\nmodel = \"{{out}}/models\"\nresolution = 64\n{extra}"
+            ),
+        )
+        .unwrap();
+        Command::new(common::bin()).args(["run", "--no-progress"]).arg(&file).output().unwrap()
+    };
+    let o = write("device = \"tpu:0\"\n");
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("cache.vae") && e.contains("expected cpu or cuda:N"), "{e}");
+    let o = write("selection = \"missing.parquet\"\n");
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("`cache.vae`, field `selection`"), "{e}");
+    let o = write("device = \"cpu\"\nselection = \"keep.parquet\"\noverwrite = true\n");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let index: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(dir.path().join("run/latents/vae/00000.index.json")).unwrap()).unwrap();
+    let cached: Vec<&str> =
+        index.iter().filter(|e| e["status"] == "success").map(|e| e["key"].as_str().unwrap()).collect();
+    assert_eq!(cached, keys, "only the selected keys are encoded");
+    assert!(index.iter().filter(|e| e["status"] != "success").all(|e| e["reason"] == "not in the selection"));
+    assert_eq!(index.len(), 6, "every source sample is indexed");
+}

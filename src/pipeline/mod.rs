@@ -25,6 +25,7 @@ mod run;
 
 pub use run::{run, PipelineReport, StageReport};
 
+use crate::shards::stage::StageRun;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -220,8 +221,12 @@ pub struct Pipeline {
     pub density: Option<DensityStage>,
     /// `[cache.t5]`.
     pub t5: Option<crate::latents::cache::T5CacheConfig>,
+    /// `[cache.t5]`'s `device`, `selection` and `overwrite`.
+    pub t5_run: StageRun,
     /// `[cache.vae]`.
     pub vae: Option<crate::latents::cache::VaeCacheConfig>,
+    /// `[cache.vae]`'s `device`, `selection` and `overwrite`.
+    pub vae_run: StageRun,
     /// `[train]`, with its output folder and caches filled in.
     pub train: Option<crate::train::config::TrainConfig>,
     /// `[train] when_data_changes`.
@@ -306,16 +311,12 @@ impl Pipeline {
                 anyhow::bail!("{f}: unknown stage `cache.{key}`; expected [cache.t5] and/or [cache.vae]");
             }
         }
-        let mut t5 = cache
-            .get("t5")
-            .cloned()
-            .map(|v| typed::<crate::latents::cache::T5CacheConfig>(file, "cache.t5", v))
-            .transpose()?;
-        let mut vae = cache
-            .get("vae")
-            .cloned()
-            .map(|v| typed::<crate::latents::cache::VaeCacheConfig>(file, "cache.vae", v))
-            .transpose()?;
+        let (t5_section, mut t5_run) = split_run(file, "cache.t5", cache.get("t5").cloned())?;
+        let mut t5 =
+            t5_section.map(|v| typed::<crate::latents::cache::T5CacheConfig>(file, "cache.t5", v)).transpose()?;
+        let (vae_section, mut vae_run) = split_run(file, "cache.vae", cache.get("vae").cloned())?;
+        let mut vae =
+            vae_section.map(|v| typed::<crate::latents::cache::VaeCacheConfig>(file, "cache.vae", v)).transpose()?;
         let (train, when_data_changes) = match stage("train") {
             None => (None, WhenDataChanges::Stop),
             Some(toml::Value::Table(mut t)) => {
@@ -378,6 +379,7 @@ impl Pipeline {
         if let Some(v) = &mut vae {
             fix(&mut v.model);
         }
+        t5_run.selection.iter_mut().chain(vae_run.selection.iter_mut()).for_each(fix);
         if let Some(smp) = &mut sample {
             fix(&mut smp.prompts);
             fix(&mut smp.t5);
@@ -391,7 +393,9 @@ impl Pipeline {
             caption,
             density,
             t5,
+            t5_run,
             vae,
+            vae_run,
             train,
             when_data_changes,
             sample,
@@ -458,6 +462,11 @@ impl Pipeline {
                 }
             }
         }
+        for (stage, run) in [("cache.t5", &self.t5_run), ("cache.vae", &self.vae_run)] {
+            if let Some(sel) = run.selection.as_ref().filter(|s| !s.exists()) {
+                anyhow::bail!("{f}: stage `{stage}`, field `selection`: {}: no such file", sel.display());
+            }
+        }
         if let Some(d) = &self.density {
             for (name, c) in &d.compare {
                 if !c.path().exists() {
@@ -486,6 +495,21 @@ fn substitute_out(t: &mut toml::Table, out: &str) {
 }
 
 /// A stage's section as `T`, an error naming the file, the stage and the field.
+/// A shard stage's section split into what the stage computes and how it runs ([`StageRun`]: the
+/// `device`, `selection` and `overwrite` fields its command takes as flags).
+fn split_run(file: &Path, stage: &str, v: Option<toml::Value>) -> anyhow::Result<(Option<toml::Value>, StageRun)> {
+    let Some(toml::Value::Table(mut t)) = v else {
+        return Ok((v, StageRun::default()));
+    };
+    let mut run = toml::Table::new();
+    for key in ["device", "selection", "overwrite"] {
+        if let Some(x) = t.remove(key) {
+            run.insert(key.into(), x);
+        }
+    }
+    Ok((Some(toml::Value::Table(t)), typed::<StageRun>(file, stage, toml::Value::Table(run))?))
+}
+
 fn typed<T: DeserializeOwned>(file: &Path, stage: &str, v: toml::Value) -> anyhow::Result<T> {
     let f = file.display();
     let table = match v {

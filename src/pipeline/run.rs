@@ -140,10 +140,10 @@ pub fn run(p: &Pipeline, progress: bool, worker: crate::shards::Worker) -> anyho
             if p.caption.is_some() && cfg.captions.is_none() {
                 cfg.captions = Some(ds.captions.clone());
             }
-            let dev = candle_core::Device::Cpu;
+            let dev = crate::device::device(&p.t5_run.device).map_err(|e| e.context(stage_err(&label)))?;
+            let opts = p.t5_run.apply(options(&ds.shards, &ds.t5, progress, worker))?;
             let stats =
-                crate::latents::cache::t5_stage::run(&cfg, &options(&ds.shards, &ds.t5, progress, worker), &dev)
-                    .map_err(|e| e.context(stage_err(&label)))?;
+                crate::latents::cache::t5_stage::run(&cfg, &opts, &dev).map_err(|e| e.context(stage_err(&label)))?;
             failed_shards(&label, &stats)?;
             r.stages.push(cache_report(&label, &stats, "t5", &ds.t5));
             merge_cache(&mut r.t5, stats);
@@ -152,10 +152,10 @@ pub fn run(p: &Pipeline, progress: bool, worker: crate::shards::Worker) -> anyho
     if let Some(cfg) = &p.vae {
         for ds in &p.datasets {
             let label = ds.label("cache.vae");
-            let dev = candle_core::Device::Cpu;
+            let dev = crate::device::device(&p.vae_run.device).map_err(|e| e.context(stage_err(&label)))?;
+            let opts = p.vae_run.apply(options(&ds.shards, &ds.vae, progress, worker))?;
             let stats =
-                crate::latents::cache::vae_stage::run(cfg, &options(&ds.shards, &ds.vae, progress, worker), &dev)
-                    .map_err(|e| e.context(stage_err(&label)))?;
+                crate::latents::cache::vae_stage::run(cfg, &opts, &dev).map_err(|e| e.context(stage_err(&label)))?;
             failed_shards(&label, &stats)?;
             r.stages.push(cache_report(&label, &stats, "vae", &ds.vae));
             merge_cache(&mut r.vae, stats);

@@ -13,5 +13,5 @@ mod store;
 
 pub use fingerprint::{sha256_file, FileHash, StageFingerprint};
 pub use reader::{StageReader, StageShard};
-pub use run::{image_bytes, run_shards, Stage, StageOptions, StageRunStats, IMAGE_EXTS};
+pub use run::{image_bytes, run_shards, Stage, StageOptions, StageRun, StageRunStats, IMAGE_EXTS};
 pub use store::{write_shard, EntryStatus, SampleEntry, ShardOutput, StageShardStats};

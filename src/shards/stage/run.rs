@@ -22,6 +22,42 @@ pub struct Stage<'a> {
     pub scratch: &'a [&'a str],
 }
 
+/// How a shard stage runs, beyond what it computes: the same fields for its command's flags and
+/// for its pipeline section (`device`, `selection`, `overwrite`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::Args)]
+#[serde(deny_unknown_fields, default)]
+pub struct StageRun {
+    /// Device: cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Only the keys of this selection (pixforge filter / dedup / balance output); the other samples
+    /// are indexed as "not in the selection".
+    #[arg(long)]
+    pub selection: Option<PathBuf>,
+    /// Replace a cache made from other inputs (model, preprocessing, source shards) instead of refusing it.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+impl Default for StageRun {
+    fn default() -> Self {
+        Self { device: "cpu".into(), selection: None, overwrite: false }
+    }
+}
+
+impl StageRun {
+    /// `opts` with this run's overwrite and selection (the selection file read, naming it on error).
+    pub fn apply(&self, mut opts: StageOptions) -> anyhow::Result<StageOptions> {
+        opts.overwrite = self.overwrite;
+        if let Some(p) = &self.selection {
+            let keys = crate::shards::selection::read_selection(p)
+                .map_err(|e| anyhow::anyhow!("selection {}: {e:#}", p.display()))?;
+            opts.selection = Some(std::sync::Arc::new(keys));
+        }
+        Ok(opts)
+    }
+}
+
 /// Where a shard stage reads and writes, and how it shares the work.
 #[derive(Debug, Clone)]
 pub struct StageOptions {
