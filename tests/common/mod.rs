@@ -58,7 +58,7 @@ pub fn png_declaring(w: u32, h: u32) -> Vec<u8> {
 }
 
 /// ONNX Runtime's library, unpacked from the onnxruntime wheel by tools/install-onnxruntime.sh on
-/// first use (once per test binary); pixforge finds it in target/onnxruntime.
+/// first use (once per test binary, into the user's cache, where pixforge finds it).
 pub fn onnxruntime() -> PathBuf {
     static ONCE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     ONCE.get_or_init(|| {
