@@ -55,9 +55,8 @@ pub fn format_matches(src: ImageFormat, dst: EncodeFormat) -> bool {
     )
 }
 
-/// A JPEG decoded at reduced scale for `plan`, when that saves work: `(image, crop in its
-/// coordinates, source width, source height)`. `None` when the full-size path must be used
-/// (less than 4x downscale, EXIF rotation, CMYK).
+/// A JPEG decoded by jpeg-decoder's scaled IDCT for `o`'s plan, when that saves work. `None` when
+/// the full-size path must be used (less than 4x downscale, EXIF rotation, CMYK).
 fn decode_jpeg_scaled(bytes: &[u8], o: &ImageOptions) -> Result<Option<Scaled>, ImageError> {
     let mut d = jpeg_decoder::Decoder::new(Cursor::new(bytes));
     d.read_info().map_err(|e| ImageError::Decode(e.to_string()))?;

@@ -62,13 +62,13 @@ pub fn jpeg_codec() -> &'static dyn JpegCodec {
 
 /// Encodes `img` in `format`.
 pub fn encode(img: &RgbImage, format: EncodeFormat, quality: u8) -> Result<Vec<u8>, ImageError> {
+    let image_format = match format {
+        EncodeFormat::Jpg => return jpeg_codec().encode(img, quality.clamp(1, 100)),
+        EncodeFormat::Png => ImageFormat::Png,
+        EncodeFormat::Webp => ImageFormat::WebP,
+    };
     let mut out = Vec::with_capacity(img.as_raw().len() / 8);
-    let err = |e: image::ImageError| ImageError::Encode(e.to_string());
-    match format {
-        EncodeFormat::Jpg => out = jpeg_codec().encode(img, quality.clamp(1, 100))?,
-        EncodeFormat::Png => img.write_to(&mut Cursor::new(&mut out), ImageFormat::Png).map_err(err)?,
-        EncodeFormat::Webp => img.write_to(&mut Cursor::new(&mut out), ImageFormat::WebP).map_err(err)?,
-    }
+    img.write_to(&mut Cursor::new(&mut out), image_format).map_err(|e| ImageError::Encode(e.to_string()))?;
     Ok(out)
 }
 

@@ -407,6 +407,10 @@ impl Pipeline {
     /// to exist ([`Pipeline::check_paths`] checks those).
     pub fn check(&self) -> anyhow::Result<()> {
         let f = self.file.display();
+        for (stage, run) in [("cache.t5", &self.t5_run), ("cache.vae", &self.vae_run)] {
+            crate::device::DeviceName::parse(&run.device)
+                .map_err(|e| anyhow::anyhow!("{f}: stage `{stage}`, field `device`: {e}"))?;
+        }
         if let Some(c) = &self.caption {
             if c.backend == crate::caption::Backend::Openai && c.endpoint.is_none() {
                 anyhow::bail!("{f}: stage `caption`, field `endpoint`: required with backend = \"openai\"");

@@ -141,7 +141,10 @@ pub fn run(p: &Pipeline, progress: bool, worker: crate::shards::Worker) -> anyho
                 cfg.captions = Some(ds.captions.clone());
             }
             let dev = crate::device::device(&p.t5_run.device).map_err(|e| e.context(stage_err(&label)))?;
-            let opts = p.t5_run.apply(options(&ds.shards, &ds.t5, progress, worker))?;
+            let opts = p
+                .t5_run
+                .apply(options(&ds.shards, &ds.t5, progress, worker))
+                .map_err(|e| e.context(stage_err(&label)))?;
             let stats =
                 crate::latents::cache::t5_stage::run(&cfg, &opts, &dev).map_err(|e| e.context(stage_err(&label)))?;
             failed_shards(&label, &stats)?;
@@ -153,7 +156,10 @@ pub fn run(p: &Pipeline, progress: bool, worker: crate::shards::Worker) -> anyho
         for ds in &p.datasets {
             let label = ds.label("cache.vae");
             let dev = crate::device::device(&p.vae_run.device).map_err(|e| e.context(stage_err(&label)))?;
-            let opts = p.vae_run.apply(options(&ds.shards, &ds.vae, progress, worker))?;
+            let opts = p
+                .vae_run
+                .apply(options(&ds.shards, &ds.vae, progress, worker))
+                .map_err(|e| e.context(stage_err(&label)))?;
             let stats =
                 crate::latents::cache::vae_stage::run(cfg, &opts, &dev).map_err(|e| e.context(stage_err(&label)))?;
             failed_shards(&label, &stats)?;
