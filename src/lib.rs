@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod caption;
+pub mod config;
 pub mod demo;
 pub mod density;
 pub mod device;

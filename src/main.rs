@@ -88,14 +88,8 @@ enum Cmd {
         /// A shard dataset (its parquet `caption` column).
         #[arg(long)]
         input: PathBuf,
-        /// Samples to select.
-        #[arg(long)]
-        size: usize,
-        /// Nouns at this many occurrences in the selection add nothing more (0: no cap).
-        #[arg(long, default_value_t = 0)]
-        cap: u64,
         #[command(flatten)]
-        count: pixforge::density::counts::CountOptions,
+        cfg: pixforge::score::balance::BalanceConfig,
         /// The selection (parquet of keys).
         #[arg(long, short)]
         out: PathBuf,
@@ -106,21 +100,8 @@ enum Cmd {
         /// Folders written by `pixforge score clip`.
         #[arg(long = "embeddings", required = true)]
         embeddings: Vec<PathBuf>,
-        /// Cosine similarity at and above which two images are near-duplicates (depends on the tower).
-        #[arg(long, default_value_t = 0.95)]
-        threshold: f64,
-        /// k-means clusters (0: one per 50 embeddings).
-        #[arg(long, default_value_t = 0)]
-        clusters: usize,
-        /// k-means iterations.
-        #[arg(long, default_value_t = 20)]
-        iterations: usize,
-        /// Seed of the k-means++ initialisation.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Keep the member with the highest value of this score column (default: the smallest key).
-        #[arg(long)]
-        prefer: Option<String>,
+        #[command(flatten)]
+        cfg: pixforge::score::dedup::DedupConfig,
         /// The selection of kept keys (parquet); the groups go to the same name with .groups.json.
         #[arg(long, short)]
         out: PathBuf,
@@ -131,15 +112,8 @@ enum Cmd {
         /// Folders of `*.scores.parquet` (pixforge score clip outputs), joined by key.
         #[arg(long = "scores", required = true)]
         scores: Vec<PathBuf>,
-        /// Keep COLUMN ≥ VALUE (repeatable; applied first).
-        #[arg(long, value_name = "COLUMN=VALUE")]
-        min: Vec<String>,
-        /// Keep COLUMN ≤ VALUE (repeatable; applied after --min).
-        #[arg(long, value_name = "COLUMN=VALUE")]
-        max: Vec<String>,
-        /// Keep the highest FRACTION of what is left by COLUMN (repeatable; applied last, in order).
-        #[arg(long, value_name = "COLUMN=FRACTION")]
-        top: Vec<String>,
+        #[command(flatten)]
+        cfg: pixforge::score::filter::FilterConfig,
         /// The selection: a parquet of the kept keys with their scores.
         #[arg(long, short)]
         out: PathBuf,
@@ -196,9 +170,8 @@ enum ExportCmd {
         /// Output root (InternData/ and InternImgs/ are written under it).
         #[arg(long, short)]
         out: PathBuf,
-        /// Caption length of the .npz files.
-        #[arg(long, default_value_t = 120)]
-        max_tokens: usize,
+        #[command(flatten)]
+        cfg: pixforge::latents::export::ExportConfig,
     },
 }
 
@@ -290,34 +263,11 @@ struct SampleArgs {
     /// A text file of prompts, one per line.
     #[arg(long)]
     prompts: Option<PathBuf>,
-    /// Image size, WIDTHxHEIGHT in pixels.
-    #[arg(long, default_value = "512x512")]
-    size: String,
-    /// Sampler.
-    #[arg(long, value_enum, default_value = "dpm-solver")]
-    sampler: pixforge::train::sampler::SamplerKind,
-    /// Steps (default: the sampler's official count: 20, 50 or 100).
-    #[arg(long)]
-    steps: Option<usize>,
-    /// Classifier-free guidance scale (1 = none).
-    #[arg(long, default_value_t = 4.5)]
-    cfg: f64,
-    /// Unconditional branch of the guidance.
-    #[arg(long, value_enum, default_value = "auto")]
-    null: pixforge::train::generate::NullCondition,
-    /// Prompt preparation before T5: PixArt-α's caption cleaning, or lower-case only.
-    #[arg(long, value_enum, default_value = "pixart")]
-    cleaning: pixforge::latents::t5::TextCleaning,
-    /// Seed of the noise.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    #[command(flatten)]
+    config: pixforge::train::generate::SampleConfig,
     /// Initial noise from a safetensors file (tensor "noise" [N or 1, 4, h, w]) instead of the seed.
     #[arg(long)]
     noise: Option<PathBuf>,
-    /// Generate at exactly --size instead of the nearest aspect-ratio bucket (256/512/1024 px models
-    /// otherwise generate at the bucket and resize + center-crop to --size, as diffusers does).
-    #[arg(long)]
-    no_binning: bool,
     /// Device: cpu or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -378,23 +328,8 @@ struct ReportArgs {
     /// A named caption set, NAME=PATH (repeat to compare sets side by side).
     #[arg(long = "input", value_name = "NAME=PATH")]
     inputs: Vec<pixforge::density::input::NamedInput>,
-    /// Caption column (parquet) or field (JSON); default: the first of caption, TEXT, text, alt_text.
-    #[arg(long)]
-    column: Option<String>,
-    /// Keep only rows whose FIELD equals VALUE (e.g. `category=detail`). Shard parquet keeps status=success rows.
-    #[arg(long, value_name = "FIELD=VALUE")]
-    filter: Option<String>,
-    /// Read at most this many captions per input.
-    #[arg(long)]
-    limit: Option<u64>,
     #[command(flatten)]
-    count: pixforge::density::counts::CountOptions,
-    /// A T5 tokenizer.json (e.g. t5-v1_1-xxl's): adds T5 token counts and the share truncated at --max-tokens.
-    #[arg(long)]
-    t5_tokenizer: Option<PathBuf>,
-    /// The T5 token limit (PixArt-α embeds 120 tokens).
-    #[arg(long, default_value_t = 120)]
-    max_tokens: u64,
+    config: pixforge::density::report::DensityConfig,
     /// Output folder for report.html, report.json and report.md.
     #[arg(long, default_value = "density-report")]
     out: PathBuf,
@@ -568,13 +503,6 @@ fn emit(text: &str) {
     }
 }
 
-/// `WIDTHxHEIGHT` → (height, width).
-fn parse_size(s: &str) -> anyhow::Result<(usize, usize)> {
-    let bad = || anyhow::anyhow!("--size {s:?}: expected WIDTHxHEIGHT in pixels, e.g. 512x512");
-    let (w, h) = s.split_once(['x', 'X']).ok_or_else(bad)?;
-    Ok((h.trim().parse().map_err(|_| bad())?, w.trim().parse().map_err(|_| bad())?))
-}
-
 fn main() -> anyhow::Result<()> {
     pixforge::device::configure_cpu_threads();
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -650,22 +578,7 @@ fn main() -> anyhow::Result<()> {
             let mut inputs: Vec<pixforge::density::input::NamedInput> =
                 r.paths.iter().map(|p| p.display().to_string().parse().expect("a path always parses")).collect();
             inputs.extend(r.inputs);
-            let filter = match &r.filter {
-                Some(f) => Some(
-                    f.split_once('=')
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .with_context(|| format!("--filter: expected FIELD=VALUE, found {f:?}"))?,
-                ),
-                None => None,
-            };
-            let o = pixforge::density::report::DensityOptions {
-                count: r.count,
-                selection: pixforge::density::input::Selection { column: r.column, filter, limit: r.limit },
-                t5_tokenizer: r.t5_tokenizer,
-                max_tokens: r.max_tokens,
-                progress: !r.no_progress,
-            };
-            let report = pixforge::density::report::run(&inputs, &o, &r.out)?;
+            let report = pixforge::density::report::run(&inputs, &r.config, !r.no_progress, &r.out)?;
             let mut text = pixforge::density::report::markdown(&report);
             text.push_str(&format!("\nwritten: {}/report.{{html,json,md}}\n", r.out.display()));
             emit(&text);
@@ -685,7 +598,6 @@ fn main() -> anyhow::Result<()> {
                     anyhow::anyhow!("--{name}: expected a folder (or --pipeline with the whole diffusers pipeline)")
                 })
             };
-            let size = parse_size(&a.size)?;
             let mut prompts = a.prompt.clone();
             if let Some(f) = &a.prompts {
                 let text = std::fs::read_to_string(f).with_context(|| format!("--prompts {}", f.display()))?;
@@ -699,15 +611,8 @@ fn main() -> anyhow::Result<()> {
                 official_shape: (a.heads, a.sample_size),
                 t5: part(&a.t5, "t5")?,
                 vae: part(&a.vae, "vae")?,
-                size,
-                sampler: a.sampler,
-                steps: a.steps,
-                cfg: a.cfg,
-                null: a.null,
-                cleaning: a.cleaning,
-                seed: a.seed,
                 noise: a.noise.clone(),
-                binning: !a.no_binning,
+                config: a.config.clone(),
             };
             let device = pixforge::device::device(&a.device)?;
             let paths = pixforge::train::generate::run(&o, &prompts, &a.out, &device)?;
@@ -727,8 +632,8 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("cache vae into {}", run.out.display()))?;
             finish_cache(&stats)?;
         }
-        Cmd::Export(ExportCmd::PixartOfficial { shards, t5, vae, out, max_tokens }) => {
-            let o = pixforge::latents::export::ExportOptions { shards, t5, vae, out, max_tokens };
+        Cmd::Export(ExportCmd::PixartOfficial { shards, t5, vae, out, cfg }) => {
+            let o = pixforge::latents::export::ExportOptions { shards, t5, vae, out, config: cfg };
             let stats = pixforge::latents::export::export_official(&o)
                 .with_context(|| format!("export pixart-official into {}", o.out.display()))?;
             emit(&format!("{}\n", serde_json::to_string_pretty(&stats)?));
@@ -744,43 +649,14 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("train {} into {}", config.display(), cfg.output_dir.display()))?;
             emit(&format!("{}\n", serde_json::to_string_pretty(&summary)?));
         }
-        Cmd::Balance { input, size, cap, count, out } => {
-            let cfg = pixforge::score::balance::BalanceConfig { size, cap, count };
-            let r = pixforge::score::balance::run(&input, &cfg, &out)?;
-            let row = |name: &str, m: &pixforge::density::metrics::Metrics| {
-                format!(
-                    "| {name} | {} | {} | {} | {} | {:.3} | {:.2} |\n",
-                    m.captions, m.total_nouns, m.distinct_nouns, m.valid_nouns, m.vn_dn, m.nouns_per_caption.mean
-                )
-            };
-            let mut text = String::from("| | captions | nouns | distinct | valid | VN/DN | nouns/caption |\n|---|---:|---:|---:|---:|---:|---:|\n");
-            text.push_str(&row("all", &r.before));
-            text.push_str(&row("selected", &r.after));
-            text.push_str(&format!("\nselection: {}\n", out.display()));
-            emit(&text);
+        Cmd::Balance { input, cfg, out } => {
+            emit(&pixforge::score::balance::run(&input, &cfg, &out)?.text());
         }
-        Cmd::Dedup { embeddings, threshold, clusters, iterations, seed, prefer, out } => {
-            let cfg = pixforge::score::dedup::DedupConfig { clusters, threshold, iterations, seed, prefer };
-            let report = pixforge::score::dedup::run(&embeddings, &cfg, &out)?;
-            emit(&format!(
-                "{} embeddings, {} clusters: kept {}, removed {} near-duplicates in {} groups\nselection: {}\ngroups: {}\n",
-                report.input,
-                report.clusters,
-                report.kept,
-                report.removed,
-                report.groups.len(),
-                out.display(),
-                out.with_extension("groups.json").display()
-            ));
+        Cmd::Dedup { embeddings, cfg, out } => {
+            emit(&pixforge::score::dedup::run(&embeddings, &cfg, &out)?.text());
         }
-        Cmd::Filter { scores, min, max, top, out } => {
-            let mut rules = Vec::new();
-            for (kind, list) in [("min", &min), ("max", &max), ("top", &top)] {
-                for r in list {
-                    rules.push(pixforge::score::filter::Rule::parse(kind, r)?);
-                }
-            }
-            let report = pixforge::score::filter::run(&scores, &rules, &out)?;
+        Cmd::Filter { scores, cfg, out } => {
+            let report = pixforge::score::filter::run(&scores, &cfg.rules()?, &out)?;
             emit(&format!("{}\n", serde_json::to_string_pretty(&report)?));
         }
         Cmd::Score(ScoreCmd::Clip { cfg, run }) => {

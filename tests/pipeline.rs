@@ -257,3 +257,79 @@ fn cache_sections_take_device_selection_and_overwrite() {
     assert!(index.iter().filter(|e| e["status"] != "success").all(|e| e["reason"] == "not in the selection"));
     assert_eq!(index.len(), 6, "every source sample is indexed");
 }
+
+/// A pipeline with the curation stages: CLIP scores of the ingested photos, a filter on a head's
+/// score, de-duplication and concept balance, each choosing among what the one before kept, and a
+/// VAE cache that takes the last selection; a rerun does nothing, and a changed rule redoes the
+/// selections and the cache (its section says `overwrite`) after it.
+#[test]
+fn score_filter_dedup_and_balance_sections_run_in_a_pipeline() {
+    let ort = common::onnxruntime();
+    let dir = tempfile::tempdir().unwrap();
+    pixforge::demo::write_inputs(&dir.path().join("input")).unwrap();
+    let golden = common::fixtures().join("golden");
+    let file = dir.path().join("p.toml");
+    let write = |top: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "out = \"run\"\n[models]\ntiny = [\"vae\"]\n[ingest]\nsource = \"folder\"\ninputs = [\"input\"]\n\
+                 [ingest.curation]\nsamples_per_shard = 4\n\
+                 [score.clip]\ntower = \"{}\"\nheads = [\"{}\"]\nsize = 32\ncrop = 32\nbatch_size = 4\n\
+                 [filter]\ntop = [\"clip_tiny_head={top}\"]\n\
+                 [dedup]\nclusters = 1\nthreshold = 0.9999\n\
+                 [balance]\nsize = 3\n\
+                 [cache.vae]\nmodel = \"{{out}}/models\"\nresolution = 64\noverwrite = true\n",
+                golden.join("clip_tiny.onnx").display(),
+                golden.join("clip_tiny_head.onnx").display()
+            ),
+        )
+        .unwrap();
+    };
+    let run = || {
+        let o = Command::new(common::bin())
+            .env("ORT_DYLIB_PATH", &ort)
+            .args(["run", "--no-progress"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    write("0.8");
+    let first = run();
+    assert!(line(&first, "score.clip").contains("2 shard(s) done: 6 of 6 samples"), "{first}");
+    assert!(line(&first, "filter").contains("kept 5 of 6 scored samples"), "{first}");
+    assert!(line(&first, "dedup").contains("kept 5 of 5"), "{first}");
+    assert!(line(&first, "balance").contains("kept 3 of 5 captioned samples"), "{first}");
+    let sel = |stage: &str| {
+        pixforge::shards::selection::read_selection(&dir.path().join(format!("run/selection/{stage}.parquet"))).unwrap()
+    };
+    let (filtered, deduped, balanced) = (sel("filter"), sel("dedup"), sel("balance"));
+    assert!(deduped.is_subset(&filtered) && balanced.is_subset(&deduped), "each chooses among the last one's keys");
+    assert_eq!(balanced.len(), 3);
+    let mut cached = Vec::new();
+    for shard in ["00000", "00001"] {
+        let index: Vec<serde_json::Value> = serde_json::from_slice(
+            &std::fs::read(dir.path().join(format!("run/latents/vae/{shard}.index.json"))).unwrap(),
+        )
+        .unwrap();
+        cached
+            .extend(index.iter().filter(|e| e["status"] == "success").map(|e| e["key"].as_str().unwrap().to_string()));
+    }
+    let mut want: Vec<String> = balanced.iter().cloned().collect();
+    want.sort();
+    assert_eq!(cached, want, "the cache takes the last selection");
+
+    let again = run();
+    for stage in ["score.clip", "filter", "dedup", "balance", "cache.vae"] {
+        assert!(line(&again, stage).contains("nothing to do"), "{stage}: {again}");
+    }
+    write("0.5");
+    let changed = run();
+    assert!(line(&changed, "score.clip").contains("nothing to do"), "{changed}");
+    assert!(line(&changed, "filter").contains("kept 3 of 6"), "{changed}");
+    assert!(line(&changed, "dedup").contains("kept 3 of 3"), "{changed}");
+    assert!(sel("balance").is_subset(&sel("filter")), "{changed}");
+    assert!(line(&changed, "cache.vae").contains("shard(s) done"), "the cache follows the new selection: {changed}");
+}

@@ -4,7 +4,7 @@
 
 use candle_core::{Device, Tensor};
 use pixforge::latents::t5::{TextCleaning, TextEncoder};
-use pixforge::train::generate::{generate, NullCondition, SampleOptions};
+use pixforge::train::generate::{generate, NullCondition, SampleConfig, SampleOptions};
 use pixforge::train::sampler::SamplerKind;
 use std::path::{Path, PathBuf};
 
@@ -49,15 +49,17 @@ fn guided_sampling_and_vae_decode_match_the_diffusers_pipeline() {
         official_shape: (4, 8),
         t5: fixtures(),
         vae: fixtures(),
-        size: (16, 16),
-        sampler: SamplerKind::DpmSolverDiffusers,
-        steps: Some(20),
-        cfg: 4.5,
-        null: NullCondition::Empty,
-        cleaning: TextCleaning::Lower,
-        seed: 0,
         noise: Some(noise),
-        binning: true,
+        config: SampleConfig {
+            size: Some("16x16".parse().unwrap()),
+            sampler: SamplerKind::DpmSolverDiffusers,
+            steps: Some(20),
+            cfg: 4.5,
+            null: NullCondition::Empty,
+            cleaning: TextCleaning::Lower,
+            seed: 0,
+            binning: true,
+        },
     };
     let out = generate(&o, &[prompt()], &Device::Cpu).unwrap();
     let want = &g["latents"];

@@ -22,7 +22,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
 
 # The floor of each top-level module of `src/` (the crate root, `lib.rs`, declares them).
 FLOORS = {
-    "shards": 1, "store": 1, "image": 1, "nn": 1, "hub": 1, "rng": 1, "device": 1,
+    "shards": 1, "config": 1, "store": 1, "image": 1, "nn": 1, "hub": 1, "rng": 1, "device": 1,
     "ingest": 2, "caption": 2, "density": 2, "latents": 2, "score": 2, "train": 2, "browse": 2,
     "models": 3, "bench": 3, "pipeline": 3, "demo": 3, "main": 3,
 }

@@ -23,8 +23,8 @@ pub enum NounForm {
 }
 
 /// How nouns are counted. Every choice is a flag of `pixforge density`.
-#[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, clap::Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct CountOptions {
     /// A distinct noun is "valid" when it occurs more than this many times (the paper: 10).
     #[arg(long, default_value_t = 10)]
@@ -45,7 +45,7 @@ pub struct CountOptions {
 
 impl Default for CountOptions {
     fn default() -> Self {
-        Self { valid_threshold: 10, form: NounForm::Lemma, case_sensitive: false, no_proper_nouns: false, top: 50 }
+        crate::config::clap_defaults()
     }
 }
 

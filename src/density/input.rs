@@ -38,14 +38,17 @@ impl std::str::FromStr for NamedInput {
 }
 
 /// Which captions of an input are read.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Selection {
-    /// Caption column or field (default: the first of [`DEFAULT_COLUMNS`] present).
+    /// Caption column (parquet) or field (JSON); default: the first of caption, TEXT, text, alt_text.
+    #[arg(long)]
     pub column: Option<String>,
-    /// Keep only rows whose field equals a value (`category=detail`); our shard parquet keeps
-    /// `status=success` rows on its own.
-    pub filter: Option<(String, String)>,
-    /// Stop after this many captions.
+    /// Keep only rows whose FIELD equals VALUE (e.g. `category=detail`). Shard parquet keeps status=success rows.
+    #[arg(long, value_name = "FIELD=VALUE")]
+    pub filter: Option<crate::config::FieldFilter>,
+    /// Read at most this many captions per input.
+    #[arg(long)]
     pub limit: Option<u64>,
 }
 
@@ -173,9 +176,9 @@ fn json_caption(obj: &serde_json::Map<String, serde_json::Value>, sel: &Selectio
 fn json_keep(obj: &serde_json::Map<String, serde_json::Value>, sel: &Selection) -> bool {
     match &sel.filter {
         None => true,
-        Some((k, v)) => obj.get(k).is_some_and(|x| match x.as_str() {
-            Some(s) => s == v,
-            None => serde_json::from_str::<serde_json::Value>(v).is_ok_and(|p| p == *x),
+        Some(f) => obj.get(&f.field).is_some_and(|x| match x.as_str() {
+            Some(s) => s == f.value,
+            None => serde_json::from_str::<serde_json::Value>(&f.value).is_ok_and(|p| p == *x),
         }),
     }
 }
@@ -276,18 +279,18 @@ fn read_parquet(path: &Path, sel: &Selection, sink: &mut Sink) -> anyhow::Result
     let filter = match &sel.filter {
         Some(f) => Some(f.clone()),
         None if names.iter().any(|n| n == "status") && names.iter().any(|n| n == "key") => {
-            Some(("status".to_string(), "success".to_string()))
+            Some(crate::config::FieldFilter { field: "status".into(), value: "success".into() })
         }
         None => None,
     };
-    if let Some((k, _)) = &filter {
+    if let Some(crate::config::FieldFilter { field: k, .. }) = &filter {
         if !names.contains(k) {
             anyhow::bail!("{}: no column {k:?} to filter on (--filter); columns: {}", path.display(), names.join(", "));
         }
     }
     let rows = reader.num_rows().map_err(ctx)?;
     let mut columns = vec![column.clone()];
-    columns.extend(filter.iter().map(|f| f.0.clone()).filter(|k| *k != column));
+    columns.extend(filter.iter().map(|f| f.field.clone()).filter(|k| *k != column));
     let mut offset = 0;
     while offset < rows && !sink.full() {
         let df = ParquetReader::new(open()?)
@@ -298,13 +301,13 @@ fn read_parquet(path: &Path, sel: &Selection, sink: &mut Sink) -> anyhow::Result
         let caps = df.column(&column).map_err(ctx)?.cast(&DataType::String).map_err(ctx)?;
         let caps = caps.str().map_err(ctx)?;
         let keep = match &filter {
-            Some((k, _)) => Some(df.column(k).map_err(ctx)?.cast(&DataType::String).map_err(ctx)?),
+            Some(f) => Some(df.column(&f.field).map_err(ctx)?.cast(&DataType::String).map_err(ctx)?),
             None => None,
         };
         let keep = keep.as_ref().map(|c| c.str()).transpose().map_err(ctx)?;
         for i in 0..df.height() {
-            if let (Some(keep), Some((_, want))) = (&keep, &filter) {
-                if keep.get(i) != Some(want.as_str()) {
+            if let (Some(keep), Some(f)) = (&keep, &filter) {
+                if keep.get(i) != Some(f.value.as_str()) {
                     continue;
                 }
             }

@@ -12,30 +12,28 @@ use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-/// Everything `pixforge density` needs besides its inputs.
-#[derive(Debug, Clone)]
-pub struct DensityOptions {
+/// The density stage's configuration (the `pixforge density` flags and a pipeline's `[density]`):
+/// everything it needs besides its inputs.
+#[derive(Debug, Clone, PartialEq, clap::Args, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DensityConfig {
     /// How nouns are counted.
+    #[command(flatten)]
     pub count: CountOptions,
-    /// Which captions of each input are read.
+    /// Which captions of each input are read (an input's own selection takes precedence).
+    #[command(flatten)]
     pub selection: Selection,
-    /// A T5 `tokenizer.json` for token-length statistics.
+    /// A T5 tokenizer.json (e.g. t5-v1_1-xxl's): adds T5 token counts and the share truncated at --max-tokens.
+    #[arg(long)]
     pub t5_tokenizer: Option<PathBuf>,
-    /// The token limit the truncation share is measured against (PixArt-α: 120).
+    /// The T5 token limit (PixArt-α embeds 120 tokens).
+    #[arg(long, default_value_t = 120)]
     pub max_tokens: u64,
-    /// Show a progress bar.
-    pub progress: bool,
 }
 
-impl Default for DensityOptions {
+impl Default for DensityConfig {
     fn default() -> Self {
-        Self {
-            count: CountOptions::default(),
-            selection: Selection::default(),
-            t5_tokenizer: None,
-            max_tokens: 120,
-            progress: false,
-        }
+        crate::config::clap_defaults()
     }
 }
 
@@ -114,7 +112,7 @@ pub fn count_input(input: &NamedInput, nc: &NounCounter, sel: &Selection, progre
 }
 
 /// Counts every input and writes the three report files into `out`.
-pub fn run(inputs: &[NamedInput], o: &DensityOptions, out: &Path) -> anyhow::Result<Report> {
+pub fn run(inputs: &[NamedInput], o: &DensityConfig, progress: bool, out: &Path) -> anyhow::Result<Report> {
     if inputs.is_empty() {
         anyhow::bail!("no inputs: give caption files or folders, or --input NAME=PATH");
     }
@@ -129,7 +127,7 @@ pub fn run(inputs: &[NamedInput], o: &DensityOptions, out: &Path) -> anyhow::Res
     let start = std::time::Instant::now();
     let mut metrics = Vec::new();
     for input in inputs {
-        let counter = count_input(input, &nc, input.selection.as_ref().unwrap_or(&o.selection), o.progress)?;
+        let counter = count_input(input, &nc, input.selection.as_ref().unwrap_or(&o.selection), progress)?;
         metrics.push(Metrics::new(&input.name, &input.path.display().to_string(), &counter, &o.count, o.max_tokens));
     }
     let report = Report {

@@ -19,7 +19,7 @@
 
 use crate::shards::stage::{EntryStatus, StageReader};
 use candle_core::{DType, Device, Tensor};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -34,8 +34,24 @@ pub struct ExportOptions {
     pub vae: PathBuf,
     /// Output root.
     pub out: PathBuf,
-    /// Caption length of the `.npz` files (PixArt-α: 120).
+    /// How the export is written.
+    pub config: ExportConfig,
+}
+
+/// The export stage's configuration (the `pixforge export pixart-official` flags and a pipeline's
+/// `[export]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportConfig {
+    /// Caption length of the .npz files (PixArt-α: 120).
+    #[arg(long, default_value_t = 120)]
     pub max_tokens: usize,
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        crate::config::clap_defaults()
+    }
 }
 
 /// What an export wrote.
@@ -172,15 +188,15 @@ pub fn export_official(o: &ExportOptions) -> anyhow::Result<ExportStats> {
 
             let emb = ts.t5_embedding(te, &dev)?;
             let (len, d) = emb.dims2()?;
-            let len = len.min(o.max_tokens);
-            let padded = Tensor::zeros((o.max_tokens, d), DType::F32, &dev)?
+            let len = len.min(o.config.max_tokens);
+            let padded = Tensor::zeros((o.config.max_tokens, d), DType::F32, &dev)?
                 .slice_assign(&[0..len, 0..d], &emb.narrow(0, 0, len)?)?;
-            let mask: Vec<u8> = (0..o.max_tokens).flat_map(|i| i64::from(i < len).to_le_bytes()).collect();
+            let mask: Vec<u8> = (0..o.config.max_tokens).flat_map(|i| i64::from(i < len).to_le_bytes()).collect();
             write_npz(
                 &caption_dir.join(format!("{flat}.npz")),
                 &[
-                    ("caption_feature.npy", npy("<f4", &[1, o.max_tokens, d], &f32_bytes(&padded)?)),
-                    ("attention_mask.npy", npy("<i8", &[1, o.max_tokens], &mask)),
+                    ("caption_feature.npy", npy("<f4", &[1, o.config.max_tokens, d], &f32_bytes(&padded)?)),
+                    ("attention_mask.npy", npy("<i8", &[1, o.config.max_tokens], &mask)),
                 ],
             )?;
             let (mean, std) = vs.vae_moments(ve, &dev)?;

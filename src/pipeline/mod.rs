@@ -7,13 +7,24 @@
 //! ```toml
 //! out = "runs/sam-256"            # every stage writes under it (relative to this file)
 //! [ingest]                        # pixforge ingest's configuration  -> {out}/shards
+//! [score.clip]                    # pixforge score clip's (or [score.laion_emb]) -> {out}/scores
+//! [filter]                        # pixforge filter's rules           -> {out}/selection/filter.parquet
+//! [dedup]                         # pixforge dedup's                  -> {out}/selection/dedup.parquet
+//! [balance]                       # pixforge balance's                -> {out}/selection/balance.parquet
 //! [caption]                       # pixforge caption's               -> {out}/captions
 //! [density]                       # the alt-text against the captions -> {out}/density
 //! [cache.t5]                      # pixforge cache t5's (captions from [caption] when present)
 //! [cache.vae]                     # pixforge cache vae's              -> {out}/latents/{t5,vae}
+//! [export]                        # pixforge export pixart-official's -> {out}/export/pixart-official
 //! [train]                         # a pixforge train config without output_dir and data.caches
 //! [sample]                        # images from prompts with the trained model -> {out}/samples
 //! ```
+//!
+//! Each section is its command's configuration struct, so a field has the same name, meaning and
+//! default in both; a shard stage's section (`[score.*]`, `[caption]`, `[cache.*]`) also takes its
+//! command's `device`, `selection` and `overwrite`. The selection stages run in the order above,
+//! each choosing among the samples the one before kept; the last one's selection is what the
+//! caption and cache stages (and so the training run) take, unless a section names its own.
 //!
 //! `{out}` in any string is the output folder; other relative paths are relative to the file.
 //!
@@ -26,6 +37,7 @@ mod run;
 pub use run::{run, PipelineReport, StageReport};
 
 use crate::shards::stage::StageRun;
+use crate::train::generate::SampleConfig;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -41,15 +53,12 @@ pub struct ModelsStage {
 
 /// The density stage: PixArt-α's Table 1 for the shards' alt-text, the captions, and any other sets.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DensityStage {
     /// Other caption sets to compare, by name: any input `pixforge density` takes, as a path or as
     /// `{ path = "…", column = "text", filter = "category=detail" }`.
-    #[serde(default)]
     pub compare: BTreeMap<String, CompareSet>,
-    /// A T5 tokenizer.json for the token-length statistics.
-    #[serde(default)]
-    pub t5_tokenizer: Option<PathBuf>,
+    /// The `pixforge density` configuration (counting, token statistics).
+    pub config: crate::density::report::DensityConfig,
 }
 
 /// A caption set the density stage compares.
@@ -67,7 +76,7 @@ pub enum CompareSet {
         column: Option<String>,
         /// Keep only rows whose field has a value: `field=value`.
         #[serde(default)]
-        filter: Option<String>,
+        filter: Option<crate::config::FieldFilter>,
     },
 }
 
@@ -89,18 +98,16 @@ impl CompareSet {
     pub fn input(&self, name: &str) -> crate::density::input::NamedInput {
         let selection = match self {
             CompareSet::Path(_) => None,
-            CompareSet::Set { column, filter, .. } => Some(crate::density::input::Selection {
-                column: column.clone(),
-                filter: filter.as_ref().and_then(|f| f.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())),
-                limit: None,
-            }),
+            CompareSet::Set { column, filter, .. } => {
+                Some(crate::density::input::Selection { column: column.clone(), filter: filter.clone(), limit: None })
+            }
         };
         crate::density::input::NamedInput { name: name.into(), path: self.path().to_path_buf(), selection }
     }
 }
 
 /// The sample stage: images from prompts with the trained model's EMA weights (or its raw weights),
-/// the T5 encoder and the VAE.
+/// the T5 encoder and the VAE; the other fields are `pixforge sample`'s ([`SampleConfig`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SampleStage {
@@ -110,47 +117,26 @@ pub struct SampleStage {
     pub t5: PathBuf,
     /// The VAE folder (or a diffusers pipeline folder with vae/).
     pub vae: PathBuf,
-    /// Image size, `WIDTHxHEIGHT`.
-    #[serde(default = "default_sample_size")]
-    pub size: String,
-    /// `dpm-solver` (default), `dpm-solver-diffusers`, `ddim` or `iddpm`.
-    #[serde(default = "default_sampler")]
-    pub sampler: crate::train::sampler::SamplerKind,
-    /// Steps (the sampler's default when absent).
-    #[serde(default)]
-    pub steps: Option<usize>,
-    /// Classifier-free guidance scale.
-    #[serde(default = "default_cfg")]
-    pub cfg: f64,
-    /// The noise seed of the first image (then +1 per image).
-    #[serde(default)]
-    pub seed: u64,
     /// The EMA weights (true) or the trained weights.
     #[serde(default = "default_true")]
     pub ema: bool,
+    /// Size, sampler, steps, guidance, seed: `pixforge sample`'s configuration.
+    #[serde(skip)]
+    pub config: SampleConfig,
 }
 
-fn default_sample_size() -> String {
-    "256x256".into()
-}
-fn default_sampler() -> crate::train::sampler::SamplerKind {
-    crate::train::sampler::SamplerKind::DpmSolver
-}
-fn default_cfg() -> f64 {
-    4.5
-}
 fn default_true() -> bool {
     true
 }
 
-impl SampleStage {
-    /// `size` as (height, width).
-    pub fn hw(&self) -> anyhow::Result<(usize, usize)> {
-        let bad =
-            || anyhow::anyhow!("field `size`: expected WIDTHxHEIGHT in pixels, e.g. 256x256, found {:?}", self.size);
-        let (w, h) = self.size.split_once(['x', 'X']).ok_or_else(bad)?;
-        Ok((h.trim().parse().map_err(|_| bad())?, w.trim().parse().map_err(|_| bad())?))
-    }
+/// The score stage: `[score.clip]` (a CLIP tower and heads) or `[score.laion_emb]` (LAION's
+/// precomputed embeddings), as `pixforge score clip` / `score laion-emb` configure them.
+#[derive(Debug, Clone)]
+pub enum ScoreStage {
+    /// Embeddings from an ONNX tower.
+    Clip(crate::score::stage::ScoreConfig),
+    /// LAION's embeddings matched by key.
+    LaionEmb(crate::score::stage::LaionEmbeddings),
 }
 
 /// What the train stage does when its caches changed after a finished or started run.
@@ -179,6 +165,12 @@ pub struct Dataset {
     pub t5: PathBuf,
     /// Its VAE cache.
     pub vae: PathBuf,
+    /// Its score shards (embeddings and scores).
+    pub scores: PathBuf,
+    /// Its selections (one parquet per selection stage).
+    pub selections: PathBuf,
+    /// Its exports in other trainers' layouts.
+    pub export: PathBuf,
 }
 
 impl Dataset {
@@ -191,7 +183,15 @@ impl Dataset {
             captions: root.join("captions"),
             t5: root.join("latents/t5"),
             vae: root.join("latents/vae"),
+            scores: root.join("scores"),
+            selections: root.join("selection"),
+            export: root.join("export"),
         }
+    }
+
+    /// The selection file a selection stage (`filter`, `dedup`, `balance`) writes.
+    pub fn selection(&self, stage: &str) -> PathBuf {
+        self.selections.join(format!("{stage}.parquet"))
     }
 
     /// `stage` or `stage[name]`.
@@ -215,8 +215,20 @@ pub struct Pipeline {
     pub models: Option<ModelsStage>,
     /// The datasets: one per `[[ingest]]` (one for `[ingest]`, or none given).
     pub datasets: Vec<Dataset>,
+    /// `[score.clip]` or `[score.laion_emb]`.
+    pub score: Option<ScoreStage>,
+    /// The score section's `device`, `selection` and `overwrite`.
+    pub score_run: StageRun,
+    /// `[filter]`.
+    pub filter: Option<crate::score::filter::FilterConfig>,
+    /// `[dedup]`.
+    pub dedup: Option<crate::score::dedup::DedupConfig>,
+    /// `[balance]`.
+    pub balance: Option<crate::score::balance::BalanceConfig>,
     /// `[caption]`.
     pub caption: Option<crate::caption::CaptionConfig>,
+    /// `[caption]`'s `selection` and `overwrite` (its `device` is the section's own field).
+    pub caption_run: StageRun,
     /// `[density]`.
     pub density: Option<DensityStage>,
     /// `[cache.t5]`.
@@ -227,6 +239,8 @@ pub struct Pipeline {
     pub vae: Option<crate::latents::cache::VaeCacheConfig>,
     /// `[cache.vae]`'s `device`, `selection` and `overwrite`.
     pub vae_run: StageRun,
+    /// `[export]` (the official PixArt code's layout).
+    pub export: Option<crate::latents::export::ExportConfig>,
     /// `[train]`, with its output folder and caches filled in.
     pub train: Option<crate::train::config::TrainConfig>,
     /// `[train] when_data_changes`.
@@ -236,7 +250,25 @@ pub struct Pipeline {
 }
 
 /// The stage sections a pipeline file may have.
-const SECTIONS: [&str; 8] = ["out", "description", "models", "ingest", "caption", "density", "cache", "sample"];
+const SECTIONS: [&str; 14] = [
+    "out",
+    "description",
+    "models",
+    "ingest",
+    "score",
+    "filter",
+    "dedup",
+    "balance",
+    "caption",
+    "density",
+    "cache",
+    "export",
+    "train",
+    "sample",
+];
+
+/// The selection stages, in the order they run.
+pub const SELECTION_STAGES: [&str; 3] = ["filter", "dedup", "balance"];
 
 impl Pipeline {
     /// Reads `file`; `out` overrides its `out`. Errors name the file, the stage and the field.
@@ -252,10 +284,11 @@ impl Pipeline {
         let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut doc: toml::Table = toml::from_str(text).map_err(|e| anyhow::anyhow!("{f}: not valid TOML: {e}"))?;
         for key in doc.keys() {
-            if !SECTIONS.contains(&key.as_str()) && key != "train" {
+            if !SECTIONS.contains(&key.as_str()) {
                 anyhow::bail!(
-                    "{f}: unknown stage `{key}`; a pipeline has out, description, [models], [ingest], [caption], \
-                     [density], [cache.t5], [cache.vae], [train] and [sample]"
+                    "{f}: unknown stage `{key}`; a pipeline has out, description, [models], [ingest], \
+                     [score.clip] or [score.laion_emb], [filter], [dedup], [balance], [caption], [density], \
+                     [cache.t5], [cache.vae], [export], [train] and [sample]"
                 );
             }
         }
@@ -298,9 +331,51 @@ impl Pipeline {
             }
             Some(v) => vec![Dataset::new(&out, "", Some(typed::<crate::ingest::IngestConfig>(file, "ingest", v)?))],
         };
+        let score_section = match stage("score") {
+            Some(toml::Value::Table(t)) => t,
+            Some(v) => {
+                anyhow::bail!("{f}: stage `score`: expected a [score.clip] or [score.laion_emb] table, found {v}")
+            }
+            None => toml::Table::new(),
+        };
+        let (mut score, mut score_run) = (None, StageRun::default());
+        for (key, v) in score_section {
+            let label = format!("score.{key}");
+            if score.is_some() {
+                anyhow::bail!("{f}: stage `{label}`: a pipeline scores once: [score.clip] or [score.laion_emb]");
+            }
+            let (section, run) = split_run(file, &label, Some(v), &["device", "selection", "overwrite"])?;
+            let section = section.expect("split_run keeps a section it was given");
+            score = Some(match key.as_str() {
+                "clip" => ScoreStage::Clip(typed(file, &label, section)?),
+                "laion_emb" => ScoreStage::LaionEmb(typed(file, &label, section)?),
+                _ => anyhow::bail!("{f}: unknown stage `{label}`; expected [score.clip] or [score.laion_emb]"),
+            });
+            score_run = run;
+        }
+        let filter = stage("filter").map(|v| typed(file, "filter", v)).transpose()?;
+        let dedup = stage("dedup").map(|v| typed(file, "dedup", v)).transpose()?;
+        let balance = stage("balance").map(|v| typed(file, "balance", v)).transpose()?;
+        let (caption_section, mut caption_run) =
+            split_run(file, "caption", stage("caption"), &["selection", "overwrite"])?;
         let mut caption =
-            stage("caption").map(|v| typed::<crate::caption::CaptionConfig>(file, "caption", v)).transpose()?;
-        let mut density = stage("density").map(|v| typed::<DensityStage>(file, "density", v)).transpose()?;
+            caption_section.map(|v| typed::<crate::caption::CaptionConfig>(file, "caption", v)).transpose()?;
+        if let Some(c) = &caption {
+            caption_run.device = c.device.clone();
+        }
+        let mut density = match stage("density") {
+            None => None,
+            Some(toml::Value::Table(mut t)) => {
+                let compare = match t.remove("compare") {
+                    None => BTreeMap::new(),
+                    Some(v) => typed::<BTreeMap<String, CompareSet>>(file, "density", v)
+                        .map_err(|e| anyhow::anyhow!("{e:#} (field `compare`)"))?,
+                };
+                Some(DensityStage { compare, config: typed(file, "density", toml::Value::Table(t))? })
+            }
+            Some(v) => anyhow::bail!("{f}: stage `density`: expected a table, found {v}"),
+        };
+        let export = stage("export").map(|v| typed(file, "export", v)).transpose()?;
         let cache = match stage("cache") {
             Some(toml::Value::Table(t)) => t,
             Some(v) => anyhow::bail!("{f}: stage `cache`: expected [cache.t5] and/or [cache.vae] tables, found {v}"),
@@ -311,10 +386,11 @@ impl Pipeline {
                 anyhow::bail!("{f}: unknown stage `cache.{key}`; expected [cache.t5] and/or [cache.vae]");
             }
         }
-        let (t5_section, mut t5_run) = split_run(file, "cache.t5", cache.get("t5").cloned())?;
+        const RUN: [&str; 3] = ["device", "selection", "overwrite"];
+        let (t5_section, mut t5_run) = split_run(file, "cache.t5", cache.get("t5").cloned(), &RUN)?;
         let mut t5 =
             t5_section.map(|v| typed::<crate::latents::cache::T5CacheConfig>(file, "cache.t5", v)).transpose()?;
-        let (vae_section, mut vae_run) = split_run(file, "cache.vae", cache.get("vae").cloned())?;
+        let (vae_section, mut vae_run) = split_run(file, "cache.vae", cache.get("vae").cloned(), &RUN)?;
         let mut vae =
             vae_section.map(|v| typed::<crate::latents::cache::VaeCacheConfig>(file, "cache.vae", v)).transpose()?;
         let (train, when_data_changes) = match stage("train") {
@@ -346,12 +422,23 @@ impl Pipeline {
             }
             Some(v) => anyhow::bail!("{f}: stage `train`: expected a table, found {v}"),
         };
-        let mut sample = stage("sample").map(|v| typed::<SampleStage>(file, "sample", v)).transpose()?;
-        if let Some(smp) = &sample {
-            smp.hw().map_err(|e| anyhow::anyhow!("{f}: stage `sample`, {e}"))?;
-            if train.is_none() {
-                anyhow::bail!("{f}: stage `sample` samples the model of [train]: add a [train] stage");
+        let mut sample = match stage("sample") {
+            None => None,
+            Some(toml::Value::Table(mut t)) => {
+                let mut own = toml::Table::new();
+                for key in ["prompts", "t5", "vae", "ema"] {
+                    if let Some(v) = t.remove(key) {
+                        own.insert(key.into(), v);
+                    }
+                }
+                let mut smp = typed::<SampleStage>(file, "sample", toml::Value::Table(own))?;
+                smp.config = typed(file, "sample", toml::Value::Table(t))?;
+                Some(smp)
             }
+            Some(v) => anyhow::bail!("{f}: stage `sample`: expected a table, found {v}"),
+        };
+        if sample.is_some() && train.is_none() {
+            anyhow::bail!("{f}: stage `sample` samples the model of [train]: add a [train] stage");
         }
         // Relative paths are relative to the file.
         let fix = |p: &mut PathBuf| {
@@ -371,7 +458,16 @@ impl Pipeline {
         }
         if let Some(d) = &mut density {
             d.compare.values_mut().for_each(|c| fix(c.path_mut()));
-            d.t5_tokenizer.iter_mut().for_each(fix);
+            d.config.t5_tokenizer.iter_mut().for_each(fix);
+        }
+        if let Some(ScoreStage::Clip(c)) = &mut score {
+            fix(&mut c.tower);
+            c.heads.iter_mut().chain(c.pixel_heads.iter_mut()).for_each(fix);
+        }
+        if let Some(ScoreStage::LaionEmb(l)) = &mut score {
+            fix(&mut l.emb_dir);
+            fix(&mut l.meta_dir);
+            l.heads.iter_mut().for_each(fix);
         }
         if let Some(t) = &mut t5 {
             fix(&mut t.model);
@@ -379,7 +475,9 @@ impl Pipeline {
         if let Some(v) = &mut vae {
             fix(&mut v.model);
         }
-        t5_run.selection.iter_mut().chain(vae_run.selection.iter_mut()).for_each(fix);
+        for run in [&mut t5_run, &mut vae_run, &mut score_run, &mut caption_run] {
+            run.selection.iter_mut().for_each(fix);
+        }
         if let Some(smp) = &mut sample {
             fix(&mut smp.prompts);
             fix(&mut smp.t5);
@@ -390,12 +488,19 @@ impl Pipeline {
             out,
             models,
             datasets,
+            score,
+            score_run,
+            filter,
+            dedup,
+            balance,
             caption,
+            caption_run,
             density,
             t5,
             t5_run,
             vae,
             vae_run,
+            export,
             train,
             when_data_changes,
             sample,
@@ -407,9 +512,35 @@ impl Pipeline {
     /// to exist ([`Pipeline::check_paths`] checks those).
     pub fn check(&self) -> anyhow::Result<()> {
         let f = self.file.display();
-        for (stage, run) in [("cache.t5", &self.t5_run), ("cache.vae", &self.vae_run)] {
+        for (stage, run) in self.shard_runs() {
             crate::device::DeviceName::parse(&run.device)
                 .map_err(|e| anyhow::anyhow!("{f}: stage `{stage}`, field `device`: {e}"))?;
+        }
+        if let Some(flt) = &self.filter {
+            flt.rules().map_err(|e| anyhow::anyhow!("{f}: stage `filter`: {e:#}"))?;
+        }
+        for (stage, needs_score) in [("filter", self.filter.is_some()), ("dedup", self.dedup.is_some())] {
+            if needs_score && self.score.is_none() {
+                anyhow::bail!(
+                    "{f}: stage `{stage}` reads the scores of a score stage: add [score.clip] or [score.laion_emb]"
+                );
+            }
+        }
+        if let Some(d) = &self.dedup {
+            if !(0.0..=1.0).contains(&d.threshold) {
+                anyhow::bail!(
+                    "{f}: stage `dedup`, field `threshold`: expected a cosine similarity in [0, 1], found {}",
+                    d.threshold
+                );
+            }
+        }
+        if let Some(b) = &self.balance {
+            if b.size == 0 {
+                anyhow::bail!("{f}: stage `balance`, field `size`: expected at least 1 sample, found 0");
+            }
+        }
+        if self.export.is_some() && (self.t5.is_none() || self.vae.is_none()) {
+            anyhow::bail!("{f}: stage `export` writes the pipeline's caches: add [cache.t5] and [cache.vae]");
         }
         if let Some(c) = &self.caption {
             if c.backend == crate::caption::Backend::Openai && c.endpoint.is_none() {
@@ -419,9 +550,9 @@ impl Pipeline {
         if let Some(d) = &self.density {
             for (name, c) in &d.compare {
                 if let CompareSet::Set { filter: Some(flt), .. } = c {
-                    if !flt.contains('=') {
+                    if flt.value.is_empty() {
                         anyhow::bail!(
-                            "{f}: stage `density`, field `compare.{name}.filter`: expected field=value, found {flt:?}"
+                            "{f}: stage `density`, field `compare.{name}.filter`: expected field=value, found \"{flt}\""
                         );
                     }
                 }
@@ -466,7 +597,29 @@ impl Pipeline {
                 }
             }
         }
-        for (stage, run) in [("cache.t5", &self.t5_run), ("cache.vae", &self.vae_run)] {
+        if let Some(ScoreStage::Clip(c)) = &self.score {
+            for (field, p) in std::iter::once(("tower", &c.tower))
+                .chain(c.heads.iter().map(|h| ("heads", h)))
+                .chain(c.pixel_heads.iter().map(|h| ("pixel_heads", h)))
+            {
+                if !exists(p) {
+                    anyhow::bail!("{f}: stage `score.clip`, field `{field}`: {}: no such file", p.display());
+                }
+            }
+        }
+        if let Some(ScoreStage::LaionEmb(l)) = &self.score {
+            for (field, p) in [("emb_dir", &l.emb_dir), ("meta_dir", &l.meta_dir)] {
+                if !exists(p) {
+                    anyhow::bail!("{f}: stage `score.laion_emb`, field `{field}`: {}: no such folder", p.display());
+                }
+            }
+        }
+        if let Some(t) = self.density.as_ref().and_then(|d| d.config.t5_tokenizer.as_ref()) {
+            if !exists(t) {
+                anyhow::bail!("{f}: stage `density`, field `t5_tokenizer`: {}: no such file", t.display());
+            }
+        }
+        for (stage, run) in self.shard_runs() {
             if let Some(sel) = run.selection.as_ref().filter(|s| !s.exists()) {
                 anyhow::bail!("{f}: stage `{stage}`, field `selection`: {}: no such file", sel.display());
             }
@@ -485,6 +638,45 @@ impl Pipeline {
     }
 }
 
+impl Pipeline {
+    /// Each shard stage present with its run settings.
+    fn shard_runs(&self) -> Vec<(&'static str, &StageRun)> {
+        let mut runs = Vec::new();
+        if let Some(s) = &self.score {
+            runs.push((
+                if matches!(s, ScoreStage::Clip(_)) { "score.clip" } else { "score.laion_emb" },
+                &self.score_run,
+            ));
+        }
+        if self.caption.is_some() {
+            runs.push(("caption", &self.caption_run));
+        }
+        if self.t5.is_some() {
+            runs.push(("cache.t5", &self.t5_run));
+        }
+        if self.vae.is_some() {
+            runs.push(("cache.vae", &self.vae_run));
+        }
+        runs
+    }
+
+    /// The selection stages present, in the order they run.
+    pub fn selection_stages(&self) -> Vec<&'static str> {
+        let present = [self.filter.is_some(), self.dedup.is_some(), self.balance.is_some()];
+        SELECTION_STAGES.iter().zip(present).filter(|(_, p)| *p).map(|(s, _)| *s).collect()
+    }
+
+    /// The selection a shard stage after the selection stages takes for `ds`: its own, else the
+    /// last selection stage's.
+    pub fn selection_for(&self, run: &StageRun, ds: &Dataset) -> StageRun {
+        let mut run = run.clone();
+        if run.selection.is_none() {
+            run.selection = self.selection_stages().last().map(|s| ds.selection(s));
+        }
+        run
+    }
+}
+
 /// Replaces `{out}` in every string of `v`.
 fn substitute_out(t: &mut toml::Table, out: &str) {
     fn walk(v: &mut toml::Value, out: &str) {
@@ -498,15 +690,19 @@ fn substitute_out(t: &mut toml::Table, out: &str) {
     t.iter_mut().for_each(|(_, v)| walk(v, out));
 }
 
-/// A stage's section as `T`, an error naming the file, the stage and the field.
 /// A shard stage's section split into what the stage computes and how it runs ([`StageRun`]: the
-/// `device`, `selection` and `overwrite` fields its command takes as flags).
-fn split_run(file: &Path, stage: &str, v: Option<toml::Value>) -> anyhow::Result<(Option<toml::Value>, StageRun)> {
+/// `keys` of `device`, `selection` and `overwrite` its command takes as flags).
+fn split_run(
+    file: &Path,
+    stage: &str,
+    v: Option<toml::Value>,
+    keys: &[&str],
+) -> anyhow::Result<(Option<toml::Value>, StageRun)> {
     let Some(toml::Value::Table(mut t)) = v else {
         return Ok((v, StageRun::default()));
     };
     let mut run = toml::Table::new();
-    for key in ["device", "selection", "overwrite"] {
+    for &key in keys {
         if let Some(x) = t.remove(key) {
             run.insert(key.into(), x);
         }
@@ -514,6 +710,7 @@ fn split_run(file: &Path, stage: &str, v: Option<toml::Value>) -> anyhow::Result
     Ok((Some(toml::Value::Table(t)), typed::<StageRun>(file, stage, toml::Value::Table(run))?))
 }
 
+/// A stage's section as `T`, an error naming the file, the stage and the field.
 fn typed<T: DeserializeOwned>(file: &Path, stage: &str, v: toml::Value) -> anyhow::Result<T> {
     let f = file.display();
     let table = match v {

@@ -1,9 +1,8 @@
 //! Running a pipeline: each stage in order, each resumable, with a line per stage saying what it did
 //! (or that it had nothing to do) and the paths of what it wrote.
 
-use super::{Pipeline, WhenDataChanges};
-use crate::shards::stage::{StageOptions, StageRunStats};
-use sha2::{Digest, Sha256};
+use super::{Dataset, Pipeline, ScoreStage, WhenDataChanges};
+use crate::shards::stage::{DoneMarker, InputsDigest, StageOptions, StageRun, StageRunStats};
 use std::path::{Path, PathBuf};
 
 /// What one stage did.
@@ -26,6 +25,8 @@ pub struct PipelineReport {
     pub stages: Vec<StageReport>,
     /// The ingest stage's totals (this run).
     pub ingest: Option<crate::shards::RunStats>,
+    /// The score stage's run.
+    pub scores: Option<StageRunStats>,
     /// The caption stage's run.
     pub captions: Option<StageRunStats>,
     /// The density report, when it was made in this run.
@@ -104,27 +105,66 @@ pub fn run(p: &Pipeline, progress: bool, worker: crate::shards::Worker) -> anyho
         });
         merge_ingest(&mut r.ingest, stats);
     }
+    if let Some(score) = &p.score {
+        for ds in &p.datasets {
+            let (label, run) = match score {
+                ScoreStage::Clip(_) => (ds.label("score.clip"), &p.score_run),
+                ScoreStage::LaionEmb(_) => (ds.label("score.laion_emb"), &p.score_run),
+            };
+            let opts = run
+                .apply(options(&ds.shards, &ds.scores, progress, worker))
+                .map_err(|e| e.context(stage_err(&label)))?;
+            let stats = match score {
+                ScoreStage::Clip(cfg) => {
+                    let cuda = crate::device::DeviceName::parse(&run.device)?.cuda_ordinal().map(|n| n as i32);
+                    crate::score::stage::run(cfg, &opts, cuda)
+                }
+                ScoreStage::LaionEmb(cfg) => crate::score::stage::run_laion(cfg, &opts),
+            }
+            .map_err(|e| e.context(stage_err(&label)))?;
+            failed_shards(&label, &stats)?;
+            r.stages.push(cache_report(&label, &stats, "scores", &ds.scores));
+            merge_cache(&mut r.scores, stats);
+        }
+    }
+    // The selection stages see the whole dataset: a worker of several leaves them, and the shard
+    // stages that take their selection, for a run after every worker's scores are done.
+    let mut selection_pending = false;
+    for ds in &p.datasets {
+        let mut previous: Option<PathBuf> = None;
+        for stage in p.selection_stages() {
+            let label = ds.label(stage);
+            let marker =
+                selection_marker(p, ds, stage, previous.as_deref()).map_err(|e| e.context(stage_err(&label)))?;
+            if share && !marker.is_current() {
+                selection_pending = true;
+                r.stages.push(left_for_final(&label, worker));
+                break;
+            }
+            let report =
+                selection(p, ds, stage, previous.as_deref(), &marker).map_err(|e| e.context(stage_err(&label)))?;
+            r.stages.push(report);
+            previous = Some(ds.selection(stage));
+        }
+    }
+    let selected = |run: &StageRun, ds: &Dataset| p.selection_for(run, ds);
     if let Some(cfg) = &p.caption {
         for ds in &p.datasets {
             let label = ds.label("caption");
-            let stats = crate::caption::run(cfg, &options(&ds.shards, &ds.captions, progress, worker))
+            if selection_pending {
+                r.stages.push(left_for_final(&label, worker));
+                continue;
+            }
+            let opts = selected(&p.caption_run, ds)
+                .apply(options(&ds.shards, &ds.captions, progress, worker))
                 .map_err(|e| e.context(stage_err(&label)))?;
+            let stats = crate::caption::run(cfg, &opts).map_err(|e| e.context(stage_err(&label)))?;
             failed_shards(&label, &stats)?;
             r.stages.push(cache_report(&label, &stats, "captions", &ds.captions));
             merge_cache(&mut r.captions, stats);
         }
     }
-    let whole = |stage: &str| {
-        StageReport {
-        stage: stage.into(),
-        did_work: false,
-        summary: format!(
-            "left for the final run (this is worker {} of {}: run the pipeline once more with one worker when every worker is done)",
-            worker.index, worker.count
-        ),
-        artifacts: Vec::new(),
-    }
-    };
+    let whole = |stage: &str| left_for_final(stage, worker);
     if let (Some(_), true) = (&p.density, share) {
         r.stages.push(whole("density"));
     } else if let Some(d) = &p.density {
@@ -136,13 +176,16 @@ pub fn run(p: &Pipeline, progress: bool, worker: crate::shards::Worker) -> anyho
     if let Some(cfg) = &p.t5 {
         for ds in &p.datasets {
             let label = ds.label("cache.t5");
+            if selection_pending {
+                r.stages.push(left_for_final(&label, worker));
+                continue;
+            }
             let mut cfg = cfg.clone();
             if p.caption.is_some() && cfg.captions.is_none() {
                 cfg.captions = Some(ds.captions.clone());
             }
             let dev = crate::device::device(&p.t5_run.device).map_err(|e| e.context(stage_err(&label)))?;
-            let opts = p
-                .t5_run
+            let opts = selected(&p.t5_run, ds)
                 .apply(options(&ds.shards, &ds.t5, progress, worker))
                 .map_err(|e| e.context(stage_err(&label)))?;
             let stats =
@@ -155,9 +198,12 @@ pub fn run(p: &Pipeline, progress: bool, worker: crate::shards::Worker) -> anyho
     if let Some(cfg) = &p.vae {
         for ds in &p.datasets {
             let label = ds.label("cache.vae");
+            if selection_pending {
+                r.stages.push(left_for_final(&label, worker));
+                continue;
+            }
             let dev = crate::device::device(&p.vae_run.device).map_err(|e| e.context(stage_err(&label)))?;
-            let opts = p
-                .vae_run
+            let opts = selected(&p.vae_run, ds)
                 .apply(options(&ds.shards, &ds.vae, progress, worker))
                 .map_err(|e| e.context(stage_err(&label)))?;
             let stats =
@@ -165,6 +211,16 @@ pub fn run(p: &Pipeline, progress: bool, worker: crate::shards::Worker) -> anyho
             failed_shards(&label, &stats)?;
             r.stages.push(cache_report(&label, &stats, "vae", &ds.vae));
             merge_cache(&mut r.vae, stats);
+        }
+    }
+    if let Some(cfg) = &p.export {
+        for ds in &p.datasets {
+            let label = ds.label("export");
+            if share {
+                r.stages.push(whole(&label));
+                continue;
+            }
+            r.stages.push(export(cfg, ds, &label).map_err(|e| e.context(stage_err(&label)))?);
         }
     }
     if let (Some(_), true) = (&p.train, share) {
@@ -193,14 +249,11 @@ fn sample(
         .pop()
         .ok_or_else(|| anyhow::anyhow!("{}: no checkpoint to sample from", train.output_dir.display()))?;
     let weights = ckpt.join(if s.ema { "ema.safetensors" } else { "model.safetensors" });
-    let mut h = Sha256::new();
-    h.update(crate::shards::stage::sha256_file(&weights)?);
-    h.update(serde_json::to_vec(s)?);
-    h.update(std::fs::read(&s.prompts).map_err(|e| anyhow::anyhow!("{}: {e}", s.prompts.display()))?);
-    let digest = hex::encode(&h.finalize()[..16]);
-    let marker = out.join("inputs.sha256");
+    let mut digest = InputsDigest::new();
+    digest.file(&weights)?.value(s)?.value(&s.config)?.file(&s.prompts)?;
+    let marker = DoneMarker::new(out.join("inputs.sha256"), digest.finish());
     let artifacts = vec![("images".into(), out.to_path_buf())];
-    if std::fs::read_to_string(&marker).ok().as_deref() == Some(digest.as_str()) {
+    if marker.is_current() {
         return Ok(StageReport {
             stage: "sample".into(),
             did_work: false,
@@ -215,18 +268,11 @@ fn sample(
         official_shape: (train.model.heads, train.model.sample_size),
         t5: s.t5.clone(),
         vae: s.vae.clone(),
-        size: s.hw()?,
-        sampler: s.sampler,
-        steps: s.steps,
-        cfg: s.cfg,
-        null: crate::train::generate::NullCondition::Auto,
-        cleaning: Default::default(),
-        seed: s.seed,
         noise: None,
-        binning: true,
+        config: s.config.clone(),
     };
     let paths = crate::train::generate::run(&o, &prompts, out, &crate::device::device(&train.device)?)?;
-    crate::shards::write_atomic(&marker, digest.as_bytes())?;
+    marker.write()?;
     Ok(StageReport {
         stage: "sample".into(),
         did_work: true,
@@ -332,17 +378,119 @@ fn tiny_models(kinds: &[String], dir: &Path) -> anyhow::Result<StageReport> {
     })
 }
 
-/// The sha256 of every `_stats.json` in `dirs` (what a later stage was made from).
-fn stats_digest(dirs: &[&Path]) -> anyhow::Result<String> {
-    let mut h = Sha256::new();
-    for dir in dirs {
-        for s in crate::shards::done_shards(dir)? {
-            let p = dir.join(format!("{}_stats.json", crate::shards::shard_name(s)));
-            h.update(p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
-            h.update(std::fs::read(&p)?);
-        }
+/// A line for a stage a worker of several leaves for the final run.
+fn left_for_final(stage: &str, worker: crate::shards::Worker) -> StageReport {
+    StageReport {
+        stage: stage.into(),
+        did_work: false,
+        summary: format!(
+            "left for the final run (this is worker {} of {}: run the pipeline once more with one worker when every worker is done)",
+            worker.index, worker.count
+        ),
+        artifacts: Vec::new(),
     }
-    Ok(hex::encode(&h.finalize()[..16]))
+}
+
+/// The done marker of a selection stage of `ds`: its configuration, what it reads (the score
+/// shards, the source shards) and the selection before it.
+fn selection_marker(p: &Pipeline, ds: &Dataset, stage: &str, previous: Option<&Path>) -> anyhow::Result<DoneMarker> {
+    let mut d = InputsDigest::new();
+    d.bytes(stage.as_bytes());
+    match stage {
+        "filter" => d.value(&p.filter)?.shards(&ds.scores)?,
+        "dedup" => d.value(&p.dedup)?.shards(&ds.scores)?,
+        _ => d.value(&p.balance)?.shards(&ds.shards)?,
+    };
+    if let Some(prev) = previous {
+        d.file(prev)?;
+    }
+    Ok(DoneMarker::new(ds.selections.join(format!("{stage}.inputs.sha256")), d.finish()))
+}
+
+/// Runs one selection stage over `ds` (among the keys the `previous` selection kept), unless its
+/// selection is current.
+fn selection(
+    p: &Pipeline,
+    ds: &Dataset,
+    stage: &str,
+    previous: Option<&Path>,
+    marker: &DoneMarker,
+) -> anyhow::Result<StageReport> {
+    let out = ds.selection(stage);
+    let artifacts = vec![("selection".into(), out.clone())];
+    let label = ds.label(stage);
+    if marker.is_current() && out.is_file() {
+        return Ok(StageReport {
+            stage: label,
+            did_work: false,
+            summary: "nothing to do (the selection is current)".into(),
+            artifacts,
+        });
+    }
+    std::fs::create_dir_all(&ds.selections)
+        .map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", ds.selections.display()))?;
+    let within = previous.map(crate::shards::selection::read_selection).transpose()?;
+    let scores = std::slice::from_ref(&ds.scores);
+    let summary = match stage {
+        "filter" => {
+            let cfg = p.filter.as_ref().expect("a filter stage has its section");
+            let r = crate::score::filter::run(scores, &cfg.rules()?, &out)?;
+            format!("kept {} of {} scored samples", r.kept, r.input)
+        }
+        "dedup" => {
+            let cfg = p.dedup.as_ref().expect("a dedup stage has its section");
+            let r = crate::score::dedup::run_within(scores, cfg, within.as_ref(), &out)?;
+            format!(
+                "kept {} of {}: {} near-duplicates removed in {} groups",
+                r.kept,
+                r.input,
+                r.removed,
+                r.groups.len()
+            )
+        }
+        _ => {
+            let cfg = p.balance.as_ref().expect("a balance stage has its section");
+            let r = crate::score::balance::run_within(&ds.shards, cfg, within.as_ref(), &out)?;
+            format!(
+                "kept {} of {} captioned samples: distinct nouns {} → {}",
+                r.selected, r.input, r.before.distinct_nouns, r.after.distinct_nouns
+            )
+        }
+    };
+    marker.write()?;
+    Ok(StageReport { stage: label, did_work: true, summary, artifacts })
+}
+
+/// The official PixArt code's layout of `ds`'s shards and caches, unless it is current.
+fn export(cfg: &crate::latents::export::ExportConfig, ds: &Dataset, label: &str) -> anyhow::Result<StageReport> {
+    let out = ds.export.join("pixart-official");
+    let mut d = InputsDigest::new();
+    d.value(cfg)?.shards(&ds.shards)?.shards(&ds.t5)?.shards(&ds.vae)?;
+    let marker = DoneMarker::new(out.join("inputs.sha256"), d.finish());
+    let artifacts = vec![("pixart_official".into(), out.clone())];
+    if marker.is_current() {
+        return Ok(StageReport {
+            stage: label.into(),
+            did_work: false,
+            summary: "nothing to do (the export is current)".into(),
+            artifacts,
+        });
+    }
+    let o = crate::latents::export::ExportOptions {
+        shards: ds.shards.clone(),
+        t5: ds.t5.clone(),
+        vae: ds.vae.clone(),
+        out: out.clone(),
+        config: cfg.clone(),
+    };
+    let stats = crate::latents::export::export_official(&o)?;
+    marker.write()?;
+    Ok(StageReport {
+        stage: label.into(),
+        did_work: true,
+        summary: format!("{} sample(s) in the official layout ({} not in both caches)", stats.samples, stats.skipped),
+        artifacts,
+    })
 }
 
 /// The density report of each dataset's alt-text (when its source has any) and captions, and the
@@ -355,31 +503,29 @@ fn density(
 ) -> anyhow::Result<(Option<crate::density::report::Report>, StageReport)> {
     use crate::density::input::NamedInput;
     let mut inputs = Vec::new();
-    let mut h = Sha256::new();
+    let mut h = InputsDigest::new();
     for ds in datasets {
         let named = |what: &str| if ds.name.is_empty() { what.to_string() } else { format!("{what} ({})", ds.name) };
         let has_alt = ds.ingest.as_ref().is_none_or(|i| i.source != crate::ingest::SourceKind::Sa1b);
         if has_alt {
             inputs.push(NamedInput { name: named("alt-text"), path: ds.shards.clone(), selection: None });
-            h.update(stats_digest(&[&ds.shards])?);
+            h.shards(&ds.shards)?;
         }
         if with_captions {
             inputs.push(NamedInput { name: named("captions"), path: ds.captions.clone(), selection: None });
-            h.update(stats_digest(&[&ds.captions])?);
+            h.shards(&ds.captions)?;
         }
     }
     for (name, set) in &d.compare {
         inputs.push(set.input(name));
-        h.update(name);
-        h.update(serde_json::to_vec(set)?);
-        h.update(std::fs::metadata(set.path()).map(|m| m.len()).unwrap_or(0).to_le_bytes());
+        h.bytes(name.as_bytes()).value(set)?;
+        h.bytes(&std::fs::metadata(set.path()).map(|m| m.len()).unwrap_or(0).to_le_bytes());
     }
-    h.update(serde_json::to_vec(&d.t5_tokenizer)?);
-    let digest = hex::encode(&h.finalize()[..16]);
-    let marker = out.join("inputs.sha256");
+    h.value(&d.config)?;
+    let marker = DoneMarker::new(out.join("inputs.sha256"), h.finish());
     let report_json = out.join("report.json");
     let artifacts = vec![("report".into(), out.join("report.html"))];
-    if std::fs::read_to_string(&marker).ok().as_deref() == Some(digest.as_str()) && report_json.is_file() {
+    if marker.is_current() && report_json.is_file() {
         let stage = StageReport {
             stage: "density".into(),
             did_work: false,
@@ -388,13 +534,8 @@ fn density(
         };
         return Ok((None, stage));
     }
-    let o = crate::density::report::DensityOptions {
-        t5_tokenizer: d.t5_tokenizer.clone(),
-        progress: false,
-        ..Default::default()
-    };
-    let report = crate::density::report::run(&inputs, &o, out)?;
-    crate::shards::write_atomic(&marker, digest.as_bytes())?;
+    let report = crate::density::report::run(&inputs, &d.config, false, out)?;
+    marker.write()?;
     let names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
     let stage = StageReport {
         stage: "density".into(),
@@ -414,8 +555,11 @@ fn train(
     use crate::train::run::Resume;
     let run_dir = &cfg.output_dir;
     let caches: Vec<&Path> = cfg.data.caches.iter().flat_map(|c| [c.t5.as_path(), c.vae.as_path()]).collect();
-    let digest = stats_digest(&caches)?;
-    let marker = run_dir.join("data.sha256");
+    let mut digest = InputsDigest::new();
+    for dir in caches {
+        digest.shards(dir)?;
+    }
+    let marker = DoneMarker::new(run_dir.join("data.sha256"), digest.finish());
     let checkpoints = if run_dir.is_dir() { crate::train::checkpoint::list(run_dir)? } else { Vec::new() };
     let artifacts = vec![
         ("log".into(), run_dir.join("log.jsonl")),
@@ -425,7 +569,7 @@ fn train(
     ];
     let mut resume = Resume::No;
     if let Some((step, _)) = checkpoints.last() {
-        let same = std::fs::read_to_string(&marker).ok().as_deref() == Some(digest.as_str());
+        let same = marker.is_current();
         if !same {
             match when {
                 WhenDataChanges::Stop => anyhow::bail!(
@@ -449,7 +593,7 @@ fn train(
         }
     }
     std::fs::create_dir_all(run_dir)?;
-    crate::shards::write_atomic(&marker, digest.as_bytes())?;
+    marker.write()?;
     let summary = crate::train::run::run(cfg, &resume)?;
     let stage = StageReport {
         stage: "train".into(),

@@ -10,17 +10,24 @@ use crate::density::counts::{CountOptions, Counter, NounCounter, Work};
 use crate::density::metrics::Metrics;
 use crate::density::tagger::Tagger;
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BinaryHeap, HashMap};
 
-/// How many to choose and the cap per noun.
-#[derive(Debug, Clone)]
+/// The balance stage's configuration (the `pixforge balance` flags and a pipeline's `[balance]`):
+/// how many to choose and the cap per noun.
+#[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
 pub struct BalanceConfig {
-    /// Captions to select (at most; fewer when every remaining caption's nouns are capped).
+    /// Samples to select (at most; fewer when every remaining caption's nouns are capped).
+    #[arg(long)]
     pub size: usize,
-    /// Most times a noun may occur in the selection's captions (0: no cap).
+    /// Nouns at this many occurrences in the selection add nothing more (0: no cap).
+    #[arg(long, default_value_t = 0)]
+    #[serde(default)]
     pub cap: u64,
     /// Noun counting (lemmas, proper nouns, the valid-noun threshold of the reports).
+    #[command(flatten)]
+    #[serde(default)]
     pub count: CountOptions,
 }
 
@@ -125,14 +132,47 @@ pub struct BalanceReport {
     pub out: std::path::PathBuf,
 }
 
+impl BalanceReport {
+    /// Table-1 metrics of all captions and of the selection, and the selection's path.
+    pub fn text(&self) -> String {
+        let row = |name: &str, m: &Metrics| {
+            format!(
+                "| {name} | {} | {} | {} | {} | {:.3} | {:.2} |\n",
+                m.captions, m.total_nouns, m.distinct_nouns, m.valid_nouns, m.vn_dn, m.nouns_per_caption.mean
+            )
+        };
+        let mut text = String::from(
+            "| | captions | nouns | distinct | valid | VN/DN | nouns/caption |\n|---|---:|---:|---:|---:|---:|---:|\n",
+        );
+        text.push_str(&row("all", &self.before));
+        text.push_str(&row("selected", &self.after));
+        text.push_str(&format!("\nselection: {}\n", self.out.display()));
+        text
+    }
+}
+
 /// Balances the captioned samples of the shard dataset `input` (its parquet captions) and writes
 /// the selected keys to `out`.
 pub fn run(input: &std::path::Path, cfg: &BalanceConfig, out: &std::path::Path) -> anyhow::Result<BalanceReport> {
+    run_within(input, cfg, None, out)
+}
+
+/// [`run`] over the samples whose keys are in `within` only (all of them when `None`): a pipeline
+/// balances what an earlier selection kept.
+pub fn run_within(
+    input: &std::path::Path,
+    cfg: &BalanceConfig,
+    within: Option<&std::collections::HashSet<String>>,
+    out: &std::path::Path,
+) -> anyhow::Result<BalanceReport> {
     let mut keys = Vec::new();
     let mut captions = Vec::new();
     for shard in crate::shards::done_shards(input)? {
         let p = input.join(format!("{}.parquet", crate::shards::shard_name(shard)));
         for r in crate::shards::read_records(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))? {
+            if within.is_some_and(|w| !w.contains(&r.key)) {
+                continue;
+            }
             if let (Some(crate::shards::Status::Success), Some(c)) = (r.status, r.caption) {
                 keys.push(r.key);
                 captions.push(c);

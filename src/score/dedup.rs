@@ -8,24 +8,36 @@ use crate::rng::Rng;
 use crate::shards::stage::StageReader;
 use candle_core::Device;
 use polars::prelude::{Column, DataFrame};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// How to de-duplicate.
-#[derive(Debug, Clone)]
+/// The de-duplication stage's configuration (the `pixforge dedup` flags and a pipeline's `[dedup]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields, default)]
 pub struct DedupConfig {
-    /// Clusters of the k-means (0: one per 50 embeddings).
+    /// k-means clusters (0: one per 50 embeddings).
+    #[arg(long, default_value_t = 0)]
     pub clusters: usize,
     /// Cosine similarity at and above which two images are near-duplicates (SemDeDup's 1 − ε; it
     /// depends on the tower: ~0.95 for CLIP ViT-L/14).
+    #[arg(long, default_value_t = 0.95)]
     pub threshold: f64,
-    /// Lloyd iterations.
+    /// k-means (Lloyd) iterations.
+    #[arg(long, default_value_t = 20)]
     pub iterations: usize,
     /// Seed of the k-means++ initialisation.
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Keep, in each group, the member with the highest value of this score column (from the
-    /// `*.scores.parquet` beside the embeddings); by default the smallest key.
+    /// Keep the member with the highest value of this score column (from the `*.scores.parquet`
+    /// beside the embeddings; default: the smallest key).
+    #[arg(long)]
     pub prefer: Option<String>,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        crate::config::clap_defaults()
+    }
 }
 
 /// One group of near-duplicates.
@@ -52,6 +64,22 @@ pub struct DedupReport {
     pub groups: Vec<DuplicateGroup>,
     /// The selection file.
     pub out: PathBuf,
+}
+
+impl DedupReport {
+    /// One line of counts, and the paths of the selection and the groups.
+    pub fn text(&self) -> String {
+        format!(
+            "{} embeddings, {} clusters: kept {}, removed {} near-duplicates in {} groups\nselection: {}\ngroups: {}\n",
+            self.input,
+            self.clusters,
+            self.kept,
+            self.removed,
+            self.groups.len(),
+            self.out.display(),
+            self.out.with_extension("groups.json").display()
+        )
+    }
 }
 
 /// Every embedding of the score caches in `dirs`: keys and unit rows.
@@ -146,10 +174,31 @@ fn kmeans(rows: &[Vec<f32>], k: usize, iterations: usize, seed: u64) -> Vec<usiz
 /// De-duplicates the embeddings of `dirs` and writes the kept keys to `out` (and the groups to
 /// `out` with the extension `.groups.json`).
 pub fn run(dirs: &[PathBuf], cfg: &DedupConfig, out: &Path) -> anyhow::Result<DedupReport> {
+    run_within(dirs, cfg, None, out)
+}
+
+/// [`run`] over the embeddings whose keys are in `within` only (all of them when `None`): a
+/// pipeline de-duplicates what an earlier selection kept.
+pub fn run_within(
+    dirs: &[PathBuf],
+    cfg: &DedupConfig,
+    within: Option<&std::collections::HashSet<String>>,
+    out: &Path,
+) -> anyhow::Result<DedupReport> {
     if !(0.0..=1.0).contains(&cfg.threshold) {
         anyhow::bail!("--threshold {}: expected a cosine similarity in [0, 1]", cfg.threshold);
     }
-    let (keys, rows) = read_embeddings(dirs)?;
+    let (mut keys, mut rows) = read_embeddings(dirs)?;
+    if let Some(within) = within {
+        let keep: Vec<bool> = keys.iter().map(|k| within.contains(k)).collect();
+        let mut flags = keep.iter();
+        keys.retain(|_| *flags.next().expect("one flag per key"));
+        let mut flags = keep.iter();
+        rows.retain(|_| *flags.next().expect("one flag per row"));
+    }
+    if rows.is_empty() {
+        anyhow::bail!("no embeddings to de-duplicate in {dirs:?}");
+    }
     let prefer: Option<Vec<f64>> = match &cfg.prefer {
         Some(col) => {
             let (columns, scores) = super::filter::read_scores(dirs)?;

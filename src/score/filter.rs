@@ -4,7 +4,7 @@
 //! the trainer takes the selection (`data.selection`).
 
 use polars::prelude::{Column, DataFrame, DataType, ParquetReader, SerReader};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -38,6 +38,35 @@ impl Rule {
         match self {
             Rule::Min(c, _) | Rule::Max(c, _) | Rule::Top(c, _) => c,
         }
+    }
+}
+
+/// The filter stage's configuration (the `pixforge filter` flags and a pipeline's `[filter]`): the
+/// rules, each `COLUMN=VALUE`, thresholds first, then top fractions in order.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilterConfig {
+    /// Keep COLUMN ≥ VALUE (repeatable; applied first).
+    #[arg(long, value_name = "COLUMN=VALUE")]
+    pub min: Vec<String>,
+    /// Keep COLUMN ≤ VALUE (repeatable; applied after --min).
+    #[arg(long, value_name = "COLUMN=VALUE")]
+    pub max: Vec<String>,
+    /// Keep the highest FRACTION of what is left by COLUMN (repeatable; applied last, in order).
+    #[arg(long, value_name = "COLUMN=FRACTION")]
+    pub top: Vec<String>,
+}
+
+impl FilterConfig {
+    /// The rules in the order they apply, each checked (an error names the field and the rule).
+    pub fn rules(&self) -> anyhow::Result<Vec<Rule>> {
+        let mut rules = Vec::new();
+        for (kind, list) in [("min", &self.min), ("max", &self.max), ("top", &self.top)] {
+            for r in list {
+                rules.push(Rule::parse(kind, r)?);
+            }
+        }
+        Ok(rules)
     }
 }
 

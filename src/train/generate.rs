@@ -21,7 +21,45 @@ pub enum NullCondition {
     Empty,
 }
 
-/// What to sample.
+/// The sample stage's configuration (the `pixforge sample` flags and a pipeline's `[sample]`): how
+/// images are sampled, whatever the models.
+#[derive(Debug, Clone, PartialEq, clap::Args, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SampleConfig {
+    /// Image size, WIDTHxHEIGHT in pixels (default: the model's resolution, its sample_size × 8).
+    #[arg(long)]
+    pub size: Option<crate::config::ImageSize>,
+    /// Sampler.
+    #[arg(long, value_enum, default_value = "dpm-solver")]
+    pub sampler: SamplerKind,
+    /// Steps (default: the sampler's official count: 20, 50 or 100).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Classifier-free guidance scale (1 = none).
+    #[arg(long, default_value_t = 4.5)]
+    pub cfg: f64,
+    /// Unconditional branch of the guidance.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub null: NullCondition,
+    /// Prompt preparation before T5: PixArt-α's caption cleaning, or lower-case only.
+    #[arg(long, value_enum, default_value = "pixart")]
+    pub cleaning: crate::latents::t5::TextCleaning,
+    /// Seed of the noise (then +1 per image).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Generate at the nearest aspect-ratio bucket of the model's resolution and resize + center-crop
+    /// to the size, as diffusers does for 256/512/1024 px models (`--no-binning`: exactly at the size).
+    #[arg(long = "no-binning", action = clap::ArgAction::SetFalse)]
+    pub binning: bool,
+}
+
+impl Default for SampleConfig {
+    fn default() -> Self {
+        crate::config::clap_defaults()
+    }
+}
+
+/// What to sample: the models, and how.
 #[derive(Debug, Clone)]
 pub struct SampleOptions {
     /// A diffusers transformer folder, or an official checkpoint (`.pth` / `.safetensors`).
@@ -32,25 +70,10 @@ pub struct SampleOptions {
     pub t5: PathBuf,
     /// VAE folder (or a diffusers pipeline folder).
     pub vae: PathBuf,
-    /// Image height and width in pixels.
-    pub size: (usize, usize),
-    /// Sampler and its steps.
-    pub sampler: SamplerKind,
-    /// Steps (the sampler's default when `None`).
-    pub steps: Option<usize>,
-    /// Guidance scale (1 = none).
-    pub cfg: f64,
-    /// The null condition.
-    pub null: NullCondition,
-    /// Prompt preparation before T5.
-    pub cleaning: crate::latents::t5::TextCleaning,
-    /// Seed of the initial noise (and of the ancestral noise).
-    pub seed: u64,
     /// Initial noise `noise` [N or 1, C, h, w] from a safetensors file instead of the seed.
     pub noise: Option<PathBuf>,
-    /// Generate at the nearest aspect-ratio bucket of the model's resolution and resize + center-crop
-    /// to the requested size (diffusers' `use_resolution_binning`), for 256/512/1024 px models.
-    pub binning: bool,
+    /// Size, sampler, guidance, seed.
+    pub config: SampleConfig,
 }
 
 /// One generated image.
@@ -101,7 +124,7 @@ pub(crate) fn to_rgb(img: &Tensor) -> anyhow::Result<Vec<u8>> {
 /// Generates one image per prompt.
 pub fn generate(o: &SampleOptions, prompts: &[String], device: &Device) -> anyhow::Result<Vec<Generated>> {
     let model = load_transformer(o, device)?;
-    let mut t5 = TextEncoder::load(&o.t5, crate::latents::t5::MAX_TOKENS, o.cleaning, device)?;
+    let mut t5 = TextEncoder::load(&o.t5, crate::latents::t5::MAX_TOKENS, o.config.cleaning, device)?;
     let vae = Vae::load(&o.vae, device)?;
     let c = &model.config;
     if t5.d_model != c.caption_channels {
@@ -112,24 +135,24 @@ pub fn generate(o: &SampleOptions, prompts: &[String], device: &Device) -> anyho
             c.caption_channels
         );
     }
-    let (want_h, want_w) = o.size;
     let base = c.sample_size * 8;
+    let (want_h, want_w) = o.config.size.map_or((base, base), |s| s.hw());
     let bucket = match crate::latents::buckets::table(base, true) {
-        Some(t) if o.binning => Some(crate::latents::buckets::closest(&t, want_h, want_w)),
+        Some(t) if o.config.binning => Some(crate::latents::buckets::closest(&t, want_h, want_w)),
         _ => None,
     };
-    let (h, w) = bucket.map(|b| (b.height, b.width)).unwrap_or(o.size);
+    let (h, w) = bucket.map(|b| (b.height, b.width)).unwrap_or((want_h, want_w));
     let unit = vae.scale * c.patch_size;
     if h % unit != 0 || w % unit != 0 || h == 0 || w == 0 {
         anyhow::bail!("--size {w}x{h}: width and height must be positive multiples of {unit} (VAE scale × patch size)");
     }
     let (lh, lw) = (h / vae.scale, w / vae.scale);
-    let null = match o.null {
+    let null = match o.config.null {
         NullCondition::Auto if model.null_caption().is_some() => NullCondition::Official,
         NullCondition::Auto => NullCondition::Empty,
         n => n,
     };
-    let empty = if null == NullCondition::Empty && o.cfg != 1.0 { Some(t5.encode("")?) } else { None };
+    let empty = if null == NullCondition::Empty && o.config.cfg != 1.0 { Some(t5.encode("")?) } else { None };
     let file_noise = match &o.noise {
         Some(p) => Some(
             candle_core::safetensors::load(p, device)?
@@ -144,8 +167,8 @@ pub fn generate(o: &SampleOptions, prompts: &[String], device: &Device) -> anyho
         None
     };
     let diffusion = super::diffusion::Diffusion::linear(1000);
-    let steps = o.steps.unwrap_or(o.sampler.default_steps());
-    let mut rng = crate::rng::Rng::new(o.seed);
+    let steps = o.config.steps.unwrap_or(o.config.sampler.default_steps());
+    let mut rng = crate::rng::Rng::new(o.config.seed);
     let mut out = Vec::new();
     for (i, prompt) in prompts.iter().enumerate() {
         let emb = t5.encode(prompt)?;
@@ -158,7 +181,7 @@ pub fn generate(o: &SampleOptions, prompts: &[String], device: &Device) -> anyho
             (_, NullCondition::Official) => Some(Condition::official_null(&model, &cond)?),
             _ => None,
         };
-        let guided = Guided::new(&model, cond, uncond, o.cfg, micro.clone())?;
+        let guided = Guided::new(&model, cond, uncond, o.config.cfg, micro.clone())?;
         let x = match &file_noise {
             Some(n) => n.narrow(0, i.min(n.dim(0)? - 1), 1)?.to_dtype(DType::F32)?,
             None => rng.normal_tensor(&[1, c.in_channels, lh, lw], 1.0, device)?,
@@ -172,7 +195,7 @@ pub fn generate(o: &SampleOptions, prompts: &[String], device: &Device) -> anyho
         }
         let mut model_fn = |x: &Tensor, t: f64| guided.output(x, t);
         let mut noise_fn = |x: &Tensor| rng.normal_tensor(x.dims(), 1.0, x.device());
-        let latents = sampler::sample(o.sampler, &diffusion, steps, x, &mut model_fn, &mut noise_fn)?;
+        let latents = sampler::sample(o.config.sampler, &diffusion, steps, x, &mut model_fn, &mut noise_fn)?;
         let image = resize_and_crop(&vae.decode(&latents)?, want_h, want_w)?;
         out.push(Generated { null, rgb: to_rgb(&image)?, latents, width: want_w, height: want_h, bucket });
     }
@@ -193,8 +216,8 @@ pub fn run(o: &SampleOptions, prompts: &[String], out: &Path, device: &Device) -
             .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)?;
         crate::shards::write_atomic(&png, &bytes)?;
         let meta = serde_json::json!({
-            "prompt": prompt, "seed": o.seed, "sampler": o.sampler, "steps": o.steps.unwrap_or(o.sampler.default_steps()),
-            "cfg": o.cfg, "null": g.null, "width": g.width, "height": g.height, "bucket": g.bucket,
+            "prompt": prompt, "seed": o.config.seed, "sampler": o.config.sampler, "steps": o.config.steps.unwrap_or(o.config.sampler.default_steps()),
+            "cfg": o.config.cfg, "null": g.null, "width": g.width, "height": g.height, "bucket": g.bucket,
             "transformer": o.transformer, "t5": o.t5, "vae": o.vae,
         });
         crate::shards::write_atomic(
