@@ -28,9 +28,9 @@ enum Cmd {
         #[arg(long, default_value = "pixforge-demo")]
         out: PathBuf,
     },
-    /// Run a pipeline file: its stages in order (tiny models, ingest, caption, density, cache t5/vae,
-    /// train, sample), each configured by its section, each resumable; prints what each stage did and every
-    /// artifact's path. `pipelines/*.toml` are examples.
+    /// Run a pipeline file: its stages in order (tiny models, ingest, score, filter, dedup, balance,
+    /// caption, density, cache t5/vae, export, train, sample), each configured by its section, each
+    /// resumable; prints what each stage did and every artifact's path. `pipelines/*.toml` are examples.
     Run {
         /// The pipeline file.
         pipeline: PathBuf,
@@ -42,7 +42,8 @@ enum Cmd {
         no_progress: bool,
         /// This worker's share of the shard stages, I/N (default: SLURM_ARRAY_TASK_ID /
         /// SLURM_ARRAY_TASK_COUNT, or JOB_COMPLETION_INDEX with PIXFORGE_WORKER_COUNT, else 0/1); with
-        /// N > 1, density and train are left for a final run with one worker.
+        /// N > 1, the whole-dataset stages (selections, density, export, train, sample) are left for a
+        /// final run with one worker.
         #[arg(long)]
         worker: Option<Worker>,
     },

@@ -44,11 +44,12 @@ pub struct SampleConfig {
     /// Prompt preparation before T5: PixArt-α's caption cleaning, or lower-case only.
     #[arg(long, value_enum, default_value = "pixart")]
     pub cleaning: crate::latents::t5::TextCleaning,
-    /// Seed of the noise (then +1 per image).
+    /// Seed of the noise (one stream, drawn prompt after prompt).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Generate at the nearest aspect-ratio bucket of the model's resolution and resize + center-crop
-    /// to the size, as diffusers does for 256/512/1024 px models (`--no-binning`: exactly at the size).
+    /// Binning: a 256/512/1024 px model generates at the nearest aspect-ratio bucket and the image is
+    /// resized + center-cropped to the size, as diffusers does; `--no-binning` (in a pipeline:
+    /// `binning = false`) generates at exactly the size.
     #[arg(long = "no-binning", action = clap::ArgAction::SetFalse)]
     pub binning: bool,
 }
