@@ -537,6 +537,12 @@ fn main() -> anyhow::Result<()> {
             let stats =
                 pixforge::ingest::run(&cfg, &opts).with_context(|| format!("ingest into {}", a.out.display()))?;
             emit(&pixforge::ingest::summary(&stats));
+            if !stats.shards_failed.is_empty() {
+                anyhow::bail!(
+                    "{} shard(s) could not be written (listed above); rerun to retry them",
+                    stats.shards_failed.len()
+                );
+            }
         }
         Cmd::Bench(BenchCmd::Latents { models, prompts, tokenizer, rounds, only }) => {
             let t = pixforge::bench::latents(&models, &prompts, &tokenizer, rounds, only.as_deref())?;

@@ -101,3 +101,31 @@ fn killed_run_resumes_to_identical_shards() {
         );
     }
 }
+
+/// A shard that cannot be written (here: a folder stands where its parquet goes) is recorded with
+/// its reason and the run goes on to the other shards, as every shard stage does; the command fails
+/// naming it, and a rerun writes just that shard, giving the shards of an uninterrupted run.
+#[test]
+fn a_shard_that_cannot_be_written_is_recorded_and_the_run_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    make_input(&input);
+    let (clean, out) = (dir.path().join("clean"), dir.path().join("out"));
+    assert!(ingest(&input, &clean).status().unwrap().success());
+    std::fs::create_dir_all(out.join("00003.parquet/blocked")).unwrap();
+    let o = ingest(&input, &out).stdout(std::process::Stdio::piped()).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(!o.status.success(), "{stdout}");
+    assert!(stderr.contains("1 shard(s) could not be written"), "{stderr}");
+    assert!(stdout.contains("shards not written") && stdout.contains("00003: "), "{stdout}");
+    let done = done_shards(&out).unwrap();
+    assert_eq!(done.len(), SHARDS - 1, "every other shard is written");
+    assert!(!done.contains(&3));
+    std::fs::remove_dir_all(out.join("00003.parquet")).unwrap();
+    let o = ingest(&input, &out).stdout(std::process::Stdio::piped()).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains(&format!("shards: 1 written, {} already done", SHARDS - 1)), "{stdout}");
+    assert_eq!(snapshot(&out), snapshot(&clean), "the same shards as an uninterrupted run");
+    assert_eq!(temp_files(&out), 0);
+}

@@ -432,22 +432,38 @@ pub fn run(cfg: &IngestConfig, opts: &RunOptions) -> anyhow::Result<RunStats> {
     let mut stats = RunStats::default();
     for &shard in &shards {
         let name = layout.name(shard);
-        let result = if done.contains(&shard) {
-            if !opts.retry_failed {
-                let old = read_records(&opts.out.join(format!("{name}.parquet")))?;
-                dedup.add_existing(&old);
-                stats.shards_skipped += 1;
-                continue;
-            }
-            match runner.retry(shard, &mut dedup)? {
-                Some(s) => s,
-                None => {
+        // A shard that fails is recorded and the run goes on (as every shard stage does); it is left
+        // without a stats file, so the next run retries it.
+        let result = if done.contains(&shard) && !opts.retry_failed {
+            let path = opts.out.join(format!("{name}.parquet"));
+            match read_records(&path) {
+                Ok(old) => {
+                    dedup.add_existing(&old);
                     stats.shards_skipped += 1;
+                }
+                Err(e) => fail(&mut stats, &name, anyhow::anyhow!("{}: {e}", path.display())),
+            }
+            continue;
+        } else if done.contains(&shard) {
+            match runner.retry(shard, &mut dedup) {
+                Ok(Some(s)) => s,
+                Ok(None) => {
+                    stats.shards_skipped += 1;
+                    continue;
+                }
+                Err(e) => {
+                    fail(&mut stats, &name, e);
                     continue;
                 }
             }
         } else {
-            runner.fresh(shard, &mut dedup)?
+            match runner.fresh(shard, &mut dedup) {
+                Ok(s) => s,
+                Err(e) => {
+                    fail(&mut stats, &name, e);
+                    continue;
+                }
+            }
         };
         stats.add(shard, &result);
         let t = &stats.total;
@@ -462,7 +478,14 @@ pub fn run(cfg: &IngestConfig, opts: &RunOptions) -> anyhow::Result<RunStats> {
     Ok(stats)
 }
 
-/// The end-of-run summary: one line per shard, the totals, and the most frequent reasons.
+/// Records that shard `name` could not be written.
+fn fail(stats: &mut RunStats, name: &str, e: anyhow::Error) {
+    tracing::warn!(shard = %name, error = %format!("{e:#}"), "shard failed");
+    stats.shards_failed.push((name.to_string(), format!("{e:#}")));
+}
+
+/// The end-of-run summary: one line per shard, the totals, the most frequent reasons, and the
+/// shards that could not be written.
 pub fn summary(stats: &RunStats) -> String {
     use std::fmt::Write;
     let mut out = String::new();
@@ -495,6 +518,12 @@ pub fn summary(stats: &RunStats) -> String {
         reasons.sort_by(|a, b| b.1.cmp(a.1));
         for (reason, n) in reasons.iter().take(15) {
             let _ = writeln!(out, "  {n:>8}  {reason}");
+        }
+    }
+    if !stats.shards_failed.is_empty() {
+        let _ = writeln!(out, "shards not written (a rerun retries them):");
+        for (name, why) in &stats.shards_failed {
+            let _ = writeln!(out, "  {name}: {why}");
         }
     }
     out

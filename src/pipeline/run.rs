@@ -90,6 +90,13 @@ pub fn run(p: &Pipeline, progress: bool, worker: crate::shards::Worker) -> anyho
         opts.progress = progress;
         opts.worker = worker;
         let stats = crate::ingest::run(cfg, &opts).map_err(|e| e.context(stage_err(&label)))?;
+        if let Some((name, why)) = stats.shards_failed.first() {
+            anyhow::bail!(
+                "{}: stage `{label}`: {} shard(s) failed, the first ({name}) with: {why}; rerun to retry them",
+                p.file.display(),
+                stats.shards_failed.len()
+            );
+        }
         r.stages.push(StageReport {
             stage: label,
             did_work: stats.shards_done > 0,

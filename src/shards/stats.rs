@@ -75,6 +75,10 @@ pub struct RunStats {
     pub total: ShardStats,
     /// Each processed shard's stats, by shard id.
     pub shards: Vec<(usize, ShardStats)>,
+    /// Shards that could not be written, with the reason (left without a stats file: the next run
+    /// retries them).
+    #[serde(default)]
+    pub shards_failed: Vec<(String, String)>,
 }
 
 impl RunStats {
