@@ -100,3 +100,23 @@ fn damaged_diffusers_folders_are_refused_at_load_naming_file_and_tensor() {
     let e = format!("{:#}", PixArt::load_diffusers(dir.path(), &Device::Cpu).err().expect("a cut file is refused"));
     assert!(e.contains(&cut.display().to_string()), "{e}");
 }
+
+/// An official checkpoint whose fused `qkv` has the wrong shape is refused at load, naming the file
+/// and the tensor the model is built from (the sub-modules check every shape), not later mid-forward.
+#[test]
+fn a_mis_shaped_official_tensor_is_refused_at_load() {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pixart-tiny/transformer");
+    let model = PixArt::load_diffusers(&src, &Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("official.safetensors");
+    model.save_official(&file).unwrap();
+    let mut w = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
+    let qkv = w["blocks.0.attn.qkv.weight"].clone();
+    let cols = qkv.dim(1).unwrap();
+    w.insert("blocks.0.attn.qkv.weight".into(), qkv.narrow(1, 0, cols - 1).unwrap());
+    candle_core::safetensors::save(&w, &file).unwrap();
+    let heads = model.config.num_attention_heads;
+    let e = format!("{:#}", PixArt::load_official(&file, heads, model.config.sample_size, &Device::Cpu).err().unwrap());
+    assert!(e.contains(&file.display().to_string()), "{e}");
+    assert!(e.contains("transformer_blocks.0.attn1.to_q.weight"), "{e}");
+}

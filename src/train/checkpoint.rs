@@ -127,7 +127,7 @@ pub fn save(run: &Path, trainer: &Trainer, state: &TrainState, keep_last: usize)
     std::fs::create_dir_all(&tmp)?;
     trainer.model.save_official(&tmp.join("model.safetensors"))?;
     let ema = PixArt::from_weights(trainer.model.config.clone(), trainer.ema_weights());
-    ema.save_official(&tmp.join("ema.safetensors"))?;
+    ema?.save_official(&tmp.join("ema.safetensors"))?;
     save_tensors(&trainer.optimizer.state()?, &tmp.join("optimizer.safetensors"))?;
     crate::shards::write_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(state)?.as_bytes())?;
     if dir.exists() {

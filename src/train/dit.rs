@@ -116,5 +116,5 @@ pub fn from_dit(
     official.insert("final_layer.scale_shift_table".into(), final_mod.broadcast_sub(&t_star)?.contiguous()?);
     tracing::info!(copied, layers, hidden, "initialised from DiT weights ({} keys copied)", copied);
     let w = official_to_diffusers(official).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    Ok(PixArt::from_weights(config, w))
+    Ok(PixArt::from_weights(config, w)?)
 }

@@ -80,7 +80,7 @@ pub fn init(config: PixArtConfig, micro: bool, null_tokens: usize, seed: u64, de
     w.insert("proj_out.bias".into(), zeros(&[out])?);
     let null_std = 1.0 / (c.caption_channels as f64).sqrt();
     w.insert(NULL_CAPTION.into(), rng.normal_tensor(&[null_tokens, c.caption_channels], null_std, device)?);
-    Ok(PixArt::from_weights(config, w))
+    PixArt::from_weights(config, w)
 }
 
 /// Adds to a pretrained `model` what training needs and its checkpoint may lack, initialised as
@@ -109,7 +109,7 @@ pub fn complete(model: PixArt, micro: bool, null_tokens: usize, seed: u64) -> Re
         let std = 1.0 / (c.caption_channels as f64).sqrt();
         w.insert(NULL_CAPTION.into(), rng.normal_tensor(&[null_tokens, c.caption_channels], std, &device)?);
     }
-    Ok(PixArt::from_weights(c, w))
+    PixArt::from_weights(c, w)
 }
 
 #[cfg(test)]

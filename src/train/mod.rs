@@ -10,6 +10,7 @@ pub mod generate;
 pub mod init;
 pub mod keys;
 pub mod model;
+pub mod modules;
 pub mod observe;
 pub(crate) mod ops;
 pub mod optim;

@@ -7,8 +7,9 @@
 //! Every op here records gradients: the hot ones are our fused differentiable kernels
 //! (`train::ops`), never candle_nn's fused ones (which record none).
 
-use super::ops::{attention, fused_block, pixart_block, BLOCK_PARAMS};
-use crate::nn::{gated_add, gelu, layer_norm, linear, modulate};
+use super::modules::{AdaLnSingle, Block, CaptionProjection, FinalLayer, PatchEmbed};
+use super::ops::{fused_block, pixart_block, BLOCK_PARAMS};
+use crate::nn::{gated_add, layer_norm, linear, modulate};
 use candle_core::{DType, Device, Result, Tensor, Var};
 use std::collections::HashMap;
 
@@ -96,10 +97,22 @@ pub fn parameter_shapes(c: &PixArtConfig, micro: bool) -> Vec<(String, Vec<usize
     out
 }
 
-/// A loaded PixArt transformer.
+/// A loaded PixArt transformer: its sub-modules, built through a `VarBuilder` over the weights
+/// (paths mirror the diffusers keys), and the weights by diffusers name (what checkpoints, the
+/// optimizer and the official-key mapping read).
 pub struct PixArt {
     /// Its configuration.
     pub config: PixArtConfig,
+    /// `pos_embed`.
+    pub pos_embed: PatchEmbed,
+    /// `adaln_single`.
+    pub adaln_single: AdaLnSingle,
+    /// `caption_projection`.
+    pub caption_projection: CaptionProjection,
+    /// `transformer_blocks`.
+    pub transformer_blocks: Vec<Block>,
+    /// `scale_shift_table` and `proj_out`.
+    pub final_layer: FinalLayer,
     w: HashMap<String, Tensor>,
     /// Position tables by latent grid and dtype, computed once.
     pos_cache: std::sync::Mutex<HashMap<(usize, usize, DType), Tensor>>,
@@ -135,6 +148,56 @@ pub(crate) fn timestep_features(t: &Tensor) -> Result<Tensor> {
 }
 
 impl PixArt {
+    /// The model of `config` over the weights `w` (diffusers names): its sub-modules built through a
+    /// `VarBuilder` that checks every tensor's shape. Fixed weights (none a variable) of a model the
+    /// fused CPU kernel runs have each block's weights laid out once, in the kernel's order, with the
+    /// sub-modules' tensors views into that layout.
+    pub fn new(config: PixArtConfig, mut w: HashMap<String, Tensor>) -> Result<Self> {
+        let first = w
+            .get("pos_embed.proj.weight")
+            .ok_or_else(|| candle_core::Error::CannotFindTensor { path: "pos_embed.proj.weight".into() })?;
+        let (dtype, device) = (first.dtype(), first.device().clone());
+        let c = &config;
+        let hidden = c.hidden();
+        let packs = device.is_cpu() && matches!(dtype, DType::F32 | DType::F64) && !w.values().any(|t| t.is_variable());
+        let mut packed = Vec::new();
+        if packs {
+            for i in 0..c.num_layers {
+                let names: Vec<String> = BLOCK_PARAMS.iter().map(|n| format!("transformer_blocks.{i}.{n}")).collect();
+                let parts = names
+                    .iter()
+                    .map(|n| w.get(n).ok_or_else(|| candle_core::Error::CannotFindTensor { path: n.clone() }))
+                    .collect::<Result<Vec<_>>>()?;
+                let flat = super::modules::pack(&parts)?;
+                let mut offset = 0;
+                for n in &names {
+                    let shape = w[n].shape().clone();
+                    let view = flat.narrow(0, offset, shape.elem_count())?.reshape(shape.clone())?;
+                    offset += shape.elem_count();
+                    w.insert(n.clone(), view);
+                }
+                packed.push(flat);
+            }
+        }
+        let vb = candle_nn::VarBuilder::from_tensors(w.clone(), dtype, &device);
+        let mut transformer_blocks = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let mut block = Block::new(&vb.pp("transformer_blocks").pp(i), hidden)?;
+            block.packed = packed.get(i).cloned();
+            transformer_blocks.push(block);
+        }
+        Ok(Self {
+            pos_embed: PatchEmbed::new(&vb.pp("pos_embed"), hidden, c.in_channels, c.patch_size)?,
+            adaln_single: AdaLnSingle::new(&vb.pp("adaln_single"), hidden)?,
+            caption_projection: CaptionProjection::new(&vb.pp("caption_projection"), hidden, c.caption_channels)?,
+            transformer_blocks,
+            final_layer: FinalLayer::new(&vb, hidden, c.patch_size * c.patch_size * c.out_channels)?,
+            config,
+            w,
+            pos_cache: Default::default(),
+        })
+    }
+
     /// Loads a diffusers transformer folder (`config.json` + `diffusion_pytorch_model.safetensors`, or
     /// its shards with `diffusion_pytorch_model.safetensors.index.json`). Every tensor the config
     /// calls for ([`parameter_shapes`]) must be there with its shape: a missing or mis-shaped one is
@@ -170,7 +233,7 @@ impl PixArt {
                 Some(_) => {}
             }
         }
-        Ok(PixArt { config, w, pos_cache: Default::default() })
+        PixArt::new(config, w).map_err(|e| anyhow::anyhow!("{named}: {e}"))
     }
 
     /// Loads an official PixArt-α checkpoint (`.pth` with `state_dict`, or `.safetensors` with the
@@ -212,13 +275,13 @@ impl PixArt {
             interpolation_scale: None,
             norm_eps: default_eps(),
         };
-        Ok(PixArt { config, w, pos_cache: Default::default() })
+        PixArt::new(config, w).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
     }
 
     /// A model from its configuration and weights in the diffusers layout (plus, optionally, the
-    /// null caption under [`super::keys::NULL_CAPTION`]).
-    pub fn from_weights(config: PixArtConfig, w: HashMap<String, Tensor>) -> Self {
-        PixArt { config, w, pos_cache: Default::default() }
+    /// null caption under [`super::keys::NULL_CAPTION`]); [`PixArt::new`].
+    pub fn from_weights(config: PixArtConfig, w: HashMap<String, Tensor>) -> Result<Self> {
+        PixArt::new(config, w)
     }
 
     /// The weights, by diffusers name.
@@ -276,9 +339,8 @@ impl PixArt {
 
     /// Converts every weight to `dtype` (F64 for gradient checks; F32 to train on CPU).
     pub fn to_dtype(&mut self, dtype: DType) -> Result<()> {
-        for t in self.w.values_mut() {
-            *t = t.to_dtype(dtype)?;
-        }
+        let w = self.w.iter().map(|(k, t)| Ok((k.clone(), t.to_dtype(dtype)?))).collect::<Result<_>>()?;
+        *self = PixArt::new(self.config.clone(), w)?;
         Ok(())
     }
 
@@ -295,6 +357,7 @@ impl PixArt {
             vars.push((name.clone(), v));
         }
         vars.sort_by(|a, b| a.0.cmp(&b.0));
+        *self = PixArt::new(self.config.clone(), std::mem::take(&mut self.w))?;
         Ok(vars)
     }
 
@@ -302,25 +365,7 @@ impl PixArt {
     /// gradients of a loss on the copy flow back to this model's (f32) weights in their own type.
     pub fn cast(&self, dtype: DType) -> Result<PixArt> {
         let w = self.w.iter().map(|(k, t)| Ok((k.clone(), t.to_dtype(dtype)?))).collect::<Result<_>>()?;
-        Ok(PixArt { config: self.config.clone(), w, pos_cache: Default::default() })
-    }
-
-    /// The weight named `key` (diffusers names).
-    pub(crate) fn p(&self, key: &str) -> Result<&Tensor> {
-        self.w.get(key).ok_or_else(|| candle_core::Error::Msg(format!("missing weight {key:?}")))
-    }
-
-    fn lin(&self, x: &Tensor, prefix: &str) -> Result<Tensor> {
-        linear(x, self.p(&format!("{prefix}.weight"))?, self.p(&format!("{prefix}.bias"))?)
-    }
-
-    /// Multi-head attention of `x` over `ctx` with an additive key bias `[B, L]` (or none).
-    fn attention(&self, prefix: &str, x: &Tensor, ctx: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        let q = self.lin(x, &format!("{prefix}.to_q"))?;
-        let k = self.lin(ctx, &format!("{prefix}.to_k"))?;
-        let v = self.lin(ctx, &format!("{prefix}.to_v"))?;
-        let out = attention(&q, &k, &v, self.config.num_attention_heads, bias)?;
-        self.lin(&out, &format!("{prefix}.to_out.0"))
+        PixArt::new(self.config.clone(), w)
     }
 
     /// The position table `[1, gh·gw, hidden]` of a latent grid (cached).
@@ -340,27 +385,24 @@ impl PixArt {
     /// Whether the model takes PixArtMS micro-conditions (it has the resolution and aspect-ratio
     /// embedders).
     pub fn has_micro_conditions(&self) -> bool {
-        self.w.contains_key("adaln_single.emb.resolution_embedder.linear_1.weight")
+        self.adaln_single.micro.is_some()
     }
 
     /// The timestep embedding `[B, hidden]`, plus for PixArtMS the micro-condition embeddings of the
     /// image size `[B, 2]` (height, width) and aspect ratio `[B, 1]`, each value through the
     /// sinusoidal features and its own 2-layer MLP.
     fn time_embedding(&self, timestep: &Tensor, micro: Option<(&Tensor, &Tensor)>, dtype: DType) -> Result<Tensor> {
-        let mlp = |x: &Tensor, prefix: &str| -> Result<Tensor> {
-            let h = self.lin(&timestep_features(x)?.to_dtype(dtype)?, &format!("{prefix}.linear_1"))?;
-            self.lin(&h.silu()?, &format!("{prefix}.linear_2"))
-        };
-        let t = mlp(timestep, "adaln_single.emb.timestep_embedder")?;
-        if !self.has_micro_conditions() {
+        let features = |x: &Tensor| timestep_features(x)?.to_dtype(dtype);
+        let t = self.adaln_single.timestep_embedder.forward(&features(timestep)?)?;
+        let Some((res_embedder, ratio_embedder)) = &self.adaln_single.micro else {
             return Ok(t);
-        }
+        };
         let (size, ratio) = micro.ok_or_else(|| {
             candle_core::Error::Msg("this PixArtMS model needs the image size and aspect ratio micro-conditions".into())
         })?;
         let b = timestep.dim(0)?;
-        let size = mlp(&size.flatten_all()?, "adaln_single.emb.resolution_embedder")?.reshape((b, ()))?;
-        let ratio = mlp(&ratio.flatten_all()?, "adaln_single.emb.aspect_ratio_embedder")?.reshape((b, ()))?;
+        let size = res_embedder.forward(&features(&size.flatten_all()?)?)?.reshape((b, ()))?;
+        let ratio = ratio_embedder.forward(&features(&ratio.flatten_all()?)?)?.reshape((b, ()))?;
         t + Tensor::cat(&[size, ratio], 1)?
     }
 
@@ -374,25 +416,37 @@ impl PixArt {
 
     fn block_fused(&self, i: usize, x: &Tensor, ctx: &Tensor, l: usize, key_bias: &[f64]) -> Result<Tensor> {
         let c = &self.config;
-        let parts = self.block_weights(i)?.iter().map(|t| t.flatten_all()).collect::<Result<Vec<_>>>()?;
-        let params = Tensor::cat(&parts, 0)?;
-        pixart_block(x, ctx, &params, (c.num_attention_heads, c.norm_eps, l, self.mlp_width(i)?), key_bias.to_vec())
+        let block = &self.transformer_blocks[i];
+        let dims = (c.num_attention_heads, c.norm_eps, l, block.mlp_width());
+        pixart_block(x, ctx, &block.packed()?, dims, key_bias.to_vec())
     }
 
     /// Block `i` from composite ops (any device and dtype).
     fn block_composite(&self, i: usize, x: &Tensor, y: &Tensor, t0: &Tensor, bias: &Tensor) -> Result<Tensor> {
         let c = &self.config;
-        let pre = format!("transformer_blocks.{i}");
-        let mods = self.p(&format!("{pre}.scale_shift_table"))?.unsqueeze(0)?.broadcast_add(t0)?;
+        let block = &self.transformer_blocks[i];
+        let heads = c.num_attention_heads;
+        let mods = block.scale_shift_table.unsqueeze(0)?.broadcast_add(t0)?;
         let m = |j: usize| mods.narrow(1, j, 1);
         let (shift_msa, scale_msa, gate_msa) = (m(0)?, m(1)?, m(2)?);
         let (shift_mlp, scale_mlp, gate_mlp) = (m(3)?, m(4)?, m(5)?);
         let h = modulate(&layer_norm(x, c.norm_eps)?, &shift_msa, &scale_msa)?;
-        let x = gated_add(x, &self.attention(&format!("{pre}.attn1"), &h, &h, None)?, &gate_msa)?;
-        let x = (&x + self.attention(&format!("{pre}.attn2"), &x, y, Some(bias))?)?;
+        let x = gated_add(x, &block.attn.forward(&h, &h, heads, None)?, &gate_msa)?;
+        let x = (&x + block.cross_attn.forward(&x, y, heads, Some(bias))?)?;
         let h = modulate(&layer_norm(&x, c.norm_eps)?, &shift_mlp, &scale_mlp)?;
-        let h = self.lin(&gelu(&self.lin(&h, &format!("{pre}.ff.net.0.proj"))?)?, &format!("{pre}.ff.net.2"))?;
-        gated_add(&x, &h, &gate_mlp)
+        gated_add(&x, &block.mlp.forward(&h)?, &gate_mlp)
+    }
+
+    /// `loss(output)` for the model's output on these inputs (see [`PixArt::forward`]), and the
+    /// gradients of everything it depends on, as `loss.backward()` gives them (at least every
+    /// weight's); on CPU in f32/f64 through the fused training blocks ([`super::tape`]).
+    pub fn loss_and_grads(
+        &self,
+        inputs: (&Tensor, &Tensor, &Tensor, &Tensor),
+        micro: Option<(&Tensor, &Tensor)>,
+        loss: impl FnOnce(&Tensor) -> Result<Tensor>,
+    ) -> Result<(Tensor, candle_core::backprop::GradStore)> {
+        super::tape::loss_and_grads(self, inputs, micro, loss)
     }
 
     /// The model output `[B, out_channels, H, W]` for latents `[B, C, H, W]`, timesteps `[B]`,
@@ -452,29 +506,29 @@ impl PixArt {
         // Patch embedding: the stride-p convolution as a matmul over flattened patches.
         let patches =
             latents.reshape((b, ch, gh, p, gw, p))?.permute((0, 2, 4, 1, 3, 5))?.reshape((b, gh * gw, ch * p * p))?;
-        let conv_w = self.p("pos_embed.proj.weight")?.reshape((hidden, ch * p * p))?;
-        let x = linear(&patches, &conv_w, self.p("pos_embed.proj.bias")?)?;
+        let conv_w = self.pos_embed.weight.reshape((hidden, ch * p * p))?;
+        let x = linear(&patches, &conv_w, &self.pos_embed.bias)?;
         let x = x.broadcast_add(&self.positions(gh, gw, x.dtype(), latents.device())?)?;
 
         let t_emb = self.time_embedding(timestep, micro, x.dtype())?;
-        let t0 = self.lin(&t_emb.silu()?, "adaln_single.linear")?.reshape((b, 6, hidden))?;
+        let t0 = self.adaln_single.linear.forward(&t_emb.silu()?)?.reshape((b, 6, hidden))?;
         let bias = mask.to_dtype(x.dtype())?.affine(10000.0, -10000.0)?;
         Ok(Embedded { x, patches, t_emb, t0, y: None, bias, grid: (b, gh, gw) })
     }
 
     /// The caption projection (`y_embedder`): `gelu(caption W1ᵀ + b1) W2ᵀ + b2`, `[B, L, C]`.
     pub(crate) fn project_caption(&self, caption: &Tensor) -> Result<Tensor> {
-        let y = gelu(&self.lin(caption, "caption_projection.linear_1")?)?;
-        self.lin(&y, "caption_projection.linear_2")
+        self.caption_projection.forward(caption)
     }
 
     /// The final layer (adaLN-modulated norm and projection) and unpatchify of the blocks' output.
     pub(crate) fn head(&self, x: &Tensor, t_emb: &Tensor, (b, gh, gw): (usize, usize, usize)) -> Result<Tensor> {
         let c = &self.config;
         let p = c.patch_size;
-        let mods = self.p("scale_shift_table")?.unsqueeze(0)?.broadcast_add(&t_emb.unsqueeze(1)?)?;
+        let f = &self.final_layer;
+        let mods = f.scale_shift_table.unsqueeze(0)?.broadcast_add(&t_emb.unsqueeze(1)?)?;
         let x = modulate(&layer_norm(x, c.norm_eps)?, &mods.narrow(1, 0, 1)?, &mods.narrow(1, 1, 1)?)?;
-        let x = self.lin(&x, "proj_out")?;
+        let x = f.proj_out.forward(&x)?;
         // Unpatchify: (B, gh·gw, p·p·C) → (B, C, gh·p, gw·p).
         x.reshape((b, gh, gw, p, p, c.out_channels))?.permute((0, 5, 1, 3, 2, 4))?.reshape((
             b,
@@ -486,12 +540,12 @@ impl PixArt {
 
     /// Block `i`'s weights in the order of [`BLOCK_PARAMS`].
     pub(crate) fn block_weights(&self, i: usize) -> Result<Vec<&Tensor>> {
-        BLOCK_PARAMS.iter().map(|n| self.p(&format!("transformer_blocks.{i}.{n}"))).collect()
+        Ok(self.transformer_blocks[i].weights().to_vec())
     }
 
     /// The width of block `i`'s MLP.
     pub(crate) fn mlp_width(&self, i: usize) -> Result<usize> {
-        self.p(&format!("transformer_blocks.{i}.ff.net.0.proj.bias"))?.dim(0)
+        Ok(self.transformer_blocks[i].mlp_width())
     }
 }
 
@@ -588,7 +642,7 @@ mod tests {
         let mut random =
             |dims: &[usize], std: f64| rng.normal_tensor(dims, std, &dev).unwrap().to_dtype(DType::F64).unwrap();
         let w = base.weights().iter().map(|(k, t)| (k.clone(), random(t.dims(), 0.3))).collect();
-        let mut model = PixArt::from_weights(config, w);
+        let mut model = PixArt::from_weights(config, w).unwrap();
         let vars = model.trainable().unwrap();
         let (b, n, l, c) = (2, 16, 5, 24);
         let x = Var::from_tensor(&random(&[b, n, c], 1.0)).unwrap();

@@ -358,7 +358,7 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
             if state.step % vc.every == 0 || last {
                 let grid = if vc.ema {
                     v.grid(
-                        &PixArt::from_weights(trainer.model.config.clone(), trainer.ema_weights()),
+                        &PixArt::from_weights(trainer.model.config.clone(), trainer.ema_weights())?,
                         state.step,
                         &out.join("samples"),
                     )?

@@ -37,12 +37,10 @@ fn extend_values<T: Real>(dst: &mut Vec<T>, t: &Tensor) -> Result<()> {
 }
 
 /// The caption projection's weights, in [`CaptionWeights`]' order.
-const CAPTION_WEIGHTS: [&str; 4] = [
-    "caption_projection.linear_1.weight",
-    "caption_projection.linear_1.bias",
-    "caption_projection.linear_2.weight",
-    "caption_projection.linear_2.bias",
-];
+fn caption_tensors(model: &PixArt) -> [&Tensor; 4] {
+    let p = &model.caption_projection;
+    [&p.linear_1.weight, &p.linear_1.bias, &p.linear_2.weight, &p.linear_2.bias]
+}
 
 fn caption_weights<T>(w: &[Vec<T>]) -> CaptionWeights<'_, T> {
     CaptionWeights { w1: &w[0], b1: &w[1], w2: &w[2], b2: &w[3] }
@@ -82,183 +80,179 @@ struct Ran<'a, T> {
     tape: BlockTape<T>,
 }
 
-impl PixArt {
-    /// `loss(output)` for the model's output on these inputs (see [`PixArt::forward`]), and the
-    /// gradients of everything it depends on, as `loss.backward()` gives them (at least every weight's).
-    /// On CPU in f32/f64 the transformer blocks run outside candle's autograd (same values, a faster
-    /// and leaner training step); elsewhere this is `loss(forward(..)).backward()`.
-    pub fn loss_and_grads(
-        &self,
-        (latents, timestep, caption, mask): (&Tensor, &Tensor, &Tensor, &Tensor),
-        micro: Option<(&Tensor, &Tensor)>,
-        loss: impl FnOnce(&Tensor) -> Result<Tensor>,
-    ) -> Result<(Tensor, GradStore)> {
-        let (caption, mask) = trim_caption_padding(caption, mask)?;
-        let caption = &caption;
-        let mut e = self.embed_latents(latents, timestep, &mask, micro)?;
-        if !fused_block(&e.x) {
-            e.y = Some(self.project_caption(caption)?);
-            let value = loss(&self.blocks_and_head(&e)?)?;
-            let grads = value.backward()?;
-            return Ok((value, grads));
-        }
-        if caption.track_op() {
-            // The caption itself needs a gradient: its projection stays in candle's graph.
-            e.y = Some(self.project_caption(caption)?);
-        }
-        match e.x.dtype() {
-            DType::F32 => self.taped::<f32>(e, caption, loss),
-            DType::F64 => self.taped::<f64>(e, caption, loss),
-            other => candle_core::bail!("the fused CPU path runs f32 or f64, not {other:?}"),
-        }
+/// `loss(output)` for `model`'s output on these inputs (see [`PixArt::forward`]), and the gradients
+/// of everything it depends on, as `loss.backward()` gives them (at least every weight's). On CPU in
+/// f32/f64 the transformer blocks run outside candle's autograd over the sub-modules' tensors (same
+/// values, a faster and leaner training step); elsewhere this is `loss(forward(..)).backward()`.
+pub(crate) fn loss_and_grads(
+    model: &PixArt,
+    (latents, timestep, caption, mask): (&Tensor, &Tensor, &Tensor, &Tensor),
+    micro: Option<(&Tensor, &Tensor)>,
+    loss: impl FnOnce(&Tensor) -> Result<Tensor>,
+) -> Result<(Tensor, GradStore)> {
+    let (caption, mask) = trim_caption_padding(caption, mask)?;
+    let caption = &caption;
+    let mut e = model.embed_latents(latents, timestep, &mask, micro)?;
+    if !fused_block(&e.x) {
+        e.y = Some(model.project_caption(caption)?);
+        let value = loss(&model.blocks_and_head(&e)?)?;
+        let grads = value.backward()?;
+        return Ok((value, grads));
     }
+    if caption.track_op() {
+        // The caption itself needs a gradient: its projection stays in candle's graph.
+        e.y = Some(model.project_caption(caption)?);
+    }
+    match e.x.dtype() {
+        DType::F32 => taped::<f32>(model, e, caption, loss),
+        DType::F64 => taped::<f64>(model, e, caption, loss),
+        other => candle_core::bail!("the fused CPU path runs f32 or f64, not {other:?}"),
+    }
+}
 
-    fn taped<T: Real + 'static>(
-        &self,
-        e: super::model::Embedded,
-        caption: &Tensor,
-        loss: impl FnOnce(&Tensor) -> Result<Tensor>,
-    ) -> Result<(Tensor, GradStore)> {
-        let c = &self.config;
-        let dev = Device::Cpu;
-        let (b, n, hidden) = e.x.dims3()?;
-        let l = caption.dim(1)?;
-        let key_bias = key_bias_values(&e.bias)?;
-        // What the blocks read: the projected caption, then the adaLN input. The projection runs by
-        // hand (its weights' gradients below) unless `embed` left it in candle's graph.
-        let y_len = b * l * hidden;
-        let mut ctx_v: Vec<T> = pool::take_empty(y_len + e.t0.elem_count());
-        let projection = match &e.y {
-            Some(y) => {
-                extend_values(&mut ctx_v, y)?;
-                None
-            }
-            None => {
-                // Only the positions some query attends to are projected: the others' `y` rows
-                // (left 0) meet an attention weight of exactly 0 and get no gradient.
-                let attended = attended_rows(&key_bias, l);
-                let mut captions = values::<T>(caption)?;
-                if let Some(rows) = &attended {
-                    captions = gather_rows(&captions, rows, caption.dim(2)?);
-                }
-                let weights = CAPTION_WEIGHTS.iter().map(|n| values::<T>(self.p(n)?)).collect::<Result<Vec<_>>>()?;
-                let r = attended.as_ref().map_or(b * l, Vec::len);
-                let (y, tape) = caption_forward(&captions, &caption_weights(&weights), r);
-                match &attended {
-                    Some(rows) => {
-                        ctx_v.resize(y_len, T::zero());
-                        for (row, src) in rows.iter().zip(y.chunks(hidden)) {
-                            ctx_v[row * hidden..(row + 1) * hidden].copy_from_slice(src);
-                        }
-                    }
-                    None => ctx_v.extend_from_slice(&y),
-                }
-                pool::give(y);
-                Some((captions, weights, tape, attended))
-            }
-        };
-        extend_values(&mut ctx_v, &e.t0)?;
-
-        let mut x: Vec<T> = values(&e.x)?;
-        let mut ran = Vec::with_capacity(c.num_layers);
-        for i in 0..c.num_layers {
-            let weights = self.block_weights(i)?;
-            let mut params = pool::take_empty(weights.iter().map(|t| t.elem_count()).sum());
-            for t in &weights {
-                extend_values(&mut params, t)?;
-            }
-            let dims = (b, n, l, hidden, self.mlp_width(i)?);
-            let (out, tape) =
-                block_forward((c.num_attention_heads, c.norm_eps), dims, &key_bias, (&x, &ctx_v, &params))?;
-            ran.push(Ran { x: std::mem::replace(&mut x, out), params, weights, tape });
-        }
-
-        // The head and the loss on leaves: the blocks' output and the timestep embedding.
-        let blocks_out = Var::from_tensor(&Tensor::from_vec(x, (b, n, hidden), &dev)?)?;
-        let t_emb = Var::from_tensor(&e.t_emb.detach())?;
-        let value = loss(&self.head(blocks_out.as_tensor(), t_emb.as_tensor(), e.grid)?)?;
-        let head_grads = value.backward()?;
-        let mut g: Vec<T> = match head_grads.get(blocks_out.as_tensor()) {
-            Some(t) => values(t)?,
-            None => vec![T::zero(); b * n * hidden],
-        };
-
-        let mut block_grads = Vec::new();
-        let mut dctx = vec![T::zero(); ctx_v.len()];
-        for r in ran.into_iter().rev() {
-            let (dx, dc, dp) = block_backward(r.tape, (&r.x, &ctx_v, &r.params), &g);
-            dctx.iter_mut().zip(&dc).for_each(|(a, &d)| *a += d);
-            let params_len = r.params.len();
-            for done in [dc, r.x, r.params, std::mem::replace(&mut g, dx)] {
-                pool::give(done);
-            }
-            // Every weight's gradient is a view into the block's one buffer (no copies).
-            let dp = Tensor::from_vec(dp, params_len, &dev)?;
-            let mut at = 0;
-            for w in r.weights {
-                let len = w.elem_count();
-                block_grads.push((w, dp.narrow(0, at, len)?.reshape(w.shape())?));
-                at += len;
-            }
-        }
-
-        // The embeddings' gradients: the patch embedding's (`x = patches Wpᵀ + bp + positions`) by
-        // hand unless the latents themselves need one, the rest from one backward pass of
-        // Σ t0·dt0 (+ Σ x·dx, + Σ y·dy when the caption projection is in the graph, + Σ t_emb·dt_emb).
-        let dt0 = Tensor::from_vec(dctx[y_len..].to_vec(), e.t0.shape(), &dev)?;
-        let mut surrogate = (&e.t0 * dt0)?.sum_all()?;
-        let patch_grads = if e.patches.track_op() {
-            let dx = Tensor::from_vec(g, (b, n, hidden), &dev)?;
-            surrogate = (surrogate + (&e.x * dx)?.sum_all()?)?;
+fn taped<T: Real + 'static>(
+    model: &PixArt,
+    e: super::model::Embedded,
+    caption: &Tensor,
+    loss: impl FnOnce(&Tensor) -> Result<Tensor>,
+) -> Result<(Tensor, GradStore)> {
+    let c = &model.config;
+    let dev = Device::Cpu;
+    let (b, n, hidden) = e.x.dims3()?;
+    let l = caption.dim(1)?;
+    let key_bias = key_bias_values(&e.bias)?;
+    // What the blocks read: the projected caption, then the adaLN input. The projection runs by
+    // hand (its weights' gradients below) unless `embed` left it in candle's graph.
+    let y_len = b * l * hidden;
+    let mut ctx_v: Vec<T> = pool::take_empty(y_len + e.t0.elem_count());
+    let projection = match &e.y {
+        Some(y) => {
+            extend_values(&mut ctx_v, y)?;
             None
-        } else {
-            let patches = values::<T>(&e.patches)?;
-            let k = patches.len() / (b * n);
-            let grads = linear_weight_grads(&g, &patches, (b * n, k, hidden));
-            pool::give(g);
-            Some(grads)
-        };
-        if let Some(y) = &e.y {
-            let dy = Tensor::from_vec(dctx[..y_len].to_vec(), y.shape(), &dev)?;
-            surrogate = (surrogate + (y * dy)?.sum_all()?)?;
         }
-        if let Some(d) = head_grads.get(t_emb.as_tensor()) {
-            surrogate = (surrogate + (&e.t_emb * d)?.sum_all()?)?;
-        }
-        let mut grads = surrogate.backward()?;
-        let mut by_hand = Vec::new();
-        if let Some((dw, db)) = patch_grads {
-            by_hand.extend([("pos_embed.proj.weight", dw), ("pos_embed.proj.bias", db)]);
-        }
-        if let Some((captions, weights, tape, attended)) = projection {
-            let packed;
-            let dy = match &attended {
-                Some(rows) => {
-                    packed = gather_rows(&dctx[..y_len], rows, hidden);
-                    &packed
-                }
-                None => &dctx[..y_len],
-            };
-            let got = caption_backward(tape, &captions, &caption_weights(&weights), dy);
-            by_hand.extend(CAPTION_WEIGHTS.into_iter().zip(got));
-        }
-        for (name, grad) in by_hand {
-            let w = self.p(name)?;
-            grads.insert(w, Tensor::from_vec(grad, w.shape(), &dev)?);
-        }
-        pool::give(ctx_v);
-        for w in self.weights().values() {
-            if let Some(g) = head_grads.get(w) {
-                let sum = match grads.get(w) {
-                    Some(other) => (other + g)?,
-                    None => g.clone(),
-                };
-                grads.insert(w, sum);
+        None => {
+            // Only the positions some query attends to are projected: the others' `y` rows
+            // (left 0) meet an attention weight of exactly 0 and get no gradient.
+            let attended = attended_rows(&key_bias, l);
+            let mut captions = values::<T>(caption)?;
+            if let Some(rows) = &attended {
+                captions = gather_rows(&captions, rows, caption.dim(2)?);
             }
+            let weights = caption_tensors(model).iter().map(|t| values::<T>(t)).collect::<Result<Vec<_>>>()?;
+            let r = attended.as_ref().map_or(b * l, Vec::len);
+            let (y, tape) = caption_forward(&captions, &caption_weights(&weights), r);
+            match &attended {
+                Some(rows) => {
+                    ctx_v.resize(y_len, T::zero());
+                    for (row, src) in rows.iter().zip(y.chunks(hidden)) {
+                        ctx_v[row * hidden..(row + 1) * hidden].copy_from_slice(src);
+                    }
+                }
+                None => ctx_v.extend_from_slice(&y),
+            }
+            pool::give(y);
+            Some((captions, weights, tape, attended))
         }
-        for (w, grad) in block_grads {
-            grads.insert(w, grad);
+    };
+    extend_values(&mut ctx_v, &e.t0)?;
+
+    let mut x: Vec<T> = values(&e.x)?;
+    let mut ran = Vec::with_capacity(c.num_layers);
+    for i in 0..c.num_layers {
+        let weights = model.block_weights(i)?;
+        let mut params = pool::take_empty(weights.iter().map(|t| t.elem_count()).sum());
+        for t in &weights {
+            extend_values(&mut params, t)?;
         }
-        Ok((value, grads))
+        let dims = (b, n, l, hidden, model.mlp_width(i)?);
+        let (out, tape) = block_forward((c.num_attention_heads, c.norm_eps), dims, &key_bias, (&x, &ctx_v, &params))?;
+        ran.push(Ran { x: std::mem::replace(&mut x, out), params, weights, tape });
     }
+
+    // The head and the loss on leaves: the blocks' output and the timestep embedding.
+    let blocks_out = Var::from_tensor(&Tensor::from_vec(x, (b, n, hidden), &dev)?)?;
+    let t_emb = Var::from_tensor(&e.t_emb.detach())?;
+    let value = loss(&model.head(blocks_out.as_tensor(), t_emb.as_tensor(), e.grid)?)?;
+    let head_grads = value.backward()?;
+    let mut g: Vec<T> = match head_grads.get(blocks_out.as_tensor()) {
+        Some(t) => values(t)?,
+        None => vec![T::zero(); b * n * hidden],
+    };
+
+    let mut block_grads = Vec::new();
+    let mut dctx = vec![T::zero(); ctx_v.len()];
+    for r in ran.into_iter().rev() {
+        let (dx, dc, dp) = block_backward(r.tape, (&r.x, &ctx_v, &r.params), &g);
+        dctx.iter_mut().zip(&dc).for_each(|(a, &d)| *a += d);
+        let params_len = r.params.len();
+        for done in [dc, r.x, r.params, std::mem::replace(&mut g, dx)] {
+            pool::give(done);
+        }
+        // Every weight's gradient is a view into the block's one buffer (no copies).
+        let dp = Tensor::from_vec(dp, params_len, &dev)?;
+        let mut at = 0;
+        for w in r.weights {
+            let len = w.elem_count();
+            block_grads.push((w, dp.narrow(0, at, len)?.reshape(w.shape())?));
+            at += len;
+        }
+    }
+
+    // The embeddings' gradients: the patch embedding's (`x = patches Wpᵀ + bp + positions`) by
+    // hand unless the latents themselves need one, the rest from one backward pass of
+    // Σ t0·dt0 (+ Σ x·dx, + Σ y·dy when the caption projection is in the graph, + Σ t_emb·dt_emb).
+    let dt0 = Tensor::from_vec(dctx[y_len..].to_vec(), e.t0.shape(), &dev)?;
+    let mut surrogate = (&e.t0 * dt0)?.sum_all()?;
+    let patch_grads = if e.patches.track_op() {
+        let dx = Tensor::from_vec(g, (b, n, hidden), &dev)?;
+        surrogate = (surrogate + (&e.x * dx)?.sum_all()?)?;
+        None
+    } else {
+        let patches = values::<T>(&e.patches)?;
+        let k = patches.len() / (b * n);
+        let grads = linear_weight_grads(&g, &patches, (b * n, k, hidden));
+        pool::give(g);
+        Some(grads)
+    };
+    if let Some(y) = &e.y {
+        let dy = Tensor::from_vec(dctx[..y_len].to_vec(), y.shape(), &dev)?;
+        surrogate = (surrogate + (y * dy)?.sum_all()?)?;
+    }
+    if let Some(d) = head_grads.get(t_emb.as_tensor()) {
+        surrogate = (surrogate + (&e.t_emb * d)?.sum_all()?)?;
+    }
+    let mut grads = surrogate.backward()?;
+    let mut by_hand = Vec::new();
+    if let Some((dw, db)) = patch_grads {
+        by_hand.extend([(&model.pos_embed.weight, dw), (&model.pos_embed.bias, db)]);
+    }
+    if let Some((captions, weights, tape, attended)) = projection {
+        let packed;
+        let dy = match &attended {
+            Some(rows) => {
+                packed = gather_rows(&dctx[..y_len], rows, hidden);
+                &packed
+            }
+            None => &dctx[..y_len],
+        };
+        let got = caption_backward(tape, &captions, &caption_weights(&weights), dy);
+        by_hand.extend(caption_tensors(model).into_iter().zip(got));
+    }
+    for (w, grad) in by_hand {
+        grads.insert(w, Tensor::from_vec(grad, w.shape(), &dev)?);
+    }
+    pool::give(ctx_v);
+    for w in model.weights().values() {
+        if let Some(g) = head_grads.get(w) {
+            let sum = match grads.get(w) {
+                Some(other) => (other + g)?,
+                None => g.clone(),
+            };
+            grads.insert(w, sum);
+        }
+    }
+    for (w, grad) in block_grads {
+        grads.insert(w, grad);
+    }
+    Ok((value, grads))
 }
