@@ -321,7 +321,8 @@ pub fn bench_pixart_step(iters: usize) -> anyhow::Result<StepTiming> {
     for i in 0..=iters {
         let start = std::time::Instant::now();
         // The trainer's path: forward, loss and every weight's gradient.
-        let (_, grads) = model.loss_and_grads((&latents, &t, &caption, &mask), None, |out| out.sqr()?.mean_all())?;
+        let (_, grads) =
+            crate::train::loss_and_grads(&model, (&latents, &t, &caption, &mask), None, |out| out.sqr()?.mean_all())?;
         drop(grads);
         if i > 0 {
             steps.push(start.elapsed().as_secs_f64());

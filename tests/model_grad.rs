@@ -114,12 +114,10 @@ fn taped_training_path_matches_autograd() {
     // Twice: the second run gets the first one's recycled buffers (ops::pool) and must not see their
     // old values.
     for run in 0..2 {
-        let (loss, got) = s
-            .model
-            .loss_and_grads(inputs, micro, |out| {
-                d.training_losses(out, &s.io["latents"], &x_t, &s.t, &s.noise)?.loss.mean_all()
-            })
-            .unwrap();
+        let (loss, got) = pixforge::train::loss_and_grads(&s.model, inputs, micro, |out| {
+            d.training_losses(out, &s.io["latents"], &x_t, &s.t, &s.noise)?.loss.mean_all()
+        })
+        .unwrap();
         let scalar = |t: &Tensor| t.to_scalar::<f64>().unwrap();
         assert!((scalar(&loss) - scalar(&want_loss)).abs() < 1e-12 * scalar(&want_loss).abs(), "run {run}");
         for (name, var) in &s.vars {
@@ -149,11 +147,10 @@ fn caption_padding_changes_no_loss_or_gradient() {
     let padded = Tensor::cat(&[caption, &junk], 1).unwrap();
     let padded_mask = Tensor::cat(&[mask, &Tensor::zeros((b, 9), DType::F64, &Device::Cpu).unwrap()], 1).unwrap();
     let run = |caption: &Tensor, mask: &Tensor| {
-        s.model
-            .loss_and_grads((&x_t, &t, caption, mask), micro, |out| {
-                d.training_losses(out, &s.io["latents"], &x_t, &s.t, &s.noise)?.loss.mean_all()
-            })
-            .unwrap()
+        pixforge::train::loss_and_grads(&s.model, (&x_t, &t, caption, mask), micro, |out| {
+            d.training_losses(out, &s.io["latents"], &x_t, &s.t, &s.noise)?.loss.mean_all()
+        })
+        .unwrap()
     };
     let ((loss, want), (padded_loss, got)) = (run(caption, mask), run(&padded, &padded_mask));
     let scalar = |t: &Tensor| t.to_scalar::<f64>().unwrap();

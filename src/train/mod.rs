@@ -21,4 +21,6 @@ pub mod sampler;
 pub mod schedule;
 pub mod step;
 mod tape;
+
+pub use tape::loss_and_grads;
 pub mod validation;

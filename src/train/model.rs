@@ -437,18 +437,6 @@ impl PixArt {
         gated_add(&x, &block.mlp.forward(&h)?, &gate_mlp)
     }
 
-    /// `loss(output)` for the model's output on these inputs (see [`PixArt::forward`]), and the
-    /// gradients of everything it depends on, as `loss.backward()` gives them (at least every
-    /// weight's); on CPU in f32/f64 through the fused training blocks ([`super::tape`]).
-    pub fn loss_and_grads(
-        &self,
-        inputs: (&Tensor, &Tensor, &Tensor, &Tensor),
-        micro: Option<(&Tensor, &Tensor)>,
-        loss: impl FnOnce(&Tensor) -> Result<Tensor>,
-    ) -> Result<(Tensor, candle_core::backprop::GradStore)> {
-        super::tape::loss_and_grads(self, inputs, micro, loss)
-    }
-
     /// The model output `[B, out_channels, H, W]` for latents `[B, C, H, W]`, timesteps `[B]`,
     /// captions `[B, L, caption_channels]` with their 0/1 mask `[B, L]`, and for PixArtMS the
     /// micro-conditions (image size `[B, 2]`, aspect ratio `[B, 1]`).

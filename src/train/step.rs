@@ -119,7 +119,7 @@ impl Trainer {
             Ok(loss)
         };
         let (_, grads) = match compute {
-            None => self.model.loss_and_grads((&x_t, &timesteps, &caption, &batch.mask), micro, loss_fn)?,
+            None => super::loss_and_grads(&self.model, (&x_t, &timesteps, &caption, &batch.mask), micro, loss_fn)?,
             Some(model) => {
                 let dt = self.precision.dtype();
                 let micro = match micro {
@@ -127,7 +127,7 @@ impl Trainer {
                     None => None,
                 };
                 let inputs = (&x_t.to_dtype(dt)?, &timesteps, &caption.to_dtype(dt)?, &batch.mask);
-                model.loss_and_grads(inputs, micro.as_ref().map(|(a, b)| (a, b)), loss_fn)?
+                super::loss_and_grads(model, inputs, micro.as_ref().map(|(a, b)| (a, b)), loss_fn)?
             }
         };
         let losses = kept.ok_or_else(|| anyhow::anyhow!("the loss was not computed"))?;

@@ -84,7 +84,7 @@ struct Ran<'a, T> {
 /// of everything it depends on, as `loss.backward()` gives them (at least every weight's). On CPU in
 /// f32/f64 the transformer blocks run outside candle's autograd over the sub-modules' tensors (same
 /// values, a faster and leaner training step); elsewhere this is `loss(forward(..)).backward()`.
-pub(crate) fn loss_and_grads(
+pub fn loss_and_grads(
     model: &PixArt,
     (latents, timestep, caption, mask): (&Tensor, &Tensor, &Tensor, &Tensor),
     micro: Option<(&Tensor, &Tensor)>,

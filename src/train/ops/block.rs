@@ -670,7 +670,7 @@ impl CustomOp3 for Block {
 }
 
 /// A block's forward run outside candle's autograd (the CPU training path of
-/// [`crate::train::model::PixArt::loss_and_grads`]): what its [`backward_taped`] needs.
+/// [`crate::train::loss_and_grads`]): what its [`backward_taped`] needs.
 pub struct Tape<T> {
     sz: Sz,
     bias: Vec<T>,
