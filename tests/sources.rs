@@ -87,6 +87,7 @@ fn folder_with_captions_and_duplicates() {
     o.progress = false;
     let err = ingest::run(&other, &o).unwrap_err().to_string();
     assert!(err.contains("manifest.json") && err.contains("--overwrite"), "{err}");
+    assert!(err.contains("`image.image_size` was 96, is now 128"), "the change is named: {err}");
 
     // Our own shards are a valid webdataset input; captions come along.
     let out2 = dir.path().join("rewds");

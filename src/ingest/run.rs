@@ -393,7 +393,7 @@ pub fn run(cfg: &IngestConfig, opts: &RunOptions) -> anyhow::Result<RunStats> {
         if opts.overwrite {
             remove_dataset_files(&opts.out)?;
         } else {
-            manifest.check_resumable(&existing, &opts.out)?;
+            manifest.check_resumable(&existing, &opts.out, &["download"])?;
         }
     }
     manifest.write(&opts.out)?;

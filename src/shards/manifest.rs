@@ -45,21 +45,62 @@ impl Manifest {
         write_atomic(&dir.join(MANIFEST_FILE), serde_json::to_string_pretty(self)?.as_bytes())
     }
 
-    /// Checks that a directory written by an earlier run may be resumed with this manifest.
-    pub fn check_resumable(&self, existing: &Manifest, dir: &Path) -> anyhow::Result<()> {
-        if existing.stage != self.stage || existing.fingerprint != self.fingerprint {
-            anyhow::bail!(
-                "{}: written by stage `{}` with fingerprint {}, but this run is stage `{}` with fingerprint {} \
-                 (different configuration or inputs). Use a new output directory, or pass --overwrite to replace it.",
-                dir.join(MANIFEST_FILE).display(),
-                existing.stage,
-                existing.fingerprint,
-                self.stage,
-                self.fingerprint
-            );
+    /// Checks that a directory written by an earlier run may be resumed with this manifest; a refusal
+    /// names every configuration field that differs (`unfingerprinted`: top-level fields left out of
+    /// the fingerprint, which may change freely), or says the inputs changed.
+    pub fn check_resumable(&self, existing: &Manifest, dir: &Path, unfingerprinted: &[&str]) -> anyhow::Result<()> {
+        if existing.stage == self.stage && existing.fingerprint == self.fingerprint {
+            return Ok(());
         }
-        Ok(())
+        let mut changes = Vec::new();
+        if existing.stage != self.stage {
+            changes.push(format!("it was written by stage `{}`, this is `{}`", existing.stage, self.stage));
+        }
+        let show = |v: Option<&serde_json::Value>| v.map_or("absent".to_string(), |v| v.to_string());
+        for (field, was, now) in json_changes(&existing.config, &self.config) {
+            if !unfingerprinted.contains(&field.split('.').next().unwrap_or_default()) {
+                changes.push(format!("`{field}` was {}, is now {}", show(was.as_ref()), show(now.as_ref())));
+            }
+        }
+        if changes.is_empty() {
+            changes.push("its inputs changed (files added, removed, or of another size or time)".into());
+        }
+        anyhow::bail!(
+            "{}: this output was made from other inputs ({}). Use a new output directory, or pass --overwrite to \
+             replace it.",
+            dir.join(MANIFEST_FILE).display(),
+            changes.join("; ")
+        )
     }
+}
+
+/// Every leaf where two JSON values differ, by dotted path (`image.image_size`), with the old and
+/// the new value (`None`: absent).
+pub fn json_changes(
+    old: &serde_json::Value,
+    new: &serde_json::Value,
+) -> Vec<(String, Option<serde_json::Value>, Option<serde_json::Value>)> {
+    fn walk(
+        path: &str,
+        old: Option<&serde_json::Value>,
+        new: Option<&serde_json::Value>,
+        out: &mut Vec<(String, Option<serde_json::Value>, Option<serde_json::Value>)>,
+    ) {
+        match (old.and_then(|v| v.as_object()), new.and_then(|v| v.as_object())) {
+            (Some(a), Some(b)) => {
+                let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+                for k in keys {
+                    let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    walk(&p, a.get(k), b.get(k), out);
+                }
+            }
+            _ if old != new => out.push((path.to_string(), old.cloned(), new.cloned())),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk("", Some(old), Some(new), &mut out);
+    out
 }
 
 /// Hex sha256 over a canonical JSON of `config` and the `inputs` descriptions.

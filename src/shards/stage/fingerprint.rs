@@ -137,19 +137,17 @@ impl StageFingerprint {
 }
 
 fn diff_json(what: &str, cached: &serde_json::Value, expected: &serde_json::Value, out: &mut Vec<String>) {
-    match (cached.as_object(), expected.as_object()) {
-        (Some(a), Some(b)) => {
-            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-            for k in keys {
-                let (x, y) = (a.get(k), b.get(k));
-                if x != y {
-                    let show = |v: Option<&serde_json::Value>| v.map_or("absent".to_string(), |v| v.to_string());
-                    out.push(format!("{what}: `{k}` was {} in the cache, is now {}", show(x), show(y)));
-                }
-            }
+    let show = |v: Option<&serde_json::Value>| v.map_or("absent".to_string(), |v| v.to_string());
+    for (field, was, now) in crate::shards::manifest::json_changes(cached, expected) {
+        if field.is_empty() {
+            out.push(format!("{what}: was {cached}, is now {expected}"));
+        } else {
+            out.push(format!(
+                "{what}: `{field}` was {} in the cache, is now {}",
+                show(was.as_ref()),
+                show(now.as_ref())
+            ));
         }
-        _ if cached != expected => out.push(format!("{what}: was {cached}, is now {expected}")),
-        _ => {}
     }
 }
 
