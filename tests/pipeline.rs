@@ -168,6 +168,20 @@ fn pipeline_errors_name_the_file_the_stage_and_the_field() {
     assert!(e.contains("stage `ingest`, field `inputs`") && e.contains("photos: no such file or folder"), "{e}");
 }
 
+/// Values that cannot run are refused before any stage runs: an empty pipeline, zero samples per
+/// shard, a zero batch size.
+#[test]
+fn pipelines_that_cannot_run_are_refused_before_any_stage() {
+    let e = run_pipeline("out = \"o\"\n");
+    assert!(e.contains("bad.toml: no stage to run"), "{e}");
+    let e = run_pipeline(
+        "out = \"o\"\n[ingest]\nsource = \"folder\"\ninputs = []\n[ingest.curation]\nsamples_per_shard = 0\n",
+    );
+    assert!(e.contains("stage `ingest`, field `curation.samples_per_shard`: expected at least 1, found 0"), "{e}");
+    let e = run_pipeline("out = \"o\"\n[train]\nmax_steps = 5\n[train.data]\nbatch_size = 0\n");
+    assert!(e.contains("stage `train`, field `data.batch_size` must be at least 1, found 0"), "{e}");
+}
+
 /// The example pipelines parse (their model folders are not here, so they are not checked).
 #[test]
 fn example_pipelines_parse() {

@@ -384,6 +384,9 @@ impl Runner<'_> {
 /// Runs the ingest described by `cfg` into `opts.out`; returns the totals of this run.
 pub fn run(cfg: &IngestConfig, opts: &RunOptions) -> anyhow::Result<RunStats> {
     check_paths(cfg, &opts.out)?;
+    if cfg.curation.samples_per_shard == 0 {
+        anyhow::bail!("--samples-per-shard (curation.samples_per_shard): expected at least 1, found 0");
+    }
     let rows = read_source(cfg)?;
     let layout = ShardLayout::new(cfg.curation.samples_per_shard);
     let manifest = manifest_for(cfg, &rows.inputs)?;

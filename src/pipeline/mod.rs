@@ -512,6 +512,32 @@ impl Pipeline {
     /// to exist ([`Pipeline::check_paths`] checks those).
     pub fn check(&self) -> anyhow::Result<()> {
         let f = self.file.display();
+        let has_stage = self.models.is_some()
+            || self.datasets.iter().any(|d| d.ingest.is_some())
+            || self.score.is_some()
+            || !self.selection_stages().is_empty()
+            || self.caption.is_some()
+            || self.density.is_some()
+            || self.t5.is_some()
+            || self.vae.is_some()
+            || self.export.is_some()
+            || self.train.is_some();
+        if !has_stage {
+            anyhow::bail!(
+                "{f}: no stage to run; a pipeline has [models], [ingest], [score.clip], … (docs/pipelines.md)"
+            );
+        }
+        for ds in &self.datasets {
+            if ds.ingest.as_ref().is_some_and(|i| i.curation.samples_per_shard == 0) {
+                anyhow::bail!(
+                    "{f}: stage `{}`, field `curation.samples_per_shard`: expected at least 1, found 0",
+                    ds.label("ingest")
+                );
+            }
+        }
+        if let Some(t) = &self.train {
+            t.validate().map_err(|e| anyhow::anyhow!("{f}: stage `train`, field {e}"))?;
+        }
         for (stage, run) in self.shard_runs() {
             crate::device::DeviceName::parse(&run.device)
                 .map_err(|e| anyhow::anyhow!("{f}: stage `{stage}`, field `device`: {e}"))?;
