@@ -90,13 +90,7 @@ pub fn run(p: &Pipeline, progress: bool, worker: crate::shards::Worker) -> anyho
         opts.progress = progress;
         opts.worker = worker;
         let stats = crate::ingest::run(cfg, &opts).map_err(|e| e.context(stage_err(&label)))?;
-        if let Some((name, why)) = stats.shards_failed.first() {
-            anyhow::bail!(
-                "{}: stage `{label}`: {} shard(s) failed, the first ({name}) with: {why}; rerun to retry them",
-                p.file.display(),
-                stats.shards_failed.len()
-            );
-        }
+        failed_shards(&label, &stats.shards_failed).map_err(|e| e.context(stage_err(&label)))?;
         r.stages.push(StageReport {
             stage: label,
             did_work: stats.shards_done > 0,
@@ -114,10 +108,8 @@ pub fn run(p: &Pipeline, progress: bool, worker: crate::shards::Worker) -> anyho
     }
     if let Some(score) = &p.score {
         for ds in &p.datasets {
-            let (label, run) = match score {
-                ScoreStage::Clip(_) => (ds.label("score.clip"), &p.score_run),
-                ScoreStage::LaionEmb(_) => (ds.label("score.laion_emb"), &p.score_run),
-            };
+            let run = &p.score_run;
+            let label = ds.label(if matches!(score, ScoreStage::Clip(_)) { "score.clip" } else { "score.laion_emb" });
             let opts = run
                 .apply(options(&ds.shards, &ds.scores, progress, worker))
                 .map_err(|e| e.context(stage_err(&label)))?;
@@ -129,7 +121,7 @@ pub fn run(p: &Pipeline, progress: bool, worker: crate::shards::Worker) -> anyho
                 ScoreStage::LaionEmb(cfg) => crate::score::stage::run_laion(cfg, &opts),
             }
             .map_err(|e| e.context(stage_err(&label)))?;
-            failed_shards(&label, &stats)?;
+            failed_shards(&label, &stats.shards_failed)?;
             r.stages.push(cache_report(&label, &stats, "scores", &ds.scores));
             merge_cache(&mut r.scores, stats);
         }
@@ -166,7 +158,7 @@ pub fn run(p: &Pipeline, progress: bool, worker: crate::shards::Worker) -> anyho
                 .apply(options(&ds.shards, &ds.captions, progress, worker))
                 .map_err(|e| e.context(stage_err(&label)))?;
             let stats = crate::caption::run(cfg, &opts).map_err(|e| e.context(stage_err(&label)))?;
-            failed_shards(&label, &stats)?;
+            failed_shards(&label, &stats.shards_failed)?;
             r.stages.push(cache_report(&label, &stats, "captions", &ds.captions));
             merge_cache(&mut r.captions, stats);
         }
@@ -197,7 +189,7 @@ pub fn run(p: &Pipeline, progress: bool, worker: crate::shards::Worker) -> anyho
                 .map_err(|e| e.context(stage_err(&label)))?;
             let stats =
                 crate::latents::cache::t5_stage::run(&cfg, &opts, &dev).map_err(|e| e.context(stage_err(&label)))?;
-            failed_shards(&label, &stats)?;
+            failed_shards(&label, &stats.shards_failed)?;
             r.stages.push(cache_report(&label, &stats, "t5", &ds.t5));
             merge_cache(&mut r.t5, stats);
         }
@@ -215,7 +207,7 @@ pub fn run(p: &Pipeline, progress: bool, worker: crate::shards::Worker) -> anyho
                 .map_err(|e| e.context(stage_err(&label)))?;
             let stats =
                 crate::latents::cache::vae_stage::run(cfg, &opts, &dev).map_err(|e| e.context(stage_err(&label)))?;
-            failed_shards(&label, &stats)?;
+            failed_shards(&label, &stats.shards_failed)?;
             r.stages.push(cache_report(&label, &stats, "vae", &ds.vae));
             merge_cache(&mut r.vae, stats);
         }
@@ -325,11 +317,12 @@ fn options(input: &Path, out: &Path, progress: bool, worker: crate::shards::Work
     StageOptions { progress, worker, ..StageOptions::new(input, out) }
 }
 
-fn failed_shards(stage: &str, stats: &StageRunStats) -> anyhow::Result<()> {
-    if let Some((name, why)) = stats.shards_failed.first() {
+/// An error naming the first of a shard stage's `failed` shards (shard, reason), if any.
+fn failed_shards(stage: &str, failed: &[(String, String)]) -> anyhow::Result<()> {
+    if let Some((name, why)) = failed.first() {
         anyhow::bail!(
             "stage `{stage}`: {} shard(s) failed, the first ({name}) with: {why}; rerun to retry them",
-            stats.shards_failed.len()
+            failed.len()
         );
     }
     Ok(())
