@@ -43,7 +43,7 @@ fn official_loader_names_missing_and_unexpected_keys() {
     sd.insert("blocks.0.surprise.weight".into(), z);
     let e = pixforge::train::keys::official_to_diffusers(sd).unwrap_err();
     assert!(e.contains("blocks.0.attn.qkv.bias") && e.contains("blocks.0.surprise.weight"), "{e}");
-    assert!(e.contains("pos_embed.proj.weight"), "{e}");
+    assert!(e.contains("`x_embedder.proj.weight`"), "{e}");
 }
 
 #[test]

@@ -244,10 +244,12 @@ impl OpenAiClient {
 }
 
 /// The image as sent: the original bytes when its shorter side is at most `max_side` (0 = always),
-/// else resized (bicubic) to that shorter side and encoded as JPEG (quality 90).
+/// else resized (bicubic) to that shorter side and encoded as JPEG (quality 90). Either way the image
+/// first passes the header check every stage applies (the pixel limit, a truncated file refused).
 pub fn image_for_request(bytes: &[u8], max_side: u32) -> Result<(Vec<u8>, &'static str), String> {
-    use crate::image::{decode_rgb, encode, peek_dimensions, resize_exact, EncodeFormat, Filter};
-    let (format, w, h) = peek_dimensions(bytes).map_err(|e| format!("cannot read the image: {e}"))?;
+    use crate::image::{checked_header, decode_rgb, encode, resize_exact, EncodeFormat, Filter};
+    let (format, w, h) =
+        checked_header(bytes, crate::image::MAX_PIXELS, false).map_err(|e| format!("cannot read the image: {e}"))?;
     let mime = match format {
         image::ImageFormat::Jpeg => Some("image/jpeg"),
         image::ImageFormat::Png => Some("image/png"),

@@ -9,6 +9,20 @@ use std::io::Cursor;
 /// `Image.MAX_IMAGE_PIXELS`, its decompression-bomb limit): every stage that decodes uses it.
 pub const MAX_PIXELS: u64 = 89_478_485;
 
+/// The most a decoder may allocate beyond an image's pixels, for its metadata (ICC profiles, EXIF,
+/// XMP and text chunks, which PNG stores compressed) and its working buffers. A metadata chunk that
+/// inflates past it is dropped (the PNG decoder skips such an ICC profile) or the image refused, so a
+/// metadata bomb costs what a normal image costs.
+pub const METADATA_BYTES: u64 = 4 << 20;
+
+/// The decoder limits for an image of `pixels` pixels: its largest pixel buffer (16 bytes a pixel,
+/// RGBA of f32) and [`METADATA_BYTES`].
+fn limits_for(pixels: u64) -> image::Limits {
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(pixels.saturating_mul(16).saturating_add(METADATA_BYTES));
+    limits
+}
+
 /// Why an image could not be processed (stored as `failed_to_resize` with this message).
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ImageError {
@@ -21,6 +35,9 @@ pub enum ImageError {
     /// The decoder failed.
     #[error("image decoding error: {0}")]
     Decode(String),
+    /// The data ends before the image does (a cut download or a damaged file).
+    #[error("image file is truncated: {0} (--load-truncated-images keeps such images)")]
+    Truncated(String),
     /// The smaller side is under `min_image_size`.
     #[error("image too small: {width}x{height}, smaller side below --min-image-size {limit}")]
     TooSmall { width: u32, height: u32, limit: u32 },
@@ -42,38 +59,80 @@ fn first_bytes(b: &[u8]) -> String {
 /// Width and height declared by the header of `bytes`, without decoding pixels.
 pub fn peek_dimensions(bytes: &[u8]) -> Result<(ImageFormat, u32, u32), ImageError> {
     let format = image::guess_format(bytes).map_err(|_| ImageError::UnknownFormat(first_bytes(bytes)))?;
-    let reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    // Reading the header allocates no pixels: only the metadata allowance.
+    reader.limits(limits_for(0));
     let (w, h) = reader.into_dimensions().map_err(|e| ImageError::Decode(e.to_string()))?;
     Ok((format, w, h))
 }
 
 /// Decodes `bytes` to RGB: EXIF orientation applied, alpha composited on white, 16-bit, grey,
-/// palette and CMYK converted. Returns the image and whether the orientation changed it.
+/// palette and CMYK converted; a truncated image refused. Returns the image and whether the
+/// orientation changed it.
 pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<(RgbImage, bool, ImageFormat), ImageError> {
-    let (format, _, _) = checked_header(bytes, max_pixels)?;
-    decode_checked(bytes, format, max_pixels)
+    let (format, w, h) = checked_header(bytes, max_pixels, false)?;
+    decode_checked(bytes, format, w as u64 * h as u64)
 }
 
-/// The format and size declared by the header, refused when it declares more than `max_pixels`.
-pub(crate) fn checked_header(bytes: &[u8], max_pixels: u64) -> Result<(ImageFormat, u32, u32), ImageError> {
+/// The format and size declared by the header, refused when it declares more than `max_pixels`
+/// or, unless `load_truncated`, when the data visibly ends before the image does.
+pub fn checked_header(
+    bytes: &[u8],
+    max_pixels: u64,
+    load_truncated: bool,
+) -> Result<(ImageFormat, u32, u32), ImageError> {
     let (format, w, h) = peek_dimensions(bytes)?;
     let pixels = w as u64 * h as u64;
     if pixels > max_pixels {
         return Err(ImageError::Bomb { width: w, height: h, pixels, limit: max_pixels });
     }
+    if !load_truncated && format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        return Err(ImageError::Truncated(format!(
+            "the JPEG's {} bytes end before its end-of-image marker",
+            bytes.len()
+        )));
+    }
     Ok((format, w, h))
 }
 
-/// [`decode_rgb`] once the header has passed [`checked_header`].
+/// Whether a JPEG runs to its end-of-image marker (`FF D9`) after its first scan. Decoders fill
+/// the rows a cut file lacks with one flat colour and report success; this catches the cut.
+/// Inside the entropy-coded data an `FF` byte is always followed by `00` or a restart marker, so
+/// the first `FF D9` after the first start-of-scan is the end of the image.
+pub fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let mut at = 2; // past SOI
+    while at + 4 <= bytes.len() {
+        if bytes[at] != 0xFF {
+            return false;
+        }
+        let marker = bytes[at + 1];
+        if marker == 0xFF {
+            at += 1; // fill byte
+            continue;
+        }
+        if marker == 0x01 || (0xD0..=0xD8).contains(&marker) {
+            at += 2; // markers without a length
+            continue;
+        }
+        let len = u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]) as usize;
+        let next = at + 2 + len;
+        if marker == 0xDA {
+            return bytes.get(next..).is_some_and(|scan| scan.windows(2).any(|w| w == [0xFF, 0xD9]));
+        }
+        at = next;
+    }
+    false
+}
+
+/// [`decode_rgb`] once the header has passed [`checked_header`], which found `pixels` pixels: the
+/// decoder may allocate what those pixels need ([`limits_for`]).
 pub(crate) fn decode_checked(
     bytes: &[u8],
     format: ImageFormat,
-    max_pixels: u64,
+    pixels: u64,
 ) -> Result<(RgbImage, bool, ImageFormat), ImageError> {
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
-    let mut limits = image::Limits::default();
-    limits.max_alloc = Some(max_pixels.saturating_mul(16).max(64 << 20));
-    reader.limits(limits);
+    reader.limits(limits_for(pixels));
     let mut decoder = reader.into_decoder().map_err(|e| ImageError::Decode(e.to_string()))?;
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| ImageError::Decode(e.to_string()))?;

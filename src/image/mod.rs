@@ -14,12 +14,14 @@ pub mod resize;
 mod turbo;
 
 pub use codec::JpegCodec;
-pub use decode::{decode_rgb, peek_dimensions, to_rgb_on_white, ImageError, MAX_PIXELS};
+pub use decode::{
+    checked_header, decode_rgb, jpeg_is_complete, peek_dimensions, to_rgb_on_white, ImageError, MAX_PIXELS,
+};
 pub use options::{check_filters, EncodeFormat, Filter, ImageOptions, ResizeMode};
 pub use resize::{plan, resize_exact, resize_rgb, Plan};
 
 use codec::format_matches;
-use decode::{checked_header, decode_checked};
+use decode::decode_checked;
 use image::{ImageFormat, RgbImage};
 use phash::phash;
 use resize::{crop_f64, pad_white};
@@ -74,7 +76,7 @@ pub fn encode(img: &RgbImage, format: EncodeFormat, quality: u8) -> Result<Vec<u
 
 /// Runs the whole image step on `bytes`.
 pub fn process(bytes: &[u8], o: &ImageOptions) -> Result<Processed, ImageError> {
-    let (format, w0, h0) = checked_header(bytes, o.max_image_pixels)?;
+    let (format, w0, h0) = checked_header(bytes, o.max_image_pixels, o.load_truncated_images)?;
     let scaled = if format == ImageFormat::Jpeg { jpeg_codec().decode_for_plan(bytes, o)? } else { None };
     let (out, w, h, untouched) = match scaled {
         Some(s) => {
@@ -84,7 +86,7 @@ pub fn process(bytes: &[u8], o: &ImageOptions) -> Result<Processed, ImageError> 
             (pad_white(resize_rgb(&s.img, s.crop, p.resized, o)?, p.canvas), w0, h0, untouched)
         }
         None => {
-            let (img, rotated, _) = decode_checked(bytes, format, o.max_image_pixels)?;
+            let (img, rotated, _) = decode_checked(bytes, format, w0 as u64 * h0 as u64)?;
             let (w, h) = img.dimensions();
             check_filters(w, h, o)?;
             let p = plan(w, h, o);

@@ -98,6 +98,10 @@ pub struct ImageOptions {
     /// Refuse images whose header declares more pixels than this, before decoding (decompression bombs).
     #[arg(long, default_value_t = MAX_PIXELS)]
     pub max_image_pixels: u64,
+    /// Keep images whose data ends before the image does (the missing rows one flat colour), as
+    /// Pillow's `LOAD_TRUNCATED_IMAGES` does; by default they are refused as `failed_to_resize`.
+    #[arg(long)]
+    pub load_truncated_images: bool,
     /// Refuse images whose smaller side is below this (img2dataset's `min_image_size`).
     #[arg(long, default_value_t = 0)]
     pub min_image_size: u32,

@@ -102,8 +102,7 @@ impl TextEncoder {
         let (model_dir, _) = locate(dir);
         let config: t5::Config = crate::hub::read_config(&model_dir.join("config.json"))?;
         let files = crate::hub::weight_files(&model_dir, "model")?;
-        // SAFETY: the files are memory-mapped read-only; we do not modify them while loaded.
-        let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, DType::F32, device)? };
+        let vb = crate::hub::Weights::open(&files)?.var_builder(DType::F32, device);
         let model = PackedT5::load(vb, &config)
             .map_err(|e| anyhow::anyhow!("{}: not a T5 encoder checkpoint: {e}", model_dir.display()))?;
         Ok(TextEncoder { model, tokenizer: None, d_model: config.d_model })

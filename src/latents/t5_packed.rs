@@ -39,7 +39,8 @@ impl PackedT5 {
     /// Builds the encoder from transformers' key names under `vb` (f32 compute).
     pub fn load(vb: VarBuilder, cfg: &Config) -> candle_core::Result<Self> {
         let (d, inner, ff) = (cfg.d_model, cfg.num_heads * cfg.d_kv, cfg.d_ff);
-        let embed = if vb.contains_tensor("shared.weight") {
+        // `shared.weight`, or `encoder.embed_tokens.weight` alone; a refusal names the first.
+        let embed = if vb.contains_tensor("shared.weight") || !vb.contains_tensor("encoder.embed_tokens.weight") {
             vb.get((cfg.vocab_size, d), "shared.weight")?
         } else {
             vb.get((cfg.vocab_size, d), "encoder.embed_tokens.weight")?

@@ -65,8 +65,7 @@ impl Vae {
             );
         }
         let files = crate::hub::weight_files(&dir, "diffusion_pytorch_model")?;
-        // SAFETY: the files are memory-mapped read-only; we do not modify them while loaded.
-        let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, DType::F32, device)? };
+        let vb = crate::hub::Weights::open(&files)?.var_builder(DType::F32, device);
         Self::from_parts(vb, c).map_err(|e| anyhow::anyhow!("{}: not an AutoencoderKL checkpoint: {e}", dir.display()))
     }
 

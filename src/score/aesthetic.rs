@@ -27,10 +27,7 @@ impl AestheticHead {
     /// its keys (`weight`/`bias`: V1; `layers.{0,2,4,6,7}.*`: V2).
     pub fn load(path: &Path, device: &Device) -> anyhow::Result<Self> {
         let named: Vec<(String, Tensor)> = if path.extension().is_some_and(|e| e == "safetensors") {
-            candle_core::safetensors::load(path, device)
-                .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?
-                .into_iter()
-                .collect()
+            crate::hub::Weights::open(&[path.to_path_buf()])?.load_all(device)?.into_iter().collect()
         } else {
             candle_core::pickle::read_all(path)
                 .map_err(|e| anyhow::anyhow!("{}: not a PyTorch checkpoint: {e}", path.display()))?

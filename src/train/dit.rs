@@ -28,7 +28,7 @@ pub const REPARAM_T: f64 = 500.0;
 /// safetensors with DiT's keys.
 fn read(path: &Path, device: &Device) -> anyhow::Result<HashMap<String, Tensor>> {
     let named: Vec<(String, Tensor)> = if path.extension().is_some_and(|e| e == "safetensors") {
-        candle_core::safetensors::load(path, device)?.into_iter().collect()
+        crate::hub::Weights::open(&[path.to_path_buf()])?.load_all(device)?.into_iter().collect()
     } else {
         let try_key = |k: Option<&str>| candle_core::pickle::read_all_with_key(path, k);
         try_key(None)

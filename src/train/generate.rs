@@ -156,7 +156,8 @@ pub fn generate(o: &SampleOptions, prompts: &[String], device: &Device) -> anyho
     let empty = if null == NullCondition::Empty && o.config.cfg != 1.0 { Some(t5.encode("")?) } else { None };
     let file_noise = match &o.noise {
         Some(p) => Some(
-            candle_core::safetensors::load(p, device)?
+            crate::hub::Weights::open(&[p.to_path_buf()])?
+                .load_all(device)?
                 .remove("noise")
                 .ok_or_else(|| anyhow::anyhow!("{}: expected a tensor \"noise\"", p.display()))?,
         ),

@@ -40,6 +40,40 @@ fn rename(sd: &mut HashMap<String, Tensor>, out: &mut HashMap<String, Tensor>, f
     }
 }
 
+/// The number of blocks named `{prefix}{i}.…` among `keys`: one more than the highest index, so that
+/// a block with a tensor missing is still counted (and the tensor reported missing).
+pub fn block_count<'a>(keys: impl Iterator<Item = &'a String>, prefix: &str) -> usize {
+    keys.filter_map(|k| k.strip_prefix(prefix)?.split_once('.')?.0.parse::<usize>().ok())
+        .map(|i| i + 1)
+        .max()
+        .unwrap_or(0)
+}
+
+/// The official key a diffusers tensor name comes from (fused `qkv` / `kv_linear` for the split
+/// q, k, v); the name itself when it has no official counterpart.
+pub fn official_name(diffusers: &str) -> String {
+    if diffusers == "scale_shift_table" {
+        return "final_layer.scale_shift_table".into();
+    }
+    let (base, kind) = diffusers.rsplit_once('.').unwrap_or((diffusers, ""));
+    if let Some((from, _)) = TOP.iter().find(|(_, to)| *to == base) {
+        return format!("{from}.{kind}");
+    }
+    let Some(rest) = diffusers.strip_prefix("transformer_blocks.") else { return diffusers.to_string() };
+    let Some((i, suffix)) = rest.split_once('.') else { return diffusers.to_string() };
+    let (sbase, _) = suffix.rsplit_once('.').unwrap_or((suffix, ""));
+    let official = match sbase {
+        "attn1.to_q" | "attn1.to_k" | "attn1.to_v" => "attn.qkv".to_string(),
+        "attn2.to_k" | "attn2.to_v" => "cross_attn.kv_linear".to_string(),
+        "scale_shift_table" => return format!("blocks.{i}.scale_shift_table"),
+        _ => match BLOCK.iter().find(|(_, to)| *to == sbase) {
+            Some((from, _)) => from.to_string(),
+            None => return diffusers.to_string(),
+        },
+    };
+    format!("blocks.{i}.{official}.{kind}")
+}
+
 /// Converts an official state dict. Errors list the keys left over (unexpected) and the ones a
 /// fused tensor could not be split for.
 pub fn official_to_diffusers(mut sd: HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>, String> {
@@ -55,7 +89,7 @@ pub fn official_to_diffusers(mut sd: HashMap<String, Tensor>) -> Result<HashMap<
         rename(&mut sd, &mut out, from, to);
     }
     let mut splits = Vec::new();
-    let layers = (0..).take_while(|i| sd.contains_key(&format!("blocks.{i}.scale_shift_table"))).count();
+    let layers = block_count(sd.keys(), "blocks.");
     for i in 0..layers {
         let (b, d) = (format!("blocks.{i}."), format!("transformer_blocks.{i}."));
         for (from, to) in BLOCK {
@@ -89,13 +123,24 @@ pub fn official_to_diffusers(mut sd: HashMap<String, Tensor>) -> Result<HashMap<
     }
     for key in ["pos_embed.proj.weight", "proj_out.weight", "caption_projection.linear_1.weight", "scale_shift_table"] {
         if !out.contains_key(key) {
-            missing.push(format!("{key} (from its official name)"));
+            missing.push(official_name(key));
         }
     }
     let mut unexpected: Vec<String> = sd.into_keys().collect();
     unexpected.sort();
     if !missing.is_empty() || !unexpected.is_empty() {
-        return Err(format!("not an official PixArt state dict: missing {missing:?}, unexpected {unexpected:?}"));
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+            }
+        };
+        return Err(format!(
+            "not an official PixArt state dict: tensors missing: {}; tensors unexpected: {}",
+            list(&missing),
+            list(&unexpected)
+        ));
     }
     Ok(out)
 }

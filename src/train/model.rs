@@ -147,6 +147,34 @@ pub(crate) fn timestep_features(t: &Tensor) -> Result<Tensor> {
     Tensor::cat(&[args.cos()?, args.sin()?], 1)
 }
 
+/// `w` checked against `config`: every tensor [`parameter_shapes`] lists is there with its shape and a
+/// floating-point dtype (else an error naming `source(tensor)`, the tensor, the shape expected
+/// `why` and the one found), and all in the dtype of the patch embedding's weight.
+fn checked_parameters(
+    config: &PixArtConfig,
+    w: HashMap<String, Tensor>,
+    source: &dyn Fn(&str) -> String,
+    why: &str,
+) -> anyhow::Result<HashMap<String, Tensor>> {
+    let micro = w.keys().any(|k| k.starts_with("adaln_single.emb.resolution_embedder."));
+    for (name, shape) in parameter_shapes(config, micro) {
+        match w.get(&name) {
+            None => anyhow::bail!("{}: tensor `{name}` is missing (expected shape {shape:?} {why})", source(&name)),
+            Some(t) if t.dims() != shape.as_slice() => {
+                anyhow::bail!("{}: tensor `{name}` has shape {:?}, expected {shape:?} {why}", source(&name), t.dims())
+            }
+            Some(t) if !crate::hub::is_float(t.dtype()) => anyhow::bail!(
+                "{}: tensor `{name}` is stored as {:?}, expected a floating-point dtype (F32, F16 or BF16)",
+                source(&name),
+                t.dtype()
+            ),
+            Some(_) => {}
+        }
+    }
+    let dtype = w["pos_embed.proj.weight"].dtype();
+    w.into_iter().map(|(k, t)| Ok((k, if t.dtype() == dtype { t } else { t.to_dtype(dtype)? }))).collect()
+}
+
 impl PixArt {
     /// The model of `config` over the weights `w` (diffusers names): its sub-modules built through a
     /// `VarBuilder` that checks every tensor's shape. Fixed weights (none a variable) of a model the
@@ -205,34 +233,12 @@ impl PixArt {
     pub fn load_diffusers(dir: &std::path::Path, device: &Device) -> anyhow::Result<Self> {
         let cfg = dir.join("config.json");
         let config: PixArtConfig = crate::hub::read_config(&cfg)?;
-        let mut w = HashMap::new();
-        let mut file_of = HashMap::new();
         let files = crate::hub::weight_files(dir, "diffusion_pytorch_model")?;
-        for file in &files {
-            let part = candle_core::safetensors::load(file, device)
-                .map_err(|e| anyhow::anyhow!("{}: cannot load: {e}", file.display()))?;
-            for (k, t) in part {
-                file_of.insert(k.clone(), file.clone());
-                w.insert(k, t);
-            }
-        }
-        let micro = w.keys().any(|k| k.starts_with("adaln_single.emb.resolution_embedder."));
+        let weights = crate::hub::Weights::open(&files)?;
+        let w = weights.load_all(device)?;
         let named = files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ");
-        for (name, shape) in parameter_shapes(&config, micro) {
-            match w.get(&name) {
-                None => anyhow::bail!(
-                    "{named}: tensor `{name}` is missing (expected shape {shape:?} for {})",
-                    cfg.display()
-                ),
-                Some(t) if t.dims() != shape.as_slice() => anyhow::bail!(
-                    "{}: tensor `{name}` has shape {:?}, expected {shape:?} for {}",
-                    file_of[&name].display(),
-                    t.dims(),
-                    cfg.display()
-                ),
-                Some(_) => {}
-            }
-        }
+        let source = |name: &str| weights.file_of(name).map(|f| f.display().to_string()).unwrap_or(named.clone());
+        let w = checked_parameters(&config, w, &source, &format!("for {}", cfg.display()))?;
         PixArt::new(config, w).map_err(|e| anyhow::anyhow!("{named}: {e}"))
     }
 
@@ -249,15 +255,36 @@ impl PixArt {
     ) -> anyhow::Result<Self> {
         let is_st = path.extension().is_some_and(|e| e == "safetensors");
         let named: Vec<(String, Tensor)> = if is_st {
-            candle_core::safetensors::load(path, device)?.into_iter().collect()
+            crate::hub::Weights::open(&[path.to_path_buf()])?.load_all(device)?.into_iter().collect()
         } else {
             candle_core::pickle::read_all_with_key(path, Some("state_dict"))
                 .map_err(|e| anyhow::anyhow!("{}: not a PyTorch checkpoint with a state_dict: {e}", path.display()))?
         };
         let sd: HashMap<String, Tensor> =
             named.into_iter().map(|(k, t)| Ok((k, t.to_device(device)?))).collect::<Result<_>>()?;
+        for (name, t) in &sd {
+            if !crate::hub::is_float(t.dtype()) {
+                anyhow::bail!(
+                    "{}: tensor `{name}` is stored as {:?}, expected a floating-point dtype (F32, F16 or BF16)",
+                    path.display(),
+                    t.dtype()
+                );
+            }
+        }
         let w = super::keys::official_to_diffusers(sd).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let (hidden, in_channels, patch) = w["pos_embed.proj.weight"].dims4().map(|(h, c, p, _)| (h, c, p))?;
+        let (hidden, in_channels, patch) =
+            w["pos_embed.proj.weight"].dims4().map(|(h, c, p, _)| (h, c, p)).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: tensor `x_embedder.proj.weight`: expected shape [hidden, channels, patch, patch]: {e}",
+                    path.display()
+                )
+            })?;
+        if heads == 0 || patch == 0 {
+            anyhow::bail!(
+                "{}: {heads} heads or a patch of {patch} (x_embedder.proj.weight): expected both positive",
+                path.display()
+            );
+        }
         if hidden % heads != 0 {
             anyhow::bail!("{}: hidden size {hidden} is not divisible by {heads} heads", path.display());
         }
@@ -266,15 +293,15 @@ impl PixArt {
             attention_head_dim: hidden / heads,
             in_channels,
             out_channels: w["proj_out.weight"].dim(0)? / (patch * patch),
-            num_layers: (0..)
-                .take_while(|i| w.contains_key(&format!("transformer_blocks.{i}.scale_shift_table")))
-                .count(),
+            num_layers: super::keys::block_count(w.keys(), "transformer_blocks."),
             sample_size,
             patch_size: patch,
             caption_channels: w["caption_projection.linear_1.weight"].dim(1)?,
             interpolation_scale: None,
             norm_eps: default_eps(),
         };
+        let source = |name: &str| format!("{} (official `{}`)", path.display(), super::keys::official_name(name));
+        let w = checked_parameters(&config, w, &source, "for the shape its other tensors give")?;
         PixArt::new(config, w).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
     }
 

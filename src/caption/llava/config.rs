@@ -10,11 +10,9 @@ pub struct LlavaConfig {
     /// `llava` (LLaVA-1.5); other types are refused by name.
     #[serde(default)]
     pub model_type: Option<String>,
-    /// The language model.
-    #[serde(default)]
+    /// The language model (required: its absent fields take transformers' defaults).
     pub text_config: TextConfig,
-    /// The CLIP vision tower.
-    #[serde(default)]
+    /// The CLIP vision tower (required: its absent fields take transformers' defaults).
     pub vision_config: VisionConfig,
     /// The token id that stands for one image feature in `input_ids`.
     #[serde(default = "d_image_token", alias = "image_token_id")]

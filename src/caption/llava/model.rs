@@ -44,11 +44,13 @@ impl Llava {
         let config: LlavaConfig = crate::hub::read_config(&cfg_path)?;
         config.check(&cfg_path)?;
         let files = crate::hub::weight_files(dir, "model")?;
-        // SAFETY: the files are memory-mapped read-only and not modified while loaded.
-        let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files)? };
-        let names = std::sync::Arc::new(llava_names(&st, &files)?);
-        let vb = VarBuilder::from_backend(Box::new(st), dtype, device.clone())
-            .rename_f(move |name: &str| stored_name(name, &names));
+        let weights = crate::hub::Weights::open(&files)?;
+        let names = std::sync::Arc::new(llava_names(&weights, &files)?);
+        check_sizes(&config, &cfg_path, &weights, &names)?;
+        for (name, shape) in expected_tensors(&config, &cfg_path)? {
+            weights.check(&stored_name(&name, &names), Some(&shape))?;
+        }
+        let vb = weights.var_builder(dtype, device).rename_f(move |name: &str| stored_name(name, &names));
         let err = |part: &str, e: candle_core::Error| {
             anyhow::anyhow!("{}: cannot load the {part} ({e}); expected llava-hf tensor names", dir.display())
         };
@@ -215,12 +217,111 @@ impl Llava {
     }
 }
 
+/// The config's sizes against the tensors that carry them, so that a field left at transformers'
+/// default (or wrong) is named rather than found later as a tensor of the wrong shape.
+fn check_sizes(
+    config: &LlavaConfig,
+    cfg_path: &Path,
+    weights: &crate::hub::Weights,
+    names: &std::collections::HashSet<String>,
+) -> anyhow::Result<()> {
+    let (t, v) = (&config.text_config, &config.vision_config);
+    let checks: [(&str, usize, &str, usize); 4] = [
+        ("text_config.hidden_size", t.hidden_size, "language_model.model.embed_tokens.weight", 1),
+        ("text_config.vocab_size", t.vocab_size, "language_model.model.embed_tokens.weight", 0),
+        ("vision_config.hidden_size", v.hidden_size, "vision_tower.vision_model.embeddings.class_embedding", 0),
+        ("vision_config.patch_size", v.patch_size, "vision_tower.vision_model.embeddings.patch_embedding.weight", 2),
+    ];
+    for (field, value, tensor, dim) in checks {
+        let stored = stored_name(tensor, names);
+        let Some((shape, _)) = weights.info(&stored) else {
+            let dir = cfg_path.parent().unwrap_or(cfg_path);
+            anyhow::bail!("{}: tensor `{tensor}` is missing (it carries {field})", dir.display());
+        };
+        if shape.get(dim) != Some(&value) {
+            anyhow::bail!(
+                "{}: {field} is {value}, but tensor `{stored}` in {} has shape {shape:?} (a field left out takes \
+                 transformers' default)",
+                cfg_path.display(),
+                weights.file_of(&stored).map(|f| f.display().to_string()).unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Every tensor the model is built from, in llava-hf's names, with its shape: checked before any
+/// is loaded (candle-transformers' Llama loader panics on a missing one).
+fn expected_tensors(config: &LlavaConfig, cfg_path: &Path) -> anyhow::Result<Vec<(String, Vec<usize>)>> {
+    let mut out: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut linear = |name: String, o: usize, i: usize, bias: bool| {
+        if bias {
+            out.push((format!("{name}.bias"), vec![o]));
+        }
+        out.push((format!("{name}.weight"), vec![o, i]));
+    };
+    let (v, t) = (&config.vision_config, &config.text_config);
+    let (vh, th) = (v.hidden_size, t.hidden_size);
+    let tower = "vision_tower.vision_model";
+    let layers = (v.num_hidden_layers as i64 + 1 + config.feature_layer(cfg_path)?).max(0) as usize;
+    for i in 0..layers {
+        let l = format!("{tower}.encoder.layers.{i}");
+        for p in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+            linear(format!("{l}.self_attn.{p}"), vh, vh, true);
+        }
+        linear(format!("{l}.mlp.fc1"), v.intermediate_size, vh, true);
+        linear(format!("{l}.mlp.fc2"), vh, v.intermediate_size, true);
+    }
+    let bias = config.multimodal_projector_bias;
+    linear("multi_modal_projector.linear_1".into(), th, vh, bias);
+    linear("multi_modal_projector.linear_2".into(), th, th, bias);
+    let heads = t.num_attention_heads.max(1);
+    let head_dim = t.head_dim.unwrap_or(th / heads);
+    let kv = t.num_key_value_heads.unwrap_or(heads);
+    for i in 0..t.num_hidden_layers {
+        let l = format!("language_model.model.layers.{i}");
+        linear(format!("{l}.self_attn.q_proj"), heads * head_dim, th, false);
+        linear(format!("{l}.self_attn.k_proj"), kv * head_dim, th, false);
+        linear(format!("{l}.self_attn.v_proj"), kv * head_dim, th, false);
+        linear(format!("{l}.self_attn.o_proj"), th, heads * head_dim, false);
+        linear(format!("{l}.mlp.gate_proj"), t.intermediate_size, th, false);
+        linear(format!("{l}.mlp.up_proj"), t.intermediate_size, th, false);
+        linear(format!("{l}.mlp.down_proj"), th, t.intermediate_size, false);
+    }
+    if !t.tie_word_embeddings {
+        linear("language_model.lm_head".into(), t.vocab_size, th, false);
+    }
+    for i in 0..layers {
+        let l = format!("{tower}.encoder.layers.{i}");
+        for n in ["layer_norm1", "layer_norm2"] {
+            out.push((format!("{l}.{n}.weight"), vec![vh]));
+            out.push((format!("{l}.{n}.bias"), vec![vh]));
+        }
+    }
+    for i in 0..t.num_hidden_layers {
+        for n in ["input_layernorm", "post_attention_layernorm"] {
+            out.push((format!("language_model.model.layers.{i}.{n}.weight"), vec![th]));
+        }
+    }
+    let positions = (v.image_size / v.patch_size.max(1)).pow(2) + 1;
+    out.extend([
+        (format!("{tower}.embeddings.class_embedding"), vec![vh]),
+        (format!("{tower}.embeddings.patch_embedding.weight"), vec![vh, v.num_channels, v.patch_size, v.patch_size]),
+        (format!("{tower}.embeddings.position_embedding.weight"), vec![positions, vh]),
+        (format!("{tower}.pre_layrnorm.weight"), vec![vh]),
+        (format!("{tower}.pre_layrnorm.bias"), vec![vh]),
+        ("language_model.model.embed_tokens.weight".into(), vec![t.vocab_size, th]),
+        ("language_model.model.norm.weight".into(), vec![th]),
+    ]);
+    if config.is_next() {
+        out.push(("image_newline".into(), vec![th]));
+    }
+    Ok(out)
+}
+
 /// The tensor names of a checkpoint, refused when it holds no LLaVA.
-fn llava_names(
-    st: &candle_core::safetensors::MmapedSafetensors,
-    files: &[PathBuf],
-) -> anyhow::Result<std::collections::HashSet<String>> {
-    let out: std::collections::HashSet<String> = st.tensors().into_iter().map(|(name, _)| name).collect();
+fn llava_names(weights: &crate::hub::Weights, files: &[PathBuf]) -> anyhow::Result<std::collections::HashSet<String>> {
+    let out: std::collections::HashSet<String> = weights.names().map(str::to_string).collect();
     if !out.iter().any(|n| n.contains("language_model.")) {
         anyhow::bail!(
             "{}: no LLaVA tensors (expected language_model.model.* and vision_tower.vision_model.* as llava-hf has them)",

@@ -217,12 +217,20 @@ fn image_settings(dir: &Path, config: &LlavaConfig) -> anyhow::Result<ClipPrepro
             dir.display()
         );
     };
-    let side = |key: &str| -> Option<u32> {
-        let s = v.get(key)?;
+    // A side given as a number or as {"shortest_edge": n} / {"height": n, "width": n}; absent: None.
+    let side = |key: &str| -> anyhow::Result<Option<u32>> {
+        let Some(s) = v.get(key) else { return Ok(None) };
         s.as_u64()
             .or_else(|| s.get("shortest_edge").and_then(|x| x.as_u64()))
             .or_else(|| s.get("height").and_then(|x| x.as_u64()))
-            .map(|x| x as u32)
+            .filter(|&x| x > 0 && x <= u32::MAX as u64)
+            .map(|x| Some(x as u32))
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{}: {key}: expected a positive number or {{\"shortest_edge\": n}} / {{\"height\": n, \"width\": n}}, found {s}",
+                    file.display()
+                )
+            })
     };
     let three = |key: &str, default: [f32; 3]| -> anyhow::Result<[f32; 3]> {
         match v.get(key) {
@@ -237,11 +245,11 @@ fn image_settings(dir: &Path, config: &LlavaConfig) -> anyhow::Result<ClipPrepro
     };
     let defaults = ClipPreprocess::default();
     let tower = config.vision_config.image_size as u32;
-    let size = side("size").unwrap_or(tower);
+    let size = side("size")?.unwrap_or(tower);
     let crop = if v.get("do_center_crop").and_then(|b| b.as_bool()) == Some(false) {
         size
     } else {
-        side("crop_size").unwrap_or(tower)
+        side("crop_size")?.unwrap_or(tower)
     };
     if crop != tower {
         anyhow::bail!(

@@ -1,6 +1,11 @@
 //! Hugging Face and diffusers model folders: the part of a pipeline folder (`transformer/`, `vae/`,
 //! `text_encoder/`), `config.json`, and the weights, single or sharded with an index. Every model
-//! loader of the crate finds its files here.
+//! loader of the crate finds its files here, and takes its tensors through [`Weights`], which checks
+//! each one's presence, shape and dtype as it is taken.
+
+mod weights;
+
+pub use weights::{is_float, Weights};
 
 /// The `name/` part of a diffusers pipeline folder, or `dir` itself when it has no such subfolder.
 pub fn part(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
@@ -12,10 +17,15 @@ pub fn part(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
     }
 }
 
-/// Reads and parses a `config.json`, naming the file on error.
+/// Reads and parses a `config.json`, naming the file and the field (`text_config.hidden_size`) on error.
 pub fn read_config<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> anyhow::Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: unexpected config: {e}", path.display()))
+    let mut de = serde_json::Deserializer::from_str(&text);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let field = e.path().to_string();
+        let at = if field == "." { String::new() } else { format!("field `{field}`: ") };
+        anyhow::anyhow!("{}: unexpected config: {at}{}", path.display(), e.inner())
+    })
 }
 
 /// The safetensors weight files of a model folder: `{stem}.safetensors`, or the shards listed in
