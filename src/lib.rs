@@ -19,4 +19,5 @@ pub mod pipeline;
 pub mod rng;
 pub mod score;
 pub mod shards;
+pub mod text;
 pub mod train;

@@ -135,6 +135,12 @@ fn open_text(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {
     Ok(Box::new(BufReader::with_capacity(1 << 20, r)))
 }
 
+/// The text of one line of `path`, or an error naming the file and line.
+fn text_line(path: &Path, line: std::io::Result<crate::text::Line>) -> anyhow::Result<String> {
+    let line = line.map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+    line.text.map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), line.number))
+}
+
 fn read_file(path: &Path, sel: &Selection, sink: &mut Sink) -> anyhow::Result<()> {
     let name = lower_name(path);
     if name.ends_with(".parquet") {
@@ -144,8 +150,8 @@ fn read_file(path: &Path, sel: &Selection, sink: &mut Sink) -> anyhow::Result<()
     } else if name.ends_with(".json") {
         read_json(path, sel, sink)
     } else if name.ends_with(".txt") {
-        for (n, line) in open_text(path)?.lines().enumerate() {
-            let line = line.map_err(|e| anyhow::anyhow!("{}:{}: cannot read: {e}", path.display(), n + 1))?;
+        for line in crate::text::BoundedLines::new(open_text(path)?) {
+            let line = text_line(path, line)?;
             if !line.trim().is_empty() {
                 sink.push(line)?;
             }
@@ -194,8 +200,12 @@ fn missing_field(path: &Path, where_: &str, sel: &Selection) -> anyhow::Error {
 }
 
 fn read_jsonl(path: &Path, sel: &Selection, sink: &mut Sink) -> anyhow::Result<()> {
-    for (n, line) in open_text(path)?.lines().enumerate() {
-        let line = line.map_err(|e| anyhow::anyhow!("{}:{}: cannot read: {e}", path.display(), n + 1))?;
+    for line in crate::text::BoundedLines::new(open_text(path)?) {
+        let (n, line) = match line {
+            Ok(l) => (l.number - 1, l),
+            Err(e) => anyhow::bail!("{}: cannot read: {e}", path.display()),
+        };
+        let line = text_line(path, Ok(line))?;
         if line.trim().is_empty() {
             continue;
         }

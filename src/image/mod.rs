@@ -77,7 +77,12 @@ pub fn encode(img: &RgbImage, format: EncodeFormat, quality: u8) -> Result<Vec<u
 /// Runs the whole image step on `bytes`.
 pub fn process(bytes: &[u8], o: &ImageOptions) -> Result<Processed, ImageError> {
     let (format, w0, h0) = checked_header(bytes, o.max_image_pixels, o.load_truncated_images)?;
-    let scaled = if format == ImageFormat::Jpeg { jpeg_codec().decode_for_plan(bytes, o)? } else { None };
+    // A cut JPEG kept on request is decoded whole (the scaled decoders refuse the missing data).
+    let scaled = if format == ImageFormat::Jpeg && (!o.load_truncated_images || decode::jpeg_is_complete(bytes)) {
+        jpeg_codec().decode_for_plan(bytes, o)?
+    } else {
+        None
+    };
     let (out, w, h, untouched) = match scaled {
         Some(s) => {
             // The scaled paths only run on unrotated images.

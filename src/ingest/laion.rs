@@ -93,8 +93,14 @@ pub fn format_of(path: &Path) -> Option<&'static str> {
     ["parquet", "csv", "tsv", "jsonl", "json", "txt"].into_iter().find(|f| name.ends_with(&format!(".{f}")))
 }
 
-/// Reads one metadata file into a DataFrame (`txt`: one URL per line, in column `url_col`).
-pub fn read_table(path: &Path, url_col: &str) -> anyhow::Result<DataFrame> {
+/// The rows of a metadata file that could not be read, by row index, with the reason (naming the
+/// file and line). Such a row is kept, refused before any download, and the rest of the file read.
+pub type BadRows = std::collections::HashMap<usize, String>;
+
+/// Reads one metadata file into a DataFrame (`txt`: one URL per line, in column `url_col`), with
+/// the rows that could not be read: a JSONL line that is not a JSON object, a CSV row or a line
+/// that is not UTF-8, a line longer than [`crate::text::MAX_LINE_BYTES`].
+pub fn read_table(path: &Path, url_col: &str) -> anyhow::Result<(DataFrame, BadRows)> {
     let fmt = format_of(path).ok_or_else(|| {
         anyhow::anyhow!(
             "{}: unknown metadata format (expected .parquet, .csv, .tsv, .json, .jsonl or .txt, optionally .gz)",
@@ -103,24 +109,130 @@ pub fn read_table(path: &Path, url_col: &str) -> anyhow::Result<DataFrame> {
     })?;
     let bytes = read_bytes(path)?;
     let ctx = |e: PolarsError| anyhow::anyhow!("{}: cannot read as {fmt}: {e}", path.display());
+    let mut bad = BadRows::new();
     let df = match fmt {
         "parquet" => ParquetReader::new(Cursor::new(bytes)).finish().map_err(ctx)?,
-        "csv" | "tsv" => CsvReadOptions::default()
-            .with_has_header(true)
-            .with_infer_schema_length(Some(10_000))
-            .with_parse_options(CsvParseOptions::default().with_separator(if fmt == "tsv" { b'\t' } else { b',' }))
-            .into_reader_with_file_handle(Cursor::new(bytes))
-            .finish()
-            .map_err(ctx)?,
-        "jsonl" => JsonReader::new(Cursor::new(bytes)).with_json_format(JsonFormat::JsonLines).finish().map_err(ctx)?,
+        "csv" | "tsv" => {
+            let sep = if fmt == "tsv" { b'\t' } else { b',' };
+            let bytes = utf8_csv_rows(&bytes, path, &mut bad);
+            CsvReadOptions::default()
+                .with_has_header(true)
+                .with_infer_schema_length(Some(10_000))
+                .with_parse_options(CsvParseOptions::default().with_separator(sep))
+                .into_reader_with_file_handle(Cursor::new(bytes))
+                .finish()
+                .map_err(ctx)?
+        }
+        "jsonl" => {
+            let lines = json_object_lines(&bytes, path, &mut bad)?;
+            JsonReader::new(Cursor::new(lines)).with_json_format(JsonFormat::JsonLines).finish().map_err(ctx)?
+        }
         "json" => JsonReader::new(Cursor::new(bytes)).with_json_format(JsonFormat::Json).finish().map_err(ctx)?,
         _ => {
-            let text = String::from_utf8_lossy(&bytes);
-            let urls: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+            let mut urls: Vec<String> = Vec::new();
+            for line in crate::text::BoundedLines::new(&bytes[..]) {
+                let line = line.map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+                match line.text {
+                    Ok(t) if t.trim().is_empty() => {}
+                    Ok(t) => urls.push(t.trim().to_string()),
+                    Err(e) => {
+                        bad.insert(
+                            urls.len(),
+                            format!("unreadable metadata row: {}:{}: {e}", path.display(), line.number),
+                        );
+                        urls.push(String::new());
+                    }
+                }
+            }
             DataFrame::new(urls.len(), vec![Column::new(url_col.into(), urls)]).map_err(ctx)?
         }
     };
-    Ok(df)
+    Ok((df, bad))
+}
+
+/// The JSONL text of `bytes` with each line that is not a JSON object replaced by `{}` (a row of
+/// nulls, so rows keep their places) and recorded in `bad`; blank lines dropped, as the reader does.
+fn json_object_lines(bytes: &[u8], path: &Path, bad: &mut BadRows) -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut row = 0;
+    for line in crate::text::BoundedLines::new(bytes) {
+        let line = line.map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+        let problem = match &line.text {
+            Ok(t) if t.trim().is_empty() => continue,
+            Ok(t) => match serde_json::from_str::<serde_json::Value>(t) {
+                Ok(serde_json::Value::Object(_)) => None,
+                Ok(other) => Some(format!("line {}: expected a JSON object, found {}", line.number, json_kind(&other))),
+                Err(e) => Some(format!("line {}: not valid JSON: {e}", line.number)),
+            },
+            Err(e) => Some(e.clone()),
+        };
+        match problem {
+            None => out.extend_from_slice(line.text.as_deref().unwrap_or("{}").as_bytes()),
+            Some(p) => {
+                bad.insert(row, format!("unreadable metadata row: {}: {p}", path.display()));
+                out.extend_from_slice(b"{}");
+            }
+        }
+        out.push(b'\n');
+        row += 1;
+    }
+    Ok(out)
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// `bytes` of a CSV file with each row that is not UTF-8 made so (invalid bytes replaced by U+FFFD)
+/// and recorded in `bad` by row index (the header is not a row). Rows end at newlines outside quotes.
+fn utf8_csv_rows<'a>(bytes: &'a [u8], path: &Path, bad: &mut BadRows) -> std::borrow::Cow<'a, [u8]> {
+    if std::str::from_utf8(bytes).is_ok() {
+        return std::borrow::Cow::Borrowed(bytes);
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    let (mut start, mut quoted, mut record, mut line) = (0, false, 0usize, 1usize);
+    let mut record_line = 1;
+    for i in 0..=bytes.len() {
+        let end = i == bytes.len();
+        if !end && bytes[i] == b'"' {
+            quoted = !quoted;
+        }
+        if end || (bytes[i] == b'\n' && !quoted) {
+            let row = &bytes[start..(i + usize::from(!end)).min(bytes.len())];
+            match std::str::from_utf8(row) {
+                Ok(_) => out.extend_from_slice(row),
+                Err(e) => {
+                    if record == 0 {
+                        // The header: its names are kept readable; no row is lost.
+                    } else {
+                        bad.insert(
+                            record - 1,
+                            format!(
+                                "unreadable metadata row: {}:{record_line}: not UTF-8 (invalid byte at column {})",
+                                path.display(),
+                                e.valid_up_to() + 1
+                            ),
+                        );
+                    }
+                    out.extend_from_slice(String::from_utf8_lossy(row).as_bytes());
+                }
+            }
+            start = i + 1;
+            record += 1;
+            record_line = line + 1;
+        }
+        if !end && bytes[i] == b'\n' {
+            line += 1;
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 fn columns_list(df: &DataFrame) -> String {
@@ -266,7 +378,7 @@ pub fn read_laion(inputs: &[PathBuf], o: &LaionOptions) -> anyhow::Result<Source
     let mut descs = Vec::new();
     for path in &files {
         descs.push(describe_input(path));
-        let df = read_table(path, &o.url_col)?;
+        let (df, bad) = read_table(path, &o.url_col)?;
         let urls = df.column(&o.url_col).map_err(|_| {
             anyhow::anyhow!("{}: --url-col `{}` not found (columns: {})", path.display(), o.url_col, columns_list(&df))
         })?;
@@ -290,7 +402,7 @@ pub fn read_laion(inputs: &[PathBuf], o: &LaionOptions) -> anyhow::Result<Source
             let url = urls.get(i).unwrap_or("").trim().to_string();
             let caption = captions.as_ref().and_then(|c| c[i].clone());
             let mut row = InputRow::new(url.clone(), Payload::Url(url));
-            row.filtered = filter_reason(i, &checks, caption.as_deref(), o);
+            row.filtered = bad.get(&i).cloned().or_else(|| filter_reason(i, &checks, caption.as_deref(), o));
             row.caption = caption;
             rows.push(row);
         }

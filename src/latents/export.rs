@@ -12,8 +12,9 @@
 //! OUT/InternData/img_vae_fatures_{res}_multiscale/ms/{shard}_{key}.npy      multi-scale (the reader's spelling)
 //! ```
 //!
-//! `data_info.json` records each image's original height and width, their ratio, its path and its
-//! caption. Caption rows past the caption's length are zeros (the official extractor keeps T5's
+//! `{key}` is the sample key with `/` as `_`, or, for a key too long for a file name, its start and
+//! a hash of it ([`crate::shards::key_file_stem`]). `data_info.json` records each image's original
+//! height and width, their ratio, its path, its caption and its sample key. Caption rows past the caption's length are zeros (the official extractor keeps T5's
 //! outputs at padded positions; every reader masks them out with `attention_mask`). Only samples cached
 //! in both caches are exported.
 
@@ -72,6 +73,8 @@ struct DataInfo {
     ratio: f64,
     path: String,
     prompt: String,
+    /// The sample's key (the file names hold it, hashed when too long for a file name).
+    key: String,
 }
 
 /// A `.npy` file (format 1.0) of a little-endian array.
@@ -183,8 +186,9 @@ pub fn export_official(o: &ExportOptions) -> anyhow::Result<ExportStats> {
                 img.write_to(&mut buf, image::ImageFormat::Png)?;
                 buf.into_inner()
             };
-            let flat = format!("{name}_{}", sample.key.replace('/', "_"));
-            crate::shards::write_atomic(&images.join(format!("{}.png", sample.key.replace('/', "_"))), &png)?;
+            let stem = crate::shards::key_file_stem(&sample.key);
+            let flat = format!("{name}_{stem}");
+            crate::shards::write_atomic(&images.join(format!("{stem}.png")), &png)?;
 
             let emb = ts.t5_embedding(te, &dev)?;
             let (len, d) = emb.dims2()?;
@@ -210,8 +214,9 @@ pub fn export_official(o: &ExportOptions) -> anyhow::Result<ExportStats> {
                 height: h,
                 width: w,
                 ratio: h as f64 / w.max(1) as f64,
-                path: format!("{name}/{}.png", sample.key.replace('/', "_")),
+                path: format!("{name}/{stem}.png"),
                 prompt,
+                key: sample.key.clone(),
             });
             stats.samples += 1;
         }

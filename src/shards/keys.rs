@@ -52,6 +52,29 @@ impl ShardLayout {
     }
 }
 
+/// The longest file stem [`key_file_stem`] gives, in bytes: room left under the usual 255-byte
+/// name limit for a shard prefix, an extension and a temporary-file suffix.
+pub const MAX_KEY_STEM: usize = 128;
+
+/// A file stem for sample `key`: the key with `/` as `_`, or, when that is longer than
+/// [`MAX_KEY_STEM`] bytes or holds a character no file name may, its first 64 bytes made safe and
+/// 16 hex digits of the key's sha256. Distinct keys give distinct stems; the key itself is kept in
+/// the index that names the file.
+pub fn key_file_stem(key: &str) -> String {
+    let flat = key.replace('/', "_");
+    if flat.len() <= MAX_KEY_STEM && !flat.contains(['\\', '\0']) {
+        return flat;
+    }
+    let flat = flat.replace(['\\', '\0'], "_");
+    let mut cut = 64.min(flat.len());
+    while !flat.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    use sha2::Digest;
+    let digest = hex::encode(sha2::Sha256::digest(key.as_bytes()));
+    format!("{}-{}", &flat[..cut], &digest[..16])
+}
+
 /// The base name of shard `shard` with the default 5 digits.
 pub fn shard_name(shard: usize) -> String {
     ShardLayout::new(1).name(shard)
@@ -76,6 +99,16 @@ pub fn done_shards(dir: &Path) -> std::io::Result<Vec<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_keys_get_short_distinct_stems() {
+        assert_eq!(key_file_stem("a/b"), "a_b");
+        let (k1, k2) = ("x".repeat(255), format!("{}y", "x".repeat(254)));
+        let (s1, s2) = (key_file_stem(&k1), key_file_stem(&k2));
+        assert!(s1.len() <= MAX_KEY_STEM && s1.starts_with(&"x".repeat(64)), "{s1}");
+        assert_ne!(s1, s2);
+        assert_eq!(key_file_stem("a\\b").len(), 3 + 17);
+    }
 
     #[test]
     fn keys_match_img2dataset() {

@@ -19,11 +19,11 @@ mod worker;
 mod writer;
 
 pub use atomic::{remove_owned_temp_files, remove_temp_files, temp_path, write_atomic, TEMP_MARKER};
-pub use keys::{done_shards, shard_name, ShardLayout};
+pub use keys::{done_shards, key_file_stem, shard_name, ShardLayout, MAX_KEY_STEM};
 pub use manifest::{fingerprint_of, Manifest, MANIFEST_FILE};
 pub use parquet::{read_records, records_to_frame, write_parquet_atomic, RESERVED};
 pub use record::{Record, Status, Value};
 pub use stats::{RunStats, ShardStats};
-pub use tar_reader::{index_tar, read_member, TarMember, TarSample, WdsReader};
+pub use tar_reader::{group_samples, index_tar, index_tar_partial, read_member, TarMember, TarSample, WdsReader};
 pub use worker::Worker;
 pub use writer::{now, ShardWriter};

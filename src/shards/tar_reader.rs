@@ -36,18 +36,35 @@ pub fn split_key(name: &str) -> (&str, &str) {
 
 /// Lists the regular files of the tar at `path` with their data offsets, in archive order.
 pub fn index_tar(path: &Path) -> io::Result<Vec<TarMember>> {
+    match index_tar_partial(path)? {
+        (members, None) => Ok(members),
+        (_, Some(e)) => Err(e),
+    }
+}
+
+/// [`index_tar`] of a tar that may be cut or damaged: the members listed up to the first entry that
+/// cannot be read (a member whose data the file cuts short is listed, and fails when read), and that
+/// entry's error.
+pub fn index_tar_partial(path: &Path) -> io::Result<(Vec<TarMember>, Option<io::Error>)> {
     let file = File::open(path)?;
     let mut ar = tar::Archive::new(io::BufReader::new(file));
     let mut out = Vec::new();
+    let bad = |e: io::Error| io::Error::new(e.kind(), format!("{}: bad tar entry: {e}", path.display()));
     for entry in ar.entries()? {
-        let entry = entry.map_err(|e| io::Error::new(e.kind(), format!("{}: bad tar entry: {e}", path.display())))?;
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => return Ok((out, Some(bad(e)))),
+        };
         if !entry.header().entry_type().is_file() {
             continue;
         }
-        let name = entry.path()?.to_string_lossy().into_owned();
+        let name = match entry.path() {
+            Ok(p) => p.to_string_lossy().into_owned(),
+            Err(e) => return Ok((out, Some(bad(e)))),
+        };
         out.push(TarMember { name, offset: entry.raw_file_position(), size: entry.size() });
     }
-    Ok(out)
+    Ok((out, None))
 }
 
 /// Groups consecutive members into samples by WebDataset key (archive order kept; hidden files skipped).

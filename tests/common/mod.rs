@@ -73,3 +73,51 @@ pub fn onnxruntime() -> PathBuf {
     })
     .clone()
 }
+
+/// A 1x1 PNG of red `red` whose ICC profile (`iCCP` chunk) inflates to `inflated` zero bytes: a metadata bomb
+/// of a few hundred kilobytes. The deflate stream repeats one sync-flushed block of a MiB of zeros.
+pub fn png_with_icc_bomb(inflated: u64, red: u8) -> Vec<u8> {
+    use std::io::Write;
+    let mut one = Vec::new();
+    let block = {
+        let mut e = flate2::write::DeflateEncoder::new(&mut one, flate2::Compression::best());
+        e.write_all(&vec![0u8; 1 << 20]).unwrap();
+        e.flush().unwrap();
+        drop(e);
+        one
+    };
+    assert_eq!(inflated % (1 << 20), 0, "whole MiBs");
+    let mut zlib = vec![0x78, 0xDA];
+    for _ in 0..inflated >> 20 {
+        zlib.extend_from_slice(&block);
+    }
+    zlib.extend_from_slice(&[0x03, 0x00]); // the final, empty block
+                                           // Adler-32 of zeros: a = 1, b = n mod 65521.
+    zlib.extend_from_slice(&(((inflated % 65521) << 16 | 1) as u32).to_be_bytes());
+    let mut iccp = b"bomb\0\0".to_vec();
+    iccp.extend_from_slice(&zlib);
+    let mut plain = Vec::new();
+    image::RgbImage::from_pixel(1, 1, image::Rgb([red, 30, 30]))
+        .write_to(&mut std::io::Cursor::new(&mut plain), image::ImageFormat::Png)
+        .unwrap();
+    let mut chunk = (iccp.len() as u32).to_be_bytes().to_vec();
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(b"iCCP");
+    crc.update(&iccp);
+    chunk.extend_from_slice(b"iCCP");
+    chunk.extend_from_slice(&iccp);
+    chunk.extend_from_slice(&crc.finalize().to_be_bytes());
+    // After the signature (8 bytes) and IHDR (25 bytes).
+    let mut out = plain[..33].to_vec();
+    out.extend_from_slice(&chunk);
+    out.extend_from_slice(&plain[33..]);
+    out
+}
+
+/// The largest resident set of any child process this process has waited for, in bytes.
+pub fn children_peak_rss() -> u64 {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into the struct it is given.
+    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) }, 0);
+    usage.ru_maxrss as u64 * 1024
+}
