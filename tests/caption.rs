@@ -48,6 +48,45 @@ fn expect(faults: HashMap<String, Fault>) -> Expect {
     Expect { model: "llava-hf/llava-1.5-7b-hf".into(), temperature: 0.2, api_key: None, latency_ms: 20, faults }
 }
 
+/// A server that fails every first request changes nothing but `latency_ms` and `attempts`: the
+/// seed sent (and recorded) comes from the key, prompt, caption index and QC retry, never from HTTP
+/// attempts; a QC retry's seed is the one its caption was made with.
+#[test]
+fn transient_errors_change_only_latency_and_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    source(&src);
+    let keys = ["000000", "000001", "000002", "010000", "010001", "010002"];
+    let run = |fail_first: bool, out: &std::path::Path| {
+        let mut faults: HashMap<String, Fault> =
+            keys.iter().filter(|_| fail_first).map(|k| (k.to_string(), Fault::Error500(1))).collect();
+        faults.insert("000001".into(), Fault::RefuseOnce);
+        let srv = VlmServer::start(expect(faults));
+        let mut cfg = openai_config(&srv);
+        cfg.qc_retries = 1;
+        pixforge::caption::run(&cfg, &opts(&src, out)).unwrap();
+        if fail_first {
+            assert_eq!(srv.requests("000000"), 2, "the first request failed and was retried");
+        }
+    };
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    run(false, &a);
+    run(true, &b);
+    for shard in ["00000", "00001"] {
+        let name = format!("{shard}.captions.parquet");
+        let (fa, fb) = (frame(&a.join(&name)), frame(&b.join(&name)));
+        let without = |df: &polars::prelude::DataFrame| df.drop_many(["latency_ms", "attempts"]);
+        assert_eq!(without(&fa), without(&fb), "{shard}: the captions and their provenance");
+        let (ua, ub) = (u32s(&fa, "attempts"), u32s(&fb, "attempts"));
+        assert_ne!(ua, ub, "{shard}: the retries are counted");
+    }
+    let df = frame(&b.join("00000.captions.parquet"));
+    let seed = pixforge::caption::caption_seed(CaptionConfig::default().seed, "000001", 0, 0, 1);
+    assert_eq!(df.column("seed").unwrap().u64().unwrap().get(1), Some(seed), "the QC retry's seed");
+    let caption = strs(&df, "caption")[1].clone().unwrap();
+    assert!(caption.contains(&format!("(seed {seed})")), "{caption}");
+}
+
 #[test]
 fn every_sample_ends_with_a_caption_or_a_recorded_error() {
     let faults = HashMap::from([

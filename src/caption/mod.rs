@@ -14,4 +14,4 @@ pub mod stage;
 
 pub use config::{Backend, CaptionConfig};
 pub use output::{summary, CaptionRow};
-pub use stage::run;
+pub use stage::{caption_seed, run};

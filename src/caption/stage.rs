@@ -40,6 +40,9 @@ struct Answer {
     finish: String,
     latency_ms: f64,
     attempts: u32,
+    /// The seed sent with the request that gave this answer (from the key, prompt, caption index
+    /// and QC retry only: HTTP retries resend the same seed).
+    seed: u64,
 }
 
 /// An image as it is sent: its bytes and MIME type.
@@ -205,7 +208,7 @@ fn caption_shard(
                 row.latency_ms = Some(a.latency_ms);
                 row.status = "success".into();
                 row.attempts = a.attempts;
-                row.seed = caption_seed(cfg.seed, key, it.prompt_index, it.index, a.attempts.saturating_sub(1));
+                row.seed = a.seed;
             }
             Err((reason, retryable)) => {
                 row.error = Some(reason);
@@ -249,6 +252,13 @@ fn caption_shard(
                             finish: w.finish.as_str().into(),
                             latency_ms: w.latency_ms,
                             attempts: attempt + 1,
+                            seed: caption_seed(
+                                cfg.seed,
+                                &reader.samples[it.sample].key,
+                                it.prompt_index,
+                                it.index,
+                                attempt,
+                            ),
                             text: w.text,
                         }),
                         (_, Some(Err(e))) => {
@@ -352,6 +362,7 @@ async fn remote_one(
             finish: reply.finish_reason,
             latency_ms: reply.latency_ms,
             attempts: attempts.max(qc_attempt + 1),
+            seed,
         });
     }
 }

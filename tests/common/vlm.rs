@@ -1,7 +1,7 @@
 //! A loopback OpenAI-compatible `/v1/chat/completions` server for the caption tests. It checks every
 //! request's shape (model, one user message with an image data URL that decodes, then the text,
 //! temperature, max_tokens, bearer key) and answers by the sample key it finds in the text
-//! ("… sample KEY …"), with the faults a test assigns to keys.
+//! ("… sample KEY …") and the seed sent, with the faults a test assigns to keys.
 
 use base64::Engine;
 use std::collections::HashMap;
@@ -182,7 +182,11 @@ fn serve(mut stream: TcpStream, log: &Mutex<Log>, expect: &Expect) -> std::io::R
         let caption = match fault {
             Some(Fault::RefuseOnce) if n == 1 => "I'm sorry, but I can't help with that.".to_string(),
             Some(Fault::Boilerplate) => format!("The image shows sample {key}, a red barn under a blue sky."),
-            _ => format!("A photograph of sample {key}: a red barn, green fields and a wide blue sky."),
+            // Like a sampling server, the text depends on the seed sent.
+            _ => format!(
+                "A photograph of sample {key}: a red barn, green fields and a wide blue sky (seed {}).",
+                v["seed"]
+            ),
         };
         let ok = serde_json::json!({
             "id": "x", "object": "chat.completion", "model": expect.model,
