@@ -190,8 +190,22 @@ fn killed_training_resumes_exactly() {
     let fresh = train(&killed, false);
     assert!(!fresh.status.success(), "a fresh run into a folder with checkpoints is refused");
     assert!(String::from_utf8_lossy(&fresh.stderr).contains("--resume"));
+    // The resume starts from the latest checkpoint; the lines up to it must stay as written.
+    let from = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_str()?.strip_prefix("step_")?.parse::<u64>().ok())
+        .max()
+        .unwrap();
+    let written = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
+    let kept: String = written
+        .split_inclusive('\n')
+        .take_while(|l| serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| v["step"].as_u64() <= Some(from)))
+        .collect();
+    assert!(kept.lines().count() as u64 == from, "{from} lines before the checkpoint");
     let resumed = train(&killed, true);
     assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    let after = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
+    assert!(after.starts_with(&kept), "the resume rewrote the log's first {from} lines");
 
     let (a, b) = (log_of(&dir.path().join("straight")), log_of(&run));
     assert_eq!(a.len(), steps as usize);

@@ -61,25 +61,31 @@ pub struct StepLog {
 
 impl StepLog {
     /// Opens the run's log keeping only the lines of steps up to `upto` (the resumed checkpoint's
-    /// step; 0 for a fresh run), rewritten atomically; a torn last line of a killed run is dropped.
+    /// step; 0 for a fresh run) byte for byte as they were written, the file rewritten atomically
+    /// when anything is dropped (a torn last line of a killed run, steps past the checkpoint).
     /// Without `write` (a rank other than 0) the file is read, never written.
     pub fn open(run: &Path, upto: u64, write: bool) -> anyhow::Result<Self> {
         let path = run.join("log.jsonl");
         let mut lines = Vec::new();
+        let mut kept = String::new();
+        let mut dropped = false;
         if let Ok(text) = std::fs::read_to_string(&path) {
-            lines.extend(
-                text.lines().filter_map(|l| serde_json::from_str::<LogLine>(l).ok()).filter(|l| l.step <= upto),
-            );
+            for raw in text.split_inclusive('\n') {
+                match serde_json::from_str::<LogLine>(raw.trim_end()) {
+                    Ok(l) if l.step <= upto && raw.ends_with('\n') => {
+                        kept.push_str(raw);
+                        lines.push(l);
+                    }
+                    _ => dropped = true,
+                }
+            }
         }
         if !write {
             return Ok(Self { path, file: None, lines });
         }
-        let mut text = String::new();
-        for l in &lines {
-            text.push_str(&serde_json::to_string(l)?);
-            text.push('\n');
+        if dropped || !path.is_file() {
+            crate::shards::write_atomic(&path, kept.as_bytes())?;
         }
-        crate::shards::write_atomic(&path, text.as_bytes())?;
         let file = std::fs::OpenOptions::new()
             .append(true)
             .open(&path)
