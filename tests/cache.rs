@@ -80,10 +80,10 @@ fn t5_cache_resumes_and_splits_among_workers() {
         assert_eq!(std::fs::read(out.join(f)).unwrap(), std::fs::read(whole.join(f)).unwrap(), "{f}");
     }
 
-    // A killed run: shard 1 has only a temporary file and no done marker. The rerun redoes only it.
+    // A killed run: shard 1 has only a temporary file (of a process that is gone) and no done marker. The rerun redoes only it.
     std::fs::remove_file(out.join("00001_stats.json")).unwrap();
     std::fs::remove_file(out.join("00001.safetensors")).unwrap();
-    let tmp = out.join("00001.safetensors.pixforge-tmp-999");
+    let tmp = out.join("00001.safetensors.pixforge-tmp-4294967294-0");
     std::fs::write(&tmp, b"half").unwrap();
     let s = t5_stage::run(&cfg, &opts(&src, &out), &Device::Cpu).unwrap();
     assert_eq!((s.shards_done, s.shards_skipped), (1, 1));

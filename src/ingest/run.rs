@@ -392,6 +392,7 @@ pub fn run(cfg: &IngestConfig, opts: &RunOptions) -> anyhow::Result<RunStats> {
     let manifest = manifest_for(cfg, &rows.inputs)?;
     std::fs::create_dir_all(&opts.out)
         .map_err(|e| anyhow::anyhow!("{}: cannot create output directory: {e}", opts.out.display()))?;
+    let _lock = crate::shards::ShareLock::acquire(&opts.out, opts.worker)?;
     if let Some(existing) = Manifest::read(&opts.out)? {
         if opts.overwrite {
             remove_dataset_files(&opts.out)?;

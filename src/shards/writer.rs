@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 pub struct ShardWriter {
     dir: PathBuf,
     name: String,
+    tmp: PathBuf,
     tar: tar::Builder<BufWriter<File>>,
     bytes: u64,
 }
@@ -23,8 +24,9 @@ impl ShardWriter {
     pub fn create(dir: &Path, layout: &ShardLayout, shard: usize) -> io::Result<Self> {
         let name = layout.name(shard);
         let tmp = temp_path(&dir.join(format!("{name}.tar")));
-        let tar = tar::Builder::new(BufWriter::with_capacity(1 << 20, File::create(tmp)?));
-        Ok(Self { dir: dir.to_path_buf(), name, tar, bytes: 0 })
+        let file = File::create(&tmp).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", tmp.display())))?;
+        let tar = tar::Builder::new(BufWriter::with_capacity(1 << 20, file));
+        Ok(Self { dir: dir.to_path_buf(), name, tmp, tar, bytes: 0 })
     }
 
     /// Appends member `{key}.{ext}` with `data` (mode 0644, mtime 0: byte-identical reruns).
@@ -65,7 +67,8 @@ impl ShardWriter {
         f.sync_data()?;
         drop(f);
         let tar_path = self.dir.join(format!("{}.tar", self.name));
-        std::fs::rename(temp_path(&tar_path), &tar_path)?;
+        std::fs::rename(&self.tmp, &tar_path)
+            .map_err(|e| anyhow::anyhow!("{} → {}: {e}", self.tmp.display(), tar_path.display()))?;
         let mut df = records_to_frame(records, source_col, passthrough)?;
         write_parquet_atomic(&mut df, &self.dir.join(format!("{}.parquet", self.name)))?;
         let mut stats = ShardStats::from_records(records);

@@ -168,7 +168,7 @@ pub fn run_shards(
         let digest = hex::encode(&h.finalize()[..16]);
         obj.insert("selection".into(), serde_json::json!({ "keys": sel.len(), "sha256": digest }));
     }
-    prepare_out(stage, &fingerprint, opts)?;
+    let _lock = prepare_out(stage, &fingerprint, opts)?;
     let done: std::collections::HashSet<usize> = done_shards(&opts.out)?
         .into_iter()
         .filter(|&s| is_current(&opts.out, &shard_name(s), stage.outputs, fingerprint.sources.get(&shard_name(s))))
@@ -251,10 +251,15 @@ fn run_one(
 
 /// Creates the output directory, refuses (or with `overwrite` clears) outputs made from other
 /// inputs, writes the manifest and removes this worker's leftover temporary files.
-fn prepare_out(stage: &Stage, fingerprint: &StageFingerprint, opts: &StageOptions) -> anyhow::Result<()> {
+fn prepare_out(
+    stage: &Stage,
+    fingerprint: &StageFingerprint,
+    opts: &StageOptions,
+) -> anyhow::Result<crate::shards::ShareLock> {
     let out = &opts.out;
     std::fs::create_dir_all(out)
         .map_err(|e| anyhow::anyhow!("{}: cannot create the output directory: {e}", out.display()))?;
+    let lock = crate::shards::ShareLock::acquire(out, opts.worker)?;
     let manifest = Manifest {
         stage: stage.name.into(),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -292,7 +297,7 @@ fn prepare_out(stage: &Stage, fingerprint: &StageFingerprint, opts: &StageOption
     }
     manifest.write(out)?;
     crate::shards::remove_owned_temp_files(out, opts.worker)?;
-    Ok(())
+    Ok(lock)
 }
 
 /// Removes what a stage wrote into `dir`: its outputs and working files of every shard, the key
