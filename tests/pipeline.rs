@@ -180,6 +180,21 @@ fn pipelines_that_cannot_run_are_refused_before_any_stage() {
     assert!(e.contains("stage `ingest`, field `curation.samples_per_shard`: expected at least 1, found 0"), "{e}");
     let e = run_pipeline("out = \"o\"\n[train]\nmax_steps = 5\n[train.data]\nbatch_size = 0\n");
     assert!(e.contains("stage `train`, field `data.batch_size` must be at least 1, found 0"), "{e}");
+    // Every problem at once, paths included: a missing input, T5 folder and prompts file, a zero.
+    let e = run_pipeline(
+        "out = \"o\"\n[ingest]\nsource = \"folder\"\ninputs = [\"nowhere\"]\n[ingest.curation]\nsamples_per_shard = 0\n\
+         [cache.t5]\nmodel = \"no-t5\"\n[train]\nmax_steps = 5\n[sample]\nprompts = \"no-prompts.txt\"\nt5 = \"no-t5\"\nvae = \"no-vae\"\n",
+    );
+    for part in [
+        "problems:",
+        "field `curation.samples_per_shard`",
+        "stage `ingest`, field `inputs`",
+        "stage `cache.t5`, field `model`",
+        "stage `sample`, field `prompts`",
+        "stage `sample`, field `vae`",
+    ] {
+        assert!(e.contains(part), "{part:?} not in: {e}");
+    }
 }
 
 /// The example pipelines parse (their model folders are not here, so they are not checked).

@@ -26,7 +26,9 @@
 //! each choosing among the samples the one before kept; the last one's selection is what the
 //! caption and cache stages (and so the training run) take, unless a section names its own.
 //!
-//! `{out}` in any string is the output folder; other relative paths are relative to the file.
+//! `{out}` in any string is the output folder; other relative paths are relative to the file. The
+//! file's `out` is relative to the file's folder; `pixforge run --out DIR` is relative to the working
+//! directory.
 //!
 //! Several sources are several `[[ingest]]` tables, each with a `name`: each is a dataset with its
 //! own folders (`{out}/{name}/shards`, `/captions`, `/latents/{t5,vae}`) that every shard stage
@@ -292,9 +294,12 @@ impl Pipeline {
                 );
             }
         }
+        // `--out` is relative to the working directory, the file's `out` to the file's folder; made
+        // absolute so that `{out}` in other fields (relative to the file) means the same folder.
+        let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
         let out = match (out, doc.get("out")) {
-            (Some(o), _) => o.to_path_buf(),
-            (None, Some(toml::Value::String(s))) => base.join(s),
+            (Some(o), _) => absolute(o.to_path_buf()),
+            (None, Some(toml::Value::String(s))) => absolute(base.join(s)),
             (None, Some(v)) => anyhow::bail!("{f}: field `out`: expected a folder name, found {v}"),
             (None, None) => anyhow::bail!("{f}: field `out`: missing (the folder every stage writes under)"),
         };
@@ -512,6 +517,7 @@ impl Pipeline {
     /// to exist ([`Pipeline::check_paths`] checks those).
     pub fn check(&self) -> anyhow::Result<()> {
         let f = self.file.display();
+        let mut errors: Vec<String> = Vec::new();
         let has_stage = self.models.is_some()
             || self.datasets.iter().any(|d| d.ingest.is_some())
             || self.score.is_some()
@@ -523,95 +529,103 @@ impl Pipeline {
             || self.export.is_some()
             || self.train.is_some();
         if !has_stage {
-            anyhow::bail!(
+            errors.push(format!(
                 "{f}: no stage to run; a pipeline has [models], [ingest], [score.clip], … (docs/pipelines.md)"
-            );
+            ));
         }
         for ds in &self.datasets {
             if ds.ingest.as_ref().is_some_and(|i| i.curation.samples_per_shard == 0) {
-                anyhow::bail!(
+                errors.push(format!(
                     "{f}: stage `{}`, field `curation.samples_per_shard`: expected at least 1, found 0",
                     ds.label("ingest")
-                );
+                ));
             }
         }
         if let Some(t) = &self.train {
-            t.validate().map_err(|e| anyhow::anyhow!("{f}: stage `train`, field {e}"))?;
+            if let Err(e) = t.validate() {
+                errors.push(format!("{f}: stage `train`, field {e}"));
+            }
         }
         for (stage, run) in self.shard_runs() {
-            crate::device::DeviceName::parse(&run.device)
-                .map_err(|e| anyhow::anyhow!("{f}: stage `{stage}`, field `device`: {e}"))?;
+            if let Err(e) = crate::device::DeviceName::parse(&run.device) {
+                errors.push(format!("{f}: stage `{stage}`, field `device`: {e}"));
+            }
         }
         if let Some(flt) = &self.filter {
-            flt.rules().map_err(|e| anyhow::anyhow!("{f}: stage `filter`: {e:#}"))?;
+            if let Err(e) = flt.rules() {
+                errors.push(format!("{f}: stage `filter`: {e:#}"));
+            }
         }
         for (stage, needs_score) in [("filter", self.filter.is_some()), ("dedup", self.dedup.is_some())] {
             if needs_score && self.score.is_none() {
-                anyhow::bail!(
+                errors.push(format!(
                     "{f}: stage `{stage}` reads the scores of a score stage: add [score.clip] or [score.laion_emb]"
-                );
+                ));
             }
         }
         if let Some(d) = &self.dedup {
             if !(0.0..=1.0).contains(&d.threshold) {
-                anyhow::bail!(
+                errors.push(format!(
                     "{f}: stage `dedup`, field `threshold`: expected a cosine similarity in [0, 1], found {}",
                     d.threshold
-                );
+                ));
             }
         }
         if let Some(b) = &self.balance {
             if b.size == 0 {
-                anyhow::bail!("{f}: stage `balance`, field `size`: expected at least 1 sample, found 0");
+                errors.push(format!("{f}: stage `balance`, field `size`: expected at least 1 sample, found 0"));
             }
         }
         if self.export.is_some() && (self.t5.is_none() || self.vae.is_none()) {
-            anyhow::bail!("{f}: stage `export` writes the pipeline's caches: add [cache.t5] and [cache.vae]");
+            errors.push(format!("{f}: stage `export` writes the pipeline's caches: add [cache.t5] and [cache.vae]"));
         }
         if let Some(c) = &self.caption {
             if c.backend == crate::caption::Backend::Openai && c.endpoint.is_none() {
-                anyhow::bail!("{f}: stage `caption`, field `endpoint`: required with backend = \"openai\"");
+                errors.push(format!("{f}: stage `caption`, field `endpoint`: required with backend = \"openai\""));
             }
         }
         if let Some(d) = &self.density {
             for (name, c) in &d.compare {
                 if let CompareSet::Set { filter: Some(flt), .. } = c {
                     if flt.value.is_empty() {
-                        anyhow::bail!(
+                        errors.push(format!(
                             "{f}: stage `density`, field `compare.{name}.filter`: expected field=value, found \"{flt}\""
-                        );
+                        ));
                     }
                 }
             }
         }
         if let (Some(train), true) = (&self.train, self.t5.is_none() || self.vae.is_none()) {
             if train.data.caches.iter().any(|c| self.datasets.iter().any(|d| c.t5 == d.t5 || c.vae == d.vae)) {
-                anyhow::bail!("{f}: stage `train` trains on the pipeline's caches: add [cache.t5] and [cache.vae]");
+                errors.push(format!(
+                    "{f}: stage `train` trains on the pipeline's caches: add [cache.t5] and [cache.vae]"
+                ));
             }
         }
-        Ok(())
+        all_errors(errors)
     }
 
     /// Checks what must exist before the run starts (inputs, and model folders a tiny-models stage
     /// will not write), naming the file, stage and field.
     pub fn check_paths(&self) -> anyhow::Result<()> {
         let f = self.file.display();
+        let mut errors: Vec<String> = Vec::new();
         let made = self.out.join("models");
         let exists = |p: &Path| p.exists() || (self.models.is_some() && p.starts_with(&made));
         for ds in &self.datasets {
             for p in ds.ingest.iter().flat_map(|i| &i.inputs) {
                 if !exists(p) {
-                    anyhow::bail!(
+                    errors.push(format!(
                         "{f}: stage `{}`, field `inputs`: {}: no such file or folder",
                         ds.label("ingest"),
                         p.display()
-                    );
+                    ));
                 }
             }
         }
         if let Some(c) = &self.caption {
             if c.backend == crate::caption::Backend::Candle && !exists(Path::new(&c.model)) {
-                anyhow::bail!("{f}: stage `caption`, field `model`: {}: no such model folder", c.model);
+                errors.push(format!("{f}: stage `caption`, field `model`: {}: no such model folder", c.model));
             }
         }
         for (stage, model) in
@@ -619,7 +633,7 @@ impl Pipeline {
         {
             if let Some(m) = model {
                 if !exists(m) {
-                    anyhow::bail!("{f}: stage `{stage}`, field `model`: {}: no such model folder", m.display());
+                    errors.push(format!("{f}: stage `{stage}`, field `model`: {}: no such model folder", m.display()));
                 }
             }
         }
@@ -629,38 +643,70 @@ impl Pipeline {
                 .chain(c.pixel_heads.iter().map(|h| ("pixel_heads", h)))
             {
                 if !exists(p) {
-                    anyhow::bail!("{f}: stage `score.clip`, field `{field}`: {}: no such file", p.display());
+                    errors.push(format!("{f}: stage `score.clip`, field `{field}`: {}: no such file", p.display()));
                 }
             }
         }
         if let Some(ScoreStage::LaionEmb(l)) = &self.score {
             for (field, p) in [("emb_dir", &l.emb_dir), ("meta_dir", &l.meta_dir)] {
                 if !exists(p) {
-                    anyhow::bail!("{f}: stage `score.laion_emb`, field `{field}`: {}: no such folder", p.display());
+                    errors.push(format!(
+                        "{f}: stage `score.laion_emb`, field `{field}`: {}: no such folder",
+                        p.display()
+                    ));
                 }
             }
         }
         if let Some(t) = self.density.as_ref().and_then(|d| d.config.t5_tokenizer.as_ref()) {
             if !exists(t) {
-                anyhow::bail!("{f}: stage `density`, field `t5_tokenizer`: {}: no such file", t.display());
+                errors.push(format!("{f}: stage `density`, field `t5_tokenizer`: {}: no such file", t.display()));
             }
         }
         for (stage, run) in self.shard_runs() {
             if let Some(sel) = run.selection.as_ref().filter(|s| !s.exists()) {
-                anyhow::bail!("{f}: stage `{stage}`, field `selection`: {}: no such file", sel.display());
+                errors.push(format!("{f}: stage `{stage}`, field `selection`: {}: no such file", sel.display()));
+            }
+        }
+        if let Some(t5) = self.t5.as_ref().map(|t| &t.model).filter(|m| m.exists()) {
+            let tokenizer = crate::latents::t5::CaptionTokenizer::file_in(t5);
+            if !tokenizer.is_file() {
+                errors.push(format!(
+                    "{f}: stage `cache.t5`, field `model`: {}: no tokenizer (expected {})",
+                    t5.display(),
+                    tokenizer.display()
+                ));
+            }
+        }
+        if let Some(smp) = &self.sample {
+            for (field, p) in [("prompts", &smp.prompts), ("t5", &smp.t5), ("vae", &smp.vae)] {
+                let made_here =
+                    self.t5.as_ref().is_some_and(|t| &t.model == p) || self.vae.as_ref().is_some_and(|v| &v.model == p);
+                if !exists(p) && !made_here {
+                    errors
+                        .push(format!("{f}: stage `sample`, field `{field}`: {}: no such file or folder", p.display()));
+                }
             }
         }
         if let Some(d) = &self.density {
             for (name, c) in &d.compare {
                 if !c.path().exists() {
-                    anyhow::bail!(
+                    errors.push(format!(
                         "{f}: stage `density`, field `compare.{name}`: {}: no such file or folder",
                         c.path().display()
-                    );
+                    ));
                 }
             }
         }
-        Ok(())
+        all_errors(errors)
+    }
+}
+
+/// `Ok` when `errors` is empty, else one error listing them all, one per line.
+fn all_errors(errors: Vec<String>) -> anyhow::Result<()> {
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(anyhow::anyhow!("{}", errors[0])),
+        n => Err(anyhow::anyhow!("{n} problems:\n  {}", errors.join("\n  "))),
     }
 }
 
@@ -816,5 +862,14 @@ mod tests {
         assert_eq!(p.out, Path::new("/p/run"));
         assert_eq!(p.caption.unwrap().model, "/p/run/models/llava");
         assert_eq!(p.t5.unwrap().model, Path::new("/p/t5"));
+        // `--out` is the working directory's, for the stages' outputs and `{out}` alike; a relative
+        // file's own `out` is its folder's.
+        let cwd = std::env::current_dir().unwrap();
+        let p = Pipeline::parse(text, Path::new("dir/x.toml"), Some(Path::new("myout"))).unwrap();
+        assert_eq!(p.out, cwd.join("myout"));
+        assert_eq!(Path::new(&p.caption.unwrap().model), cwd.join("myout/models/llava"));
+        let p = Pipeline::parse(text, Path::new("dir/x.toml"), None).unwrap();
+        assert_eq!(Path::new(&p.caption.unwrap().model), cwd.join("dir/run/models/llava"));
+        assert_eq!(p.t5.unwrap().model, Path::new("dir/t5"));
     }
 }

@@ -74,8 +74,12 @@ impl PipelineReport {
 /// caches) are done, and the whole-dataset stages (density, train) are left for a final run with one
 /// worker.
 pub fn run(p: &Pipeline, progress: bool, worker: crate::shards::Worker) -> anyhow::Result<PipelineReport> {
-    p.check()?;
-    p.check_paths()?;
+    // Every problem of the configuration and of the paths it names, at once.
+    match (p.check(), p.check_paths()) {
+        (Ok(()), Ok(())) => {}
+        (Err(e), Ok(())) | (Ok(()), Err(e)) => return Err(e),
+        (Err(a), Err(b)) => anyhow::bail!("{a}\n{b}"),
+    }
     let share = worker.count > 1;
     std::fs::create_dir_all(&p.out).map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", p.out.display()))?;
     let mut r = PipelineReport::default();
