@@ -5,7 +5,7 @@
 
 mod weights;
 
-pub use weights::{is_float, Weights};
+pub use weights::{is_float, not_float, Weights};
 
 /// The `name/` part of a diffusers pipeline folder, or `dir` itself when it has no such subfolder.
 pub fn part(dir: &std::path::Path, name: &str) -> std::path::PathBuf {

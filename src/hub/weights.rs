@@ -18,6 +18,11 @@ pub fn is_float(dtype: DType) -> bool {
     matches!(dtype, DType::F16 | DType::BF16 | DType::F32 | DType::F64)
 }
 
+/// The refusal of tensor `name` of `source` stored as `found`, which cannot hold weights.
+pub fn not_float(source: &str, name: &str, found: impl std::fmt::Debug) -> String {
+    format!("{source}: tensor `{name}` is stored as {found:?}, expected a floating-point dtype (F32, F16 or BF16)")
+}
+
 fn msg(text: String) -> candle_core::Error {
     candle_core::Error::Msg(text)
 }
@@ -80,12 +85,7 @@ impl Weights {
         let view = self.maps[i].get(name)?;
         let stored = match DType::try_from(view.dtype()) {
             Ok(d) if is_float(d) => d,
-            _ => {
-                return Err(msg(format!(
-                    "{file}: tensor `{name}` is stored as {:?}, expected a floating-point dtype (F32, F16 or BF16)",
-                    view.dtype()
-                )))
-            }
+            _ => return Err(msg(not_float(&file.to_string(), name, view.dtype()))),
         };
         if let Some(s) = shape {
             if view.shape() != s {

@@ -163,11 +163,9 @@ fn checked_parameters(
             Some(t) if t.dims() != shape.as_slice() => {
                 anyhow::bail!("{}: tensor `{name}` has shape {:?}, expected {shape:?} {why}", source(&name), t.dims())
             }
-            Some(t) if !crate::hub::is_float(t.dtype()) => anyhow::bail!(
-                "{}: tensor `{name}` is stored as {:?}, expected a floating-point dtype (F32, F16 or BF16)",
-                source(&name),
-                t.dtype()
-            ),
+            Some(t) if !crate::hub::is_float(t.dtype()) => {
+                anyhow::bail!(crate::hub::not_float(&source(&name), &name, t.dtype()))
+            }
             Some(_) => {}
         }
     }
@@ -264,11 +262,7 @@ impl PixArt {
             named.into_iter().map(|(k, t)| Ok((k, t.to_device(device)?))).collect::<Result<_>>()?;
         for (name, t) in &sd {
             if !crate::hub::is_float(t.dtype()) {
-                anyhow::bail!(
-                    "{}: tensor `{name}` is stored as {:?}, expected a floating-point dtype (F32, F16 or BF16)",
-                    path.display(),
-                    t.dtype()
-                );
+                anyhow::bail!(crate::hub::not_float(&path.display().to_string(), name, t.dtype()));
             }
         }
         let w = super::keys::official_to_diffusers(sd).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
