@@ -180,7 +180,7 @@ pub fn export_official(o: &ExportOptions) -> anyhow::Result<ExportStats> {
             let png = if ext == Some("png") {
                 bytes
             } else {
-                let (img, _, _) = crate::image::decode_rgb(&bytes, u64::MAX)
+                let (img, _, _) = crate::image::decode_rgb(&bytes, crate::image::MAX_PIXELS)
                     .map_err(|e| anyhow::anyhow!("{}: sample {}: {e}", tar_path.display(), sample.key))?;
                 let mut buf = std::io::Cursor::new(Vec::new());
                 img.write_to(&mut buf, image::ImageFormat::Png)?;
