@@ -98,7 +98,7 @@ pub fn checked_header(
 /// Whether a JPEG runs to its end-of-image marker (`FF D9`) after its first scan. Decoders fill
 /// the rows a cut file lacks with one flat colour and report success; this catches the cut.
 /// Inside the entropy-coded data an `FF` byte is always followed by `00` or a restart marker, so
-/// the first `FF D9` after the first start-of-scan is the end of the image.
+/// an `FF D9` after the first start-of-scan is the end of the image.
 pub fn jpeg_is_complete(bytes: &[u8]) -> bool {
     let mut at = 2; // past SOI
     while at + 4 <= bytes.len() {
@@ -117,7 +117,8 @@ pub fn jpeg_is_complete(bytes: &[u8]) -> bool {
         let len = u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]) as usize;
         let next = at + 2 + len;
         if marker == 0xDA {
-            return bytes.get(next..).is_some_and(|scan| scan.windows(2).any(|w| w == [0xFF, 0xD9]));
+            // Searched from the end, where a whole file has it: a whole image costs a few bytes.
+            return bytes.get(next..).is_some_and(|scan| scan.windows(2).rev().any(|w| w == [0xFF, 0xD9]));
         }
         at = next;
     }
