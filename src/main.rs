@@ -443,6 +443,17 @@ enum BenchCmd {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Write the hostile-input corpus of the bomb benchmark (bench/bombs.sh): images whose metadata
+    /// inflates or whose header lies, gzipped metadata and caption lists with one enormous row, each
+    /// kind beside normal files, as folders and as WebDataset shards.
+    BombCorpus {
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// What each inflating bomb inflates to, in MiB.
+        #[arg(long, default_value_t = 1024)]
+        inflated_mib: u64,
+    },
     /// Write synthetic captions (alt text and dense descriptions), one per line, for the density benchmark.
     SynthCaptions {
         /// How many.
@@ -562,6 +573,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench(BenchCmd::CaptionLocal { model, image, batch, tokens, rounds }) => {
             let t = pixforge::caption::bench::local_tokens_per_second(&model, &image, batch, tokens, rounds)?;
             emit(&format!("{}\n", serde_json::to_string(&t)?));
+        }
+        Cmd::Bench(BenchCmd::BombCorpus { out, inflated_mib }) => {
+            let kinds = pixforge::bench::bombs::write_corpus(&out, inflated_mib << 20)?;
+            emit(&format!("wrote the bomb corpus ({}) to {}\n", kinds.join(", "), out.display()));
         }
         Cmd::Bench(BenchCmd::SynthCaptions { count, out, seed }) => {
             pixforge::density::synth::write_captions(&out, count, seed)?;

@@ -201,9 +201,9 @@ fn inputs_stream_in_batches_with_clear_errors() {
         Ok(())
     })
     .unwrap();
-    assert_eq!((n, sizes), (2500, vec![1000, 1000, 500]), "blank lines skipped, batches bounded");
+    assert_eq!((n.captions, sizes), (2500, vec![1000, 1000, 500]), "blank lines skipped, batches bounded");
     let limited = Selection { limit: Some(7), ..Default::default() };
-    assert_eq!(read_batches(&txt, &limited, 1000, &mut |_| Ok(())).unwrap(), 7);
+    assert_eq!(read_batches(&txt, &limited, 1000, &mut |_| Ok(())).unwrap().captions, 7);
 
     // A folder of WebDataset shards: the `.txt` members are the captions.
     let shards = dir.path().join("wds");

@@ -56,13 +56,13 @@ fn ingest_peak(images: &[(String, Vec<u8>)]) -> (u64, Vec<pixforge::shards::Reco
 /// cost: the profile is dropped at the decoder's metadata allowance, the images kept.
 #[test]
 fn an_icc_bomb_costs_what_a_normal_image_costs() {
-    let bomb = |red| common::png_with_icc_bomb(1 << 30, red);
+    let bomb = |red| pixforge::bench::bombs::png_with_icc_bomb(1 << 30, red);
     assert!(bomb(0).len() < 4 << 20, "the bomb is small on disk: {} bytes", bomb(0).len());
     let o = ImageOptions { image_size: 32, ..Default::default() };
     let p = process(&bomb(0), &o).expect("the pixels are fine");
     assert_eq!((p.original_width, p.original_height), (1, 1));
 
-    let plain = |red| common::png_with_icc_bomb(1 << 20, red);
+    let plain = |red| pixforge::bench::bombs::png_with_icc_bomb(1 << 20, red);
     let names = |f: &dyn Fn(u8) -> Vec<u8>| (0..4).map(|i| (format!("{i}.png"), f(60 * i as u8))).collect::<Vec<_>>();
     // The children's peak only grows: the plain run first, then the bombs.
     let (normal, recs) = ingest_peak(&names(&plain));

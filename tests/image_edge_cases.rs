@@ -64,7 +64,7 @@ fn real_edge_case_files() {
     }
     let e = process(&read("truncated.jpg"), &o).unwrap_err();
     assert!(matches!(e, ImageError::Decode(_)), "truncated.jpg: {e}");
-    let bomb = common::png_declaring(60000, 60000);
+    let bomb = pixforge::bench::bombs::png_declaring(60000, 60000);
     assert!(matches!(process(&bomb, &o), Err(ImageError::Bomb { pixels: 3_600_000_000, .. })));
     let e = process(b"GIF89a\x01\x00\x01\x00\x00", &o).unwrap_err();
     assert!(matches!(e, ImageError::Decode(_)), "{e:?}");

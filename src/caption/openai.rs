@@ -243,9 +243,12 @@ impl OpenAiClient {
     }
 }
 
-/// The image as sent: the original bytes when its shorter side is at most `max_side` (0 = always),
-/// else resized (bicubic) to that shorter side and encoded as JPEG (quality 90). Either way the image
-/// first passes the header check every stage applies (the pixel limit, a truncated file refused).
+/// The image as sent: the original bytes when its shorter side is at most `max_side` (0 = always)
+/// and the file carries nothing but its pixels ([`crate::image::is_lean`]),
+/// else decoded (under the decoders' metadata limit), resized (bicubic) to that shorter side if
+/// longer, and encoded as JPEG (quality 90), so no metadata of the file reaches the server. Either
+/// way the image first passes the header check every stage applies (the pixel limit, a truncated
+/// file refused).
 pub fn image_for_request(bytes: &[u8], max_side: u32) -> Result<(Vec<u8>, &'static str), String> {
     use crate::image::{checked_header, decode_rgb, encode, resize_exact, EncodeFormat, Filter};
     let (format, w, h) =
@@ -256,7 +259,8 @@ pub fn image_for_request(bytes: &[u8], max_side: u32) -> Result<(Vec<u8>, &'stat
         image::ImageFormat::WebP => Some("image/webp"),
         _ => None,
     };
-    if let Some(mime) = mime.filter(|_| max_side == 0 || w.min(h) <= max_side) {
+    let lean = crate::image::is_lean(bytes, w, h);
+    if let Some(mime) = mime.filter(|_| lean && (max_side == 0 || w.min(h) <= max_side)) {
         return Ok((bytes.to_vec(), mime));
     }
     let (img, _, _) =

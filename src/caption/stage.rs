@@ -301,10 +301,14 @@ async fn remote_shard(
     // A sample's image is prepared once for all its prompts and captions.
     let images: Vec<tokio::sync::OnceCell<Prepared>> = reader.samples.iter().map(|_| Default::default()).collect();
     let images = &images;
+    // Images are decoded and resized one per core at most, however many requests are in flight, so
+    // memory is that of a few decoded images, not of `concurrency` of them.
+    let decoding = tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let decoding = &decoding;
     let mut stream = futures_util::stream::iter(todo.into_iter().map(|it| {
         let (client, reader) = (client.clone(), reader.clone());
         async move {
-            let r = remote_one(cfg, &client, reader, &images[it.sample], &it).await;
+            let r = remote_one(cfg, &client, reader, (&images[it.sample], decoding), &it).await;
             (it, r)
         }
     }))
@@ -319,7 +323,7 @@ async fn remote_one(
     cfg: &CaptionConfig,
     client: &OpenAiClient,
     reader: Arc<WdsReader>,
-    image: &tokio::sync::OnceCell<Prepared>,
+    (image, decoding): (&tokio::sync::OnceCell<Prepared>, &tokio::sync::Semaphore),
     it: &Item,
 ) -> Result<Answer, (String, bool)> {
     let sample = it.sample;
@@ -327,6 +331,7 @@ async fn remote_one(
     let side = cfg.image_side;
     let prepared = image
         .get_or_try_init(|| async move {
+            let _permit = decoding.acquire().await.map_err(|e| (format!("image preparation stopped: {e}"), false))?;
             tokio::task::spawn_blocking(move || {
                 let bytes = crate::shards::stage::image_bytes(&reader, &reader.samples[sample])?;
                 image_for_request(&bytes, side)

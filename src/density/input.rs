@@ -52,14 +52,36 @@ pub struct Selection {
     pub limit: Option<u64>,
 }
 
-/// Calls `f` with batches of at most `batch` captions; returns the number of captions read.
+/// What one input gave: captions, and the lines that could not be read (not UTF-8, or longer than
+/// [`crate::text::MAX_LINE_BYTES`]), which are skipped and counted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReadSummary {
+    /// Captions read.
+    pub captions: u64,
+    /// Lines skipped as unreadable.
+    pub unreadable: u64,
+    /// The first few of them, each naming the file and line.
+    pub unreadable_examples: Vec<String>,
+}
+
+/// Unreadable lines quoted in a [`ReadSummary`].
+const EXAMPLES: usize = 3;
+
+/// Calls `f` with batches of at most `batch` captions; says how many were read and skipped.
 pub fn read_batches(
     path: &Path,
     sel: &Selection,
     batch: usize,
     f: &mut dyn FnMut(Vec<String>) -> anyhow::Result<()>,
-) -> anyhow::Result<u64> {
-    let mut sink = Sink { batch, buf: Vec::new(), seen: 0, limit: sel.limit.unwrap_or(u64::MAX), f };
+) -> anyhow::Result<ReadSummary> {
+    let mut sink = Sink {
+        batch,
+        buf: Vec::new(),
+        seen: 0,
+        limit: sel.limit.unwrap_or(u64::MAX),
+        f,
+        skipped: ReadSummary::default(),
+    };
     if path.is_dir() {
         let mut files: Vec<PathBuf> = std::fs::read_dir(path)
             .map_err(|e| anyhow::anyhow!("{}: cannot list: {e}", path.display()))?
@@ -89,7 +111,7 @@ pub fn read_batches(
         read_file(path, sel, &mut sink)?;
     }
     sink.flush()?;
-    Ok(sink.seen)
+    Ok(ReadSummary { captions: sink.seen, ..sink.skipped })
 }
 
 struct Sink<'a> {
@@ -98,6 +120,7 @@ struct Sink<'a> {
     seen: u64,
     limit: u64,
     f: &'a mut dyn FnMut(Vec<String>) -> anyhow::Result<()>,
+    skipped: ReadSummary,
 }
 
 impl Sink<'_> {
@@ -115,6 +138,13 @@ impl Sink<'_> {
         }
         Ok(())
     }
+    /// Records a line that could not be read.
+    fn skip(&mut self, reason: String) {
+        self.skipped.unreadable += 1;
+        if self.skipped.unreadable_examples.len() < EXAMPLES {
+            self.skipped.unreadable_examples.push(reason);
+        }
+    }
     fn flush(&mut self) -> anyhow::Result<()> {
         if !self.buf.is_empty() {
             (self.f)(std::mem::take(&mut self.buf))?;
@@ -128,17 +158,19 @@ fn lower_name(path: &Path) -> String {
     name.strip_suffix(".gz").unwrap_or(&name).to_string()
 }
 
-fn open_text(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {
-    let file = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: cannot open: {e}", path.display()))?;
-    let gz = path.extension().is_some_and(|e| e == "gz");
-    let r: Box<dyn Read> = if gz { Box::new(flate2::read::MultiGzDecoder::new(file)) } else { Box::new(file) };
-    Ok(Box::new(BufReader::with_capacity(1 << 20, r)))
+fn open_text(path: &Path) -> anyhow::Result<Box<dyn BufRead + Send>> {
+    crate::text::open(path)
 }
 
-/// The text of one line of `path`, or an error naming the file and line.
-fn text_line(path: &Path, line: std::io::Result<crate::text::Line>) -> anyhow::Result<String> {
-    let line = line.map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
-    line.text.map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), line.number))
+/// The text of one line of `path`; `None` for an unreadable line, recorded in `sink`.
+fn text_line(path: &Path, line: crate::text::Line, sink: &mut Sink) -> Option<String> {
+    match line.text {
+        Ok(t) => Some(t),
+        Err(e) => {
+            sink.skip(format!("{}:{}: {e}", path.display(), line.number));
+            None
+        }
+    }
 }
 
 fn read_file(path: &Path, sel: &Selection, sink: &mut Sink) -> anyhow::Result<()> {
@@ -151,7 +183,8 @@ fn read_file(path: &Path, sel: &Selection, sink: &mut Sink) -> anyhow::Result<()
         read_json(path, sel, sink)
     } else if name.ends_with(".txt") {
         for line in crate::text::BoundedLines::new(open_text(path)?) {
-            let line = text_line(path, line)?;
+            let line = line.map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+            let Some(line) = text_line(path, line, sink) else { continue };
             if !line.trim().is_empty() {
                 sink.push(line)?;
             }
@@ -205,7 +238,7 @@ fn read_jsonl(path: &Path, sel: &Selection, sink: &mut Sink) -> anyhow::Result<(
             Ok(l) => (l.number - 1, l),
             Err(e) => anyhow::bail!("{}: cannot read: {e}", path.display()),
         };
-        let line = text_line(path, Ok(line))?;
+        let Some(line) = text_line(path, line, sink) else { continue };
         if line.trim().is_empty() {
             continue;
         }
@@ -230,38 +263,40 @@ fn read_jsonl(path: &Path, sel: &Selection, sink: &mut Sink) -> anyhow::Result<(
 }
 
 fn read_json(path: &Path, sel: &Selection, sink: &mut Sink) -> anyhow::Result<()> {
-    let mut text = String::new();
-    open_text(path)?.read_to_string(&mut text).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: not valid JSON: {e}", path.display()))?;
-    let items = match &v {
-        serde_json::Value::Array(a) => a,
-        serde_json::Value::Object(o) => match o.get("annotations") {
-            Some(serde_json::Value::Array(a)) => a,
-            _ => anyhow::bail!(
-                "{}: expected a JSON array of captions or COCO's {{\"annotations\": [...]}}",
-                path.display()
-            ),
-        },
-        _ => anyhow::bail!("{}: expected a JSON array of captions", path.display()),
-    };
-    for (i, item) in items.iter().enumerate() {
+    let mut f = |i: usize, item: serde_json::Value| -> anyhow::Result<()> {
+        if sink.full() {
+            return Err(anyhow::Error::new(Enough));
+        }
         match item {
-            serde_json::Value::String(s) if sel.filter.is_none() => sink.push(s.clone())?,
+            serde_json::Value::String(s) if sel.filter.is_none() => sink.push(s),
             serde_json::Value::Object(obj) => {
-                if json_keep(obj, sel) {
-                    let c = json_caption(obj, sel).ok_or_else(|| missing_field(path, &format!("item {i}"), sel))?;
+                if json_keep(&obj, sel) {
+                    let c = json_caption(&obj, sel).ok_or_else(|| missing_field(path, &format!("item {i}"), sel))?;
                     sink.push(c)?;
                 }
+                Ok(())
             }
             _ => anyhow::bail!("{}: item {i}: expected a JSON object or string", path.display()),
         }
-        if sink.full() {
-            break;
-        }
+    };
+    let reader = open_text(path)?;
+    match crate::text::json_items(reader, path, Some("annotations"), crate::text::MAX_LINE_BYTES, &mut f) {
+        Err(e) if e.is::<Enough>() => Ok(()),
+        r => r,
     }
-    Ok(())
 }
+
+/// A JSON read stopped because enough captions were read.
+#[derive(Debug)]
+struct Enough;
+
+impl std::fmt::Display for Enough {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("enough captions read")
+    }
+}
+
+impl std::error::Error for Enough {}
 
 /// Rows read from a parquet file at a time.
 const PARQUET_SLICE: usize = 65_536;

@@ -86,6 +86,8 @@ pub struct Metrics {
     pub rank_frequency: Vec<(u64, u64)>,
     /// `nouns_histogram[v]` captions had `v` nouns (last bucket: that many or more).
     pub nouns_histogram: Vec<u64>,
+    /// Lines of the input skipped as unreadable (not UTF-8, or too long), with examples.
+    pub unreadable: super::input::ReadSummary,
 }
 
 /// The histogram's counts up to its 99.5th percentile (at least 10 buckets), the rest folded into
@@ -149,6 +151,7 @@ impl Metrics {
                 .collect(),
             rank_frequency: ranks,
             nouns_histogram: trimmed(&c.nouns_per_caption),
+            unreadable: Default::default(),
         }
     }
 }

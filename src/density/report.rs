@@ -4,7 +4,7 @@
 
 use super::charts::charts;
 use super::counts::{CountOptions, Counter, NounCounter, Work};
-use super::input::{read_batches, NamedInput, Selection};
+use super::input::{read_batches, NamedInput, ReadSummary, Selection};
 use super::metrics::Metrics;
 use super::tagger::Tagger;
 use rayon::prelude::*;
@@ -75,7 +75,12 @@ pub fn peak_rss_mib() -> Option<f64> {
 const BATCH: usize = 16_384;
 
 /// Counts one input.
-pub fn count_input(input: &NamedInput, nc: &NounCounter, sel: &Selection, progress: bool) -> anyhow::Result<Counter> {
+pub fn count_input(
+    input: &NamedInput,
+    nc: &NounCounter,
+    sel: &Selection,
+    progress: bool,
+) -> anyhow::Result<(Counter, ReadSummary)> {
     let bar = if progress {
         let b = indicatif::ProgressBar::new_spinner();
         b.set_style(
@@ -106,9 +111,18 @@ pub fn count_input(input: &NamedInput, nc: &NounCounter, sel: &Selection, progre
         bar.inc(batch.len() as u64);
         Ok(())
     };
-    read_batches(&input.path, sel, BATCH, &mut on_batch).map_err(|e| e.context(format!("input {:?}", input.name)))?;
+    let read = read_batches(&input.path, sel, BATCH, &mut on_batch)
+        .map_err(|e| e.context(format!("input {:?}", input.name)))?;
     bar.finish_and_clear();
-    Ok(total)
+    if read.unreadable > 0 {
+        eprintln!(
+            "{}: skipped {} unreadable line(s), e.g. {}",
+            input.name,
+            read.unreadable,
+            read.unreadable_examples.join("; ")
+        );
+    }
+    Ok((total, read))
 }
 
 /// Counts every input and writes the three report files into `out`.
@@ -127,8 +141,10 @@ pub fn run(inputs: &[NamedInput], o: &DensityConfig, progress: bool, out: &Path)
     let start = std::time::Instant::now();
     let mut metrics = Vec::new();
     for input in inputs {
-        let counter = count_input(input, &nc, input.selection.as_ref().unwrap_or(&o.selection), progress)?;
-        metrics.push(Metrics::new(&input.name, &input.path.display().to_string(), &counter, &o.count, o.max_tokens));
+        let (counter, read) = count_input(input, &nc, input.selection.as_ref().unwrap_or(&o.selection), progress)?;
+        let mut m = Metrics::new(&input.name, &input.path.display().to_string(), &counter, &o.count, o.max_tokens);
+        m.unreadable = read;
+        metrics.push(m);
     }
     let report = Report {
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -216,6 +232,15 @@ pub fn markdown(r: &Report) -> String {
             trunc
         );
     }
+    for m in r.inputs.iter().filter(|m| m.unreadable.unreadable > 0) {
+        let _ = writeln!(
+            s,
+            "\n{}: {} unreadable line(s) skipped, e.g. {}",
+            m.name,
+            m.unreadable.unreadable,
+            m.unreadable.unreadable_examples.join("; ")
+        );
+    }
     s.push_str("\n## Top nouns\n\n");
     for m in &r.inputs {
         let top: Vec<String> = m.top_nouns.iter().take(20).map(|(k, v)| format!("{k} ({v})")).collect();
@@ -262,7 +287,17 @@ pub fn html(r: &Report) -> Result<String, String> {
             trunc
         );
     }
-    s.push_str("</table>\n<div class=\"charts\">\n");
+    s.push_str("</table>\n");
+    for m in r.inputs.iter().filter(|m| m.unreadable.unreadable > 0) {
+        let _ = writeln!(
+            s,
+            "<p>{}: {} unreadable line(s) skipped, e.g. {}</p>",
+            escape(&m.name),
+            m.unreadable.unreadable,
+            escape(&m.unreadable.unreadable_examples.join("; "))
+        );
+    }
+    s.push_str("<div class=\"charts\">\n");
     for (title, svg) in charts(&r.inputs)? {
         let _ = writeln!(s, "<figure title=\"{}\">{}</figure>", escape(&title), svg);
     }

@@ -66,6 +66,18 @@ pub fn peek_dimensions(bytes: &[u8]) -> Result<(ImageFormat, u32, u32), ImageErr
     Ok((format, w, h))
 }
 
+/// Bytes beyond an image's raw pixels (3 a pixel) that a file passed on as stored may have: its
+/// headers, tables and a small profile.
+pub const STORED_SLACK: u64 = 64 << 10;
+
+/// Whether the file `bytes` of a `w` x `h` image (its header already checked) may leave the process
+/// as stored — to a server or an export — because it is no larger than its pixels plus
+/// [`STORED_SLACK`]. A larger file carries more than its pixels (a metadata chunk, trailing data)
+/// and is decoded and re-encoded instead, so what the decoders' metadata limit dropped stays dropped.
+pub fn is_lean(bytes: &[u8], w: u32, h: u32) -> bool {
+    bytes.len() as u64 <= w as u64 * h as u64 * 3 + STORED_SLACK
+}
+
 /// Decodes `bytes` to RGB: EXIF orientation applied, alpha composited on white, 16-bit, grey,
 /// palette and CMYK converted; a truncated image refused. Returns the image and whether the
 /// orientation changed it.

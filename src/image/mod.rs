@@ -15,7 +15,7 @@ mod turbo;
 
 pub use codec::JpegCodec;
 pub use decode::{
-    checked_header, decode_rgb, jpeg_is_complete, peek_dimensions, to_rgb_on_white, ImageError, MAX_PIXELS,
+    checked_header, decode_rgb, is_lean, jpeg_is_complete, peek_dimensions, to_rgb_on_white, ImageError, MAX_PIXELS,
 };
 pub use options::{check_filters, EncodeFormat, Filter, ImageOptions, ResizeMode};
 pub use resize::{plan, resize_exact, resize_rgb, Plan};

@@ -74,16 +74,13 @@ impl Default for LaionOptions {
     }
 }
 
+/// The bytes of a parquet file, inflated when its name ends in `.gz` (parquet is read whole).
 fn read_bytes(path: &Path) -> anyhow::Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
-    if path.extension().is_some_and(|e| e == "gz") {
-        let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| anyhow::anyhow!("{}: not valid gzip: {e}", path.display()))?;
-        return Ok(out);
-    }
-    Ok(raw)
+    let mut out = Vec::new();
+    crate::text::open(path)?
+        .read_to_end(&mut out)
+        .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+    Ok(out)
 }
 
 /// The format of a metadata file from its name: `parquet`, `csv`, `tsv`, `json`, `jsonl` or `txt`.
@@ -107,14 +104,13 @@ pub fn read_table(path: &Path, url_col: &str) -> anyhow::Result<(DataFrame, BadR
             path.display()
         )
     })?;
-    let bytes = read_bytes(path)?;
     let ctx = |e: PolarsError| anyhow::anyhow!("{}: cannot read as {fmt}: {e}", path.display());
     let mut bad = BadRows::new();
     let df = match fmt {
-        "parquet" => ParquetReader::new(Cursor::new(bytes)).finish().map_err(ctx)?,
+        "parquet" => ParquetReader::new(Cursor::new(read_bytes(path)?)).finish().map_err(ctx)?,
         "csv" | "tsv" => {
             let sep = if fmt == "tsv" { b'\t' } else { b',' };
-            let bytes = utf8_csv_rows(&bytes, path, &mut bad);
+            let bytes = csv_rows(crate::text::open(path)?, sep, path, &mut bad)?;
             CsvReadOptions::default()
                 .with_has_header(true)
                 .with_infer_schema_length(Some(10_000))
@@ -124,13 +120,16 @@ pub fn read_table(path: &Path, url_col: &str) -> anyhow::Result<(DataFrame, BadR
                 .map_err(ctx)?
         }
         "jsonl" => {
-            let lines = json_object_lines(&bytes, path, &mut bad)?;
+            let lines = json_object_lines(crate::text::open(path)?, path, &mut bad)?;
             JsonReader::new(Cursor::new(lines)).with_json_format(JsonFormat::JsonLines).finish().map_err(ctx)?
         }
-        "json" => JsonReader::new(Cursor::new(bytes)).with_json_format(JsonFormat::Json).finish().map_err(ctx)?,
+        "json" => {
+            let lines = json_array_lines(crate::text::open(path)?, path, &mut bad)?;
+            JsonReader::new(Cursor::new(lines)).with_json_format(JsonFormat::JsonLines).finish().map_err(ctx)?
+        }
         _ => {
             let mut urls: Vec<String> = Vec::new();
-            for line in crate::text::BoundedLines::new(&bytes[..]) {
+            for line in crate::text::BoundedLines::new(crate::text::open(path)?) {
                 let line = line.map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
                 match line.text {
                     Ok(t) if t.trim().is_empty() => {}
@@ -152,10 +151,10 @@ pub fn read_table(path: &Path, url_col: &str) -> anyhow::Result<(DataFrame, BadR
 
 /// The JSONL text of `bytes` with each line that is not a JSON object replaced by `{}` (a row of
 /// nulls, so rows keep their places) and recorded in `bad`; blank lines dropped, as the reader does.
-fn json_object_lines(bytes: &[u8], path: &Path, bad: &mut BadRows) -> anyhow::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(bytes.len());
+fn json_object_lines(reader: impl std::io::BufRead, path: &Path, bad: &mut BadRows) -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::new();
     let mut row = 0;
-    for line in crate::text::BoundedLines::new(bytes) {
+    for line in crate::text::BoundedLines::new(reader) {
         let line = line.map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
         let problem = match &line.text {
             Ok(t) if t.trim().is_empty() => continue,
@@ -190,49 +189,81 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
     }
 }
 
-/// `bytes` of a CSV file with each row that is not UTF-8 made so (invalid bytes replaced by U+FFFD)
-/// and recorded in `bad` by row index (the header is not a row). Rows end at newlines outside quotes.
-fn utf8_csv_rows<'a>(bytes: &'a [u8], path: &Path, bad: &mut BadRows) -> std::borrow::Cow<'a, [u8]> {
-    if std::str::from_utf8(bytes).is_ok() {
-        return std::borrow::Cow::Borrowed(bytes);
-    }
-    let mut out = Vec::with_capacity(bytes.len());
-    let (mut start, mut quoted, mut record, mut line) = (0, false, 0usize, 1usize);
-    let mut record_line = 1;
-    for i in 0..=bytes.len() {
-        let end = i == bytes.len();
-        if !end && bytes[i] == b'"' {
-            quoted = !quoted;
+/// The JSONL text of a JSON array of row objects, read one item at a time
+/// ([`crate::text::json_items`]); an item that is not an object becomes `{}` and is recorded in `bad`.
+fn json_array_lines(reader: impl Read, path: &Path, bad: &mut BadRows) -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    crate::text::json_items(reader, path, None, crate::text::MAX_LINE_BYTES, &mut |i, item| {
+        match item {
+            serde_json::Value::Object(_) => serde_json::to_writer(&mut out, &item)?,
+            other => {
+                let kind = json_kind(&other);
+                bad.insert(
+                    i,
+                    format!(
+                        "unreadable metadata row: {}: item {i}: expected a JSON object, found {kind}",
+                        path.display()
+                    ),
+                );
+                out.extend_from_slice(b"{}");
+            }
         }
-        if end || (bytes[i] == b'\n' && !quoted) {
-            let row = &bytes[start..(i + usize::from(!end)).min(bytes.len())];
-            match std::str::from_utf8(row) {
-                Ok(_) => out.extend_from_slice(row),
-                Err(e) => {
-                    if record == 0 {
-                        // The header: its names are kept readable; no row is lost.
-                    } else {
-                        bad.insert(
-                            record - 1,
-                            format!(
-                                "unreadable metadata row: {}:{record_line}: not UTF-8 (invalid byte at column {})",
-                                path.display(),
-                                e.valid_up_to() + 1
-                            ),
-                        );
-                    }
-                    out.extend_from_slice(String::from_utf8_lossy(row).as_bytes());
+        out.push(b'\n');
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// The CSV text of `reader` with each record that cannot be read replaced by a row of empty fields
+/// (so rows keep their places) and recorded in `bad` by row index (the header is not a row): a
+/// record that is not UTF-8, longer than [`crate::text::MAX_LINE_BYTES`] (never held), or with
+/// another number of fields than the header. Blank records are dropped, as CSV readers do.
+fn csv_rows(reader: impl std::io::BufRead, sep: u8, path: &Path, bad: &mut BadRows) -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut fields = None;
+    let mut row = 0;
+    for record in crate::text::CsvRecords::new(reader) {
+        let record = record.map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+        let Some(n) = fields else {
+            let header = match record.bytes {
+                Ok(b) => b,
+                Err(len) => {
+                    anyhow::bail!("{}: the header line is {len} bytes long; expected column names", path.display())
+                }
+            };
+            // The header's names are kept readable.
+            out.extend_from_slice(String::from_utf8_lossy(&header).as_bytes());
+            out.push(b'\n');
+            fields = Some(crate::text::csv_field_count(&header, sep));
+            continue;
+        };
+        let problem = match &record.bytes {
+            Ok(b) if b.iter().all(u8::is_ascii_whitespace) => continue,
+            Err(len) => Some(format!("longer than {} bytes ({len} bytes); skipped", crate::text::MAX_LINE_BYTES)),
+            Ok(b) => match std::str::from_utf8(b) {
+                Err(e) => Some(format!("not UTF-8 (invalid byte at column {})", e.valid_up_to() + 1)),
+                Ok(_) if crate::text::csv_field_count(b, sep) != n => Some(format!(
+                    "expected {n} fields as in the header, found {}",
+                    crate::text::csv_field_count(b, sep)
+                )),
+                Ok(_) => None,
+            },
+        };
+        match problem {
+            None => out.extend_from_slice(record.bytes.as_deref().unwrap_or_default()),
+            Some(p) => {
+                bad.insert(row, format!("unreadable metadata row: {}:{}: {p}", path.display(), record.line));
+                if n == 1 {
+                    out.extend_from_slice(b"\"\"");
+                } else {
+                    out.extend(std::iter::repeat_n(sep, n - 1));
                 }
             }
-            start = i + 1;
-            record += 1;
-            record_line = line + 1;
         }
-        if !end && bytes[i] == b'\n' {
-            line += 1;
-        }
+        out.push(b'\n');
+        row += 1;
     }
-    std::borrow::Cow::Owned(out)
+    Ok(out)
 }
 
 fn columns_list(df: &DataFrame) -> String {

@@ -177,7 +177,11 @@ pub fn export_official(o: &ExportOptions) -> anyhow::Result<ExportStats> {
                 Some(e) => tar.read(sample, e)?.unwrap_or_default(),
                 None => Vec::new(),
             };
-            let png = if ext == Some("png") {
+            // A PNG is copied as stored when its header passes and it carries nothing but pixels.
+            let stored = ext == Some("png")
+                && crate::image::checked_header(&bytes, crate::image::MAX_PIXELS, false)
+                    .is_ok_and(|(_, w, h)| crate::image::is_lean(&bytes, w, h));
+            let png = if stored {
                 bytes
             } else {
                 let (img, _, _) = crate::image::decode_rgb(&bytes, crate::image::MAX_PIXELS)

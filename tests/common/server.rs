@@ -204,9 +204,12 @@ fn handle(mut stream: TcpStream, log: &Mutex<Log>, images: &std::path::Path, bas
                 &b,
             )
         }
-        "/bomb.png" => {
-            respond(&mut stream, "200 OK", &[("Content-Type", "image/png".into())], &super::png_declaring(60000, 60000))
-        }
+        "/bomb.png" => respond(
+            &mut stream,
+            "200 OK",
+            &[("Content-Type", "image/png".into())],
+            &pixforge::bench::bombs::png_declaring(60000, 60000),
+        ),
         _ => respond(&mut stream, "404 Not Found", &[], b"unknown endpoint"),
     }
 }

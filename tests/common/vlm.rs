@@ -46,6 +46,17 @@ pub struct Log {
     pub in_flight: usize,
     /// The most requests in flight at once.
     pub max_in_flight: usize,
+    /// The last image received per key: its MIME type, byte length and decoded size.
+    pub images: HashMap<String, SentImage>,
+}
+
+/// An image as the server received it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SentImage {
+    pub mime: String,
+    pub bytes: Vec<u8>,
+    pub width: u32,
+    pub height: u32,
 }
 
 /// The expectations and behaviour of a server.
@@ -117,7 +128,7 @@ fn respond(stream: &mut TcpStream, status: &str, extra: &str, body: &str) -> std
     stream.flush()
 }
 
-fn check_shape(head: &str, v: &serde_json::Value, expect: &Expect) -> Result<String, String> {
+fn check_shape(head: &str, v: &serde_json::Value, expect: &Expect) -> Result<(String, SentImage), String> {
     if !head.starts_with("POST /v1/chat/completions ") {
         return Err(format!("request line: {}", head.lines().next().unwrap_or("")));
     }
@@ -151,14 +162,15 @@ fn check_shape(head: &str, v: &serde_json::Value, expect: &Expect) -> Result<Str
     if fmt.to_mime_type() != mime {
         return Err(format!("data URL says {mime}, bytes are {}", fmt.to_mime_type()));
     }
-    image::load_from_memory(&bytes).map_err(|e| format!("image does not decode: {e}"))?;
-    Ok(content[1]["text"].as_str().ok_or("no text")?.to_string())
+    let img = image::load_from_memory(&bytes).map_err(|e| format!("image does not decode: {e}"))?;
+    let sent = SentImage { mime: mime.to_string(), width: img.width(), height: img.height(), bytes };
+    Ok((content[1]["text"].as_str().ok_or("no text")?.to_string(), sent))
 }
 
 fn serve(mut stream: TcpStream, log: &Mutex<Log>, expect: &Expect) -> std::io::Result<()> {
     while let Some((head, body)) = read_request(&mut stream)? {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        let text = match check_shape(&head, &v, expect) {
+        let (text, sent) = match check_shape(&head, &v, expect) {
             Ok(t) => t,
             Err(why) => {
                 log.lock().unwrap().violations.push(why.clone());
@@ -170,6 +182,7 @@ fn serve(mut stream: TcpStream, log: &Mutex<Log>, expect: &Expect) -> std::io::R
         let n = {
             let mut l = log.lock().unwrap();
             l.last_body = Some(v.clone());
+            l.images.insert(key.clone(), sent);
             l.times.entry(key.clone()).or_default().push(Instant::now());
             l.in_flight += 1;
             l.max_in_flight = l.max_in_flight.max(l.in_flight);
