@@ -50,6 +50,20 @@ fn a_csv_row_that_is_not_utf8_is_its_rows_refusal() {
 }
 
 #[test]
+fn a_ragged_csv_row_is_its_rows_refusal() {
+    let text = b"URL,TEXT\nhttp://a.example/1.jpg,one\nhttp://a.example/2.jpg,two,extra\nhttp://a.example/3.jpg\n\nhttp://a.example/4.jpg,\"four, quoted\"\n";
+    let (path, rows, _dir) = laion_rows("meta.csv", text);
+    assert_eq!(rows.len(), 4, "one row per non-blank record");
+    assert_eq!((rows[0].source.as_str(), rows[0].filtered.as_deref()), ("http://a.example/1.jpg", None));
+    for (row, line, found) in [(1, 3, 3), (2, 4, 1)] {
+        let reason = rows[row].filtered.as_deref().unwrap();
+        let want = format!("{}:{line}: expected 2 fields as in the header, found {found}", path.display());
+        assert!(reason.contains(&want), "{reason}");
+    }
+    assert_eq!((rows[3].caption.as_deref(), rows[3].filtered.as_deref()), (Some("four, quoted"), None));
+}
+
+#[test]
 fn an_overlong_url_list_line_is_its_rows_refusal() {
     let mut text = b"http://a.example/1.jpg\n".to_vec();
     text.extend(std::iter::repeat_n(b'x', pixforge::text::MAX_LINE_BYTES + 1));
