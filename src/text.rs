@@ -25,6 +25,7 @@ pub struct Line {
 pub struct BoundedLines<R> {
     reader: R,
     number: usize,
+    lines: usize,
     max: usize,
     done: bool,
 }
@@ -37,8 +38,75 @@ impl<R: BufRead> BoundedLines<R> {
 
     /// The lines of `reader`, bounded by `max` bytes.
     pub fn with_limit(reader: R, max: usize) -> Self {
-        Self { reader, number: 0, max, done: false }
+        Self { reader, number: 0, lines: 0, max, done: false }
     }
+}
+
+/// The next record of `reader` without its line end (`\n` or `\r\n`): at most `max` bytes held
+/// (`Err(its length)` past that). A record ends at a newline, outside double quotes when
+/// `quotes` (CSV). `None` at the end; `lines` counts the newlines consumed.
+fn next_record(
+    reader: &mut impl BufRead,
+    max: usize,
+    quotes: bool,
+    done: &mut bool,
+    lines: &mut usize,
+) -> Option<std::io::Result<Result<Vec<u8>, usize>>> {
+    if *done {
+        return None;
+    }
+    let (mut buf, mut length, mut quoted, mut any) = (Vec::new(), 0usize, false, false);
+    loop {
+        let chunk = match reader.fill_buf() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                *done = true;
+                return Some(Err(e));
+            }
+        };
+        if chunk.is_empty() {
+            *done = true;
+            if !any {
+                return None;
+            }
+            break;
+        }
+        any = true;
+        let mut end = None;
+        if quotes {
+            for (i, &b) in chunk.iter().enumerate() {
+                match b {
+                    b'"' => quoted = !quoted,
+                    b'\n' => {
+                        *lines += 1;
+                        if !quoted {
+                            end = Some(i);
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        } else {
+            end = chunk.iter().position(|&b| b == b'\n');
+            *lines += usize::from(end.is_some());
+        }
+        let take = end.unwrap_or(chunk.len());
+        length += take;
+        if length <= max {
+            buf.extend_from_slice(&chunk[..take]);
+        }
+        reader.consume(take + usize::from(end.is_some()));
+        if end.is_some() {
+            break;
+        }
+    }
+    if length <= max && buf.last() == Some(&b'\r') {
+        buf.pop();
+        length -= 1;
+    }
+    Some(Ok(if length > max { Err(length) } else { Ok(buf) }))
 }
 
 impl<R: BufRead> Iterator for BoundedLines<R> {
@@ -46,56 +114,22 @@ impl<R: BufRead> Iterator for BoundedLines<R> {
     type Item = std::io::Result<Line>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
-            return None;
-        }
-        let mut buf = Vec::new();
-        let mut length = 0usize;
-        let mut any = false;
-        loop {
-            let chunk = match self.reader.fill_buf() {
-                Ok(c) => c,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.done = true;
-                    return Some(Err(e));
-                }
-            };
-            if chunk.is_empty() {
-                self.done = true;
-                if !any {
-                    return None;
-                }
-                break;
-            }
-            any = true;
-            let (take, end) = match chunk.iter().position(|&b| b == b'\n') {
-                Some(i) => (i, true),
-                None => (chunk.len(), false),
-            };
-            length += take;
-            if length <= self.max {
-                buf.extend_from_slice(&chunk[..take]);
-            }
-            self.reader.consume(take + usize::from(end));
-            if end {
-                break;
-            }
-        }
+        let buf = match next_record(&mut self.reader, self.max, false, &mut self.done, &mut self.lines)? {
+            Ok(r) => r,
+            Err(e) => return Some(Err(e)),
+        };
         self.number += 1;
-        let text = if length > self.max {
-            Err(format!("line {} is longer than {} bytes ({length} bytes); skipped", self.number, self.max))
-        } else {
-            if buf.last() == Some(&b'\r') {
-                buf.pop();
+        let text = match buf {
+            Err(length) => {
+                Err(format!("line {} is longer than {} bytes ({length} bytes); skipped", self.number, self.max))
             }
-            String::from_utf8(buf).map_err(|e| {
+            Ok(buf) => String::from_utf8(buf).map_err(|e| {
                 format!(
                     "line {} is not UTF-8 (invalid byte at column {})",
                     self.number,
                     e.utf8_error().valid_up_to() + 1
                 )
-            })
+            }),
         };
         Some(Ok(Line { number: self.number, text }))
     }
@@ -144,57 +178,11 @@ impl<R: BufRead> Iterator for CsvRecords<R> {
     type Item = std::io::Result<CsvRecord>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
-            return None;
-        }
-        let (start, mut buf, mut length, mut quoted, mut any) = (self.line, Vec::new(), 0usize, false, false);
-        loop {
-            let chunk = match self.reader.fill_buf() {
-                Ok(c) => c,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.done = true;
-                    return Some(Err(e));
-                }
-            };
-            if chunk.is_empty() {
-                self.done = true;
-                if !any {
-                    return None;
-                }
-                break;
-            }
-            any = true;
-            let mut end = None;
-            for (i, &b) in chunk.iter().enumerate() {
-                match b {
-                    b'"' => quoted = !quoted,
-                    b'\n' => {
-                        self.line += 1;
-                        if !quoted {
-                            end = Some(i);
-                            break;
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            let take = end.unwrap_or(chunk.len());
-            length += take;
-            if length <= self.max {
-                buf.extend_from_slice(&chunk[..take]);
-            }
-            self.reader.consume(take + usize::from(end.is_some()));
-            if end.is_some() {
-                break;
-            }
-        }
-        if buf.last() == Some(&b'\r') {
-            buf.pop();
-            length -= 1;
-        }
-        let bytes = if length > self.max { Err(length) } else { Ok(buf) };
-        Some(Ok(CsvRecord { line: start, bytes }))
+        let start = self.line;
+        let mut newlines = 0;
+        let record = next_record(&mut self.reader, self.max, true, &mut self.done, &mut newlines)?;
+        self.line += newlines;
+        Some(record.map(|bytes| CsvRecord { line: start, bytes }))
     }
 }
 
