@@ -16,6 +16,7 @@ pub mod latents;
 pub mod models;
 pub mod nn;
 pub mod pipeline;
+pub mod proxy;
 pub mod rng;
 pub mod score;
 pub mod shards;

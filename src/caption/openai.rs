@@ -135,18 +135,19 @@ pub fn body(model: &str, r: &Request) -> serde_json::Value {
 }
 
 impl OpenAiClient {
-    /// A client for `opts` (reads the API key now).
+    /// A client for `opts` (reads the API key and the environment's proxies now).
     pub fn new(opts: OpenAiOptions, concurrency: usize) -> anyhow::Result<Self> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let url = completions_url(&opts.endpoint)?;
         let key = std::env::var(&opts.api_key_env).ok().filter(|k| !k.is_empty());
-        let client = reqwest::Client::builder()
+        let proxy = crate::proxy::ProxyEnv::from_env()?;
+        let client = proxy
+            .apply(reqwest::Client::builder())
             .user_agent(concat!("pixforge/", env!("CARGO_PKG_VERSION")))
             .timeout(Duration::from_secs_f64(opts.timeout))
             .connect_timeout(Duration::from_secs_f64(opts.timeout.min(10.0)))
             .pool_max_idle_per_host(concurrency.max(1))
             .tcp_nodelay(true)
-            .no_proxy()
             .build()
             .map_err(|e| anyhow::anyhow!("building the HTTP client: {e}"))?;
         Ok(Self { client, url, key, opts })

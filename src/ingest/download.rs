@@ -1,5 +1,6 @@
 //! The HTTP downloader: bounded global and per-host concurrency, timeouts, retries with backoff,
-//! `Retry-After`, body size limit, redirect limit, DNS cache, private-address refusal, and
+//! `Retry-After`, body size limit, redirect limit, DNS cache, private-address refusal, the
+//! environment's proxies ([`crate::proxy`], the destination still checked), and
 //! `X-Robots-Tag` opt-outs honoured from the headers before any body byte is read.
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
@@ -115,41 +116,52 @@ type DnsCache = Arc<Mutex<HashMap<String, (Instant, Result<Vec<SocketAddr>, Stri
 
 /// A caching resolver: one lookup per host name for five minutes, failures cached for 30 s; refuses
 /// names that resolve only to private addresses unless allowed (checked on every connection, so a
-/// DNS answer cannot smuggle a private address past the URL check).
+/// DNS answer cannot smuggle a private address past the URL check). The configured proxies' hosts
+/// are let through: the user chose them.
+#[derive(Clone)]
 struct CachingResolver {
     allow_private: bool,
+    proxy_hosts: Arc<Vec<String>>,
     cache: DnsCache,
+}
+
+impl CachingResolver {
+    /// The addresses of `host`, from the cache or a lookup.
+    async fn addresses(&self, host: &str) -> Result<Vec<SocketAddr>, String> {
+        let now = Instant::now();
+        let cached = self.cache.lock().ok().and_then(|c| c.get(host).filter(|(t, _)| *t > now).map(|(_, r)| r.clone()));
+        if let Some(r) = cached {
+            return r;
+        }
+        let (ttl, r) = match tokio::net::lookup_host((host, 0)).await {
+            Ok(addrs) => (Duration::from_secs(300), Ok(addrs.collect::<Vec<_>>())),
+            Err(e) => (Duration::from_secs(30), Err(format!("DNS resolution failed: {host}: {e}"))),
+        };
+        if let Ok(mut c) = self.cache.lock() {
+            c.insert(host.to_string(), (Instant::now() + ttl, r.clone()));
+        }
+        r
+    }
+
+    /// `addrs` of `host` less the private ones (unless allowed), or the refusal when none is left.
+    fn public(&self, host: &str, addrs: Vec<SocketAddr>) -> Result<Vec<SocketAddr>, String> {
+        let allowed = self.allow_private || self.proxy_hosts.iter().any(|h| h.eq_ignore_ascii_case(host));
+        let kept: Vec<SocketAddr> = addrs.iter().copied().filter(|a| allowed || !is_private(a.ip())).collect();
+        if kept.is_empty() {
+            let shown = addrs.first().map(|a| a.ip().to_string()).unwrap_or_default();
+            return Err(private_refusal(&format!("{shown} (host {host})")));
+        }
+        Ok(kept)
+    }
 }
 
 impl Resolve for CachingResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let host = name.as_str().to_string();
-        let allow_private = self.allow_private;
-        let cache = self.cache.clone();
+        let me = self.clone();
         Box::pin(async move {
-            let now = Instant::now();
-            let cached = cache.lock().ok().and_then(|c| c.get(&host).filter(|(t, _)| *t > now).map(|(_, r)| r.clone()));
-            let result = match cached {
-                Some(r) => r,
-                None => {
-                    let (ttl, r) = match tokio::net::lookup_host((host.as_str(), 0)).await {
-                        Ok(addrs) => (Duration::from_secs(300), Ok(addrs.collect::<Vec<_>>())),
-                        Err(e) => (Duration::from_secs(30), Err(format!("DNS resolution failed: {host}: {e}"))),
-                    };
-                    if let Ok(mut c) = cache.lock() {
-                        c.insert(host.clone(), (Instant::now() + ttl, r.clone()));
-                    }
-                    r
-                }
-            };
-            let addrs = result?;
-            let kept: Vec<SocketAddr> =
-                addrs.iter().copied().filter(|a| allow_private || !is_private(a.ip())).collect();
-            if kept.is_empty() {
-                let shown = addrs.first().map(|a| a.ip().to_string()).unwrap_or_default();
-                return Err(private_refusal(&format!("{shown} (host {host})")).into());
-            }
-            Ok(Box::new(kept.into_iter()) as Addrs)
+            let addrs = me.addresses(&host).await?;
+            Ok(Box::new(me.public(&host, addrs)?.into_iter()) as Addrs)
         })
     }
 }
@@ -165,6 +177,8 @@ struct HostState {
 pub struct Downloader {
     client: reqwest::Client,
     opts: DownloadOptions,
+    proxy: crate::proxy::ProxyEnv,
+    resolver: CachingResolver,
     global: Arc<Semaphore>,
     hosts: Mutex<HashMap<String, HostState>>,
 }
@@ -234,8 +248,14 @@ pub(crate) fn describe(e: &reqwest::Error) -> FetchError {
 }
 
 impl Downloader {
-    /// Builds the HTTP client. Installs the rustls crypto provider if none is installed yet.
+    /// Builds the HTTP client, with the environment's proxies ([`crate::proxy`]). Installs the
+    /// rustls crypto provider if none is installed yet.
     pub fn new(opts: DownloadOptions) -> Result<Self, String> {
+        Self::with_proxy(opts, crate::proxy::ProxyEnv::from_vars(|n| std::env::var(n).ok())?)
+    }
+
+    /// Builds the HTTP client with these proxies.
+    pub fn with_proxy(opts: DownloadOptions, proxy: crate::proxy::ProxyEnv) -> Result<Self, String> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let max_redirects = opts.max_redirects;
         let allow_private = opts.allow_private_addresses;
@@ -255,19 +275,22 @@ impl Downloader {
             }
             attempt.follow()
         });
-        let client = reqwest::Client::builder()
+        let resolver =
+            CachingResolver { allow_private, proxy_hosts: Arc::new(proxy.proxy_hosts()), cache: Arc::default() };
+        let client = proxy
+            .apply(reqwest::Client::builder())
             .user_agent(USER_AGENT)
             .connect_timeout(Duration::from_secs_f64(opts.connect_timeout))
             .read_timeout(Duration::from_secs_f64(opts.read_timeout))
             .timeout(Duration::from_secs_f64(opts.total_timeout))
             .redirect(policy)
-            .no_proxy()
             .pool_max_idle_per_host(opts.per_host_concurrency)
             .tcp_nodelay(true)
-            .dns_resolver(CachingResolver { allow_private, cache: Arc::default() })
+            .dns_resolver(resolver.clone())
             .build()
             .map_err(|e| format!("building the HTTP client: {e}"))?;
-        Ok(Self { client, global: Arc::new(Semaphore::new(opts.concurrency.max(1))), opts, hosts: Mutex::default() })
+        let global = Arc::new(Semaphore::new(opts.concurrency.max(1)));
+        Ok(Self { client, global, opts, proxy, resolver, hosts: Mutex::default() })
     }
 
     /// The options in use.
@@ -305,6 +328,13 @@ impl Downloader {
         if let Some(ip) = literal_ip(&parsed) {
             if !self.opts.allow_private_addresses && is_private(ip) {
                 return Err(private_refusal(&ip.to_string()));
+            }
+        } else if !self.opts.allow_private_addresses && self.proxy.for_url(&parsed).is_some() {
+            // Through a proxy the destination is resolved by the proxy: the name is resolved here
+            // too and refused when it names only private addresses. A name this machine cannot
+            // resolve is left to the proxy (networks whose DNS only the proxy sees).
+            if let Ok(addrs) = self.resolver.addresses(&host).await {
+                self.resolver.public(&host, addrs)?;
             }
         }
         let _global = self.global.acquire().await.map_err(|e| e.to_string())?;
