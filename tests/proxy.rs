@@ -53,7 +53,12 @@ fn downloads_go_through_the_proxy_except_no_proxy_hosts_and_private_destinations
     assert!(private.error_message.as_deref().unwrap().contains("refused private address"), "{private:?}");
     let direct = by_url["http://direct.example/img/rocket.jpg"];
     assert_eq!(direct.status, Some(Status::FailedToDownload), "{direct:?}");
-    assert_eq!(proxy.requests(), [proxied], "only the proxied URL reached the proxy");
+    // The host's opt-out files are read through the proxy too, before the image.
+    let mut through = proxy.requests();
+    assert_eq!(through.pop().as_deref(), Some(proxied), "the image last: {through:?}");
+    through.sort();
+    let opt_outs = ["http://images.example/.well-known/tdmrep.json", "http://images.example/robots.txt"];
+    assert_eq!(through, opt_outs, "only the proxied host reached the proxy");
     assert_eq!(images.hits("/img/rocket.jpg").len(), 1, "and through it the server");
 }
 

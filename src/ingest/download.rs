@@ -10,17 +10,17 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
+use tokio::sync::{OnceCell, Semaphore};
 
-/// The User-Agent sent with every request; servers can address us as `pixforge` in `X-Robots-Tag`.
+use super::optout::{self, RobotsTxt, TdmRep};
+
+/// The User-Agent sent with every request; servers can address us as `pixforge` in robots.txt and
+/// `X-Robots-Tag`.
 pub const USER_AGENT: &str = concat!(
     "pixforge/",
     env!("CARGO_PKG_VERSION"),
-    " (+https://github.com/pixforge/pixforge; image dataset tool; honours X-Robots-Tag noai)"
+    " (+https://github.com/pixforge/pixforge; image dataset tool; honours robots.txt, TDMRep and X-Robots-Tag noai)"
 );
-
-/// The `X-Robots-Tag` directives that forbid using an image (img2dataset's defaults).
-pub const DISALLOWED_DIRECTIVES: &[&str] = &["noai", "noimageai", "noindex", "noimageindex"];
 
 /// Downloader settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Parser)]
@@ -56,12 +56,36 @@ pub struct DownloadOptions {
     /// Redirects followed before failing.
     #[arg(long, default_value_t = 5)]
     pub max_redirects: usize,
-    /// Download even when `X-Robots-Tag` forbids AI use (noai, noimageai, noindex, noimageindex).
+    /// Download even when `X-Robots-Tag` forbids AI use (noai, noimageai, noml, noindex,
+    /// noimageindex). Honouring opt-outs is the user's responsibility once this is set.
     #[arg(long)]
     pub ignore_robots_headers: bool,
+    /// Download without reading each host's robots.txt first. Honouring opt-outs is the user's
+    /// responsibility once this is set.
+    #[arg(long)]
+    pub ignore_robots_txt: bool,
+    /// Download without reading each host's `/.well-known/tdmrep.json` and the `tdm-reservation`
+    /// header (the TDM Reservation Protocol, the EU text-and-data-mining opt-out). Honouring opt-outs
+    /// is the user's responsibility once this is set.
+    #[arg(long)]
+    pub ignore_tdmrep: bool,
+    /// What a host whose robots.txt or tdmrep.json answers 429, 5xx or not at all (after the retries)
+    /// means: `disallow` every image of the host for the run (RFC 9309's rule), or `allow` them.
+    #[arg(long, value_enum, default_value_t = Unreachable::Disallow)]
+    pub opt_outs_unreachable: Unreachable,
     /// Allow private, loopback and link-local addresses (local mirrors and tests).
     #[arg(long)]
     pub allow_private_addresses: bool,
+}
+
+/// What an unreachable robots.txt or tdmrep.json means for the host's images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Unreachable {
+    /// Download none of the host's images (RFC 9309's rule for robots.txt).
+    Disallow,
+    /// Download them as if the file were absent.
+    Allow,
 }
 
 impl Default for DownloadOptions {
@@ -79,14 +103,16 @@ pub struct FetchError {
     pub transient: bool,
     /// Delay the server asked for (`Retry-After`).
     pub retry_after: Option<Duration>,
+    /// The HTTP status, when the server answered with an error status.
+    pub status: Option<u16>,
 }
 
 impl FetchError {
     fn permanent(message: impl Into<String>) -> Self {
-        Self { message: message.into(), transient: false, retry_after: None }
+        Self { message: message.into(), transient: false, retry_after: None, status: None }
     }
     fn transient(message: impl Into<String>) -> Self {
-        Self { message: message.into(), transient: true, retry_after: None }
+        Self { message: message.into(), transient: true, retry_after: None, status: None }
     }
 }
 
@@ -181,28 +207,29 @@ pub struct Downloader {
     resolver: CachingResolver,
     global: Arc<Semaphore>,
     hosts: Mutex<HashMap<String, HostState>>,
+    opt_outs: Mutex<HashMap<String, Arc<OnceCell<Arc<HostOptOuts>>>>>,
 }
 
-/// Whether `X-Robots-Tag` headers forbid AI use for our user agent (img2dataset's parsing: an optional
-/// `agent:` prefix, then comma-separated directives).
-pub fn robots_disallowed(headers: &HeaderMap) -> Option<String> {
-    for value in headers.get_all("x-robots-tag") {
-        let Ok(v) = value.to_str() else { continue };
-        let (agent, directives) = match v.split_once(':') {
-            Some((a, d)) if !a.contains(',') => (Some(a.trim().to_ascii_lowercase()), d),
-            _ => (None, v),
-        };
-        if agent.as_deref().is_some_and(|a| a != "pixforge") {
-            continue;
-        }
-        for d in directives.split(',') {
-            let d = d.trim().to_ascii_lowercase();
-            if DISALLOWED_DIRECTIVES.contains(&d.as_str()) {
-                return Some(d);
-            }
-        }
-    }
-    None
+/// What a file a host publishes its opt-outs in said: its rules, nothing (absent, ignored or not
+/// such a file), or why it could not be read.
+enum OptOutFile<T> {
+    Rules(T),
+    Absent,
+    Unreachable(String),
+}
+
+/// A host's opt-out files, read once per run.
+struct HostOptOuts {
+    robots: OptOutFile<RobotsTxt>,
+    tdmrep: OptOutFile<TdmRep>,
+}
+
+/// What is requested: an image (opt-out headers checked, body bounded by `--max-body-bytes`) or an
+/// opt-out file (read up to [`optout::MAX_POLICY_BYTES`], the rest ignored).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Request {
+    Image,
+    OptOutFile,
 }
 
 /// The delay a `Retry-After` header asks for (seconds; HTTP dates are not honoured).
@@ -290,7 +317,7 @@ impl Downloader {
             .build()
             .map_err(|e| format!("building the HTTP client: {e}"))?;
         let global = Arc::new(Semaphore::new(opts.concurrency.max(1)));
-        Ok(Self { client, global, opts, proxy, resolver, hosts: Mutex::default() })
+        Ok(Self { client, global, opts, proxy, resolver, hosts: Mutex::default(), opt_outs: Mutex::default() })
     }
 
     /// The options in use.
@@ -337,35 +364,43 @@ impl Downloader {
                 self.resolver.public(&host, addrs)?;
             }
         }
+        self.check_opt_outs(&parsed).await?;
         let _global = self.global.acquire().await.map_err(|e| e.to_string())?;
-        let slots = self.host_slots(&host);
+        self.request(&parsed, &host, Request::Image).await.map_err(|e| e.message)
+    }
+
+    /// `parsed` with retries of transient failures (the caller holds a global slot); the last error,
+    /// its message saying how many attempts were made.
+    async fn request(&self, parsed: &url::Url, host: &str, what: Request) -> Result<Vec<u8>, FetchError> {
+        let slots = self.host_slots(host);
         let mut attempt = 0;
         loop {
-            if let Some(until) = self.host_wait(&host) {
+            if let Some(until) = self.host_wait(host) {
                 tokio::time::sleep_until(until.into()).await;
             }
             let result = {
-                let _slot = slots.acquire().await.map_err(|e| e.to_string())?;
-                self.fetch_once(parsed.clone()).await
+                let _slot = slots.acquire().await.map_err(|e| FetchError::permanent(e.to_string()))?;
+                self.fetch_once(parsed.clone(), what).await
             };
             match result {
                 Ok(body) => return Ok(body),
                 Err(e) if !e.transient || attempt >= self.opts.retries => {
                     let tries = if attempt > 0 { format!(" (after {} attempts)", attempt + 1) } else { String::new() };
-                    return Err(format!("{}{tries}", e.message));
+                    return Err(FetchError { message: format!("{}{tries}", e.message), ..e });
                 }
                 Err(e) => {
                     let backoff = Duration::from_secs_f64(self.opts.retry_backoff * f64::powi(2.0, attempt as i32));
                     if let Some(ra) = e.retry_after {
                         if ra.as_secs_f64() > self.opts.max_retry_after {
-                            return Err(format!(
+                            let message = format!(
                                 "{} with Retry-After {} s, longer than --max-retry-after {} s",
                                 e.message,
                                 ra.as_secs_f64(),
                                 self.opts.max_retry_after
-                            ));
+                            );
+                            return Err(FetchError { message, ..e });
                         }
-                        self.block_host(&host, ra);
+                        self.block_host(host, ra);
                     } else {
                         tokio::time::sleep(backoff).await;
                     }
@@ -375,19 +410,138 @@ impl Downloader {
         }
     }
 
-    async fn fetch_once(&self, url: url::Url) -> Result<Vec<u8>, FetchError> {
+    /// Refuses `url` when its host's robots.txt or tdmrep.json opts it out of AI use, reading each
+    /// host's files once per run (concurrent rows of a host wait for the one read).
+    async fn check_opt_outs(&self, url: &url::Url) -> Result<(), String> {
+        if self.opts.ignore_robots_txt && self.opts.ignore_tdmrep {
+            return Ok(());
+        }
+        let origin = url.origin().ascii_serialization();
+        let cell = {
+            let mut map = self.opt_outs.lock().expect("opt-out table poisoned");
+            map.entry(origin.clone()).or_default().clone()
+        };
+        let host = url.host_str().unwrap_or_default();
+        let found = cell.get_or_init(|| self.read_opt_outs(&origin, host)).await;
+        let path = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_string(),
+        };
+        let unreachable = |file: &str, why: &str| {
+            if why.starts_with("refused private address") {
+                return why.to_string();
+            }
+            format!(
+                "{origin}/{file} could not be read ({why}); an unreachable opt-out file disallows the whole host \
+                 (--opt-outs-unreachable allow to download anyway)"
+            )
+        };
+        let allow_unreachable = self.opts.opt_outs_unreachable == Unreachable::Allow;
+        match &found.robots {
+            OptOutFile::Rules(robots) => {
+                if let Some(rule) = robots.disallowing(&path) {
+                    let group = if robots.for_pixforge { "User-agent: pixforge" } else { "User-agent: *" };
+                    return Err(format!(
+                        "disallowed by {origin}/robots.txt ({group}, {rule}), checked before any request for the \
+                         image (--ignore-robots-txt to override)"
+                    ));
+                }
+            }
+            OptOutFile::Unreachable(why) if !allow_unreachable => return Err(unreachable("robots.txt", why)),
+            _ => {}
+        }
+        match &found.tdmrep {
+            OptOutFile::Rules(tdm) => {
+                if let Some(rule) = tdm.reserving(&path) {
+                    let policy = rule.policy.as_deref().map(|p| format!(", policy {p}")).unwrap_or_default();
+                    return Err(format!(
+                        "text-and-data-mining rights reserved by {origin}/.well-known/tdmrep.json (location {}{policy}), \
+                         checked before any request for the image (--ignore-tdmrep to override)",
+                        rule.location
+                    ));
+                }
+            }
+            OptOutFile::Unreachable(why) if !allow_unreachable => {
+                return Err(unreachable(".well-known/tdmrep.json", why))
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Reads a host's robots.txt and tdmrep.json (those not ignored), side by side.
+    async fn read_opt_outs(&self, origin: &str, host: &str) -> Arc<HostOptOuts> {
+        let robots = async {
+            if self.opts.ignore_robots_txt {
+                return OptOutFile::Absent;
+            }
+            match self.read_opt_out_file(&format!("{origin}/robots.txt"), host).await {
+                OptOutFile::Rules(body) => OptOutFile::Rules(RobotsTxt::parse(&body)),
+                OptOutFile::Absent => OptOutFile::Absent,
+                OptOutFile::Unreachable(why) => OptOutFile::Unreachable(why),
+            }
+        };
+        let tdmrep = async {
+            if self.opts.ignore_tdmrep {
+                return OptOutFile::Absent;
+            }
+            match self.read_opt_out_file(&format!("{origin}/.well-known/tdmrep.json"), host).await {
+                // A body that is not a TDMRep array (an HTML page served for every path) declares nothing.
+                OptOutFile::Rules(body) => TdmRep::parse(&body).map_or(OptOutFile::Absent, OptOutFile::Rules),
+                OptOutFile::Absent => OptOutFile::Absent,
+                OptOutFile::Unreachable(why) => OptOutFile::Unreachable(why),
+            }
+        };
+        let (robots, tdmrep) = tokio::join!(robots, tdmrep);
+        Arc::new(HostOptOuts { robots, tdmrep })
+    }
+
+    /// One opt-out file: its body on success, absent on a 4xx other than 429 (RFC 9309's
+    /// "unavailable"), unreachable on 429, 5xx or a network failure after the retries.
+    async fn read_opt_out_file(&self, url: &str, host: &str) -> OptOutFile<Vec<u8>> {
+        let Ok(parsed) = url::Url::parse(url) else { return OptOutFile::Absent };
+        let Ok(_global) = self.global.acquire().await else { return OptOutFile::Absent };
+        match self.request(&parsed, host, Request::OptOutFile).await {
+            Ok(body) => OptOutFile::Rules(body),
+            Err(e) if e.status.is_some_and(|s| (400..500).contains(&s) && s != 429) => OptOutFile::Absent,
+            Err(e) => OptOutFile::Unreachable(e.message),
+        }
+    }
+
+    async fn fetch_once(&self, url: url::Url, what: Request) -> Result<Vec<u8>, FetchError> {
         let mut resp = self.client.get(url).send().await.map_err(|e| describe(&e))?;
         let status = resp.status();
         if !status.is_success() {
             let msg = format!("HTTP {} {}", status.as_u16(), status.canonical_reason().unwrap_or(""));
             let msg = msg.trim_end().to_string();
             let transient = status.as_u16() == 429 || status.as_u16() == 408 || status.is_server_error();
-            return Err(FetchError { message: msg, transient, retry_after: retry_after(resp.headers()) });
+            let retry_after = retry_after(resp.headers());
+            return Err(FetchError { message: msg, transient, retry_after, status: Some(status.as_u16()) });
+        }
+        if what == Request::OptOutFile {
+            let mut body = Vec::new();
+            while let Some(chunk) = resp.chunk().await.map_err(|e| describe(&e))? {
+                let room = optout::MAX_POLICY_BYTES - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if body.len() == optout::MAX_POLICY_BYTES {
+                    break;
+                }
+            }
+            return Ok(body);
         }
         if !self.opts.ignore_robots_headers {
-            if let Some(d) = robots_disallowed(resp.headers()) {
+            if let Some(d) = optout::x_robots_tag_disallowed(resp.headers()) {
                 return Err(FetchError::permanent(format!(
                     "use of image disallowed by X-Robots-Tag directive {d} (checked before download; --ignore-robots-headers to override)"
+                )));
+            }
+        }
+        if !self.opts.ignore_tdmrep {
+            if let Some(policy) = optout::tdm_header_reserved(resp.headers()) {
+                let policy = if policy.is_empty() { String::new() } else { format!(", policy {policy}") };
+                return Err(FetchError::permanent(format!(
+                    "text-and-data-mining rights reserved by the response header tdm-reservation: 1{policy} \
+                     (checked before download; --ignore-tdmrep to override)"
                 )));
             }
         }
@@ -430,7 +584,6 @@ fn literal_ip(url: &url::Url) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::HeaderValue;
 
     #[test]
     fn private_ranges() {
@@ -452,17 +605,5 @@ mod tests {
         for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111"] {
             assert!(!is_private(ip.parse().unwrap()), "{ip}");
         }
-    }
-
-    #[test]
-    fn robots_parsing() {
-        let mut h = HeaderMap::new();
-        h.append("x-robots-tag", HeaderValue::from_static("noarchive, NoAI"));
-        assert_eq!(robots_disallowed(&h).as_deref(), Some("noai"));
-        let mut h = HeaderMap::new();
-        h.append("x-robots-tag", HeaderValue::from_static("googlebot: noindex"));
-        assert_eq!(robots_disallowed(&h), None);
-        h.append("x-robots-tag", HeaderValue::from_static("pixforge: noimageai"));
-        assert_eq!(robots_disallowed(&h).as_deref(), Some("noimageai"));
     }
 }

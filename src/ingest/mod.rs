@@ -5,6 +5,7 @@
 pub mod download;
 pub mod folder;
 pub mod laion;
+pub mod optout;
 pub mod rle;
 mod run;
 pub mod sa1b;

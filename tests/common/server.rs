@@ -19,6 +19,24 @@ pub struct Log {
     pub user_agent: String,
 }
 
+/// A fixed answer for one path: status line, headers and body.
+#[derive(Clone)]
+pub struct Route {
+    /// Status line after `HTTP/1.1 `, such as `200 OK`.
+    pub status: &'static str,
+    /// Extra headers.
+    pub headers: Vec<(&'static str, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl Route {
+    /// A `200 OK` with this body and content type.
+    pub fn ok(content_type: &str, body: impl Into<Vec<u8>>) -> Self {
+        Self { status: "200 OK", headers: vec![("Content-Type", content_type.to_string())], body: body.into() }
+    }
+}
+
 /// A running server; it stops when the test process ends.
 pub struct Server {
     /// `http://127.0.0.1:PORT`.
@@ -30,15 +48,21 @@ pub struct Server {
 impl Server {
     /// Starts the server on an ephemeral loopback port, serving images from `images`.
     pub fn start(images: PathBuf) -> Self {
+        Self::with_routes(images, HashMap::new())
+    }
+
+    /// Starts the server with these fixed answers, which take precedence over the built-in endpoints.
+    pub fn with_routes(images: PathBuf, routes: HashMap<String, Route>) -> Self {
+        let routes = Arc::new(routes);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let log = Arc::new(Mutex::new(Log::default()));
         let (log2, base2) = (log.clone(), base.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (log, images, base) = (log2.clone(), images.clone(), base2.clone());
+                let (log, images, base, routes) = (log2.clone(), images.clone(), base2.clone(), routes.clone());
                 std::thread::spawn(move || {
-                    let _ = handle(stream, &log, &images, &base);
+                    let _ = handle(stream, &log, &images, &base, &routes);
                 });
             }
         });
@@ -92,7 +116,13 @@ fn content_type(name: &str) -> &'static str {
     }
 }
 
-fn handle(mut stream: TcpStream, log: &Mutex<Log>, images: &std::path::Path, base: &str) -> std::io::Result<()> {
+fn handle(
+    mut stream: TcpStream,
+    log: &Mutex<Log>,
+    images: &std::path::Path,
+    base: &str,
+    routes: &HashMap<String, Route>,
+) -> std::io::Result<()> {
     let head = read_head(&mut stream)?;
     let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
     let ua = head
@@ -111,6 +141,10 @@ fn handle(mut stream: TcpStream, log: &Mutex<Log>, images: &std::path::Path, bas
     let sent = |bytes: u64| {
         *log.lock().unwrap().body_bytes_sent.entry(path.clone()).or_default() += bytes;
     };
+    if let Some(r) = routes.get(&path) {
+        let headers: Vec<(&str, String)> = r.headers.iter().map(|(k, v)| (*k, v.clone())).collect();
+        return respond(&mut stream, r.status, &headers, &r.body);
+    }
     match path.as_str() {
         p if p.starts_with("/img/") => {
             let name = &p[5..];
