@@ -96,13 +96,20 @@ enum Cmd {
         out: PathBuf,
     },
     /// Semantic de-duplication (SemDeDup) over CLIP embeddings: k-means, then near-duplicates removed
-    /// within each cluster; writes the kept keys as a selection and the groups as JSON.
+    /// within each cluster; writes the kept keys as a selection and the groups as JSON. With
+    /// `--phash DATASET`: repeats across all the workers' shards of an ingested dataset by the pHash
+    /// ingest recorded, each with its first copy's key (same name with .repeats.parquet).
     Dedup {
         /// Folders written by `pixforge score clip`.
-        #[arg(long = "embeddings", required = true)]
+        #[arg(long = "embeddings", required_unless_present = "phash", conflicts_with = "phash")]
         embeddings: Vec<PathBuf>,
+        /// An ingested dataset (the folder of every worker's shards): find repeats by pHash instead.
+        #[arg(long, value_name = "DATASET")]
+        phash: Option<PathBuf>,
         #[command(flatten)]
         cfg: pixforge::score::dedup::DedupConfig,
+        #[command(flatten)]
+        repeats: pixforge::score::repeats::RepeatsConfig,
         /// The selection of kept keys (parquet); the groups go to the same name with .groups.json.
         #[arg(long, short)]
         out: PathBuf,
@@ -454,6 +461,41 @@ enum BenchCmd {
         #[arg(long, default_value_t = 1024)]
         inflated_mib: u64,
     },
+    /// Write a synthetic ingested dataset for the repeat benchmark (bench/repeats.sh): shard
+    /// parquets of random pHashes with 5% planted repeats within `--distance` bits.
+    RepeatsDataset {
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Samples.
+        #[arg(long)]
+        count: usize,
+        /// Shards they are spread over.
+        #[arg(long, default_value_t = 1000)]
+        shards: usize,
+        /// Largest distance of a planted repeat.
+        #[arg(long, default_value_t = 4)]
+        distance: u32,
+        /// Seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Time the in-memory repeat search over synthetic pHashes (5% planted repeats): the
+    /// whole-dataset search (`first_copies`) or ingest's per-worker index (`phash_index`).
+    RepeatsSearch {
+        /// `first_copies` or `phash_index`.
+        #[arg(long)]
+        method: String,
+        /// Hashes.
+        #[arg(long)]
+        count: usize,
+        /// Largest Hamming distance matched (and planted).
+        #[arg(long, default_value_t = 4)]
+        distance: u32,
+        /// Seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Write synthetic captions (alt text and dense descriptions), one per line, for the density benchmark.
     SynthCaptions {
         /// How many.
@@ -578,6 +620,14 @@ fn main() -> anyhow::Result<()> {
             let kinds = pixforge::bench::bombs::write_corpus(&out, inflated_mib << 20)?;
             emit(&format!("wrote the bomb corpus ({}) to {}\n", kinds.join(", "), out.display()));
         }
+        Cmd::Bench(BenchCmd::RepeatsDataset { out, count, shards, distance, seed }) => {
+            let planted = pixforge::bench::repeats::write_dataset(&out, count, shards, distance, seed)?;
+            emit(&format!("{}\n", serde_json::json!({ "count": count, "shards": shards, "planted": planted })));
+        }
+        Cmd::Bench(BenchCmd::RepeatsSearch { method, count, distance, seed }) => {
+            let t = pixforge::bench::repeats::time_search(&method, count, distance, seed)?;
+            emit(&format!("{}\n", serde_json::to_string(&t)?));
+        }
         Cmd::Bench(BenchCmd::SynthCaptions { count, out, seed }) => {
             pixforge::density::synth::write_captions(&out, count, seed)?;
             emit(&format!("wrote {count} captions to {}\n", out.display()));
@@ -674,9 +724,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Balance { input, cfg, out } => {
             emit(&pixforge::score::balance::run(&input, &cfg, &out)?.text());
         }
-        Cmd::Dedup { embeddings, cfg, out } => {
-            emit(&pixforge::score::dedup::run(&embeddings, &cfg, &out)?.text());
-        }
+        Cmd::Dedup { embeddings, phash, cfg, repeats, out } => match phash {
+            Some(dataset) => emit(&pixforge::score::repeats::run(&dataset, &repeats, &out)?.text()),
+            None => emit(&pixforge::score::dedup::run(&embeddings, &cfg, &out)?.text()),
+        },
         Cmd::Filter { scores, cfg, out } => {
             let report = pixforge::score::filter::run(&scores, &cfg.rules()?, &out)?;
             emit(&format!("{}\n", serde_json::to_string_pretty(&report)?));

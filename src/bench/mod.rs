@@ -1,6 +1,7 @@
 //! `pixforge bench …`: measured figures for docs/BENCHMARKS.md.
 
 pub mod bombs;
+pub mod repeats;
 
 use crate::image::phash::phash;
 use crate::image::{decode_rgb, encode, plan, resize_rgb, sha256_hex, ImageOptions};

@@ -116,6 +116,130 @@ impl PhashIndex {
     }
 }
 
+/// The largest Hamming distance the whole-dataset search takes (of 64 bits; beyond it unrelated
+/// images match).
+pub const MAX_REPEAT_DISTANCE: u32 = 15;
+
+/// How the whole-dataset search cuts the 64 bits: `parts` substrings (offset, bits), each probed
+/// with every value within `radius` bits of the sample's (a hash within `distance` of another is,
+/// by the pigeonhole principle, within `distance / parts` on at least one substring).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MultiIndexPlan {
+    parts: Vec<(u32, u32)>,
+    radius: u32,
+}
+
+impl MultiIndexPlan {
+    /// The plan with the least expected work for `n` hashes: probes times bucket occupancy, plus the
+    /// tables' size (substrings of at most 24 bits, 64 MiB of offsets).
+    fn for_size(n: usize, distance: u32) -> Self {
+        let mut best: Option<(f64, Self)> = None;
+        for m in 3..=16u32 {
+            let parts: Vec<(u32, u32)> = (0..m)
+                .scan(0, |start, i| {
+                    let bits = 64 / m + u32::from(i < 64 % m);
+                    let part = (*start, bits);
+                    *start += bits;
+                    Some(part)
+                })
+                .collect();
+            let radius = distance / m;
+            let widest = parts[0].1;
+            let probes: f64 = (0..=radius).map(|k| binomial(widest, k)).sum();
+            let table = (1u64 << widest) as f64;
+            let cost = n as f64 * m as f64 * probes * (1.0 + n as f64 / table) + m as f64 * table;
+            if best.as_ref().is_none_or(|(c, _)| cost < *c) {
+                best = Some((cost, Self { parts, radius }));
+            }
+        }
+        best.expect("at least one plan").1
+    }
+}
+
+fn binomial(n: u32, k: u32) -> f64 {
+    (0..k).fold(1.0, |acc, i| acc * (n - i) as f64 / (i + 1) as f64)
+}
+
+/// Calls `f` with every value of `bits` bits within Hamming distance `radius` of `value`.
+fn for_each_neighbour(value: u32, bits: u32, radius: u32, lowest: u32, f: &mut impl FnMut(u32)) {
+    f(value);
+    if radius == 0 {
+        return;
+    }
+    for b in lowest..bits {
+        for_each_neighbour(value ^ (1 << b), bits, radius - 1, b + 1, f);
+    }
+}
+
+/// One substring's table: for each of its values, the ids of the hashes having it, ascending.
+struct PartTable {
+    offsets: Vec<u32>,
+    ids: Vec<u32>,
+}
+
+impl PartTable {
+    fn build(hashes: &[u64], (start, bits): (u32, u32)) -> Self {
+        let mask = (1u64 << bits) - 1;
+        let mut offsets = vec![0u32; (1usize << bits) + 1];
+        for h in hashes {
+            offsets[((h >> start) & mask) as usize + 1] += 1;
+        }
+        for v in 1..offsets.len() {
+            offsets[v] += offsets[v - 1];
+        }
+        let mut next = offsets.clone();
+        let mut ids = vec![0u32; hashes.len()];
+        for (id, h) in hashes.iter().enumerate() {
+            let slot = &mut next[((h >> start) & mask) as usize];
+            ids[*slot as usize] = id as u32;
+            *slot += 1;
+        }
+        Self { offsets, ids }
+    }
+
+    fn bucket(&self, value: u32) -> &[u32] {
+        &self.ids[self.offsets[value as usize] as usize..self.offsets[value as usize + 1] as usize]
+    }
+}
+
+/// Whole-dataset repeats in one pass over `hashes` in dataset order, as ingest finds them within a
+/// worker: a hash within `distance` bits of an earlier kept one is a repeat of the earliest such
+/// kept hash, and is not kept itself (so repeats never chain). Returns, for each hash, the index of
+/// the kept hash it repeats, or `None` when it is kept. Memory: 8 bytes a hash plus 4 per
+/// substring table (3 for large sets) and the tables' offsets (at most 48 MiB); `distance` at most
+/// [`MAX_REPEAT_DISTANCE`]. Multi-index hashing (Norouzi et al.) over direct-addressed substrings.
+pub fn first_copies(hashes: &[u64], distance: u32) -> Vec<Option<u32>> {
+    assert!(distance <= MAX_REPEAT_DISTANCE, "pHash distance {distance} over {MAX_REPEAT_DISTANCE}");
+    assert!(hashes.len() < u32::MAX as usize, "more hashes than a u32 counts");
+    let plan = MultiIndexPlan::for_size(hashes.len(), distance);
+    let tables: Vec<PartTable> = {
+        use rayon::prelude::*;
+        plan.parts.par_iter().map(|&p| PartTable::build(hashes, p)).collect()
+    };
+    const KEPT: u32 = u32::MAX;
+    let mut first = vec![KEPT; hashes.len()];
+    for (j, &h) in hashes.iter().enumerate() {
+        let j = j as u32;
+        let mut best = KEPT;
+        for (&(start, bits), table) in plan.parts.iter().zip(&tables) {
+            let value = ((h >> start) & ((1u64 << bits) - 1)) as u32;
+            for_each_neighbour(value, bits, plan.radius, 0, &mut |v| {
+                for &i in table.bucket(v) {
+                    if i >= j || i >= best {
+                        break;
+                    }
+                    if first[i as usize] == KEPT && (hashes[i as usize] ^ h).count_ones() <= distance {
+                        best = i;
+                        break;
+                    }
+                }
+            });
+        }
+        first[j as usize] = best;
+    }
+    first.into_iter().map(|i| (i != KEPT).then_some(i)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +251,47 @@ mod tests {
         assert_eq!(idx.find(0xdead_beef_0000_ffff ^ 0b1011), Some("a"));
         assert_eq!(idx.find(0xdead_beef_0000_ffff ^ 0b11111), None);
         assert_eq!(PhashIndex::new(0).find(1), None);
+    }
+
+    /// The greedy search of every pair, which `first_copies` must equal.
+    fn first_copies_by_every_pair(hashes: &[u64], distance: u32) -> Vec<Option<u32>> {
+        let mut first: Vec<Option<u32>> = vec![None; hashes.len()];
+        for j in 0..hashes.len() {
+            first[j] = (0..j)
+                .find(|&i| first[i].is_none() && (hashes[i] ^ hashes[j]).count_ones() <= distance)
+                .map(|i| i as u32);
+        }
+        first
+    }
+
+    #[test]
+    fn first_copies_equal_the_search_of_every_pair() {
+        let mut rng = crate::rng::Rng::new(7);
+        for distance in [0, 1, 4, 8, 15] {
+            // Random hashes, and repeats planted at every distance up to twice the limit.
+            let mut hashes: Vec<u64> = (0..3000).map(|_| rng.next_u64()).collect();
+            for k in 0..1500 {
+                let of = hashes[(rng.next_u64() % hashes.len() as u64) as usize];
+                let mut h = of;
+                for _ in 0..(k % (2 * distance as usize + 2)) {
+                    h ^= 1 << (rng.next_u64() % 64);
+                }
+                hashes.push(h);
+            }
+            let expected = first_copies_by_every_pair(&hashes, distance);
+            assert!(expected.iter().filter(|f| f.is_some()).count() > 500, "planted repeats are found");
+            assert_eq!(first_copies(&hashes, distance), expected, "distance {distance}");
+        }
+        assert!(first_copies(&[], 4).is_empty());
+    }
+
+    #[test]
+    fn plans_use_wide_substrings_for_large_sets() {
+        let big = MultiIndexPlan::for_size(10_000_000, 4);
+        assert_eq!((big.parts.len(), big.radius), (3, 1));
+        assert_eq!(big.parts.iter().map(|p| p.1).sum::<u32>(), 64);
+        let small = MultiIndexPlan::for_size(100, 4);
+        assert!(small.parts[0].1 <= 16, "{small:?}");
     }
 
     #[test]

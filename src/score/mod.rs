@@ -1,6 +1,7 @@
 //! Model-based curation: CLIP image embeddings from an ONNX vision tower over the shards, score heads
 //! on them (the LAION aesthetic predictors V1 and V2 natively, any ONNX head on embeddings or pixels),
-//! threshold / top-fraction filters, semantic de-duplication and concept-balanced selection.
+//! threshold / top-fraction filters, semantic de-duplication, repeats across a whole dataset by pHash
+//! and concept-balanced selection.
 
 pub mod aesthetic;
 pub mod balance;
@@ -8,4 +9,5 @@ pub mod clip;
 pub mod dedup;
 pub mod filter;
 pub mod onnx;
+pub mod repeats;
 pub mod stage;
