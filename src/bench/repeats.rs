@@ -2,7 +2,7 @@
 //! repeats, as shard parquets the way ingest writes them, and the in-memory search timed against
 //! ingest's per-worker index.
 
-use crate::image::phash::{first_copies, PhashIndex};
+use crate::image::phash::{first_copies, PhashIndex, KEPT};
 use crate::rng::Rng;
 use crate::shards::{write_atomic, write_parquet_atomic, ShardLayout};
 use polars::prelude::{Column, DataFrame};
@@ -41,8 +41,12 @@ pub fn write_dataset(out: &Path, count: usize, shards: usize, distance: u32, see
     let layout = ShardLayout::new(per_shard);
     for (shard, chunk) in hashes.chunks(per_shard).enumerate() {
         let keys: Vec<String> = (0..chunk.len()).map(|row| layout.key(shard, row)).collect();
-        let sha: Vec<String> =
-            chunk.iter().enumerate().map(|(row, h)| format!("{:048x}{h:016x}", shard * per_shard + row)).collect();
+        // A distinct stand-in for each sample's sha256: its number, mixed, then the pHash.
+        let sha: Vec<String> = (0..chunk.len())
+            .map(|row| Rng::new((shard * per_shard + row) as u64).next_u64())
+            .zip(chunk)
+            .map(|(mixed, h)| format!("{mixed:016x}{:032x}{h:016x}", 0))
+            .collect();
         let phash: Vec<String> = chunk.iter().map(|h| format!("{h:016x}")).collect();
         let mut df = DataFrame::new(
             chunk.len(),
@@ -83,7 +87,7 @@ pub fn time_search(method: &str, count: usize, distance: u32, seed: u64) -> anyh
     let (hashes, planted) = synthetic_hashes(count, distance, 0.05, seed);
     let start = Instant::now();
     let found = match method {
-        "first_copies" => first_copies(&hashes, distance).iter().filter(|f| f.is_some()).count(),
+        "first_copies" => first_copies(&hashes, distance).iter().filter(|f| **f != KEPT).count(),
         "phash_index" => {
             let mut index = PhashIndex::new(distance);
             let mut found = 0;

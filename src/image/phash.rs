@@ -202,13 +202,17 @@ impl PartTable {
     }
 }
 
+/// What [`first_copies`] answers for a hash that repeats none before it.
+pub const KEPT: u32 = u32::MAX;
+
 /// Whole-dataset repeats in one pass over `hashes` in dataset order, as ingest finds them within a
 /// worker: a hash within `distance` bits of an earlier kept one is a repeat of the earliest such
 /// kept hash, and is not kept itself (so repeats never chain). Returns, for each hash, the index of
-/// the kept hash it repeats, or `None` when it is kept. Memory: 8 bytes a hash plus 4 per
-/// substring table (3 for large sets) and the tables' offsets (at most 48 MiB); `distance` at most
-/// [`MAX_REPEAT_DISTANCE`]. Multi-index hashing (Norouzi et al.) over direct-addressed substrings.
-pub fn first_copies(hashes: &[u64], distance: u32) -> Vec<Option<u32>> {
+/// the kept hash it repeats, or [`KEPT`]. Memory besides the hashes: 4 bytes a hash for the
+/// answer and 4 per substring table (3 for large sets), plus the tables' offsets (at most 48 MiB);
+/// `distance` at most [`MAX_REPEAT_DISTANCE`]. Multi-index hashing (Norouzi et al.) over
+/// direct-addressed substrings.
+pub fn first_copies(hashes: &[u64], distance: u32) -> Vec<u32> {
     assert!(distance <= MAX_REPEAT_DISTANCE, "pHash distance {distance} over {MAX_REPEAT_DISTANCE}");
     assert!(hashes.len() < u32::MAX as usize, "more hashes than a u32 counts");
     let plan = MultiIndexPlan::for_size(hashes.len(), distance);
@@ -216,7 +220,6 @@ pub fn first_copies(hashes: &[u64], distance: u32) -> Vec<Option<u32>> {
         use rayon::prelude::*;
         plan.parts.par_iter().map(|&p| PartTable::build(hashes, p)).collect()
     };
-    const KEPT: u32 = u32::MAX;
     let mut first = vec![KEPT; hashes.len()];
     for (j, &h) in hashes.iter().enumerate() {
         let j = j as u32;
@@ -237,7 +240,7 @@ pub fn first_copies(hashes: &[u64], distance: u32) -> Vec<Option<u32>> {
         }
         first[j as usize] = best;
     }
-    first.into_iter().map(|i| (i != KEPT).then_some(i)).collect()
+    first
 }
 
 #[cfg(test)]
@@ -254,12 +257,12 @@ mod tests {
     }
 
     /// The greedy search of every pair, which `first_copies` must equal.
-    fn first_copies_by_every_pair(hashes: &[u64], distance: u32) -> Vec<Option<u32>> {
-        let mut first: Vec<Option<u32>> = vec![None; hashes.len()];
+    fn first_copies_by_every_pair(hashes: &[u64], distance: u32) -> Vec<u32> {
+        let mut first = vec![KEPT; hashes.len()];
         for j in 0..hashes.len() {
             first[j] = (0..j)
-                .find(|&i| first[i].is_none() && (hashes[i] ^ hashes[j]).count_ones() <= distance)
-                .map(|i| i as u32);
+                .find(|&i| first[i] == KEPT && (hashes[i] ^ hashes[j]).count_ones() <= distance)
+                .map_or(KEPT, |i| i as u32);
         }
         first
     }
@@ -279,7 +282,7 @@ mod tests {
                 hashes.push(h);
             }
             let expected = first_copies_by_every_pair(&hashes, distance);
-            assert!(expected.iter().filter(|f| f.is_some()).count() > 500, "planted repeats are found");
+            assert!(expected.iter().filter(|f| **f != KEPT).count() > 500, "planted repeats are found");
             assert_eq!(first_copies(&hashes, distance), expected, "distance {distance}");
         }
         assert!(first_copies(&[], 4).is_empty());

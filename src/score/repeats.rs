@@ -3,16 +3,15 @@
 //! kept samples, over all workers' shards in shard order, and finds every sample within
 //! `--phash-distance` bits of an earlier kept one ([`crate::image::phash::first_copies`]). It
 //! writes the kept keys as a selection (which the caches and the trainer take) and the repeats,
-//! each with its first copy's key, beside it. Memory grows by about 30 bytes a sample (the hashes
-//! and the substring tables), never with the keys, which are read again shard by shard.
+//! each with its first copy's key, beside it. Memory grows by about 32 bytes a sample (the hashes,
+//! the answer and the substring tables), never with the keys, which are read again shard by shard.
 
-use crate::image::phash::{first_copies, MAX_REPEAT_DISTANCE};
+use crate::image::phash::{first_copies, KEPT, MAX_REPEAT_DISTANCE};
 use crate::shards::selection::KEY_COLUMN;
 use crate::shards::{temp_path, write_parquet_atomic};
 use polars::prelude::{
     Column, DataFrame, DataType, ParquetCompression, ParquetReader, ParquetWriter, Schema, SerReader,
 };
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -151,18 +150,20 @@ pub fn run(dataset: &Path, cfg: &RepeatsConfig, out: &Path) -> anyhow::Result<Re
     }
     let names = done_shard_names(dataset)?;
     let shard_path = |name: &String| dataset.join(format!("{name}.parquet"));
-    // First pass: the hashes, in shard order, read in parallel.
-    let per_shard: Vec<ShardRows> =
-        names.par_iter().map(|n| read_shard(&shard_path(n), false)).collect::<anyhow::Result<_>>()?;
+    // First pass: the hashes, in shard order (each file decoded on polars' threads; reading files
+    // in parallel on rayon's as well nests work-stealing past a thread's stack).
     let (mut phash, mut sha) = (Vec::new(), Vec::new());
-    for rows in per_shard {
+    for name in &names {
+        let rows = read_shard(&shard_path(name), false)?;
         phash.extend_from_slice(&rows.phash);
         sha.extend_from_slice(&rows.sha);
     }
+    phash.shrink_to_fit();
+    sha.shrink_to_fit();
     let first = first_copies(&phash, cfg.phash_distance);
     let mut is_first = vec![false; first.len()];
-    for i in first.iter().flatten() {
-        is_first[*i as usize] = true;
+    for &i in first.iter().filter(|&&i| i != KEPT) {
+        is_first[i as usize] = true;
     }
 
     // Second pass: the keys, shard by shard, into the selection (streamed) and the repeats.
@@ -184,13 +185,13 @@ pub fn run(dataset: &Path, cfg: &RepeatsConfig, out: &Path) -> anyhow::Result<Re
         let mut kept = Vec::new();
         for key in rows.keys {
             match first[id] {
-                None => {
+                KEPT => {
                     if is_first[id] {
                         first_keys.insert(id as u32, key.clone());
                     }
                     kept.push(key);
                 }
-                Some(i) => {
+                i => {
                     rep_first.push(first_keys[&i].clone());
                     rep_key.push(key);
                     rep_distance.push((phash[i as usize] ^ phash[id]).count_ones());
@@ -216,7 +217,7 @@ pub fn run(dataset: &Path, cfg: &RepeatsConfig, out: &Path) -> anyhow::Result<Re
     )?;
     write_parquet_atomic(&mut df, &repeats).map_err(|e| anyhow::anyhow!("{}: {e}", repeats.display()))?;
     std::fs::rename(&tmp, out).map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", out.display()))?;
-    let removed = first.iter().filter(|f| f.is_some()).count();
+    let removed = first.iter().filter(|&&f| f != KEPT).count();
     Ok(RepeatsReport {
         shards: names.len(),
         samples: first.len(),
