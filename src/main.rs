@@ -516,7 +516,7 @@ struct IngestArgs {
     #[arg(value_enum)]
     source: SourceKind,
     /// Input files or directories (laion: metadata files; sa1b: tars or extracted folders; folder: one
-    /// directory; webdataset: tars or directories of tars).
+    /// directory; webdataset: tars or directories of tars; hub: parquet files or directories of them).
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
     /// Output dataset directory.
@@ -537,6 +537,8 @@ struct IngestArgs {
     no_progress: bool,
     #[command(flatten, next_help_heading = "LAION metadata (laion source)")]
     laion: LaionOptions,
+    #[command(flatten, next_help_heading = "Parquet with images inside (hub source)")]
+    hub: pixforge::ingest::hub::HubOptions,
     #[command(flatten, next_help_heading = "Images")]
     image: ImageOptions,
     #[command(flatten, next_help_heading = "Shards and curation")]
@@ -576,6 +578,7 @@ fn main() -> anyhow::Result<()> {
                 source: a.source,
                 inputs: a.inputs,
                 laion: a.laion,
+                hub: a.hub,
                 image: a.image,
                 curation: a.curation,
                 download: a.download,

@@ -12,6 +12,7 @@ fn config(meta: std::path::PathBuf, allow_private: bool) -> IngestConfig {
     let mut cfg = IngestConfig {
         source: SourceKind::Laion,
         inputs: vec![meta],
+        hub: Default::default(),
         laion: Default::default(),
         image: Default::default(),
         curation: Default::default(),

@@ -79,6 +79,7 @@ fn ingest(source: SourceKind, input: &Path, out: &Path) -> Vec<Record> {
     let mut c = IngestConfig {
         source,
         inputs: vec![input.to_path_buf()],
+        hub: Default::default(),
         laion: Default::default(),
         image: Default::default(),
         curation: Default::default(),

@@ -47,6 +47,7 @@ fn config(meta: std::path::PathBuf) -> IngestConfig {
     let mut cfg = IngestConfig {
         source: SourceKind::Laion,
         inputs: vec![meta],
+        hub: Default::default(),
         laion: Default::default(),
         image: Default::default(),
         curation: Default::default(),

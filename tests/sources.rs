@@ -12,6 +12,7 @@ fn cfg(source: SourceKind, inputs: Vec<PathBuf>) -> IngestConfig {
     let mut c = IngestConfig {
         source,
         inputs,
+        hub: Default::default(),
         laion: Default::default(),
         image: Default::default(),
         curation: Default::default(),

@@ -26,6 +26,7 @@ fn cached_photos(dir: &Path) {
     let cfg = pixforge::ingest::IngestConfig {
         source: pixforge::ingest::SourceKind::Folder,
         inputs: vec![input],
+        hub: Default::default(),
         laion: Default::default(),
         image: pixforge::image::ImageOptions { image_size: 64, ..Default::default() },
         curation: pixforge::ingest::CurationOptions { samples_per_shard: 4, ..Default::default() },

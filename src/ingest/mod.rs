@@ -4,6 +4,7 @@
 
 pub mod download;
 pub mod folder;
+pub mod hub;
 pub mod laion;
 pub mod optout;
 pub mod rle;
@@ -29,6 +30,8 @@ pub enum SourceKind {
     Folder,
     /// Existing WebDataset tar shards.
     Webdataset,
+    /// Parquet files with the images inside (Hugging Face `datasets` Image columns).
+    Hub,
 }
 
 /// How repeated images are marked.
@@ -80,6 +83,10 @@ pub struct IngestConfig {
     /// `laion` column mapping and metadata filters.
     #[serde(default)]
     pub laion: laion::LaionOptions,
+    /// `hub` column mapping (left out of the manifest while default, so that datasets of the other
+    /// sources keep their fingerprints).
+    #[serde(default, skip_serializing_if = "is_default_hub")]
+    pub hub: hub::HubOptions,
     /// Image decoding, filtering, resizing and encoding.
     #[serde(default)]
     pub image: crate::image::ImageOptions,
@@ -89,4 +96,8 @@ pub struct IngestConfig {
     /// HTTP downloader (`laion` only).
     #[serde(default)]
     pub download: download::DownloadOptions,
+}
+
+fn is_default_hub(h: &hub::HubOptions) -> bool {
+    *h == hub::HubOptions::default()
 }

@@ -192,6 +192,7 @@ fn read_source(cfg: &IngestConfig) -> anyhow::Result<SourceRows> {
             super::folder::read_folder(dir)
         }
         SourceKind::Webdataset => super::webdataset::read_webdataset(&cfg.inputs),
+        SourceKind::Hub => super::hub::read_hub(&cfg.inputs, &cfg.hub),
     }
 }
 

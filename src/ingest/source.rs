@@ -11,6 +11,8 @@ pub enum Payload {
     Url(String),
     /// A local file.
     File(PathBuf),
+    /// One row's image inside a parquet file (the `hub` source).
+    Parquet(Box<super::hub::CellRef>),
     /// A member of a local tar.
     Tar {
         /// The tar file.
@@ -26,6 +28,7 @@ impl Payload {
         match self {
             Payload::Url(u) => Err(format!("{u}: URL payloads are downloaded, not read")),
             Payload::File(p) => std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display())),
+            Payload::Parquet(cell) => super::hub::read_cell(cell),
             Payload::Tar { tar, member } => {
                 read_member(tar, member).map_err(|e| format!("cannot read {}:{}: {e}", tar.display(), member.name))
             }
