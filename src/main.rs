@@ -532,6 +532,10 @@ struct IngestArgs {
     /// Re-attempt only the failed_to_download rows of done shards.
     #[arg(long)]
     retry_failed: bool,
+    /// Add these inputs to the dataset in --out (written with the same configuration) as new shards
+    /// numbered after its own; the manifest records which inputs made which shards.
+    #[arg(long, conflicts_with = "overwrite")]
+    append: bool,
     /// Hide the progress bar.
     #[arg(long)]
     no_progress: bool,
@@ -588,6 +592,7 @@ fn main() -> anyhow::Result<()> {
                 worker,
                 overwrite: a.overwrite,
                 retry_failed: a.retry_failed,
+                append: a.append,
                 progress: !a.no_progress,
             };
             let stats =

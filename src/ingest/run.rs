@@ -28,6 +28,8 @@ pub struct RunOptions {
     pub overwrite: bool,
     /// Re-attempt only the `failed_to_download` rows of done shards.
     pub retry_failed: bool,
+    /// Add these inputs to the dataset in `out` (same configuration) as new shards after its own.
+    pub append: bool,
     /// Show a progress bar (only drawn on a terminal).
     pub progress: bool,
 }
@@ -35,7 +37,14 @@ pub struct RunOptions {
 impl RunOptions {
     /// Options writing to `out` as the single worker.
     pub fn new(out: impl Into<PathBuf>) -> Self {
-        Self { out: out.into(), worker: Worker::default(), overwrite: false, retry_failed: false, progress: true }
+        Self {
+            out: out.into(),
+            worker: Worker::default(),
+            overwrite: false,
+            retry_failed: false,
+            append: false,
+            progress: true,
+        }
     }
 }
 
@@ -211,6 +220,8 @@ struct Runner<'a> {
     ctx: Arc<Ctx>,
     rows: &'a SourceRows,
     layout: ShardLayout,
+    /// The shard the rows' first shard is (after a dataset's own shards when appended).
+    first_shard: usize,
     out: PathBuf,
     downloader: Option<Arc<Downloader>>,
     rt: Option<tokio::runtime::Runtime>,
@@ -314,14 +325,14 @@ impl Runner<'_> {
             }
         }
         let records: Vec<Record> = outcomes.into_iter().map(|o| o.record).collect();
-        let range = self.layout.rows_of(shard, self.rows.rows.len());
+        let range = self.layout.rows_of(shard - self.first_shard, self.rows.rows.len());
         let pass = self.rows.passthrough.as_ref().map(|df| df.slice(range.start as i64, range.len()));
         w.finish(&records, self.rows.source_col, pass.as_ref(), start)
     }
 
     fn fresh(&self, shard: usize, dedup: &mut Dedup) -> anyhow::Result<crate::shards::ShardStats> {
         let start = crate::shards::now();
-        let range = self.layout.rows_of(shard, self.rows.rows.len());
+        let range = self.layout.rows_of(shard - self.first_shard, self.rows.rows.len());
         let rows = &self.rows.rows[range.clone()];
         let todo: Vec<usize> = (0..rows.len()).collect();
         let outcomes = self.outcomes(shard, rows, &todo).into_iter().map(|(_, o)| o).collect();
@@ -338,7 +349,7 @@ impl Runner<'_> {
             return Ok(None);
         }
         let start = crate::shards::now();
-        let range = self.layout.rows_of(shard, self.rows.rows.len());
+        let range = self.layout.rows_of(shard - self.first_shard, self.rows.rows.len());
         let rows = &self.rows.rows[range];
         if rows.len() != old.len() {
             anyhow::bail!(
@@ -394,9 +405,22 @@ pub fn run(cfg: &IngestConfig, opts: &RunOptions) -> anyhow::Result<RunStats> {
     std::fs::create_dir_all(&opts.out)
         .map_err(|e| anyhow::anyhow!("{}: cannot create output directory: {e}", opts.out.display()))?;
     let _lock = crate::shards::ShareLock::acquire(&opts.out, opts.worker)?;
+    let shard_count = layout.shard_count(rows.rows.len());
+    let mut manifest = manifest;
+    let mut first_shard = 0;
     if let Some(existing) = Manifest::read(&opts.out)? {
         if opts.overwrite {
             remove_dataset_files(&opts.out)?;
+        } else if let Some(first) = manifest.first_shard_in(&existing) {
+            // The dataset's own inputs, or inputs appended earlier: a resume.
+            first_shard = first;
+            manifest = existing;
+        } else if opts.append {
+            manifest.check_same_config(&existing, &opts.out, &["download"])?;
+            (manifest, first_shard) = append_part(existing, &manifest, &opts.out, shard_count)?;
+        } else if manifest.check_same_config(&existing, &opts.out, &["download"]).is_ok() {
+            let refusal = manifest.check_resumable(&existing, &opts.out, &["download"]).unwrap_err();
+            anyhow::bail!("{refusal} To add these inputs to the dataset as new shards, pass --append.");
         } else {
             manifest.check_resumable(&existing, &opts.out, &["download"])?;
         }
@@ -404,7 +428,7 @@ pub fn run(cfg: &IngestConfig, opts: &RunOptions) -> anyhow::Result<RunStats> {
     manifest.write(&opts.out)?;
     crate::shards::remove_owned_temp_files(&opts.out, opts.worker)?;
 
-    let shards: Vec<usize> = (0..layout.shard_count(rows.rows.len())).filter(|&s| opts.worker.owns(s)).collect();
+    let shards: Vec<usize> = (first_shard..first_shard + shard_count).filter(|&s| opts.worker.owns(s)).collect();
     let done: std::collections::HashSet<usize> = done_shards(&opts.out)?.into_iter().collect();
     let needs_net = cfg.source == SourceKind::Laion;
     let (downloader, rt) = if needs_net {
@@ -417,7 +441,7 @@ pub fn run(cfg: &IngestConfig, opts: &RunOptions) -> anyhow::Result<RunStats> {
     let todo_rows: usize = shards
         .iter()
         .filter(|s| !done.contains(s) || opts.retry_failed)
-        .map(|&s| layout.rows_of(s, rows.rows.len()).len())
+        .map(|&s| layout.rows_of(s - first_shard, rows.rows.len()).len())
         .sum();
     let pb = if opts.progress { ProgressBar::new(todo_rows as u64) } else { ProgressBar::hidden() };
     pb.set_style(
@@ -428,12 +452,21 @@ pub fn run(cfg: &IngestConfig, opts: &RunOptions) -> anyhow::Result<RunStats> {
         ctx: Arc::new(Ctx { cfg: cfg.clone() }),
         rows: &rows,
         layout,
+        first_shard,
         out: opts.out.clone(),
         downloader,
         rt,
         pb,
     };
     let mut dedup = Dedup::new(cfg.curation.dedup, cfg.curation.phash_distance);
+    // Appended inputs are de-duplicated against this worker's shards of the parts before them.
+    for &shard in
+        done.iter().filter(|&&s| s < first_shard && opts.worker.owns(s)).collect::<std::collections::BTreeSet<_>>()
+    {
+        let path = opts.out.join(format!("{}.parquet", layout.name(shard)));
+        let old = read_records(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        dedup.add_existing(&old);
+    }
     let mut stats = RunStats::default();
     for &shard in &shards {
         let name = layout.name(shard);
@@ -481,6 +514,53 @@ pub fn run(cfg: &IngestConfig, opts: &RunOptions) -> anyhow::Result<RunStats> {
     }
     runner.pb.finish_and_clear();
     Ok(stats)
+}
+
+/// `existing` with a new part for the inputs of `manifest` (`shards` shards) after its last one;
+/// the first append also records the dataset as it was as the first part, which must be complete
+/// (every shard with its stats file). Returns the manifest to write and the new part's first shard.
+fn append_part(
+    mut existing: Manifest,
+    manifest: &Manifest,
+    out: &Path,
+    shards: usize,
+) -> anyhow::Result<(Manifest, usize)> {
+    if existing.parts.is_empty() {
+        let done: std::collections::HashSet<usize> = done_shards(out)?.into_iter().collect();
+        let mut written = Vec::new();
+        for entry in std::fs::read_dir(out)? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name.strip_suffix(".parquet").and_then(|s| s.parse::<usize>().ok()) {
+                written.push(id);
+            }
+        }
+        written.extend(done.iter().copied());
+        let count = written.iter().max().map_or(0, |m| m + 1);
+        if let Some(missing) = (0..count).find(|s| !done.contains(s)) {
+            anyhow::bail!(
+                "{}: shard {missing:05} of the dataset is not done (no stats file): finish the ingest (every worker) \
+                 before appending to it",
+                out.display()
+            );
+        }
+        let own = crate::shards::InputsPart {
+            fingerprint: existing.fingerprint.clone(),
+            inputs: Vec::new(),
+            first_shard: 0,
+            shards: count,
+        };
+        existing.parts.push(own);
+    }
+    let last = existing.parts.last().expect("at least the dataset's own part");
+    let first_shard = last.first_shard + last.shards;
+    let inputs = manifest.config.get("inputs").and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default();
+    existing.parts.push(crate::shards::InputsPart {
+        fingerprint: manifest.fingerprint.clone(),
+        inputs,
+        first_shard,
+        shards,
+    });
+    Ok((existing, first_shard))
 }
 
 /// Records that shard `name` could not be written.

@@ -19,13 +19,30 @@ pub struct Manifest {
     pub config: serde_json::Value,
     /// A fingerprint of the configuration and inputs: a rerun into the same directory must match it.
     pub fingerprint: String,
+    /// Inputs added later with the same configuration (`ingest --append`), each with its shards;
+    /// the first part is the dataset as it was before the first append.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<InputsPart>,
+}
+
+/// One batch of inputs of a dataset and the range of shards it made.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InputsPart {
+    /// The fingerprint of the configuration and these inputs.
+    pub fingerprint: String,
+    /// The inputs as given; empty for the dataset as it was before the first append.
+    pub inputs: Vec<String>,
+    /// Its first shard.
+    pub first_shard: usize,
+    /// Its number of shards.
+    pub shards: usize,
 }
 
 impl Manifest {
     /// A manifest for `stage` with `config`; the fingerprint covers the config and `inputs`.
     pub fn new(stage: &str, config: serde_json::Value, inputs: &[String]) -> Self {
         let fingerprint = fingerprint_of(&config, inputs);
-        Self { stage: stage.into(), version: env!("CARGO_PKG_VERSION").into(), config, fingerprint }
+        Self { stage: stage.into(), version: env!("CARGO_PKG_VERSION").into(), config, fingerprint, parts: Vec::new() }
     }
 
     /// Reads `dir/manifest.json`, if present.
@@ -43,6 +60,42 @@ impl Manifest {
     /// Writes `dir/manifest.json` atomically.
     pub fn write(&self, dir: &Path) -> std::io::Result<()> {
         write_atomic(&dir.join(MANIFEST_FILE), serde_json::to_string_pretty(self)?.as_bytes())
+    }
+
+    /// The first shard of the inputs this manifest's fingerprint stands for, when `existing` holds
+    /// them: the dataset's own inputs (shard 0) or an appended part.
+    pub fn first_shard_in(&self, existing: &Manifest) -> Option<usize> {
+        if existing.stage != self.stage {
+            return None;
+        }
+        if existing.fingerprint == self.fingerprint {
+            return Some(0);
+        }
+        existing.parts.iter().find(|p| p.fingerprint == self.fingerprint).map(|p| p.first_shard)
+    }
+
+    /// Checks that this manifest's configuration is `existing`'s, apart from `inputs` and the
+    /// `unfingerprinted` fields; the refusal names every field that differs.
+    pub fn check_same_config(&self, existing: &Manifest, dir: &Path, unfingerprinted: &[&str]) -> anyhow::Result<()> {
+        let show = |v: Option<&serde_json::Value>| v.map_or("absent".to_string(), |v| v.to_string());
+        let mut changes = Vec::new();
+        if existing.stage != self.stage {
+            changes.push(format!("it was written by stage `{}`, this is `{}`", existing.stage, self.stage));
+        }
+        for (field, was, now) in json_changes(&existing.config, &self.config) {
+            let top = field.split('.').next().unwrap_or_default();
+            if top != "inputs" && !unfingerprinted.contains(&top) {
+                changes.push(format!("`{field}` was {}, is now {}", show(was.as_ref()), show(now.as_ref())));
+            }
+        }
+        if changes.is_empty() {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "{}: inputs are appended with the dataset's own configuration ({}). Use a new output directory.",
+            dir.join(MANIFEST_FILE).display(),
+            changes.join("; ")
+        )
     }
 
     /// Checks that a directory written by an earlier run may be resumed with this manifest; a refusal

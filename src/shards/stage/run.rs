@@ -265,6 +265,7 @@ fn prepare_out(
         version: env!("CARGO_PKG_VERSION").into(),
         config: serde_json::to_value(fingerprint)?,
         fingerprint: fingerprint.digest(),
+        parts: Vec::new(),
     };
     if let Some(existing) = Manifest::read(out)? {
         // Changed source shards are redone one by one (their digests differ); anything else is
