@@ -213,34 +213,93 @@ pub const KEPT: u32 = u32::MAX;
 /// `distance` at most [`MAX_REPEAT_DISTANCE`]. Multi-index hashing (Norouzi et al.) over
 /// direct-addressed substrings.
 pub fn first_copies(hashes: &[u64], distance: u32) -> Vec<u32> {
+    use rayon::prelude::*;
     assert!(distance <= MAX_REPEAT_DISTANCE, "pHash distance {distance} over {MAX_REPEAT_DISTANCE}");
     assert!(hashes.len() < u32::MAX as usize, "more hashes than a u32 counts");
-    let plan = MultiIndexPlan::for_size(hashes.len(), distance);
-    let tables: Vec<PartTable> = {
-        use rayon::prelude::*;
-        plan.parts.par_iter().map(|&p| PartTable::build(hashes, p)).collect()
-    };
+    let index =
+        MultiIndex { plan: MultiIndexPlan::for_size(hashes.len(), distance), tables: Vec::new(), hashes, distance };
+    let tables = index.plan.parts.par_iter().map(|&p| PartTable::build(hashes, p)).collect();
+    let index = MultiIndex { tables, ..index };
+    // In parallel: the earliest few hashes near each one, kept or not (most hashes have none).
+    let near: Vec<(u32, Nearest)> = (0..hashes.len() as u32)
+        .into_par_iter()
+        .with_min_len(1 << 12)
+        .filter_map(|j| {
+            let mut found = Vec::new();
+            index.visit_near(j, &mut |i| found.push(i));
+            (!found.is_empty()).then(|| (j, Nearest::of(found)))
+        })
+        .collect();
+    // In order: a hash repeats the earliest kept one among them; when those stored were all
+    // repeats themselves and there were more, the table is searched again for a kept one.
     let mut first = vec![KEPT; hashes.len()];
-    for (j, &h) in hashes.iter().enumerate() {
-        let j = j as u32;
-        let mut best = KEPT;
-        for (&(start, bits), table) in plan.parts.iter().zip(&tables) {
+    for (j, nearest) in near {
+        let stored = nearest.ids[..nearest.len as usize].iter().copied().find(|&i| first[i as usize] == KEPT);
+        first[j as usize] = match stored {
+            Some(i) => i,
+            None if nearest.more => {
+                let mut best = KEPT;
+                index.visit_near(j, &mut |i| {
+                    if first[i as usize] == KEPT && i < best {
+                        best = i;
+                    }
+                });
+                best
+            }
+            None => KEPT,
+        };
+    }
+    first
+}
+
+/// Near hashes stored per hash in the parallel pass.
+const STORED_NEAR: usize = 4;
+
+/// The earliest hashes near one hash (ascending), and whether there were more.
+struct Nearest {
+    ids: [u32; STORED_NEAR],
+    len: u8,
+    more: bool,
+}
+
+impl Nearest {
+    fn of(mut found: Vec<u32>) -> Self {
+        found.sort_unstable();
+        found.dedup();
+        let mut ids = [0; STORED_NEAR];
+        let len = found.len().min(STORED_NEAR);
+        ids[..len].copy_from_slice(&found[..len]);
+        Self { ids, len: len as u8, more: found.len() > STORED_NEAR }
+    }
+}
+
+/// The substring tables over a set of hashes.
+struct MultiIndex<'a> {
+    plan: MultiIndexPlan,
+    tables: Vec<PartTable>,
+    hashes: &'a [u64],
+    distance: u32,
+}
+
+impl MultiIndex<'_> {
+    /// Calls `f` with every earlier hash (index below `j`) within the distance of hash `j`, once per
+    /// substring it shares (so possibly more than once).
+    fn visit_near(&self, j: u32, f: &mut impl FnMut(u32)) {
+        let h = self.hashes[j as usize];
+        for (&(start, bits), table) in self.plan.parts.iter().zip(&self.tables) {
             let value = ((h >> start) & ((1u64 << bits) - 1)) as u32;
-            for_each_neighbour(value, bits, plan.radius, 0, &mut |v| {
+            for_each_neighbour(value, bits, self.plan.radius, 0, &mut |v| {
                 for &i in table.bucket(v) {
-                    if i >= j || i >= best {
+                    if i >= j {
                         break;
                     }
-                    if first[i as usize] == KEPT && (hashes[i as usize] ^ h).count_ones() <= distance {
-                        best = i;
-                        break;
+                    if (self.hashes[i as usize] ^ h).count_ones() <= self.distance {
+                        f(i);
                     }
                 }
             });
         }
-        first[j as usize] = best;
     }
-    first
 }
 
 #[cfg(test)]
@@ -281,11 +340,28 @@ mod tests {
                 }
                 hashes.push(h);
             }
+            // A cluster of 40 copies of one hash and its near variants: more near hashes than stored.
+            let base = hashes[0];
+            for k in 0..40u64 {
+                hashes.push(base ^ if k % 2 == 0 { 0 } else { 1 << (k % 64) });
+            }
             let expected = first_copies_by_every_pair(&hashes, distance);
             assert!(expected.iter().filter(|f| **f != KEPT).count() > 500, "planted repeats are found");
             assert_eq!(first_copies(&hashes, distance), expected, "distance {distance}");
         }
         assert!(first_copies(&[], 4).is_empty());
+    }
+
+    #[test]
+    fn a_hash_whose_earliest_near_hashes_are_all_repeats_finds_the_kept_one() {
+        // 0 is kept; five 4-bit hashes repeat it; `y` (7 bits) is kept; `x` (5 bits) is within 1 of
+        // the five repeats, 2 of `y` and 5 of 0: its earliest near hashes are all repeats.
+        let repeats = [0b01111, 0b10111, 0b11011, 0b11101, 0b11110];
+        let (y, x) = (0b11_0001_1111, 0b1_1111);
+        let hashes: Vec<u64> = [0].into_iter().chain(repeats).chain([y, x]).collect();
+        let first = first_copies(&hashes, 4);
+        assert_eq!(first, [KEPT, 0, 0, 0, 0, 0, KEPT, 6]);
+        assert_eq!(first, first_copies_by_every_pair(&hashes, 4));
     }
 
     #[test]
