@@ -56,6 +56,11 @@ pub struct DownloadOptions {
     /// Redirects followed before failing.
     #[arg(long, default_value_t = 5)]
     pub max_redirects: usize,
+    /// Requests to one host that time out in a row before the host's remaining rows of the run fail
+    /// at once, so that a host that stopped answering cannot hold a shard for its queue times its
+    /// timeouts (`--retry-failed` tries them again); 0 never gives a host up.
+    #[arg(long, default_value_t = 16)]
+    pub max_host_timeouts: u32,
     /// Download even when `X-Robots-Tag` forbids AI use (noai, noimageai, noml, noindex,
     /// noimageindex). Honouring opt-outs is the user's responsibility once this is set.
     #[arg(long)]
@@ -93,6 +98,9 @@ impl Default for DownloadOptions {
         clap::Parser::parse_from(["download"])
     }
 }
+
+/// The message of a request that timed out.
+const TIMED_OUT: &str = "timed out";
 
 /// Why a download failed, and whether another attempt may succeed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,6 +205,7 @@ impl Resolve for CachingResolver {
 struct HostState {
     slots: Option<Arc<Semaphore>>,
     blocked_until: Option<Instant>,
+    timeouts_in_a_row: u32,
 }
 
 /// An HTTP downloader shared by all rows of a run.
@@ -252,7 +261,7 @@ pub(crate) fn describe(e: &reqwest::Error) -> FetchError {
         src = s.source();
     }
     if e.is_timeout() {
-        return FetchError::transient("timed out");
+        return FetchError::transient(TIMED_OUT);
     }
     if e.is_redirect() {
         return FetchError::permanent(if chain.is_empty() { "too many redirects".to_string() } else { chain });
@@ -336,6 +345,27 @@ impl Downloader {
         hosts.get(host).and_then(|h| h.blocked_until).filter(|t| *t > Instant::now())
     }
 
+    /// Refuses a request to `host` once `--max-host-timeouts` requests to it timed out in a row.
+    fn check_host_answers(&self, host: &str) -> Result<(), FetchError> {
+        let max = self.opts.max_host_timeouts;
+        let hosts = self.hosts.lock().expect("host table poisoned");
+        let in_a_row = hosts.get(host).map_or(0, |h| h.timeouts_in_a_row);
+        if max > 0 && in_a_row >= max {
+            return Err(FetchError::permanent(format!(
+                "host skipped: {host} timed out on {in_a_row} requests in a row (--max-host-timeouts {max}; \
+                 --retry-failed tries these rows again)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Counts a request to `host` that timed out, or resets the count when it answered.
+    fn count_timeout(&self, host: &str, timed_out: bool) {
+        let mut hosts = self.hosts.lock().expect("host table poisoned");
+        let st = hosts.entry(host.to_string()).or_default();
+        st.timeouts_in_a_row = if timed_out { st.timeouts_in_a_row + 1 } else { 0 };
+    }
+
     fn block_host(&self, host: &str, d: Duration) {
         let mut hosts = self.hosts.lock().expect("host table poisoned");
         let st = hosts.entry(host.to_string()).or_default();
@@ -380,7 +410,10 @@ impl Downloader {
             }
             let result = {
                 let _slot = slots.acquire().await.map_err(|e| FetchError::permanent(e.to_string()))?;
-                self.fetch_once(parsed.clone(), what).await
+                self.check_host_answers(host)?;
+                let result = self.fetch_once(parsed.clone(), what).await;
+                self.count_timeout(host, result.as_ref().err().is_some_and(|e| e.message == TIMED_OUT));
+                result
             };
             match result {
                 Ok(body) => return Ok(body),

@@ -48,6 +48,12 @@ impl RunOptions {
     }
 }
 
+/// A shard's rows fetched and processed, waiting to be de-duplicated and written.
+struct Gathered {
+    start: f64,
+    outcomes: Vec<Outcome>,
+}
+
 /// The result of one row: its record, plus the image bytes and pHash on success.
 struct Outcome {
     record: Record,
@@ -330,13 +336,15 @@ impl Runner<'_> {
         w.finish(&records, self.rows.source_col, pass.as_ref(), start)
     }
 
-    fn fresh(&self, shard: usize, dedup: &mut Dedup) -> anyhow::Result<crate::shards::ShardStats> {
+    /// Fetches and processes every row of a shard not written yet; de-duplication and writing
+    /// happen in shard order afterwards ([`Self::write`]), so two shards may be gathered at once.
+    fn gather(&self, shard: usize) -> Gathered {
         let start = crate::shards::now();
         let range = self.layout.rows_of(shard - self.first_shard, self.rows.rows.len());
         let rows = &self.rows.rows[range.clone()];
         let todo: Vec<usize> = (0..rows.len()).collect();
         let outcomes = self.outcomes(shard, rows, &todo).into_iter().map(|(_, o)| o).collect();
-        self.write(shard, outcomes, dedup, start)
+        Gathered { start, outcomes }
     }
 
     /// `--retry-failed`: re-attempts the `failed_to_download` rows of a done shard, keeps the rest.
@@ -468,50 +476,64 @@ pub fn run(cfg: &IngestConfig, opts: &RunOptions) -> anyhow::Result<RunStats> {
         dedup.add_existing(&old);
     }
     let mut stats = RunStats::default();
-    for &shard in &shards {
-        let name = layout.name(shard);
-        // A shard that fails is recorded and the run goes on (as every shard stage does); it is left
-        // without a stats file, so the next run retries it.
-        let result = if done.contains(&shard) && !opts.retry_failed {
-            let path = opts.out.join(format!("{name}.parquet"));
-            match read_records(&path) {
-                Ok(old) => {
-                    dedup.add_existing(&old);
-                    stats.shards_skipped += 1;
+    // The shards gathered from scratch, in order: while one is being finished (its slowest
+    // downloads, its writing), the next one's rows are already being fetched and processed.
+    let fresh: Vec<usize> = shards.iter().copied().filter(|s| !done.contains(s)).collect();
+    std::thread::scope(|scope| {
+        let runner = &runner;
+        let mut next: Option<(usize, std::thread::ScopedJoinHandle<'_, Gathered>)> = None;
+        for &shard in &shards {
+            let name = layout.name(shard);
+            // A shard that fails is recorded and the run goes on (as every shard stage does); it is
+            // left without a stats file, so the next run retries it.
+            let result = if done.contains(&shard) && !opts.retry_failed {
+                let path = opts.out.join(format!("{name}.parquet"));
+                match read_records(&path) {
+                    Ok(old) => {
+                        dedup.add_existing(&old);
+                        stats.shards_skipped += 1;
+                    }
+                    Err(e) => fail(&mut stats, &name, anyhow::anyhow!("{}: {e}", path.display())),
                 }
-                Err(e) => fail(&mut stats, &name, anyhow::anyhow!("{}: {e}", path.display())),
-            }
-            continue;
-        } else if done.contains(&shard) {
-            match runner.retry(shard, &mut dedup) {
-                Ok(Some(s)) => s,
-                Ok(None) => {
-                    stats.shards_skipped += 1;
-                    continue;
+                continue;
+            } else if done.contains(&shard) {
+                match runner.retry(shard, &mut dedup) {
+                    Ok(Some(s)) => s,
+                    Ok(None) => {
+                        stats.shards_skipped += 1;
+                        continue;
+                    }
+                    Err(e) => {
+                        fail(&mut stats, &name, e);
+                        continue;
+                    }
                 }
-                Err(e) => {
-                    fail(&mut stats, &name, e);
-                    continue;
+            } else {
+                let prefetched = next.take().filter(|(s, _)| *s == shard).map(|(_, h)| h);
+                let after = fresh.iter().copied().find(|&s| s > shard);
+                next = after.map(|s| (s, scope.spawn(move || runner.gather(s))));
+                let gathered = match prefetched {
+                    Some(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                    None => runner.gather(shard),
+                };
+                match runner.write(shard, gathered.outcomes, &mut dedup, gathered.start) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        fail(&mut stats, &name, e);
+                        continue;
+                    }
                 }
-            }
-        } else {
-            match runner.fresh(shard, &mut dedup) {
-                Ok(s) => s,
-                Err(e) => {
-                    fail(&mut stats, &name, e);
-                    continue;
-                }
-            }
-        };
-        stats.add(shard, &result);
-        let t = &stats.total;
-        runner.pb.set_message(format!(
-            "{} ok ({:.0}%), shard {name} done",
-            t.successes,
-            100.0 * t.successes as f64 / t.count.max(1) as f64
-        ));
-        tracing::info!(shard = %name, count = result.count, successes = result.successes, "shard done");
-    }
+            };
+            stats.add(shard, &result);
+            let t = &stats.total;
+            runner.pb.set_message(format!(
+                "{} ok ({:.0}%), shard {name} done",
+                t.successes,
+                100.0 * t.successes as f64 / t.count.max(1) as f64
+            ));
+            tracing::info!(shard = %name, count = result.count, successes = result.successes, "shard done");
+        }
+    });
     runner.pb.finish_and_clear();
     Ok(stats)
 }

@@ -153,6 +153,17 @@ fn handle(
                 Err(_) => respond(&mut stream, "404 Not Found", &[], b"no such image"),
             }
         }
+        p if p.starts_with("/delay/") => {
+            // An image answered after 1.5 s.
+            std::thread::sleep(Duration::from_millis(1500));
+            let name = &p[7..];
+            respond(&mut stream, "200 OK", &[("Content-Type", content_type(name).into())], &image(name)?)
+        }
+        p if p.starts_with("/hang/") => {
+            // Headers never come: the request times out.
+            std::thread::sleep(Duration::from_secs(30));
+            Ok(())
+        }
         "/404" => respond(&mut stream, "404 Not Found", &[], b"not here"),
         p if p.starts_with("/flaky/") => {
             if n == 1 {
