@@ -3,7 +3,7 @@
 //! kept samples, over all workers' shards in shard order, and finds every sample within
 //! `--phash-distance` bits of an earlier kept one ([`crate::image::phash::first_copies`]). It
 //! writes the kept keys as a selection (which the caches and the trainer take) and the repeats,
-//! each with its first copy's key, beside it. Memory grows by about 32 bytes a sample (the hashes,
+//! each with its first copy's key, beside it. Memory grows by about 40 bytes a sample (the hashes,
 //! the answer and the substring tables), never with the keys, which are read again shard by shard.
 
 use crate::image::phash::{first_copies, KEPT, MAX_REPEAT_DISTANCE};
