@@ -28,7 +28,7 @@ enum Cmd {
         #[arg(long, default_value = "pixforge-demo")]
         out: PathBuf,
     },
-    /// Run a pipeline file: its stages in order (tiny models, ingest, score, filter, dedup, balance,
+    /// Run a pipeline file: its stages in order (tiny models, ingest, score, repeats, filter, dedup, balance,
     /// caption, density, cache t5/vae, export, train, sample), each configured by its section, each
     /// resumable; prints what each stage did and every artifact's path. `pipelines/*.toml` are examples.
     Run {

@@ -362,3 +362,57 @@ fn score_filter_dedup_and_balance_sections_run_in_a_pipeline() {
     assert!(sel("balance").is_subset(&sel("filter")), "{changed}");
     assert!(line(&changed, "cache.vae").contains("shard(s) done"), "the cache follows the new selection: {changed}");
 }
+
+/// A `[repeats]` section: repeats across the ingested shards by pHash become a selection that the
+/// caches take; a rerun does nothing.
+#[test]
+fn a_repeats_section_keeps_repeats_out_of_the_caches() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input");
+    pixforge::demo::write_inputs(&input).unwrap();
+    let mut images: Vec<_> = std::fs::read_dir(&input)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e != "txt"))
+        .collect();
+    images.sort();
+    let original = images[0].clone();
+    let ext = original.extension().unwrap().to_string_lossy().into_owned();
+    std::fs::copy(&original, input.join(format!("zz_copy.{ext}"))).unwrap();
+    let file = dir.path().join("p.toml");
+    std::fs::write(
+        &file,
+        "out = \"run\"\n[models]\ntiny = [\"vae\"]\n[ingest]\nsource = \"folder\"\ninputs = [\"input\"]\n\
+         [ingest.curation]\nsamples_per_shard = 4\ndedup = \"none\"\n[repeats]\nphash_distance = 2\n\
+         [cache.vae]\nmodel = \"{out}/models\"\nresolution = 64\n",
+    )
+    .unwrap();
+    let run = || {
+        let o = Command::new(common::bin()).args(["run", "--no-progress"]).arg(&file).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let first = run();
+    let total = images.len() + 1;
+    let counts = format!("kept {} of {total}: 1 exact and 0 near repeats removed", total - 1);
+    assert!(line(&first, "repeats").contains(&counts), "{first}");
+    let recs: Vec<pixforge::shards::Record> = (0..2)
+        .flat_map(|s| pixforge::shards::read_records(&dir.path().join(format!("run/shards/{s:05}.parquet"))).unwrap())
+        .collect();
+    let copy_key = recs.iter().find(|r| r.source.starts_with("zz_copy")).unwrap().key.clone();
+    let mut reasons = std::collections::BTreeMap::new();
+    for shard in ["00000", "00001"] {
+        let index: Vec<serde_json::Value> = serde_json::from_slice(
+            &std::fs::read(dir.path().join(format!("run/latents/vae/{shard}.index.json"))).unwrap(),
+        )
+        .unwrap();
+        for e in index {
+            reasons.insert(e["key"].as_str().unwrap().to_string(), e["status"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(reasons.len(), total);
+    assert!(reasons[&copy_key] != "success", "the repeat is not encoded: {reasons:?}");
+    assert_eq!(reasons.values().filter(|s| *s == "success").count(), total - 1, "{reasons:?}");
+    let again = run();
+    assert!(line(&again, "repeats").contains("nothing to do"), "{again}");
+}

@@ -7,6 +7,7 @@
 //! ```toml
 //! out = "runs/sam-256"            # every stage writes under it (relative to this file)
 //! [ingest]                        # pixforge ingest's configuration  -> {out}/shards
+//! [repeats]                       # pixforge dedup --phash's          -> {out}/selection/repeats.parquet
 //! [score.clip]                    # pixforge score clip's (or [score.laion_emb]) -> {out}/scores
 //! [filter]                        # pixforge filter's rules           -> {out}/selection/filter.parquet
 //! [dedup]                         # pixforge dedup's                  -> {out}/selection/dedup.parquet
@@ -191,7 +192,7 @@ impl Dataset {
         }
     }
 
-    /// The selection file a selection stage (`filter`, `dedup`, `balance`) writes.
+    /// The selection file a selection stage (`repeats`, `filter`, `dedup`, `balance`) writes.
     pub fn selection(&self, stage: &str) -> PathBuf {
         self.selections.join(format!("{stage}.parquet"))
     }
@@ -221,6 +222,8 @@ pub struct Pipeline {
     pub score: Option<ScoreStage>,
     /// The score section's `device`, `selection` and `overwrite`.
     pub score_run: StageRun,
+    /// `[repeats]`: repeats across every shard by pHash (`pixforge dedup --phash`).
+    pub repeats: Option<crate::score::repeats::RepeatsConfig>,
     /// `[filter]`.
     pub filter: Option<crate::score::filter::FilterConfig>,
     /// `[dedup]`.
@@ -252,12 +255,13 @@ pub struct Pipeline {
 }
 
 /// The stage sections a pipeline file may have.
-const SECTIONS: [&str; 14] = [
+const SECTIONS: [&str; 15] = [
     "out",
     "description",
     "models",
     "ingest",
     "score",
+    "repeats",
     "filter",
     "dedup",
     "balance",
@@ -270,7 +274,7 @@ const SECTIONS: [&str; 14] = [
 ];
 
 /// The selection stages, in the order they run.
-pub const SELECTION_STAGES: [&str; 3] = ["filter", "dedup", "balance"];
+pub const SELECTION_STAGES: [&str; 4] = ["repeats", "filter", "dedup", "balance"];
 
 impl Pipeline {
     /// Reads `file`; `out` overrides its `out`. Errors name the file, the stage and the field.
@@ -289,7 +293,7 @@ impl Pipeline {
             if !SECTIONS.contains(&key.as_str()) {
                 anyhow::bail!(
                     "{f}: unknown stage `{key}`; a pipeline has out, description, [models], [ingest], \
-                     [score.clip] or [score.laion_emb], [filter], [dedup], [balance], [caption], [density], \
+                     [score.clip] or [score.laion_emb], [repeats], [filter], [dedup], [balance], [caption], [density], \
                      [cache.t5], [cache.vae], [export], [train] and [sample]"
                 );
             }
@@ -360,6 +364,7 @@ impl Pipeline {
         }
         let filter = stage("filter").map(|v| typed(file, "filter", v)).transpose()?;
         let dedup = stage("dedup").map(|v| typed(file, "dedup", v)).transpose()?;
+        let repeats = stage("repeats").map(|v| typed(file, "repeats", v)).transpose()?;
         let balance = stage("balance").map(|v| typed(file, "balance", v)).transpose()?;
         let (caption_section, mut caption_run) =
             split_run(file, "caption", stage("caption"), &["selection", "overwrite"])?;
@@ -495,6 +500,7 @@ impl Pipeline {
             datasets,
             score,
             score_run,
+            repeats,
             filter,
             dedup,
             balance,
@@ -560,6 +566,15 @@ impl Pipeline {
             if needs_score && self.score.is_none() {
                 errors.push(format!(
                     "{f}: stage `{stage}` reads the scores of a score stage: add [score.clip] or [score.laion_emb]"
+                ));
+            }
+        }
+        if let Some(r) = &self.repeats {
+            if r.phash_distance > crate::image::phash::MAX_REPEAT_DISTANCE {
+                errors.push(format!(
+                    "{f}: stage `repeats`, field `phash_distance`: expected at most {} of 64 bits, found {}",
+                    crate::image::phash::MAX_REPEAT_DISTANCE,
+                    r.phash_distance
                 ));
             }
         }
@@ -734,7 +749,7 @@ impl Pipeline {
 
     /// The selection stages present, in the order they run.
     pub fn selection_stages(&self) -> Vec<&'static str> {
-        let present = [self.filter.is_some(), self.dedup.is_some(), self.balance.is_some()];
+        let present = [self.repeats.is_some(), self.filter.is_some(), self.dedup.is_some(), self.balance.is_some()];
         SELECTION_STAGES.iter().zip(present).filter(|(_, p)| *p).map(|(s, _)| *s).collect()
     }
 

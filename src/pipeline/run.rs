@@ -401,6 +401,7 @@ fn selection_marker(p: &Pipeline, ds: &Dataset, stage: &str, previous: Option<&P
     let mut d = InputsDigest::new();
     d.bytes(stage.as_bytes());
     match stage {
+        "repeats" => d.value(&p.repeats)?.shards(&ds.shards)?,
         "filter" => d.value(&p.filter)?.shards(&ds.scores)?,
         "dedup" => d.value(&p.dedup)?.shards(&ds.scores)?,
         _ => d.value(&p.balance)?.shards(&ds.shards)?,
@@ -436,9 +437,14 @@ fn selection(
     let within = previous.map(crate::shards::selection::read_selection).transpose()?;
     let scores = std::slice::from_ref(&ds.scores);
     let summary = match stage {
+        "repeats" => {
+            let cfg = p.repeats.as_ref().expect("a repeats stage has its section");
+            let r = crate::score::repeats::run(&ds.shards, cfg, &out)?;
+            format!("kept {} of {}: {} exact and {} near repeats removed", r.kept, r.samples, r.exact, r.near)
+        }
         "filter" => {
             let cfg = p.filter.as_ref().expect("a filter stage has its section");
-            let r = crate::score::filter::run(scores, &cfg.rules()?, &out)?;
+            let r = crate::score::filter::run_within(scores, &cfg.rules()?, within.as_ref(), &out)?;
             format!("kept {} of {} scored samples", r.kept, r.input)
         }
         "dedup" => {

@@ -129,7 +129,21 @@ pub(crate) fn read_scores(dirs: &[PathBuf]) -> anyhow::Result<(Vec<String>, Scor
 
 /// Applies `rules` to the scores of `dirs` and writes the kept keys with their scores to `out`.
 pub fn run(dirs: &[PathBuf], rules: &[Rule], out: &Path) -> anyhow::Result<FilterReport> {
-    let (columns, rows) = read_scores(dirs)?;
+    run_within(dirs, rules, None, out)
+}
+
+/// [`run`] over the scored samples whose keys are in `within` only (all of them when `None`): a
+/// pipeline filters what an earlier selection kept.
+pub fn run_within(
+    dirs: &[PathBuf],
+    rules: &[Rule],
+    within: Option<&std::collections::HashSet<String>>,
+    out: &Path,
+) -> anyhow::Result<FilterReport> {
+    let (columns, mut rows) = read_scores(dirs)?;
+    if let Some(within) = within {
+        rows.retain(|k, _| within.contains(k));
+    }
     for r in rules {
         if !columns.iter().any(|c| c == r.column()) {
             anyhow::bail!("no score column `{}` in {:?} (columns: {columns:?})", r.column(), dirs);
