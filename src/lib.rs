@@ -20,5 +20,6 @@ pub mod proxy;
 pub mod rng;
 pub mod score;
 pub mod shards;
+pub mod store;
 pub mod text;
 pub mod train;

@@ -401,8 +401,72 @@ impl Runner<'_> {
     }
 }
 
-/// Runs the ingest described by `cfg` into `opts.out`; returns the totals of this run.
+/// Uploads a run's files from its local folder to where the dataset lives, in the order given.
+type Publish<'a> = dyn Fn(&[String]) -> anyhow::Result<()> + Sync + 'a;
+
+/// Runs the ingest described by `cfg` into `opts.out` (a folder, or an object-store URL); returns
+/// the totals of this run.
 pub fn run(cfg: &IngestConfig, opts: &RunOptions) -> anyhow::Result<RunStats> {
+    match crate::store::Location::parse(&opts.out)? {
+        crate::store::Location::Local(_) => run_local(cfg, opts, None),
+        crate::store::Location::Remote(remote) => run_remote(cfg, opts, &remote),
+    }
+}
+
+/// An ingest into an object store: the run works in a local staging folder holding what it reads
+/// of the dataset (the manifest, the stats files, this worker's done shard parquets), and uploads
+/// each shard as it is written (tar, parquet, then its stats file, so a listed stats file means a
+/// complete shard), deleting the local tar; the staging folder is made anew from the store on
+/// every run and removed at the end.
+fn run_remote(cfg: &IngestConfig, opts: &RunOptions, remote: &crate::store::Remote) -> anyhow::Result<RunStats> {
+    remote.check()?;
+    let digest = crate::image::sha256_hex(remote.url().as_bytes());
+    let staging = std::env::temp_dir().join("pixforge-staging").join(format!(
+        "{}-{}-of-{}",
+        &digest[..16],
+        opts.worker.index,
+        opts.worker.count
+    ));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)
+            .map_err(|e| anyhow::anyhow!("{}: cannot clear the staging folder: {e}", staging.display()))?;
+    }
+    std::fs::create_dir_all(&staging)
+        .map_err(|e| anyhow::anyhow!("{}: cannot create the staging folder: {e}", staging.display()))?;
+    let listed: std::collections::HashSet<String> = remote.list()?.into_iter().map(|(n, _)| n).collect();
+    for name in &listed {
+        let stats_of = |stem: &str| listed.contains(&format!("{stem}_stats.json"));
+        let shard_file = |ext: &str| {
+            name.strip_suffix(ext)
+                .filter(|stem| stem.parse::<usize>().is_ok_and(|s| opts.worker.owns(s)) && stats_of(stem))
+                .is_some()
+        };
+        let wanted = name == crate::shards::MANIFEST_FILE
+            || name.ends_with("_stats.json")
+            || shard_file(".parquet")
+            || (opts.retry_failed && shard_file(".tar"));
+        if wanted {
+            remote.download(name, &staging.join(name))?;
+        }
+    }
+    let publish = |names: &[String]| -> anyhow::Result<()> {
+        for name in names {
+            remote.upload(&staging.join(name), name)?;
+        }
+        for name in names.iter().filter(|n| n.ends_with(".tar")) {
+            let _ = std::fs::remove_file(staging.join(name));
+        }
+        Ok(())
+    };
+    let mut local = opts.clone();
+    local.out = staging.clone();
+    let stats = run_local(cfg, &local, Some(&publish))?;
+    let _ = std::fs::remove_dir_all(&staging);
+    Ok(stats)
+}
+
+/// [`run`] into a local folder; `publish` uploads the manifest and each written shard.
+fn run_local(cfg: &IngestConfig, opts: &RunOptions, publish: Option<&Publish>) -> anyhow::Result<RunStats> {
     check_paths(cfg, &opts.out)?;
     if cfg.curation.samples_per_shard == 0 {
         anyhow::bail!("--samples-per-shard (curation.samples_per_shard): expected at least 1, found 0");
@@ -434,6 +498,9 @@ pub fn run(cfg: &IngestConfig, opts: &RunOptions) -> anyhow::Result<RunStats> {
         }
     }
     manifest.write(&opts.out)?;
+    if let Some(publish) = publish {
+        publish(&[crate::shards::MANIFEST_FILE.to_string()])?;
+    }
     crate::shards::remove_owned_temp_files(&opts.out, opts.worker)?;
 
     let shards: Vec<usize> = (first_shard..first_shard + shard_count).filter(|&s| opts.worker.owns(s)).collect();
@@ -524,6 +591,13 @@ pub fn run(cfg: &IngestConfig, opts: &RunOptions) -> anyhow::Result<RunStats> {
                     }
                 }
             };
+            if let Some(publish) = publish {
+                let files = [format!("{name}.tar"), format!("{name}.parquet"), format!("{name}_stats.json")];
+                if let Err(e) = publish(&files) {
+                    fail(&mut stats, &name, e);
+                    continue;
+                }
+            }
             stats.add(shard, &result);
             let t = &stats.total;
             runner.pb.set_message(format!(
