@@ -7,7 +7,8 @@
 //! Objects are written whole (a file over [`PART_BYTES`] as a streamed multipart upload, memory
 //! bounded by the parts in flight), so a listed object is complete. Transient store errors (5xx,
 //! throttling, broken connections) are retried with exponential backoff by the store client, up to
-//! [`RETRIES`] times within [`RETRY_TIMEOUT`]; a permanent one (no bucket, access denied) is an
+//! [`RETRIES`] times within [`RETRY_TIMEOUT`] (`PIXFORGE_STORE_RETRIES`,
+//! `PIXFORGE_STORE_RETRY_TIMEOUT` in seconds change them); a permanent one (no bucket, access denied) is an
 //! error naming the object and carrying the store's message. The calls block: each runs on a
 //! small runtime of its own.
 
@@ -83,8 +84,15 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
+/// The retry policy: [`RETRIES`] within [`RETRY_TIMEOUT`], or `PIXFORGE_STORE_RETRIES` and
+/// `PIXFORGE_STORE_RETRY_TIMEOUT` (seconds) when set.
 fn retry() -> RetryConfig {
-    RetryConfig { max_retries: RETRIES, retry_timeout: RETRY_TIMEOUT, ..RetryConfig::default() }
+    let var = |name: &str| std::env::var(name).ok().and_then(|v| v.trim().parse::<f64>().ok()).filter(|v| *v >= 0.0);
+    RetryConfig {
+        max_retries: var("PIXFORGE_STORE_RETRIES").map_or(RETRIES, |v| v as usize),
+        retry_timeout: var("PIXFORGE_STORE_RETRY_TIMEOUT").map_or(RETRY_TIMEOUT, Duration::from_secs_f64),
+        ..RetryConfig::default()
+    }
 }
 
 impl Remote {

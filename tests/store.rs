@@ -84,3 +84,81 @@ fn a_bucket_that_does_not_exist_fails_the_run_at_its_start() {
     assert!(err.contains("NoSuchBucket") || err.contains("not exist") || err.contains("404"), "{err}");
     assert_eq!(server.faults.faulted.load(Ordering::SeqCst), 0);
 }
+
+/// Every shard whose stats object is in the bucket has the local run's tar and parquet.
+fn listed_shards_are_complete(bucket: &Path, local: &std::collections::BTreeMap<String, Vec<u8>>) -> usize {
+    let there = s3::files(bucket);
+    let mut complete = 0;
+    for name in there.keys().filter(|n| n.ends_with("_stats.json")) {
+        let stem = name.trim_end_matches("_stats.json");
+        for ext in ["tar", "parquet"] {
+            let file = format!("{stem}.{ext}");
+            assert_eq!(there.get(&file), local.get(&file), "{file}: listed by its stats object, so complete");
+        }
+        complete += 1;
+    }
+    complete
+}
+
+/// `pixforge ingest folder` with one image a shard, reaching `server`, not waited for.
+fn spawn_ingest(server: &S3Server, input: &Path, out: &str, env: &[(&str, &str)]) -> std::process::Child {
+    let mut cmd = Command::new(common::bin());
+    server.env(&mut cmd).envs(env.iter().copied());
+    cmd.args(["ingest", "folder", "--samples-per-shard", "1", "--image-size", "64", "--no-progress", "--out", out])
+        .arg(input)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits (at most a minute) until `path` exists.
+fn wait_for(path: &Path) {
+    let start = std::time::Instant::now();
+    while !path.exists() && start.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn a_store_that_goes_away_or_a_killed_upload_loses_nothing_on_the_rerun() {
+    let server = S3Server::start("data");
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input");
+    pixforge::demo::write_inputs(&input).unwrap();
+    let local = dir.path().join("local");
+    let o = spawn_ingest(&server, &input, local.to_str().unwrap(), &[]).wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let here = shard_files(&local);
+    assert_eq!(here.len(), 12);
+
+    // The store goes away after the first shard: the run fails naming an object and the store's
+    // answer, and leaves no stats object for a shard it could not finish.
+    let bucket = server.root.join("data/away");
+    let quick = [("PIXFORGE_STORE_RETRIES", "2"), ("PIXFORGE_STORE_RETRY_TIMEOUT", "1")];
+    let child = spawn_ingest(&server, &input, "s3://data/away", &quick);
+    wait_for(&bucket.join("00000_stats.json"));
+    server.faults.down.store(true, Ordering::SeqCst);
+    let o = child.wait_with_output().unwrap();
+    server.faults.down.store(false, Ordering::SeqCst);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "the run went on past the store going away");
+    assert!(err.contains("s3://data/away/0000") && err.contains("503"), "{err}");
+    let listed = listed_shards_are_complete(&bucket, &here);
+    assert!((1..6).contains(&listed), "{listed} shards listed");
+    let o = spawn_ingest(&server, &input, "s3://data/away", &[]).wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(shard_files(&bucket), here, "the rerun completes the dataset");
+
+    // SIGKILL while shards are being uploaded: every listed shard is complete, the rerun finishes
+    // the dataset identically.
+    let bucket = server.root.join("data/killed");
+    let mut child = spawn_ingest(&server, &input, "s3://data/killed", &[]);
+    wait_for(&bucket.join("00001.tar"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    listed_shards_are_complete(&bucket, &here);
+    let o = spawn_ingest(&server, &input, "s3://data/killed", &[]).wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(shard_files(&bucket), here, "the rerun completes the dataset identically");
+}
