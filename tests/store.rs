@@ -162,3 +162,46 @@ fn a_store_that_goes_away_or_a_killed_upload_loses_nothing_on_the_rerun() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(shard_files(&bucket), here, "the rerun completes the dataset identically");
 }
+
+#[test]
+fn inputs_in_a_bucket_are_read_like_local_ones() {
+    let server = S3Server::start("data");
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input");
+    pixforge::demo::write_inputs(&input).unwrap();
+    let local = dir.path().join("local");
+    assert!(ingest(&server, &input, local.to_str().unwrap()).status.success());
+    // The same images as objects under a prefix.
+    let objects = server.root.join("data/photos");
+    std::fs::create_dir_all(&objects).unwrap();
+    for e in std::fs::read_dir(&input).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, objects.join(p.file_name().unwrap())).unwrap();
+    }
+    let o = ingest(&server, Path::new("s3://data/photos"), "s3://data/from-bucket");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(shard_files(&server.root.join("data/from-bucket")), shard_files(&local), "a prefix reads as a folder");
+
+    // One object: a WebDataset tar written by the local run.
+    std::fs::create_dir_all(server.root.join("data/wds")).unwrap();
+    std::fs::copy(local.join("00001.tar"), server.root.join("data/wds/00001.tar")).unwrap();
+    let mut cmd = Command::new(common::bin());
+    server.env(&mut cmd);
+    let out = dir.path().join("rewds");
+    let o = cmd
+        .args(["ingest", "webdataset", "s3://data/wds/00001.tar", "--image-size", "64", "--no-progress", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let recs = pixforge::shards::read_records(&out.join("00000.parquet")).unwrap();
+    assert_eq!(recs.len(), 2);
+    assert!(recs.iter().all(|r| r.status == Some(pixforge::shards::Status::Success)), "{recs:?}");
+
+    let mut cmd = Command::new(common::bin());
+    server.env(&mut cmd);
+    let o =
+        cmd.args(["ingest", "webdataset", "s3://data/wds/missing.tar", "--no-progress", "--out"]).arg(&out).output();
+    let err = String::from_utf8_lossy(&o.unwrap().stderr).into_owned();
+    assert!(err.contains("s3://data/wds/missing.tar: no object and no objects under it"), "{err}");
+}

@@ -167,7 +167,7 @@ impl Dedup {
 
 fn check_paths(cfg: &IngestConfig, out: &Path) -> anyhow::Result<()> {
     let out_abs = std::path::absolute(out)?;
-    for i in &cfg.inputs {
+    for i in cfg.inputs.iter().filter(|i| !crate::store::is_remote(i)) {
         let i_abs = std::path::absolute(i)?;
         if i_abs == out_abs || (i.is_dir() && out_abs.starts_with(&i_abs)) || i_abs.starts_with(&out_abs) {
             anyhow::bail!(
@@ -197,6 +197,11 @@ fn remove_dataset_files(out: &Path) -> std::io::Result<()> {
 }
 
 fn read_source(cfg: &IngestConfig) -> anyhow::Result<SourceRows> {
+    // Inputs in an object store are read from local copies.
+    let cache = std::env::temp_dir().join("pixforge-inputs");
+    let inputs: Vec<PathBuf> =
+        cfg.inputs.iter().map(|i| crate::store::local_input(i, &cache)).collect::<anyhow::Result<_>>()?;
+    let cfg = &IngestConfig { inputs, ..cfg.clone() };
     match cfg.source {
         SourceKind::Laion => super::laion::read_laion(&cfg.inputs, &cfg.laion),
         SourceKind::Sa1b => super::sa1b::read_sa1b(&cfg.inputs),
