@@ -10,15 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 fn cfg(dir: &Path) -> IngestConfig {
-    let mut c = IngestConfig {
-        source: SourceKind::Folder,
-        inputs: vec![dir.to_path_buf()],
-        hub: Default::default(),
-        laion: Default::default(),
-        image: Default::default(),
-        curation: Default::default(),
-        download: Default::default(),
-    };
+    let mut c = common::ingest_config(SourceKind::Folder, vec![dir.to_path_buf()]);
     c.image.image_size = 64;
     c.curation.samples_per_shard = 2;
     c

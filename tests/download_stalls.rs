@@ -5,27 +5,14 @@
 mod common;
 
 use common::server::Server;
-use pixforge::ingest::{self, IngestConfig, RunOptions, SourceKind};
+use pixforge::ingest::{self, IngestConfig, RunOptions};
 use pixforge::shards::{read_records, Record, Status};
 use std::path::Path;
 use std::time::Duration;
 
 fn config(meta: std::path::PathBuf) -> IngestConfig {
-    let mut cfg = IngestConfig {
-        source: SourceKind::Laion,
-        inputs: vec![meta],
-        hub: Default::default(),
-        laion: Default::default(),
-        image: Default::default(),
-        curation: Default::default(),
-        download: Default::default(),
-    };
-    cfg.laion.url_col = "url".into();
-    cfg.laion.caption_col = "caption".into();
-    cfg.image.image_size = 64;
+    let mut cfg = common::loopback_laion_config(meta);
     cfg.curation.samples_per_shard = 2;
-    cfg.curation.dedup = ingest::DedupMode::None;
-    cfg.download.allow_private_addresses = true;
     cfg.download.retries = 0;
     cfg
 }

@@ -21,15 +21,7 @@ const PHOTOS: [(&str, &str); 6] = [
 ];
 
 fn cfg(source: SourceKind, inputs: Vec<PathBuf>) -> IngestConfig {
-    let mut c = IngestConfig {
-        source,
-        inputs,
-        hub: Default::default(),
-        laion: Default::default(),
-        image: Default::default(),
-        curation: Default::default(),
-        download: Default::default(),
-    };
+    let mut c = common::ingest_config(source, inputs);
     c.image.image_size = 96;
     c.curation.samples_per_shard = 4;
     c

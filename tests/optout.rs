@@ -8,7 +8,7 @@ mod common;
 
 use common::server::{Route, Server};
 use pixforge::ingest::download::Unreachable;
-use pixforge::ingest::{self, IngestConfig, RunOptions, SourceKind};
+use pixforge::ingest::{self, IngestConfig, RunOptions};
 use pixforge::shards::{read_records, Record, Status};
 use std::collections::HashMap;
 
@@ -44,20 +44,7 @@ fn failing_host() -> Server {
 }
 
 fn config(meta: std::path::PathBuf) -> IngestConfig {
-    let mut cfg = IngestConfig {
-        source: SourceKind::Laion,
-        inputs: vec![meta],
-        hub: Default::default(),
-        laion: Default::default(),
-        image: Default::default(),
-        curation: Default::default(),
-        download: Default::default(),
-    };
-    cfg.laion.url_col = "url".into();
-    cfg.laion.caption_col = "caption".into();
-    cfg.image.image_size = 64;
-    cfg.curation.dedup = ingest::DedupMode::None;
-    cfg.download.allow_private_addresses = true;
+    let mut cfg = common::loopback_laion_config(meta);
     cfg.download.retries = 1;
     cfg.download.retry_backoff = 0.05;
     cfg.download.per_host_concurrency = 4;

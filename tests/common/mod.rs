@@ -7,7 +7,33 @@ pub mod proxy;
 pub mod server;
 pub mod vlm;
 
+use pixforge::ingest::{DedupMode, IngestConfig, SourceKind};
 use std::path::{Path, PathBuf};
+
+/// An ingest of `inputs` with every section at its default.
+pub fn ingest_config(source: SourceKind, inputs: Vec<PathBuf>) -> IngestConfig {
+    IngestConfig {
+        source,
+        inputs,
+        hub: Default::default(),
+        laion: Default::default(),
+        image: Default::default(),
+        curation: Default::default(),
+        download: Default::default(),
+    }
+}
+
+/// A `laion` ingest of JSONL `{url, caption}` rows served on loopback: 64 px images, no
+/// de-duplication, private addresses allowed.
+pub fn loopback_laion_config(meta: PathBuf) -> IngestConfig {
+    let mut cfg = ingest_config(SourceKind::Laion, vec![meta]);
+    cfg.laion.url_col = "url".into();
+    cfg.laion.caption_col = "caption".into();
+    cfg.image.image_size = 64;
+    cfg.curation.dedup = DedupMode::None;
+    cfg.download.allow_private_addresses = true;
+    cfg
+}
 
 /// The real data the tests read, inside the repository (`tests/data/`, origins and licences in its
 /// README).
