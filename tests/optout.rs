@@ -31,8 +31,14 @@ fn publishing_host() -> Server {
         ("/.well-known/tdmrep.json".to_string(), Route::ok("application/json", TDMREP)),
         ("/img/tdm-header.jpg".to_string(), header_route("tdm-reservation", "1")),
         ("/img/noml.jpg".to_string(), header_route("X-Robots-Tag", "pixforge: noml")),
+        ("/go/chelsea".to_string(), redirect("/img/chelsea.png")),
     ]);
     Server::with_routes(common::data().join("images"), routes)
+}
+
+/// A `302 Found` to `location`.
+fn redirect(location: &str) -> Route {
+    Route { status: "302 Found", headers: vec![("Location", location.to_string())], body: Vec::new() }
 }
 
 /// A host whose opt-out files answer 503 on every request.
@@ -77,7 +83,9 @@ fn expect(rows: &HashMap<String, Record>, url: &str, status: Status, needle: &st
 #[test]
 fn opted_out_images_are_never_requested_and_the_files_are_read_once_per_host() {
     let host = publishing_host();
-    let free = Server::start(common::data().join("images"));
+    // A host without opt-out files, one of whose URLs redirects to a reserved image of the first.
+    let away = HashMap::from([("/away".to_string(), redirect(&host.url("/img/camera.png")))]);
+    let free = Server::with_routes(common::data().join("images"), away);
     let paths = [
         "/img/rocket.jpg",
         "/img/chelsea.png",
@@ -89,7 +97,7 @@ fn opted_out_images_are_never_requested_and_the_files_are_read_once_per_host() {
         "/img/astronaut.png",
     ];
     let mut urls: Vec<String> = paths.iter().map(|p| host.url(p)).collect();
-    urls.push(free.url("/img/chelsea.png"));
+    urls.extend([free.url("/img/chelsea.png"), host.url("/go/chelsea"), free.url("/away")]);
     let rows = ingest_urls(&urls, |_| {});
 
     expect(&rows, &host.url("/img/rocket.jpg"), Status::Success, "");
@@ -106,6 +114,10 @@ fn opted_out_images_are_never_requested_and_the_files_are_read_once_per_host() {
     expect(&rows, &host.url("/img/tdm-header.jpg"), Status::FailedToDownload, "tdm-reservation: 1");
     expect(&rows, &host.url("/img/noml.jpg"), Status::FailedToDownload, "X-Robots-Tag directive noml");
     expect(&rows, &free.url("/img/chelsea.png"), Status::Success, "");
+    // Redirect targets are checked like the URLs they come from, before they are requested.
+    expect(&rows, &host.url("/go/chelsea"), Status::FailedToDownload, robots);
+    expect(&rows, &free.url("/away"), Status::FailedToDownload, &tdm);
+    assert_eq!((host.hits("/go/chelsea").len(), free.hits("/away").len()), (1, 1));
 
     for never in ["/img/chelsea.png", "/img/camera.png", "/img/no_time_for_that_tiny.gif"] {
         assert!(host.hits(never).is_empty(), "{never} was requested although opted out");

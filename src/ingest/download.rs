@@ -233,6 +233,12 @@ struct HostOptOuts {
     tdmrep: OptOutFile<TdmRep>,
 }
 
+/// What one request gave: a body, or a redirect to follow.
+enum Fetched {
+    Body(Vec<u8>),
+    Redirect(url::Url),
+}
+
 /// What is requested: an image (opt-out headers checked, body bounded by `--max-body-bytes`) or an
 /// opt-out file (read up to [`optout::MAX_POLICY_BYTES`], the rest ignored).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -293,24 +299,10 @@ impl Downloader {
     /// Builds the HTTP client with these proxies.
     pub fn with_proxy(opts: DownloadOptions, proxy: crate::proxy::ProxyEnv) -> Result<Self, String> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let max_redirects = opts.max_redirects;
         let allow_private = opts.allow_private_addresses;
-        let policy = reqwest::redirect::Policy::custom(move |attempt| {
-            if attempt.previous().len() > max_redirects {
-                return attempt.error(format!("too many redirects (more than --max-redirects {max_redirects})"));
-            }
-            if attempt.previous().iter().any(|u| u == attempt.url()) {
-                let msg = format!("redirect loop: {}", attempt.url());
-                return attempt.error(msg);
-            }
-            if let Some(ip) = literal_ip(attempt.url()) {
-                if !allow_private && is_private(ip) {
-                    let msg = private_refusal(&format!("{ip} (redirect target)"));
-                    return attempt.error(msg);
-                }
-            }
-            attempt.follow()
-        });
+        // Redirects are followed by `fetch`, so that each target is checked (private addresses,
+        // its host's opt-outs) before it is requested.
+        let policy = reqwest::redirect::Policy::none();
         let resolver =
             CachingResolver { allow_private, proxy_hosts: Arc::new(proxy.proxy_hosts()), cache: Arc::default() };
         let client = proxy
@@ -377,31 +369,59 @@ impl Downloader {
 
     /// Downloads `url`, retrying transient failures; returns the body or the last error message.
     pub async fn fetch(&self, url: &str) -> Result<Vec<u8>, String> {
-        let parsed = url::Url::parse(url).map_err(|e| format!("invalid URL: {url:?}: {e}"))?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(format!("unsupported URL scheme: {:?} (expected http or https)", parsed.scheme()));
-        }
-        let host = parsed.host_str().unwrap_or_default().to_string();
-        if let Some(ip) = literal_ip(&parsed) {
-            if !self.opts.allow_private_addresses && is_private(ip) {
-                return Err(private_refusal(&ip.to_string()));
+        let mut url = url::Url::parse(url).map_err(|e| format!("invalid URL: {url:?}: {e}"))?;
+        let mut visited: Vec<url::Url> = Vec::new();
+        loop {
+            self.check_destination(&url, !visited.is_empty()).await?;
+            self.check_opt_outs(&url).await?;
+            let host = url.host_str().unwrap_or_default().to_string();
+            let fetched = {
+                let _global = self.global.acquire().await.map_err(|e| e.to_string())?;
+                self.request(&url, &host, Request::Image).await.map_err(|e| e.message)?
+            };
+            let next = match fetched {
+                Fetched::Body(body) => return Ok(body),
+                Fetched::Redirect(next) => next,
+            };
+            visited.push(std::mem::replace(&mut url, next));
+            if visited.len() > self.opts.max_redirects {
+                return Err(format!("too many redirects (more than --max-redirects {})", self.opts.max_redirects));
             }
-        } else if !self.opts.allow_private_addresses && self.proxy.for_url(&parsed).is_some() {
+            if visited.contains(&url) {
+                return Err(format!("redirect loop: {url}"));
+            }
+        }
+    }
+
+    /// Refuses a URL whose scheme is not http(s) or whose destination is a private address (unless
+    /// allowed); `redirected` marks a redirect target in the message.
+    async fn check_destination(&self, url: &url::Url, redirected: bool) -> Result<(), String> {
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("unsupported URL scheme: {:?} (expected http or https)", url.scheme()));
+        }
+        if self.opts.allow_private_addresses {
+            return Ok(());
+        }
+        let host = url.host_str().unwrap_or_default();
+        if let Some(ip) = literal_ip(url) {
+            if is_private(ip) {
+                let what = if redirected { format!("{ip} (redirect target)") } else { ip.to_string() };
+                return Err(private_refusal(&what));
+            }
+        } else if self.proxy.for_url(url).is_some() {
             // Through a proxy the destination is resolved by the proxy: the name is resolved here
             // too and refused when it names only private addresses. A name this machine cannot
             // resolve is left to the proxy (networks whose DNS only the proxy sees).
-            if let Ok(addrs) = self.resolver.addresses(&host).await {
-                self.resolver.public(&host, addrs)?;
+            if let Ok(addrs) = self.resolver.addresses(host).await {
+                self.resolver.public(host, addrs)?;
             }
         }
-        self.check_opt_outs(&parsed).await?;
-        let _global = self.global.acquire().await.map_err(|e| e.to_string())?;
-        self.request(&parsed, &host, Request::Image).await.map_err(|e| e.message)
+        Ok(())
     }
 
     /// `parsed` with retries of transient failures (the caller holds a global slot); the last error,
     /// its message saying how many attempts were made.
-    async fn request(&self, parsed: &url::Url, host: &str, what: Request) -> Result<Vec<u8>, FetchError> {
+    async fn request(&self, parsed: &url::Url, host: &str, what: Request) -> Result<Fetched, FetchError> {
         let slots = self.host_slots(host);
         let mut attempt = 0;
         loop {
@@ -454,8 +474,7 @@ impl Downloader {
             let mut map = self.opt_outs.lock().expect("opt-out table poisoned");
             map.entry(origin.clone()).or_default().clone()
         };
-        let host = url.host_str().unwrap_or_default();
-        let found = cell.get_or_init(|| self.read_opt_outs(&origin, host)).await;
+        let found = cell.get_or_init(|| self.read_opt_outs(&origin)).await;
         let path = match url.query() {
             Some(q) => format!("{}?{q}", url.path()),
             None => url.path().to_string(),
@@ -503,12 +522,12 @@ impl Downloader {
     }
 
     /// Reads a host's robots.txt and tdmrep.json (those not ignored), side by side.
-    async fn read_opt_outs(&self, origin: &str, host: &str) -> Arc<HostOptOuts> {
+    async fn read_opt_outs(&self, origin: &str) -> Arc<HostOptOuts> {
         let robots = async {
             if self.opts.ignore_robots_txt {
                 return OptOutFile::Absent;
             }
-            match self.read_opt_out_file(&format!("{origin}/robots.txt"), host).await {
+            match self.read_opt_out_file(&format!("{origin}/robots.txt")).await {
                 OptOutFile::Rules(body) => OptOutFile::Rules(RobotsTxt::parse(&body)),
                 OptOutFile::Absent => OptOutFile::Absent,
                 OptOutFile::Unreachable(why) => OptOutFile::Unreachable(why),
@@ -518,7 +537,7 @@ impl Downloader {
             if self.opts.ignore_tdmrep {
                 return OptOutFile::Absent;
             }
-            match self.read_opt_out_file(&format!("{origin}/.well-known/tdmrep.json"), host).await {
+            match self.read_opt_out_file(&format!("{origin}/.well-known/tdmrep.json")).await {
                 // A body that is not a TDMRep array (an HTML page served for every path) declares nothing.
                 OptOutFile::Rules(body) => TdmRep::parse(&body).map_or(OptOutFile::Absent, OptOutFile::Rules),
                 OptOutFile::Absent => OptOutFile::Absent,
@@ -531,19 +550,33 @@ impl Downloader {
 
     /// One opt-out file: its body on success, absent on a 4xx other than 429 (RFC 9309's
     /// "unavailable"), unreachable on 429, 5xx or a network failure after the retries.
-    async fn read_opt_out_file(&self, url: &str, host: &str) -> OptOutFile<Vec<u8>> {
-        let Ok(parsed) = url::Url::parse(url) else { return OptOutFile::Absent };
-        let Ok(_global) = self.global.acquire().await else { return OptOutFile::Absent };
-        match self.request(&parsed, host, Request::OptOutFile).await {
-            Ok(body) => OptOutFile::Rules(body),
-            Err(e) if e.status.is_some_and(|s| (400..500).contains(&s) && s != 429) => OptOutFile::Absent,
-            Err(e) => OptOutFile::Unreachable(e.message),
+    async fn read_opt_out_file(&self, url: &str) -> OptOutFile<Vec<u8>> {
+        let Ok(mut url) = url::Url::parse(url) else { return OptOutFile::Absent };
+        for _ in 0..=self.opts.max_redirects {
+            if let Err(why) = self.check_destination(&url, false).await {
+                return OptOutFile::Unreachable(why);
+            }
+            let host = url.host_str().unwrap_or_default().to_string();
+            let Ok(_global) = self.global.acquire().await else { return OptOutFile::Absent };
+            match self.request(&url, &host, Request::OptOutFile).await {
+                Ok(Fetched::Body(body)) => return OptOutFile::Rules(body),
+                Ok(Fetched::Redirect(next)) => url = next,
+                Err(e) if e.status.is_some_and(|s| (400..500).contains(&s) && s != 429) => return OptOutFile::Absent,
+                Err(e) => return OptOutFile::Unreachable(e.message),
+            }
         }
+        OptOutFile::Unreachable(format!("more than --max-redirects {} redirects", self.opts.max_redirects))
     }
 
-    async fn fetch_once(&self, url: url::Url, what: Request) -> Result<Vec<u8>, FetchError> {
-        let mut resp = self.client.get(url).send().await.map_err(|e| describe(&e))?;
+    async fn fetch_once(&self, url: url::Url, what: Request) -> Result<Fetched, FetchError> {
+        let mut resp = self.client.get(url.clone()).send().await.map_err(|e| describe(&e))?;
         let status = resp.status();
+        if status.is_redirection() {
+            let location = resp.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok());
+            if let Some(next) = location.and_then(|l| url.join(l).ok()) {
+                return Ok(Fetched::Redirect(next));
+            }
+        }
         if !status.is_success() {
             let msg = format!("HTTP {} {}", status.as_u16(), status.canonical_reason().unwrap_or(""));
             let msg = msg.trim_end().to_string();
@@ -560,7 +593,7 @@ impl Downloader {
                     break;
                 }
             }
-            return Ok(body);
+            return Ok(Fetched::Body(body));
         }
         if !self.opts.ignore_robots_headers {
             if let Some(d) = optout::x_robots_tag_disallowed(resp.headers()) {
@@ -602,7 +635,7 @@ impl Downloader {
                 return Err(FetchError::transient(format!("truncated body: got {} of {n} bytes", body.len())));
             }
         }
-        Ok(body)
+        Ok(Fetched::Body(body))
     }
 }
 
