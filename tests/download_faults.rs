@@ -9,15 +9,7 @@ use pixforge::shards::{read_records, Record, Status, WdsReader};
 use std::time::Duration;
 
 fn config(meta: std::path::PathBuf, allow_private: bool) -> IngestConfig {
-    let mut cfg = IngestConfig {
-        source: SourceKind::Laion,
-        inputs: vec![meta],
-        hub: Default::default(),
-        laion: Default::default(),
-        image: Default::default(),
-        curation: Default::default(),
-        download: Default::default(),
-    };
+    let mut cfg = common::ingest_config(SourceKind::Laion, vec![meta]);
     cfg.laion.url_col = "url".into();
     cfg.laion.caption_col = "caption".into();
     cfg.laion.min_caption_chars = 3;

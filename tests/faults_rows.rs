@@ -6,7 +6,7 @@ mod common;
 
 use common::caches::*;
 use pixforge::ingest::laion::{read_laion, LaionOptions};
-use pixforge::ingest::{self, IngestConfig, RunOptions, SourceKind};
+use pixforge::ingest::{self, RunOptions, SourceKind};
 use pixforge::shards::{done_shards, read_records, shard_name, Record, Status};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -76,15 +76,7 @@ fn an_overlong_url_list_line_is_its_rows_refusal() {
 }
 
 fn ingest(source: SourceKind, input: &Path, out: &Path) -> Vec<Record> {
-    let mut c = IngestConfig {
-        source,
-        inputs: vec![input.to_path_buf()],
-        hub: Default::default(),
-        laion: Default::default(),
-        image: Default::default(),
-        curation: Default::default(),
-        download: Default::default(),
-    };
+    let mut c = common::ingest_config(source, vec![input.to_path_buf()]);
     c.image.image_size = 32;
     let mut o = RunOptions::new(out);
     o.progress = false;

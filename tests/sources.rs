@@ -9,15 +9,7 @@ use pixforge::shards::{read_records, Record, Status, WdsReader};
 use std::path::{Path, PathBuf};
 
 fn cfg(source: SourceKind, inputs: Vec<PathBuf>) -> IngestConfig {
-    let mut c = IngestConfig {
-        source,
-        inputs,
-        hub: Default::default(),
-        laion: Default::default(),
-        image: Default::default(),
-        curation: Default::default(),
-        download: Default::default(),
-    };
+    let mut c = common::ingest_config(source, inputs);
     c.image.image_size = 96;
     c
 }
