@@ -126,8 +126,14 @@ impl Remote {
             ),
             "http" | "https" => {
                 let origin = parsed.origin().ascii_serialization();
+                let client = object_store::ClientOptions::new().with_allow_http(scheme == "http");
                 Arc::new(
-                    object_store::http::HttpBuilder::new().with_url(origin).with_retry(retry()).build().map_err(bad)?,
+                    object_store::http::HttpBuilder::new()
+                        .with_url(origin)
+                        .with_client_options(client)
+                        .with_retry(retry())
+                        .build()
+                        .map_err(bad)?,
                 )
             }
             other => anyhow::bail!("{url}: unsupported scheme {other:?} (expected one of {SCHEMES:?})"),
@@ -266,7 +272,9 @@ pub fn local_input(input: &Path, cache: &Path) -> anyhow::Result<PathBuf> {
     let dir = cache.join(&digest[..16]);
     std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", dir.display()))?;
     let remote = Remote::open(&url)?;
-    let objects = remote.list()?;
+    // A web server's URLs name single objects; a store that cannot be listed is asked for the object.
+    let web = url.starts_with("http://") || url.starts_with("https://");
+    let objects = if web { Vec::new() } else { remote.list().unwrap_or_default() };
     if !objects.is_empty() {
         for (name, _) in &objects {
             remote.download(name, &dir.join(name))?;

@@ -205,3 +205,30 @@ fn inputs_in_a_bucket_are_read_like_local_ones() {
     let err = String::from_utf8_lossy(&o.unwrap().stderr).into_owned();
     assert!(err.contains("s3://data/wds/missing.tar: no object and no objects under it"), "{err}");
 }
+
+#[test]
+fn an_input_on_a_web_server_is_read_from_its_url() {
+    let server = S3Server::start("data");
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input");
+    pixforge::demo::write_inputs(&input).unwrap();
+    let local = dir.path().join("local");
+    assert!(ingest(&server, &input, local.to_str().unwrap()).status.success());
+    let tar = std::fs::read(local.join("00000.tar")).unwrap();
+    let routes = std::collections::HashMap::from([(
+        "/wds/00000.tar".to_string(),
+        common::server::Route::ok("application/x-tar", tar),
+    )]);
+    let web = common::server::Server::with_routes(common::data().join("images"), routes);
+    let out = dir.path().join("from-web");
+    let o = Command::new(common::bin())
+        .args(["ingest", "webdataset", &web.url("/wds/00000.tar"), "--image-size", "64", "--no-progress", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let recs = pixforge::shards::read_records(&out.join("00000.parquet")).unwrap();
+    assert_eq!(recs.len(), 2);
+    assert!(recs.iter().all(|r| r.status == Some(pixforge::shards::Status::Success)), "{recs:?}");
+    assert_eq!(web.hits("/wds/00000.tar").len(), 1, "fetched once");
+}
