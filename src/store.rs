@@ -48,12 +48,10 @@ pub enum Location {
 impl Location {
     /// A URL with an object-store scheme is remote; anything else is a local path.
     pub fn parse(path: &Path) -> anyhow::Result<Self> {
-        let text = path.to_string_lossy();
-        match text.split_once("://") {
-            Some((scheme, _)) if SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()) => {
-                Ok(Location::Remote(Remote::open(&text)?))
-            }
-            _ => Ok(Location::Local(path.to_path_buf())),
+        if is_remote(path) {
+            Ok(Location::Remote(Remote::open(&path.to_string_lossy())?))
+        } else {
+            Ok(Location::Local(path.to_path_buf()))
         }
     }
 }

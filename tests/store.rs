@@ -9,7 +9,7 @@ mod common;
 mod s3;
 
 use s3::S3Server;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::Ordering;
 
@@ -22,6 +22,23 @@ fn ingest(server: &S3Server, input: &Path, out: &str) -> std::process::Output {
         .unwrap()
 }
 
+/// The demo's photos in `dir/input`, ingested into the local folder `dir/local` (two a shard).
+fn photos_ingested_locally(server: &S3Server, dir: &Path) -> (PathBuf, PathBuf) {
+    let input = dir.join("input");
+    pixforge::demo::write_inputs(&input).unwrap();
+    let local = dir.join("local");
+    let o = ingest(server, &input, local.to_str().unwrap());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    (input, local)
+}
+
+/// `pixforge ingest webdataset URL --out out`, reaching `server`.
+fn ingest_webdataset(server: &S3Server, url: &str, out: &Path) -> std::process::Output {
+    let mut cmd = Command::new(common::bin());
+    server.env(&mut cmd);
+    cmd.args(["ingest", "webdataset", url, "--image-size", "64", "--no-progress", "--out"]).arg(out).output().unwrap()
+}
+
 /// The dataset's shard files (tar, parquet) by name; stats and manifest are checked apart (they hold
 /// times and the output path).
 fn shard_files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
@@ -32,11 +49,7 @@ fn shard_files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
 fn ingest_into_a_bucket_writes_what_a_local_run_writes() {
     let server = S3Server::start("data");
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("input");
-    pixforge::demo::write_inputs(&input).unwrap();
-    let local = dir.path().join("local");
-    let o = ingest(&server, &input, local.to_str().unwrap());
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (input, local) = photos_ingested_locally(&server, dir.path());
 
     let o = ingest(&server, &input, "s3://data/datasets/photos");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -167,10 +180,7 @@ fn a_store_that_goes_away_or_a_killed_upload_loses_nothing_on_the_rerun() {
 fn inputs_in_a_bucket_are_read_like_local_ones() {
     let server = S3Server::start("data");
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("input");
-    pixforge::demo::write_inputs(&input).unwrap();
-    let local = dir.path().join("local");
-    assert!(ingest(&server, &input, local.to_str().unwrap()).status.success());
+    let (input, local) = photos_ingested_locally(&server, dir.path());
     // The same images as objects under a prefix.
     let objects = server.root.join("data/photos");
     std::fs::create_dir_all(&objects).unwrap();
@@ -185,24 +195,15 @@ fn inputs_in_a_bucket_are_read_like_local_ones() {
     // One object: a WebDataset tar written by the local run.
     std::fs::create_dir_all(server.root.join("data/wds")).unwrap();
     std::fs::copy(local.join("00001.tar"), server.root.join("data/wds/00001.tar")).unwrap();
-    let mut cmd = Command::new(common::bin());
-    server.env(&mut cmd);
     let out = dir.path().join("rewds");
-    let o = cmd
-        .args(["ingest", "webdataset", "s3://data/wds/00001.tar", "--image-size", "64", "--no-progress", "--out"])
-        .arg(&out)
-        .output()
-        .unwrap();
+    let o = ingest_webdataset(&server, "s3://data/wds/00001.tar", &out);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let recs = pixforge::shards::read_records(&out.join("00000.parquet")).unwrap();
     assert_eq!(recs.len(), 2);
     assert!(recs.iter().all(|r| r.status == Some(pixforge::shards::Status::Success)), "{recs:?}");
 
-    let mut cmd = Command::new(common::bin());
-    server.env(&mut cmd);
-    let o =
-        cmd.args(["ingest", "webdataset", "s3://data/wds/missing.tar", "--no-progress", "--out"]).arg(&out).output();
-    let err = String::from_utf8_lossy(&o.unwrap().stderr).into_owned();
+    let o = ingest_webdataset(&server, "s3://data/wds/missing.tar", &out);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(err.contains("s3://data/wds/missing.tar: no object and no objects under it"), "{err}");
 }
 
@@ -210,10 +211,7 @@ fn inputs_in_a_bucket_are_read_like_local_ones() {
 fn an_input_on_a_web_server_is_read_from_its_url() {
     let server = S3Server::start("data");
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("input");
-    pixforge::demo::write_inputs(&input).unwrap();
-    let local = dir.path().join("local");
-    assert!(ingest(&server, &input, local.to_str().unwrap()).status.success());
+    let (_, local) = photos_ingested_locally(&server, dir.path());
     let tar = std::fs::read(local.join("00000.tar")).unwrap();
     let routes = std::collections::HashMap::from([(
         "/wds/00000.tar".to_string(),
@@ -221,11 +219,7 @@ fn an_input_on_a_web_server_is_read_from_its_url() {
     )]);
     let web = common::server::Server::with_routes(common::data().join("images"), routes);
     let out = dir.path().join("from-web");
-    let o = Command::new(common::bin())
-        .args(["ingest", "webdataset", &web.url("/wds/00000.tar"), "--image-size", "64", "--no-progress", "--out"])
-        .arg(&out)
-        .output()
-        .unwrap();
+    let o = ingest_webdataset(&server, &web.url("/wds/00000.tar"), &out);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let recs = pixforge::shards::read_records(&out.join("00000.parquet")).unwrap();
     assert_eq!(recs.len(), 2);

@@ -495,11 +495,13 @@ fn run_local(cfg: &IngestConfig, opts: &RunOptions, publish: Option<&Publish>) -
         } else if opts.append {
             manifest.check_same_config(&existing, &opts.out, &["download"])?;
             (manifest, first_shard) = append_part(existing, &manifest, &opts.out, shard_count)?;
-        } else if manifest.check_same_config(&existing, &opts.out, &["download"]).is_ok() {
-            let refusal = manifest.check_resumable(&existing, &opts.out, &["download"]).unwrap_err();
-            anyhow::bail!("{refusal} To add these inputs to the dataset as new shards, pass --append.");
         } else {
-            manifest.check_resumable(&existing, &opts.out, &["download"])?;
+            // Another fingerprint: refused, with the way to add inputs when only they differ.
+            let refusal = manifest.check_resumable(&existing, &opts.out, &["download"]).unwrap_err();
+            if manifest.check_same_config(&existing, &opts.out, &["download"]).is_ok() {
+                anyhow::bail!("{refusal} To add these inputs to the dataset as new shards, pass --append.");
+            }
+            return Err(refusal);
         }
     }
     manifest.write(&opts.out)?;
