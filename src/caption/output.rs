@@ -183,15 +183,18 @@ fn rows_to_frame(rows: &[CaptionRow]) -> anyhow::Result<polars::prelude::DataFra
     Ok(DataFrame::new(rows.len(), columns)?)
 }
 
-/// A run's figures and the totals over every caption shard in `out` (this run's and earlier ones).
+/// A run's figures and the totals over every caption shard in `out` (a folder or a store prefix;
+/// this run's shards and earlier ones).
 pub fn summary(out: &Path, run: &StageRunStats) -> anyhow::Result<serde_json::Value> {
     let mut captions = 0u64;
     let mut failures = 0u64;
     let mut tokens = 0u64;
     let mut qc_totals: std::collections::BTreeMap<String, u64> = Default::default();
     for s in crate::shards::done_shards(out)? {
-        let p = out.join(format!("{}_stats.json", crate::shards::shard_name(s)));
-        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p)?)?;
+        let name = format!("{}_stats.json", crate::shards::shard_name(s));
+        let bytes = crate::store::read_in(out, &name)?.unwrap_or_default();
+        let v: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", out.join(&name).display()))?;
         let d = &v["details"];
         captions += d["captions"].as_u64().unwrap_or(0);
         failures += d["caption_failures"].as_u64().unwrap_or(0);

@@ -98,7 +98,7 @@ pub fn run(cfg: &CaptionConfig, opts: &StageOptions) -> anyhow::Result<StageRunS
             Engine::Remote(client, rt)
         }
     };
-    let out_dir = opts.out.clone();
+    let out_dir = crate::store::working_dir(&opts.out, opts.worker);
     sweep_journals(&out_dir);
     let stage = Stage { name: "caption", outputs: &[CAPTIONS_SUFFIX, ".index.json"], scratch: &[JOURNAL_SUFFIX] };
     let stats = crate::shards::stage::run_shards(&stage, fingerprint, opts, |shard, reader, pb| {

@@ -452,7 +452,7 @@ impl Pipeline {
         }
         // Relative paths are relative to the file.
         let fix = |p: &mut PathBuf| {
-            if p.is_relative() {
+            if p.is_relative() && !crate::store::is_remote(p) {
                 *p = base.join(&*p);
             }
         };

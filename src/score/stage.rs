@@ -127,7 +127,7 @@ pub fn run(cfg: &ScoreConfig, opts: &StageOptions, cuda: Option<i32>) -> anyhow:
     let mut pixel_heads =
         cfg.pixel_heads.iter().map(|p| PixelHead::load(p, &pre, cuda)).collect::<anyhow::Result<Vec<_>>>()?;
     let names: Vec<String> = cfg.head_names().into_iter().take(cfg.heads.len()).collect();
-    let out_dir = opts.out.clone();
+    let out_dir = crate::store::working_dir(&opts.out, opts.worker);
     crate::shards::stage::run_shards(
         &Stage { name: "score-clip", outputs: &SCORE_OUTPUTS, scratch: &[] },
         fingerprint,
@@ -330,7 +330,7 @@ pub fn run_laion(cfg: &LaionEmbeddings, opts: &StageOptions) -> anyhow::Result<S
         sources: Default::default(),
     };
     let mut heads = cfg.heads.iter().map(|p| Head::load(p, &Device::Cpu)).collect::<anyhow::Result<Vec<_>>>()?;
-    let out_dir = opts.out.clone();
+    let out_dir = crate::store::working_dir(&opts.out, opts.worker);
     crate::shards::stage::run_shards(
         &Stage { name: "score-laion-emb", outputs: &SCORE_OUTPUTS, scratch: &[] },
         fingerprint,

@@ -80,18 +80,11 @@ pub fn shard_name(shard: usize) -> String {
     ShardLayout::new(1).name(shard)
 }
 
-/// Shard ids in `dir` that are done (their `_stats.json` exists), sorted.
+/// Shard ids in `dir` (a folder or a store prefix) that are done (their `_stats.json` exists), sorted.
 pub fn done_shards(dir: &Path) -> std::io::Result<Vec<usize>> {
-    let mut ids = Vec::new();
-    if !dir.exists() {
-        return Ok(ids);
-    }
-    for entry in std::fs::read_dir(dir)? {
-        let name = entry?.file_name().to_string_lossy().into_owned();
-        if let Some(id) = name.strip_suffix("_stats.json").and_then(|s| s.parse::<usize>().ok()) {
-            ids.push(id);
-        }
-    }
+    let names = crate::store::names_in(dir).map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+    let mut ids: Vec<usize> =
+        names.iter().filter_map(|n| n.strip_suffix("_stats.json").and_then(|s| s.parse::<usize>().ok())).collect();
     ids.sort_unstable();
     Ok(ids)
 }

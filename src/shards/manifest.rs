@@ -45,14 +45,13 @@ impl Manifest {
         Self { stage: stage.into(), version: env!("CARGO_PKG_VERSION").into(), config, fingerprint, parts: Vec::new() }
     }
 
-    /// Reads `dir/manifest.json`, if present.
+    /// Reads `dir/manifest.json` (a folder or a store prefix), if present.
     pub fn read(dir: &Path) -> anyhow::Result<Option<Self>> {
         let p = dir.join(MANIFEST_FILE);
-        if !p.exists() {
+        let Some(bytes) = crate::store::read_in(dir, MANIFEST_FILE)? else {
             return Ok(None);
-        }
-        let text = std::fs::read_to_string(&p)?;
-        let m = serde_json::from_str(&text)
+        };
+        let m = serde_json::from_slice(&bytes)
             .map_err(|e| anyhow::anyhow!("{}: not a pixforge manifest ({e})", p.display()))?;
         Ok(Some(m))
     }

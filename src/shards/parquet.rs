@@ -110,8 +110,15 @@ pub fn records_to_frame(
     DataFrame::new(n, cols)
 }
 
-/// Writes `df` to `path` atomically (temp file + rename), zstd-compressed.
+/// Writes `df` to `path`, zstd-compressed: a file atomically (temp file + rename), a store object
+/// whole.
 pub fn write_parquet_atomic(df: &mut DataFrame, path: &Path) -> PolarsResult<()> {
+    if crate::store::is_remote(path) {
+        let mut bytes = Vec::new();
+        ParquetWriter::new(&mut bytes).with_compression(ParquetCompression::Zstd(None)).finish(df)?;
+        return crate::store::write_file(path, bytes)
+            .map_err(|e| polars::prelude::PolarsError::ComputeError(format!("{e:#}").into()));
+    }
     let tmp = temp_path(path);
     let file = File::create(&tmp)?;
     ParquetWriter::new(file).with_compression(ParquetCompression::Zstd(None)).finish(df)?;

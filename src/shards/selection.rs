@@ -9,12 +9,13 @@ use std::path::Path;
 /// The column a selection file names its samples in.
 pub const KEY_COLUMN: &str = "key";
 
-/// The keys of a selection file; a missing file, a file that is not parquet or one without a `key`
+/// The keys of a selection file (or store object); a missing file, a file that is not parquet or one without a `key`
 /// column of strings is an error naming the file.
 pub fn read_selection(path: &Path) -> anyhow::Result<HashSet<String>> {
-    let f = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
-    let df =
-        ParquetReader::new(f).finish().map_err(|e| anyhow::anyhow!("{}: not a parquet file: {e}", path.display()))?;
+    let bytes = crate::store::read_file(path)?;
+    let df = ParquetReader::new(std::io::Cursor::new(bytes))
+        .finish()
+        .map_err(|e| anyhow::anyhow!("{}: not a parquet file: {e}", path.display()))?;
     let keys = df
         .column(KEY_COLUMN)
         .map_err(|_| anyhow::anyhow!("{}: no `{KEY_COLUMN}` column", path.display()))?

@@ -343,7 +343,7 @@ impl TrainConfig {
     /// Makes the relative paths absolute against `base` (the config file's folder).
     pub(crate) fn resolve_paths(&mut self, base: &Path) {
         let fix = |p: &mut PathBuf| {
-            if p.is_relative() {
+            if p.is_relative() && !crate::store::is_remote(p) {
                 *p = base.join(&*p);
             }
         };

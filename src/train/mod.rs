@@ -17,6 +17,7 @@ pub mod optim;
 mod optim_cpu;
 pub mod precision;
 pub mod run;
+pub mod run_folder;
 pub mod sampler;
 pub mod schedule;
 pub mod step;

@@ -158,7 +158,8 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
     };
     let reducer = Reducer::connect(&place, &device)?;
     let (rank, world, main) = (place.rank, place.world, place.is_main());
-    let out = &cfg.output_dir;
+    let mut folder = super::run_folder::RunFolder::open(&cfg.output_dir, rank, world)?;
+    let out = &folder.dir().to_path_buf();
     std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("output_dir {}: cannot create: {e}", out.display()))?;
     if main {
         checkpoint::remove_partial(out)?;
@@ -168,7 +169,7 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
         Resume::No if !existing.is_empty() => anyhow::bail!(
             "output_dir {} already has checkpoints (newest: {}); pass --resume to continue it, or choose another \
              output_dir",
-            out.display(),
+            cfg.output_dir.display(),
             existing.last().map(|c| c.1.display().to_string()).unwrap_or_default()
         ),
         Resume::No => None,
@@ -351,7 +352,10 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
                 state.rank_rngs = all.chunks(2).map(|c| [c[0], c[1]]).collect();
             }
             if main {
-                summary.checkpoint = Some(checkpoint::save(out, &trainer, &state, cfg.checkpoints.keep_last)?);
+                let saved = checkpoint::save(out, &trainer, &state, cfg.checkpoints.keep_last)?;
+                folder.publish_checkpoint(&saved, cfg.checkpoints.keep_last)?;
+                folder.publish_logs()?;
+                summary.checkpoint = Some(folder.published(&cfg.output_dir, &saved));
             }
         }
         if let (Some(v), Some(vc), true) = (&validation, &cfg.validation, main) {
@@ -360,16 +364,18 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
                     v.grid(
                         &PixArt::from_weights(trainer.model.config.clone(), trainer.ema_weights())?,
                         state.step,
-                        &out.join("samples"),
+                        &out.join(super::run_folder::SAMPLES),
                     )?
                 } else {
-                    v.grid(&trainer.model, state.step, &out.join("samples"))?
+                    v.grid(&trainer.model, state.step, &out.join(super::run_folder::SAMPLES))?
                 };
-                summary.validation = Some(grid);
+                summary.validation = Some(folder.published(&cfg.output_dir, &grid));
+                folder.publish_logs()?;
             }
         }
     }
     bar.finish_and_clear();
+    folder.publish_logs()?;
     let run_lines: Vec<&LogLine> = log.lines.iter().filter(|l| l.step > start_step && !l.skipped).collect();
     let tail = &run_lines[run_lines.len().saturating_sub(10)..];
     summary.final_loss = (!tail.is_empty()).then(|| tail.iter().map(|l| l.loss).sum::<f64>() / tail.len() as f64);

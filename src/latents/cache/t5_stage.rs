@@ -130,7 +130,7 @@ pub fn run(cfg: &T5CacheConfig, opts: &StageOptions, device: &Device) -> anyhow:
             let mut entries = Vec::with_capacity(reader.samples.len());
             let mut ids: Vec<Option<Vec<u32>>> = Vec::with_capacity(reader.samples.len());
             let dense = match &cfg.captions {
-                Some(dir) => Some(first_captions(&captions_path(dir, name))?),
+                Some(dir) => Some(first_captions(&captions_path(&crate::store::reading_dir(dir), name))?),
                 None => None,
             };
             for sample in &reader.samples {

@@ -85,9 +85,9 @@ impl StageFingerprint {
         for name in names {
             let mut h = Sha256::new();
             for input in inputs {
-                let stats = input.join(format!("{name}_stats.json"));
-                let bytes =
-                    std::fs::read(&stats).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", stats.display()))?;
+                let file = format!("{name}_stats.json");
+                let bytes = crate::store::read_in(input, &file)?
+                    .ok_or_else(|| anyhow::anyhow!("{}: cannot read: no such file", input.join(&file).display()))?;
                 if inputs.len() == 1 {
                     h = Sha256::new();
                     h.update(&bytes);

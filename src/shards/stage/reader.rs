@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 /// An opened cache directory.
 pub struct StageReader {
     dir: PathBuf,
+    /// For a cache in a store: its shards' tensors, downloaded in order ahead of the reader.
+    ahead: Option<crate::store::ReadAhead>,
     /// What the cache was made from.
     pub fingerprint: StageFingerprint,
     /// Its finished shards, by name.
@@ -48,27 +50,42 @@ impl StageReader {
             .ok_or_else(|| anyhow::anyhow!("{}: not a pixforge cache (expected {MANIFEST_FILE})", dir.display()))?;
         let fingerprint: StageFingerprint = serde_json::from_value(manifest.config)
             .map_err(|e| anyhow::anyhow!("{}: not a cache manifest ({e})", dir.join(MANIFEST_FILE).display()))?;
-        let shards = done_shards(dir)?.into_iter().map(shard_name).collect();
-        Ok(Self { dir: dir.to_path_buf(), fingerprint, shards })
+        let shards: Vec<String> = done_shards(dir)?.into_iter().map(shard_name).collect();
+        let ahead = if crate::store::is_remote(dir) {
+            let staging = std::sync::Arc::new(crate::store::Staging::open_to_read(dir)?);
+            Some(crate::store::ReadAhead::start(staging, shards.iter().map(|n| format!("{n}.safetensors")).collect()))
+        } else {
+            None
+        };
+        Ok(Self { dir: dir.to_path_buf(), ahead, fingerprint, shards })
     }
 
-    /// The cache directory.
+    /// The cache directory (or store prefix).
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// Opens shard `name`.
+    /// Opens shard `name`. From a store, its tensors file is downloaded (ahead of time, in shard
+    /// order), mapped, and its local name removed: the mapping keeps the data until the shard is
+    /// dropped, and nothing is left behind.
     pub fn shard(&self, name: &str) -> anyhow::Result<StageShard> {
         let index = self.dir.join(format!("{name}.index.json"));
-        let text = std::fs::read_to_string(&index).map_err(|e| anyhow::anyhow!("{}: {e}", index.display()))?;
+        let text = crate::store::read_in(&self.dir, &format!("{name}.index.json"))?
+            .ok_or_else(|| anyhow::anyhow!("{}: no such file", index.display()))?;
         let entries: Vec<SampleEntry> =
-            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", index.display()))?;
+            serde_json::from_slice(&text).map_err(|e| anyhow::anyhow!("{}: {e}", index.display()))?;
         let by_key = entries.iter().enumerate().map(|(i, e)| (e.key.clone(), i)).collect();
-        let file = self.dir.join(format!("{name}.safetensors"));
+        let file = match &self.ahead {
+            Some(ahead) => ahead.take(&format!("{name}.safetensors"))?,
+            None => self.dir.join(format!("{name}.safetensors")),
+        };
         // SAFETY: the file is mapped read-only; finished cache files are never rewritten in place
         // (a rerun renames a new file over the name, which leaves this mapping intact).
         let tensors =
             unsafe { MmapedSafetensors::new(&file) }.map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        if self.ahead.is_some() {
+            let _ = std::fs::remove_file(&file);
+        }
         Ok(StageShard { entries, by_key, tensors })
     }
 }

@@ -5,6 +5,7 @@
 use super::fingerprint::StageFingerprint;
 use super::store::{write_shard, SampleEntry, ShardOutput, StageShardStats};
 use crate::shards::{done_shards, shard_name, Manifest, WdsReader, Worker, MANIFEST_FILE, TEMP_MARKER};
+use crate::store::Staging;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -131,6 +132,10 @@ pub struct StageRunStats {
 /// each result into `opts.out`; the manifest of `stage` records `fingerprint`. A shard is done when
 /// its `_stats.json` and every file named `{shard}{ending}` for the stage's `outputs` exist and it
 /// was made from the source shard as it is now; otherwise it is (re)done.
+///
+/// Any of the folders may be a store prefix: the stage then works in local working folders
+/// ([`Staging`]); a shard's source files are fetched while the shard before it is computed, and its
+/// outputs are uploaded as soon as they are written, the `_stats.json` last.
 pub fn run_shards(
     stage: &Stage,
     fingerprint: StageFingerprint,
@@ -138,6 +143,8 @@ pub fn run_shards(
     mut per_shard: impl FnMut(&str, &WdsReader, &ProgressBar) -> anyhow::Result<ShardOutput>,
 ) -> anyhow::Result<StageRunStats> {
     let t0 = std::time::Instant::now();
+    let input = Staging::open_to_read(&opts.input)?;
+    let deps = opts.depends_on.iter().map(|d| Staging::open_to_read(d)).collect::<anyhow::Result<Vec<_>>>()?;
     let mut sources: Vec<usize> = done_shards(&opts.input)
         .map_err(|e| anyhow::anyhow!("{}: cannot list the source shards: {e}", opts.input.display()))?;
     for dep in &opts.depends_on {
@@ -168,10 +175,11 @@ pub fn run_shards(
         let digest = hex::encode(&h.finalize()[..16]);
         obj.insert("selection".into(), serde_json::json!({ "keys": sel.len(), "sha256": digest }));
     }
-    let _lock = prepare_out(stage, &fingerprint, opts)?;
+    let mut out = Staging::open(&opts.out, opts.worker)?;
+    let _lock = prepare_out(stage, &fingerprint, opts, &mut out)?;
     let done: std::collections::HashSet<usize> = done_shards(&opts.out)?
         .into_iter()
-        .filter(|&s| is_current(&opts.out, &shard_name(s), stage.outputs, fingerprint.sources.get(&shard_name(s))))
+        .filter(|&s| is_current(&out, &shard_name(s), stage.outputs, fingerprint.sources.get(&shard_name(s))))
         .collect();
     let todo: Vec<usize> = sources.iter().copied().filter(|&s| opts.worker.owns(s)).collect();
     let mut stats = StageRunStats::default();
@@ -180,28 +188,62 @@ pub fn run_shards(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} shards {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    for shard in todo {
-        pb.inc(1);
-        if done.contains(&shard) {
-            stats.shards_skipped += 1;
-            continue;
+    stats.shards_skipped = todo.iter().filter(|s| done.contains(s)).count();
+    pb.inc(stats.shards_skipped as u64);
+    let pending: Vec<String> = todo.iter().filter(|s| !done.contains(s)).map(|&s| shard_name(s)).collect();
+    let sources_of = |name: &str| -> Vec<(&Staging, Vec<String>)> {
+        std::iter::once((&input, vec![format!("{name}.tar")]))
+            .chain(deps.iter().map(|d| (d, d.shard_files(name))))
+            .filter(|(s, _)| s.remote().is_some())
+            .collect()
+    };
+    let fetch = |name: &str| -> anyhow::Result<()> {
+        for (staging, files) in sources_of(name) {
+            staging.fetch(&files)?;
         }
-        let name = shard_name(shard);
-        pb.set_message(name.clone());
-        let digest = fingerprint.sources.get(&name).cloned();
-        match run_one(&name, opts, &pb, digest, &mut per_shard) {
-            Ok(s) => {
-                stats.shards_done += 1;
-                stats.samples += s.count;
-                stats.successes += s.successes;
-                stats.failed += s.failed;
+        Ok(())
+    };
+    std::thread::scope(|scope| {
+        let mut ahead: Option<std::thread::ScopedJoinHandle<anyhow::Result<()>>> = None;
+        for (i, name) in pending.iter().enumerate() {
+            pb.inc(1);
+            pb.set_message(name.clone());
+            let fetched = match ahead.take() {
+                Some(h) => h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the fetch of {name}'s files panicked"))),
+                None => fetch(name),
+            };
+            if let Some(next) = pending.get(i + 1).filter(|_| !sources_of(name).is_empty()) {
+                ahead = Some(scope.spawn(|| fetch(next)));
             }
-            Err(e) => {
-                tracing::error!("shard {name}: {e:#}");
-                stats.shards_failed.push((name, format!("{e:#}")));
+            let digest = fingerprint.sources.get(name).cloned();
+            let done = fetched.and_then(|()| run_one(name, opts, &input.dir, &out.dir, &pb, digest, &mut per_shard));
+            let done = done.and_then(|s| {
+                let mut files: Vec<String> =
+                    stage.outputs.iter().chain(&[".index.json"]).map(|e| format!("{name}{e}")).collect();
+                files.push(format!("{name}_stats.json"));
+                out.publish(&files)?;
+                Ok(s)
+            });
+            for (staging, files) in sources_of(name) {
+                staging.forget(&files);
+            }
+            match done {
+                Ok(s) => {
+                    stats.shards_done += 1;
+                    stats.samples += s.count;
+                    stats.successes += s.successes;
+                    stats.failed += s.failed;
+                }
+                Err(e) => {
+                    tracing::error!("shard {name}: {e:#}");
+                    stats.shards_failed.push((name.clone(), format!("{e:#}")));
+                }
             }
         }
-    }
+        if let Some(h) = ahead {
+            let _ = h.join();
+        }
+    });
     pb.finish_and_clear();
     stats.seconds = t0.elapsed().as_secs_f64();
     Ok(stats)
@@ -209,12 +251,14 @@ pub fn run_shards(
 
 /// Whether done shard `name` of `dir` has all its `outputs` and was made from the source as it is
 /// (`digest`; a shard that recorded none is taken as current).
-fn is_current(dir: &Path, name: &str, outputs: &[&str], digest: Option<&String>) -> bool {
-    if !outputs.iter().all(|o| dir.join(format!("{name}{o}")).is_file()) {
+fn is_current(dir: &Staging, name: &str, outputs: &[&str], digest: Option<&String>) -> bool {
+    if !outputs.iter().all(|o| dir.has(&format!("{name}{o}"))) {
         return false;
     }
-    let stats = std::fs::read(dir.join(format!("{name}_stats.json")))
+    let stats = dir
+        .read(&format!("{name}_stats.json"))
         .ok()
+        .flatten()
         .and_then(|b| serde_json::from_slice::<StageShardStats>(&b).ok());
     match (stats.and_then(|s| s.source_digest), digest) {
         (Some(recorded), Some(now)) => &recorded == now,
@@ -222,31 +266,34 @@ fn is_current(dir: &Path, name: &str, outputs: &[&str], digest: Option<&String>)
     }
 }
 
-/// Runs `per_shard` on source shard `name` (its selected samples) and writes the result.
+/// Runs `per_shard` on source shard `name` (its selected samples, read from `input`) and writes the
+/// result into `out`.
 fn run_one(
     name: &str,
     opts: &StageOptions,
+    input: &Path,
+    out: &Path,
     pb: &ProgressBar,
     digest: Option<String>,
     per_shard: &mut impl FnMut(&str, &WdsReader, &ProgressBar) -> anyhow::Result<ShardOutput>,
 ) -> anyhow::Result<StageShardStats> {
     let start = crate::shards::now();
-    let tar = opts.input.join(format!("{name}.tar"));
+    let tar = input.join(format!("{name}.tar"));
     let mut reader =
         WdsReader::open(&tar).map_err(|e| anyhow::anyhow!("{}: not a readable tar: {e}", tar.display()))?;
     let Some(selection) = &opts.selection else {
-        let out = per_shard(name, &reader, pb)?;
-        return write_shard(&opts.out, name, &out, start, digest);
+        let out_files = per_shard(name, &reader, pb)?;
+        return write_shard(out, name, &out_files, start, digest);
     };
     // Unselected samples are not read; their entries take their place in the source order.
     let order: std::collections::HashMap<String, usize> =
         reader.samples.iter().enumerate().map(|(i, s)| (s.key.clone(), i)).collect();
     let (kept, left): (Vec<_>, Vec<_>) = reader.samples.drain(..).partition(|s| selection.contains(&s.key));
     reader.samples = kept;
-    let mut out = per_shard(name, &reader, pb)?;
-    out.entries.extend(left.iter().map(|s| SampleEntry::failed(&s.key, "not in the selection")));
-    out.entries.sort_by_key(|e| order.get(&e.key).copied().unwrap_or(usize::MAX));
-    write_shard(&opts.out, name, &out, start, digest)
+    let mut computed = per_shard(name, &reader, pb)?;
+    computed.entries.extend(left.iter().map(|s| SampleEntry::failed(&s.key, "not in the selection")));
+    computed.entries.sort_by_key(|e| order.get(&e.key).copied().unwrap_or(usize::MAX));
+    write_shard(out, name, &computed, start, digest)
 }
 
 /// Creates the output directory, refuses (or with `overwrite` clears) outputs made from other
@@ -255,11 +302,12 @@ fn prepare_out(
     stage: &Stage,
     fingerprint: &StageFingerprint,
     opts: &StageOptions,
-) -> anyhow::Result<crate::shards::ShareLock> {
-    let out = &opts.out;
-    std::fs::create_dir_all(out)
-        .map_err(|e| anyhow::anyhow!("{}: cannot create the output directory: {e}", out.display()))?;
-    let lock = crate::shards::ShareLock::acquire(out, opts.worker)?;
+    out: &mut Staging,
+) -> anyhow::Result<Option<crate::shards::ShareLock>> {
+    std::fs::create_dir_all(&out.dir)
+        .map_err(|e| anyhow::anyhow!("{}: cannot create the output directory: {e}", out.dir.display()))?;
+    // A working folder for a store holds the lock already.
+    let lock = if out.is_locked() { None } else { Some(crate::shards::ShareLock::acquire(&out.dir, opts.worker)?) };
     let manifest = Manifest {
         stage: stage.name.into(),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -267,7 +315,7 @@ fn prepare_out(
         fingerprint: fingerprint.digest(),
         parts: Vec::new(),
     };
-    if let Some(existing) = Manifest::read(out)? {
+    if let Some(existing) = Manifest::read(&opts.out)? {
         // Changed source shards are redone one by one (their digests differ); anything else is
         // another cache.
         // Compared as read back from JSON on both sides: a float written and read back may print
@@ -290,28 +338,27 @@ fn prepare_out(
                 };
                 anyhow::bail!(
                     "{}: this `{}` output was made from other inputs ({what}). Use a new --out, or pass --overwrite to replace it.",
-                    out.join(MANIFEST_FILE).display(),
+                    opts.out.join(MANIFEST_FILE).display(),
                     stage.name
                 );
             }
         }
     }
-    manifest.write(out)?;
-    crate::shards::remove_owned_temp_files(out, opts.worker)?;
+    manifest.write(&out.dir)?;
+    out.publish(&[MANIFEST_FILE.to_string()])?;
+    crate::shards::remove_owned_temp_files(&out.dir, opts.worker)?;
     Ok(lock)
 }
 
 /// Removes what a stage wrote into `dir`: its outputs and working files of every shard, the key
 /// indexes and stats ([`super::write_shard`] writes them for every stage), the manifest and
 /// temporary files.
-fn remove_stage_files(dir: &Path, stage: &Stage) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let p = entry?.path();
-        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+fn remove_stage_files(dir: &mut Staging, stage: &Stage) -> anyhow::Result<()> {
+    for name in dir.names()? {
         let written =
             stage.outputs.iter().chain(stage.scratch).chain(&[".index.json", "_stats.json"]).any(|e| name.ends_with(e));
         if written || name == MANIFEST_FILE || name.contains(TEMP_MARKER) {
-            std::fs::remove_file(p)?;
+            dir.delete(&name)?;
         }
     }
     Ok(())

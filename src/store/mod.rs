@@ -21,6 +21,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+mod staging;
+pub use staging::{
+    local_folder, names_in, read_file, read_in, reading_dir, remote, working_dir, write_file, ReadAhead, Staging,
+    READ_AHEAD,
+};
+
 /// Bytes of each part of a multipart upload (and the largest object sent in one request).
 pub const PART_BYTES: usize = 8 << 20;
 
@@ -176,6 +182,41 @@ impl Remote {
                 .into_iter()
                 .filter_map(|o| o.location.filename().map(|n| (n.to_string(), o.size)))
                 .collect())
+        })
+    }
+
+    /// The names of the sub-prefixes ("folders") directly under the prefix.
+    pub fn list_dirs(&self) -> anyhow::Result<Vec<String>> {
+        runtime().block_on(async {
+            let listed = self
+                .store
+                .list_with_delimiter(Some(&self.prefix))
+                .await
+                .map_err(|e| anyhow::anyhow!("{}: cannot list: {e}", self.url))?;
+            Ok(listed.common_prefixes.into_iter().filter_map(|p| p.filename().map(str::to_string)).collect())
+        })
+    }
+
+    /// The prefix `name` under this one, on the same store.
+    pub fn child(&self, name: &str) -> Self {
+        Self { store: self.store.clone(), url: format!("{}/{name}", self.url), prefix: self.path(name) }
+    }
+
+    /// Removes every object under the prefix, at any depth.
+    pub fn delete_all(&self) -> anyhow::Result<()> {
+        runtime().block_on(async {
+            let mut listed = self.store.list(Some(&self.prefix));
+            let mut paths = Vec::new();
+            while let Some(meta) = listed.next().await {
+                paths.push(meta.map_err(|e| anyhow::anyhow!("{}: cannot list: {e}", self.url))?.location);
+            }
+            for p in paths {
+                match self.store.delete(&p).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => anyhow::bail!("{}: cannot delete {p}: {e}", self.url),
+                }
+            }
+            Ok(())
         })
     }
 
