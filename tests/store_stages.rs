@@ -9,12 +9,12 @@ mod common;
 #[path = "common/s3.rs"]
 mod s3;
 
+use common::vlm::{Expect, VlmServer};
 use s3::S3Server;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::Ordering;
-use common::vlm::{Expect, VlmServer};
 
 const MODEL: &str = "llava-hf/llava-1.5-7b-hf";
 
@@ -239,6 +239,41 @@ fn the_whole_chain_in_a_bucket_makes_what_it_makes_on_local_disk() {
     assert!(!o.status.success() && err.contains("s3://data/chain/") && err.contains("503"), "{err}");
     cached("s3://data/chain/vae-away");
     assert_eq!(vae_cache(&bucket.join("vae-away")), vae_cache(&bucket.join("vae")));
+
+    // Whole-dataset stages: a repeat search over the bucket's dataset writes its selection there,
+    // which a cache takes from there; a density report reads the bucket's captions and is written
+    // there.
+    let said = ok(pixforge(&server)
+        .args(["dedup", "--phash", "s3://data/chain/shards", "--out", "s3://data/chain/kept.parquet"])
+        .output()
+        .unwrap());
+    assert!(bucket.join("kept.parquet").is_file() && bucket.join("kept.repeats.parquet").is_file(), "{said}");
+    let kept = pixforge::shards::selection::read_selection(&bucket.join("kept.parquet")).unwrap();
+    assert_eq!(kept.len(), 6, "six distinct photos: {kept:?}");
+    let selected: serde_json::Value = serde_json::from_str(&ok(pixforge(&server)
+        .args(["cache", "vae", "--resolution", "64", "--no-progress", "--model"])
+        .arg(&vae)
+        .args(["--input", "s3://data/chain/shards", "--out", "s3://data/chain/vae-kept"])
+        .args(["--selection", "s3://data/chain/kept.parquet"])
+        .output()
+        .unwrap()))
+    .unwrap();
+    assert_eq!(selected["successes"].as_u64(), Some(6), "{selected}");
+    ok(pixforge(&server)
+        .args([
+            "density",
+            "--no-progress",
+            "--input",
+            "dense=s3://data/chain/captions",
+            "--out",
+            "s3://data/chain/density",
+        ])
+        .output()
+        .unwrap());
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bucket.join("density/report.json")).unwrap()).unwrap();
+    assert_eq!(report["inputs"][0]["name"], "dense", "{report}");
+    assert!(report["inputs"][0]["captions"].as_u64().unwrap_or(0) >= 6, "{}", report["inputs"][0]);
 
     // A resumed run continues from the bucket's checkpoint to the local run's numbers.
     let longer = train_config(dir.path(), "s3://data/chain", 6);

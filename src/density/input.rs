@@ -82,6 +82,14 @@ pub fn read_batches(
         f,
         skipped: ReadSummary::default(),
     };
+    // In a store: the caption parquet of a folder (or its tars when it has none), or the object.
+    let copy = if crate::store::is_remote(path) {
+        let has_parquet = crate::store::names_in(path)?.iter().any(|n| n.ends_with(".parquet"));
+        crate::store::local_copy(path, |n| if has_parquet { n.ends_with(".parquet") } else { n.ends_with(".tar") })?
+    } else {
+        path.to_path_buf()
+    };
+    let path = copy.as_path();
     if path.is_dir() {
         let mut files: Vec<PathBuf> = std::fs::read_dir(path)
             .map_err(|e| anyhow::anyhow!("{}: cannot list: {e}", path.display()))?

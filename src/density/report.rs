@@ -157,10 +157,13 @@ pub fn run(inputs: &[NamedInput], o: &DensityConfig, progress: bool, out: &Path)
         },
         inputs: metrics,
     };
-    std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", out.display()))?;
-    crate::shards::write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
-    crate::shards::write_atomic(&out.join("report.md"), markdown(&report).as_bytes())?;
-    crate::shards::write_atomic(&out.join("report.html"), html(&report).map_err(anyhow::Error::msg)?.as_bytes())?;
+    if !crate::store::is_remote(out) {
+        std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", out.display()))?;
+    }
+    // Each written whole (a file atomically, or a store object), the JSON report last.
+    crate::store::write_file(&out.join("report.md"), markdown(&report).into_bytes())?;
+    crate::store::write_file(&out.join("report.html"), html(&report).map_err(anyhow::Error::msg)?.into_bytes())?;
+    crate::store::write_file(&out.join("report.json"), serde_json::to_string_pretty(&report)?.into_bytes())?;
     Ok(report)
 }
 

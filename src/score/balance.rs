@@ -165,6 +165,7 @@ pub fn run_within(
     within: Option<&std::collections::HashSet<String>>,
     out: &std::path::Path,
 ) -> anyhow::Result<BalanceReport> {
+    let input = &crate::store::local_copy(input, |n| n.ends_with(".parquet") || n.ends_with("_stats.json"))?;
     let mut keys = Vec::new();
     let mut captions = Vec::new();
     for shard in crate::shards::done_shards(input)? {

@@ -91,7 +91,8 @@ pub(crate) fn read_scores(dirs: &[PathBuf]) -> anyhow::Result<(Vec<String>, Scor
     let mut columns = Vec::new();
     let mut rows = ScoresByKey::new();
     for dir in dirs {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        let local = crate::store::local_copy(dir, |n| n.ends_with(".scores.parquet"))?;
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&local)
             .map_err(|e| anyhow::anyhow!("--scores {}: {e}", dir.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.to_string_lossy().ends_with(".scores.parquet"))

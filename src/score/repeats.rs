@@ -8,7 +8,7 @@
 
 use crate::image::phash::{first_copies, KEPT, MAX_REPEAT_DISTANCE};
 use crate::shards::selection::KEY_COLUMN;
-use crate::shards::{temp_path, write_parquet_atomic};
+use crate::shards::write_parquet_atomic;
 use polars::prelude::{
     Column, DataFrame, DataType, ParquetCompression, ParquetReader, ParquetWriter, Schema, SerReader,
 };
@@ -148,6 +148,7 @@ pub fn run(dataset: &Path, cfg: &RepeatsConfig, out: &Path) -> anyhow::Result<Re
     if cfg.phash_distance > MAX_REPEAT_DISTANCE {
         anyhow::bail!("--phash-distance {}: expected at most {MAX_REPEAT_DISTANCE} of 64 bits", cfg.phash_distance);
     }
+    let dataset = &crate::store::local_copy(dataset, |n| n.ends_with(".parquet") || n.ends_with("_stats.json"))?;
     let names = done_shard_names(dataset)?;
     let shard_path = |name: &String| dataset.join(format!("{name}.parquet"));
     // First pass: the hashes, in shard order (each file decoded on polars' threads; reading files
@@ -167,10 +168,10 @@ pub fn run(dataset: &Path, cfg: &RepeatsConfig, out: &Path) -> anyhow::Result<Re
     }
 
     // Second pass: the keys, shard by shard, into the selection (streamed) and the repeats.
-    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty() && !crate::store::is_remote(out)) {
         std::fs::create_dir_all(parent).map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", parent.display()))?;
     }
-    let tmp = temp_path(out);
+    let tmp = crate::store::temp_for(out);
     let file = std::fs::File::create(&tmp).map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", tmp.display()))?;
     let schema = Schema::from_iter([(KEY_COLUMN.into(), DataType::String)]);
     let mut writer = ParquetWriter::new(file).with_compression(ParquetCompression::Zstd(None)).batched(&schema)?;
@@ -216,7 +217,7 @@ pub fn run(dataset: &Path, cfg: &RepeatsConfig, out: &Path) -> anyhow::Result<Re
         ],
     )?;
     write_parquet_atomic(&mut df, &repeats).map_err(|e| anyhow::anyhow!("{}: {e}", repeats.display()))?;
-    std::fs::rename(&tmp, out).map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", out.display()))?;
+    crate::store::put_file(&tmp, out)?;
     let removed = first.iter().filter(|&&f| f != KEPT).count();
     Ok(RepeatsReport {
         shards: names.len(),

@@ -23,8 +23,8 @@ use std::time::Duration;
 
 mod staging;
 pub use staging::{
-    local_folder, names_in, read_file, read_in, reading_dir, remote, working_dir, write_file, ReadAhead, Staging,
-    READ_AHEAD,
+    local_copy, names_in, put_file, read_file, read_in, reading_dir, remote, temp_for, working_dir, write_file,
+    ReadAhead, Staging, READ_AHEAD,
 };
 
 /// Bytes of each part of a multipart upload (and the largest object sent in one request).

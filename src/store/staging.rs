@@ -73,22 +73,52 @@ pub fn write_file(path: &Path, bytes: Vec<u8>) -> anyhow::Result<()> {
     remote(&parent.to_string_lossy())?.write(&name, bytes)
 }
 
-/// A local folder holding the files of `dir` that `wanted` accepts: `dir` itself when local; for
-/// a store prefix, those objects downloaded into a new reading folder of this process's.
-pub fn local_folder(dir: &Path, wanted: impl Fn(&str) -> bool) -> anyhow::Result<PathBuf> {
-    if !is_remote(dir) {
-        return Ok(dir.to_path_buf());
+/// Moves the finished local file `local` to `dest`: renamed into place when `dest` is a file, uploaded
+/// whole (and the local file removed) when it names a store object.
+pub fn put_file(local: &Path, dest: &Path) -> anyhow::Result<()> {
+    if !is_remote(dest) {
+        return std::fs::rename(local, dest).map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", dest.display()));
+    }
+    let (parent, name) = split_object(dest)?;
+    remote(&parent.to_string_lossy())?.upload(local, &name)?;
+    let _ = std::fs::remove_file(local);
+    Ok(())
+}
+
+/// Where a file bound for `dest` is written before [`put_file`] moves it there: beside it when
+/// local, under the temporary directory for a store object.
+pub fn temp_for(dest: &Path) -> PathBuf {
+    if !is_remote(dest) {
+        return crate::shards::temp_path(dest);
+    }
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    crate::shards::temp_path(&std::env::temp_dir().join(name))
+}
+
+/// A local copy of what a whole-dataset stage reads of `path`: `path` itself when local; for a
+/// store prefix, the objects directly under it that `wanted` accepts, downloaded into a new reading
+/// folder of this process's (returned); for a store object, the object (its local file returned).
+pub fn local_copy(path: &Path, wanted: impl Fn(&str) -> bool) -> anyhow::Result<PathBuf> {
+    if !is_remote(path) {
+        return Ok(path.to_path_buf());
     }
     sweep_reading_dirs();
-    let local = new_reading_dir(dir);
+    let local = new_reading_dir(path);
     std::fs::create_dir_all(&local).map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", local.display()))?;
-    let r = remote(&dir.to_string_lossy())?;
-    for (name, _) in r.list()? {
-        if wanted(&name) {
-            r.download(&name, &local.join(&name))?;
+    let r = remote(&path.to_string_lossy())?;
+    let objects = r.list()?;
+    if !objects.is_empty() {
+        for (name, _) in objects.iter().filter(|(n, _)| wanted(n)) {
+            r.download(name, &local.join(name))?;
         }
+        return Ok(local);
     }
-    Ok(local)
+    let (parent, name) = split_object(path)?;
+    let file = local.join(&name);
+    let bytes = read_in(&parent, &name)?
+        .ok_or_else(|| anyhow::anyhow!("{}: no such object, and no objects under it", path.display()))?;
+    crate::shards::write_atomic(&file, &bytes)?;
+    Ok(file)
 }
 
 /// The names of the files directly in `dir` (a folder or a store prefix); none when it does not exist.
