@@ -287,3 +287,99 @@ fn the_whole_chain_in_a_bucket_makes_what_it_makes_on_local_disk() {
         only(&here, &["model.safetensors", "ema.safetensors", "optimizer.safetensors"])
     );
 }
+
+/// A pipeline whose `out` is a bucket prefix: ingest (a local folder), repeat search, caption
+/// (openai backend), density, the caches, training and sampling, everything written under the
+/// prefix; a rerun finds every stage current.
+#[test]
+fn a_pipeline_writes_every_stage_into_a_bucket() {
+    let server = S3Server::start("data");
+    let vlm = VlmServer::start(Expect {
+        model: MODEL.into(),
+        temperature: 0.2,
+        api_key: None,
+        latency_ms: 0,
+        faults: HashMap::new(),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    pixforge::demo::write_inputs(&photos).unwrap();
+    let vae = common::caches::tiny_vae(dir.path());
+    std::fs::write(dir.path().join("prompts.txt"), "a cup of coffee\n").unwrap();
+    let t5 = common::caches::pipeline();
+    let text = format!(
+        r#"out = "s3://data/pipe"
+[[ingest]]
+name = "photos"
+source = "folder"
+inputs = ["{photos}"]
+[ingest.image]
+image_size = 64
+[ingest.curation]
+samples_per_shard = 3
+[repeats]
+[caption]
+backend = "openai"
+model = "{MODEL}"
+endpoint = "{endpoint}/v1"
+[density]
+t5_tokenizer = "{t5}/tokenizer/tokenizer.json"
+[cache.t5]
+model = "{t5}"
+[cache.vae]
+model = "{vae}"
+resolution = 64
+[train]
+max_steps = 4
+seed = 7
+[train.data]
+batch_size = 2
+t5_model = "{t5}"
+[train.model]
+layers = 2
+heads = 2
+head_dim = 16
+sample_size = 8
+caption_channels = 16
+[train.checkpoints]
+every = 2
+keep_last = 1
+[train.logging]
+every = 2
+progress = false
+[sample]
+prompts = "{prompts}"
+t5 = "{t5}"
+vae = "{vae}"
+size = "64x64"
+steps = 2
+"#,
+        photos = photos.display(),
+        endpoint = vlm.base,
+        t5 = t5.display(),
+        vae = vae.display(),
+        prompts = dir.path().join("prompts.txt").display(),
+    );
+    let file = dir.path().join("pipe.toml");
+    std::fs::write(&file, text).unwrap();
+    let run = || ok(pixforge(&server).arg("run").arg(&file).output().unwrap());
+    let first = run();
+    let bucket = server.root.join("data/pipe");
+    let there = tree(&bucket);
+    for f in [
+        "photos/shards/00001_stats.json",
+        "photos/captions/00001.captions.parquet",
+        "photos/latents/t5/00001.safetensors",
+        "photos/latents/vae/00001_stats.json",
+        "density/report.json",
+        "train/log.jsonl",
+        "train/checkpoints/step_0000004/state.json",
+        "samples/0000.png",
+    ] {
+        assert!(there.contains_key(f), "{f}: {:?}\n{first}", there.keys().collect::<Vec<_>>());
+    }
+    assert!(there.keys().any(|k| k == "photos/selection/repeats.parquet"), "{:?}", there.keys());
+    let again = run();
+    assert!(again.contains("nothing to do: every stage's outputs are current"), "{again}");
+    assert_eq!(tree(&bucket).len(), there.len(), "the rerun wrote nothing new");
+}

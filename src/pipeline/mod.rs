@@ -300,9 +300,11 @@ impl Pipeline {
         }
         // `--out` is relative to the working directory, the file's `out` to the file's folder; made
         // absolute so that `{out}` in other fields (relative to the file) means the same folder.
-        let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+        // A store prefix (`s3://…`) is taken as it is.
+        let absolute = |p: PathBuf| if crate::store::is_remote(&p) { p } else { std::path::absolute(&p).unwrap_or(p) };
         let out = match (out, doc.get("out")) {
             (Some(o), _) => absolute(o.to_path_buf()),
+            (None, Some(toml::Value::String(s))) if crate::store::is_remote(Path::new(s)) => PathBuf::from(s),
             (None, Some(toml::Value::String(s))) => absolute(base.join(s)),
             (None, Some(v)) => anyhow::bail!("{f}: field `out`: expected a folder name, found {v}"),
             (None, None) => anyhow::bail!("{f}: field `out`: missing (the folder every stage writes under)"),
@@ -594,6 +596,18 @@ impl Pipeline {
         if self.export.is_some() && (self.t5.is_none() || self.vae.is_none()) {
             errors.push(format!("{f}: stage `export` writes the pipeline's caches: add [cache.t5] and [cache.vae]"));
         }
+        // Model folders and the official code's layout are read from local disk.
+        if crate::store::is_remote(&self.out) {
+            for (stage, present) in [("models", self.models.is_some()), ("export", self.export.is_some())] {
+                if present {
+                    errors.push(format!(
+                        "{f}: stage `{stage}` writes folders that are read from local disk, and out = \"{}\" is in a \
+                         store: run it in a pipeline with a local out",
+                        self.out.display()
+                    ));
+                }
+            }
+        }
         if let Some(c) = &self.caption {
             if c.backend == crate::caption::Backend::Openai && c.endpoint.is_none() {
                 errors.push(format!("{f}: stage `caption`, field `endpoint`: required with backend = \"openai\""));
@@ -626,7 +640,9 @@ impl Pipeline {
         let f = self.file.display();
         let mut errors: Vec<String> = Vec::new();
         let made = self.out.join("models");
-        let exists = |p: &Path| p.exists() || (self.models.is_some() && p.starts_with(&made));
+        // Inputs in a store are checked when the stage lists them.
+        let exists =
+            |p: &Path| crate::store::is_remote(p) || p.exists() || (self.models.is_some() && p.starts_with(&made));
         for ds in &self.datasets {
             for p in ds.ingest.iter().flat_map(|i| &i.inputs) {
                 if !exists(p) {

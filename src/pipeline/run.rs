@@ -81,7 +81,7 @@ pub fn run(p: &Pipeline, progress: bool, worker: crate::shards::Worker) -> anyho
         (Err(a), Err(b)) => anyhow::bail!("{a}\n{b}"),
     }
     let share = worker.count > 1;
-    std::fs::create_dir_all(&p.out).map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", p.out.display()))?;
+    crate::store::create_dir(&p.out)?;
     let mut r = PipelineReport::default();
     let stage_err = |stage: &str| format!("{}: stage `{stage}`", p.file.display());
     if let Some(m) = &p.models {
@@ -248,10 +248,11 @@ fn sample(
     train: &crate::train::config::TrainConfig,
     out: &Path,
 ) -> anyhow::Result<StageReport> {
-    let (step, ckpt) = crate::train::checkpoint::list(&train.output_dir)?
+    let step = crate::train::run_folder::checkpoint_steps(&train.output_dir)?
         .pop()
         .ok_or_else(|| anyhow::anyhow!("{}: no checkpoint to sample from", train.output_dir.display()))?;
-    let weights = ckpt.join(if s.ema { "ema.safetensors" } else { "model.safetensors" });
+    let file = if s.ema { "ema.safetensors" } else { "model.safetensors" };
+    let weights = crate::train::run_folder::checkpoint_file(&train.output_dir, step, file)?;
     let mut digest = InputsDigest::new();
     digest.file(&weights)?.value(s)?.value(&s.config)?.file(&s.prompts)?;
     let marker = DoneMarker::new(out.join("inputs.sha256"), digest.finish());
@@ -274,7 +275,13 @@ fn sample(
         noise: None,
         config: s.config.clone(),
     };
-    let paths = crate::train::generate::run(&o, &prompts, out, &crate::device::device(&train.device)?)?;
+    // Into a store: made in a working folder, then uploaded.
+    let mut images = crate::store::Staging::open(out, crate::shards::Worker::default())?;
+    let paths = crate::train::generate::run(&o, &prompts, &images.dir, &crate::device::device(&train.device)?)?;
+    let mut written = crate::store::names_in(&images.dir)?;
+    written.retain(|n| !n.starts_with('.'));
+    written.sort();
+    images.publish(&written)?;
     marker.write()?;
     Ok(StageReport {
         stage: "sample".into(),
@@ -424,7 +431,7 @@ fn selection(
     let out = ds.selection(stage);
     let artifacts = vec![("selection".into(), out.clone())];
     let label = ds.label(stage);
-    if marker.is_current() && out.is_file() {
+    if marker.is_current() && crate::store::exists(&out)? {
         return Ok(StageReport {
             stage: label,
             did_work: false,
@@ -432,8 +439,7 @@ fn selection(
             artifacts,
         });
     }
-    std::fs::create_dir_all(&ds.selections)
-        .map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", ds.selections.display()))?;
+    crate::store::create_dir(&ds.selections)?;
     let within = previous.map(crate::shards::selection::read_selection).transpose()?;
     let scores = std::slice::from_ref(&ds.scores);
     let summary = match stage {
@@ -535,7 +541,7 @@ fn density(
     let marker = DoneMarker::new(out.join("inputs.sha256"), h.finish());
     let report_json = out.join("report.json");
     let artifacts = vec![("report".into(), out.join("report.html"))];
-    if marker.is_current() && report_json.is_file() {
+    if marker.is_current() && crate::store::exists(&report_json)? {
         let stage = StageReport {
             stage: "density".into(),
             did_work: false,
@@ -570,7 +576,7 @@ fn train(
         digest.shards(dir)?;
     }
     let marker = DoneMarker::new(run_dir.join("data.sha256"), digest.finish());
-    let checkpoints = if run_dir.is_dir() { crate::train::checkpoint::list(run_dir)? } else { Vec::new() };
+    let checkpoints = crate::train::run_folder::checkpoint_steps(run_dir)?;
     let artifacts = vec![
         ("log".into(), run_dir.join("log.jsonl")),
         ("loss_curve".into(), run_dir.join("loss.svg")),
@@ -578,7 +584,7 @@ fn train(
         ("samples".into(), run_dir.join("samples")),
     ];
     let mut resume = Resume::No;
-    if let Some((step, _)) = checkpoints.last() {
+    if let Some(step) = checkpoints.last() {
         let same = marker.is_current();
         if !same {
             match when {
@@ -588,7 +594,7 @@ fn train(
                     run_dir.display(),
                     file.display()
                 ),
-                WhenDataChanges::Retrain => std::fs::remove_dir_all(run_dir)?,
+                WhenDataChanges::Retrain => crate::train::run_folder::remove_run(run_dir)?,
             }
         } else if *step >= cfg.max_steps {
             let stage = StageReport {
@@ -602,7 +608,7 @@ fn train(
             resume = Resume::Latest;
         }
     }
-    std::fs::create_dir_all(run_dir)?;
+    crate::store::create_dir(run_dir)?;
     marker.write()?;
     let summary = crate::train::run::run(cfg, &resume)?;
     let stage = StageReport {

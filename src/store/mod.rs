@@ -23,8 +23,8 @@ use std::time::Duration;
 
 mod staging;
 pub use staging::{
-    local_copy, names_in, put_file, read_file, read_in, reading_dir, remote, temp_for, working_dir, write_file,
-    ReadAhead, Staging, READ_AHEAD,
+    create_dir, exists, local_copy, names_in, put_file, read_file, read_in, reading_dir, remote, temp_for, working_dir,
+    write_file, ReadAhead, Staging, READ_AHEAD,
 };
 
 /// Bytes of each part of a multipart upload (and the largest object sent in one request).
@@ -226,6 +226,17 @@ impl Remote {
             match self.store.get(&self.path(name)).await {
                 Ok(r) => Ok(Some(r.bytes().await.map_err(|e| self.named(name, e))?.to_vec())),
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(self.named(name, e)),
+            }
+        })
+    }
+
+    /// Whether there is an object `name`.
+    pub fn exists(&self, name: &str) -> anyhow::Result<bool> {
+        runtime().block_on(async {
+            match self.store.head(&self.path(name)).await {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::NotFound { .. }) => Ok(false),
                 Err(e) => Err(self.named(name, e)),
             }
         })

@@ -73,6 +73,23 @@ pub fn write_file(path: &Path, bytes: Vec<u8>) -> anyhow::Result<()> {
     remote(&parent.to_string_lossy())?.write(&name, bytes)
 }
 
+/// Whether the file (or store object) `path` exists.
+pub fn exists(path: &Path) -> anyhow::Result<bool> {
+    if !is_remote(path) {
+        return Ok(path.is_file());
+    }
+    let (parent, name) = split_object(path)?;
+    remote(&parent.to_string_lossy())?.exists(&name)
+}
+
+/// Creates the folder `dir` (a store prefix needs none).
+pub fn create_dir(dir: &Path) -> anyhow::Result<()> {
+    if is_remote(dir) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", dir.display()))
+}
+
 /// Moves the finished local file `local` to `dest`: renamed into place when `dest` is a file, uploaded
 /// whole (and the local file removed) when it names a store object.
 pub fn put_file(local: &Path, dest: &Path) -> anyhow::Result<()> {

@@ -124,3 +124,40 @@ impl RunFolder {
         }
     }
 }
+
+/// The steps of the complete checkpoints of the run in `output_dir` (a folder or a store prefix),
+/// oldest first.
+pub fn checkpoint_steps(output_dir: &Path) -> anyhow::Result<Vec<u64>> {
+    if !crate::store::is_remote(output_dir) {
+        if !output_dir.is_dir() {
+            return Ok(Vec::new());
+        }
+        return Ok(super::checkpoint::list(output_dir)?.into_iter().map(|(s, _)| s).collect());
+    }
+    let root = crate::store::remote(&output_dir.to_string_lossy())?.child(CHECKPOINTS);
+    let mut steps = Vec::new();
+    for name in root.list_dirs()? {
+        if let Some(step) = name.strip_prefix("step_").and_then(|s| s.parse::<u64>().ok()) {
+            if root.child(&name).exists("state.json")? {
+                steps.push(step);
+            }
+        }
+    }
+    steps.sort_unstable();
+    Ok(steps)
+}
+
+/// A local file holding `file` of the checkpoint at `step` of the run in `output_dir`: the file
+/// itself, or for a run in a store the object downloaded into a reading folder of this process's.
+pub fn checkpoint_file(output_dir: &Path, step: u64, file: &str) -> anyhow::Result<std::path::PathBuf> {
+    let path = super::checkpoint::dir_of(output_dir, step).join(file);
+    crate::store::local_copy(&path, |_| true)
+}
+
+/// Removes the run in `output_dir` (a folder, or everything under a store prefix).
+pub fn remove_run(output_dir: &Path) -> anyhow::Result<()> {
+    if crate::store::is_remote(output_dir) {
+        return crate::store::remote(&output_dir.to_string_lossy())?.delete_all();
+    }
+    std::fs::remove_dir_all(output_dir).map_err(|e| anyhow::anyhow!("{}: cannot remove: {e}", output_dir.display()))
+}

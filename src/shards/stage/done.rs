@@ -2,7 +2,7 @@
 //! digest of everything a stage's output was made from ([`InputsDigest`]: the `_stats.json` of
 //! every done shard of its input folders, files, configuration values), kept beside the output in
 //! a marker file ([`DoneMarker`]) written after the output; the stage is current when the marker
-//! holds the digest of its inputs now.
+//! holds the digest of its inputs now. Folders, files and markers may be in a store.
 
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -28,16 +28,21 @@ impl InputsDigest {
         let ids = crate::shards::done_shards(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
         for s in ids {
             let name = format!("{}_stats.json", crate::shards::shard_name(s));
-            let p = dir.join(&name);
+            let bytes = crate::store::read_in(dir, &name)?
+                .ok_or_else(|| anyhow::anyhow!("{}: no such file", dir.join(&name).display()))?;
             self.0.update(name.as_bytes());
-            self.0.update(std::fs::read(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?);
+            self.0.update(bytes);
         }
         Ok(self)
     }
 
-    /// Adds the content of the file `path`.
+    /// Adds the content of the file (or store object) `path`.
     pub fn file(&mut self, path: &Path) -> anyhow::Result<&mut Self> {
-        self.0.update(super::sha256_file(path)?);
+        if crate::store::is_remote(path) {
+            self.0.update(Sha256::digest(crate::store::read_file(path)?));
+        } else {
+            self.0.update(super::sha256_file(path)?);
+        }
         Ok(self)
     }
 
@@ -76,15 +81,15 @@ impl DoneMarker {
 
     /// Whether the output was made from these inputs (the marker holds this digest).
     pub fn is_current(&self) -> bool {
-        std::fs::read_to_string(&self.path).ok().as_deref() == Some(self.digest.as_str())
+        crate::store::read_file(&self.path).ok().as_deref() == Some(self.digest.as_bytes())
     }
 
     /// Records that the output is made from these inputs; call it after the output is written.
     pub fn write(&self) -> anyhow::Result<()> {
-        if let Some(dir) = self.path.parent() {
+        if let Some(dir) = self.path.parent().filter(|_| !crate::store::is_remote(&self.path)) {
             std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", dir.display()))?;
         }
-        crate::shards::write_atomic(&self.path, self.digest.as_bytes())
-            .map_err(|e| anyhow::anyhow!("{}: {e}", self.path.display()))
+        crate::store::write_file(&self.path, self.digest.as_bytes().to_vec())
+            .map_err(|e| anyhow::anyhow!("{}: {e:#}", self.path.display()))
     }
 }
