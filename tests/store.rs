@@ -80,7 +80,10 @@ fn ingest_into_a_bucket_writes_what_a_local_run_writes() {
     let o = ingest(&server, &input, "s3://data/datasets/flaky");
     server.faults.every.store(0, Ordering::SeqCst);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(server.faults.faulted.load(Ordering::SeqCst) > 3, "faults were injected");
+    let faulted = server.faults.faulted.load(Ordering::SeqCst);
+    assert!(faulted > 3, "faults were injected");
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(said.contains(&format!("store: {faulted} transient failure(s) retried")), "{said}");
     assert_eq!(shard_files(&server.root.join("data/datasets/flaky")), here);
 }
 

@@ -217,9 +217,12 @@ fn the_whole_chain_in_a_bucket_makes_what_it_makes_on_local_disk() {
 
     // Throttling on every third request: retried, the same cache.
     server.faults.every.store(3, Ordering::SeqCst);
-    cached("s3://data/chain/vae-flaky");
+    let before = server.faults.faulted.load(Ordering::SeqCst);
+    let flaky: serde_json::Value = serde_json::from_str(&cached("s3://data/chain/vae-flaky")).unwrap();
     server.faults.every.store(0, Ordering::SeqCst);
-    assert!(server.faults.faulted.load(Ordering::SeqCst) > 2, "faults were injected");
+    let faulted = server.faults.faulted.load(Ordering::SeqCst) - before;
+    assert!(faulted > 2, "faults were injected");
+    assert_eq!(flaky["store_retries"].as_u64(), Some(faulted as u64), "each retried failure counted: {flaky}");
     let vae_cache = |d: &Path| only(&s3::files(d), &features);
     assert_eq!(vae_cache(&bucket.join("vae-flaky")), vae_cache(&bucket.join("vae")));
 

@@ -424,6 +424,7 @@ pub fn run(cfg: &IngestConfig, opts: &RunOptions) -> anyhow::Result<RunStats> {
 /// complete shard), deleting the local tar; the staging folder is made anew from the store on
 /// every run and removed at the end.
 fn run_remote(cfg: &IngestConfig, opts: &RunOptions, remote: &crate::store::Remote) -> anyhow::Result<RunStats> {
+    let retries = crate::store::transient_failures();
     remote.check()?;
     let digest = crate::image::sha256_hex(remote.url().as_bytes());
     let staging = std::env::temp_dir().join("pixforge-staging").join(format!(
@@ -465,7 +466,8 @@ fn run_remote(cfg: &IngestConfig, opts: &RunOptions, remote: &crate::store::Remo
     };
     let mut local = opts.clone();
     local.out = staging.clone();
-    let stats = run_local(cfg, &local, Some(&publish))?;
+    let mut stats = run_local(cfg, &local, Some(&publish))?;
+    stats.store_retries = crate::store::transient_failures() - retries;
     let _ = std::fs::remove_dir_all(&staging);
     Ok(stats)
 }
@@ -700,6 +702,9 @@ pub fn summary(stats: &RunStats) -> String {
         t.duplicate,
         t.bytes_written as f64 / 1e6
     );
+    if stats.store_retries > 0 {
+        let _ = writeln!(out, "store: {} transient failure(s) retried", stats.store_retries);
+    }
     if t.count > 0 {
         let _ = writeln!(out, "reasons:");
         let mut reasons: Vec<_> = t.status_dict.iter().collect();

@@ -79,6 +79,9 @@ pub struct RunStats {
     /// retries them).
     #[serde(default)]
     pub shards_failed: Vec<(String, String)>,
+    /// Transient object-store failures (5xx, throttling, broken connections) met and retried.
+    #[serde(default)]
+    pub store_retries: u64,
 }
 
 impl RunStats {

@@ -9,7 +9,8 @@
 //! throttling, broken connections) are retried with exponential backoff by the store client, up to
 //! [`RETRIES`] times within [`RETRY_TIMEOUT`] (`PIXFORGE_STORE_RETRIES`,
 //! `PIXFORGE_STORE_RETRY_TIMEOUT` in seconds change them); a permanent one (no bucket, access denied) is an
-//! error naming the object and carrying the store's message. The calls block: each runs on a
+//! error naming the object and carrying the store's message. The transient failures are counted
+//! ([`transient_failures`]) for the runs' stats. The calls block: each runs on a
 //! small runtime of its own.
 
 use bytes::Bytes;
@@ -21,7 +22,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+mod counted;
 mod staging;
+pub use counted::transient_failures;
 pub use staging::{
     create_dir, exists, local_copy, names_in, put_file, read_file, read_in, reading_dir, remote, temp_for, working_dir,
     write_file, ReadAhead, Staging, READ_AHEAD,
@@ -110,6 +113,7 @@ impl Remote {
             "s3" | "s3a" => Arc::new(
                 object_store::aws::AmazonS3Builder::from_env()
                     .with_url(trimmed)
+                    .with_http_connector(counted::CountingConnector)
                     .with_retry(retry())
                     .build()
                     .map_err(bad)?,
@@ -117,6 +121,7 @@ impl Remote {
             "gs" => Arc::new(
                 object_store::gcp::GoogleCloudStorageBuilder::from_env()
                     .with_url(trimmed)
+                    .with_http_connector(counted::CountingConnector)
                     .with_retry(retry())
                     .build()
                     .map_err(bad)?,
@@ -124,6 +129,7 @@ impl Remote {
             "az" | "abfs" | "abfss" | "azure" => Arc::new(
                 object_store::azure::MicrosoftAzureBuilder::from_env()
                     .with_url(trimmed)
+                    .with_http_connector(counted::CountingConnector)
                     .with_retry(retry())
                     .build()
                     .map_err(bad)?,
@@ -135,6 +141,7 @@ impl Remote {
                     object_store::http::HttpBuilder::new()
                         .with_url(origin)
                         .with_client_options(client)
+                        .with_http_connector(counted::CountingConnector)
                         .with_retry(retry())
                         .build()
                         .map_err(bad)?,

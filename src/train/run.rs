@@ -49,6 +49,8 @@ pub struct TrainSummary {
     pub checkpoint: Option<PathBuf>,
     /// The last validation grid written.
     pub validation: Option<PathBuf>,
+    /// Transient object-store failures (5xx, throttling, broken connections) met and retried.
+    pub store_retries: u64,
     /// Mean loss of the last (up to) 10 steps of this run.
     pub final_loss: Option<f64>,
 }
@@ -158,6 +160,7 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
     };
     let reducer = Reducer::connect(&place, &device)?;
     let (rank, world, main) = (place.rank, place.world, place.is_main());
+    let retries = crate::store::transient_failures();
     let mut folder = super::run_folder::RunFolder::open(&cfg.output_dir, rank, world)?;
     let out = &folder.dir().to_path_buf();
     std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("output_dir {}: cannot create: {e}", out.display()))?;
@@ -262,6 +265,7 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
         checkpoint: None,
         validation: None,
         final_loss: None,
+        store_retries: 0,
     };
     tracing::info!(
         samples = set.len(),
@@ -381,6 +385,7 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
     summary.final_loss = (!tail.is_empty()).then(|| tail.iter().map(|l| l.loss).sum::<f64>() / tail.len() as f64);
     summary.end_step = state.step;
     summary.skipped = trainer.skipped;
+    summary.store_retries = crate::store::transient_failures() - retries;
     Ok(summary)
 }
 

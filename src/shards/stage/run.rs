@@ -126,6 +126,8 @@ pub struct StageRunStats {
     pub failed: usize,
     /// Seconds spent.
     pub seconds: f64,
+    /// Transient object-store failures (5xx, throttling, broken connections) met and retried.
+    pub store_retries: u64,
 }
 
 /// Runs `per_shard` over the shards of `opts.input` this worker owns and has not done yet, writing
@@ -143,6 +145,7 @@ pub fn run_shards(
     mut per_shard: impl FnMut(&str, &WdsReader, &ProgressBar) -> anyhow::Result<ShardOutput>,
 ) -> anyhow::Result<StageRunStats> {
     let t0 = std::time::Instant::now();
+    let retries = crate::store::transient_failures();
     let input = Staging::open_to_read(&opts.input)?;
     let deps = opts.depends_on.iter().map(|d| Staging::open_to_read(d)).collect::<anyhow::Result<Vec<_>>>()?;
     let mut sources: Vec<usize> = done_shards(&opts.input)
@@ -246,6 +249,7 @@ pub fn run_shards(
     });
     pb.finish_and_clear();
     stats.seconds = t0.elapsed().as_secs_f64();
+    stats.store_retries = crate::store::transient_failures() - retries;
     Ok(stats)
 }
 
