@@ -558,6 +558,7 @@ fn run_local(cfg: &IngestConfig, opts: &RunOptions, publish: Option<&Publish>) -
     std::thread::scope(|scope| {
         let runner = &runner;
         let mut next: Option<(usize, std::thread::ScopedJoinHandle<'_, Gathered>)> = None;
+        let mut uploading: Option<Upload<'_>> = None;
         for &shard in &shards {
             let name = layout.name(shard);
             // A shard that fails is recorded and the run goes on (as every shard stage does); it is
@@ -600,25 +601,48 @@ fn run_local(cfg: &IngestConfig, opts: &RunOptions, publish: Option<&Publish>) -
                     }
                 }
             };
-            if let Some(publish) = publish {
-                let files = [format!("{name}.tar"), format!("{name}.parquet"), format!("{name}_stats.json")];
-                if let Err(e) = publish(&files) {
-                    fail(&mut stats, &name, e);
-                    continue;
+            match publish {
+                // The upload goes on while the next shard is written; the one before it ends first,
+                // so shards are listed in order.
+                Some(publish) => {
+                    if let Some(up) = uploading.take() {
+                        finish_upload(&mut stats, up, &runner.pb);
+                    }
+                    let files = [format!("{name}.tar"), format!("{name}.parquet"), format!("{name}_stats.json")];
+                    uploading = Some((shard, name, result, scope.spawn(move || publish(&files))));
                 }
+                None => record(&mut stats, shard, &name, &result, &runner.pb),
             }
-            stats.add(shard, &result);
-            let t = &stats.total;
-            runner.pb.set_message(format!(
-                "{} ok ({:.0}%), shard {name} done",
-                t.successes,
-                100.0 * t.successes as f64 / t.count.max(1) as f64
-            ));
-            tracing::info!(shard = %name, count = result.count, successes = result.successes, "shard done");
+        }
+        if let Some(up) = uploading.take() {
+            finish_upload(&mut stats, up, &runner.pb);
         }
     });
     runner.pb.finish_and_clear();
     Ok(stats)
+}
+
+/// A shard being uploaded: its id, name, stats and the upload.
+type Upload<'a> = (usize, String, crate::shards::ShardStats, std::thread::ScopedJoinHandle<'a, anyhow::Result<()>>);
+
+/// Waits for the upload of a shard, then records it as done (or failed).
+fn finish_upload(stats: &mut RunStats, (shard, name, result, upload): Upload<'_>, pb: &ProgressBar) {
+    match upload.join().unwrap_or_else(|p| std::panic::resume_unwind(p)) {
+        Ok(()) => record(stats, shard, &name, &result, pb),
+        Err(e) => fail(stats, &name, e),
+    }
+}
+
+/// Records shard `shard` as done.
+fn record(stats: &mut RunStats, shard: usize, name: &str, result: &crate::shards::ShardStats, pb: &ProgressBar) {
+    stats.add(shard, result);
+    let t = &stats.total;
+    pb.set_message(format!(
+        "{} ok ({:.0}%), shard {name} done",
+        t.successes,
+        100.0 * t.successes as f64 / t.count.max(1) as f64
+    ));
+    tracing::info!(shard = %name, count = result.count, successes = result.successes, "shard done");
 }
 
 /// `existing` with a new part for the inputs of `manifest` (`shards` shards) after its last one;
