@@ -461,6 +461,18 @@ enum BenchCmd {
         #[arg(long, default_value_t = 1024)]
         inflated_mib: u64,
     },
+    /// LAION-style metadata of N synthetic rows, as parquet (bench/rows.sh).
+    LaionRows {
+        /// Output parquet file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Rows.
+        #[arg(long)]
+        rows: usize,
+        /// Where the URLs point (scheme, host and port).
+        #[arg(long, default_value = "http://127.0.0.1:9")]
+        base: String,
+    },
     /// Write a synthetic ingested dataset for the repeat benchmark (bench/repeats.sh): shard
     /// parquets of random pHashes with 5% planted repeats within `--distance` bits.
     RepeatsDataset {
@@ -627,6 +639,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench(BenchCmd::BombCorpus { out, inflated_mib }) => {
             let kinds = pixforge::bench::bombs::write_corpus(&out, inflated_mib << 20)?;
             emit(&format!("wrote the bomb corpus ({}) to {}\n", kinds.join(", "), out.display()));
+        }
+        Cmd::Bench(BenchCmd::LaionRows { out, rows, base }) => {
+            pixforge::bench::rows::write_laion(&out, rows, &base)?;
+            emit(&format!("wrote {rows} rows to {}\n", out.display()));
         }
         Cmd::Bench(BenchCmd::RepeatsDataset { out, count, shards, distance, seed }) => {
             let planted = pixforge::bench::repeats::write_dataset(&out, count, shards, distance, seed)?;

@@ -2,6 +2,7 @@
 
 pub mod bombs;
 pub mod repeats;
+pub mod rows;
 
 use crate::image::phash::phash;
 use crate::image::{decode_rgb, encode, plan, resize_rgb, sha256_hex, ImageOptions};

@@ -35,7 +35,7 @@ impl Default for HubOptions {
 pub const TEXT_COLUMNS: &[&str] = &["text", "caption", "prompt"];
 
 /// Where one row's image is: its file, column, row group (first row and length) and row.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct CellRef {
     /// The parquet file.
     pub file: PathBuf,

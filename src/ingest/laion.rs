@@ -385,9 +385,9 @@ fn filter_reason(i: usize, checks: &[Check], caption: Option<&str>, o: &LaionOpt
     }
 }
 
-/// Reads every metadata file in `inputs` (files, or directories whose metadata files are taken in
-/// name order) and applies the filters; filtered rows are kept with their reason.
-pub fn read_laion(inputs: &[PathBuf], o: &LaionOptions) -> anyhow::Result<SourceRows> {
+/// The metadata files of `inputs` (files, or directories whose metadata files are taken in name
+/// order).
+fn metadata_files(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for p in inputs {
         if p.is_dir() {
@@ -404,60 +404,136 @@ pub fn read_laion(inputs: &[PathBuf], o: &LaionOptions) -> anyhow::Result<Source
     if files.is_empty() {
         anyhow::bail!("no metadata files found in {:?}", inputs);
     }
-    let mut rows = Vec::new();
-    let mut frames: Vec<DataFrame> = Vec::new();
+    Ok(files)
+}
+
+/// Hands the rows of one metadata file to `sink` in chunks of at most
+/// [`super::rows::CHUNK_ROWS`]: a parquet file read a row group at a time (one in memory), any other
+/// format read whole first.
+fn for_chunks(
+    path: &Path,
+    url_col: &str,
+    sink: &mut dyn FnMut(DataFrame, &BadRows, usize) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let chunk = super::rows::CHUNK_ROWS;
+    let plain_parquet = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("parquet"));
+    if plain_parquet {
+        let ctx = |e: PolarsError| anyhow::anyhow!("{}: cannot read as parquet: {e}", path.display());
+        let open = || std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()));
+        let mut reader = ParquetReader::new(open()?);
+        let metadata = reader.get_metadata().map_err(ctx)?.clone();
+        let none = BadRows::new();
+        let mut start = 0;
+        for group in &metadata.row_groups {
+            let rows = group.num_rows();
+            let mut reader = ParquetReader::new(open()?);
+            reader.set_metadata(metadata.clone());
+            let df = reader.with_slice(Some((start, rows))).finish().map_err(ctx)?;
+            for at in (0..df.height()).step_by(chunk) {
+                sink(df.slice(at as i64, chunk), &none, start + at)?;
+            }
+            start += rows;
+        }
+        return Ok(());
+    }
+    let (df, bad) = read_table(path, url_col)?;
+    for start in (0..df.height()).step_by(chunk) {
+        sink(df.slice(start as i64, chunk), &bad, start)?;
+    }
+    Ok(())
+}
+
+/// Lists the rows of every metadata file in `inputs` (files, or directories whose metadata files
+/// are taken in name order) with the filters applied (filtered rows are kept with their reason),
+/// handing them to `sink` a chunk at a time with the files' other columns; returns the input
+/// descriptions for the fingerprint.
+pub fn list_laion(
+    inputs: &[PathBuf],
+    o: &LaionOptions,
+    sink: &mut dyn FnMut(&[InputRow], &DataFrame) -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<String>> {
+    let files = metadata_files(inputs)?;
     let mut descs = Vec::new();
     for path in &files {
         descs.push(describe_input(path));
-        let (df, bad) = read_table(path, &o.url_col)?;
-        let urls = df.column(&o.url_col).map_err(|_| {
-            anyhow::anyhow!("{}: --url-col `{}` not found (columns: {})", path.display(), o.url_col, columns_list(&df))
-        })?;
-        let urls = urls.cast(&DataType::String)?;
-        let urls = urls.str()?;
-        let captions: Option<Vec<Option<String>>> = if o.caption_col.is_empty() {
-            None
-        } else {
-            let c = df.column(&o.caption_col).map_err(|_| {
-                anyhow::anyhow!(
-                    "{}: --caption-col `{}` not found (columns: {}); pass --caption-col '' for none",
-                    path.display(),
-                    o.caption_col,
-                    columns_list(&df)
-                )
-            })?;
-            Some(c.cast(&DataType::String)?.str()?.iter().map(|s| s.map(str::to_owned)).collect())
-        };
-        let checks = build_checks(&df, o, path)?;
-        for i in 0..df.height() {
-            let url = urls.get(i).unwrap_or("").trim().to_string();
-            let caption = captions.as_ref().and_then(|c| c[i].clone());
-            let mut row = InputRow::new(url.clone(), Payload::Url(url));
-            row.filtered = bad.get(&i).cloned().or_else(|| filter_reason(i, &checks, caption.as_deref(), o));
-            row.caption = caption;
-            rows.push(row);
-        }
-        let mut keep: Vec<Column> = Vec::new();
-        for c in df.columns() {
-            let name = c.name().as_str();
-            if name == o.url_col || name == o.caption_col {
-                continue;
-            }
-            let mut c = c.clone();
-            if crate::shards::RESERVED.contains(&name) {
-                c.rename(format!("source_{name}").into());
-            }
-            keep.push(c);
-        }
-        frames.push(DataFrame::new(df.height(), keep)?);
-    }
-    let mut passthrough = frames.remove(0);
-    for f in frames {
-        passthrough = passthrough.vstack(&f).map_err(|e| {
-            anyhow::anyhow!("metadata files have different extra columns; cannot carry them into one dataset: {e}")
+        for_chunks(path, &o.url_col, &mut |df, bad, first| {
+            let (rows, pass) = chunk_rows(&df, bad, first, o, path)?;
+            sink(&rows, &pass)
         })?;
     }
-    Ok(SourceRows { rows, source_col: "url", passthrough: Some(passthrough), inputs: descs })
+    Ok(descs)
+}
+
+/// The rows of `df` (rows `first..` of metadata file `path`), and its other columns.
+fn chunk_rows(
+    df: &DataFrame,
+    bad: &BadRows,
+    first: usize,
+    o: &LaionOptions,
+    path: &Path,
+) -> anyhow::Result<(Vec<InputRow>, DataFrame)> {
+    let urls = df.column(&o.url_col).map_err(|_| {
+        anyhow::anyhow!("{}: --url-col `{}` not found (columns: {})", path.display(), o.url_col, columns_list(df))
+    })?;
+    let urls = urls.cast(&DataType::String)?;
+    let urls = urls.str()?;
+    let captions: Option<StringChunked> = if o.caption_col.is_empty() {
+        None
+    } else {
+        let c = df.column(&o.caption_col).map_err(|_| {
+            anyhow::anyhow!(
+                "{}: --caption-col `{}` not found (columns: {}); pass --caption-col '' for none",
+                path.display(),
+                o.caption_col,
+                columns_list(df)
+            )
+        })?;
+        Some(c.cast(&DataType::String)?.str()?.clone())
+    };
+    let checks = build_checks(df, o, path)?;
+    let mut rows = Vec::with_capacity(df.height());
+    for i in 0..df.height() {
+        let url = urls.get(i).unwrap_or("").trim().to_string();
+        let caption = captions.as_ref().and_then(|c| c.get(i).map(str::to_owned));
+        let mut row = InputRow::new(url.clone(), Payload::Url(url));
+        row.filtered = bad.get(&(first + i)).cloned().or_else(|| filter_reason(i, &checks, caption.as_deref(), o));
+        row.caption = caption;
+        rows.push(row);
+    }
+    let mut keep: Vec<Column> = Vec::new();
+    for c in df.columns() {
+        let name = c.name().as_str();
+        if name == o.url_col || name == o.caption_col {
+            continue;
+        }
+        let mut c = c.clone();
+        if crate::shards::RESERVED.contains(&name) {
+            c.rename(format!("source_{name}").into());
+        }
+        keep.push(c);
+    }
+    Ok((rows, DataFrame::new(df.height(), keep)?))
+}
+
+/// [`list_laion`] into memory: every row, and the files' other columns.
+pub fn read_laion(inputs: &[PathBuf], o: &LaionOptions) -> anyhow::Result<SourceRows> {
+    let mut rows = Vec::new();
+    let mut passthrough: Option<DataFrame> = None;
+    let descs = list_laion(inputs, o, &mut |chunk, pass| {
+        rows.extend_from_slice(chunk);
+        match &mut passthrough {
+            None => passthrough = Some(pass.clone()),
+            Some(all) => {
+                all.vstack_mut(pass).map_err(|e| {
+                    anyhow::anyhow!(
+                        "metadata files have different extra columns; cannot carry them into one dataset: {e}"
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    })?;
+    Ok(SourceRows { rows, source_col: "url", passthrough, inputs: descs })
 }
 
 #[cfg(test)]
@@ -469,6 +545,47 @@ mod tests {
         let mut e = flate2::write::GzEncoder::new(std::fs::File::create(path).unwrap(), flate2::Compression::fast());
         e.write_all(text.as_bytes()).unwrap();
         e.finish().unwrap();
+    }
+
+    #[test]
+    fn a_parquet_file_is_listed_a_row_group_at_a_time_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.parquet");
+        let n = 10usize;
+        let mut df = DataFrame::new(
+            n,
+            vec![
+                Column::new("URL".into(), (0..n).map(|i| format!("https://example.com/{i}.jpg")).collect::<Vec<_>>()),
+                Column::new("TEXT".into(), (0..n).map(|i| format!("photo {i}")).collect::<Vec<_>>()),
+                Column::new("similarity".into(), (0..n).map(|i| i as f64 / 10.0).collect::<Vec<_>>()),
+            ],
+        )
+        .unwrap();
+        let file = std::fs::File::create(&path).unwrap();
+        ParquetWriter::new(file).with_row_group_size(Some(3)).finish(&mut df).unwrap();
+        let o = LaionOptions { min_similarity: Some(0.45), ..Default::default() };
+        let mut chunks = Vec::new();
+        let mut rows = Vec::new();
+        list_laion(std::slice::from_ref(&path), &o, &mut |chunk, pass| {
+            chunks.push(chunk.len());
+            assert_eq!(pass.height(), chunk.len());
+            rows.extend_from_slice(chunk);
+            Ok(())
+        })
+        .unwrap();
+        let groups: Vec<usize> = ParquetReader::new(std::fs::File::open(&path).unwrap())
+            .get_metadata()
+            .unwrap()
+            .row_groups
+            .iter()
+            .map(|g| g.num_rows())
+            .collect();
+        assert!(groups.len() > 2, "{groups:?}");
+        assert_eq!(chunks, groups, "one chunk a row group");
+        let urls: Vec<&str> = rows.iter().map(|r| r.source.as_str()).collect();
+        assert_eq!(urls, (0..n).map(|i| format!("https://example.com/{i}.jpg")).collect::<Vec<_>>());
+        let kept: Vec<bool> = rows.iter().map(|r| r.filtered.is_none()).collect();
+        assert_eq!(kept, (0..n).map(|i| i >= 5).collect::<Vec<_>>(), "the filter sees each row's own value");
     }
 
     #[test]

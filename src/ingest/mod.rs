@@ -8,6 +8,7 @@ pub mod hub;
 pub mod laion;
 pub mod optout;
 pub mod rle;
+pub mod rows;
 mod run;
 pub mod sa1b;
 pub mod source;

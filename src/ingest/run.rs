@@ -2,8 +2,9 @@
 //! not done yet fetches, processes, de-duplicates and writes it.
 
 use super::download::Downloader;
+use super::rows::{RowSpill, RowStore};
 use super::sa1b::mask_stats;
-use super::source::{InputRow, Payload, SourceRows};
+use super::source::{InputRow, Payload};
 use super::{DedupMode, IngestConfig, SourceKind};
 use crate::image::phash::PhashIndex;
 use crate::image::process;
@@ -12,6 +13,7 @@ use crate::shards::{
     TEMP_MARKER,
 };
 use indicatif::{ProgressBar, ProgressStyle};
+use polars::prelude::DataFrame;
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -52,6 +54,8 @@ impl RunOptions {
 struct Gathered {
     start: f64,
     outcomes: Vec<Outcome>,
+    /// The source's own columns of the shard's rows.
+    passthrough: Option<DataFrame>,
 }
 
 /// The result of one row: its record, plus the image bytes and pHash on success.
@@ -196,24 +200,46 @@ fn remove_dataset_files(out: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn read_source(cfg: &IngestConfig) -> anyhow::Result<SourceRows> {
+/// A source's rows, kept on disk, and what the shards carry from it.
+struct Listed {
+    store: RowStore,
+    /// Name of the source column in the shard parquet (`url` or `source`).
+    source_col: &'static str,
+    /// Descriptions of the input files for the manifest fingerprint.
+    inputs: Vec<String>,
+}
+
+/// Lists the source's rows into a [`RowStore`]: LAION metadata chunk by chunk as it is read (a
+/// parquet file by row ranges), so that memory does not grow with the rows; the other sources list
+/// their files (or tar members) first.
+fn list_rows(cfg: &IngestConfig) -> anyhow::Result<Listed> {
     // Inputs in an object store are read from local copies.
     let cache = std::env::temp_dir().join("pixforge-inputs");
     let inputs: Vec<PathBuf> =
         cfg.inputs.iter().map(|i| crate::store::local_input(i, &cache)).collect::<anyhow::Result<_>>()?;
     let cfg = &IngestConfig { inputs, ..cfg.clone() };
-    match cfg.source {
-        SourceKind::Laion => super::laion::read_laion(&cfg.inputs, &cfg.laion),
-        SourceKind::Sa1b => super::sa1b::read_sa1b(&cfg.inputs),
+    let rows = match cfg.source {
+        SourceKind::Laion => {
+            let mut spill = RowSpill::new();
+            let inputs =
+                super::laion::list_laion(&cfg.inputs, &cfg.laion, &mut |rows, pass| spill.push(rows, Some(pass)))?;
+            return Ok(Listed { store: spill.finish()?, source_col: "url", inputs });
+        }
+        SourceKind::Sa1b => super::sa1b::read_sa1b(&cfg.inputs)?,
         SourceKind::Folder => {
             let [dir] = cfg.inputs.as_slice() else {
                 anyhow::bail!("the folder source takes exactly one directory, got {}", cfg.inputs.len());
             };
-            super::folder::read_folder(dir)
+            super::folder::read_folder(dir)?
         }
-        SourceKind::Webdataset => super::webdataset::read_webdataset(&cfg.inputs),
-        SourceKind::Hub => super::hub::read_hub(&cfg.inputs, &cfg.hub),
-    }
+        SourceKind::Webdataset => super::webdataset::read_webdataset(&cfg.inputs)?,
+        SourceKind::Hub => super::hub::read_hub(&cfg.inputs, &cfg.hub)?,
+    };
+    Ok(Listed {
+        store: RowStore::from_rows(rows.rows, rows.passthrough)?,
+        source_col: rows.source_col,
+        inputs: rows.inputs,
+    })
 }
 
 /// The manifest of an ingest with `cfg` over `inputs`.
@@ -229,7 +255,7 @@ fn manifest_for(cfg: &IngestConfig, inputs: &[String]) -> anyhow::Result<Manifes
 
 struct Runner<'a> {
     ctx: Arc<Ctx>,
-    rows: &'a SourceRows,
+    rows: &'a Listed,
     layout: ShardLayout,
     /// The shard the rows' first shard is (after a dataset's own shards when appended).
     first_shard: usize,
@@ -314,6 +340,7 @@ impl Runner<'_> {
         &self,
         shard: usize,
         mut outcomes: Vec<Outcome>,
+        passthrough: Option<DataFrame>,
         dedup: &mut Dedup,
         start: f64,
     ) -> anyhow::Result<crate::shards::ShardStats> {
@@ -336,20 +363,22 @@ impl Runner<'_> {
             }
         }
         let records: Vec<Record> = outcomes.into_iter().map(|o| o.record).collect();
-        let range = self.layout.rows_of(shard - self.first_shard, self.rows.rows.len());
-        let pass = self.rows.passthrough.as_ref().map(|df| df.slice(range.start as i64, range.len()));
-        w.finish(&records, self.rows.source_col, pass.as_ref(), start)
+        w.finish(&records, self.rows.source_col, passthrough.as_ref(), start)
     }
 
     /// Fetches and processes every row of a shard not written yet; de-duplication and writing
     /// happen in shard order afterwards ([`Self::write`]), so two shards may be gathered at once.
-    fn gather(&self, shard: usize) -> Gathered {
+    fn gather(&self, shard: usize) -> anyhow::Result<Gathered> {
         let start = crate::shards::now();
-        let range = self.layout.rows_of(shard - self.first_shard, self.rows.rows.len());
-        let rows = &self.rows.rows[range.clone()];
+        let (rows, passthrough) = self.shard_rows(shard)?;
         let todo: Vec<usize> = (0..rows.len()).collect();
-        let outcomes = self.outcomes(shard, rows, &todo).into_iter().map(|(_, o)| o).collect();
-        Gathered { start, outcomes }
+        let outcomes = self.outcomes(shard, &rows, &todo).into_iter().map(|(_, o)| o).collect();
+        Ok(Gathered { start, outcomes, passthrough })
+    }
+
+    /// The input rows of `shard`, with the source's own columns.
+    fn shard_rows(&self, shard: usize) -> anyhow::Result<(Vec<InputRow>, Option<DataFrame>)> {
+        self.rows.store.slice(self.layout.rows_of(shard - self.first_shard, self.rows.store.len()))
     }
 
     /// `--retry-failed`: re-attempts the `failed_to_download` rows of a done shard, keeps the rest.
@@ -362,8 +391,7 @@ impl Runner<'_> {
             return Ok(None);
         }
         let start = crate::shards::now();
-        let range = self.layout.rows_of(shard - self.first_shard, self.rows.rows.len());
-        let rows = &self.rows.rows[range];
+        let (rows, passthrough) = self.shard_rows(shard)?;
         if rows.len() != old.len() {
             anyhow::bail!(
                 "{name}.parquet has {} rows but the input has {} rows for this shard: inputs changed",
@@ -380,7 +408,7 @@ impl Runner<'_> {
                 }
             }
         }
-        let mut fresh: HashMap<usize, Outcome> = self.outcomes(shard, rows, &redo).into_iter().collect();
+        let mut fresh: HashMap<usize, Outcome> = self.outcomes(shard, &rows, &redo).into_iter().collect();
         let mut outcomes = Vec::with_capacity(old.len());
         for (i, r) in old.into_iter().enumerate() {
             if let Some(o) = fresh.remove(&i) {
@@ -402,7 +430,7 @@ impl Runner<'_> {
         }
         // Old successes are registered already (they carry no pHash here); only new ones are checked.
         std::fs::remove_file(self.out.join(format!("{name}_stats.json")))?;
-        Ok(Some(self.write(shard, outcomes, dedup, start)?))
+        Ok(Some(self.write(shard, outcomes, passthrough, dedup, start)?))
     }
 }
 
@@ -478,13 +506,13 @@ fn run_local(cfg: &IngestConfig, opts: &RunOptions, publish: Option<&Publish>) -
     if cfg.curation.samples_per_shard == 0 {
         anyhow::bail!("--samples-per-shard (curation.samples_per_shard): expected at least 1, found 0");
     }
-    let rows = read_source(cfg)?;
+    let rows = list_rows(cfg)?;
     let layout = ShardLayout::new(cfg.curation.samples_per_shard);
     let manifest = manifest_for(cfg, &rows.inputs)?;
     std::fs::create_dir_all(&opts.out)
         .map_err(|e| anyhow::anyhow!("{}: cannot create output directory: {e}", opts.out.display()))?;
     let _lock = crate::shards::ShareLock::acquire(&opts.out, opts.worker)?;
-    let shard_count = layout.shard_count(rows.rows.len());
+    let shard_count = layout.shard_count(rows.store.len());
     let mut manifest = manifest;
     let mut first_shard = 0;
     if let Some(existing) = Manifest::read(&opts.out)? {
@@ -525,7 +553,7 @@ fn run_local(cfg: &IngestConfig, opts: &RunOptions, publish: Option<&Publish>) -
     let todo_rows: usize = shards
         .iter()
         .filter(|s| !done.contains(s) || opts.retry_failed)
-        .map(|&s| layout.rows_of(s - first_shard, rows.rows.len()).len())
+        .map(|&s| layout.rows_of(s - first_shard, rows.store.len()).len())
         .sum();
     let pb = if opts.progress { ProgressBar::new(todo_rows as u64) } else { ProgressBar::hidden() };
     pb.set_style(
@@ -557,7 +585,7 @@ fn run_local(cfg: &IngestConfig, opts: &RunOptions, publish: Option<&Publish>) -
     let fresh: Vec<usize> = shards.iter().copied().filter(|s| !done.contains(s)).collect();
     std::thread::scope(|scope| {
         let runner = &runner;
-        let mut next: Option<(usize, std::thread::ScopedJoinHandle<'_, Gathered>)> = None;
+        let mut next: Option<(usize, std::thread::ScopedJoinHandle<'_, anyhow::Result<Gathered>>)> = None;
         let mut uploading: Option<Upload<'_>> = None;
         for &shard in &shards {
             let name = layout.name(shard);
@@ -593,7 +621,9 @@ fn run_local(cfg: &IngestConfig, opts: &RunOptions, publish: Option<&Publish>) -
                     Some(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
                     None => runner.gather(shard),
                 };
-                match runner.write(shard, gathered.outcomes, &mut dedup, gathered.start) {
+                let written =
+                    gathered.and_then(|g| runner.write(shard, g.outcomes, g.passthrough, &mut dedup, g.start));
+                match written {
                     Ok(s) => s,
                     Err(e) => {
                         fail(&mut stats, &name, e);

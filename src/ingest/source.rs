@@ -5,7 +5,7 @@ use polars::prelude::DataFrame;
 use std::path::{Path, PathBuf};
 
 /// Where a row's bytes live.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Payload {
     /// An http(s) URL to download.
     Url(String),
