@@ -1,8 +1,9 @@
 //! Datasets in an object store, against a real S3-compatible server on loopback (s3s-fs, with
 //! signature checking): `ingest --out s3://bucket/prefix` writes the same shard objects, byte for
 //! byte, as the same run into a local folder, each shard's stats object last; a rerun lists the
-//! prefix and does nothing; throttling answers (503 SlowDown) on some requests are retried and
-//! lose nothing; a bucket that does not exist fails the run at its start, naming the URL.
+//! prefix and does nothing; server errors and throttling (500 InternalError, 503 SlowDown) on some
+//! requests are retried, counted and lose nothing; a bucket that does not exist fails the run at
+//! its start, naming the URL.
 
 mod common;
 #[path = "common/s3.rs"]
@@ -75,7 +76,7 @@ fn ingest_into_a_bucket_writes_what_a_local_run_writes() {
     assert!(server.faults.requests.load(Ordering::SeqCst) > before, "the rerun asked the store");
     assert_eq!(shard_files(&bucket), here);
 
-    // Throttling on every third request: retried with backoff, nothing lost.
+    // Server errors and throttling on every third request: retried with backoff, nothing lost.
     server.faults.every.store(3, Ordering::SeqCst);
     let o = ingest(&server, &input, "s3://data/datasets/flaky");
     server.faults.every.store(0, Ordering::SeqCst);

@@ -145,8 +145,8 @@ fn captions(dir: &Path) -> BTreeMap<String, String> {
     all
 }
 
-#[test]
-fn the_whole_chain_in_a_bucket_makes_what_it_makes_on_local_disk() {
+/// A store, a captioning server, and in a new folder the demo's photos and a tiny VAE.
+fn servers_and_inputs() -> (S3Server, VlmServer, tempfile::TempDir, PathBuf, PathBuf) {
     let server = S3Server::start("data");
     let vlm = VlmServer::start(Expect {
         model: MODEL.into(),
@@ -159,6 +159,12 @@ fn the_whole_chain_in_a_bucket_makes_what_it_makes_on_local_disk() {
     let photos = dir.path().join("photos");
     pixforge::demo::write_inputs(&photos).unwrap();
     let vae = common::caches::tiny_vae(dir.path());
+    (server, vlm, dir, photos, vae)
+}
+
+#[test]
+fn the_whole_chain_in_a_bucket_makes_what_it_makes_on_local_disk() {
+    let (server, vlm, dir, photos, vae) = servers_and_inputs();
     let local_root = dir.path().join("local");
     let local = local_root.to_str().unwrap();
     chain(&server, &vlm, &photos, &vae, dir.path(), local);
@@ -215,7 +221,7 @@ fn the_whole_chain_in_a_bucket_makes_what_it_makes_on_local_disk() {
         |t: &BTreeMap<String, Vec<u8>>| only(t, &features).into_iter().filter(|(n, _)| n.starts_with("vae/")).count();
     assert_eq!(vae_files(&tree(&bucket)), vae_files(&there));
 
-    // Throttling on every third request: retried, the same cache.
+    // Server errors and throttling on every third request: retried and counted, the same cache.
     server.faults.every.store(3, Ordering::SeqCst);
     let before = server.faults.faulted.load(Ordering::SeqCst);
     let flaky: serde_json::Value = serde_json::from_str(&cached("s3://data/chain/vae-flaky")).unwrap();
@@ -296,18 +302,7 @@ fn the_whole_chain_in_a_bucket_makes_what_it_makes_on_local_disk() {
 /// prefix; a rerun finds every stage current.
 #[test]
 fn a_pipeline_writes_every_stage_into_a_bucket() {
-    let server = S3Server::start("data");
-    let vlm = VlmServer::start(Expect {
-        model: MODEL.into(),
-        temperature: 0.2,
-        api_key: None,
-        latency_ms: 0,
-        faults: HashMap::new(),
-    });
-    let dir = tempfile::tempdir().unwrap();
-    let photos = dir.path().join("photos");
-    pixforge::demo::write_inputs(&photos).unwrap();
-    let vae = common::caches::tiny_vae(dir.path());
+    let (server, vlm, dir, photos, vae) = servers_and_inputs();
     std::fs::write(dir.path().join("prompts.txt"), "a cup of coffee\n").unwrap();
     let t5 = common::caches::pipeline();
     let text = format!(

@@ -109,31 +109,24 @@ impl Remote {
         let parsed = url::Url::parse(trimmed).map_err(|e| anyhow::anyhow!("{url}: not a URL: {e}"))?;
         let bad = |e: object_store::Error| anyhow::anyhow!("{url}: {e}");
         let scheme = parsed.scheme().to_ascii_lowercase();
+        // The clouds' builders: configured from the environment, then the URL, the counting
+        // client and the retry policy.
+        macro_rules! cloud {
+            ($builder:expr) => {
+                Arc::new(
+                    $builder
+                        .with_url(trimmed)
+                        .with_http_connector(counted::CountingConnector)
+                        .with_retry(retry())
+                        .build()
+                        .map_err(bad)?,
+                )
+            };
+        }
         let store: Arc<dyn ObjectStore> = match scheme.as_str() {
-            "s3" | "s3a" => Arc::new(
-                object_store::aws::AmazonS3Builder::from_env()
-                    .with_url(trimmed)
-                    .with_http_connector(counted::CountingConnector)
-                    .with_retry(retry())
-                    .build()
-                    .map_err(bad)?,
-            ),
-            "gs" => Arc::new(
-                object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                    .with_url(trimmed)
-                    .with_http_connector(counted::CountingConnector)
-                    .with_retry(retry())
-                    .build()
-                    .map_err(bad)?,
-            ),
-            "az" | "abfs" | "abfss" | "azure" => Arc::new(
-                object_store::azure::MicrosoftAzureBuilder::from_env()
-                    .with_url(trimmed)
-                    .with_http_connector(counted::CountingConnector)
-                    .with_retry(retry())
-                    .build()
-                    .map_err(bad)?,
-            ),
+            "s3" | "s3a" => cloud!(object_store::aws::AmazonS3Builder::from_env()),
+            "gs" => cloud!(object_store::gcp::GoogleCloudStorageBuilder::from_env()),
+            "az" | "abfs" | "abfss" | "azure" => cloud!(object_store::azure::MicrosoftAzureBuilder::from_env()),
             "http" | "https" => {
                 let origin = parsed.origin().ascii_serialization();
                 let client = object_store::ClientOptions::new().with_allow_http(scheme == "http");

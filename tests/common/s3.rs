@@ -1,7 +1,7 @@
 //! A real S3-compatible server on loopback for the object-store tests: `s3s-fs` (the S3 protocol of
 //! the `s3s` crate over a folder, one directory per bucket), served in process with signature
-//! checking, in front of which a fault switch answers chosen requests with `503 SlowDown` and
-//! counts every request.
+//! checking, in front of which a fault switch answers chosen requests with `503 SlowDown` or
+//! `500 InternalError` and counts every request.
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ pub const SECRET_KEY: &str = "pixforge-test-secret";
 /// What the fault switch does.
 #[derive(Default)]
 pub struct Faults {
-    /// Answer every n-th request with `503 SlowDown` (0: none).
+    /// Answer every n-th request with a fault, `503 SlowDown` and `500 InternalError` in turn (0: none).
     pub every: AtomicUsize,
     /// Refuse every request with `503` (the store "went away").
     pub down: AtomicBool,
@@ -84,11 +84,15 @@ async fn serve(listener: std::net::TcpListener, root: PathBuf, faults: Arc<Fault
                 let n = faults.requests.fetch_add(1, Ordering::SeqCst) + 1;
                 let every = faults.every.load(Ordering::SeqCst);
                 if faults.down.load(Ordering::SeqCst) || (every > 0 && n % every == 0) {
-                    faults.faulted.fetch_add(1, Ordering::SeqCst);
-                    let body =
-                        "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+                    let k = faults.faulted.fetch_add(1, Ordering::SeqCst);
+                    // Every other injected fault is a server error, the rest throttling.
+                    let (status, body) = if !faults.down.load(Ordering::SeqCst) && k % 2 == 1 {
+                        (500, "<Error><Code>InternalError</Code><Message>We encountered an internal error.</Message></Error>")
+                    } else {
+                        (503, "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>")
+                    };
                     let resp = hyper::Response::builder()
-                        .status(503)
+                        .status(status)
                         .header("content-type", "application/xml")
                         .body(s3s::Body::from(body.to_string()))
                         .unwrap();
