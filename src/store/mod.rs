@@ -169,32 +169,26 @@ impl Remote {
         })
     }
 
-    /// The names (and sizes) of the objects directly under the prefix.
-    pub fn list(&self) -> anyhow::Result<Vec<(String, u64)>> {
+    /// What is directly under the prefix: objects and sub-prefixes.
+    fn listing(&self) -> anyhow::Result<object_store::ListResult> {
         runtime().block_on(async {
-            let listed = self
-                .store
+            self.store
                 .list_with_delimiter(Some(&self.prefix))
                 .await
-                .map_err(|e| anyhow::anyhow!("{}: cannot list: {e}", self.url))?;
-            Ok(listed
-                .objects
-                .into_iter()
-                .filter_map(|o| o.location.filename().map(|n| (n.to_string(), o.size)))
-                .collect())
+                .map_err(|e| anyhow::anyhow!("{}: cannot list: {e}", self.url))
         })
+    }
+
+    /// The names (and sizes) of the objects directly under the prefix.
+    pub fn list(&self) -> anyhow::Result<Vec<(String, u64)>> {
+        let listed = self.listing()?;
+        Ok(listed.objects.into_iter().filter_map(|o| o.location.filename().map(|n| (n.to_string(), o.size))).collect())
     }
 
     /// The names of the sub-prefixes ("folders") directly under the prefix.
     pub fn list_dirs(&self) -> anyhow::Result<Vec<String>> {
-        runtime().block_on(async {
-            let listed = self
-                .store
-                .list_with_delimiter(Some(&self.prefix))
-                .await
-                .map_err(|e| anyhow::anyhow!("{}: cannot list: {e}", self.url))?;
-            Ok(listed.common_prefixes.into_iter().filter_map(|p| p.filename().map(str::to_string)).collect())
-        })
+        let listed = self.listing()?;
+        Ok(listed.common_prefixes.into_iter().filter_map(|p| p.filename().map(str::to_string)).collect())
     }
 
     /// The prefix `name` under this one, on the same store.
