@@ -105,7 +105,11 @@ pub fn from_dit(
     }
     // The re-parameterisation at t* = t_embedder(500).
     let t = Tensor::new(&[REPARAM_T as f32], device)?;
-    let t_star = linear(&linear(&timestep_features(&t)?, &sd, "t_embedder.mlp.0")?.silu()?, &sd, "t_embedder.mlp.2")?;
+    let t_star = linear(
+        &linear(&timestep_features(&t, DType::F32)?, &sd, "t_embedder.mlp.0")?.silu()?,
+        &sd,
+        "t_embedder.mlp.2",
+    )?;
     let s = t_star.silu()?;
     let shared = linear(&s, &official, "t_block.1")?;
     for i in 0..layers {

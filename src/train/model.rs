@@ -137,14 +137,21 @@ pub fn pos_embed_2d(dim: usize, h: usize, w: usize, base_size: usize, scale: f64
     out
 }
 
-/// The sinusoidal timestep features (256 channels, cos first).
-pub(crate) fn timestep_features(t: &Tensor) -> Result<Tensor> {
+/// The sinusoidal timestep features (256 channels, cos first) in `dtype`: computed in f32 step by
+/// step, as diffusers and the official code compute them (`exp(-ln(10000) * k / 128)`, whatever the
+/// model's type), and in f64 for an f64 model (the exact values an f64 reference computes).
+pub(crate) fn timestep_features(t: &Tensor, dtype: DType) -> Result<Tensor> {
     let half = 128;
-    // In f32 step by step, as diffusers computes them (`exp(-ln(10000) * k / 128)`).
-    let freqs: Vec<f32> = (0..half).map(|k| ((-(10000f64.ln() as f32) * k as f32) / half as f32).exp()).collect();
-    let freqs = Tensor::from_vec(freqs, (1, half), t.device())?;
-    let args = t.to_dtype(DType::F32)?.unsqueeze(1)?.broadcast_mul(&freqs)?;
-    Tensor::cat(&[args.cos()?, args.sin()?], 1)
+    let args = if dtype == DType::F64 {
+        let freqs: Vec<f64> = (0..half).map(|k| ((-(10000f64.ln()) * k as f64) / half as f64).exp()).collect();
+        let freqs = Tensor::from_vec(freqs, (1, half), t.device())?;
+        t.to_dtype(DType::F64)?.unsqueeze(1)?.broadcast_mul(&freqs)?
+    } else {
+        let freqs: Vec<f32> = (0..half).map(|k| ((-(10000f64.ln() as f32) * k as f32) / half as f32).exp()).collect();
+        let freqs = Tensor::from_vec(freqs, (1, half), t.device())?;
+        t.to_dtype(DType::F32)?.unsqueeze(1)?.broadcast_mul(&freqs)?
+    };
+    Tensor::cat(&[args.cos()?, args.sin()?], 1)?.to_dtype(dtype)
 }
 
 /// `w` checked against `config`: every tensor [`parameter_shapes`] lists is there with its shape and a
@@ -413,7 +420,7 @@ impl PixArt {
     /// image size `[B, 2]` (height, width) and aspect ratio `[B, 1]`, each value through the
     /// sinusoidal features and its own 2-layer MLP.
     fn time_embedding(&self, timestep: &Tensor, micro: Option<(&Tensor, &Tensor)>, dtype: DType) -> Result<Tensor> {
-        let features = |x: &Tensor| timestep_features(x)?.to_dtype(dtype);
+        let features = |x: &Tensor| timestep_features(x, dtype);
         let t = self.adaln_single.timestep_embedder.forward(&features(timestep)?)?;
         let Some((res_embedder, ratio_embedder)) = &self.adaln_single.micro else {
             return Ok(t);

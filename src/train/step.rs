@@ -28,6 +28,10 @@ pub struct StepLog {
     pub skipped: bool,
 }
 
+/// Recorded timesteps and noise for a batch of `B` latents of the given shape (a replay of another
+/// trainer's draws), in place of the trainer's generator.
+pub type Draws = Box<dyn FnMut(usize, &[usize]) -> anyhow::Result<(Vec<usize>, Tensor)> + Send>;
+
 /// A model with its optimizer, EMA, diffusion and generator.
 pub struct Trainer {
     /// The model being trained.
@@ -52,6 +56,11 @@ pub struct Trainer {
     pub loss_scale: Option<LossScale>,
     /// With several processes: averages the gradients and losses over the ranks.
     pub reducer: Option<Reducer>,
+    /// Timesteps and noise from a recording instead of [`Trainer::rng`] (replays).
+    pub draws: Option<Draws>,
+    /// Computes the gradients with candle's autograd even where the fused CPU path would run (the
+    /// path every other device takes).
+    pub autograd: bool,
 }
 
 impl Trainer {
@@ -72,6 +81,8 @@ impl Trainer {
             precision: Precision::F32,
             loss_scale: None,
             reducer: None,
+            draws: None,
+            autograd: false,
         })
     }
 
@@ -96,8 +107,19 @@ impl Trainer {
         let x0 = &batch.latents;
         let (b, dev) = (x0.dim(0)?, x0.device().clone());
         let steps = self.diffusion.steps();
-        let t: Vec<usize> = (0..b).map(|_| ((self.rng.uniform() * steps as f64) as usize).min(steps - 1)).collect();
-        let noise = self.rng.normal_tensor(x0.dims(), 1.0, &dev)?.to_dtype(x0.dtype())?;
+        let (t, noise) = match &mut self.draws {
+            Some(draws) => {
+                let (t, noise) = draws(b, x0.dims())?;
+                if t.len() != b || noise.dims() != x0.dims() || t.iter().any(|&v| v >= steps) {
+                    anyhow::bail!("recorded draws: expected {b} timesteps below {steps} and noise of {:?}", x0.dims());
+                }
+                (t, noise.to_device(&dev)?.to_dtype(x0.dtype())?)
+            }
+            None => {
+                let t = (0..b).map(|_| ((self.rng.uniform() * steps as f64) as usize).min(steps - 1)).collect();
+                (t, self.rng.normal_tensor(x0.dims(), 1.0, &dev)?.to_dtype(x0.dtype())?)
+            }
+        };
         let x_t = self.diffusion.q_sample(x0, &t, &noise)?;
         let caption = match self.model.null_caption() {
             Some(null) if batch.drop.iter().any(|&d| d) => {
@@ -119,6 +141,12 @@ impl Trainer {
             Ok(loss)
         };
         let (_, grads) = match compute {
+            None if self.autograd => super::tape::autograd_loss_and_grads(
+                &self.model,
+                (&x_t, &timesteps, &caption, &batch.mask),
+                micro,
+                loss_fn,
+            )?,
             None => super::loss_and_grads(&self.model, (&x_t, &timesteps, &caption, &batch.mask), micro, loss_fn)?,
             Some(model) => {
                 let dt = self.precision.dtype();

@@ -95,9 +95,7 @@ pub fn loss_and_grads(
     let mut e = model.embed_latents(latents, timestep, &mask, micro)?;
     if !fused_block(&e.x) {
         e.y = Some(model.project_caption(caption)?);
-        let value = loss(&model.blocks_and_head(&e)?)?;
-        let grads = value.backward()?;
-        return Ok((value, grads));
+        return autograd(model, &e, loss);
     }
     if caption.track_op() {
         // The caption itself needs a gradient: its projection stays in candle's graph.
@@ -108,6 +106,29 @@ pub fn loss_and_grads(
         DType::F64 => taped::<f64>(model, e, caption, loss),
         other => candle_core::bail!("the fused CPU path runs f32 or f64, not {other:?}"),
     }
+}
+
+/// [`loss_and_grads`] through candle's autograd on any device: `loss(forward(..)).backward()`.
+pub fn autograd_loss_and_grads(
+    model: &PixArt,
+    (latents, timestep, caption, mask): (&Tensor, &Tensor, &Tensor, &Tensor),
+    micro: Option<(&Tensor, &Tensor)>,
+    loss: impl FnOnce(&Tensor) -> Result<Tensor>,
+) -> Result<(Tensor, GradStore)> {
+    let (caption, mask) = trim_caption_padding(caption, mask)?;
+    let mut e = model.embed_latents(latents, timestep, &mask, micro)?;
+    e.y = Some(model.project_caption(&caption)?);
+    autograd(model, &e, loss)
+}
+
+fn autograd(
+    model: &PixArt,
+    e: &super::model::Embedded,
+    loss: impl FnOnce(&Tensor) -> Result<Tensor>,
+) -> Result<(Tensor, GradStore)> {
+    let value = loss(&model.blocks_and_head(e)?)?;
+    let grads = value.backward()?;
+    Ok((value, grads))
 }
 
 fn taped<T: Real + 'static>(
