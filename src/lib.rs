@@ -21,5 +21,6 @@ pub mod rng;
 pub mod score;
 pub mod shards;
 pub mod store;
+pub mod tensorboard;
 pub mod text;
 pub mod train;

@@ -117,6 +117,32 @@ fn loss_halves_on_eight_cached_photos() {
     assert!(log.iter().all(|l| l.grad_norm.is_finite() && l.images_per_s > 0.0 && l.bucket == "64"));
     assert_eq!((log[0].lr, log[1].lr, log[2].lr), (0.0, 5e-4, 1e-3), "linear warmup over 2 steps");
 
+    // The TensorBoard event file holds every scalar of the log and the validation grid.
+    let files = common::tfevents::files(&cfg.output_dir);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let events = common::tfevents::read(&files[0]);
+    assert_eq!(events.file_version.as_deref(), Some("brain.Event:2"));
+    assert_eq!(events.session_starts, [1]);
+    for l in &log {
+        for (tag, v) in [
+            ("train/loss", l.loss),
+            ("train/mse", l.mse),
+            ("train/vb", l.vb),
+            ("train/grad_norm", l.grad_norm),
+            ("train/lr", l.lr),
+            ("train/images_per_s", l.images_per_s),
+            ("train/peak_rss_mib", l.peak_rss_mib.unwrap()),
+        ] {
+            let found = events.values.iter().find(|e| e.step == l.step && e.tag == tag);
+            assert_eq!(found.and_then(|e| e.scalar), Some(v as f32), "step {}: {tag}", l.step);
+        }
+    }
+    let grids: Vec<_> = events.values.iter().filter(|e| e.tag == "validation/grid").collect();
+    assert_eq!(grids.iter().map(|e| e.step).collect::<Vec<_>>(), [100, 150]);
+    let (w, h, png) = grids[1].image.clone().unwrap();
+    assert_eq!((w, h), (3 * 64 + 2 * 4, 2 * 64 + 4));
+    assert_eq!(png, std::fs::read(summary.validation.as_ref().unwrap()).unwrap());
+
     let svg = std::fs::read_to_string(cfg.output_dir.join("loss.svg")).unwrap();
     assert!(svg.contains("<svg") && svg.contains("training loss") && svg.matches("<polyline").count() >= 3);
     let grid = image::open(summary.validation.as_ref().unwrap()).unwrap();
@@ -207,6 +233,14 @@ fn killed_training_resumes_exactly() {
     assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
     let after = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
     assert!(after.starts_with(&kept), "the resume rewrote the log's first {from} lines");
+    // Each run has its event file; the resumed one starts a session at the checkpoint's next step
+    // (TensorBoard drops the killed run's later steps) and holds every step after it.
+    let runs: Vec<_> = common::tfevents::files(&run).iter().map(|f| common::tfevents::read(f)).collect();
+    assert_eq!(runs.len(), 2);
+    let resumed_events = runs.iter().find(|e| e.session_starts == [from + 1]).expect("the resumed run's file");
+    let steps_logged: Vec<u64> =
+        resumed_events.values.iter().filter(|v| v.tag == "train/loss").map(|v| v.step).collect();
+    assert_eq!(steps_logged, (from + 1..=steps).collect::<Vec<_>>());
 
     let (a, b) = (log_of(&dir.path().join("straight")), log_of(&run));
     assert_eq!(a.len(), steps as usize);

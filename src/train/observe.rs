@@ -1,5 +1,6 @@
-//! What a training run tells while it runs: one JSON line per optimizer step (`log.jsonl`), the loss
-//! curve (`loss.svg`, redrawn at each log interval) and the process's memory.
+//! What a training run tells while it runs: one JSON line per optimizer step (`log.jsonl`), the same
+//! scalars and the validation grids in a TensorBoard event file beside it, the loss curve
+//! (`loss.svg`, redrawn at each log interval) and the process's memory.
 
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -57,6 +58,8 @@ pub struct StepLog {
     file: Option<std::fs::File>,
     /// Every line so far (for the curve).
     pub lines: Vec<LogLine>,
+    /// This run's TensorBoard event file (rank 0).
+    events: Option<crate::tensorboard::EventWriter>,
 }
 
 impl StepLog {
@@ -81,7 +84,7 @@ impl StepLog {
             }
         }
         if !write {
-            return Ok(Self { path, file: None, lines });
+            return Ok(Self { path, file: None, lines, events: None });
         }
         if dropped || !path.is_file() {
             crate::shards::write_atomic(&path, kept.as_bytes())?;
@@ -90,7 +93,9 @@ impl StepLog {
             .append(true)
             .open(&path)
             .map_err(|e| anyhow::anyhow!("{}: cannot append: {e}", path.display()))?;
-        Ok(Self { path, file: Some(file), lines })
+        // A new event file per run; its session start drops the earlier files' steps after `upto`.
+        let events = crate::tensorboard::EventWriter::create(run, upto + 1)?;
+        Ok(Self { path, file: Some(file), lines, events: Some(events) })
     }
 
     /// Appends one step.
@@ -101,8 +106,33 @@ impl StepLog {
             file.write_all(text.as_bytes()).map_err(|e| anyhow::anyhow!("{}: {e}", self.path.display()))?;
             file.flush()?;
         }
+        if let Some(events) = &mut self.events {
+            let mut scalars = vec![
+                ("train/loss", line.loss),
+                ("train/mse", line.mse),
+                ("train/vb", line.vb),
+                ("train/grad_norm", line.grad_norm),
+                ("train/lr", line.lr),
+                ("train/images_per_s", line.images_per_s),
+                ("train/skipped", f64::from(u8::from(line.skipped))),
+            ];
+            if let Some(rss) = line.peak_rss_mib {
+                scalars.push(("train/peak_rss_mib", rss));
+            }
+            events.scalars(line.step, &scalars)?;
+            events.flush()?;
+        }
         self.lines.push(line);
         Ok(())
+    }
+
+    /// Adds the PNG image `png` (a validation grid) to the event file as `tag` at `step`.
+    pub fn image(&mut self, tag: &str, step: u64, png: &Path) -> anyhow::Result<()> {
+        let Some(events) = &mut self.events else { return Ok(()) };
+        let bytes = std::fs::read(png).map_err(|e| anyhow::anyhow!("{}: {e}", png.display()))?;
+        let (w, h) = ::image::image_dimensions(png).map_err(|e| anyhow::anyhow!("{}: {e}", png.display()))?;
+        events.png(tag, step, &bytes, w, h)?;
+        events.flush()
     }
 
     /// Redraws `loss.svg` next to the log.

@@ -373,6 +373,7 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
                 } else {
                     v.grid(&trainer.model, state.step, &out.join(super::run_folder::SAMPLES))?
                 };
+                log.image("validation/grid", state.step, &grid)?;
                 summary.validation = Some(folder.published(&cfg.output_dir, &grid));
                 folder.publish_logs()?;
             }

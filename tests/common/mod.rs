@@ -5,6 +5,7 @@
 pub mod caches;
 pub mod proxy;
 pub mod server;
+pub mod tfevents;
 pub mod vlm;
 
 use pixforge::ingest::{DedupMode, IngestConfig, SourceKind};
