@@ -191,7 +191,8 @@ fn killed_training_resumes_exactly() {
     let dir = tempfile::tempdir().unwrap();
     cached_photos(dir.path());
     let steps = 120;
-    let ck = "[checkpoints]\nevery = 7\nkeep_last = 2";
+    // A held-out validation loss every 10 steps: the resumed run logs the straight run's values.
+    let ck = "[checkpoints]\nevery = 7\nkeep_last = 2\n[holdout]\nfraction = 0.3\nevery = 10\ntimesteps = 4";
     // Batches of 2 over 8 samples: 4 batches an epoch, so the resume crosses epochs.
     let straight = config(dir.path(), "straight", steps, 2, "grad_accum = 2", ck);
     let out = train(&straight, false);
@@ -247,7 +248,13 @@ fn killed_training_resumes_exactly() {
     assert_eq!(b.len(), steps as usize, "the log holds each step once after the resume");
     for (x, y) in a.iter().zip(&b) {
         assert_eq!((x.step, x.loss, x.grad_norm, x.lr), (y.step, y.loss, y.grad_norm, y.lr), "step {}", x.step);
+        assert_eq!((x.holdout_loss, x.holdout_loss_ema), (y.holdout_loss, y.holdout_loss_ema), "step {}", x.step);
+        assert_eq!(x.holdout_loss.is_some(), x.step % 10 == 0, "step {}", x.step);
     }
+    assert!(a.iter().all(|l| l.holdout_loss.is_none_or(|v| v.is_finite() && v > 0.0)));
+    assert!(std::fs::read_to_string(run.join("loss.svg")).unwrap().contains("held-out loss, EMA"));
+    let held: Vec<u64> = resumed_events.values.iter().filter(|v| v.tag == "holdout/loss_ema").map(|v| v.step).collect();
+    assert_eq!(held, (from + 1..=steps).filter(|s| s % 10 == 0).collect::<Vec<_>>());
     let last = format!("checkpoints/step_{steps:07}");
     for f in ["model.safetensors", "ema.safetensors", "optimizer.safetensors"] {
         let (x, y) = (tensors(&dir.path().join("straight").join(&last).join(f)), tensors(&run.join(&last).join(f)));

@@ -61,6 +61,40 @@ pub struct TrainConfig {
     /// Validation samples (none when absent).
     #[serde(default)]
     pub validation: Option<ValidationConfig>,
+    /// A held-out validation loss (none when absent).
+    #[serde(default)]
+    pub holdout: Option<HoldoutConfig>,
+}
+
+/// The held-out validation loss: samples kept out of training, and every `every` steps (and at the
+/// end) their mean hybrid loss at a fixed grid of timesteps with fixed noise, for the trained and
+/// the EMA weights — the same values in any run with the same weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoldoutConfig {
+    /// The held-out keys (a `pixforge filter` / `dedup` / `balance` selection); without it,
+    /// `fraction` of the keys, chosen by a seeded hash of each key.
+    #[serde(default)]
+    pub selection: Option<PathBuf>,
+    /// The share of keys held out when no selection is given.
+    #[serde(default = "default_holdout_fraction")]
+    pub fraction: f64,
+    /// The seed of the choice of keys and of the noise.
+    #[serde(default)]
+    pub seed: u64,
+    /// Every this many optimizer steps (and at the end).
+    #[serde(default = "default_every")]
+    pub every: u64,
+    /// Timesteps of the grid: `(i + ½)·T / n` for `i < n`.
+    #[serde(default = "default_holdout_timesteps")]
+    pub timesteps: usize,
+}
+
+fn default_holdout_fraction() -> f64 {
+    0.05
+}
+fn default_holdout_timesteps() -> usize {
+    8
 }
 
 /// One T5 cache and one VAE cache of the same source shards.
@@ -364,6 +398,9 @@ impl TrainConfig {
         {
             fix(p);
         }
+        if let Some(p) = self.holdout.as_mut().and_then(|h| h.selection.as_mut()) {
+            fix(p);
+        }
         if let Some(v) = &mut self.validation {
             fix(&mut v.prompts);
             fix(&mut v.t5);
@@ -373,6 +410,14 @@ impl TrainConfig {
 
     /// Checks the values a TOML parser cannot (each message names the field).
     pub fn validate(&self) -> anyhow::Result<()> {
+        if let Some(h) = &self.holdout {
+            if h.selection.is_none() && !(h.fraction > 0.0 && h.fraction < 1.0) {
+                anyhow::bail!("holdout.fraction: expected a share between 0 and 1, found {}", h.fraction);
+            }
+            if h.every == 0 || h.timesteps == 0 {
+                anyhow::bail!("holdout.every and holdout.timesteps: expected at least 1");
+            }
+        }
         let positive = [
             ("max_steps", self.max_steps as usize),
             ("grad_accum", self.grad_accum),
@@ -429,11 +474,15 @@ impl TrainConfig {
     /// checkpoint cadence, validation or `max_steps`, which a resumed run may change).
     pub fn digest(&self) -> String {
         use sha2::{Digest, Sha256};
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "seed": self.seed, "grad_accum": self.grad_accum, "max_grad_norm": self.max_grad_norm,
             "ema_decay": self.ema_decay, "precision": self.precision, "data": self.data, "model": self.model,
             "optimizer": self.optimizer, "schedule": self.schedule,
         });
+        // What is held out changes what is trained on (absent: the digest of earlier versions).
+        if let Some(h) = &self.holdout {
+            v["holdout"] = serde_json::json!(h);
+        }
         hex::encode(&Sha256::digest(v.to_string().as_bytes())[..16])
     }
 }

@@ -26,6 +26,8 @@ struct Sample {
 pub struct TrainSet {
     shards: Vec<(StageShard, StageShard)>,
     samples: Vec<Sample>,
+    /// Samples held out of training (the held-out validation loss's).
+    held: Vec<Sample>,
     /// Samples present in one cache only, or failed in either (not trained on).
     pub skipped: usize,
 }
@@ -93,7 +95,7 @@ impl TrainSet {
                 pairs.iter().map(|(t, v)| format!("{} + {}", t.dir().display(), v.dir().display())).collect();
             anyhow::bail!("{}: no sample is cached in both (are they caches of the same shards?)", dirs.join(", "));
         }
-        Ok(Self { shards, samples, skipped })
+        Ok(Self { shards, samples, held: Vec::new(), skipped })
     }
 
     /// Keeps only the samples whose key is in `keys` (a `pixforge filter` selection); returns how
@@ -103,6 +105,56 @@ impl TrainSet {
         let shards = &self.shards;
         self.samples.retain(|s| keys.contains(&shards[s.shard].0.entries[s.t5].key));
         before - self.samples.len()
+    }
+
+    /// Moves the samples whose key `held` accepts out of training; returns how many.
+    pub fn hold_out(&mut self, held: &dyn Fn(&str) -> bool) -> usize {
+        let shards = &self.shards;
+        let (out, kept): (Vec<Sample>, Vec<Sample>) =
+            self.samples.drain(..).partition(|s| held(&shards[s.shard].0.entries[s.t5].key));
+        self.samples = kept;
+        self.held.extend(out);
+        self.held.len()
+    }
+
+    /// The held-out samples' keys, in order.
+    pub fn held_keys(&self) -> Vec<&str> {
+        self.held.iter().map(|s| self.shards[s.shard].0.entries[s.t5].key.as_str()).collect()
+    }
+
+    /// Held-out sample `i` as a batch of `copies` identical rows: its posterior mean times
+    /// `scaling_factor` (no draw), its caption (no drop) padded to `max_tokens`.
+    pub fn held_batch(
+        &self,
+        i: usize,
+        copies: usize,
+        scaling_factor: f64,
+        max_tokens: usize,
+        device: &Device,
+    ) -> anyhow::Result<Batch> {
+        let s = &self.held[i];
+        let cpu = Device::Cpu;
+        let (ts, vs) = &self.shards[s.shard];
+        let (te, ve) = (&ts.entries[s.t5], &vs.entries[s.vae]);
+        let (mean, _) = vs.vae_moments(ve, &cpu)?;
+        let latents = (mean * scaling_factor)?;
+        let (caption, mask) = padded_caption(&ts.t5_embedding(te, &cpu)?, max_tokens)?;
+        let [h, w] = ve.original_size.unwrap_or([0, 0]);
+        let hw = Tensor::new(&[h as f32, w as f32], &cpu)?;
+        let ar = Tensor::new(&[s.bucket.parse::<f32>().unwrap_or(1.0)], &cpu)?;
+        let rows = |t: &Tensor| -> anyhow::Result<Tensor> {
+            Ok(Tensor::stack(&vec![t.clone(); copies], 0)?.to_device(device)?)
+        };
+        Ok(Batch {
+            keys: vec![te.key.clone(); copies],
+            latents: rows(&latents)?,
+            caption: rows(&caption)?,
+            mask: rows(&mask)?,
+            img_hw: rows(&hw)?,
+            aspect_ratio: rows(&ar)?,
+            drop: vec![false; copies],
+            bucket: s.bucket.clone(),
+        })
     }
 
     /// Trainable samples.
@@ -147,19 +199,9 @@ impl TrainSet {
             let (mean, std) = vs.vae_moments(ve, &cpu)?;
             let eps = rng.normal_tensor(mean.dims(), 1.0, &cpu)?;
             latents.push(((mean + (std * eps)?)? * scaling_factor)?);
-            let emb = ts.t5_embedding(te, &cpu)?;
-            let (len, d) = emb.dims2()?;
-            let len = len.min(max_tokens);
-            let mut padded = emb.narrow(0, 0, len)?;
-            if len < max_tokens {
-                padded = Tensor::cat(&[padded, Tensor::zeros((max_tokens - len, d), DType::F32, &cpu)?], 0)?;
-            }
+            let (padded, mask) = padded_caption(&ts.t5_embedding(te, &cpu)?, max_tokens)?;
             captions.push(padded);
-            masks.push(Tensor::from_vec(
-                (0..max_tokens).map(|t| f32::from(u8::from(t < len))).collect(),
-                max_tokens,
-                &cpu,
-            )?);
+            masks.push(mask);
             let [h, w] = ve.original_size.unwrap_or([0, 0]);
             hw.push(Tensor::new(&[h as f32, w as f32], &cpu)?);
             ar.push(Tensor::new(&[s.bucket.parse::<f32>().unwrap_or(1.0)], &cpu)?);
@@ -178,6 +220,20 @@ impl TrainSet {
             bucket: self.samples[indices[0]].bucket.clone(),
         })
     }
+}
+
+/// A caption's embedding `[L, d]` cut or padded with zeros to `max_tokens` rows, and its mask (1 for
+/// its own tokens).
+fn padded_caption(emb: &Tensor, max_tokens: usize) -> anyhow::Result<(Tensor, Tensor)> {
+    let cpu = Device::Cpu;
+    let (len, d) = emb.dims2()?;
+    let len = len.min(max_tokens);
+    let mut padded = emb.narrow(0, 0, len)?;
+    if len < max_tokens {
+        padded = Tensor::cat(&[padded, Tensor::zeros((max_tokens - len, d), DType::F32, &cpu)?], 0)?;
+    }
+    let mask = Tensor::from_vec((0..max_tokens).map(|t| f32::from(u8::from(t < len))).collect(), max_tokens, &cpu)?;
+    Ok((padded, mask))
 }
 
 /// The batches of one epoch as PixArt-α's `AspectRatioBatchSampler` forms them over a seeded

@@ -7,6 +7,7 @@ pub mod diffusion;
 pub mod distributed;
 pub mod dit;
 pub mod generate;
+pub mod holdout;
 pub mod init;
 pub mod keys;
 pub mod model;

@@ -36,6 +36,12 @@ pub struct LogLine {
     pub skipped: bool,
     /// Peak resident memory of the process, MiB (CPU; `null` where unknown).
     pub peak_rss_mib: Option<f64>,
+    /// The held-out validation loss of the trained weights (at its steps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holdout_loss: Option<f64>,
+    /// The held-out validation loss of the EMA weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holdout_loss_ema: Option<f64>,
 }
 
 /// JSON has no NaN or infinity (serde_json writes them as `null`): a `null` reads back as NaN.
@@ -119,6 +125,10 @@ impl StepLog {
             if let Some(rss) = line.peak_rss_mib {
                 scalars.push(("train/peak_rss_mib", rss));
             }
+            if let (Some(raw), Some(ema)) = (line.holdout_loss, line.holdout_loss_ema) {
+                scalars.push(("holdout/loss", raw));
+                scalars.push(("holdout/loss_ema", ema));
+            }
             events.scalars(line.step, &scalars)?;
             events.flush()?;
         }
@@ -168,8 +178,11 @@ pub fn loss_curve(lines: &[LogLine]) -> Result<String, String> {
     let mse: Vec<(f64, f64)> = good.iter().map(|l| (l.step as f64, l.mse)).collect();
     let window = (loss.len() / 20).clamp(1, 100);
     let avg = smoothed(&loss, window);
+    let held: Vec<(f64, f64)> = lines.iter().filter_map(|l| Some((l.step as f64, l.holdout_loss?))).collect();
+    let held_ema: Vec<(f64, f64)> = lines.iter().filter_map(|l| Some((l.step as f64, l.holdout_loss_ema?))).collect();
     let x_max = loss.last().map_or(1.0, |p| p.0).max(1.0);
-    let y_max = loss.iter().map(|p| p.1).fold(1e-6, f64::max) * 1.05;
+    let y_max =
+        loss.iter().chain(&held).chain(&held_ema).map(|p| p.1).filter(|v| v.is_finite()).fold(1e-6, f64::max) * 1.05;
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (760, 420)).into_drawing_area();
@@ -197,6 +210,18 @@ pub fn loss_curve(lines: &[LogLine]) -> Result<String, String> {
             .map_err(|e| err(&e))?
             .label(format!("mse, mean of {window}"))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], orange.stroke_width(2)));
+        for (points, color, name) in [
+            (&held, RGBColor(44, 160, 44), "held-out loss"),
+            (&held_ema, RGBColor(148, 103, 189), "held-out loss, EMA"),
+        ] {
+            if points.is_empty() {
+                continue;
+            }
+            c.draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)).point_size(3))
+                .map_err(|e| err(&e))?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+        }
         c.configure_series_labels()
             .position(SeriesLabelPosition::UpperRight)
             .background_style(WHITE.mix(0.85))

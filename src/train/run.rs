@@ -51,6 +51,10 @@ pub struct TrainSummary {
     pub validation: Option<PathBuf>,
     /// Transient object-store failures (5xx, throttling, broken connections) met and retried.
     pub store_retries: u64,
+    /// Samples held out of training for the validation loss.
+    pub held_out: usize,
+    /// The last held-out validation loss (trained weights, EMA weights).
+    pub holdout_loss: Option<(f64, f64)>,
     /// Mean loss of the last (up to) 10 steps of this run.
     pub final_loss: Option<f64>,
 }
@@ -180,7 +184,11 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
         Resume::From(p) => Some(p.clone()),
     };
 
-    let set = open_data(cfg)?;
+    let mut set = open_data(cfg)?;
+    let held_out = match &cfg.holdout {
+        Some(h) => super::holdout::hold_out(&mut set, h)?,
+        None => 0,
+    };
     let scaling = scaling_factor(cfg)?;
     let labels = set.buckets();
     let mut buckets = std::collections::BTreeMap::new();
@@ -266,6 +274,8 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
         validation: None,
         final_loss: None,
         store_retries: 0,
+        held_out,
+        holdout_loss: None,
     };
     tracing::info!(
         samples = set.len(),
@@ -331,6 +341,17 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
         state.loss_scale = trainer.loss_scale;
         let secs = started.elapsed().as_secs_f64();
         let bucket = batches[0].bucket.clone();
+        let holdout = match &cfg.holdout {
+            Some(h) if main && (state.step % h.every == 0 || state.step == cfg.max_steps) => {
+                let loss =
+                    |m: &PixArt| super::holdout::held_out_loss(m, &set, h, scaling, cfg.data.max_tokens, &device);
+                let ema = PixArt::from_weights(trainer.model.config.clone(), trainer.ema_weights())?;
+                let both = (loss(&trainer.model)?, loss(&ema)?);
+                summary.holdout_loss = Some(both);
+                Some(both)
+            }
+            _ => None,
+        };
         log.push(LogLine {
             step: state.step,
             epoch: state.epoch,
@@ -343,6 +364,8 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
             bucket,
             skipped: result.skipped,
             peak_rss_mib: peak_rss_mib(),
+            holdout_loss: holdout.map(|h| h.0),
+            holdout_loss_ema: holdout.map(|h| h.1),
         })?;
         bar.set_position(state.step);
         bar.set_message(format!("loss {:.4}", result.loss));
