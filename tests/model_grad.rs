@@ -162,3 +162,33 @@ fn caption_padding_changes_no_loss_or_gradient() {
         assert!(diff <= 1e-12 * size.max(1e-3), "{name}: gradients differ by {diff} (largest {size})");
     }
 }
+
+/// Activation checkpointing (the blocks in segments of 1, 2 and all, recomputed in the backward)
+/// gives the plain autograd path's loss and every weight's gradient, in f64, to 1e-12.
+#[test]
+fn checkpointed_blocks_give_the_plain_gradients() {
+    let s = setup();
+    let d = Diffusion::linear(1000);
+    let x_t = d.q_sample(&s.io["latents"], &s.t, &s.noise).unwrap();
+    let t = Tensor::from_vec(s.t.iter().map(|&t| t as f64).collect::<Vec<_>>(), s.t.len(), &Device::Cpu).unwrap();
+    let micro = Some((&s.io["resolution"], &s.io["aspect_ratio"]));
+    let inputs = (&x_t, &t, &s.io["caption"], &s.io["mask"]);
+    let loss = |out: &Tensor| d.training_losses(out, &s.io["latents"], &x_t, &s.t, &s.noise)?.loss.mean_all();
+    let (want_loss, want) = pixforge::train::autograd_loss_and_grads(&s.model, inputs, micro, loss).unwrap();
+    let scalar = |t: &Tensor| t.to_scalar::<f64>().unwrap();
+    for every in [1, 2, 8] {
+        let (got_loss, got) =
+            pixforge::train::checkpointed_loss_and_grads(&s.model, inputs, micro, loss, every).unwrap();
+        assert!((scalar(&got_loss) - scalar(&want_loss)).abs() <= 1e-12 * scalar(&want_loss).abs(), "every {every}");
+        for (name, var) in &s.vars {
+            let e = want.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no plain gradient"));
+            let a = got.get(var.as_tensor()).unwrap_or_else(|| panic!("every {every}, {name}: no gradient"));
+            let diff = scalar(&(a - e).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap());
+            let size = scalar(&e.abs().unwrap().flatten_all().unwrap().max(0).unwrap());
+            assert!(
+                diff <= 1e-12 * size.max(1e-9),
+                "every {every}, {name}: gradients differ by {diff} (largest {size})"
+            );
+        }
+    }
+}

@@ -2,8 +2,8 @@
 //! (`tools/golden/train_replay.py`: diffusers' PixArtMS, the official IDDPM hybrid loss,
 //! `clip_grad_norm_`, `torch.optim.AdamW` with diffusers' constant-with-warmup schedule, the
 //! official EMA, the caption drop to the null caption), float64, 20 steps over recorded batches,
-//! timesteps, noise and drop flags: pixforge's `Trainer` — the real step, on the fused CPU path
-//! and on the autograd path — gives every step's loss and gradient norm and the final weights and
+//! timesteps, noise and drop flags: pixforge's `Trainer` — the real step, on the fused CPU path,
+//! on the autograd path and with activation checkpointing — gives every step's loss and gradient norm and the final weights and
 //! EMA to 1e-9 relative; and the comparison fails when the loss's inputs, the clipping, the
 //! schedule, the optimizer or the EMA is changed.
 
@@ -65,7 +65,7 @@ enum Change {
 
 /// The replay's largest relative difference from the reference over every step's loss, gradient
 /// norm and learning rate and the final weights and EMA.
-fn replay(g: &Golden, autograd: bool, change: Change) -> f64 {
+fn replay(g: &Golden, autograd: bool, checkpoint_every: usize, change: Change) -> f64 {
     let m = &g.cfg["model"];
     let u = |k: &str| m[k].as_u64().unwrap() as usize;
     let config = PixArtConfig {
@@ -92,6 +92,7 @@ fn replay(g: &Golden, autograd: bool, change: Change) -> f64 {
     let ema_decay = if change == Change::EmaDecay { 0.8 } else { g.f("ema_decay") };
     let mut trainer = Trainer::new(model, adamw, ema_decay, 0).unwrap();
     trainer.autograd = autograd;
+    trainer.checkpoint_every = checkpoint_every;
     let steps = g.f("steps") as usize;
     let draws: Vec<(Vec<usize>, Tensor)> = (0..steps)
         .map(|s| {
@@ -161,22 +162,31 @@ fn replay(g: &Golden, autograd: bool, change: Change) -> f64 {
 fn twenty_steps_match_the_pytorch_loop_on_the_fused_path() {
     let g = golden();
     assert!(g.f("clipped_steps") >= 3.0 && g.f("clipped_steps") <= 17.0, "clipped and unclipped steps both");
-    let worst = replay(&g, false, Change::None);
+    let worst = replay(&g, false, 0, Change::None);
     assert!(worst <= TOL, "{worst}");
 }
 
 #[test]
 fn twenty_steps_match_the_pytorch_loop_on_the_autograd_path() {
     let g = golden();
-    let worst = replay(&g, true, Change::None);
+    let worst = replay(&g, true, 0, Change::None);
     assert!(worst <= TOL, "{worst}");
+}
+
+#[test]
+fn twenty_steps_match_the_pytorch_loop_with_checkpointed_blocks() {
+    let g = golden();
+    for every in [1, 2] {
+        let worst = replay(&g, true, every, Change::None);
+        assert!(worst <= TOL, "segments of {every}: {worst}");
+    }
 }
 
 #[test]
 fn the_replay_fails_when_a_part_of_the_recipe_changes() {
     let g = golden();
     for change in [Change::Timesteps, Change::MaxGradNorm, Change::NoWarmup, Change::WeightDecay, Change::EmaDecay] {
-        let worst = replay(&g, false, change);
+        let worst = replay(&g, false, 0, change);
         assert!(worst > 1e-6, "{change:?}: the replay still matches ({worst})");
     }
 }

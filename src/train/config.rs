@@ -64,6 +64,68 @@ pub struct TrainConfig {
     /// A held-out validation loss (none when absent).
     #[serde(default)]
     pub holdout: Option<HoldoutConfig>,
+    /// How the step spends memory.
+    #[serde(default)]
+    pub memory: MemoryConfig,
+}
+
+/// How the training step spends memory (the results do not change).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// Activation checkpointing of the transformer blocks: `"none"`, `"blocks"` (each block's
+    /// activations recomputed in the backward) or N (segments of N blocks).
+    pub checkpoint: Checkpoint,
+}
+
+/// Activation checkpointing: off, or the blocks in segments of N.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Checkpoint {
+    /// Every activation kept.
+    #[default]
+    None,
+    /// Segments of this many blocks.
+    Every(usize),
+}
+
+impl Checkpoint {
+    /// Blocks a segment (0: off).
+    pub fn every(&self) -> usize {
+        match self {
+            Checkpoint::None => 0,
+            Checkpoint::Every(n) => *n,
+        }
+    }
+}
+
+impl Serialize for Checkpoint {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Checkpoint::None => s.serialize_str("none"),
+            Checkpoint::Every(1) => s.serialize_str("blocks"),
+            Checkpoint::Every(n) => s.serialize_u64(*n as u64),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Checkpoint {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Given {
+            Name(String),
+            Every(u64),
+        }
+        match Given::deserialize(d)? {
+            Given::Name(n) if n == "none" => Ok(Checkpoint::None),
+            Given::Name(n) if n == "blocks" => Ok(Checkpoint::Every(1)),
+            Given::Every(n) if n >= 1 => Ok(Checkpoint::Every(n as usize)),
+            Given::Name(n) => Err(serde::de::Error::custom(format!(
+                "expected \"none\", \"blocks\" or a number of blocks, found \"{n}\""
+            ))),
+            Given::Every(_) => Err(serde::de::Error::custom("expected at least 1 block a segment, found 0")),
+        }
+    }
 }
 
 /// The held-out validation loss: samples kept out of training, and every `every` steps (and at the
@@ -484,5 +546,22 @@ impl TrainConfig {
             v["holdout"] = serde_json::json!(h);
         }
         hex::encode(&Sha256::digest(v.to_string().as_bytes())[..16])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpointing_reads_none_blocks_or_a_segment_length() {
+        let read = |v: &str| toml::from_str::<MemoryConfig>(&format!("checkpoint = {v}")).map(|m| m.checkpoint);
+        assert_eq!(read("\"none\"").unwrap(), Checkpoint::None);
+        assert_eq!(read("\"blocks\"").unwrap(), Checkpoint::Every(1));
+        assert_eq!(read("3").unwrap(), Checkpoint::Every(3));
+        assert!(read("0").unwrap_err().to_string().contains("at least 1"));
+        assert!(read("\"layers\"").unwrap_err().to_string().contains("\"blocks\""));
+        let written = toml::to_string(&MemoryConfig { checkpoint: Checkpoint::Every(1) }).unwrap();
+        assert_eq!(written.trim(), "checkpoint = \"blocks\"");
     }
 }

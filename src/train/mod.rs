@@ -24,5 +24,5 @@ pub mod schedule;
 pub mod step;
 mod tape;
 
-pub use tape::loss_and_grads;
+pub use tape::{autograd_loss_and_grads, checkpointed_loss_and_grads, loss_and_grads};
 pub mod validation;

@@ -480,6 +480,17 @@ impl PixArt {
         self.blocks_and_head(&self.embed(latents, timestep, &caption, &mask, micro)?)
     }
 
+    /// Blocks `range` over `x`, reading the rest of [`PixArt::embed`]'s output `e`.
+    pub(crate) fn blocks_range(&self, e: &Embedded, x: &Tensor, range: std::ops::Range<usize>) -> Result<Tensor> {
+        let y = e.y.as_ref().ok_or_else(|| candle_core::Error::Msg("the projected caption is missing".into()))?;
+        let blocks = Blocks::new(x, y, &e.t0, &e.bias)?;
+        let mut x = x.clone();
+        for i in range {
+            x = self.block(i, &x, &blocks)?;
+        }
+        Ok(x)
+    }
+
     /// The blocks and the head over [`PixArt::embed`]'s output: the model output.
     pub(crate) fn blocks_and_head(&self, e: &Embedded) -> Result<Tensor> {
         let y = e.y.as_ref().ok_or_else(|| candle_core::Error::Msg("the projected caption is missing".into()))?;

@@ -249,6 +249,7 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
         }
     };
     trainer.max_skipped_in_a_row = cfg.max_skipped_in_a_row;
+    trainer.checkpoint_every = cfg.memory.checkpoint.every();
     trainer.reducer = reducer;
     trainer.set_precision(super::precision::Precision::parse(&cfg.precision)?);
     if trainer.loss_scale.is_some() && state.loss_scale.is_some() {

@@ -61,6 +61,9 @@ pub struct Trainer {
     /// Computes the gradients with candle's autograd even where the fused CPU path would run (the
     /// path every other device takes).
     pub autograd: bool,
+    /// Activation checkpointing: the blocks in segments of this many, their activations recomputed
+    /// in the backward (autograd; 0: off).
+    pub checkpoint_every: usize,
 }
 
 impl Trainer {
@@ -83,6 +86,7 @@ impl Trainer {
             reducer: None,
             draws: None,
             autograd: false,
+            checkpoint_every: 0,
         })
     }
 
@@ -140,14 +144,14 @@ impl Trainer {
             kept = Some(losses);
             Ok(loss)
         };
+        let (every, autograd) = (self.checkpoint_every, self.autograd);
+        let run = |model: &PixArt, inputs, micro, loss_fn| match (every, autograd) {
+            (0, false) => super::loss_and_grads(model, inputs, micro, loss_fn),
+            (0, true) => super::tape::autograd_loss_and_grads(model, inputs, micro, loss_fn),
+            (k, _) => super::tape::checkpointed_loss_and_grads(model, inputs, micro, loss_fn, k),
+        };
         let (_, grads) = match compute {
-            None if self.autograd => super::tape::autograd_loss_and_grads(
-                &self.model,
-                (&x_t, &timesteps, &caption, &batch.mask),
-                micro,
-                loss_fn,
-            )?,
-            None => super::loss_and_grads(&self.model, (&x_t, &timesteps, &caption, &batch.mask), micro, loss_fn)?,
+            None => run(&self.model, (&x_t, &timesteps, &caption, &batch.mask), micro, loss_fn)?,
             Some(model) => {
                 let dt = self.precision.dtype();
                 let micro = match micro {
@@ -155,7 +159,7 @@ impl Trainer {
                     None => None,
                 };
                 let inputs = (&x_t.to_dtype(dt)?, &timesteps, &caption.to_dtype(dt)?, &batch.mask);
-                super::loss_and_grads(model, inputs, micro.as_ref().map(|(a, b)| (a, b)), loss_fn)?
+                run(model, inputs, micro.as_ref().map(|(a, b)| (a, b)), loss_fn)?
             }
         };
         let losses = kept.ok_or_else(|| anyhow::anyhow!("the loss was not computed"))?;

@@ -121,6 +121,86 @@ pub fn autograd_loss_and_grads(
     autograd(model, &e, loss)
 }
 
+/// [`autograd_loss_and_grads`] with activation checkpointing: the blocks run in segments of `every`
+/// blocks, each segment's forward first without keeping its activations (only its input), and again
+/// in the backward, one segment at a time from the last, to take its gradients. The gradients are
+/// those of the plain path; the memory held is one segment's activations plus each segment's input.
+///
+/// The graph is cut at each segment's input and at what every block reads (the projected caption
+/// `y` and the adaLN input `t0`) and at the head's timestep embedding: the segments and the head
+/// run on leaf variables, and one last backward pass of `Σ x·dx + Σ y·dy + Σ t0·dt0 + Σ t·dt` over
+/// the embedding carries the gradients gathered at the cuts to the weights before the blocks.
+pub fn checkpointed_loss_and_grads(
+    model: &PixArt,
+    (latents, timestep, caption, mask): (&Tensor, &Tensor, &Tensor, &Tensor),
+    micro: Option<(&Tensor, &Tensor)>,
+    loss: impl FnOnce(&Tensor) -> Result<Tensor>,
+    every: usize,
+) -> Result<(Tensor, GradStore)> {
+    let (caption, mask) = trim_caption_padding(caption, mask)?;
+    let mut e = model.embed_latents(latents, timestep, &mask, micro)?;
+    e.y = Some(model.project_caption(&caption)?);
+    let y = e.y.clone().expect("projected above");
+    let leaf = |t: &Tensor| -> Result<Var> { Var::from_tensor(&t.detach()) };
+    let (y_leaf, t0_leaf, t_leaf) = (leaf(&y)?, leaf(&e.t0)?, leaf(&e.t_emb)?);
+    let cut = super::model::Embedded {
+        x: e.x.detach(),
+        patches: e.patches.detach(),
+        t_emb: t_leaf.as_tensor().clone(),
+        t0: t0_leaf.as_tensor().clone(),
+        y: Some(y_leaf.as_tensor().clone()),
+        bias: e.bias.detach(),
+        grid: e.grid,
+    };
+    let n = model.config.num_layers;
+    let every = every.max(1);
+    let segments: Vec<(usize, usize)> = (0..n).step_by(every).map(|a| (a, (a + every).min(n))).collect();
+    // Forward: each segment's input kept, its activations dropped with the detached output.
+    let mut inputs = Vec::with_capacity(segments.len());
+    let mut x = cut.x.clone();
+    for &(a, b) in &segments {
+        inputs.push(x.clone());
+        x = model.blocks_range(&cut, &x, a..b)?.detach();
+    }
+    let x_leaf = Var::from_tensor(&x)?;
+    let value = loss(&model.head(x_leaf.as_tensor(), cut.t_emb.as_ref(), cut.grid)?)?;
+    let head = value.backward()?;
+    let missing = |what: &str| candle_core::Error::Msg(format!("checkpointing: no gradient for {what}"));
+    let mut g = head.get(x_leaf.as_tensor()).ok_or_else(|| missing("the blocks' output"))?.clone();
+    let mut dy = y.zeros_like()?;
+    let mut dt0 = e.t0.zeros_like()?;
+    let mut stores = vec![head];
+    for (&(a, b), input) in segments.iter().zip(&inputs).rev() {
+        let x_in = Var::from_tensor(input)?;
+        let out = model.blocks_range(&cut, x_in.as_tensor(), a..b)?;
+        let store = (out * &g)?.sum_all()?.backward()?;
+        g = store.get(x_in.as_tensor()).ok_or_else(|| missing("a segment's input"))?.clone();
+        if let Some(d) = store.get(y_leaf.as_tensor()) {
+            dy = (dy + d)?;
+        }
+        if let Some(d) = store.get(t0_leaf.as_tensor()) {
+            dt0 = (dt0 + d)?;
+        }
+        stores.push(store);
+    }
+    let dt = stores[0].get(t_leaf.as_tensor()).cloned().unwrap_or(e.t_emb.zeros_like()?);
+    let chain =
+        (((e.x * g)?.sum_all()? + (y * dy)?.sum_all()?)? + ((e.t0 * dt0)?.sum_all()? + (e.t_emb * dt)?.sum_all()?)?)?;
+    let mut grads = chain.backward()?;
+    for w in model.weights().values() {
+        for store in &stores {
+            if let Some(gw) = store.get(w) {
+                let sum = match grads.get(w) {
+                    Some(prev) => (prev + gw)?,
+                    None => gw.clone(),
+                };
+                grads.insert(w, sum);
+            }
+        }
+    }
+    Ok((value, grads))
+}
+
 fn autograd(
     model: &PixArt,
     e: &super::model::Embedded,
