@@ -403,6 +403,15 @@ enum BenchCmd {
         /// Timed steps (after one warm-up step).
         #[arg(long, default_value_t = 5)]
         iters: usize,
+        /// Transformer blocks.
+        #[arg(long, default_value_t = 4)]
+        layers: usize,
+        /// The autograd path instead of the fused CPU path.
+        #[arg(long)]
+        autograd: bool,
+        /// On the autograd path, checkpoint the blocks in segments of N (0: off).
+        #[arg(long, default_value_t = 0)]
+        checkpoint: usize,
     },
     /// Encoder throughput of the feature caches: VAE at 256/512 px and T5 over a prompt list (bench/latents.sh).
     Latents {
@@ -625,8 +634,14 @@ fn main() -> anyhow::Result<()> {
             let t = pixforge::bench::image_phases(&dir, &image)?;
             emit(&format!("{}\n", serde_json::to_string(&t)?));
         }
-        Cmd::Bench(BenchCmd::PixartStep { iters }) => {
-            let t = pixforge::models::bench_pixart_step(iters)?;
+        Cmd::Bench(BenchCmd::PixartStep { iters, layers, autograd, checkpoint }) => {
+            use pixforge::models::StepPath;
+            let path = match (autograd, checkpoint) {
+                (_, k) if k > 0 => StepPath::Checkpointed(k),
+                (true, _) => StepPath::Autograd,
+                (false, _) => StepPath::Fused,
+            };
+            let t = pixforge::models::bench_pixart_step(iters, layers, path)?;
             emit(&format!("{}\n", serde_json::to_string(&t)?));
         }
         Cmd::Bench(BenchCmd::VlmServer { addr, latency_ms }) => {

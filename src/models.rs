@@ -293,16 +293,27 @@ pub struct StepTiming {
     pub peak_rss_mib: Option<f64>,
 }
 
-/// The training-step benchmark's model: depth 4, hidden 384, 6 heads, 32×32 latents, 120 caption tokens of
-/// 4096 channels, batch 4, f32; loss = mean of the squared output; forward + backward, `iters` times
-/// after one warm-up step.
-pub fn bench_pixart_step(iters: usize) -> anyhow::Result<StepTiming> {
+/// Which training path [`bench_pixart_step`] times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepPath {
+    /// The fused CPU path (the trainer's on CPU).
+    Fused,
+    /// candle's autograd (every other device's).
+    Autograd,
+    /// The autograd path with the blocks checkpointed in segments of this many.
+    Checkpointed(usize),
+}
+
+/// The training-step benchmark's model: depth `layers` (4 by default), hidden 384, 6 heads, 32×32
+/// latents, 120 caption tokens of 4096 channels, batch 4, f32; loss = mean of the squared output;
+/// forward + backward on `path`, `iters` times after one warm-up step.
+pub fn bench_pixart_step(iters: usize, layers: usize, path: StepPath) -> anyhow::Result<StepTiming> {
     let config = PixArtConfig {
         num_attention_heads: 6,
         attention_head_dim: 64,
         in_channels: 4,
         out_channels: 8,
-        num_layers: 4,
+        num_layers: layers,
         sample_size: 32,
         patch_size: 2,
         caption_channels: 4096,
@@ -321,8 +332,13 @@ pub fn bench_pixart_step(iters: usize) -> anyhow::Result<StepTiming> {
     for i in 0..=iters {
         let start = std::time::Instant::now();
         // The trainer's path: forward, loss and every weight's gradient.
-        let (_, grads) =
-            crate::train::loss_and_grads(&model, (&latents, &t, &caption, &mask), None, |out| out.sqr()?.mean_all())?;
+        let inputs = (&latents, &t, &caption, &mask);
+        let loss = |out: &Tensor| out.sqr()?.mean_all();
+        let (_, grads) = match path {
+            StepPath::Fused => crate::train::loss_and_grads(&model, inputs, None, loss)?,
+            StepPath::Autograd => crate::train::autograd_loss_and_grads(&model, inputs, None, loss)?,
+            StepPath::Checkpointed(k) => crate::train::checkpointed_loss_and_grads(&model, inputs, None, loss, k)?,
+        };
         drop(grads);
         if i > 0 {
             steps.push(start.elapsed().as_secs_f64());
