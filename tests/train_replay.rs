@@ -63,9 +63,24 @@ enum Change {
     EmaDecay,
 }
 
-/// The replay's largest relative difference from the reference over every step's loss, gradient
-/// norm and learning rate and the final weights and EMA.
-fn replay(g: &Golden, autograd: bool, checkpoint_every: usize, change: Change) -> f64 {
+/// The replay's largest relative differences from the reference: over every step's loss, gradient
+/// norm and learning rate; and over the final weights and EMA (each tensor's difference against its
+/// largest value).
+/// How a replay runs.
+#[derive(Clone, Copy)]
+struct Run {
+    autograd: bool,
+    checkpoint_every: usize,
+    change: Change,
+    dtype: DType,
+}
+
+const PLAIN: Run = Run { autograd: false, checkpoint_every: 0, change: Change::None, dtype: DType::F64 };
+
+fn replay(g: &Golden, run: Run) -> (f64, f64) {
+    let Run { autograd, checkpoint_every, change, dtype } = run;
+    // The per-step checks hold in f64; an f32 run is measured against the f64 reference.
+    let exact = change == Change::None && dtype == DType::F64;
     let m = &g.cfg["model"];
     let u = |k: &str| m[k].as_u64().unwrap() as usize;
     let config = PixArtConfig {
@@ -80,7 +95,9 @@ fn replay(g: &Golden, autograd: bool, checkpoint_every: usize, change: Change) -
         interpolation_scale: m["interpolation_scale"].as_f64(),
         norm_eps: 1e-6,
     };
-    let model = PixArt::from_weights(config, g.weights("init")).unwrap();
+    let init: HashMap<String, Tensor> =
+        g.weights("init").into_iter().map(|(k, v)| (k, v.to_dtype(dtype).unwrap())).collect();
+    let model = PixArt::from_weights(config, init).unwrap();
     let betas = &g.cfg["betas"];
     let adamw = AdamWConfig {
         lr: g.f("lr"),
@@ -115,8 +132,9 @@ fn replay(g: &Golden, autograd: bool, checkpoint_every: usize, change: Change) -
     let rel = |a: f64, b: f64| (a - b).abs() / b.abs().max(1e-12);
     let mut worst = 0f64;
     for s in 0..steps {
-        let step = |k: &str| g.tensor(&format!("step{s:02}.{k}")).clone();
-        let drop: Vec<bool> = step("drop").to_vec1::<f64>().unwrap().iter().map(|&d| d > 0.5).collect();
+        let step = |k: &str| g.tensor(&format!("step{s:02}.{k}")).to_dtype(dtype).unwrap();
+        let drop: Vec<bool> =
+            g.tensor(&format!("step{s:02}.drop")).to_vec1::<f64>().unwrap().iter().map(|&d| d > 0.5).collect();
         let batch = Batch {
             keys: vec![format!("{s}-0"), format!("{s}-1")],
             latents: step("latents"),
@@ -132,7 +150,7 @@ fn replay(g: &Golden, autograd: bool, checkpoint_every: usize, change: Change) -
         assert!(!log.skipped, "step {s}");
         worst = worst.max(rel(log.loss, losses[s])).max(rel(log.grad_norm, norms[s]));
         worst = worst.max((lr - lrs[s]).abs() / g.f("lr"));
-        if change == Change::None {
+        if exact {
             assert!(rel(log.loss, losses[s]) <= TOL, "step {s}: loss {} against {}", log.loss, losses[s]);
             assert!(rel(log.grad_norm, norms[s]) <= TOL, "step {s}: grad norm {} against {}", log.grad_norm, norms[s]);
         }
@@ -146,39 +164,57 @@ fn replay(g: &Golden, autograd: bool, checkpoint_every: usize, change: Change) -
                 (&t - w).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
             let size = w.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
             let r = diff / size.max(1e-12);
-            if change == Change::None {
+            if exact {
                 assert!(r <= TOL, "{what} {name}: differs by {diff} (largest {size})");
+            }
+            // Attention key biases get a gradient of exactly 0 (softmax ignores a shift shared by every
+            // key), so in f32 AdamW scales rounding noise into full steps on them: left out there.
+            if dtype == DType::F32 && name.ends_with("to_k.bias") {
+                continue;
             }
             worst = worst.max(r);
         }
         worst
     };
     let weights = trainer.model.weights().clone();
-    worst = worst.max(compare(&weights, &g.weights("final"), "final weights"));
-    worst.max(compare(&trainer.ema_weights(), &g.weights("ema"), "EMA"))
+    let final_worst = compare(&weights, &g.weights("final"), "final weights");
+    (worst, final_worst.max(compare(&trainer.ema_weights(), &g.weights("ema"), "EMA")))
 }
 
 #[test]
 fn twenty_steps_match_the_pytorch_loop_on_the_fused_path() {
     let g = golden();
     assert!(g.f("clipped_steps") >= 3.0 && g.f("clipped_steps") <= 17.0, "clipped and unclipped steps both");
-    let worst = replay(&g, false, 0, Change::None);
-    assert!(worst <= TOL, "{worst}");
+    let worst = replay(&g, PLAIN);
+    assert!(worst.0 <= TOL && worst.1 <= TOL, "{worst:?}");
 }
 
 #[test]
 fn twenty_steps_match_the_pytorch_loop_on_the_autograd_path() {
     let g = golden();
-    let worst = replay(&g, true, 0, Change::None);
-    assert!(worst <= TOL, "{worst}");
+    let worst = replay(&g, Run { autograd: true, ..PLAIN });
+    assert!(worst.0 <= TOL && worst.1 <= TOL, "{worst:?}");
 }
 
 #[test]
 fn twenty_steps_match_the_pytorch_loop_with_checkpointed_blocks() {
     let g = golden();
     for every in [1, 2] {
-        let worst = replay(&g, true, every, Change::None);
-        assert!(worst <= TOL, "segments of {every}: {worst}");
+        let worst = replay(&g, Run { autograd: true, checkpoint_every: every, ..PLAIN });
+        assert!(worst.0 <= TOL && worst.1 <= TOL, "segments of {every}: {worst:?}");
+    }
+}
+
+/// In f32 (the CPU trainer's precision) the same 20 steps stay within 1e-5 of the f64 reference:
+/// every step's loss and gradient norm, and the final weights and EMA but for the attention key
+/// biases, whose exact gradient is 0 (measured: about 1e-6 and 5e-6).
+#[test]
+fn twenty_f32_steps_stay_near_the_f64_reference() {
+    let g = golden();
+    for autograd in [false, true] {
+        let (steps, weights) = replay(&g, Run { autograd, dtype: DType::F32, ..PLAIN });
+        eprintln!("f32, autograd {autograd}: steps {steps:e}, weights {weights:e}");
+        assert!(steps <= 1e-5 && weights <= 1e-5, "autograd {autograd}: steps {steps}, weights {weights}");
     }
 }
 
@@ -186,7 +222,7 @@ fn twenty_steps_match_the_pytorch_loop_with_checkpointed_blocks() {
 fn the_replay_fails_when_a_part_of_the_recipe_changes() {
     let g = golden();
     for change in [Change::Timesteps, Change::MaxGradNorm, Change::NoWarmup, Change::WeightDecay, Change::EmaDecay] {
-        let worst = replay(&g, false, 0, change);
-        assert!(worst > 1e-6, "{change:?}: the replay still matches ({worst})");
+        let worst = replay(&g, Run { change, ..PLAIN });
+        assert!(worst.0.max(worst.1) > 1e-6, "{change:?}: the replay still matches ({worst:?})");
     }
 }
