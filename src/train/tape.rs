@@ -116,9 +116,7 @@ pub fn autograd_loss_and_grads(
     loss: impl FnOnce(&Tensor) -> Result<Tensor>,
 ) -> Result<(Tensor, GradStore)> {
     let (caption, mask) = trim_caption_padding(caption, mask)?;
-    let mut e = model.embed_latents(latents, timestep, &mask, micro)?;
-    e.y = Some(model.project_caption(&caption)?);
-    autograd(model, &e, loss)
+    autograd(model, &model.embed(latents, timestep, &caption, &mask, micro)?, loss)
 }
 
 /// [`autograd_loss_and_grads`] with activation checkpointing: the blocks run in segments of `every`
@@ -138,9 +136,8 @@ pub fn checkpointed_loss_and_grads(
     every: usize,
 ) -> Result<(Tensor, GradStore)> {
     let (caption, mask) = trim_caption_padding(caption, mask)?;
-    let mut e = model.embed_latents(latents, timestep, &mask, micro)?;
-    e.y = Some(model.project_caption(&caption)?);
-    let y = e.y.clone().expect("projected above");
+    let e = model.embed(latents, timestep, &caption, &mask, micro)?;
+    let y = e.y.clone().expect("embed projects the caption");
     let leaf = |t: &Tensor| -> Result<Var> { Var::from_tensor(&t.detach()) };
     let (y_leaf, t0_leaf, t_leaf) = (leaf(&y)?, leaf(&e.t0)?, leaf(&e.t_emb)?);
     let cut = super::model::Embedded {
