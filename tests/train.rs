@@ -143,6 +143,7 @@ fn mixed_precision_steps_follow_the_f32_run() {
         img_hw: Tensor::from_vec(vec![64f32, 64.0, 64.0, 64.0], (2, 2), &dev).unwrap(),
         aspect_ratio: Tensor::from_vec(vec![1f32, 1.0], (2, 1), &dev).unwrap(),
         drop: vec![false, true],
+        caption_sources: Vec::new(),
         bucket: "1.0".into(),
     };
     let run = |precision: Precision| {

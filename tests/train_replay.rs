@@ -143,6 +143,7 @@ fn replay(g: &Golden, run: Run) -> (f64, f64) {
             img_hw: step("img_hw"),
             aspect_ratio: step("aspect_ratio"),
             drop,
+            caption_sources: Vec::new(),
             bucket: "1.0".into(),
         };
         let lr = schedule.at(s as u64, 2);

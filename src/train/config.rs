@@ -194,6 +194,62 @@ pub struct DataConfig {
     /// When set, the VAE caches must have been made with this folder's weights (checked by hash).
     #[serde(default)]
     pub vae_model: Option<PathBuf>,
+    /// Which of a sample's cached captions each step takes (a T5 cache made with
+    /// `--all-captions`): `"first"`, `"random"`, or weights by source (`{ dense = 0.8, alt = 0.2 }`).
+    #[serde(default, skip_serializing_if = "CaptionChoice::is_first")]
+    pub captions: CaptionChoice,
+}
+
+/// Which cached caption of a sample a step takes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum CaptionChoice {
+    /// The first (the one a cache without every caption holds).
+    #[default]
+    First,
+    /// One of them, uniformly, from the data generator (seeded, part of an exact resume).
+    Random,
+    /// One of them with these weights by source (`alt`, `dense`: the part before the first `:`), a
+    /// source's weight shared by its captions.
+    Weights(std::collections::BTreeMap<String, f64>),
+}
+
+impl CaptionChoice {
+    /// Whether this is [`CaptionChoice::First`].
+    pub fn is_first(&self) -> bool {
+        *self == CaptionChoice::First
+    }
+}
+
+impl Serialize for CaptionChoice {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            CaptionChoice::First => s.serialize_str("first"),
+            CaptionChoice::Random => s.serialize_str("random"),
+            CaptionChoice::Weights(w) => w.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CaptionChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Given {
+            Name(String),
+            Weights(std::collections::BTreeMap<String, f64>),
+        }
+        match Given::deserialize(d)? {
+            Given::Name(n) if n == "first" => Ok(CaptionChoice::First),
+            Given::Name(n) if n == "random" => Ok(CaptionChoice::Random),
+            Given::Name(n) => Err(serde::de::Error::custom(format!(
+                "expected \"first\", \"random\" or weights by source, found \"{n}\""
+            ))),
+            Given::Weights(w) if w.values().all(|v| v.is_finite() && *v >= 0.0) && w.values().any(|v| *v > 0.0) => {
+                Ok(CaptionChoice::Weights(w))
+            }
+            Given::Weights(_) => Err(serde::de::Error::custom("caption weights: expected non-negative numbers, one above 0")),
+        }
+    }
 }
 
 /// The transformer to train.

@@ -8,7 +8,7 @@
 //! resumes at any batch by recomputing the epoch's order.
 
 use crate::rng::Rng;
-use crate::shards::stage::{EntryStatus, StageFingerprint, StageReader, StageShard};
+use crate::shards::stage::{EntryStatus, SampleEntry, StageFingerprint, StageReader, StageShard};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
@@ -30,6 +30,8 @@ pub struct TrainSet {
     held: Vec<Sample>,
     /// Samples present in one cache only, or failed in either (not trained on).
     pub skipped: usize,
+    /// Which of a sample's cached captions a batch takes.
+    pub captions: super::config::CaptionChoice,
 }
 
 /// One batch, ready for the model.
@@ -48,6 +50,8 @@ pub struct Batch {
     pub aspect_ratio: Tensor,
     /// Which captions the classifier-free-guidance drop replaces by the null caption.
     pub drop: Vec<bool>,
+    /// Where each sample's caption came from (`alt`, `dense:…`; empty for a cache with one).
+    pub caption_sources: Vec<String>,
     /// The samples' aspect-ratio bucket.
     pub bucket: String,
 }
@@ -95,7 +99,7 @@ impl TrainSet {
                 pairs.iter().map(|(t, v)| format!("{} + {}", t.dir().display(), v.dir().display())).collect();
             anyhow::bail!("{}: no sample is cached in both (are they caches of the same shards?)", dirs.join(", "));
         }
-        Ok(Self { shards, samples, held: Vec::new(), skipped })
+        Ok(Self { shards, samples, held: Vec::new(), skipped, captions: Default::default() })
     }
 
     /// Keeps only the samples whose key is in `keys` (a `pixforge filter` selection); returns how
@@ -153,6 +157,7 @@ impl TrainSet {
             img_hw: rows(&hw)?,
             aspect_ratio: rows(&ar)?,
             drop: vec![false; copies],
+            caption_sources: Vec::new(),
             bucket: s.bucket.clone(),
         })
     }
@@ -186,6 +191,7 @@ impl TrainSet {
         let cpu = Device::Cpu;
         let (mut keys, mut latents, mut captions, mut masks, mut hw, mut ar, mut drop) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut sources = Vec::new();
         if indices.is_empty() {
             anyhow::bail!("a batch needs at least one sample");
         }
@@ -199,7 +205,9 @@ impl TrainSet {
             let (mean, std) = vs.vae_moments(ve, &cpu)?;
             let eps = rng.normal_tensor(mean.dims(), 1.0, &cpu)?;
             latents.push(((mean + (std * eps)?)? * scaling_factor)?);
-            let (padded, mask) = padded_caption(&ts.t5_embedding(te, &cpu)?, max_tokens)?;
+            let (emb, source) = self.caption_of(ts, te, rng)?;
+            sources.push(source);
+            let (padded, mask) = padded_caption(&emb, max_tokens)?;
             captions.push(padded);
             masks.push(mask);
             let [h, w] = ve.original_size.unwrap_or([0, 0]);
@@ -217,8 +225,44 @@ impl TrainSet {
             img_hw: stack(&hw)?,
             aspect_ratio: stack(&ar)?,
             drop,
+            caption_sources: sources,
             bucket: self.samples[indices[0]].bucket.clone(),
         })
+    }
+
+    /// The caption embedding of T5 entry `te` that [`TrainSet::captions`] chooses (one draw from
+    /// `rng` unless it takes the first), and its source.
+    fn caption_of(&self, ts: &StageShard, te: &SampleEntry, rng: &mut Rng) -> anyhow::Result<(Tensor, String)> {
+        use super::config::CaptionChoice;
+        let cpu = Device::Cpu;
+        let options = match (&self.captions, &te.captions) {
+            (CaptionChoice::First, _) | (_, None) => return Ok((ts.t5_embedding(te, &cpu)?, String::new())),
+            (_, Some(options)) => options,
+        };
+        // A source's weight is shared by its captions (two dense captions at 0.8 take 0.4 each).
+        let category = |source: &str| source.split(':').next().unwrap_or(source).to_string();
+        let weight = |source: &str| match &self.captions {
+            CaptionChoice::Weights(w) => {
+                let c = category(source);
+                let n = options.iter().filter(|o| category(&o.source) == c).count().max(1);
+                w.get(&c).copied().unwrap_or(0.0) / n as f64
+            }
+            _ => 1.0,
+        };
+        let total: f64 = options.iter().map(|c| weight(&c.source)).sum();
+        let mut r = rng.uniform() * total;
+        let mut pick = &options[0];
+        for c in options {
+            let w = weight(&c.source);
+            if w > 0.0 {
+                pick = c;
+                if r < w {
+                    break;
+                }
+                r -= w;
+            }
+        }
+        Ok((ts.rows("embeddings", pick.row, pick.tokens, &cpu)?, pick.source.clone()))
     }
 }
 

@@ -185,6 +185,7 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
     };
 
     let mut set = open_data(cfg)?;
+    set.captions = cfg.data.captions.clone();
     let held_out = match &cfg.holdout {
         Some(h) => super::holdout::hold_out(&mut set, h)?,
         None => 0,

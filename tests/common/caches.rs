@@ -76,6 +76,7 @@ pub fn t5_config(dtype: FeatureDType) -> T5CacheConfig {
         dtype,
         batch_size: 8,
         captions: None,
+        all_captions: false,
     }
 }
 

@@ -1,16 +1,17 @@
 //! `pixforge cache t5`: every caption of every shard through the T5 encoder, stored unpadded.
 //!
 //! Per shard, `{shard}.safetensors` holds `embeddings` `[Σ tokens, d_model]` (bf16 by default) — the
-//! captions' rows one after the other, in the shard's sample order — and `lengths` `[n]` (i64); the
-//! index gives each key its first row and token count. Captions are encoded packed, unpadded
+//! captions' rows one after the other, in the shard's sample order — and `lengths` `[n]` (i64, one
+//! per cached caption); the index gives each key its first row and token count, and with
+//! `--all-captions` every caption's source, first row and token count. Captions are encoded packed, unpadded
 //! ([`crate::latents::t5_packed`]), so a caption's rows equal the valid rows of PixArt-α's padded,
 //! masked encoding.
 
 use super::CACHE_OUTPUTS;
 use crate::latents::t5::{CaptionTokenizer, TextCleaning, TextEncoder, MAX_TOKENS};
-use crate::shards::captions::{captions_path, first_captions};
+use crate::shards::captions::{captions_path, captions_with_sources};
 use crate::shards::stage::{
-    run_shards, SampleEntry, ShardOutput, Stage, StageFingerprint, StageOptions, StageRunStats,
+    run_shards, CaptionRows, SampleEntry, ShardOutput, Stage, StageFingerprint, StageOptions, StageRunStats,
 };
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -78,6 +79,13 @@ pub struct T5CacheConfig {
     #[arg(long)]
     #[serde(default)]
     pub captions: Option<PathBuf>,
+    /// Cache every caption of a sample, each with its source: with --captions, every caption of the
+    /// caption folder (`dense:{prompt_id}:{caption_index}`, in its order) and then the shard's `.txt`
+    /// (`alt`); without, the `.txt`. The first is the one the trainer takes by default
+    /// (`data.captions` chooses among them).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all_captions: bool,
 }
 
 impl T5CacheConfig {
@@ -103,12 +111,15 @@ impl T5CacheConfig {
                 format!("the first caption of a caption folder made with fingerprint {how}")
             }
         };
-        let preprocessing = serde_json::json!({
+        let mut preprocessing = serde_json::json!({
             "caption": caption,
             "cleaning": self.cleaning,
             "max_tokens": self.max_tokens,
             "dtype": self.dtype,
         });
+        if self.all_captions {
+            preprocessing["all_captions"] = serde_json::json!(true);
+        }
         StageFingerprint::of_model("t5", &model_dir, &files, preprocessing)
     }
 }
@@ -127,45 +138,70 @@ pub fn run(cfg: &T5CacheConfig, opts: &StageOptions, device: &Device) -> anyhow:
         fingerprint,
         &opts,
         |name, reader, _| {
-            let mut entries = Vec::with_capacity(reader.samples.len());
-            let mut ids: Vec<Option<Vec<u32>>> = Vec::with_capacity(reader.samples.len());
-            let dense = match &cfg.captions {
-                Some(dir) => Some(first_captions(&captions_path(&crate::store::reading_dir(dir), name))?),
-                None => None,
+            let dense = match (&cfg.captions, cfg.all_captions) {
+                (Some(dir), all) => Some(captions_with_sources(&captions_path(&crate::store::reading_dir(dir), name))?)
+                    .map(|m| if all { m } else { m.into_iter().map(|(k, mut v)| (k, v.drain(..1).collect())).collect() }),
+                (None, _) => None,
             };
+            // Each sample's captions (source, text), the first the one trained on by default.
+            let mut entries = Vec::with_capacity(reader.samples.len());
+            let mut chosen: Vec<Vec<(String, Vec<u32>)>> = Vec::with_capacity(reader.samples.len());
             for sample in &reader.samples {
-                let caption = match &dense {
-                    Some(map) => map
-                        .get(&sample.key)
-                        .cloned()
-                        .ok_or_else(|| "no caption: the caption folder has no caption for this sample".to_string()),
-                    None => match reader.read(sample, "txt") {
-                        Ok(Some(bytes)) => String::from_utf8(bytes).map_err(|_| "caption is not UTF-8".to_string()),
-                        Ok(None) => Err("no caption: the sample has no .txt member".to_string()),
-                        Err(e) => Err(format!("cannot read the .txt member: {e}")),
-                    },
+                let alt = || match reader.read(sample, "txt") {
+                    Ok(Some(bytes)) => String::from_utf8(bytes).map_err(|_| "caption is not UTF-8".to_string()),
+                    Ok(None) => Err("no caption: the sample has no .txt member".to_string()),
+                    Err(e) => Err(format!("cannot read the .txt member: {e}")),
                 };
-                match caption.and_then(|c| t5.tokens(&c).map_err(|e| format!("{e:#}"))) {
-                    Ok(t) => {
-                        entries.push(SampleEntry::success(&sample.key));
-                        ids.push(Some(t));
-                    }
-                    Err(reason) => {
-                        entries.push(SampleEntry::failed(&sample.key, reason));
-                        ids.push(None);
+                let mut texts: Vec<Result<(String, String), String>> = Vec::new();
+                match &dense {
+                    Some(map) => match map.get(&sample.key) {
+                        Some(list) => texts.extend(list.iter().cloned().map(Ok)),
+                        None => texts.push(Err("no caption: the caption folder has no caption for this sample".into())),
+                    },
+                    None => texts.push(alt().map(|t| ("alt".to_string(), t))),
+                }
+                if cfg.all_captions && dense.is_some() {
+                    if let Ok(t) = alt() {
+                        texts.push(Ok(("alt".to_string(), t)));
                     }
                 }
+                let mut ok = Vec::new();
+                let mut first_error = None;
+                for text in texts {
+                    match text.and_then(|(source, c)| Ok((source, t5.tokens(&c).map_err(|e| format!("{e:#}"))?))) {
+                        Ok(pair) => ok.push(pair),
+                        Err(reason) => {
+                            first_error.get_or_insert(reason);
+                        }
+                    }
+                }
+                if ok.is_empty() {
+                    let reason = first_error.unwrap_or_else(|| "no caption".to_string());
+                    entries.push(SampleEntry::failed(&sample.key, reason));
+                } else {
+                    entries.push(SampleEntry::success(&sample.key));
+                }
+                chosen.push(ok);
             }
-            let embeddings = encode_packed(&t5, &ids, cfg.batch_size)?;
+            let flat: Vec<Option<Vec<u32>>> = chosen.iter().flatten().map(|(_, ids)| Some(ids.clone())).collect();
+            let mut embeddings = encode_packed(&t5, &flat, cfg.batch_size)?.into_iter();
             let (mut rows, mut parts, mut lengths) = (0usize, Vec::new(), Vec::new());
-            for (entry, emb) in entries.iter_mut().zip(embeddings) {
-                if let Some(e) = emb {
+            for (entry, captions) in entries.iter_mut().zip(&chosen) {
+                let mut cached = Vec::with_capacity(captions.len());
+                for (source, _) in captions {
+                    let e = embeddings.next().flatten().ok_or_else(|| anyhow::anyhow!("a caption was not encoded"))?;
                     let n = e.dim(0)?;
-                    entry.row = Some(rows);
-                    entry.tokens = Some(n);
+                    cached.push(CaptionRows { source: source.clone(), row: rows, tokens: n });
                     rows += n;
                     lengths.push(n as i64);
                     parts.push(e);
+                }
+                if let Some(first) = cached.first() {
+                    entry.row = Some(first.row);
+                    entry.tokens = Some(first.tokens);
+                }
+                if cfg.all_captions && !cached.is_empty() {
+                    entry.captions = Some(cached);
                 }
             }
             let embeddings = if parts.is_empty() {

@@ -46,6 +46,21 @@ pub struct SampleEntry {
     /// VAE: the crop box (top, left, height, width) in the resized image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crop: Option<[usize; 4]>,
+    /// T5 with every caption cached: each caption's source and rows (the first is `row`/`tokens`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub captions: Option<Vec<CaptionRows>>,
+}
+
+/// One cached caption of a sample: where it came from (`alt`: the shard's `.txt`;
+/// `dense:{prompt_id}:{caption_index}`: a caption folder's) and its rows in `embeddings`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptionRows {
+    /// Where the caption came from.
+    pub source: String,
+    /// Its first row in `embeddings`.
+    pub row: usize,
+    /// Its token count (`</s>` included).
+    pub tokens: usize,
 }
 
 impl SampleEntry {
@@ -61,6 +76,7 @@ impl SampleEntry {
             original_size: None,
             resized: None,
             crop: None,
+            captions: None,
         }
     }
 

@@ -1,0 +1,171 @@
+//! Every caption used: the demo's photos captioned twice each (openai backend, loopback server),
+//! cached with `--all-captions` (three captions a sample: both dense ones and the alt-text, each
+//! with its source); `data.captions = "random"` takes each of them over the epochs, weights by
+//! source take only what they weigh; and a run resumed from a checkpoint continues the seeded
+//! choice exactly.
+
+mod common;
+
+use candle_core::Device;
+use common::vlm::{Expect, VlmServer};
+use pixforge::rng::Rng;
+use pixforge::shards::stage::StageReader;
+use pixforge::train::config::CaptionChoice;
+use pixforge::train::data::TrainSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::process::Command;
+
+const MODEL: &str = "llava-hf/llava-1.5-7b-hf";
+
+fn ok(o: std::process::Output) -> String {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The photos ingested, captioned twice each, and cached with every caption (T5) and at 64 px (VAE).
+fn cached(dir: &Path) {
+    let vlm = VlmServer::start(Expect {
+        model: MODEL.into(),
+        temperature: 0.2,
+        api_key: None,
+        latency_ms: 0,
+        faults: HashMap::new(),
+    });
+    let photos = dir.join("photos");
+    pixforge::demo::write_inputs(&photos).unwrap();
+    let bin = || Command::new(common::bin());
+    ok(bin()
+        .args(["ingest", "folder", "--samples-per-shard", "3", "--image-size", "64", "--no-progress", "--out"])
+        .arg(dir.join("shards"))
+        .arg(&photos)
+        .output()
+        .unwrap());
+    ok(bin()
+        .args(["caption", "--backend", "openai", "--model", MODEL, "--captions-per-image", "2", "--no-progress"])
+        .arg("--endpoint")
+        .arg(format!("{}/v1", vlm.base))
+        .args(["--prompt", "Describe sample {key} in a very detailed manner", "--input"])
+        .arg(dir.join("shards"))
+        .arg("--out")
+        .arg(dir.join("captions"))
+        .output()
+        .unwrap());
+    ok(bin()
+        .args(["cache", "t5", "--all-captions", "--no-progress", "--model"])
+        .arg(common::caches::pipeline())
+        .arg("--captions")
+        .arg(dir.join("captions"))
+        .arg("--input")
+        .arg(dir.join("shards"))
+        .arg("--out")
+        .arg(dir.join("t5"))
+        .output()
+        .unwrap());
+    let vae = common::caches::tiny_vae(dir);
+    ok(bin()
+        .args(["cache", "vae", "--resolution", "64", "--no-progress", "--model"])
+        .arg(&vae)
+        .arg("--input")
+        .arg(dir.join("shards"))
+        .arg("--out")
+        .arg(dir.join("vae"))
+        .output()
+        .unwrap());
+}
+
+/// How often each (key, source) is taken over `epochs` passes of single-sample batches.
+fn counts(dir: &Path, choice: CaptionChoice, epochs: usize) -> BTreeMap<(String, String), usize> {
+    let (t5, vae) = (StageReader::open_unchecked(&dir.join("t5")).unwrap(), StageReader::open_unchecked(&dir.join("vae")).unwrap());
+    let mut set = TrainSet::join(&[(t5, vae)]).unwrap();
+    set.captions = choice;
+    let mut rng = Rng::new(5);
+    let mut seen = BTreeMap::new();
+    for _ in 0..epochs {
+        for i in 0..set.len() {
+            let b = set.batch(&[i], &mut rng, 0.18215, 120, 0.0, &Device::Cpu).unwrap();
+            *seen.entry((b.keys[0].clone(), b.caption_sources[0].clone())).or_insert(0) += 1;
+        }
+    }
+    seen
+}
+
+#[test]
+fn every_cached_caption_is_trained_on_and_the_choice_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    cached(dir.path());
+
+    // Three captions a sample, each with its source and rows; the first is the entry's own.
+    let t5 = StageReader::open_unchecked(&dir.path().join("t5")).unwrap();
+    assert_eq!(t5.fingerprint.preprocessing["all_captions"], true);
+    let mut samples = 0;
+    for name in &t5.shards {
+        for e in &t5.shard(name).unwrap().entries {
+            let c = e.captions.as_ref().unwrap_or_else(|| panic!("{}: no captions", e.key));
+            let sources: Vec<&str> = c.iter().map(|c| c.source.split(':').next().unwrap()).collect();
+            assert_eq!(sources, ["dense", "dense", "alt"], "{}", e.key);
+            assert_ne!(c[0].source, c[1].source);
+            assert_eq!((e.row, e.tokens), (Some(c[0].row), Some(c[0].tokens)));
+            samples += 1;
+        }
+    }
+    assert_eq!(samples, pixforge::demo::IMAGES.len());
+
+    // `first` takes the entry's own caption; `random` each of the three; weights only what they weigh.
+    let first = counts(dir.path(), CaptionChoice::First, 2);
+    assert!(first.keys().all(|(_, s)| s.is_empty()), "{first:?}");
+    let random = counts(dir.path(), CaptionChoice::Random, 30);
+    let per_key: BTreeMap<&String, HashSet<&String>> =
+        random.keys().fold(BTreeMap::new(), |mut m, (k, s)| {
+            m.entry(k).or_default().insert(s);
+            m
+        });
+    assert_eq!(per_key.len(), samples);
+    assert!(per_key.values().all(|s| s.len() == 3), "every caption of every sample taken: {per_key:?}");
+    let only_alt = counts(dir.path(), CaptionChoice::Weights(BTreeMap::from([("alt".into(), 1.0)])), 5);
+    assert!(only_alt.keys().all(|(_, s)| s == "alt"), "{only_alt:?}");
+    let mostly_dense =
+        counts(dir.path(), CaptionChoice::Weights(BTreeMap::from([("dense".into(), 0.8), ("alt".into(), 0.2)])), 40);
+    let alt: usize = mostly_dense.iter().filter(|((_, s), _)| s == "alt").map(|(_, n)| n).sum();
+    let all: usize = mostly_dense.values().sum();
+    assert!((0.1..0.3).contains(&(alt as f64 / all as f64)), "{alt} of {all} alt-text");
+
+    // Training with random captions: a run resumed from its step-4 checkpoint logs the straight
+    // run's steps (the choice comes from the data generator, which the checkpoint keeps).
+    let config = |name: &str, steps: u64| {
+        let text = format!(
+            "output_dir = \"{name}\"\nmax_steps = {steps}\nseed = 3\n[data]\ncaches = [{{ t5 = \"t5\", vae = \"vae\" }}]\n\
+             batch_size = 2\ncaptions = \"random\"\nt5_model = \"{t5}\"\n[model]\nlayers = 2\nheads = 2\nhead_dim = 16\n\
+             sample_size = 8\ncaption_channels = 16\n[optimizer]\nlr = 1e-3\n[checkpoints]\nevery = 4\n\
+             [logging]\nprogress = false\n",
+            t5 = common::caches::pipeline().display()
+        );
+        let path = dir.path().join(format!("{name}-{steps}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let train = |cfg: &Path, resume: bool| {
+        let mut c = Command::new(common::bin());
+        c.arg("train").arg("--config").arg(cfg);
+        if resume {
+            c.arg("--resume");
+        }
+        ok(c.output().unwrap())
+    };
+    train(&config("straight", 10), false);
+    train(&config("stopped", 4), false);
+    train(&config("stopped", 10), true);
+    let log = |name: &str| -> Vec<(u64, f64, f64)> {
+        std::fs::read_to_string(dir.path().join(name).join("log.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap(), v["grad_norm"].as_f64().unwrap())
+            })
+            .collect()
+    };
+    let (a, b) = (log("straight"), log("stopped"));
+    assert_eq!(a.len(), 10);
+    assert_eq!(a, b, "the resumed run continues the straight run's caption choice");
+}
