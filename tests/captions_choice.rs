@@ -76,7 +76,8 @@ fn cached(dir: &Path) {
 
 /// How often each (key, source) is taken over `epochs` passes of single-sample batches.
 fn counts(dir: &Path, choice: CaptionChoice, epochs: usize) -> BTreeMap<(String, String), usize> {
-    let (t5, vae) = (StageReader::open_unchecked(&dir.join("t5")).unwrap(), StageReader::open_unchecked(&dir.join("vae")).unwrap());
+    let (t5, vae) =
+        (StageReader::open_unchecked(&dir.join("t5")).unwrap(), StageReader::open_unchecked(&dir.join("vae")).unwrap());
     let mut set = TrainSet::join(&[(t5, vae)]).unwrap();
     set.captions = choice;
     let mut rng = Rng::new(5);
@@ -115,11 +116,10 @@ fn every_cached_caption_is_trained_on_and_the_choice_resumes_exactly() {
     let first = counts(dir.path(), CaptionChoice::First, 2);
     assert!(first.keys().all(|(_, s)| s.is_empty()), "{first:?}");
     let random = counts(dir.path(), CaptionChoice::Random, 30);
-    let per_key: BTreeMap<&String, HashSet<&String>> =
-        random.keys().fold(BTreeMap::new(), |mut m, (k, s)| {
-            m.entry(k).or_default().insert(s);
-            m
-        });
+    let per_key: BTreeMap<&String, HashSet<&String>> = random.keys().fold(BTreeMap::new(), |mut m, (k, s)| {
+        m.entry(k).or_default().insert(s);
+        m
+    });
     assert_eq!(per_key.len(), samples);
     assert!(per_key.values().all(|s| s.len() == 3), "every caption of every sample taken: {per_key:?}");
     let only_alt = counts(dir.path(), CaptionChoice::Weights(BTreeMap::from([("alt".into(), 1.0)])), 5);

@@ -247,7 +247,9 @@ impl<'de> Deserialize<'de> for CaptionChoice {
             Given::Weights(w) if w.values().all(|v| v.is_finite() && *v >= 0.0) && w.values().any(|v| *v > 0.0) => {
                 Ok(CaptionChoice::Weights(w))
             }
-            Given::Weights(_) => Err(serde::de::Error::custom("caption weights: expected non-negative numbers, one above 0")),
+            Given::Weights(_) => {
+                Err(serde::de::Error::custom("caption weights: expected non-negative numbers, one above 0"))
+            }
         }
     }
 }

@@ -140,7 +140,9 @@ pub fn run(cfg: &T5CacheConfig, opts: &StageOptions, device: &Device) -> anyhow:
         |name, reader, _| {
             let dense = match (&cfg.captions, cfg.all_captions) {
                 (Some(dir), all) => Some(captions_with_sources(&captions_path(&crate::store::reading_dir(dir), name))?)
-                    .map(|m| if all { m } else { m.into_iter().map(|(k, mut v)| (k, v.drain(..1).collect())).collect() }),
+                    .map(
+                        |m| if all { m } else { m.into_iter().map(|(k, mut v)| (k, v.drain(..1).collect())).collect() },
+                    ),
                 (None, _) => None,
             };
             // Each sample's captions (source, text), the first the one trained on by default.
