@@ -12,7 +12,7 @@ use pixforge::rng::Rng;
 use pixforge::shards::stage::StageReader;
 use pixforge::train::config::CaptionChoice;
 use pixforge::train::data::TrainSet;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::process::Command;
 
@@ -25,13 +25,7 @@ fn ok(o: std::process::Output) -> String {
 
 /// The photos ingested, captioned twice each, and cached with every caption (T5) and at 64 px (VAE).
 fn cached(dir: &Path) {
-    let vlm = VlmServer::start(Expect {
-        model: MODEL.into(),
-        temperature: 0.2,
-        api_key: None,
-        latency_ms: 0,
-        faults: HashMap::new(),
-    });
+    let vlm = VlmServer::start(Expect::answering(MODEL));
     let photos = dir.join("photos");
     pixforge::demo::write_inputs(&photos).unwrap();
     let bin = || Command::new(common::bin());

@@ -80,13 +80,7 @@ fn hostile_images_are_checked_resized_and_cleaned_by_every_stage_that_sends_them
     let images = hostile_shard(&src);
 
     // To a captioning server.
-    let srv = VlmServer::start(Expect {
-        model: "m".into(),
-        temperature: 0.2,
-        api_key: None,
-        latency_ms: 0,
-        faults: HashMap::new(),
-    });
+    let srv = VlmServer::start(Expect::answering("m"));
     let cfg = CaptionConfig {
         backend: Backend::Openai,
         model: "m".into(),

@@ -65,13 +65,7 @@ fn downloads_go_through_the_proxy_except_no_proxy_hosts_and_private_destinations
 #[test]
 fn captioning_requests_go_through_the_proxy_and_loopback_endpoints_go_direct() {
     let model = "llava-hf/llava-1.5-7b-hf";
-    let vlm = VlmServer::start(Expect {
-        model: model.into(),
-        temperature: 0.2,
-        api_key: None,
-        latency_ms: 0,
-        faults: HashMap::new(),
-    });
+    let vlm = VlmServer::start(Expect::answering(model));
     let proxy = Proxy::start(HashMap::from([("vlm.example".to_string(), addr(&vlm.base))]));
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");

@@ -11,7 +11,7 @@ mod s3;
 
 use common::vlm::{Expect, VlmServer};
 use s3::S3Server;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::Ordering;
@@ -148,13 +148,7 @@ fn captions(dir: &Path) -> BTreeMap<String, String> {
 /// A store, a captioning server, and in a new folder the demo's photos and a tiny VAE.
 fn servers_and_inputs() -> (S3Server, VlmServer, tempfile::TempDir, PathBuf, PathBuf) {
     let server = S3Server::start("data");
-    let vlm = VlmServer::start(Expect {
-        model: MODEL.into(),
-        temperature: 0.2,
-        api_key: None,
-        latency_ms: 0,
-        faults: HashMap::new(),
-    });
+    let vlm = VlmServer::start(Expect::answering(MODEL));
     let dir = tempfile::tempdir().unwrap();
     let photos = dir.path().join("photos");
     pixforge::demo::write_inputs(&photos).unwrap();

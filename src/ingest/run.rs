@@ -214,9 +214,8 @@ struct Listed {
 /// their files (or tar members) first.
 fn list_rows(cfg: &IngestConfig) -> anyhow::Result<Listed> {
     // Inputs in an object store are read from local copies.
-    let cache = std::env::temp_dir().join("pixforge-inputs");
     let inputs: Vec<PathBuf> =
-        cfg.inputs.iter().map(|i| crate::store::local_input(i, &cache)).collect::<anyhow::Result<_>>()?;
+        cfg.inputs.iter().map(|i| crate::store::local_copy(i, |_| true)).collect::<anyhow::Result<_>>()?;
     let cfg = &IngestConfig { inputs, ..cfg.clone() };
     let rows = match cfg.source {
         SourceKind::Laion => {
@@ -442,61 +441,46 @@ type Publish<'a> = dyn Fn(&[String]) -> anyhow::Result<()> + Sync + 'a;
 pub fn run(cfg: &IngestConfig, opts: &RunOptions) -> anyhow::Result<RunStats> {
     match crate::store::Location::parse(&opts.out)? {
         crate::store::Location::Local(_) => run_local(cfg, opts, None),
-        crate::store::Location::Remote(remote) => run_remote(cfg, opts, &remote),
+        crate::store::Location::Remote(_) => run_remote(cfg, opts),
     }
 }
 
-/// An ingest into an object store: the run works in a local staging folder holding what it reads
-/// of the dataset (the manifest, the stats files, this worker's done shard parquets), and uploads
-/// each shard as it is written (tar, parquet, then its stats file, so a listed stats file means a
-/// complete shard), deleting the local tar; the staging folder is made anew from the store on
-/// every run and removed at the end.
-fn run_remote(cfg: &IngestConfig, opts: &RunOptions, remote: &crate::store::Remote) -> anyhow::Result<RunStats> {
+/// An ingest into an object store: the run works in the worker's working folder
+/// ([`crate::store::Staging`]) holding what it reads of the dataset (the manifest, the stats files,
+/// this worker's done shard parquets), and uploads each shard as it is written (tar, parquet, then
+/// its stats file, so a listed stats file means a complete shard), deleting the local tar.
+fn run_remote(cfg: &IngestConfig, opts: &RunOptions) -> anyhow::Result<RunStats> {
     let retries = crate::store::transient_failures();
-    remote.check()?;
-    let digest = crate::image::sha256_hex(remote.url().as_bytes());
-    let staging = std::env::temp_dir().join("pixforge-staging").join(format!(
-        "{}-{}-of-{}",
-        &digest[..16],
-        opts.worker.index,
-        opts.worker.count
-    ));
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging)
-            .map_err(|e| anyhow::anyhow!("{}: cannot clear the staging folder: {e}", staging.display()))?;
-    }
-    std::fs::create_dir_all(&staging)
-        .map_err(|e| anyhow::anyhow!("{}: cannot create the staging folder: {e}", staging.display()))?;
-    let listed: std::collections::HashSet<String> = remote.list()?.into_iter().map(|(n, _)| n).collect();
-    for name in &listed {
-        let stats_of = |stem: &str| listed.contains(&format!("{stem}_stats.json"));
-        let shard_file = |ext: &str| {
-            name.strip_suffix(ext)
-                .filter(|stem| stem.parse::<usize>().is_ok_and(|s| opts.worker.owns(s)) && stats_of(stem))
-                .is_some()
-        };
-        let wanted = name == crate::shards::MANIFEST_FILE
-            || name.ends_with("_stats.json")
-            || shard_file(".parquet")
-            || (opts.retry_failed && shard_file(".tar"));
-        if wanted {
-            remote.download(name, &staging.join(name))?;
-        }
-    }
+    let staging = crate::store::Staging::open(&opts.out, opts.worker)?;
+    let listed: std::collections::HashSet<String> = staging.names()?.into_iter().collect();
+    let wanted: Vec<String> = listed
+        .iter()
+        .filter(|name| {
+            let stats_of = |stem: &str| listed.contains(&format!("{stem}_stats.json"));
+            let shard_file = |ext: &str| {
+                name.strip_suffix(ext)
+                    .filter(|stem| stem.parse::<usize>().is_ok_and(|s| opts.worker.owns(s)) && stats_of(stem))
+                    .is_some()
+            };
+            name.as_str() == crate::shards::MANIFEST_FILE
+                || name.ends_with("_stats.json")
+                || shard_file(".parquet")
+                || (opts.retry_failed && shard_file(".tar"))
+        })
+        .cloned()
+        .collect();
+    staging.fetch(&wanted)?;
     let publish = |names: &[String]| -> anyhow::Result<()> {
-        for name in names {
-            remote.upload(&staging.join(name), name)?;
-        }
+        staging.upload_under("", names)?;
         for name in names.iter().filter(|n| n.ends_with(".tar")) {
-            let _ = std::fs::remove_file(staging.join(name));
+            let _ = std::fs::remove_file(staging.dir.join(name));
         }
         Ok(())
     };
     let mut local = opts.clone();
-    local.out = staging.clone();
+    local.out = staging.dir.clone();
     let mut stats = run_local(cfg, &local, Some(&publish))?;
     stats.store_retries = crate::store::transient_failures() - retries;
-    let _ = std::fs::remove_dir_all(&staging);
     Ok(stats)
 }
 

@@ -304,39 +304,6 @@ impl Remote {
     }
 }
 
-/// A local copy of an input that may live in a store: a local path as it is; an object URL
-/// downloaded into `cache` (under a folder named for the URL) — the objects directly under it
-/// when it names a prefix (the folder is returned), else the object itself (its file is).
-pub fn local_input(input: &Path, cache: &Path) -> anyhow::Result<PathBuf> {
-    if !is_remote(input) {
-        return Ok(input.to_path_buf());
-    }
-    let url = input.to_string_lossy().trim_end_matches('/').to_string();
-    let digest = crate::image::sha256_hex(url.as_bytes());
-    let dir = cache.join(&digest[..16]);
-    std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", dir.display()))?;
-    let remote = Remote::open(&url)?;
-    // A web server's URLs name single objects; a store that cannot be listed is asked for the object.
-    let web = url.starts_with("http://") || url.starts_with("https://");
-    let objects = if web { Vec::new() } else { remote.list().unwrap_or_default() };
-    if !objects.is_empty() {
-        for (name, _) in &objects {
-            remote.download(name, &dir.join(name))?;
-        }
-        return Ok(dir);
-    }
-    let (parent, name) = url
-        .rsplit_once('/')
-        .filter(|(p, _)| p.contains("://") && !p.ends_with('/'))
-        .ok_or_else(|| anyhow::anyhow!("{url}: no object and no objects under it"))?;
-    let local = dir.join(name);
-    match Remote::open(parent)?.read(name)? {
-        Some(bytes) => crate::shards::write_atomic(&local, &bytes)?,
-        None => anyhow::bail!("{url}: no object and no objects under it"),
-    }
-    Ok(local)
-}
-
 /// Reads until `buf` is full or the file ends.
 fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;

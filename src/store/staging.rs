@@ -112,9 +112,10 @@ pub fn temp_for(dest: &Path) -> PathBuf {
     crate::shards::temp_path(&std::env::temp_dir().join(name))
 }
 
-/// A local copy of what a whole-dataset stage reads of `path`: `path` itself when local; for a
-/// store prefix, the objects directly under it that `wanted` accepts, downloaded into a new reading
-/// folder of this process's (returned); for a store object, the object (its local file returned).
+/// A local copy of what a stage reads of `path`: `path` itself when local; for a store prefix, the
+/// objects directly under it that `wanted` accepts, downloaded into a new reading folder of this
+/// process's (returned); for a store object, or a URL on a web server (which lists nothing), the
+/// object (its local file returned). A store that cannot be listed is asked for the object.
 pub fn local_copy(path: &Path, wanted: impl Fn(&str) -> bool) -> anyhow::Result<PathBuf> {
     if !is_remote(path) {
         return Ok(path.to_path_buf());
@@ -122,18 +123,20 @@ pub fn local_copy(path: &Path, wanted: impl Fn(&str) -> bool) -> anyhow::Result<
     sweep_reading_dirs();
     let local = new_reading_dir(path);
     std::fs::create_dir_all(&local).map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", local.display()))?;
-    let r = remote(&path.to_string_lossy())?;
-    let objects = r.list()?;
+    let text = path.to_string_lossy();
+    let web = text.starts_with("http://") || text.starts_with("https://");
+    let objects = if web { Vec::new() } else { remote(&text)?.list().unwrap_or_default() };
     if !objects.is_empty() {
+        let r = remote(&text)?;
         for (name, _) in objects.iter().filter(|(n, _)| wanted(n)) {
             r.download(name, &local.join(name))?;
         }
         return Ok(local);
     }
-    let (parent, name) = split_object(path)?;
+    let missing = || anyhow::anyhow!("{}: no object and no objects under it", text.trim_end_matches('/'));
+    let (parent, name) = split_object(path).map_err(|_| missing())?;
+    let bytes = read_in(&parent, &name)?.ok_or_else(missing)?;
     let file = local.join(&name);
-    let bytes = read_in(&parent, &name)?
-        .ok_or_else(|| anyhow::anyhow!("{}: no such object, and no objects under it", path.display()))?;
     crate::shards::write_atomic(&file, &bytes)?;
     Ok(file)
 }

@@ -69,6 +69,13 @@ pub struct Expect {
     pub faults: HashMap<String, Fault>,
 }
 
+impl Expect {
+    /// A server for `model` at temperature 0.2, with no API key, no added latency and no faults.
+    pub fn answering(model: &str) -> Self {
+        Self { model: model.into(), temperature: 0.2, api_key: None, latency_ms: 0, faults: HashMap::new() }
+    }
+}
+
 /// A running server; it stops when the test process ends.
 pub struct VlmServer {
     /// `http://127.0.0.1:PORT`.
