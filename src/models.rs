@@ -20,7 +20,9 @@ pub enum ModelKind {
     /// A T5 v1.1 encoder (gated GELU, T5's 32,128-token vocabulary) in the transformers layout
     /// (`text_encoder/`; bring the tokenizer.json).
     T5,
-    /// An SD-style `AutoencoderKL` in the diffusers layout (`vae/`, 2 blocks: 2x downscale).
+    /// An SD-style `AutoencoderKL` in the diffusers layout (`vae/`, 4 blocks: 8x downscale) that
+    /// carries the image: its latents are the colours and luminance of each 8×8 patch, with a small
+    /// posterior std and a `scaling_factor` that gives them unit variance; it decodes to the blurred image.
     Vae,
     /// A LLaVA-1.5 in the llava-hf layout (config.json, model.safetensors, tokenizer.json,
     /// preprocessor_config.json): CLIP ViT 56 px / patch 14, Llama 2 layers of 48, a 502-token BPE.
@@ -28,10 +30,31 @@ pub enum ModelKind {
     Llava,
 }
 
+mod tiny_vae;
+
+/// Unscaled latent per unit of colour of the tiny VAE `init-tiny --kind vae` writes.
+pub use tiny_vae::GAIN as TINY_VAE_GAIN;
+
 /// Every variable a candle model builds through `build` in a fresh `VarMap`, redrawn from our seeded
 /// RNG (normal, std 0.05; norm weights 1, biases 0), saved as safetensors with their real names
 /// (`rename` replaces parts of the names candle builds by those the real checkpoints use).
 fn save_random<F>(path: &Path, seed: u64, rename: &[(&str, &str)], build: F) -> anyhow::Result<()>
+where
+    F: FnOnce(candle_nn::VarBuilder) -> candle_core::Result<()>,
+{
+    save_tensors(path, &random_tensors(seed, rename, build)?)
+}
+
+/// Saves `tensors` as safetensors at `path` (temp + rename).
+fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> anyhow::Result<()> {
+    let tmp = crate::shards::temp_path(path);
+    candle_core::safetensors::save(tensors, &tmp)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// The variables of [`save_random`], by their real names.
+fn random_tensors<F>(seed: u64, rename: &[(&str, &str)], build: F) -> anyhow::Result<HashMap<String, Tensor>>
 where
     F: FnOnce(candle_nn::VarBuilder) -> candle_core::Result<()>,
 {
@@ -60,10 +83,7 @@ where
             (name, var.as_tensor().clone())
         })
         .collect();
-    let tmp = crate::shards::temp_path(path);
-    candle_core::safetensors::save(&tensors, &tmp)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    Ok(tensors)
 }
 
 fn write_json(path: &Path, v: &serde_json::Value) -> anyhow::Result<()> {
@@ -118,7 +138,7 @@ pub fn init_tiny(kind: ModelKind, out: &Path, micro_conditions: bool, seed: u64)
                 "_class_name": "AutoencoderKL", "act_fn": "silu", "block_out_channels": [16, 16, 32, 32],
                 "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"], "in_channels": 3,
                 "latent_channels": 4, "layers_per_block": 1, "norm_num_groups": 8, "out_channels": 3,
-                "sample_size": 64, "scaling_factor": 0.18215,
+                "sample_size": 64, "scaling_factor": tiny_vae::SCALING_FACTOR,
                 "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
                 "use_quant_conv": true, "use_post_quant_conv": true, "mid_block_add_attention": true,
             });
@@ -126,11 +146,13 @@ pub fn init_tiny(kind: ModelKind, out: &Path, micro_conditions: bool, seed: u64)
             // candle builds the attention under the old names when none exist yet; diffusers writes these.
             let attention =
                 [(".query.", ".to_q."), (".key.", ".to_k."), (".value.", ".to_v."), (".proj_attn.", ".to_out.0.")];
-            save_random(&dir.join("diffusion_pytorch_model.safetensors"), seed, &attention, |vb| {
+            let mut tensors = random_tensors(seed, &attention, |vb| {
                 crate::latents::vae::Vae::build(vb, &cfg)
                     .map(|_| ())
                     .map_err(|e| candle_core::Error::Msg(e.to_string()))
             })?;
+            tiny_vae::carry_image(&mut tensors, 8, 4)?;
+            save_tensors(&dir.join("diffusion_pytorch_model.safetensors"), &tensors)?;
         }
     }
     Ok(())

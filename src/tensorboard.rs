@@ -21,9 +21,14 @@ impl EventWriter {
         let now = crate::shards::now();
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "localhost".into());
         let name = format!("events.out.tfevents.{}.{}.{}", now as u64, host.trim(), std::process::id());
-        let path = dir.join(name);
-        let file =
-            std::fs::File::create(&path).map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", path.display()))?;
+        // Two writers of one process in the same second get files of their own.
+        let (path, file) = (0..)
+            .map(|n| dir.join(if n == 0 { name.clone() } else { format!("{name}.{n}") }))
+            .map(|path| (std::fs::File::create_new(&path), path))
+            .find(|(f, _)| !matches!(f, Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists))
+            .map(|(f, path)| (path, f))
+            .expect("an unused name");
+        let file = file.map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", path.display()))?;
         let mut w = Self { path, file: std::io::BufWriter::new(file) };
         let mut version = Vec::new();
         put_double(&mut version, 1, now);
@@ -92,6 +97,59 @@ impl EventWriter {
     }
 }
 
+/// The variable naming the folder the data stages write their event files into (none when unset).
+pub const EVENTS_DIR_VAR: &str = "PIXFORGE_TENSORBOARD";
+
+/// The event file of a data stage's run: per-shard figures as scalars `{stage}/{name}` at step = the
+/// shard's number, so TensorBoard plots a stage's success rate and throughput shard by shard. Only
+/// when [`EVENTS_DIR_VAR`] names a folder: the file goes into its `{stage}-{output folder name}/`
+/// (never into the dataset, whose files stay the same from run to run). Opened at the first shard
+/// done; a file that cannot be written is warned about once and the stage goes on without it.
+pub struct ShardRates {
+    dir: Option<PathBuf>,
+    stage: String,
+    writer: Option<EventWriter>,
+}
+
+impl ShardRates {
+    /// The rates of stage `stage` writing the dataset `out`.
+    pub fn new(out: &Path, stage: &str) -> Self {
+        let dir = std::env::var_os(EVENTS_DIR_VAR).filter(|v| !v.is_empty()).map(|root| {
+            let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+            PathBuf::from(root).join(format!("{stage}-{name}"))
+        });
+        Self { dir, stage: stage.to_string(), writer: None }
+    }
+
+    /// Records the figures of shard `shard`.
+    pub fn shard(&mut self, shard: usize, figures: &[(&str, f64)]) {
+        if self.writer.is_none() {
+            let Some(dir) = self.dir.take() else { return };
+            let created = std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()));
+            match created.and_then(|()| EventWriter::create(&dir, 0)) {
+                Ok(w) => self.writer = Some(w),
+                Err(e) => {
+                    tracing::warn!("no TensorBoard events for {}: {e:#}", self.stage);
+                    return;
+                }
+            }
+        }
+        let Some(w) = &mut self.writer else { return };
+        let tags: Vec<String> = figures.iter().map(|(name, _)| format!("{}/{name}", self.stage)).collect();
+        let values: Vec<(&str, f64)> = tags.iter().map(String::as_str).zip(figures.iter().map(|f| f.1)).collect();
+        if let Err(e) = w.scalars(shard as u64, &values).and_then(|()| w.flush()) {
+            tracing::warn!("TensorBoard events of {} stopped: {e:#}", self.stage);
+            self.writer = None;
+        }
+    }
+}
+
+/// The success rate and samples per second of a shard of `count` samples, `successes` of them
+/// good, done in `seconds`.
+pub fn shard_figures(count: usize, successes: usize, seconds: f64) -> [(&'static str, f64); 2] {
+    [("success_rate", successes as f64 / count.max(1) as f64), ("samples_per_s", count as f64 / seconds.max(1e-9))]
+}
+
 /// An event's wall time and step.
 fn event_head(wall_time: f64, step: u64) -> Vec<u8> {
     let mut e = Vec::new();
@@ -145,6 +203,16 @@ mod tests {
         assert_eq!(crc32c::crc32c(b"123456789"), 0xE306_9283);
         let crc: u32 = 0xE306_9283;
         assert_eq!(masked_crc(b"123456789"), crc.rotate_right(15).wrapping_add(0xa282_ead8));
+    }
+
+    #[test]
+    fn writers_in_one_second_do_not_share_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (EventWriter::create(dir.path(), 0).unwrap(), EventWriter::create(dir.path(), 5).unwrap());
+        assert_ne!(a.path(), b.path());
+        assert!(b.path().file_name().unwrap().to_str().unwrap().contains("tfevents"));
+        drop(b);
+        assert!(std::fs::metadata(a.path()).unwrap().len() > 0, "the first file is kept");
     }
 
     #[test]

@@ -28,7 +28,11 @@ fn cached(dir: &Path) {
     let vlm = VlmServer::start(Expect::answering(MODEL));
     let photos = dir.join("photos");
     pixforge::demo::write_inputs(&photos).unwrap();
-    let bin = || Command::new(common::bin());
+    let bin = || {
+        let mut c = Command::new(common::bin());
+        c.env("PIXFORGE_TENSORBOARD", dir.join("tensorboard"));
+        c
+    };
     ok(bin()
         .args(["ingest", "folder", "--samples-per-shard", "3", "--image-size", "64", "--no-progress", "--out"])
         .arg(dir.join("shards"))
@@ -105,6 +109,53 @@ fn every_cached_caption_is_trained_on_and_the_choice_resumes_exactly() {
         }
     }
     assert_eq!(samples, pixforge::demo::IMAGES.len());
+
+    // Each data stage's event file (under PIXFORGE_TENSORBOARD, not in the dataset) has every
+    // shard's success rate and throughput (captions/s too).
+    for (folder, stage) in [("shards", "ingest"), ("captions", "caption"), ("t5", "cache-t5"), ("vae", "cache-vae")] {
+        let files = common::tfevents::files(&dir.path().join("tensorboard").join(format!("{stage}-{folder}")));
+        let folder = dir.path().join(folder);
+        assert!(common::tfevents::files(&folder).is_empty(), "no event file in the dataset {}", folder.display());
+        assert_eq!(files.len(), 1, "{stage}: {files:?}");
+        let events = common::tfevents::read(&files[0]);
+        let mut shards = 0;
+        for entry in std::fs::read_dir(&folder).unwrap().map(|e| e.unwrap().path()) {
+            let Some(name) = entry.file_name().unwrap().to_str().unwrap().strip_suffix("_stats.json") else { continue };
+            let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&entry).unwrap()).unwrap();
+            let step: u64 = name.parse().unwrap();
+            let value = |tag: &str| {
+                let tag = format!("{stage}/{tag}");
+                events.values.iter().find(|v| v.step == step && v.tag == tag).and_then(|v| v.scalar)
+            };
+            let rate = stats["successes"].as_f64().unwrap() / stats["count"].as_f64().unwrap();
+            assert_eq!(value("success_rate"), Some(rate as f32), "{stage}, shard {name}");
+            assert!(value("samples_per_s").is_some_and(|v| v > 0.0), "{stage}, shard {name}");
+            assert_eq!(value("captions_per_s").is_some(), stage == "caption", "{stage}, shard {name}");
+            shards += 1;
+        }
+        assert_eq!(shards, 2, "{stage}");
+    }
+
+    // The density report counts each caption source apart: the folder, then each caption index.
+    let density = dir.path().join("density");
+    ok(Command::new(common::bin())
+        .args(["density", "--by-source", "--no-progress", "--input"])
+        .arg(format!("captions={}", dir.path().join("captions").display()))
+        .arg("--out")
+        .arg(&density)
+        .output()
+        .unwrap());
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(density.join("report.json")).unwrap()).unwrap();
+    let rows = report["inputs"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    let prompt = t5.shard(&t5.shards[0]).unwrap().entries[0].captions.as_ref().unwrap()[0].source.clone();
+    let prompt = prompt.rsplit_once(':').unwrap().0.to_string();
+    let by_source = [format!("captions {prompt}:0"), format!("captions {prompt}:1")];
+    assert_eq!(names, ["captions", by_source[0].as_str(), by_source[1].as_str()]);
+    let field = |i: usize, f: &str| rows[i][f].as_u64().unwrap();
+    assert_eq!([field(0, "captions"), field(1, "captions"), field(2, "captions")], [12, 6, 6]);
+    assert_eq!(field(1, "total_nouns") + field(2, "total_nouns"), field(0, "total_nouns"));
 
     // `first` takes the entry's own caption; `random` each of the three; weights only what they weigh.
     let first = counts(dir.path(), CaptionChoice::First, 2);

@@ -66,7 +66,7 @@ fn trainer_steps_on_cached_batches_and_skips_non_finite_ones() {
     use pixforge::rng::Rng;
     use pixforge::train::data::TrainSet;
     use pixforge::train::init::init;
-    use pixforge::train::optim::AdamWConfig;
+    use pixforge::train::optim::OptimizerConfig;
     use pixforge::train::step::Trainer;
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
@@ -80,7 +80,7 @@ fn trainer_steps_on_cached_batches_and_skips_non_finite_ones() {
         TrainSet::open(&t5_dir, &t5_cfg.fingerprint().unwrap(), &vae_dir, &vae_cfg.fingerprint().unwrap()).unwrap();
     let config = tiny_pixart(16, 4);
     let model = init(config, false, 120, 0, &Device::Cpu).unwrap();
-    let adamw = AdamWConfig { lr: 1e-3, weight_decay: 0.0, ..Default::default() };
+    let adamw = OptimizerConfig { lr: 1e-3, weight_decay: 0.0, ..Default::default() };
     let mut trainer = Trainer::new(model, adamw, 0.99, 1).unwrap();
     let all: Vec<usize> = (0..set.len()).collect();
     let mut data_rng = Rng::new(2);
@@ -128,7 +128,7 @@ fn mixed_precision_steps_follow_the_f32_run() {
     use pixforge::rng::Rng;
     use pixforge::train::data::Batch;
     use pixforge::train::init::init;
-    use pixforge::train::optim::AdamWConfig;
+    use pixforge::train::optim::OptimizerConfig;
     use pixforge::train::precision::Precision;
     use pixforge::train::step::Trainer;
     let dev = Device::Cpu;
@@ -148,7 +148,7 @@ fn mixed_precision_steps_follow_the_f32_run() {
     };
     let run = |precision: Precision| {
         let model = init(config.clone(), false, 12, 3, &dev).unwrap();
-        let adamw = AdamWConfig { lr: 1e-3, weight_decay: 0.0, ..Default::default() };
+        let adamw = OptimizerConfig { lr: 1e-3, weight_decay: 0.0, ..Default::default() };
         let mut trainer = Trainer::new(model, adamw, 0.99, 1).unwrap();
         trainer.set_precision(precision);
         let logs: Vec<_> = (0..40).map(|_| trainer.step(&batch, 1e-3, 1.0).unwrap()).collect();

@@ -12,7 +12,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use pixforge::train::data::Batch;
 use pixforge::train::model::{PixArt, PixArtConfig};
-use pixforge::train::optim::AdamWConfig;
+use pixforge::train::optim::OptimizerConfig;
 use pixforge::train::schedule::{LrSchedule, LrShape};
 use pixforge::train::step::Trainer;
 use std::collections::HashMap;
@@ -99,12 +99,13 @@ fn replay(g: &Golden, run: Run) -> (f64, f64) {
         g.weights("init").into_iter().map(|(k, v)| (k, v.to_dtype(dtype).unwrap())).collect();
     let model = PixArt::from_weights(config, init).unwrap();
     let betas = &g.cfg["betas"];
-    let adamw = AdamWConfig {
+    let adamw = OptimizerConfig {
         lr: g.f("lr"),
         beta1: betas[0].as_f64().unwrap(),
         beta2: betas[1].as_f64().unwrap(),
         eps: g.f("eps"),
         weight_decay: if change == Change::WeightDecay { 0.0 } else { g.f("weight_decay") },
+        ..OptimizerConfig::default()
     };
     let ema_decay = if change == Change::EmaDecay { 0.8 } else { g.f("ema_decay") };
     let mut trainer = Trainer::new(model, adamw, ema_decay, 0).unwrap();

@@ -567,3 +567,58 @@ fn dit_weights_reparameterised_at_t500_give_dits_output() {
     let other = model.forward(&io["x"], &t, &caption, &mask, None).unwrap();
     assert!(common::caches::max_abs_diff(&other, &io["output"]) > 1e-3);
 }
+
+/// PixArt-Σ's optimizer in the trainer: a CAME run stopped at step 5 and resumed to 12 logs the
+/// straight run's loss, gradient norm and lr at every step and ends with the same weights and CAME
+/// state (came-pytorch's names in `optimizer.safetensors`); a resume with AdamW instead is refused.
+#[test]
+fn came_training_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    cached_photos(dir.path());
+    let came = |name: &str, steps: u64| {
+        let path = config(dir.path(), name, steps, 2, "", "[checkpoints]\nevery = 5");
+        let text = std::fs::read_to_string(&path).unwrap().replace("[optimizer]\n", "[optimizer]\nkind = \"came\"\n");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let ok = |o: std::process::Output| assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    ok(train(&came("straight", 12), false));
+    ok(train(&came("stopped", 5), false));
+    ok(train(&came("stopped", 12), true));
+    let (a, b) = (log_of(&dir.path().join("straight")), log_of(&dir.path().join("stopped")));
+    assert_eq!((a.len(), b.len()), (12, 12));
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!((x.step, x.loss, x.grad_norm, x.lr), (y.step, y.loss, y.grad_norm, y.lr), "step {}", x.step);
+    }
+    let last = "checkpoints/step_0000012";
+    for f in ["model.safetensors", "ema.safetensors", "optimizer.safetensors"] {
+        let (x, y) = (
+            tensors(&dir.path().join("straight").join(last).join(f)),
+            tensors(&dir.path().join("stopped").join(last).join(f)),
+        );
+        assert!(x == y, "{f} differs after the resume");
+    }
+    let state = candle_core::safetensors::load(
+        dir.path().join("straight").join(last).join("optimizer.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert!(state.keys().any(|k| k.starts_with("came.exp_avg_sq_row.")) && state.contains_key("came.steps"));
+    assert!(!state.keys().any(|k| k.starts_with("adamw.")));
+    // The weights moved and differ from an AdamW run's.
+    let adamw = config(dir.path(), "adamw", 12, 2, "", "[checkpoints]\nevery = 5");
+    ok(train(&adamw, false));
+    assert!(
+        tensors(&dir.path().join("adamw").join(last).join("model.safetensors"))
+            != tensors(&dir.path().join("straight").join(last).join("model.safetensors"))
+    );
+    // Another optimizer is another run: its resume is refused.
+    std::fs::copy(&adamw, dir.path().join("other.toml")).unwrap();
+    let text = std::fs::read_to_string(dir.path().join("other.toml"))
+        .unwrap()
+        .replace("output_dir = \"adamw\"", "output_dir = \"stopped\"");
+    std::fs::write(dir.path().join("other.toml"), text.replace("max_steps = 12", "max_steps = 14")).unwrap();
+    let refused = train(&dir.path().join("other.toml"), true);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("written by a run with other settings"), "{err}");
+}

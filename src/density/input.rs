@@ -309,6 +309,68 @@ impl std::error::Error for Enough {}
 /// Rows read from a parquet file at a time.
 const PARQUET_SLICE: usize = 65_536;
 
+/// The filter field naming where a caption came from.
+pub const SOURCE: &str = "source";
+/// The caption folder's columns a caption's source is made of.
+const SOURCE_COLUMNS: [&str; 2] = ["prompt_id", "caption_index"];
+
+fn has_source_columns(names: &[String]) -> bool {
+    SOURCE_COLUMNS.iter().all(|c| names.iter().any(|n| n == c))
+}
+
+/// `dense:{prompt_id}:{caption_index}` of each row of a caption folder's frame.
+fn source_column(df: &DataFrame) -> PolarsResult<Column> {
+    let prompt = df.column("prompt_id")?.cast(&DataType::String)?;
+    let index = df.column("caption_index")?.cast(&DataType::String)?;
+    let (prompt, index) = (prompt.str()?, index.str()?);
+    let sources: Vec<String> = (0..df.height())
+        .map(|i| format!("dense:{}:{}", prompt.get(i).unwrap_or_default(), index.get(i).unwrap_or_default()))
+        .collect();
+    Ok(Column::new(SOURCE.into(), sources))
+}
+
+/// The caption sources of a caption folder (`dense:{prompt_id}:{caption_index}`, sorted by prompt
+/// and index) among its successful rows; empty for any other input.
+pub fn sources(path: &Path) -> anyhow::Result<Vec<String>> {
+    if crate::store::is_remote(path) || !path.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| anyhow::anyhow!("{}: cannot list: {e}", path.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    files.sort();
+    let mut found = std::collections::BTreeSet::new();
+    for file in files {
+        let ctx = |e: PolarsError| anyhow::anyhow!("{}: cannot read parquet: {e}", file.display());
+        let open = std::fs::File::open(&file).map_err(|e| anyhow::anyhow!("{}: cannot open: {e}", file.display()))?;
+        let mut reader = ParquetReader::new(open);
+        let names: Vec<String> = reader.schema().map_err(ctx)?.iter_names().map(|n| n.to_string()).collect();
+        if !has_source_columns(&names) {
+            return Ok(Vec::new());
+        }
+        let mut columns: Vec<String> = SOURCE_COLUMNS.map(String::from).to_vec();
+        if names.iter().any(|n| n == "status") {
+            columns.push("status".into());
+        }
+        let open = std::fs::File::open(&file).map_err(|e| anyhow::anyhow!("{}: cannot open: {e}", file.display()))?;
+        let df = ParquetReader::new(open).with_columns(Some(columns)).finish().map_err(ctx)?;
+        let status = df.column("status").ok().map(|c| c.cast(&DataType::String)).transpose().map_err(ctx)?;
+        let status = status.as_ref().map(|c| c.str()).transpose().map_err(ctx)?;
+        let prompt = df.column("prompt_id").map_err(ctx)?.cast(&DataType::String).map_err(ctx)?;
+        let index = df.column("caption_index").map_err(ctx)?.cast(&DataType::Int64).map_err(ctx)?;
+        let (prompt, index) = (prompt.str().map_err(ctx)?, index.i64().map_err(ctx)?);
+        for i in 0..df.height() {
+            if status.is_some_and(|s| s.get(i) != Some("success")) {
+                continue;
+            }
+            found.insert((prompt.get(i).unwrap_or_default().to_string(), index.get(i).unwrap_or_default()));
+        }
+    }
+    Ok(found.into_iter().map(|(p, i)| format!("dense:{p}:{i}")).collect())
+}
+
 fn read_parquet(path: &Path, sel: &Selection, sink: &mut Sink) -> anyhow::Result<()> {
     let open = || std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: cannot open: {e}", path.display()));
     let ctx = |e: PolarsError| anyhow::anyhow!("{}: cannot read parquet: {e}", path.display());
@@ -336,14 +398,26 @@ fn read_parquet(path: &Path, sel: &Selection, sink: &mut Sink) -> anyhow::Result
         }
         None => None,
     };
+    // A caption folder's `source` is `dense:{prompt_id}:{caption_index}` (as the T5 cache names it).
+    let derived_source = !names.iter().any(|n| n == SOURCE) && has_source_columns(&names);
     if let Some(crate::config::FieldFilter { field: k, .. }) = &filter {
-        if !names.contains(k) {
+        if !(names.contains(k) || (k == SOURCE && derived_source)) {
             anyhow::bail!("{}: no column {k:?} to filter on (--filter); columns: {}", path.display(), names.join(", "));
         }
     }
     let rows = reader.num_rows().map_err(ctx)?;
     let mut columns = vec![column.clone()];
-    columns.extend(filter.iter().map(|f| f.field.clone()).filter(|k| *k != column));
+    // A source's captions, like the whole folder's, are its successful rows.
+    let by_source = filter.as_ref().is_some_and(|f| f.field == SOURCE && derived_source);
+    let success_only = by_source && names.iter().any(|n| n == "status");
+    if success_only {
+        columns.push("status".into());
+    }
+    match &filter {
+        Some(_) if by_source => columns.extend(SOURCE_COLUMNS.map(String::from)),
+        Some(f) if f.field != column => columns.push(f.field.clone()),
+        _ => {}
+    }
     let mut offset = 0;
     while offset < rows && !sink.full() {
         let df = ParquetReader::new(open()?)
@@ -354,11 +428,21 @@ fn read_parquet(path: &Path, sel: &Selection, sink: &mut Sink) -> anyhow::Result
         let caps = df.column(&column).map_err(ctx)?.cast(&DataType::String).map_err(ctx)?;
         let caps = caps.str().map_err(ctx)?;
         let keep = match &filter {
+            Some(_) if by_source => Some(source_column(&df).map_err(ctx)?),
             Some(f) => Some(df.column(&f.field).map_err(ctx)?.cast(&DataType::String).map_err(ctx)?),
             None => None,
         };
         let keep = keep.as_ref().map(|c| c.str()).transpose().map_err(ctx)?;
+        let status = if success_only {
+            Some(df.column("status").map_err(ctx)?.cast(&DataType::String).map_err(ctx)?)
+        } else {
+            None
+        };
+        let status = status.as_ref().map(|c| c.str()).transpose().map_err(ctx)?;
         for i in 0..df.height() {
+            if status.is_some_and(|s| s.get(i) != Some("success")) {
+                continue;
+            }
             if let (Some(keep), Some(f)) = (&keep, &filter) {
                 if keep.get(i) != Some(f.value.as_str()) {
                     continue;

@@ -29,6 +29,10 @@ pub struct DensityConfig {
     /// The T5 token limit (PixArt-α embeds 120 tokens).
     #[arg(long, default_value_t = 120)]
     pub max_tokens: u64,
+    /// Also count each caption source of a caption folder apart: after the folder's own row, one
+    /// row per prompt and caption index (`NAME dense:{prompt_id}:{caption_index}`).
+    #[arg(long)]
+    pub by_source: bool,
 }
 
 impl Default for DensityConfig {
@@ -140,7 +144,8 @@ pub fn run(inputs: &[NamedInput], o: &DensityConfig, progress: bool, out: &Path)
     let nc = NounCounter { tagger: Tagger::embedded(), options: &o.count, t5: t5.as_ref() };
     let start = std::time::Instant::now();
     let mut metrics = Vec::new();
-    for input in inputs {
+    let inputs = if o.by_source { by_source(inputs, &o.selection)? } else { inputs.to_vec() };
+    for input in &inputs {
         let (counter, read) = count_input(input, &nc, input.selection.as_ref().unwrap_or(&o.selection), progress)?;
         let mut m = Metrics::new(&input.name, &input.path.display().to_string(), &counter, &o.count, o.max_tokens);
         m.unreadable = read;
@@ -165,6 +170,27 @@ pub fn run(inputs: &[NamedInput], o: &DensityConfig, progress: bool, out: &Path)
     crate::store::write_file(&out.join("report.html"), html(&report).map_err(anyhow::Error::msg)?.into_bytes())?;
     crate::store::write_file(&out.join("report.json"), serde_json::to_string_pretty(&report)?.into_bytes())?;
     Ok(report)
+}
+
+/// Each input, followed by one input per caption source when it is a caption folder with more than
+/// one (the same captions, filtered on their `source`).
+fn by_source(inputs: &[NamedInput], selection: &Selection) -> anyhow::Result<Vec<NamedInput>> {
+    let mut out = Vec::new();
+    for input in inputs {
+        out.push(input.clone());
+        let sources = super::input::sources(&input.path).map_err(|e| e.context(format!("input {:?}", input.name)))?;
+        if sources.len() < 2 {
+            continue;
+        }
+        for source in sources {
+            let mut sel = input.selection.clone().unwrap_or_else(|| selection.clone());
+            let field = super::input::SOURCE.to_string();
+            sel.filter = Some(crate::config::FieldFilter { field, value: source.clone() });
+            let name = format!("{} {source}", input.name);
+            out.push(NamedInput { name, path: input.path.clone(), selection: Some(sel) });
+        }
+    }
+    Ok(out)
 }
 
 /// `12345678` → `12.3M`, as in the paper's table.

@@ -564,6 +564,8 @@ fn run_local(cfg: &IngestConfig, opts: &RunOptions, publish: Option<&Publish>) -
         dedup.add_existing(&old);
     }
     let mut stats = RunStats::default();
+    // Shard figures for TensorBoard (where asked for).
+    let mut rates = crate::tensorboard::ShardRates::new(&opts.out, "ingest");
     // The shards gathered from scratch, in order: while one is being finished (its slowest
     // downloads, its writing), the next one's rows are already being fetched and processed.
     let fresh: Vec<usize> = shards.iter().copied().filter(|s| !done.contains(s)).collect();
@@ -620,16 +622,16 @@ fn run_local(cfg: &IngestConfig, opts: &RunOptions, publish: Option<&Publish>) -
                 // so shards are listed in order.
                 Some(publish) => {
                     if let Some(up) = uploading.take() {
-                        finish_upload(&mut stats, up, &runner.pb);
+                        finish_upload(&mut stats, up, &runner.pb, &mut rates);
                     }
                     let files = [format!("{name}.tar"), format!("{name}.parquet"), format!("{name}_stats.json")];
                     uploading = Some((shard, name, result, scope.spawn(move || publish(&files))));
                 }
-                None => record(&mut stats, shard, &name, &result, &runner.pb),
+                None => record(&mut stats, shard, &name, &result, &runner.pb, &mut rates),
             }
         }
         if let Some(up) = uploading.take() {
-            finish_upload(&mut stats, up, &runner.pb);
+            finish_upload(&mut stats, up, &runner.pb, &mut rates);
         }
     });
     runner.pb.finish_and_clear();
@@ -640,16 +642,36 @@ fn run_local(cfg: &IngestConfig, opts: &RunOptions, publish: Option<&Publish>) -
 type Upload<'a> = (usize, String, crate::shards::ShardStats, std::thread::ScopedJoinHandle<'a, anyhow::Result<()>>);
 
 /// Waits for the upload of a shard, then records it as done (or failed).
-fn finish_upload(stats: &mut RunStats, (shard, name, result, upload): Upload<'_>, pb: &ProgressBar) {
+fn finish_upload(
+    stats: &mut RunStats,
+    (shard, name, result, upload): Upload<'_>,
+    pb: &ProgressBar,
+    rates: &mut crate::tensorboard::ShardRates,
+) {
     match upload.join().unwrap_or_else(|p| std::panic::resume_unwind(p)) {
-        Ok(()) => record(stats, shard, &name, &result, pb),
+        Ok(()) => record(stats, shard, &name, &result, pb, rates),
         Err(e) => fail(stats, &name, e),
     }
 }
 
-/// Records shard `shard` as done.
-fn record(stats: &mut RunStats, shard: usize, name: &str, result: &crate::shards::ShardStats, pb: &ProgressBar) {
+/// Records shard `shard` as done (in the run's totals and its TensorBoard figures).
+fn record(
+    stats: &mut RunStats,
+    shard: usize,
+    name: &str,
+    result: &crate::shards::ShardStats,
+    pb: &ProgressBar,
+    rates: &mut crate::tensorboard::ShardRates,
+) {
     stats.add(shard, result);
+    let mut figures = crate::tensorboard::shard_figures(result.count, result.successes, result.duration).to_vec();
+    figures.extend([
+        ("failed_to_download", result.failed_to_download as f64),
+        ("failed_to_resize", result.failed_to_resize as f64),
+        ("filtered", result.filtered as f64),
+        ("duplicate", result.duplicate as f64),
+    ]);
+    rates.shard(shard, &figures);
     let t = &stats.total;
     pb.set_message(format!(
         "{} ok ({:.0}%), shard {name} done",

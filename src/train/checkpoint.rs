@@ -5,7 +5,8 @@
 //! checkpoints/step_0001000/
 //!   model.safetensors      the weights, official PixArt keys (fused qkv / kv, y_embedder.y_embedding)
 //!   ema.safetensors        the EMA weights, same keys
-//!   optimizer.safetensors  AdamW's moments (`adamw.m.{i}`, `adamw.v.{i}`, parameter order = sorted names)
+//!   optimizer.safetensors  the optimizer state: AdamW's moments (`adamw.m.{i}`, `adamw.v.{i}`) or CAME's
+//!                          (`came.exp_avg.{i}`, …); parameter order = sorted names
 //!   state.json             step, data cursor, generator states, counters, model shape, config digest
 //! ```
 //!
@@ -65,7 +66,7 @@ pub struct Checkpoint {
     pub model: PixArt,
     /// The EMA weights by diffusers name.
     pub ema: HashMap<String, Tensor>,
-    /// AdamW's state.
+    /// The optimizer's state.
     pub optimizer: HashMap<String, Tensor>,
 }
 

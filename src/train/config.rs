@@ -3,7 +3,7 @@
 //! 256 px, AdamW lr 2e-5 / wd 0.03 / eps 1e-10, 1000 warmup steps then constant, gradient clip 0.01,
 //! EMA 0.9999, caption drop 0.1, 120 T5 tokens, VAE scaling 0.18215, seed 43.
 
-use super::optim::AdamWConfig;
+use super::optim::OptimizerConfig;
 use super::sampler::SamplerKind;
 use super::schedule::{LrSchedule, LrShape};
 use serde::{Deserialize, Serialize};
@@ -48,7 +48,7 @@ pub struct TrainConfig {
     pub model: ModelConfig,
     /// AdamW.
     #[serde(default)]
-    pub optimizer: AdamWConfig,
+    pub optimizer: OptimizerConfig,
     /// Learning-rate schedule (the peak is `optimizer.lr`).
     #[serde(default)]
     pub schedule: ScheduleConfig,
@@ -550,6 +550,18 @@ impl TrainConfig {
         for (name, v) in positive {
             if v == 0 {
                 anyhow::bail!("`{name}` must be at least 1, found 0");
+            }
+        }
+        if self.optimizer.came.is_some() && self.optimizer.kind != super::optim::OptimizerKind::Came {
+            anyhow::bail!("`optimizer.came` is set but `optimizer.kind` is \"adamw\": add kind = \"came\" to use CAME");
+        }
+        if let Some(c) = &self.optimizer.came {
+            if c.betas.iter().any(|b| !(0.0..=1.0).contains(b)) || c.clip_threshold <= 0.0 {
+                anyhow::bail!(
+                    "`optimizer.came`: expected betas in [0, 1] and a positive clip_threshold, found {:?} and {}",
+                    c.betas,
+                    c.clip_threshold
+                );
             }
         }
         if self.data.caches.is_empty() {

@@ -1,5 +1,6 @@
 //! Training PixArt-α: the model, the diffusion objective, the samplers, and the trainer (`pixforge train`).
 
+pub mod came;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

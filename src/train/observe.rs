@@ -170,6 +170,18 @@ fn smoothed(points: &[(f64, f64)], n: usize) -> Vec<(f64, f64)> {
     out
 }
 
+/// At most `n` points of `points`, evenly spaced, the last one kept: the chart is a few hundred
+/// pixels wide, and drawing every step of a long run each time the curve is redrawn would make
+/// each redraw cost more than the steps between them.
+fn thinned(points: Vec<(f64, f64)>, n: usize) -> Vec<(f64, f64)> {
+    let every = points.len().div_ceil(n).max(1);
+    let last = points.len().saturating_sub(1);
+    points.into_iter().enumerate().filter(|(i, _)| i % every == 0 || *i == last).map(|(_, p)| p).collect()
+}
+
+/// Points drawn per series of the loss curve.
+const CURVE_POINTS: usize = 1500;
+
 /// The loss curve as SVG: the per-step loss (faint), its trailing average and the MSE term.
 pub fn loss_curve(lines: &[LogLine]) -> Result<String, String> {
     let err = |e: &dyn std::fmt::Display| format!("loss curve: {e}");
@@ -177,12 +189,14 @@ pub fn loss_curve(lines: &[LogLine]) -> Result<String, String> {
     let loss: Vec<(f64, f64)> = good.iter().map(|l| (l.step as f64, l.loss)).collect();
     let mse: Vec<(f64, f64)> = good.iter().map(|l| (l.step as f64, l.mse)).collect();
     let window = (loss.len() / 20).clamp(1, 100);
-    let avg = smoothed(&loss, window);
     let held: Vec<(f64, f64)> = lines.iter().filter_map(|l| Some((l.step as f64, l.holdout_loss?))).collect();
     let held_ema: Vec<(f64, f64)> = lines.iter().filter_map(|l| Some((l.step as f64, l.holdout_loss_ema?))).collect();
     let x_max = loss.last().map_or(1.0, |p| p.0).max(1.0);
     let y_max =
         loss.iter().chain(&held).chain(&held_ema).map(|p| p.1).filter(|v| v.is_finite()).fold(1e-6, f64::max) * 1.05;
+    let avg = thinned(smoothed(&loss, window), CURVE_POINTS);
+    let mse = thinned(smoothed(&mse, window), CURVE_POINTS);
+    let loss = thinned(loss, CURVE_POINTS);
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (760, 420)).into_drawing_area();
@@ -206,7 +220,7 @@ pub fn loss_curve(lines: &[LogLine]) -> Result<String, String> {
             .label(format!("loss, mean of {window}"))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], blue.stroke_width(2)));
         let orange = RGBColor(255, 127, 14);
-        c.draw_series(LineSeries::new(smoothed(&mse, window), orange.stroke_width(2)))
+        c.draw_series(LineSeries::new(mse, orange.stroke_width(2)))
             .map_err(|e| err(&e))?
             .label(format!("mse, mean of {window}"))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], orange.stroke_width(2)));
@@ -242,5 +256,14 @@ mod tests {
         let p: Vec<(f64, f64)> = (0..5).map(|i| (i as f64, i as f64)).collect();
         let s: Vec<f64> = smoothed(&p, 2).iter().map(|p| p.1).collect();
         assert_eq!(s, [0.0, 0.5, 1.5, 2.5, 3.5]);
+    }
+
+    #[test]
+    fn thinning_keeps_the_ends_and_spreads_the_rest() {
+        let p: Vec<(f64, f64)> = (0..10).map(|i| (i as f64, 0.0)).collect();
+        let x: Vec<f64> = thinned(p.clone(), 4).iter().map(|p| p.0).collect();
+        assert_eq!(x, [0.0, 3.0, 6.0, 9.0]);
+        assert_eq!(thinned(p.clone(), 20), p);
+        assert!(thinned(Vec::new(), 4).is_empty());
     }
 }

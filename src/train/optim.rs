@@ -1,16 +1,35 @@
 //! The optimisation steps of PixArt-α's recipe, with the semantics of the PyTorch functions the
 //! official code calls: AdamW (`torch.optim.AdamW`: decoupled weight decay, bias-corrected moments,
 //! eps outside the square root), global gradient-norm clipping (`clip_grad_norm_`) and the EMA of the
-//! weights. Their state is plain tensors by name, so a checkpoint can store and restore it exactly.
+//! weights; and PixArt-Σ's CAME ([`super::came`]) beside AdamW. Their state is plain tensors by name, so a checkpoint can store and restore it exactly.
 
 use candle_core::{DType, Result, Tensor, Var};
 use std::collections::HashMap;
 
-/// AdamW's hyper-parameters; the default is PixArt-α's (lr 2e-5, betas 0.9/0.999, eps 1e-10, weight
-/// decay 0.03).
+/// Which optimizer trains the model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// `torch.optim.AdamW` (PixArt-α).
+    #[default]
+    Adamw,
+    /// CAME (`came-pytorch`; PixArt-Σ), its own settings in `came`.
+    Came,
+}
+
+fn is_adamw(k: &OptimizerKind) -> bool {
+    *k == OptimizerKind::Adamw
+}
+
+/// The optimizer's hyper-parameters; the default is PixArt-α's AdamW (lr 2e-5, betas 0.9/0.999,
+/// eps 1e-10, weight decay 0.03). `beta1`, `beta2` and `eps` are AdamW's; CAME takes its own from
+/// `came` (PixArt-Σ's defaults when absent).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct AdamWConfig {
+pub struct OptimizerConfig {
+    /// `adamw` (default) or `came`.
+    #[serde(skip_serializing_if = "is_adamw")]
+    pub kind: OptimizerKind,
     /// Learning rate (the schedule may change it per step: [`AdamW::step`] takes the current one).
     pub lr: f64,
     /// First-moment decay.
@@ -21,18 +40,82 @@ pub struct AdamWConfig {
     pub eps: f64,
     /// Decoupled weight decay (`p ← p·(1 − lr·wd)` before the update).
     pub weight_decay: f64,
+    /// CAME's betas, eps pair and clip threshold (with `kind = "came"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub came: Option<super::came::CameConfig>,
 }
 
-impl Default for AdamWConfig {
+impl Default for OptimizerConfig {
     fn default() -> Self {
-        Self { lr: 2e-5, beta1: 0.9, beta2: 0.999, eps: 1e-10, weight_decay: 0.03 }
+        Self {
+            kind: OptimizerKind::Adamw,
+            lr: 2e-5,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-10,
+            weight_decay: 0.03,
+            came: None,
+        }
+    }
+}
+
+/// The optimizer of a run: AdamW or CAME, with their state.
+pub enum Optimizer {
+    /// AdamW.
+    AdamW(AdamW),
+    /// CAME.
+    Came(super::came::Came),
+}
+
+impl Optimizer {
+    /// The optimizer `config` names, with zero state for `params`.
+    pub fn new(config: OptimizerConfig, params: &[Var]) -> Result<Self> {
+        Ok(match config.kind {
+            OptimizerKind::Adamw => Self::AdamW(AdamW::new(config, params)?),
+            OptimizerKind::Came => {
+                let came = config.came.unwrap_or_default();
+                Self::Came(super::came::Came::new(came, config.weight_decay, params)?)
+            }
+        })
+    }
+
+    /// One update with the gradients times `grad_scale` at learning rate `lr`.
+    pub fn step_scaled(&mut self, params: &[Var], grads: &[Tensor], lr: f64, grad_scale: f64) -> Result<()> {
+        match self {
+            Self::AdamW(o) => o.step_scaled(params, grads, lr, grad_scale),
+            Self::Came(o) => o.step_scaled(params, grads, lr, grad_scale),
+        }
+    }
+
+    /// Steps taken.
+    pub fn steps(&self) -> u64 {
+        match self {
+            Self::AdamW(o) => o.steps,
+            Self::Came(o) => o.steps,
+        }
+    }
+
+    /// The state by name, for a checkpoint (`adamw.*` or `came.*`).
+    pub fn state(&self) -> Result<HashMap<String, Tensor>> {
+        match self {
+            Self::AdamW(o) => o.state(),
+            Self::Came(o) => o.state(),
+        }
+    }
+
+    /// Restores [`Optimizer::state`].
+    pub fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+        match self {
+            Self::AdamW(o) => o.load_state(state),
+            Self::Came(o) => o.load_state(state),
+        }
     }
 }
 
 /// AdamW over a fixed list of parameters.
 pub struct AdamW {
     /// Hyper-parameters.
-    pub config: AdamWConfig,
+    pub config: OptimizerConfig,
     /// Steps taken.
     pub steps: u64,
     m: Vec<Tensor>,
@@ -41,7 +124,7 @@ pub struct AdamW {
 
 impl AdamW {
     /// Zero moments for `params`.
-    pub fn new(config: AdamWConfig, params: &[Var]) -> Result<Self> {
+    pub fn new(config: OptimizerConfig, params: &[Var]) -> Result<Self> {
         // Separate buffers: the moments are updated in place.
         let zeros = || params.iter().map(|p| p.zeros_like()).collect::<Result<Vec<_>>>();
         Ok(Self { config, steps: 0, m: zeros()?, v: zeros()? })

@@ -7,7 +7,7 @@ use super::data::Batch;
 use super::diffusion::Diffusion;
 use super::distributed::Reducer;
 use super::model::PixArt;
-use super::optim::{grad_norm_and_scale, AdamW, AdamWConfig, Ema};
+use super::optim::{grad_norm_and_scale, Ema, Optimizer, OptimizerConfig};
 use super::precision::{LossScale, Precision, MIN_SCALE};
 use crate::rng::Rng;
 use candle_core::{DType, Tensor, Var};
@@ -38,7 +38,7 @@ pub struct Trainer {
     pub model: PixArt,
     vars: Vec<(String, Var)>,
     /// The optimizer.
-    pub optimizer: AdamW,
+    pub optimizer: Optimizer,
     /// The EMA of the weights.
     pub ema: Ema,
     diffusion: Diffusion,
@@ -67,12 +67,12 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// Makes `model`'s weights trainable and sets up AdamW, the EMA (`ema_decay`) and the generator.
-    pub fn new(mut model: PixArt, adamw: AdamWConfig, ema_decay: f64, seed: u64) -> anyhow::Result<Self> {
+    /// Makes `model`'s weights trainable and sets up the optimizer, the EMA (`ema_decay`) and the generator.
+    pub fn new(mut model: PixArt, optimizer: OptimizerConfig, ema_decay: f64, seed: u64) -> anyhow::Result<Self> {
         let vars = model.trainable()?;
         let params: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
         Ok(Self {
-            optimizer: AdamW::new(adamw, &params)?,
+            optimizer: Optimizer::new(optimizer, &params)?,
             ema: Ema::new(ema_decay, &params)?,
             model,
             vars,

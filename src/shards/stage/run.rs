@@ -206,6 +206,7 @@ pub fn run_shards(
         }
         Ok(())
     };
+    let mut rates = crate::tensorboard::ShardRates::new(&opts.out, stage.name);
     std::thread::scope(|scope| {
         let mut ahead: Option<std::thread::ScopedJoinHandle<anyhow::Result<()>>> = None;
         for (i, name) in pending.iter().enumerate() {
@@ -236,6 +237,7 @@ pub fn run_shards(
                     stats.samples += s.count;
                     stats.successes += s.successes;
                     stats.failed += s.failed;
+                    rates.shard(shard_number(name), &shard_figures(&s));
                 }
                 Err(e) => {
                     tracing::error!("shard {name}: {e:#}");
@@ -251,6 +253,23 @@ pub fn run_shards(
     stats.seconds = t0.elapsed().as_secs_f64();
     stats.store_retries = crate::store::transient_failures() - retries;
     Ok(stats)
+}
+
+/// The number of shard `name` (its file stem).
+fn shard_number(name: &str) -> usize {
+    name.parse().unwrap_or_default()
+}
+
+/// A done shard's figures for TensorBoard: success rate and samples per second, and where the stage
+/// reports them, captions and tokens per second.
+fn shard_figures(s: &StageShardStats) -> Vec<(&'static str, f64)> {
+    let mut figures = crate::tensorboard::shard_figures(s.count, s.successes, s.duration).to_vec();
+    for (key, name) in [("captions", "captions_per_s"), ("tokens", "tokens_per_s")] {
+        if let Some(n) = s.details.as_ref().and_then(|d| d.get(key)).and_then(|v| v.as_f64()) {
+            figures.push((name, n / s.duration.max(1e-9)));
+        }
+    }
+    figures
 }
 
 /// Whether done shard `name` of `dir` has all its `outputs` and was made from the source as it is

@@ -5,20 +5,30 @@
 //! stale contents are never read.
 
 use crate::nn::kernels::Real;
-use std::any::Any;
-use std::sync::Mutex;
+use std::any::{Any, TypeId};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{LazyLock, Mutex};
 
 /// The most bytes kept idle; beyond it buffers are freed as usual.
 const MAX_BYTES: usize = 1 << 30;
 /// Smaller buffers are not kept.
 const MIN_BYTES: usize = 4 << 10;
+/// The most buffers kept per element type and power-of-two size class; the oldest go first. Some
+/// buffers come back more often than they are asked for (outputs allocated elsewhere and handed
+/// back), and without a bound they would pile up over a long run, each one searched at every take.
+const PER_CLASS: usize = 256;
 
+/// Idle buffers by element type and size class (⌊log₂ capacity⌋), oldest first.
 struct Free {
-    buffers: Vec<Box<dyn Any + Send>>,
+    classes: HashMap<(TypeId, u32), VecDeque<Box<dyn Any + Send>>>,
     bytes: usize,
 }
 
-static FREE: Mutex<Free> = Mutex::new(Free { buffers: Vec::new(), bytes: 0 });
+static FREE: LazyLock<Mutex<Free>> = LazyLock::new(|| Mutex::new(Free { classes: HashMap::new(), bytes: 0 }));
+
+fn class(capacity: usize) -> u32 {
+    capacity.max(1).ilog2()
+}
 
 /// A buffer of `len` values whose contents are unspecified (values left by an earlier use, or
 /// zeros): only for outputs that are written in full before they are read.
@@ -49,30 +59,45 @@ pub fn take_empty<T: Real>(capacity: usize) -> Vec<T> {
     }
 }
 
-/// The smallest kept buffer of `T` with room for `capacity` values (and at most twice that).
+/// The smallest kept buffer of `T` with room for `capacity` values (and at most twice that): it is
+/// in the size class of `capacity` or the next.
 fn pop<T: Real>(capacity: usize) -> Option<Vec<T>> {
     let mut free = FREE.lock().expect("the buffer pool is never poisoned");
-    let (i, cap) = free
-        .buffers
-        .iter()
-        .enumerate()
-        .filter_map(|(i, b)| b.downcast_ref::<Vec<T>>().map(|v| (i, v.capacity())))
-        .filter(|&(_, cap)| cap >= capacity && cap <= capacity.saturating_mul(2))
-        .min_by_key(|&(_, cap)| cap)?;
+    let fits = |cap: usize| cap >= capacity && cap <= capacity.saturating_mul(2);
+    let (key, i, cap) = (class(capacity)..=class(capacity) + 1)
+        .filter_map(|c| {
+            let key = (TypeId::of::<T>(), c);
+            let found = free.classes.get(&key)?.iter().enumerate().filter_map(|(i, b)| {
+                let cap = b.downcast_ref::<Vec<T>>()?.capacity();
+                fits(cap).then_some((key, i, cap))
+            });
+            found.min_by_key(|&(_, _, cap)| cap)
+        })
+        .min_by_key(|&(_, _, cap)| cap)?;
     free.bytes -= cap * std::mem::size_of::<T>();
-    free.buffers.swap_remove(i).downcast::<Vec<T>>().ok().map(|b| *b)
+    let buffer = free.classes.get_mut(&key)?.remove(i)?;
+    buffer.downcast::<Vec<T>>().ok().map(|b| *b)
 }
 
 /// Returns a buffer the caller is done with.
 pub fn give<T: Real>(v: Vec<T>) {
-    let bytes = v.capacity() * std::mem::size_of::<T>();
+    let size = std::mem::size_of::<T>();
+    let bytes = v.capacity() * size;
     if bytes < MIN_BYTES {
         return; // small buffers come from malloc's own free lists cheaply
     }
     let mut free = FREE.lock().expect("the buffer pool is never poisoned");
-    if free.bytes + bytes <= MAX_BYTES {
-        free.bytes += bytes;
-        free.buffers.push(Box::new(v));
+    if free.bytes + bytes > MAX_BYTES {
+        return;
+    }
+    let Free { classes, bytes: kept } = &mut *free;
+    let queue = classes.entry((TypeId::of::<T>(), class(v.capacity()))).or_default();
+    queue.push_back(Box::new(v));
+    *kept += bytes;
+    if queue.len() > PER_CLASS {
+        if let Some(old) = queue.pop_front().and_then(|b| b.downcast::<Vec<T>>().ok()) {
+            *kept -= old.capacity() * size;
+        }
     }
 }
 
@@ -90,5 +115,17 @@ mod tests {
         assert_eq!(w.len(), 200_000);
         let e: Vec<f64> = take_empty(10);
         assert!(e.is_empty());
+    }
+
+    #[test]
+    fn a_size_never_asked_for_does_not_pile_up() {
+        let len = 1_031; // a size no other test uses (4 KiB of f32)
+        for _ in 0..PER_CLASS + 50 {
+            give(vec![0f32; len]);
+        }
+        let kept = |free: &Free| free.classes.get(&(TypeId::of::<f32>(), class(len))).map_or(0, |q| q.len());
+        assert!(kept(&FREE.lock().unwrap()) <= PER_CLASS);
+        let v: Vec<f32> = take(len);
+        assert_eq!(v.capacity(), len, "a kept buffer of the size is handed out");
     }
 }
