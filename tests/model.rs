@@ -120,3 +120,32 @@ fn a_mis_shaped_official_tensor_is_refused_at_load() {
     assert!(e.contains(&file.display().to_string()), "{e}");
     assert!(e.contains("transformer_blocks.0.attn1.to_q.weight"), "{e}");
 }
+
+/// PixArt-Σ (`tools/golden/pixart_sigma.py`): a diffusers `PixArtTransformer2DModel` without
+/// micro-conditions at the 1024 px model's sample_size 128 and interpolation_scale 2, a non-square
+/// 12×20 latent and captions padded to Σ's 300 tokens, within 1e-4 of diffusers; its official-key
+/// checkpoint (with the 300-row null caption) gives the same numbers.
+#[test]
+fn pixart_sigma_matches_diffusers_and_its_official_checkpoint() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pixart-sigma");
+    let model = PixArt::load_diffusers(&dir.join("transformer"), &Device::Cpu).unwrap();
+    assert!(!model.has_micro_conditions());
+    assert_eq!((model.config.sample_size, model.config.interpolation_scale), (128, Some(2.0)));
+    let io = candle_core::safetensors::load(dir.join("io.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(io["caption"].dims(), &[2, 300, 16]);
+    let out = model.forward(&io["latents"], &io["timestep"], &io["caption"], &io["mask"], None).unwrap();
+    assert_eq!(out.dims(), &[2, 8, 12, 20]);
+    let diff = (&out - &io["output"]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    let diff = diff.to_scalar::<f32>().unwrap();
+    eprintln!("PixArt-Σ: largest difference from diffusers: {diff:e}");
+    assert!(diff < 1e-4, "largest difference {diff}");
+
+    // The official keys, read with the 1024 px model's sample size: its positions are laid out at
+    // interpolation scale 128 / 64 = 2, as the official Σ config's `pe_interpolation`.
+    let official = PixArt::load_official(&dir.join("official.safetensors"), 3, 128, &Device::Cpu).unwrap();
+    assert_eq!(official.null_caption().unwrap().dims(), &[300, 16]);
+    let theirs = official.forward(&io["latents"], &io["timestep"], &io["caption"], &io["mask"], None).unwrap();
+    let diff =
+        (out - theirs).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff < 1e-6, "official checkpoint: {diff}");
+}

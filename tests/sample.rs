@@ -59,6 +59,7 @@ fn guided_sampling_and_vae_decode_match_the_diffusers_pipeline() {
             cleaning: TextCleaning::Lower,
             seed: 0,
             binning: true,
+            max_tokens: None,
         },
     };
     let out = generate(&o, &[prompt()], &Device::Cpu).unwrap();
@@ -143,4 +144,49 @@ fn a_256px_model_samples_at_the_nearest_bucket_and_crops_to_the_requested_size()
         serde_json::from_str(&std::fs::read_to_string(out.join("0000.json")).unwrap()).unwrap();
     // h/w = 0.667: the nearest label is 0.68, [416, 608] at 512 px, halved for 256 px.
     assert_eq!(meta["bucket"], serde_json::json!({"key": 0.68, "height": 208, "width": 304}));
+}
+
+/// A PixArt-Σ pipeline folder (`model_index.json` naming `PixArtSigmaPipeline`, the tiny Σ
+/// transformer of `tools/golden/pixart_sigma.py`) samples with Σ's 300 T5 tokens, as an official Σ
+/// checkpoint does (its null caption has 300 rows); a PixArt-α folder keeps 120; `--max-tokens`
+/// overrides both, and a prompt longer than 120 tokens then gives another image.
+#[test]
+fn pixart_sigma_pipelines_sample_with_300_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let sigma_fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pixart-sigma");
+    let (sigma, alpha) = (dir.path().join("sigma"), dir.path().join("alpha"));
+    for folder in [&sigma, &alpha] {
+        std::fs::create_dir_all(folder.join("transformer")).unwrap();
+        for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
+            std::fs::copy(sigma_fixture.join("transformer").join(f), folder.join("transformer").join(f)).unwrap();
+        }
+    }
+    let index = |class: &str| format!("{{\"_class_name\": \"{class}\", \"_diffusers_version\": \"0.42.1\"}}");
+    std::fs::write(sigma.join("model_index.json"), index("PixArtSigmaPipeline")).unwrap();
+    std::fs::write(alpha.join("model_index.json"), index("PixArtAlphaPipeline")).unwrap();
+    let long = (0..150).map(|i| format!("w{i}")).collect::<Vec<_>>().join(" ");
+    let run = |transformer: &Path, max_tokens: Option<usize>| {
+        let config = SampleConfig {
+            size: Some("32x48".parse().unwrap()),
+            steps: Some(2),
+            binning: false,
+            max_tokens,
+            ..SampleConfig::default()
+        };
+        let o = SampleOptions {
+            transformer: transformer.to_path_buf(),
+            official_shape: (3, 128),
+            t5: fixtures(),
+            vae: fixtures(),
+            noise: None,
+            config,
+        };
+        generate(&o, std::slice::from_ref(&long), &Device::Cpu).unwrap().remove(0)
+    };
+    let (s, a) = (run(&sigma, None), run(&alpha, None));
+    assert_eq!((s.max_tokens, a.max_tokens), (300, 120));
+    assert_ne!(s.rgb, a.rgb, "150 words are cut at 120 tokens, not at 300");
+    assert_eq!(run(&sigma, Some(120)).rgb, a.rgb, "--max-tokens 120 cuts as PixArt-α does");
+    let official = run(&sigma_fixture.join("official.safetensors"), None);
+    assert_eq!((official.max_tokens, official.null), (300, NullCondition::Official));
 }

@@ -424,6 +424,16 @@ fn example_configs_parse_and_errors_name_the_field() {
         assert_eq!((c.max_grad_norm, c.ema_decay, c.schedule.warmup_steps), (0.01, 0.9999, 1000), "{file}");
         assert!(c.data.caches[0].t5.starts_with(&root), "paths are relative to the file");
     }
+    // PixArt-Σ's stages: CAME, 300 tokens, no micro-conditions, the positions' interpolation.
+    for (file, sample, lewei) in [("train-sigma-512-ms.toml", 64, 1.0), ("train-sigma-1024-ms.toml", 128, 2.0)] {
+        let c = TrainConfig::load(&root.join(file)).unwrap();
+        assert_eq!(c.optimizer.kind, pixforge::train::optim::OptimizerKind::Came, "{file}");
+        assert_eq!((c.optimizer.lr, c.optimizer.weight_decay), (2e-5, 0.0), "{file}");
+        let came = c.optimizer.came.unwrap();
+        assert_eq!((came.betas, came.eps), ([0.9, 0.999, 0.9999], [1e-30, 1e-16]), "{file}");
+        assert_eq!((c.data.max_tokens, c.model.sample_size, c.model.micro_conditions), (300, sample, false), "{file}");
+        assert_eq!((c.model.lewei_scale, c.max_grad_norm, c.data.batch_size), (Some(lewei), 0.01, 2), "{file}");
+    }
     let dir = tempfile::tempdir().unwrap();
     let bad = |body: &str| {
         let p = dir.path().join("bad.toml");

@@ -1,8 +1,9 @@
-//! PixArt-α's aspect-ratio buckets (`ASPECT_RATIO_512` / `_1024` / `_256` of the official code, and
-//! diffusers' `*_BIN` test tables): 40 `[height, width]` sizes per base resolution keyed by an h/w
-//! label, and the nearest-label assignment `argmin |key − h/w|` both use.
+//! PixArt's aspect-ratio buckets (`ASPECT_RATIO_256` / `_512` / `_1024` of the official PixArt-α code,
+//! PixArt-Σ's `_2048`, and diffusers' `*_BIN` test tables): 40 `[height, width]` sizes per base
+//! resolution keyed by an h/w label, and the nearest-label assignment `argmin |key − h/w|` both use.
 
-/// `(key, height, width)` of the 512 px table; the 1024 table doubles it, the 256 table halves it.
+/// `(key, height, width)` of the 512 px table; the 1024 table doubles it, the 256 table halves it,
+/// PixArt-Σ's 2048 table is four times it.
 const ASPECT_RATIO_512: [(f64, usize, usize); 40] = [
     (0.25, 256, 1024),
     (0.26, 256, 992),
@@ -60,17 +61,19 @@ pub struct Bucket {
     pub width: usize,
 }
 
-/// The buckets of a base resolution (256, 512 or 1024 px); `test` = the 33-entry inference tables.
+/// The buckets of a base resolution (256, 512, 1024 or 2048 px); `test` = the inference tables
+/// diffusers bins with: 33 entries, but all 40 at 2048 (PixArt-Σ's `ASPECT_RATIO_2048_BIN`).
 pub fn table(base: usize, test: bool) -> Option<Vec<Bucket>> {
     let scale = |v: usize| match base {
         256 => Some(v / 2),
         512 => Some(v),
         1024 => Some(v * 2),
+        2048 => Some(v * 4),
         _ => None,
     };
     ASPECT_RATIO_512
         .iter()
-        .filter(|(k, _, _)| !test || !NOT_IN_TEST.contains(k))
+        .filter(|(k, _, _)| !test || base == 2048 || !NOT_IN_TEST.contains(k))
         .map(|&(key, h, w)| Some(Bucket { key, height: scale(h)?, width: scale(w)? }))
         .collect()
 }
@@ -161,5 +164,22 @@ mod tests {
         for b in table(256, false).unwrap() {
             assert_eq!((b.height % 16, b.width % 16), (0, 0), "latent sides stay multiples of the patch grid");
         }
+    }
+
+    /// PixArt-Σ's 2K table: the official `ASPECT_RATIO_2048` and diffusers' `ASPECT_RATIO_2048_BIN`
+    /// (which, unlike the smaller BIN tables, keeps all 40 entries); entries checked against both.
+    #[test]
+    fn the_2k_table_is_pixart_sigmas() {
+        let (train, bin) = (table(2048, false).unwrap(), table(2048, true).unwrap());
+        assert_eq!((train.len(), bin.len()), (40, 40));
+        assert_eq!(train, bin);
+        let get = |key: f64| train.iter().find(|b| b.key == key).map(|b| (b.height, b.width));
+        for (key, hw) in [(0.25, (1024, 4096)), (0.26, (1024, 3968)), (0.57, (1536, 2688)), (1.0, (2048, 2048))] {
+            assert_eq!(get(key), Some(hw), "{key}");
+        }
+        for (key, hw) in [(1.46, (2432, 1664)), (2.89, (3328, 1152)), (3.88, (3968, 1024)), (4.0, (4096, 1024))] {
+            assert_eq!(get(key), Some(hw), "{key}");
+        }
+        assert_eq!(closest(&bin, 1080, 1920).key, 0.57);
     }
 }

@@ -47,11 +47,16 @@ pub struct SampleConfig {
     /// Seed of the noise (one stream, drawn prompt after prompt).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Binning: a 256/512/1024 px model generates at the nearest aspect-ratio bucket and the image is
+    /// Binning: a 256/512/1024/2048 px model generates at the nearest aspect-ratio bucket and the image is
     /// resized + center-cropped to the size, as diffusers does; `--no-binning` (in a pipeline:
     /// `binning = false`) generates at exactly the size.
     #[arg(long = "no-binning", action = clap::ArgAction::SetFalse)]
     pub binning: bool,
+    /// T5 tokens per prompt (default: the model's: 300 for PixArt-Σ — a pipeline folder whose
+    /// model_index.json names PixArtSigmaPipeline, or an official checkpoint whose null caption has
+    /// 300 rows — else PixArt-α's 120).
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
 }
 
 impl Default for SampleConfig {
@@ -91,6 +96,8 @@ pub struct Generated {
     pub height: usize,
     /// The bucket generated at, when binning applied.
     pub bucket: Option<crate::latents::buckets::Bucket>,
+    /// The T5 tokens a prompt was cut to.
+    pub max_tokens: usize,
 }
 
 fn load_transformer(o: &SampleOptions, dev: &Device) -> anyhow::Result<PixArt> {
@@ -122,10 +129,32 @@ pub(crate) fn to_rgb(img: &Tensor) -> anyhow::Result<Vec<u8>> {
     Ok(v.iter().map(|x| (x * 255.0).round() as u8).collect())
 }
 
+/// PixArt-Σ's caption length (diffusers' `PixArtSigmaPipeline` `max_sequence_length`).
+pub const SIGMA_MAX_TOKENS: usize = 300;
+
+/// The caption length the model was trained with: its null caption's rows (an official
+/// checkpoint), else 300 when the transformer sits in a `PixArtSigmaPipeline` folder, else 120.
+fn model_max_tokens(o: &SampleOptions, model: &PixArt) -> usize {
+    if let Some(rows) = model.null_caption().and_then(|n| n.dim(0).ok()) {
+        return rows;
+    }
+    let index = [o.transformer.join("model_index.json"), o.transformer.join("../model_index.json")];
+    let sigma = index.iter().filter_map(|p| std::fs::read_to_string(p).ok()).any(|text| {
+        serde_json::from_str::<serde_json::Value>(&text)
+            .is_ok_and(|v| v["_class_name"].as_str() == Some("PixArtSigmaPipeline"))
+    });
+    if sigma {
+        SIGMA_MAX_TOKENS
+    } else {
+        crate::latents::t5::MAX_TOKENS
+    }
+}
+
 /// Generates one image per prompt.
 pub fn generate(o: &SampleOptions, prompts: &[String], device: &Device) -> anyhow::Result<Vec<Generated>> {
     let model = load_transformer(o, device)?;
-    let mut t5 = TextEncoder::load(&o.t5, crate::latents::t5::MAX_TOKENS, o.config.cleaning, device)?;
+    let max_tokens = o.config.max_tokens.unwrap_or_else(|| model_max_tokens(o, &model));
+    let mut t5 = TextEncoder::load(&o.t5, max_tokens, o.config.cleaning, device)?;
     let vae = Vae::load(&o.vae, device)?;
     let c = &model.config;
     if t5.d_model != c.caption_channels {
@@ -199,7 +228,7 @@ pub fn generate(o: &SampleOptions, prompts: &[String], device: &Device) -> anyho
         let mut noise_fn = |x: &Tensor| rng.normal_tensor(x.dims(), 1.0, x.device());
         let latents = sampler::sample(o.config.sampler, &diffusion, steps, x, &mut model_fn, &mut noise_fn)?;
         let image = resize_and_crop(&vae.decode(&latents)?, want_h, want_w)?;
-        out.push(Generated { null, rgb: to_rgb(&image)?, latents, width: want_w, height: want_h, bucket });
+        out.push(Generated { null, rgb: to_rgb(&image)?, latents, width: want_w, height: want_h, bucket, max_tokens });
     }
     Ok(out)
 }
@@ -220,7 +249,7 @@ pub fn run(o: &SampleOptions, prompts: &[String], out: &Path, device: &Device) -
         let meta = serde_json::json!({
             "prompt": prompt, "seed": o.config.seed, "sampler": o.config.sampler, "steps": o.config.steps.unwrap_or(o.config.sampler.default_steps()),
             "cfg": o.config.cfg, "null": g.null, "width": g.width, "height": g.height, "bucket": g.bucket,
-            "transformer": o.transformer, "t5": o.t5, "vae": o.vae,
+            "max_tokens": g.max_tokens, "transformer": o.transformer, "t5": o.t5, "vae": o.vae,
         });
         crate::shards::write_atomic(
             &out.join(format!("{i:04}.json")),

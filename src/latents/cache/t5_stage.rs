@@ -57,7 +57,7 @@ pub struct T5CacheConfig {
     /// pipeline folder (text_encoder/, tokenizer/).
     #[arg(long)]
     pub model: PathBuf,
-    /// Tokens per caption, `</s>` included (PixArt-α: 120).
+    /// Tokens per caption, `</s>` included (PixArt-α: 120, PixArt-Σ: 300).
     #[arg(long, default_value_t = MAX_TOKENS)]
     #[serde(default = "default_max_tokens")]
     pub max_tokens: usize,

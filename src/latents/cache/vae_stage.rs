@@ -36,7 +36,7 @@ pub struct VaeCacheConfig {
     /// diffusers pipeline folder (vae/).
     #[arg(long)]
     pub model: PathBuf,
-    /// Image side in pixels (fixed) or the bucket table's base (multi-scale: 256, 512 or 1024).
+    /// Image side in pixels (fixed) or the bucket table's base (multi-scale: 256, 512, 1024 or 2048).
     #[arg(long, default_value_t = 512)]
     #[serde(default = "default_resolution")]
     pub resolution: usize,
@@ -65,7 +65,7 @@ impl VaeCacheConfig {
         }
         buckets::table(self.resolution, false).map(Some).ok_or_else(|| {
             anyhow::anyhow!(
-                "--resolution {} with --multiscale: expected 256, 512 or 1024 (the official tables)",
+                "--resolution {} with --multiscale: expected 256, 512, 1024 or 2048 (the official tables)",
                 self.resolution
             )
         })
