@@ -105,6 +105,7 @@ pub fn init_tiny(kind: ModelKind, out: &Path, micro_conditions: bool, seed: u64)
                 caption_channels: 32,
                 interpolation_scale: Some(1.0),
                 norm_eps: 1e-6,
+                kv_compress: None,
             };
             let model = init(config, micro_conditions, 120, seed, &Device::Cpu)?;
             model.save_diffusers(&out.join("transformer"))?;
@@ -341,6 +342,7 @@ pub fn bench_pixart_step(iters: usize, layers: usize, path: StepPath) -> anyhow:
         caption_channels: 4096,
         interpolation_scale: Some(1.0),
         norm_eps: 1e-6,
+        kv_compress: None,
     };
     let dev = Device::Cpu;
     let mut model = init(config, false, 120, 0, &dev)?;

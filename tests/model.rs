@@ -149,3 +149,97 @@ fn pixart_sigma_matches_diffusers_and_its_official_checkpoint() {
         (out - theirs).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
     assert!(diff < 1e-6, "official checkpoint: {diff}");
 }
+
+/// PixArt-Σ's KV-token compression against the official `AttentionKVCompress`
+/// (`tools/golden/kv_compress.py`, f64): each sampling mode (`conv` with random kernel and LayerNorm,
+/// `ave`, `uniform`, `uniform_every`), factor 2, 3 heads of 8, a 6×10 token grid, within 1e-10.
+#[test]
+fn kv_compression_matches_the_official_attention() {
+    use pixforge::train::kv_compress::{KvCompressConfig, KvCompressor, KvSampling};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden");
+    let g = candle_core::safetensors::load(root.join("kv_compress.safetensors"), &Device::Cpu).unwrap();
+    let x = &g["x"];
+    let c = 24;
+    let linear = |x: &candle_core::Tensor, w: &candle_core::Tensor, b: &candle_core::Tensor| {
+        x.broadcast_matmul(&w.t().unwrap()).unwrap().broadcast_add(b).unwrap()
+    };
+    for (mode, sampling) in [
+        ("conv", KvSampling::Conv),
+        ("ave", KvSampling::Ave),
+        ("uniform", KvSampling::Uniform),
+        ("uniform_every", KvSampling::UniformEvery),
+    ] {
+        let get = |k: &str| g[&format!("{mode}.{k}")].clone();
+        let config = KvCompressConfig { sampling, scale_factor: 2, kv_compress_layer: vec![0] };
+        let weights: std::collections::HashMap<String, candle_core::Tensor> =
+            ["sr.weight", "sr.bias", "norm.weight", "norm.bias"]
+                .iter()
+                .filter_map(|k| g.get(&format!("{mode}.{k}")).map(|t| (k.to_string(), t.clone())))
+                .collect();
+        let vb = candle_nn::VarBuilder::from_tensors(weights, DType::F64, &Device::Cpu);
+        let kv = KvCompressor::new(&vb, c, &config).unwrap();
+        let (qkv_w, qkv_b) = (get("qkv.weight"), get("qkv.bias"));
+        let part = |i: usize| linear(x, &qkv_w.narrow(0, i * c, c).unwrap(), &qkv_b.narrow(0, i * c, c).unwrap());
+        let (q, k, v) = (part(0), kv.compress(&part(1), (6, 10)).unwrap(), kv.compress(&part(2), (6, 10)).unwrap());
+        let n = if sampling == KvSampling::UniformEvery { 30 } else { 15 };
+        assert_eq!(k.dims(), &[2, n, c], "{mode}");
+        let out = linear(
+            &pixforge::train::ops::attention(&q, &k, &v, 3, None).unwrap(),
+            &get("proj.weight"),
+            &get("proj.bias"),
+        );
+        let diff = (out - get("out"))
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        eprintln!("kv compression `{mode}`: largest difference from the official attention {diff:e}");
+        assert!(diff < 1e-10, "{mode}: {diff}");
+    }
+}
+
+/// A model that compresses keys and values in one block keeps the compression through the official
+/// keys (`blocks.{i}.attn.sr` / `attn.norm`): written and read back, the same numbers; and the
+/// compression changes what the block computes.
+#[test]
+fn kv_compression_round_trips_through_official_keys() {
+    use pixforge::train::kv_compress::{KvCompressConfig, KvSampling};
+    let dir = tempfile::tempdir().unwrap();
+    let sigma = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pixart-sigma");
+    let plain = PixArt::load_diffusers(&sigma.join("transformer"), &Device::Cpu).unwrap();
+    let mut config = plain.config.clone();
+    config.kv_compress =
+        Some(KvCompressConfig { sampling: KvSampling::Conv, scale_factor: 2, kv_compress_layer: vec![1] });
+    let mut w = plain.weights().clone();
+    let mut rng = pixforge::rng::Rng::new(3);
+    for (name, shape) in
+        [("sr.weight", vec![24, 1, 2, 2]), ("sr.bias", vec![24]), ("norm.weight", vec![24]), ("norm.bias", vec![24])]
+    {
+        w.insert(
+            format!("transformer_blocks.1.attn1.kv_compress.{name}"),
+            rng.normal_tensor(&shape, 0.3, &Device::Cpu).unwrap(),
+        );
+    }
+    let model = PixArt::from_weights(config, w).unwrap();
+    assert!(model.has_kv_compress());
+    let path = dir.path().join("official.safetensors");
+    model.save_official(&path).unwrap();
+    let official = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    assert!(official.contains_key("blocks.1.attn.sr.weight") && official.contains_key("blocks.1.attn.norm.bias"));
+    assert!(!official.contains_key("blocks.0.attn.sr.weight"));
+    let back = PixArt::load_official(&path, 3, 128, &Device::Cpu).unwrap();
+    assert_eq!(back.config.kv_compress, model.config.kv_compress, "conv compression read from the weights");
+    let io = candle_core::safetensors::load(sigma.join("io.safetensors"), &Device::Cpu).unwrap();
+    let run = |m: &PixArt| m.forward(&io["latents"], &io["timestep"], &io["caption"], &io["mask"], None).unwrap();
+    let (a, b, c) = (run(&model), run(&back), run(&plain));
+    let diff = |x: &candle_core::Tensor, y: &candle_core::Tensor| {
+        (x - y).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    };
+    assert_eq!(diff(&a, &b), 0.0);
+    assert!(diff(&a, &c) > 1e-3, "the compression changes the output");
+}

@@ -94,6 +94,7 @@ fn replay(g: &Golden, run: Run) -> (f64, f64) {
         caption_channels: u("caption_channels"),
         interpolation_scale: m["interpolation_scale"].as_f64(),
         norm_eps: 1e-6,
+        kv_compress: None,
     };
     let init: HashMap<String, Tensor> =
         g.weights("init").into_iter().map(|(k, v)| (k, v.to_dtype(dtype).unwrap())).collect();

@@ -632,3 +632,43 @@ fn came_training_resumes_exactly() {
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && err.contains("written by a run with other settings"), "{err}");
 }
+
+/// PixArt-Σ's KV-token compression in training (`model.kv_compress`, through candle's autograd):
+/// `conv` in the second block trains its kernel and norm away from their official initial values
+/// and a run stopped at step 4 and resumed to 8 gives the straight run's numbers; `ave`, which
+/// learns nothing, resumes exactly too (the checkpoint's shape carries it).
+#[test]
+fn kv_compressed_training_trains_the_compression_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    cached_photos(dir.path());
+    let with_kv = |name: &str, steps: u64, sampling: &str| {
+        let path = config(dir.path(), name, steps, 2, "", "[checkpoints]\nevery = 4");
+        let kv = format!(
+            "[model]\nkv_compress = {{ sampling = \"{sampling}\", scale_factor = 2, kv_compress_layer = [1] }}\n"
+        );
+        let text = std::fs::read_to_string(&path).unwrap().replace("[model]\n", &kv);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let ok = |o: std::process::Output| assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for sampling in ["conv", "ave"] {
+        let (straight, stopped) = (format!("{sampling}-straight"), format!("{sampling}-stopped"));
+        ok(train(&with_kv(&straight, 8, sampling), false));
+        ok(train(&with_kv(&stopped, 4, sampling), false));
+        ok(train(&with_kv(&stopped, 8, sampling), true));
+        let (a, b) = (log_of(&dir.path().join(&straight)), log_of(&dir.path().join(&stopped)));
+        assert_eq!((a.len(), b.len()), (8, 8), "{sampling}");
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!((x.step, x.loss, x.grad_norm), (y.step, y.loss, y.grad_norm), "{sampling}: step {}", x.step);
+        }
+        let last = |run: &str| dir.path().join(run).join("checkpoints/step_0000008/model.safetensors");
+        assert!(tensors(&last(&straight)) == tensors(&last(&stopped)), "{sampling}: weights differ after the resume");
+        let w = candle_core::safetensors::load(last(&straight), &Device::Cpu).unwrap();
+        assert_eq!(w.contains_key("blocks.1.attn.sr.weight"), sampling == "conv");
+        assert!(!w.contains_key("blocks.0.attn.sr.weight"));
+        if sampling == "conv" {
+            let sr: Vec<f32> = w["blocks.1.attn.sr.weight"].flatten_all().unwrap().to_vec1().unwrap();
+            assert!(sr.iter().any(|v| (v - 0.25).abs() > 1e-6), "the kernel trained away from the patch average");
+        }
+    }
+}

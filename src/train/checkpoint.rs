@@ -158,9 +158,10 @@ pub fn load(dir: &Path, device: &Device) -> anyhow::Result<Checkpoint> {
         .map_err(|e| anyhow::anyhow!("{}: not a checkpoint state: {e}", state_file.display()))?;
     let load_model = |name: &str| -> anyhow::Result<PixArt> {
         let c = &state.model;
-        let mut m = PixArt::load_official(&dir.join(name), c.num_attention_heads, c.sample_size, device)?;
-        m.config = state.model.clone();
-        Ok(m)
+        let m = PixArt::load_official(&dir.join(name), c.num_attention_heads, c.sample_size, device)?;
+        // The run's own shape: its positions' interpolation, and a KV compression that learns
+        // nothing (`ave`, `uniform`) and so leaves no trace in the weights.
+        Ok(PixArt::from_weights(state.model.clone(), m.weights().clone())?)
     };
     let model = load_model("model.safetensors")?;
     let ema = load_model("ema.safetensors")?.weights().clone();

@@ -295,6 +295,10 @@ pub struct ModelConfig {
     /// Position interpolation (`lewei_scale`: 1 at 256/512 px, 2 at 1024).
     #[serde(default)]
     pub lewei_scale: Option<f64>,
+    /// PixArt-Σ's KV-token compression (`{ sampling = "conv", scale_factor = 2, kv_compress_layer = [..] }`),
+    /// added freshly initialised to a pretrained model without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_compress: Option<super::kv_compress::KvCompressConfig>,
 }
 
 /// The learning-rate schedule after AdamW's `lr`.
@@ -477,6 +481,7 @@ impl ModelConfig {
             caption_channels: self.caption_channels,
             interpolation_scale: self.lewei_scale,
             norm_eps: 1e-6,
+            kv_compress: self.kv_compress.clone(),
         }
     }
 }

@@ -83,6 +83,7 @@ pub fn from_dit(
         caption_channels,
         interpolation_scale: None,
         norm_eps: 1e-6,
+        kv_compress: None,
     };
     let fresh = super::init::init(config.clone(), micro, null_tokens, seed, device)?;
     let mut official = diffusers_to_official(fresh.weights()).map_err(anyhow::Error::msg)?;

@@ -74,6 +74,9 @@ pub fn init(config: PixArtConfig, micro: bool, null_tokens: usize, seed: u64, de
         linear(&mut w, &mut rng, &format!("{b}.ff.net.0.proj"), 4 * h, h, None)?;
         linear(&mut w, &mut rng, &format!("{b}.ff.net.2"), h, 4 * h, None)?;
     }
+    if let Some(kv) = &c.kv_compress {
+        add_kv_compress(&mut w, kv, h, c.num_layers, device)?;
+    }
     w.insert("scale_shift_table".into(), rng.normal_tensor(&[2, h], 1.0 / (h as f64).sqrt(), device)?);
     let out = p * p * c.out_channels;
     w.insert("proj_out.weight".into(), zeros(&[out, h])?);
@@ -83,13 +86,37 @@ pub fn init(config: PixArtConfig, micro: bool, null_tokens: usize, seed: u64, de
     PixArt::from_weights(config, w)
 }
 
+/// The official initial KV-compression weights of the blocks `kv` applies to, where `w` lacks them.
+fn add_kv_compress(
+    w: &mut HashMap<String, Tensor>,
+    kv: &crate::train::kv_compress::KvCompressConfig,
+    hidden: usize,
+    layers: usize,
+    device: &Device,
+) -> Result<()> {
+    for i in (0..layers).filter(|&i| kv.applies_to(i)) {
+        let dtype = candle_core::DType::F32;
+        for (name, t) in crate::train::kv_compress::initial_weights(kv, hidden, dtype, device)? {
+            w.entry(format!("transformer_blocks.{i}.attn1.kv_compress.{name}")).or_insert(t);
+        }
+    }
+    Ok(())
+}
+
 /// Adds to a pretrained `model` what training needs and its checkpoint may lack, initialised as
-/// [`init`] would: the null caption `y_embedding` (diffusers folders have none) and, with `micro`,
+/// [`init`] would: the null caption `y_embedding` (diffusers folders have none), with `micro`
 /// PixArtMS's micro-condition embedders (a 256 px PixArt checkpoint going into a multi-scale stage,
-/// as the official `load_checkpoint(strict=False)` leaves them at their initial values).
-pub fn complete(model: PixArt, micro: bool, null_tokens: usize, seed: u64) -> Result<PixArt> {
+/// as the official `load_checkpoint(strict=False)` leaves them at their initial values), and with
+/// `kv` PixArt-Σ's KV-token compression (its `conv` weights at their official initial values).
+pub fn complete(
+    model: PixArt,
+    micro: bool,
+    kv: Option<&crate::train::kv_compress::KvCompressConfig>,
+    null_tokens: usize,
+    seed: u64,
+) -> Result<PixArt> {
     let mut w = model.weights().clone();
-    let c = model.config.clone();
+    let mut c = model.config.clone();
     let device = w.values().next().map(|t| t.device().clone()).unwrap_or(Device::Cpu);
     let mut rng = Rng::new(seed ^ 0xC0_4D1E);
     let h = c.hidden();
@@ -104,6 +131,10 @@ pub fn complete(model: PixArt, micro: bool, null_tokens: usize, seed: u64) -> Re
                 w.insert(format!("{name}.bias"), Tensor::zeros(h / 3, candle_core::DType::F32, &device)?);
             }
         }
+    }
+    if let Some(kv) = kv {
+        add_kv_compress(&mut w, kv, h, c.num_layers, &device)?;
+        c.kv_compress = Some(kv.clone());
     }
     if !w.contains_key(NULL_CAPTION) {
         let std = 1.0 / (c.caption_channels as f64).sqrt();

@@ -29,6 +29,9 @@ const BLOCK: &[(&str, &str)] = &[
     ("cross_attn.proj", "attn2.to_out.0"),
     ("mlp.fc1", "ff.net.0.proj"),
     ("mlp.fc2", "ff.net.2"),
+    // PixArt-Σ's KV-token compression (blocks that have it).
+    ("attn.sr", "attn1.kv_compress.sr"),
+    ("attn.norm", "attn1.kv_compress.norm"),
 ];
 
 /// Moves `from.weight` / `from.bias` to `to.weight` / `to.bias` where present.
@@ -167,7 +170,12 @@ pub fn diffusers_to_official(w: &HashMap<String, Tensor>) -> Result<HashMap<Stri
         out.insert(format!("{b}scale_shift_table"), get(&format!("{d}scale_shift_table"))?);
         for (official, diffusers) in BLOCK {
             for kind in ["weight", "bias"] {
-                out.insert(format!("{b}{official}.{kind}"), get(&format!("{d}{diffusers}.{kind}"))?);
+                let name = format!("{d}{diffusers}.{kind}");
+                // Only the blocks that compress their keys and values have the compression's weights.
+                if diffusers.starts_with("attn1.kv_compress") && !w.contains_key(&name) {
+                    continue;
+                }
+                out.insert(format!("{b}{official}.{kind}"), get(&name)?);
             }
         }
         for kind in ["weight", "bias"] {

@@ -37,6 +37,10 @@ pub struct PixArtConfig {
     /// Layer-norm epsilon.
     #[serde(default = "default_eps")]
     pub norm_eps: f64,
+    /// PixArt-Σ's KV-token compression in the self-attention of some blocks (the official code's
+    /// `kv_compress_config`; diffusers has no such attention).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_compress: Option<super::kv_compress::KvCompressConfig>,
 }
 
 fn default_eps() -> f64 {
@@ -91,6 +95,9 @@ pub fn parameter_shapes(c: &PixArtConfig, micro: bool) -> Vec<(String, Vec<usize
         }
         linear(&mut out, &format!("{b}.ff.net.0.proj"), 4 * h, h);
         linear(&mut out, &format!("{b}.ff.net.2"), h, 4 * h);
+        if let Some(kv) = c.kv_compress.as_ref().filter(|kv| kv.applies_to(i)) {
+            out.extend(kv.weight_shapes(h).into_iter().map(|(n, s)| (format!("{b}.attn1.kv_compress.{n}"), s)));
+        }
     }
     out.push(("scale_shift_table".into(), vec![2, h]));
     linear(&mut out, "proj_out", p * p * c.out_channels, h);
@@ -215,8 +222,13 @@ impl PixArt {
         let vb = candle_nn::VarBuilder::from_tensors(w.clone(), dtype, &device);
         let mut transformer_blocks = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
-            let mut block = Block::new(&vb.pp("transformer_blocks").pp(i), hidden)?;
+            let vb_block = vb.pp("transformer_blocks").pp(i);
+            let mut block = Block::new(&vb_block, hidden)?;
             block.packed = packed.get(i).cloned();
+            if let Some(kv) = c.kv_compress.as_ref().filter(|kv| kv.applies_to(i)) {
+                let vb_kv = vb_block.pp("attn1").pp("kv_compress");
+                block.kv_compress = Some(super::kv_compress::KvCompressor::new(&vb_kv, hidden, kv)?);
+            }
             transformer_blocks.push(block);
         }
         Ok(Self {
@@ -300,6 +312,7 @@ impl PixArt {
             caption_channels: w["caption_projection.linear_1.weight"].dim(1)?,
             interpolation_scale: None,
             norm_eps: default_eps(),
+            kv_compress: super::kv_compress::from_official_weights(&w),
         };
         let source = |name: &str| format!("{} (official `{}`)", path.display(), super::keys::official_name(name));
         let w = checked_parameters(&config, w, &source, "for the shape its other tensors give")?;
@@ -434,12 +447,20 @@ impl PixArt {
         t + Tensor::cat(&[size, ratio], 1)?
     }
 
-    /// Transformer block `i` of `x`: the fused op on CPU (f32/f64), composite ops elsewhere.
+    /// Transformer block `i` of `x`: the fused op on CPU (f32/f64), composite ops elsewhere and in
+    /// blocks that compress their keys and values.
     fn block(&self, i: usize, x: &Tensor, blocks: &Blocks) -> Result<Tensor> {
         match &blocks.fused {
-            Some((ctx, key_bias)) => self.block_fused(i, x, ctx, blocks.y.dim(1)?, key_bias),
-            None => self.block_composite(i, x, &blocks.y, &blocks.t0, &blocks.bias),
+            Some((ctx, key_bias)) if self.transformer_blocks[i].kv_compress.is_none() => {
+                self.block_fused(i, x, ctx, blocks.y.dim(1)?, key_bias)
+            }
+            _ => self.block_composite(i, x, blocks),
         }
+    }
+
+    /// Whether any block compresses its keys and values (PixArt-Σ's `kv_compress`).
+    pub fn has_kv_compress(&self) -> bool {
+        self.transformer_blocks.iter().any(|b| b.kv_compress.is_some())
     }
 
     fn block_fused(&self, i: usize, x: &Tensor, ctx: &Tensor, l: usize, key_bias: &[f64]) -> Result<Tensor> {
@@ -450,16 +471,26 @@ impl PixArt {
     }
 
     /// Block `i` from composite ops (any device and dtype).
-    fn block_composite(&self, i: usize, x: &Tensor, y: &Tensor, t0: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    fn block_composite(&self, i: usize, x: &Tensor, blocks: &Blocks) -> Result<Tensor> {
+        let (y, bias) = (&blocks.y, &blocks.bias);
         let c = &self.config;
         let block = &self.transformer_blocks[i];
         let heads = c.num_attention_heads;
-        let mods = block.scale_shift_table.unsqueeze(0)?.broadcast_add(t0)?;
+        let mods = block.scale_shift_table.unsqueeze(0)?.broadcast_add(&blocks.t0)?;
         let m = |j: usize| mods.narrow(1, j, 1);
         let (shift_msa, scale_msa, gate_msa) = (m(0)?, m(1)?, m(2)?);
         let (shift_mlp, scale_mlp, gate_mlp) = (m(3)?, m(4)?, m(5)?);
         let h = modulate(&layer_norm(x, c.norm_eps)?, &shift_msa, &scale_msa)?;
-        let x = gated_add(x, &block.attn.forward(&h, &h, heads, None)?, &gate_msa)?;
+        let a = &block.attn;
+        let attended = match &block.kv_compress {
+            None => a.forward(&h, &h, heads, None)?,
+            Some(kv) => {
+                let (k, v) =
+                    (kv.compress(&a.to_k.forward(&h)?, blocks.grid)?, kv.compress(&a.to_v.forward(&h)?, blocks.grid)?);
+                a.to_out.forward(&super::ops::attention(&a.to_q.forward(&h)?, &k, &v, heads, None)?)?
+            }
+        };
+        let x = gated_add(x, &attended, &gate_msa)?;
         let x = (&x + block.cross_attn.forward(&x, y, heads, Some(bias))?)?;
         let h = modulate(&layer_norm(&x, c.norm_eps)?, &shift_mlp, &scale_mlp)?;
         gated_add(&x, &block.mlp.forward(&h)?, &gate_mlp)
@@ -483,7 +514,7 @@ impl PixArt {
     /// Blocks `range` over `x`, reading the rest of [`PixArt::embed`]'s output `e`.
     pub(crate) fn blocks_range(&self, e: &Embedded, x: &Tensor, range: std::ops::Range<usize>) -> Result<Tensor> {
         let y = e.y.as_ref().ok_or_else(|| candle_core::Error::Msg("the projected caption is missing".into()))?;
-        let blocks = Blocks::new(x, y, &e.t0, &e.bias)?;
+        let blocks = Blocks::new(x, y, &e.t0, &e.bias, (e.grid.1, e.grid.2))?;
         let mut x = x.clone();
         for i in range {
             x = self.block(i, &x, &blocks)?;
@@ -494,7 +525,7 @@ impl PixArt {
     /// The blocks and the head over [`PixArt::embed`]'s output: the model output.
     pub(crate) fn blocks_and_head(&self, e: &Embedded) -> Result<Tensor> {
         let y = e.y.as_ref().ok_or_else(|| candle_core::Error::Msg("the projected caption is missing".into()))?;
-        let blocks = Blocks::new(&e.x, y, &e.t0, &e.bias)?;
+        let blocks = Blocks::new(&e.x, y, &e.t0, &e.bias, (e.grid.1, e.grid.2))?;
         let mut x = e.x.clone();
         for i in 0..self.config.num_layers {
             x = self.block(i, &x, &blocks)?;
@@ -597,12 +628,14 @@ struct Blocks {
     t0: Tensor,
     bias: Tensor,
     fused: Option<(Tensor, Vec<f64>)>,
+    /// The latent token grid (rows, columns).
+    grid: (usize, usize),
 }
 
 impl Blocks {
-    fn new(x: &Tensor, y: &Tensor, t0: &Tensor, bias: &Tensor) -> Result<Self> {
+    fn new(x: &Tensor, y: &Tensor, t0: &Tensor, bias: &Tensor, grid: (usize, usize)) -> Result<Self> {
         let fused = if fused_block(x) { Some(fused_inputs(y, t0, bias)?) } else { None };
-        Ok(Blocks { y: y.clone(), t0: t0.clone(), bias: bias.clone(), fused })
+        Ok(Blocks { y: y.clone(), t0: t0.clone(), bias: bias.clone(), fused, grid })
     }
 }
 
@@ -663,6 +696,7 @@ mod tests {
             caption_channels: 16,
             interpolation_scale: None,
             norm_eps: 1e-6,
+            kv_compress: None,
         };
         let base = crate::train::init::init(config.clone(), false, 5, 1, &dev).unwrap();
         let mut rng = Rng::new(7);
@@ -679,10 +713,10 @@ mod tests {
         let bias = Tensor::from_vec(mask, (b, l), &dev).unwrap().affine(10000.0, -10000.0).unwrap();
         let probe = random(&[b, n, c], 1.0);
 
-        let blocks = Blocks::new(&x, &y, &t0, &bias).unwrap();
+        let blocks = Blocks::new(&x, &y, &t0, &bias, (4, 4)).unwrap();
         assert!(blocks.fused.is_some());
         let fused = model.block(0, &x, &blocks).unwrap();
-        let composite = model.block_composite(0, &x, &y, &t0, &bias).unwrap();
+        let composite = model.block_composite(0, &x, &blocks).unwrap();
         assert!(max_rel(&fused, &composite) < 1e-12, "forward differs by {}", max_rel(&fused, &composite));
 
         let gf = (&fused * &probe).unwrap().sum_all().unwrap().backward().unwrap();

@@ -197,6 +197,8 @@ pub struct Block {
     /// The weights packed in the fused CPU kernel's order, laid out once when the weights are
     /// fixed (inference); `None` for trainable weights, which are packed per call.
     pub packed: Option<Tensor>,
+    /// PixArt-Σ's compression of the self-attention's keys and values, in the blocks that have it.
+    pub kv_compress: Option<super::kv_compress::KvCompressor>,
 }
 
 impl Block {
@@ -208,6 +210,7 @@ impl Block {
             mlp: FeedForward::new(&vb.pp("ff"), hidden)?,
             scale_shift_table: vb.get((6, hidden), "scale_shift_table")?,
             packed: None,
+            kv_compress: None,
         })
     }
 

@@ -143,7 +143,7 @@ fn initial_model(cfg: &TrainConfig, device: &Device) -> anyhow::Result<PixArt> {
             if let Some(scale) = m.lewei_scale {
                 loaded.config.interpolation_scale = Some(scale);
             }
-            super::init::complete(loaded, m.micro_conditions, cfg.data.max_tokens, cfg.seed)?
+            super::init::complete(loaded, m.micro_conditions, m.kv_compress.as_ref(), cfg.data.max_tokens, cfg.seed)?
         }
         None => match &m.from_dit {
             Some(p) => super::dit::from_dit(p, m, cfg.data.max_tokens, cfg.seed, device)?,

@@ -93,7 +93,8 @@ pub fn loss_and_grads(
     let (caption, mask) = trim_caption_padding(caption, mask)?;
     let caption = &caption;
     let mut e = model.embed_latents(latents, timestep, &mask, micro)?;
-    if !fused_block(&e.x) {
+    // The fused step has no KV compression: such a model trains through candle's autograd.
+    if !fused_block(&e.x) || model.has_kv_compress() {
         e.y = Some(model.project_caption(caption)?);
         return autograd(model, &e, loss);
     }

@@ -103,5 +103,6 @@ pub fn tiny_pixart(head_dim: usize, sample_size: usize) -> pixforge::train::mode
         caption_channels: 16,
         interpolation_scale: Some(1.0),
         norm_eps: 1e-6,
+        kv_compress: None,
     }
 }
