@@ -181,6 +181,27 @@ enum ExportCmd {
         #[command(flatten)]
         cfg: pixforge::latents::export::ExportConfig,
     },
+    /// A diffusers transformer folder with LoRA / DoRA adapters (peft's format) merged into its
+    /// weights, as peft's `merge_and_unload` does.
+    MergeLora {
+        /// The transformer: a diffusers folder (or a pipeline with `transformer/`), or an official
+        /// checkpoint (.pth / .safetensors).
+        #[arg(long)]
+        transformer: PathBuf,
+        /// An adapter folder (adapter_config.json + adapter_model.safetensors), DIR or DIR:SCALE
+        /// (repeatable; merged in order).
+        #[arg(long = "lora", required = true, value_parser = pixforge::train::lora::parse_lora_arg)]
+        loras: Vec<(PathBuf, f64)>,
+        /// Attention heads of an official checkpoint (PixArt-XL/2: 16).
+        #[arg(long, default_value_t = 16)]
+        heads: usize,
+        /// Latent size an official checkpoint's positions are laid out for (512 px: 64, 1024 px: 128).
+        #[arg(long, default_value_t = 64)]
+        sample_size: usize,
+        /// The merged transformer's folder (config.json + diffusion_pytorch_model.safetensors).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -265,6 +286,10 @@ struct SampleArgs {
     /// Latent size an official checkpoint's positions are laid out for (512 px: 64, 1024 px: 128).
     #[arg(long, default_value_t = 64)]
     sample_size: usize,
+    /// A LoRA / DoRA adapter in peft's format (adapter_config.json + adapter_model.safetensors),
+    /// DIR or DIR:SCALE, merged into the transformer (repeatable; in order).
+    #[arg(long = "lora", value_parser = pixforge::train::lora::parse_lora_arg)]
+    loras: Vec<(PathBuf, f64)>,
     /// A prompt (repeatable).
     #[arg(long)]
     prompt: Vec<String>,
@@ -315,6 +340,10 @@ enum ModelsCmd {
         /// Output safetensors file.
         #[arg(long)]
         out: PathBuf,
+        /// A LoRA / DoRA adapter (peft's format) merged into a PixArt transformer first, DIR or
+        /// DIR:SCALE (repeatable).
+        #[arg(long = "lora", value_parser = pixforge::train::lora::parse_lora_arg)]
+        loras: Vec<(PathBuf, f64)>,
     },
 }
 
@@ -698,8 +727,8 @@ fn main() -> anyhow::Result<()> {
             pixforge::models::init_tiny(kind, &out, micro_conditions, seed)?;
             emit(&format!("wrote a tiny {kind:?} model to {}\n", out.display()));
         }
-        Cmd::Models(ModelsCmd::Forward { model, inputs, out }) => {
-            for (name, dims) in pixforge::models::forward(&model, &inputs, &out)? {
+        Cmd::Models(ModelsCmd::Forward { model, inputs, out, loras }) => {
+            for (name, dims) in pixforge::models::forward(&model, &inputs, &out, &loras)? {
                 emit(&format!("{name} {dims:?} written to {}\n", out.display()));
             }
         }
@@ -723,6 +752,7 @@ fn main() -> anyhow::Result<()> {
                 t5: part(&a.t5, "t5")?,
                 vae: part(&a.vae, "vae")?,
                 noise: a.noise.clone(),
+                loras: a.loras.clone(),
                 config: a.config.clone(),
             };
             let device = pixforge::device::device(&a.device)?;
@@ -742,6 +772,17 @@ fn main() -> anyhow::Result<()> {
             let stats = pixforge::latents::cache::vae_stage::run(&cfg, &run.options()?, &device)
                 .with_context(|| format!("cache vae into {}", run.out.display()))?;
             finish_cache(&stats)?;
+        }
+        Cmd::Export(ExportCmd::MergeLora { transformer, loras, heads, sample_size, out }) => {
+            let t = pixforge::hub::part(&transformer, "transformer");
+            let model = if t.is_dir() {
+                pixforge::train::model::PixArt::load_diffusers(&t, &candle_core::Device::Cpu)?
+            } else {
+                pixforge::train::model::PixArt::load_official(&t, heads, sample_size, &candle_core::Device::Cpu)?
+            };
+            let merged = pixforge::train::lora::with_adapters(model, &loras, &candle_core::Device::Cpu)?;
+            merged.save_diffusers(&out)?;
+            emit(&format!("merged {} adapter(s) into {}\n", loras.len(), out.display()));
         }
         Cmd::Export(ExportCmd::PixartOfficial { shards, t5, vae, out, cfg }) => {
             let o = pixforge::latents::export::ExportOptions { shards, t5, vae, out, config: cfg };

@@ -242,8 +242,15 @@ fn model_folder(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
 ///   `LlavaNextForConditionalGeneration` likewise, with `pixel_values` `[B, P, 3, S, S]` and
 ///   `image_sizes` `[B, 2]` as `LlavaNextProcessor` writes them.
 ///
+/// `loras` (peft adapter folders and scales) are merged into a PixArt transformer first.
+///
 /// Returns each output's name and shape.
-pub fn forward(model_dir: &Path, inputs: &Path, out: &Path) -> anyhow::Result<Vec<(String, Vec<usize>)>> {
+pub fn forward(
+    model_dir: &Path,
+    inputs: &Path,
+    out: &Path,
+    loras: &[(std::path::PathBuf, f64)],
+) -> anyhow::Result<Vec<(String, Vec<usize>)>> {
     let folder = model_folder(model_dir)?;
     let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(folder.join("config.json"))?)?;
     let class = cfg["_class_name"].as_str().or_else(|| cfg["architectures"][0].as_str()).unwrap_or_default();
@@ -256,9 +263,13 @@ pub fn forward(model_dir: &Path, inputs: &Path, out: &Path) -> anyhow::Result<Ve
             anyhow::anyhow!("{}: expected a tensor {k:?}; found {have:?}", inputs.display())
         })
     };
+    if !loras.is_empty() && class != "PixArtTransformer2DModel" {
+        anyhow::bail!("{}: --lora adapts a PixArt transformer; this model is a {class}", folder.display());
+    }
     let outputs: Vec<(&str, Tensor)> = match class {
         "PixArtTransformer2DModel" => {
             let model = PixArt::load_diffusers(&folder, &Device::Cpu)?;
+            let model = crate::train::lora::with_adapters(model, loras, &Device::Cpu)?;
             let micro = match (io.get("resolution"), io.get("aspect_ratio")) {
                 (Some(r), Some(a)) => Some((r, a)),
                 _ => None,

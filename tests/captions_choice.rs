@@ -1,8 +1,8 @@
 //! Every caption used: the demo's photos captioned twice each (openai backend, loopback server),
 //! cached with `--all-captions` (three captions a sample: both dense ones and the alt-text, each
 //! with its source); `data.captions = "random"` takes each of them over the epochs, weights by
-//! source take only what they weigh; and a run resumed from a checkpoint continues the seeded
-//! choice exactly.
+//! source take only what they weigh; and a run killed with SIGKILL and resumed from its checkpoint
+//! continues the seeded choice exactly.
 
 mod common;
 
@@ -175,17 +175,19 @@ fn every_cached_caption_is_trained_on_and_the_choice_resumes_exactly() {
     let all: usize = mostly_dense.values().sum();
     assert!((0.1..0.3).contains(&(alt as f64 / all as f64)), "{alt} of {all} alt-text");
 
-    // Training with random captions: a run resumed from its step-4 checkpoint logs the straight
-    // run's steps (the choice comes from the data generator, which the checkpoint keeps).
-    let config = |name: &str, steps: u64| {
+    // Training with random captions: a run killed with SIGKILL part-way and resumed from its last
+    // checkpoint logs the straight run's steps (the choice comes from the data generator, which the
+    // checkpoint keeps).
+    let steps = 150;
+    let config = |name: &str| {
         let text = format!(
             "output_dir = \"{name}\"\nmax_steps = {steps}\nseed = 3\n[data]\ncaches = [{{ t5 = \"t5\", vae = \"vae\" }}]\n\
              batch_size = 2\ncaptions = \"random\"\nt5_model = \"{t5}\"\n[model]\nlayers = 2\nheads = 2\nhead_dim = 16\n\
-             sample_size = 8\ncaption_channels = 16\n[optimizer]\nlr = 1e-3\n[checkpoints]\nevery = 4\n\
+             sample_size = 8\ncaption_channels = 16\n[optimizer]\nlr = 1e-3\n[checkpoints]\nevery = 7\n\
              [logging]\nprogress = false\n",
             t5 = common::caches::pipeline().display()
         );
-        let path = dir.path().join(format!("{name}-{steps}.toml"));
+        let path = dir.path().join(format!("{name}.toml"));
         std::fs::write(&path, text).unwrap();
         path
     };
@@ -197,9 +199,19 @@ fn every_cached_caption_is_trained_on_and_the_choice_resumes_exactly() {
         }
         ok(c.output().unwrap())
     };
-    train(&config("straight", 10), false);
-    train(&config("stopped", 4), false);
-    train(&config("stopped", 10), true);
+    train(&config("straight"), false);
+    let killed = config("killed");
+    let mut child = Command::new(common::bin()).arg("train").arg("--config").arg(&killed).spawn().unwrap();
+    let start = std::time::Instant::now();
+    let logged = || std::fs::read_to_string(dir.path().join("killed/log.jsonl")).map_or(0, |t| t.lines().count());
+    while logged() < 30 {
+        assert!(start.elapsed() < std::time::Duration::from_secs(120), "the run did not get to step 30");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    assert!(!child.wait().unwrap().success(), "killed before the end");
+    assert!(logged() < steps as usize, "killed part-way");
+    train(&killed, true);
     let log = |name: &str| -> Vec<(u64, f64, f64)> {
         std::fs::read_to_string(dir.path().join(name).join("log.jsonl"))
             .unwrap()
@@ -210,7 +222,7 @@ fn every_cached_caption_is_trained_on_and_the_choice_resumes_exactly() {
             })
             .collect()
     };
-    let (a, b) = (log("straight"), log("stopped"));
-    assert_eq!(a.len(), 10);
+    let (a, b) = (log("straight"), log("killed"));
+    assert_eq!(a.len(), steps as usize);
     assert_eq!(a, b, "the resumed run continues the straight run's caption choice");
 }

@@ -50,6 +50,7 @@ fn guided_sampling_and_vae_decode_match_the_diffusers_pipeline() {
         t5: fixtures(),
         vae: fixtures(),
         noise: Some(noise),
+        loras: Vec::new(),
         config: SampleConfig {
             size: Some("16x16".parse().unwrap()),
             sampler: SamplerKind::DpmSolverDiffusers,
@@ -179,6 +180,7 @@ fn pixart_sigma_pipelines_sample_with_300_tokens() {
             t5: fixtures(),
             vae: fixtures(),
             noise: None,
+            loras: Vec::new(),
             config,
         };
         generate(&o, std::slice::from_ref(&long), &Device::Cpu).unwrap().remove(0)

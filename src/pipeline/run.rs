@@ -273,6 +273,7 @@ fn sample(
         t5: s.t5.clone(),
         vae: s.vae.clone(),
         noise: None,
+        loras: Vec::new(),
         config: s.config.clone(),
     };
     // Into a store: made in a working folder, then uploaded.

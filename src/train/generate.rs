@@ -78,6 +78,8 @@ pub struct SampleOptions {
     pub vae: PathBuf,
     /// Initial noise `noise` [N or 1, C, h, w] from a safetensors file instead of the seed.
     pub noise: Option<PathBuf>,
+    /// LoRA / DoRA adapters (peft folders) and their scales, merged into the transformer in order.
+    pub loras: Vec<(PathBuf, f64)>,
     /// Size, sampler, guidance, seed.
     pub config: SampleConfig,
 }
@@ -102,11 +104,12 @@ pub struct Generated {
 
 fn load_transformer(o: &SampleOptions, dev: &Device) -> anyhow::Result<PixArt> {
     let t = crate::hub::part(&o.transformer, "transformer");
-    if t.is_dir() {
-        PixArt::load_diffusers(&t, dev)
+    let model = if t.is_dir() {
+        PixArt::load_diffusers(&t, dev)?
     } else {
-        PixArt::load_official(&t, o.official_shape.0, o.official_shape.1, dev)
-    }
+        PixArt::load_official(&t, o.official_shape.0, o.official_shape.1, dev)?
+    };
+    super::lora::with_adapters(model, &o.loras, dev)
 }
 
 /// `[1, 3, H, W]` images resized to cover `height × width` (bilinear) and center-cropped to it
@@ -250,6 +253,7 @@ pub fn run(o: &SampleOptions, prompts: &[String], out: &Path, device: &Device) -
             "prompt": prompt, "seed": o.config.seed, "sampler": o.config.sampler, "steps": o.config.steps.unwrap_or(o.config.sampler.default_steps()),
             "cfg": o.config.cfg, "null": g.null, "width": g.width, "height": g.height, "bucket": g.bucket,
             "max_tokens": g.max_tokens, "transformer": o.transformer, "t5": o.t5, "vae": o.vae,
+            "loras": o.loras,
         });
         crate::shards::write_atomic(
             &out.join(format!("{i:04}.json")),

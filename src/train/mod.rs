@@ -12,6 +12,7 @@ pub mod holdout;
 pub mod init;
 pub mod keys;
 pub mod kv_compress;
+pub mod lora;
 pub mod model;
 pub mod modules;
 pub mod observe;
