@@ -251,10 +251,36 @@ fn sample(
     let step = crate::train::run_folder::checkpoint_steps(&train.output_dir)?
         .pop()
         .ok_or_else(|| anyhow::anyhow!("{}: no checkpoint to sample from", train.output_dir.display()))?;
-    let file = if s.ema { "ema.safetensors" } else { "model.safetensors" };
-    let weights = crate::train::run_folder::checkpoint_file(&train.output_dir, step, file)?;
+    // A run of adapters samples its frozen transformer with the checkpoint's adapter merged in.
+    let (weights, loras) = match (&train.lora, &train.model.pretrained) {
+        (None, _) => {
+            let file = if s.ema { "ema.safetensors" } else { "model.safetensors" };
+            (crate::train::run_folder::checkpoint_file(&train.output_dir, step, file)?, Vec::new())
+        }
+        (Some(_), Some(pretrained)) => {
+            use crate::train::checkpoint::{ADAPTER, EMA_ADAPTER};
+            let folder = if s.ema { EMA_ADAPTER } else { ADAPTER };
+            let mut local = None;
+            for f in ["adapter_config.json", "adapter_model.safetensors"] {
+                let copy =
+                    crate::train::run_folder::checkpoint_file(&train.output_dir, step, &format!("{folder}/{f}"))?;
+                local = copy.parent().map(Path::to_path_buf);
+            }
+            let adapter = local.ok_or_else(|| anyhow::anyhow!("{}: no adapter folder", train.output_dir.display()))?;
+            (pretrained.clone(), vec![(adapter, 1.0)])
+        }
+        (Some(_), None) => anyhow::bail!("stage `sample`: a [train] of adapters needs `model.pretrained` to sample"),
+    };
     let mut digest = InputsDigest::new();
-    digest.file(&weights)?.value(s)?.value(&s.config)?.file(&s.prompts)?;
+    if weights.is_dir() {
+        digest.value(&weights)?;
+    } else {
+        digest.file(&weights)?;
+    }
+    digest.value(s)?.value(&s.config)?.file(&s.prompts)?;
+    for (dir, _) in &loras {
+        digest.file(&dir.join("adapter_model.safetensors"))?;
+    }
     let marker = DoneMarker::new(out.join("inputs.sha256"), digest.finish());
     let artifacts = vec![("images".into(), out.to_path_buf())];
     if marker.is_current() {
@@ -273,7 +299,7 @@ fn sample(
         t5: s.t5.clone(),
         vae: s.vae.clone(),
         noise: None,
-        loras: Vec::new(),
+        loras,
         config: s.config.clone(),
     };
     // Into a store: made in a working folder, then uploaded.

@@ -5,6 +5,7 @@
 //! checkpoints/step_0001000/
 //!   model.safetensors      the weights, official PixArt keys (fused qkv / kv, y_embedder.y_embedding)
 //!   ema.safetensors        the EMA weights, same keys
+//!   adapter/, ema_adapter/ instead of the two above when training adapters (peft's format)
 //!   optimizer.safetensors  the optimizer state: AdamW's moments (`adamw.m.{i}`, `adamw.v.{i}`) or CAME's
 //!                          (`came.exp_avg.{i}`, …); parameter order = sorted names
 //!   state.json             step, data cursor, generator states, counters, model shape, config digest
@@ -62,13 +63,21 @@ pub struct Checkpoint {
     pub dir: PathBuf,
     /// Its state.
     pub state: TrainState,
-    /// The model (weights as trained).
-    pub model: PixArt,
-    /// The EMA weights by diffusers name.
+    /// The model (weights as trained); `None` for a run training adapters (its transformer is the
+    /// config's, frozen).
+    pub model: Option<PixArt>,
+    /// The adapters as trained (peft's names), for a run training adapters.
+    pub adapters: Option<HashMap<String, Tensor>>,
+    /// The EMA weights by diffusers name (the adapters' by peft name).
     pub ema: HashMap<String, Tensor>,
     /// The optimizer's state.
     pub optimizer: HashMap<String, Tensor>,
 }
+
+/// A checkpoint's adapter folder (peft's format) of a run training adapters, and its EMA's.
+pub const ADAPTER: &str = "adapter";
+/// See [`ADAPTER`].
+pub const EMA_ADAPTER: &str = "ema_adapter";
 
 /// The folder of the checkpoint at `step`.
 pub fn dir_of(run: &Path, step: u64) -> PathBuf {
@@ -126,9 +135,22 @@ pub fn save(run: &Path, trainer: &Trainer, state: &TrainState, keep_last: usize)
         std::fs::remove_dir_all(&tmp)?;
     }
     std::fs::create_dir_all(&tmp)?;
-    trainer.model.save_official(&tmp.join("model.safetensors"))?;
-    let ema = PixArt::from_weights(trainer.model.config.clone(), trainer.ema_weights());
-    ema?.save_official(&tmp.join("ema.safetensors"))?;
+    match &trainer.lora {
+        // Adapters: in peft's format, as trained and their EMA; the transformer is the config's.
+        Some(lora) => {
+            use super::lora_train::save_peft;
+            save_peft(lora, &trainer.trained(), &tmp.join(ADAPTER))?;
+            save_peft(
+                lora,
+                &trainer.ema_weights().into_iter().filter(|(k, _)| k.contains(".lora_")).collect(),
+                &tmp.join(EMA_ADAPTER),
+            )?;
+        }
+        None => {
+            trainer.model.save_official(&tmp.join("model.safetensors"))?;
+            trainer.ema_model()?.save_official(&tmp.join("ema.safetensors"))?;
+        }
+    }
     save_tensors(&trainer.optimizer.state()?, &tmp.join("optimizer.safetensors"))?;
     crate::shards::write_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(state)?.as_bytes())?;
     if dir.exists() {
@@ -163,10 +185,14 @@ pub fn load(dir: &Path, device: &Device) -> anyhow::Result<Checkpoint> {
         // nothing (`ave`, `uniform`) and so leaves no trace in the weights.
         Ok(PixArt::from_weights(state.model.clone(), m.weights().clone())?)
     };
-    let model = load_model("model.safetensors")?;
-    let ema = load_model("ema.safetensors")?.weights().clone();
+    let (model, adapters, ema) = if dir.join(ADAPTER).is_dir() {
+        let read = |name: &str| super::lora_train::load_peft(&dir.join(name), device);
+        (None, Some(read(ADAPTER)?), read(EMA_ADAPTER)?)
+    } else {
+        (Some(load_model("model.safetensors")?), None, load_model("ema.safetensors")?.weights().clone())
+    };
     let opt_file = dir.join("optimizer.safetensors");
     let optimizer = candle_core::safetensors::load(&opt_file, device)
         .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", opt_file.display()))?;
-    Ok(Checkpoint { dir: dir.to_path_buf(), state, model, ema, optimizer })
+    Ok(Checkpoint { dir: dir.to_path_buf(), state, model, adapters, ema, optimizer })
 }

@@ -49,6 +49,9 @@ pub struct TrainConfig {
     /// AdamW.
     #[serde(default)]
     pub optimizer: OptimizerConfig,
+    /// LoRA / DoRA adapters to train instead of the whole transformer (peft's format).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<super::lora_train::LoraTrainConfig>,
     /// Learning-rate schedule (the peak is `optimizer.lr`).
     #[serde(default)]
     pub schedule: ScheduleConfig,
@@ -556,6 +559,9 @@ impl TrainConfig {
             if v == 0 {
                 anyhow::bail!("`{name}` must be at least 1, found 0");
             }
+        }
+        if let Some(l) = &self.lora {
+            l.validate()?;
         }
         if self.optimizer.came.is_some() && self.optimizer.kind != super::optim::OptimizerKind::Came {
             anyhow::bail!("`optimizer.came` is set but `optimizer.kind` is \"adamw\": add kind = \"came\" to use CAME");

@@ -13,6 +13,7 @@ pub mod init;
 pub mod keys;
 pub mod kv_compress;
 pub mod lora;
+pub mod lora_train;
 pub mod model;
 pub mod modules;
 pub mod observe;

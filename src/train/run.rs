@@ -209,7 +209,25 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
                     dir.display()
                 );
             }
-            let mut t = Trainer::new(ck.model, cfg.optimizer, cfg.ema_decay, cfg.seed)?;
+            let mut t = match (ck.model.take(), ck.adapters.take(), &cfg.lora) {
+                (Some(model), None, None) => Trainer::new(model, cfg.optimizer, cfg.ema_decay, cfg.seed)?,
+                (None, Some(adapters), Some(lora)) => {
+                    // The frozen transformer is the config's (its digest is the checkpoint's).
+                    let mut t = Trainer::new_lora(
+                        initial_model(cfg, &device)?,
+                        lora.clone(),
+                        cfg.optimizer,
+                        cfg.ema_decay,
+                        cfg.seed,
+                    )?;
+                    t.set_trained(&adapters)?;
+                    t
+                }
+                _ => anyhow::bail!(
+                    "{}: a checkpoint of adapters and a run of the whole model (or the reverse)",
+                    dir.display()
+                ),
+            };
             t.optimizer.load_state(&ck.optimizer)?;
             t.set_ema_weights(&ck.ema)?;
             t.rng = Rng::from_state(ck.state.trainer_rng);
@@ -246,7 +264,12 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
                 model: model.config.clone(),
                 config_digest: cfg.digest(),
             };
-            (Trainer::new(model, cfg.optimizer, cfg.ema_decay, place.seed(cfg.seed.wrapping_add(1)))?, state)
+            let seed = place.seed(cfg.seed.wrapping_add(1));
+            let trainer = match &cfg.lora {
+                Some(lora) => Trainer::new_lora(model, lora.clone(), cfg.optimizer, cfg.ema_decay, seed)?,
+                None => Trainer::new(model, cfg.optimizer, cfg.ema_decay, seed)?,
+            };
+            (trainer, state)
         }
     };
     trainer.max_skipped_in_a_row = cfg.max_skipped_in_a_row;
@@ -347,8 +370,8 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
             Some(h) if main && (state.step % h.every == 0 || state.step == cfg.max_steps) => {
                 let loss =
                     |m: &PixArt| super::holdout::held_out_loss(m, &set, h, scaling, cfg.data.max_tokens, &device);
-                let ema = PixArt::from_weights(trainer.model.config.clone(), trainer.ema_weights())?;
-                let both = (loss(&trainer.model)?, loss(&ema)?);
+                let (ema, adapted) = (trainer.ema_model()?, trainer.adapted_model()?);
+                let both = (loss(adapted.as_ref().unwrap_or(&trainer.model))?, loss(&ema)?);
                 summary.holdout_loss = Some(both);
                 Some(both)
             }
@@ -390,13 +413,14 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
         if let (Some(v), Some(vc), true) = (&validation, &cfg.validation, main) {
             if state.step % vc.every == 0 || last {
                 let grid = if vc.ema {
+                    v.grid(&trainer.ema_model()?, state.step, &out.join(super::run_folder::SAMPLES))?
+                } else {
+                    let adapted = trainer.adapted_model()?;
                     v.grid(
-                        &PixArt::from_weights(trainer.model.config.clone(), trainer.ema_weights())?,
+                        adapted.as_ref().unwrap_or(&trainer.model),
                         state.step,
                         &out.join(super::run_folder::SAMPLES),
                     )?
-                } else {
-                    v.grid(&trainer.model, state.step, &out.join(super::run_folder::SAMPLES))?
                 };
                 log.image("validation/grid", state.step, &grid)?;
                 summary.validation = Some(folder.published(&cfg.output_dir, &grid));

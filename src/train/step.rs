@@ -64,12 +64,42 @@ pub struct Trainer {
     /// Activation checkpointing: the blocks in segments of this many, their activations recomputed
     /// in the backward (autograd; 0: off).
     pub checkpoint_every: usize,
+    /// Training adapters: the transformer frozen, [`Trainer::names`] the adapters' variables.
+    pub lora: Option<super::lora_train::LoraTrainConfig>,
 }
 
 impl Trainer {
     /// Makes `model`'s weights trainable and sets up the optimizer, the EMA (`ema_decay`) and the generator.
     pub fn new(mut model: PixArt, optimizer: OptimizerConfig, ema_decay: f64, seed: u64) -> anyhow::Result<Self> {
         let vars = model.trainable()?;
+        Self::over(model, vars, optimizer, ema_decay, seed)
+    }
+
+    /// Trains fresh `lora` adapters (seeded by `seed`) of the frozen `model`: the optimizer and the
+    /// EMA hold the adapters alone; the gradients come from candle's autograd through the merged
+    /// weights ([`super::lora_train::adapted`]).
+    pub fn new_lora(
+        model: PixArt,
+        lora: super::lora_train::LoraTrainConfig,
+        optimizer: OptimizerConfig,
+        ema_decay: f64,
+        seed: u64,
+    ) -> anyhow::Result<Self> {
+        let vars = super::lora_train::init_adapters(&lora, &model, seed)?;
+        let mut t = Self::over(model, vars, optimizer, ema_decay, seed)?;
+        t.autograd = true;
+        t.lora = Some(lora);
+        Ok(t)
+    }
+
+    /// A trainer of the variables `vars` of `model`.
+    fn over(
+        model: PixArt,
+        vars: Vec<(String, Var)>,
+        optimizer: OptimizerConfig,
+        ema_decay: f64,
+        seed: u64,
+    ) -> anyhow::Result<Self> {
         let params: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
         Ok(Self {
             optimizer: Optimizer::new(optimizer, &params)?,
@@ -87,6 +117,7 @@ impl Trainer {
             draws: None,
             autograd: false,
             checkpoint_every: 0,
+            lora: None,
         })
     }
 
@@ -182,9 +213,14 @@ impl Trainer {
         let mut grads: Vec<Tensor> = Vec::new();
         let loss_scale = self.loss_scale.map_or(1.0, |s| s.scale);
         // Mixed precision: one 16-bit copy of the weights for all the micro-batches of this step.
-        let compute = match self.precision {
-            Precision::F32 => None,
-            p => Some(self.model.cast(p.dtype())?),
+        let compute = match (&self.lora, self.precision) {
+            (Some(lora), p) => {
+                let adapters = self.vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+                let adapted = super::lora_train::adapted(lora, &self.model, &adapters)?;
+                Some(if p == Precision::F32 { adapted } else { adapted.cast(p.dtype())? })
+            }
+            (None, Precision::F32) => None,
+            (None, p) => Some(self.model.cast(p.dtype())?),
         };
         for batch in batches {
             let (losses, store) = self.loss_and_grads(compute.as_ref(), batch, 1.0 / n, loss_scale)?;
@@ -262,6 +298,40 @@ impl Trainer {
             w.insert(super::keys::NULL_CAPTION.into(), null.clone());
         }
         w
+    }
+
+    /// The model of the EMA weights: the whole transformer, or with adapters the frozen one with the
+    /// EMA adapters merged in.
+    pub fn ema_model(&self) -> anyhow::Result<PixArt> {
+        match &self.lora {
+            Some(lora) => super::lora_train::adapted(lora, &self.model, &self.ema_weights()),
+            None => Ok(PixArt::from_weights(self.model.config.clone(), self.ema_weights())?),
+        }
+    }
+
+    /// With adapters, the frozen transformer with the current adapters merged in (no gradient); `None`
+    /// when the whole transformer trains (it is [`Trainer::model`]).
+    pub fn adapted_model(&self) -> anyhow::Result<Option<PixArt>> {
+        let Some(lora) = &self.lora else { return Ok(None) };
+        let adapters = self.vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect();
+        Ok(Some(super::lora_train::adapted(lora, &self.model, &adapters)?))
+    }
+
+    /// The trained variables by name (with adapters, the adapters' tensors under peft's names).
+    pub fn trained(&self) -> std::collections::BTreeMap<String, Tensor> {
+        self.vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect()
+    }
+
+    /// Sets the trained variables to `values` (by name, as [`Trainer::trained`] gives them).
+    pub fn set_trained(&mut self, values: &HashMap<String, Tensor>) -> anyhow::Result<()> {
+        for (name, v) in &self.vars {
+            let t = values.get(name).ok_or_else(|| anyhow::anyhow!("trained tensors: no `{name}`"))?;
+            if t.dims() != v.dims() {
+                anyhow::bail!("trained tensor `{name}`: expected {:?}, found {:?}", v.dims(), t.dims());
+            }
+            v.set(&t.to_dtype(v.dtype())?.to_device(v.device())?)?;
+        }
+        Ok(())
     }
 
     /// Replaces the EMA by `weights` (by name, as [`Trainer::ema_weights`] gives them).
