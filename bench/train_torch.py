@@ -4,8 +4,11 @@ diffusers' PixArtTransformer2DModel on CPU, as the official `train_scripts/train
 bucket batches, a posterior draw `(mean + std·ε)·0.18215`, captions padded to 120 with their mask, 10%
 caption drop to the null caption, uniform timesteps, the IDDPM hybrid loss (MSE + VB with the mean
 detached, discretized Gaussian NLL at t = 0), torch.optim.AdamW (2e-5, wd 0.03, eps 1e-10),
-clip_grad_norm_(0.01), EMA 0.9999. Prints JSON: seconds per step, images/s, peak RSS (MiB).
-Usage: python bench/train_torch.py T5_CACHE VAE_CACHE STEPS BATCH   (torch, diffusers, safetensors)"""
+clip_grad_norm_(0.01), EMA 0.9999. With a rank R, LoRA adapters of rank R (alpha R) on the attention's
+q, k, v and output projections made by peft's `get_peft_model` are trained instead of the whole
+model (the optimizer, clipping and EMA over the adapters). Prints JSON: seconds per step, images/s,
+peak RSS (MiB).
+Usage: python bench/train_torch.py T5_CACHE VAE_CACHE STEPS BATCH [R]   (torch, diffusers, safetensors, peft)"""
 import json
 import math
 import os
@@ -75,7 +78,7 @@ def losses(tb, out, x0, x_t, t, noise):
     return (mse + vb).mean()
 
 
-def main(t5_dir, vae_dir, steps, batch):
+def main(t5_dir, vae_dir, steps, batch, rank=0):
     torch.set_num_threads(2)
     torch.manual_seed(0)
     random.seed(0)
@@ -89,7 +92,10 @@ def main(t5_dir, vae_dir, steps, batch):
         cross_attention_dim=384, sample_size=32, patch_size=2, caption_channels=4096, interpolation_scale=1,
         use_additional_conditions=False).train()
     null = torch.randn(120, 4096) / 4096 ** 0.5
-    params = [p for p in model.parameters()]
+    if rank:
+        from peft import LoraConfig, get_peft_model
+        model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=2e-5, betas=(0.9, 0.999), eps=1e-10, weight_decay=0.03)
     ema = [p.detach().clone() for p in params]
     tb = tables()
@@ -147,4 +153,4 @@ def main(t5_dir, vae_dir, steps, batch):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]) if len(sys.argv) > 5 else 0)

@@ -674,7 +674,7 @@ fn kv_compressed_training_trains_the_compression_and_resumes_exactly() {
     }
 }
 
-/// Training LoRA / DoRA adapters (`[lora]`) of a frozen transformer: the adapter has exactly the
+/// Training LoRA / DoRA adapters (`[lora]`) of a frozen tiny PixArt-Σ: the adapter has exactly the
 /// tensor names and shapes, and its config the fields, that peft writes for the same `LoraConfig`
 /// (tests/fixtures/lora, made by peft); the loss falls; nothing but the adapter is written or
 /// changed; a run killed with SIGKILL resumes to the straight run's numbers and adapter; and the
@@ -684,11 +684,19 @@ fn lora_fine_tune_trains_only_the_adapter_and_resumes_exactly() {
     let dir = tempfile::tempdir().unwrap();
     cached_photos(dir.path());
     let ok = |o: std::process::Output| assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    // A base trained far enough that its output depends on its blocks (the official init zeroes
-    // the output projection).
-    ok(train(&config(dir.path(), "base", 60, 2, "", ""), false));
+    // A tiny PixArt-Σ (no micro-conditions, 300-token captions) trained far enough that its output
+    // depends on its blocks (the official init zeroes the output projection).
+    let sigma = |path: PathBuf| {
+        let text =
+            std::fs::read_to_string(&path).unwrap().replace("batch_size = 2\n", "batch_size = 2\nmax_tokens = 300\n");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    ok(train(&sigma(config(dir.path(), "base", 60, 2, "", "")), false));
     let base = dir.path().join("base/checkpoints/step_0000060/model.safetensors");
     let base_bytes = std::fs::read(&base).unwrap();
+    let null = &candle_core::safetensors::load(&base, &Device::Cpu).unwrap()["y_embedder.y_embedding"];
+    assert_eq!(null.dims(), &[300, 16], "Σ's null caption of 300 tokens");
     let peft = common::fixtures().join("lora");
     let peft_config = |kind: &str| -> serde_json::Value {
         serde_json::from_str(&std::fs::read_to_string(peft.join(kind).join("adapter_config.json")).unwrap()).unwrap()
@@ -704,7 +712,7 @@ fn lora_fine_tune_trains_only_the_adapter_and_resumes_exactly() {
             .replace("[model]\n", &format!("[model]\npretrained = \"{}\"\n", base.display()));
         let text = text.replace("lr = 1e-3", "lr = 5e-3");
         std::fs::write(&path, text).unwrap();
-        path
+        sigma(path)
     };
     let steps = 120;
     ok(train(&lora_run("straight", steps, false), false));
