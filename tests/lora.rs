@@ -149,3 +149,37 @@ fn merge_forward_and_sample_with_adapters_from_the_command_line() {
     let meta = std::fs::read_to_string(dir.path().join("adapted/0000.json")).unwrap();
     assert!(meta.contains("lora/dora"), "{meta}");
 }
+
+/// The adapters computed beside each layer (how training with dropout runs them) give peft's adapted
+/// output too, LoRA and DoRA: at dropout 0 the masks are all ones; and dropout changes the output.
+#[test]
+fn adapters_beside_the_layers_match_peft() {
+    use pixforge::train::lora_train::{adapted, beside, LoraTrainConfig};
+    for kind in ["lora", "dora"] {
+        let golden =
+            candle_core::safetensors::load(fixtures().join(format!("lora/{kind}.safetensors")), &Device::Cpu).unwrap();
+        let dir = fixtures().join("lora").join(kind);
+        let adapters = pixforge::train::lora_train::load_peft(&dir, &Device::Cpu).unwrap();
+        let peft: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap()).unwrap();
+        let targets = peft["target_modules"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string());
+        let mut config = LoraTrainConfig {
+            rank: 4,
+            alpha: Some(8.0),
+            dropout: 0.0,
+            target_modules: targets.collect(),
+            use_dora: kind == "dora",
+            use_rslora: false,
+        };
+        let model = tiny();
+        let by_layer = beside(&config, &model, &adapters, 7).unwrap();
+        let d = max_abs_diff(&output(&by_layer), &golden["output"]);
+        eprintln!("{kind} beside the layers: output differs from peft's by {d:e}");
+        assert!(d < 1e-4, "{kind}: {d}");
+        config.dropout = 0.3;
+        let dropped = adapted(&config, &model, &adapters, Some(7)).unwrap();
+        assert!(max_abs_diff(&output(&dropped), &golden["output"]) > 1e-3, "{kind}: dropout changes the output");
+        let again = adapted(&config, &model, &adapters, Some(7)).unwrap();
+        assert_eq!(max_abs_diff(&output(&dropped), &output(&again)), 0.0, "{kind}: the same seed, the same masks");
+    }
+}

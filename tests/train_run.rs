@@ -703,8 +703,10 @@ fn lora_fine_tune_trains_only_the_adapter_and_resumes_exactly() {
     };
     let targets = peft_config("lora")["target_modules"].clone();
     let lora_run = |name: &str, steps: u64, dora: bool| {
+        let dropout = if name.starts_with("dropout") { 0.2 } else { 0.0 };
         let lora = format!(
-            "[lora]\nrank = 4\nalpha = 8.0\nuse_dora = {dora}\ntarget_modules = {targets}\n[checkpoints]\nevery = 7\nkeep_last = 2"
+            "[lora]\nrank = 4\nalpha = 8.0\nuse_dora = {dora}\ndropout = {dropout}\ntarget_modules = {targets}\n\
+             [checkpoints]\nevery = 7\nkeep_last = 2"
         );
         let path = config(dir.path(), name, steps, 2, "", &lora);
         let text = std::fs::read_to_string(&path)
@@ -777,6 +779,19 @@ fn lora_fine_tune_trains_only_the_adapter_and_resumes_exactly() {
     ok(train(&lora_run("dora", 6, true), false));
     let dora = dir.path().join("dora/checkpoints/step_0000006/adapter/adapter_model.safetensors");
     assert_eq!(shapes(&dora), shapes(&peft.join("dora/adapter_model.safetensors")));
+
+    // Dropout on the adapters' input (computed beside each layer): seeded from the run's generator,
+    // so a stopped run resumes to the straight run's numbers; and it changes them.
+    ok(train(&lora_run("dropout-straight", 10, true), false));
+    ok(train(&lora_run("dropout-stopped", 7, true), false));
+    ok(train(&lora_run("dropout-stopped", 10, true), true));
+    let (x, y) = (log_of(&dir.path().join("dropout-straight")), log_of(&dir.path().join("dropout-stopped")));
+    assert_eq!(
+        x.iter().map(|l| (l.step, l.loss, l.grad_norm)).collect::<Vec<_>>(),
+        y.iter().map(|l| (l.step, l.loss, l.grad_norm)).collect::<Vec<_>>()
+    );
+    let no_dropout = log_of(&dir.path().join("dora"));
+    assert_ne!(x[1].loss, no_dropout[1].loss, "dropout changes the step");
 
     // The trained adapter changes the samples.
     let pipeline = pipeline();

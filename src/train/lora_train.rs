@@ -6,8 +6,8 @@
 //! Each step builds the adapted transformer from the frozen weights and the adapters as tracked
 //! operations — `W + s·B·A`, for DoRA rescaled row by row to the magnitude over the sum's norm, the
 //! norm held constant in the gradient as peft detaches it — so candle's autograd carries the
-//! gradients to `A`, `B` and the magnitudes alone. With no dropout this computes exactly what peft's
-//! adapted layers compute.
+//! gradients to `A`, `B` and the magnitudes alone; with dropout, each adapted layer computes its
+//! adapter beside it on the dropped-out input instead, as peft's layers do.
 
 use super::model::PixArt;
 use candle_core::{DType, Tensor, Var};
@@ -24,7 +24,7 @@ pub struct LoraTrainConfig {
     /// The scaling's numerator (`s = alpha / rank`); default the rank.
     #[serde(default)]
     pub alpha: Option<f64>,
-    /// Dropout on the adapters' input: only 0 is supported (the adapters are trained merged).
+    /// Dropout on the adapters' input (peft's `lora_dropout`).
     #[serde(default)]
     pub dropout: f64,
     /// The modules adapted, by peft's rule (a diffusers module name equal to an entry or ending in
@@ -63,11 +63,8 @@ impl LoraTrainConfig {
         if self.rank == 0 {
             anyhow::bail!("`lora.rank` must be at least 1, found 0");
         }
-        if self.dropout != 0.0 {
-            anyhow::bail!(
-                "`lora.dropout` = {}: only 0 is supported (the adapters train merged into the weights)",
-                self.dropout
-            );
+        if !(0.0..1.0).contains(&self.dropout) {
+            anyhow::bail!("`lora.dropout`: expected a probability in [0, 1), found {}", self.dropout);
         }
         if self.target_modules.is_empty() {
             anyhow::bail!("`lora.target_modules`: expected at least one module name");
@@ -124,9 +121,56 @@ pub fn init_adapters(config: &LoraTrainConfig, model: &PixArt, seed: u64) -> any
     Ok(vars)
 }
 
-/// `model` with the adapters `adapters` (by variable name) merged into its target modules as
-/// tracked operations (gradients reach the adapters); the frozen weights are untouched.
-pub fn adapted(config: &LoraTrainConfig, model: &PixArt, adapters: &HashMap<String, Tensor>) -> anyhow::Result<PixArt> {
+/// `model` with the adapters `adapters` (by variable name) applied as tracked operations (gradients
+/// reach the adapters; the frozen weights are untouched): merged into the weights, or — for a
+/// training step (`dropout_seed`) with dropout — computed beside each layer, as peft's layers do,
+/// with dropout masks drawn from the seed.
+pub fn adapted(
+    config: &LoraTrainConfig,
+    model: &PixArt,
+    adapters: &HashMap<String, Tensor>,
+    dropout_seed: Option<u64>,
+) -> anyhow::Result<PixArt> {
+    match dropout_seed {
+        Some(seed) if config.dropout > 0.0 => beside(config, model, adapters, seed),
+        _ => merged(config, model, adapters),
+    }
+}
+
+/// The adapters computed beside each adapted layer, with dropout (seeded per module from `seed`).
+pub fn beside(
+    config: &LoraTrainConfig,
+    model: &PixArt,
+    adapters: &HashMap<String, Tensor>,
+    seed: u64,
+) -> anyhow::Result<PixArt> {
+    let mut out = PixArt::from_weights(model.config.clone(), model.weights().clone())?;
+    for module in config.modules(model)? {
+        let [na, nb, nm] = names(&module);
+        let get = |n: &str| adapters.get(n).cloned().ok_or_else(|| anyhow::anyhow!("adapter `{n}` missing"));
+        let adapter = super::modules::LinearAdapter {
+            a: get(&na)?,
+            b: get(&nb)?,
+            magnitude: if config.use_dora { Some(get(&nm)?) } else { None },
+            scale: config.scaling(),
+            dropout: config.dropout,
+            seed: seed ^ crate::rng::Rng::new(fnv(&module)).next_u64(),
+        };
+        let layer = out
+            .linear_mut(&module)
+            .ok_or_else(|| anyhow::anyhow!("{module}: not a linear layer of the transformer"))?;
+        layer.adapter = Some(adapter);
+    }
+    Ok(out)
+}
+
+/// FNV-1a of a name (a module's own dropout stream).
+fn fnv(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// The adapters merged into the weights (no dropout).
+fn merged(config: &LoraTrainConfig, model: &PixArt, adapters: &HashMap<String, Tensor>) -> anyhow::Result<PixArt> {
     let mut w = model.weights().clone();
     let s = config.scaling();
     for module in config.modules(model)? {

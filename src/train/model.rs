@@ -451,11 +451,36 @@ impl PixArt {
     /// blocks that compress their keys and values.
     fn block(&self, i: usize, x: &Tensor, blocks: &Blocks) -> Result<Tensor> {
         match &blocks.fused {
-            Some((ctx, key_bias)) if self.transformer_blocks[i].kv_compress.is_none() => {
+            Some((ctx, key_bias))
+                if self.transformer_blocks[i].kv_compress.is_none() && !self.transformer_blocks[i].has_adapters() =>
+            {
                 self.block_fused(i, x, ctx, blocks.y.dim(1)?, key_bias)
             }
             _ => self.block_composite(i, x, blocks),
         }
+    }
+
+    /// The linear layer at the diffusers module name `name` (`transformer_blocks.0.attn1.to_q`,
+    /// `caption_projection.linear_1`, `adaln_single.linear`, `proj_out`, …).
+    pub fn linear_mut(&mut self, name: &str) -> Option<&mut super::modules::Linear> {
+        if let Some(rest) = name.strip_prefix("transformer_blocks.") {
+            let (i, inner) = rest.split_once('.')?;
+            return self.transformer_blocks.get_mut(i.parse::<usize>().ok()?)?.linear_mut(inner);
+        }
+        let a = &mut self.adaln_single;
+        Some(match name {
+            "caption_projection.linear_1" => &mut self.caption_projection.linear_1,
+            "caption_projection.linear_2" => &mut self.caption_projection.linear_2,
+            "adaln_single.linear" => &mut a.linear,
+            "adaln_single.emb.timestep_embedder.linear_1" => &mut a.timestep_embedder.linear_1,
+            "adaln_single.emb.timestep_embedder.linear_2" => &mut a.timestep_embedder.linear_2,
+            "adaln_single.emb.resolution_embedder.linear_1" => &mut a.micro.as_mut()?.0.linear_1,
+            "adaln_single.emb.resolution_embedder.linear_2" => &mut a.micro.as_mut()?.0.linear_2,
+            "adaln_single.emb.aspect_ratio_embedder.linear_1" => &mut a.micro.as_mut()?.1.linear_1,
+            "adaln_single.emb.aspect_ratio_embedder.linear_2" => &mut a.micro.as_mut()?.1.linear_2,
+            "proj_out" => &mut self.final_layer.proj_out,
+            _ => return None,
+        })
     }
 
     /// Whether any block compresses its keys and values (PixArt-Σ's `kv_compress`).

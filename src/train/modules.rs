@@ -7,24 +7,77 @@ use crate::nn::linear;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-/// A linear layer `x Wᵀ + b` (`weight` `[out, in]`, `bias` `[out]`).
+/// A linear layer `x Wᵀ + b` (`weight` `[out, in]`, `bias` `[out]`), with a LoRA / DoRA adapter
+/// computed beside it when training adapters with dropout.
 #[derive(Debug, Clone)]
 pub struct Linear {
     /// `[out, in]`.
     pub weight: Tensor,
     /// `[out]`.
     pub bias: Tensor,
+    /// The adapter beside the layer (training with dropout; otherwise adapters are merged).
+    pub adapter: Option<LinearAdapter>,
+}
+
+/// A LoRA (or DoRA) adapter computed beside a linear layer as peft's layers compute it:
+/// `x Wᵀ + b + s·B·A·drop(x)`, and for DoRA `x Wᵀ + b + (m/‖W + s·B·A‖ − 1)·drop(x) Wᵀ +
+/// m/‖W + s·B·A‖ · s·B·A·drop(x)`, the row norm held constant in the gradient.
+#[derive(Debug, Clone)]
+pub struct LinearAdapter {
+    /// `lora_A` `[r, in]`.
+    pub a: Tensor,
+    /// `lora_B` `[out, r]`.
+    pub b: Tensor,
+    /// DoRA's magnitude `[out]`.
+    pub magnitude: Option<Tensor>,
+    /// The scaling `s`.
+    pub scale: f64,
+    /// Dropout on the adapter's input (a probability).
+    pub dropout: f64,
+    /// The seed of the dropout masks (the same seed, the same masks: a recomputed forward repeats them).
+    pub seed: u64,
+}
+
+impl LinearAdapter {
+    /// `x` with each element zeroed with probability `dropout`, the others scaled by `1 / (1 − p)`.
+    fn drop(&self, x: &Tensor) -> Result<Tensor> {
+        if self.dropout <= 0.0 {
+            return Ok(x.clone());
+        }
+        let mut rng = crate::rng::Rng::new(self.seed);
+        let keep = 1.0 / (1.0 - self.dropout);
+        let mask: Vec<f32> =
+            (0..x.elem_count()).map(|_| if rng.uniform() < self.dropout { 0.0 } else { keep as f32 }).collect();
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        x * mask
+    }
+
+    /// What the adapter adds to the layer's output `out` for the input `x`.
+    fn add(&self, x: &Tensor, weight: &Tensor, out: Tensor) -> Result<Tensor> {
+        let xd = self.drop(x)?;
+        let lora = (xd.broadcast_matmul(&self.a.t()?)?.broadcast_matmul(&self.b.t()?)? * self.scale)?;
+        let Some(m) = &self.magnitude else { return out + lora };
+        let merged = (weight + (self.b.matmul(&self.a)? * self.scale)?)?;
+        let norm = merged.detach().sqr()?.sum(1)?.sqrt()?;
+        let ratio = (m / norm)?;
+        let base = xd.broadcast_matmul(&weight.t()?)?;
+        (out + base.broadcast_mul(&(&ratio - 1.0)?)?)? + lora.broadcast_mul(&ratio)?
+    }
 }
 
 impl Linear {
     /// `{vb}.weight` `[out, in]` and `{vb}.bias` `[out]`.
     pub fn new(vb: &VarBuilder, out: usize, inp: usize) -> Result<Self> {
-        Ok(Self { weight: vb.get((out, inp), "weight")?, bias: vb.get(out, "bias")? })
+        Ok(Self { weight: vb.get((out, inp), "weight")?, bias: vb.get(out, "bias")?, adapter: None })
     }
 
-    /// `x Wᵀ + b` (gradients recorded).
+    /// `x Wᵀ + b` (gradients recorded), plus the adapter's part.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        linear(x, &self.weight, &self.bias)
+        let out = linear(x, &self.weight, &self.bias)?;
+        match &self.adapter {
+            None => Ok(out),
+            Some(a) => a.add(x, &self.weight, out),
+        }
     }
 }
 
@@ -240,6 +293,32 @@ impl Block {
             &f.out.weight,
             &f.out.bias,
         ]
+    }
+
+    /// Whether any of the block's linear layers carries an adapter (then it runs as composite ops).
+    pub fn has_adapters(&self) -> bool {
+        let (a, c, f) = (&self.attn, &self.cross_attn, &self.mlp);
+        [&a.to_q, &a.to_k, &a.to_v, &a.to_out, &c.to_q, &c.to_k, &c.to_v, &c.to_out, &f.proj, &f.out]
+            .iter()
+            .any(|l| l.adapter.is_some())
+    }
+
+    /// The linear layer of the block at `name` (`attn1.to_q`, `ff.net.2`, … : diffusers' names).
+    pub fn linear_mut(&mut self, name: &str) -> Option<&mut Linear> {
+        let (a, c, f) = (&mut self.attn, &mut self.cross_attn, &mut self.mlp);
+        Some(match name {
+            "attn1.to_q" => &mut a.to_q,
+            "attn1.to_k" => &mut a.to_k,
+            "attn1.to_v" => &mut a.to_v,
+            "attn1.to_out.0" => &mut a.to_out,
+            "attn2.to_q" => &mut c.to_q,
+            "attn2.to_k" => &mut c.to_k,
+            "attn2.to_v" => &mut c.to_v,
+            "attn2.to_out.0" => &mut c.to_out,
+            "ff.net.0.proj" => &mut f.proj,
+            "ff.net.2" => &mut f.out,
+            _ => return None,
+        })
     }
 
     /// The width of the MLP.

@@ -197,6 +197,30 @@ impl Trainer {
         Ok((losses, grads))
     }
 
+    /// The model a step computes with, when it is not [`Trainer::model`] itself: the adapted model
+    /// (adapters in training; `dropout_seed` seeds their dropout) and the 16-bit copy of mixed precision.
+    fn compute_model(&self, dropout_seed: Option<u64>) -> anyhow::Result<Option<PixArt>> {
+        Ok(match (&self.lora, self.precision) {
+            (Some(lora), p) => {
+                // In 16 bits, the frozen weights and the adapters are cast first (the adapters by a
+                // tracked op, so their gradients come back in f32).
+                let (cast, dtype) = match p {
+                    Precision::F32 => (None, DType::F32),
+                    p => (Some(self.model.cast(p.dtype())?), p.dtype()),
+                };
+                let adapters = self
+                    .vars
+                    .iter()
+                    .map(|(n, v)| Ok((n.clone(), v.as_tensor().to_dtype(dtype)?)))
+                    .collect::<candle_core::Result<_>>()?;
+                let base = cast.as_ref().unwrap_or(&self.model);
+                Some(super::lora_train::adapted(lora, base, &adapters, dropout_seed)?)
+            }
+            (None, Precision::F32) => None,
+            (None, p) => Some(self.model.cast(p.dtype())?),
+        })
+    }
+
     /// One step on `batch` at learning rate `lr`, gradients clipped to `max_grad_norm`.
     pub fn step(&mut self, batch: &Batch, lr: f64, max_grad_norm: f64) -> anyhow::Result<StepLog> {
         self.step_accumulated(std::slice::from_ref(batch), lr, max_grad_norm)
@@ -213,17 +237,18 @@ impl Trainer {
         let mut grads: Vec<Tensor> = Vec::new();
         let loss_scale = self.loss_scale.map_or(1.0, |s| s.scale);
         // Mixed precision: one 16-bit copy of the weights for all the micro-batches of this step.
-        let compute = match (&self.lora, self.precision) {
-            (Some(lora), p) => {
-                let adapters = self.vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
-                let adapted = super::lora_train::adapted(lora, &self.model, &adapters)?;
-                Some(if p == Precision::F32 { adapted } else { adapted.cast(p.dtype())? })
-            }
-            (None, Precision::F32) => None,
-            (None, p) => Some(self.model.cast(p.dtype())?),
-        };
+        // Adapters with dropout: a model (and masks) per micro-batch, seeded from the generator.
+        let per_batch = self.lora.as_ref().is_some_and(|l| l.dropout > 0.0);
+        let shared = if per_batch { None } else { self.compute_model(None)? };
         for batch in batches {
-            let (losses, store) = self.loss_and_grads(compute.as_ref(), batch, 1.0 / n, loss_scale)?;
+            let own = if per_batch {
+                let seed = self.rng.next_u64();
+                self.compute_model(Some(seed))?
+            } else {
+                None
+            };
+            let compute = own.as_ref().or(shared.as_ref());
+            let (losses, store) = self.loss_and_grads(compute, batch, 1.0 / n, loss_scale)?;
             let mean =
                 |x: &Tensor| -> anyhow::Result<f64> { Ok(x.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
             loss_v += mean(&losses.loss)? / n;
@@ -304,7 +329,7 @@ impl Trainer {
     /// EMA adapters merged in.
     pub fn ema_model(&self) -> anyhow::Result<PixArt> {
         match &self.lora {
-            Some(lora) => super::lora_train::adapted(lora, &self.model, &self.ema_weights()),
+            Some(lora) => super::lora_train::adapted(lora, &self.model, &self.ema_weights(), None),
             None => Ok(PixArt::from_weights(self.model.config.clone(), self.ema_weights())?),
         }
     }
@@ -314,7 +339,7 @@ impl Trainer {
     pub fn adapted_model(&self) -> anyhow::Result<Option<PixArt>> {
         let Some(lora) = &self.lora else { return Ok(None) };
         let adapters = self.vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect();
-        Ok(Some(super::lora_train::adapted(lora, &self.model, &adapters)?))
+        Ok(Some(super::lora_train::adapted(lora, &self.model, &adapters, None)?))
     }
 
     /// The trained variables by name (with adapters, the adapters' tensors under peft's names).
