@@ -207,6 +207,36 @@ fn clip_tower_runs_through_onnx_runtime() {
     assert!(max(&from_ours, &want) < 0.05, "embeddings of our pixels: {}", max(&from_ours, &want));
 }
 
+/// The CLIP text tower (`tools/golden/clip_text_tiny.py`: transformers' `CLIPTextModelWithProjection`
+/// with a tiny CLIP-format tokenizer, exported to ONNX): the demo's alt-texts, a caption longer than
+/// 77 tokens and one with capitals and doubled spaces tokenise to exactly `CLIPTokenizerFast`'s ids
+/// and mask, and embed within 1e-4 of PyTorch's.
+#[test]
+fn clip_text_tower_matches_transformers() {
+    use pixforge::score::clip_text::{cosine, ClipTextTower, CLIP_TOKENS};
+    common::onnxruntime();
+    let golden = common::fixtures().join("golden");
+    let io = candle_core::safetensors::load(golden.join("clip_text_tiny_io.safetensors"), &Device::Cpu).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(golden.join("clip_text_tiny_io.json")).unwrap()).unwrap();
+    let texts: Vec<&str> = meta["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    let dir = golden.join("clip_text_tiny");
+    let mut tower =
+        ClipTextTower::load(&dir.join("text_model.onnx"), &dir.join("tokenizer.json"), CLIP_TOKENS, 2).unwrap();
+    let (ids, mask) = tower.tokenize(&texts).unwrap();
+    let want_ids: Vec<i64> = io["input_ids"].flatten_all().unwrap().to_vec1().unwrap();
+    let want_mask: Vec<i64> = io["attention_mask"].flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(ids, want_ids, "token ids");
+    assert_eq!(mask, want_mask, "attention mask");
+    assert_eq!(mask[6 * CLIP_TOKENS..7 * CLIP_TOKENS].iter().sum::<i64>(), 77, "the long caption fills the context");
+    let got = tower.embed(&texts).unwrap();
+    let want: Vec<Vec<f32>> = io["text_embeds"].to_vec2().unwrap();
+    let d = got.iter().flatten().zip(want.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    eprintln!("CLIP text embeddings differ from transformers' by {d:e}");
+    assert!(d < 1e-4, "{d}");
+    assert!((cosine(&got[0], &got[0]) - 1.0).abs() < 1e-6 && cosine(&got[0], &got[1]).abs() < 1.0);
+}
+
 /// `pixforge score clip` over shards: one embedding row per decodable image (equal to the tower's
 /// output on that image), the failure recorded with its reason, a parquet of head scores by key
 /// (null for the failure), a rerun that does nothing, and a changed head refused without --overwrite.

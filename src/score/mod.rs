@@ -6,6 +6,7 @@
 pub mod aesthetic;
 pub mod balance;
 pub mod clip;
+pub mod clip_text;
 pub mod dedup;
 pub mod filter;
 pub mod onnx;

@@ -74,7 +74,7 @@ pub fn environment() -> anyhow::Result<&'static ort::environment::Environment> {
     env.as_ref().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-/// An ONNX model with f32 inputs and outputs.
+/// An ONNX model with f32 (or token-id) inputs and f32 outputs.
 pub struct OnnxModel {
     path: PathBuf,
     session: ort::session::Session,
@@ -120,6 +120,41 @@ impl OnnxModel {
         self.session.outputs().iter().map(|o| o.name().to_string()).collect()
     }
 
+    /// Runs the model on named i64 inputs (token ids, masks); returns every output as an f32 array by name.
+    pub fn run_ids(
+        &mut self,
+        inputs: &[(&str, ndarray::ArrayViewD<'_, i64>)],
+    ) -> anyhow::Result<HashMap<String, ndarray::ArrayD<f32>>> {
+        let path = self.path.display().to_string();
+        let values = inputs
+            .iter()
+            .map(|(name, a)| {
+                let v = ort::value::TensorRef::from_array_view(a.view())
+                    .map_err(|e| anyhow::anyhow!("{path}: input `{name}`: {e}"))?;
+                Ok((name.to_string(), v.into_dyn()))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        self.outputs_of(values)
+    }
+
+    /// Runs the session on prepared values; every output as an f32 array by name.
+    fn outputs_of(
+        &mut self,
+        values: Vec<(String, ort::value::ValueRef<'_>)>,
+    ) -> anyhow::Result<HashMap<String, ndarray::ArrayD<f32>>> {
+        let path = self.path.display().to_string();
+        let names = self.outputs();
+        let out = self.session.run(values).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+        let mut res = HashMap::new();
+        for name in names {
+            let a = out[name.as_str()]
+                .try_extract_array::<f32>()
+                .map_err(|e| anyhow::anyhow!("{path}: output `{name}`: {e}"))?;
+            res.insert(name, a.to_owned());
+        }
+        Ok(res)
+    }
+
     /// Runs the model on named f32 inputs; returns every output as an f32 array by name.
     pub fn run(
         &mut self,
@@ -134,15 +169,6 @@ impl OnnxModel {
                 Ok((name.to_string(), v.into_dyn()))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let names = self.outputs();
-        let out = self.session.run(values).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
-        let mut res = HashMap::new();
-        for name in names {
-            let a = out[name.as_str()]
-                .try_extract_array::<f32>()
-                .map_err(|e| anyhow::anyhow!("{path}: output `{name}`: {e}"))?;
-            res.insert(name, a.to_owned());
-        }
-        Ok(res)
+        self.outputs_of(values)
     }
 }
