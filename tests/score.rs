@@ -258,6 +258,8 @@ fn score_stage_embeds_and_scores_shards() {
         mean: vec![0.481_454_66, 0.457_827_5, 0.408_210_73],
         std: vec![0.268_629_54, 0.261_302_6, 0.275_777_1],
         batch_size: 2,
+        text_tower: None,
+        text_tokenizer: None,
     };
     let out = dir.path().join("scores");
     let stats = run(&cfg, &common::caches::opts(&src, &out), None).unwrap();
@@ -305,6 +307,77 @@ fn score_stage_embeds_and_scores_shards() {
     let other = ScoreConfig { heads: vec![], ..cfg };
     let err = run(&other, &common::caches::opts(&src, &out), None).unwrap_err();
     assert!(format!("{err:#}").contains("--overwrite"), "{err:#}");
+}
+
+/// Image–alt-text agreement in `score clip --text-tower`: `clip_sim_alt` is the cosine of each image's
+/// embedding with its `.txt`'s text embedding (recomputed here from the two towers), null without
+/// alt-text or without an image; `filter --min clip_sim_alt=V` keeps exactly the keys at or above V.
+#[test]
+fn score_stage_measures_image_alt_text_agreement() {
+    use pixforge::score::clip_text::{cosine, ClipTextTower, CLIP_TOKENS};
+    use pixforge::score::stage::{run, ScoreConfig, ALT_SIMILARITY};
+    use polars::prelude::SerReader;
+    common::onnxruntime();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let samples = common::caches::source(&src);
+    let golden = common::fixtures().join("golden");
+    let text = golden.join("clip_text_tiny");
+    let cfg = ScoreConfig {
+        tower: golden.join("clip_tiny.onnx"),
+        heads: vec![],
+        pixel_heads: vec![],
+        size: 32,
+        crop: 32,
+        mean: vec![0.481_454_66, 0.457_827_5, 0.408_210_73],
+        std: vec![0.268_629_54, 0.261_302_6, 0.275_777_1],
+        batch_size: 2,
+        text_tower: Some(text.join("text_model.onnx")),
+        text_tokenizer: None,
+    };
+    let out = dir.path().join("scores");
+    run(&cfg, &common::caches::opts(&src, &out), None).unwrap();
+    let mut tower = pixforge::score::clip::ClipTower::load(&cfg.tower, cfg.preprocess().unwrap(), 1).unwrap();
+    let mut texts =
+        ClipTextTower::load(&text.join("text_model.onnx"), &text.join("tokenizer.json"), CLIP_TOKENS, 1).unwrap();
+    let mut all = Vec::new();
+    for (i, shard) in samples.iter().enumerate() {
+        let file = std::fs::File::open(out.join(format!("{i:05}.scores.parquet"))).unwrap();
+        let df = polars::prelude::ParquetReader::new(file).finish().unwrap();
+        let sims = df.column(ALT_SIMILARITY).unwrap().f32().unwrap().clone();
+        for (j, (key, img, txt)) in shard.iter().enumerate() {
+            let decoded = img.as_ref().and_then(|b| image::load_from_memory(b).ok());
+            let txt = txt.as_ref().and_then(|t| String::from_utf8(t.clone()).ok());
+            match (decoded, txt) {
+                (Some(image), Some(alt)) => {
+                    let want =
+                        cosine(&tower.embed(&[image.to_rgb8()]).unwrap()[0], &texts.embed(&[alt.as_str()]).unwrap()[0]);
+                    let got = sims.get(j).unwrap_or_else(|| panic!("{key}: no similarity"));
+                    assert!((got - want).abs() < 1e-4, "{key}: {got} vs {want}");
+                    all.push((key.clone(), got));
+                }
+                _ => assert_eq!(sims.get(j), None, "{key}: no image or no alt-text, no similarity"),
+            }
+        }
+    }
+    assert_eq!(all.len(), 4);
+    // The filter keeps the samples at or above the median similarity.
+    let mut values: Vec<f32> = all.iter().map(|(_, v)| *v).collect();
+    values.sort_by(f32::total_cmp);
+    let threshold = values[2];
+    let kept = dir.path().join("kept.parquet");
+    let o = std::process::Command::new(common::bin())
+        .args(["filter", "--scores"])
+        .arg(&out)
+        .args(["--min", &format!("{ALT_SIMILARITY}={threshold}"), "--out"])
+        .arg(&kept)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let keys = pixforge::shards::selection::read_selection(&kept).unwrap();
+    let want: std::collections::HashSet<String> =
+        all.iter().filter(|(_, v)| *v >= threshold).map(|(k, _)| k.clone()).collect();
+    assert_eq!(keys, want);
 }
 
 /// `pixforge filter`: thresholds then top fractions over the score columns, the kept keys written
@@ -412,6 +485,8 @@ fn dedup_finds_planted_near_duplicates() {
         mean: vec![0.481_454_66, 0.457_827_5, 0.408_210_73],
         std: vec![0.268_629_54, 0.261_302_6, 0.275_777_1],
         batch_size: 4,
+        text_tower: None,
+        text_tokenizer: None,
     };
     let scores = dir.path().join("scores");
     pixforge::score::stage::run(&cfg, &common::caches::opts(&src, &scores), None).unwrap();

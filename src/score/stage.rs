@@ -56,7 +56,20 @@ pub struct ScoreConfig {
     #[arg(long, default_value_t = 32)]
     #[serde(default = "default_batch")]
     pub batch_size: usize,
+    /// A CLIP text tower as ONNX (`input_ids` and `attention_mask` in, `[N, D]` embeddings out, the
+    /// image tower's D): each sample's alt-text (its `.txt`) is embedded and its cosine with the
+    /// image embedding goes into the `clip_sim_alt` column (null without alt-text).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_tower: Option<PathBuf>,
+    /// The text tower's CLIP `tokenizer.json` (default: `tokenizer.json` beside the tower).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_tokenizer: Option<PathBuf>,
 }
+
+/// The score column of the image–alt-text agreement.
+pub const ALT_SIMILARITY: &str = "clip_sim_alt";
 
 fn default_side() -> u32 {
     224
@@ -94,14 +107,22 @@ impl ScoreConfig {
             .collect()
     }
 
-    /// What the scores depend on: the tower's and heads' bytes, the preprocessing.
+    /// The text tower's tokenizer file, when there is a text tower.
+    pub fn text_tokenizer(&self) -> Option<PathBuf> {
+        let tower = self.text_tower.as_ref()?;
+        Some(self.text_tokenizer.clone().unwrap_or_else(|| tower.with_file_name("tokenizer.json")))
+    }
+
+    /// What the scores depend on: the towers', tokenizer's and heads' bytes, the preprocessing.
     pub fn fingerprint(&self) -> anyhow::Result<StageFingerprint> {
         let sidecars: Vec<PathBuf> =
             self.pixel_heads.iter().map(|p| p.with_extension("json")).filter(|p| p.exists()).collect();
+        let text: Vec<PathBuf> = self.text_tower.iter().cloned().chain(self.text_tokenizer()).collect();
         let files = std::iter::once(&self.tower)
             .chain(&self.heads)
             .chain(&self.pixel_heads)
             .chain(&sidecars)
+            .chain(&text)
             .map(|p| FileHash::of(p))
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(StageFingerprint {
@@ -127,6 +148,10 @@ pub fn run(cfg: &ScoreConfig, opts: &StageOptions, cuda: Option<i32>) -> anyhow:
     let mut pixel_heads =
         cfg.pixel_heads.iter().map(|p| PixelHead::load(p, &pre, cuda)).collect::<anyhow::Result<Vec<_>>>()?;
     let names: Vec<String> = cfg.head_names().into_iter().take(cfg.heads.len()).collect();
+    let mut text_tower = match (&cfg.text_tower, cfg.text_tokenizer()) {
+        (Some(t), Some(tok)) => Some(super::clip_text::ClipTextTower::load(t, &tok, super::clip_text::CLIP_TOKENS, 0)?),
+        _ => None,
+    };
     let out_dir = crate::store::working_dir(&opts.out, opts.worker);
     crate::shards::stage::run_shards(
         &Stage { name: "score-clip", outputs: &SCORE_OUTPUTS, scratch: &[] },
@@ -137,6 +162,8 @@ pub fn run(cfg: &ScoreConfig, opts: &StageOptions, cuda: Option<i32>) -> anyhow:
             let mut rows: Vec<Vec<f32>> = Vec::new();
             let mut pixel_scores: Vec<(String, Vec<f32>)> =
                 pixel_heads.iter().map(|h| (h.name.clone(), Vec::new())).collect();
+            // Per embedded row: its alt-text (the `.txt` member), when it has a readable one.
+            let mut alt_texts: Vec<Option<String>> = Vec::new();
             for chunk in reader.samples.chunks(cfg.batch_size.max(1)) {
                 let prepared: Vec<Result<Prepared, String>> = chunk
                     .par_iter()
@@ -156,6 +183,11 @@ pub fn run(cfg: &ScoreConfig, opts: &StageOptions, cuda: Option<i32>) -> anyhow:
                         Ok((p, img)) => {
                             let mut e = SampleEntry::success(&sample.key);
                             e.row = Some(rows.len() + n);
+                            if text_tower.is_some() {
+                                let txt = reader.read(sample, "txt").ok().flatten();
+                                let txt = txt.and_then(|b| String::from_utf8(b).ok()).filter(|t| !t.trim().is_empty());
+                                alt_texts.push(txt);
+                            }
                             entries.push(e);
                             pixels.extend(p);
                             images.extend(img);
@@ -172,9 +204,33 @@ pub fn run(cfg: &ScoreConfig, opts: &StageOptions, cuda: Option<i32>) -> anyhow:
                     }
                 }
             }
+            if let Some(text) = text_tower.as_mut() {
+                pixel_scores.push((ALT_SIMILARITY.to_string(), alt_similarity(text, &rows, &alt_texts)?));
+            }
             shard_output(entries, rows, &mut heads, &names, &pixel_scores, &out_dir, shard)
         },
     )
+}
+
+/// The cosine of each image embedding with its alt-text's embedding (NaN, written as null, without
+/// alt-text), the texts embedded in batches.
+fn alt_similarity(
+    tower: &mut super::clip_text::ClipTextTower,
+    rows: &[Vec<f32>],
+    texts: &[Option<String>],
+) -> anyhow::Result<Vec<f32>> {
+    let mut out = vec![f32::NAN; rows.len()];
+    let with: Vec<usize> = (0..rows.len()).filter(|&r| texts.get(r).is_some_and(Option::is_some)).collect();
+    for chunk in with.chunks(32) {
+        let batch: Vec<&str> = chunk.iter().filter_map(|&r| texts[r].as_deref()).collect();
+        for (&r, emb) in chunk.iter().zip(tower.embed(&batch)?) {
+            if emb.len() != rows[r].len() {
+                anyhow::bail!("the text tower gives {} values, the image tower {}", emb.len(), rows[r].len());
+            }
+            out[r] = super::clip_text::cosine(&rows[r], &emb);
+        }
+    }
+    Ok(out)
 }
 
 /// One shard's output: the embeddings tensor, the index entries and the scores parquet (written
@@ -197,7 +253,7 @@ fn shard_output(
         columns.push(Column::new(name.as_str().into(), col));
     }
     for (name, scores) in per_row {
-        let col: Vec<Option<f32>> = entries.iter().map(|e| e.row.map(|r| scores[r])).collect();
+        let col: Vec<Option<f32>> = entries.iter().map(|e| e.row.map(|r| scores[r]).filter(|v| !v.is_nan())).collect();
         columns.push(Column::new(name.as_str().into(), col));
     }
     let mut df = DataFrame::new(entries.len(), columns)?;
