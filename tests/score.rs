@@ -237,6 +237,23 @@ fn clip_text_tower_matches_transformers() {
     assert!((cosine(&got[0], &got[0]) - 1.0).abs() < 1e-6 && cosine(&got[0], &got[1]).abs() < 1.0);
 }
 
+/// The score config of the tiny CLIP tower (32 px, OpenAI's mean and std), no heads.
+fn tiny_score_config(batch_size: usize) -> pixforge::score::stage::ScoreConfig {
+    let golden = common::fixtures().join("golden");
+    pixforge::score::stage::ScoreConfig {
+        tower: golden.join("clip_tiny.onnx"),
+        heads: vec![],
+        pixel_heads: vec![],
+        size: 32,
+        crop: 32,
+        mean: vec![0.481_454_66, 0.457_827_5, 0.408_210_73],
+        std: vec![0.268_629_54, 0.261_302_6, 0.275_777_1],
+        batch_size,
+        text_tower: None,
+        text_tokenizer: None,
+    }
+}
+
 /// `pixforge score clip` over shards: one embedding row per decodable image (equal to the tower's
 /// output on that image), the failure recorded with its reason, a parquet of head scores by key
 /// (null for the failure), a rerun that does nothing, and a changed head refused without --overwrite.
@@ -250,16 +267,9 @@ fn score_stage_embeds_and_scores_shards() {
     common::caches::source(&src);
     let golden = common::fixtures().join("golden");
     let cfg = ScoreConfig {
-        tower: golden.join("clip_tiny.onnx"),
         heads: vec![golden.join("clip_tiny_head.onnx")],
         pixel_heads: vec![golden.join("pixel_tiny_head.onnx")],
-        size: 32,
-        crop: 32,
-        mean: vec![0.481_454_66, 0.457_827_5, 0.408_210_73],
-        std: vec![0.268_629_54, 0.261_302_6, 0.275_777_1],
-        batch_size: 2,
-        text_tower: None,
-        text_tokenizer: None,
+        ..tiny_score_config(2)
     };
     let out = dir.path().join("scores");
     let stats = run(&cfg, &common::caches::opts(&src, &out), None).unwrap();
@@ -323,18 +333,7 @@ fn score_stage_measures_image_alt_text_agreement() {
     let samples = common::caches::source(&src);
     let golden = common::fixtures().join("golden");
     let text = golden.join("clip_text_tiny");
-    let cfg = ScoreConfig {
-        tower: golden.join("clip_tiny.onnx"),
-        heads: vec![],
-        pixel_heads: vec![],
-        size: 32,
-        crop: 32,
-        mean: vec![0.481_454_66, 0.457_827_5, 0.408_210_73],
-        std: vec![0.268_629_54, 0.261_302_6, 0.275_777_1],
-        batch_size: 2,
-        text_tower: Some(text.join("text_model.onnx")),
-        text_tokenizer: None,
-    };
+    let cfg = ScoreConfig { text_tower: Some(text.join("text_model.onnx")), ..tiny_score_config(2) };
     let out = dir.path().join("scores");
     run(&cfg, &common::caches::opts(&src, &out), None).unwrap();
     let mut tower = pixforge::score::clip::ClipTower::load(&cfg.tower, cfg.preprocess().unwrap(), 1).unwrap();
@@ -475,19 +474,7 @@ fn dedup_finds_planted_near_duplicates() {
     b.finish().unwrap();
     std::fs::write(src.join("00000_stats.json"), "{\"count\": 9}").unwrap();
 
-    let golden = common::fixtures().join("golden");
-    let cfg = pixforge::score::stage::ScoreConfig {
-        tower: golden.join("clip_tiny.onnx"),
-        heads: vec![],
-        pixel_heads: vec![],
-        size: 32,
-        crop: 32,
-        mean: vec![0.481_454_66, 0.457_827_5, 0.408_210_73],
-        std: vec![0.268_629_54, 0.261_302_6, 0.275_777_1],
-        batch_size: 4,
-        text_tower: None,
-        text_tokenizer: None,
-    };
+    let cfg = tiny_score_config(4);
     let scores = dir.path().join("scores");
     pixforge::score::stage::run(&cfg, &common::caches::opts(&src, &scores), None).unwrap();
     let out = dir.path().join("kept.parquet");

@@ -125,6 +125,22 @@ impl OnnxModel {
         &mut self,
         inputs: &[(&str, ndarray::ArrayViewD<'_, i64>)],
     ) -> anyhow::Result<HashMap<String, ndarray::ArrayD<f32>>> {
+        self.run_typed(inputs)
+    }
+
+    /// Runs the model on named f32 inputs; returns every output as an f32 array by name.
+    pub fn run(
+        &mut self,
+        inputs: &[(&str, ndarray::ArrayViewD<'_, f32>)],
+    ) -> anyhow::Result<HashMap<String, ndarray::ArrayD<f32>>> {
+        self.run_typed(inputs)
+    }
+
+    /// Runs the model on named inputs of one element type; every output as an f32 array by name.
+    fn run_typed<T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug + 'static>(
+        &mut self,
+        inputs: &[(&str, ndarray::ArrayViewD<'_, T>)],
+    ) -> anyhow::Result<HashMap<String, ndarray::ArrayD<f32>>> {
         let path = self.path.display().to_string();
         let values = inputs
             .iter()
@@ -134,15 +150,6 @@ impl OnnxModel {
                 Ok((name.to_string(), v.into_dyn()))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        self.outputs_of(values)
-    }
-
-    /// Runs the session on prepared values; every output as an f32 array by name.
-    fn outputs_of(
-        &mut self,
-        values: Vec<(String, ort::value::ValueRef<'_>)>,
-    ) -> anyhow::Result<HashMap<String, ndarray::ArrayD<f32>>> {
-        let path = self.path.display().to_string();
         let names = self.outputs();
         let out = self.session.run(values).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
         let mut res = HashMap::new();
@@ -153,22 +160,5 @@ impl OnnxModel {
             res.insert(name, a.to_owned());
         }
         Ok(res)
-    }
-
-    /// Runs the model on named f32 inputs; returns every output as an f32 array by name.
-    pub fn run(
-        &mut self,
-        inputs: &[(&str, ndarray::ArrayViewD<'_, f32>)],
-    ) -> anyhow::Result<HashMap<String, ndarray::ArrayD<f32>>> {
-        let path = self.path.display().to_string();
-        let values = inputs
-            .iter()
-            .map(|(name, a)| {
-                let v = ort::value::TensorRef::from_array_view(a.view())
-                    .map_err(|e| anyhow::anyhow!("{path}: input `{name}`: {e}"))?;
-                Ok((name.to_string(), v.into_dyn()))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        self.outputs_of(values)
     }
 }
