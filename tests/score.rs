@@ -235,6 +235,19 @@ fn clip_text_tower_matches_transformers() {
     eprintln!("CLIP text embeddings differ from transformers' by {d:e}");
     assert!(d < 1e-4, "{d}");
     assert!((cosine(&got[0], &got[0]) - 1.0).abs() < 1e-6 && cosine(&got[0], &got[1]).abs() < 1.0);
+
+    // Each demo photo against its alt-text: the image tower on the image processor's pixels
+    // (clip_tiny_io) and the text tower give PyTorch's cosine.
+    let images = candle_core::safetensors::load(golden.join("clip_tiny_io.safetensors"), &Device::Cpu).unwrap();
+    let pixels: Vec<f32> = images["pixel_values"].flatten_all().unwrap().to_vec1().unwrap();
+    let pre = pixforge::score::clip::ClipPreprocess { size: 32, crop: 32, ..Default::default() };
+    let mut vision = pixforge::score::clip::ClipTower::load(&golden.join("clip_tiny.onnx"), pre, 1).unwrap();
+    let photos = vision.embed_pixels(pixels, 6).unwrap();
+    let want: Vec<f32> = io["demo_cosine"].to_vec1().unwrap();
+    for (i, (photo, w)) in photos.iter().zip(&want).enumerate() {
+        let c = cosine(photo, &got[i]);
+        assert!((c - w).abs() < 1e-4, "photo {i}: cosine {c} vs PyTorch's {w}");
+    }
 }
 
 /// The score config of the tiny CLIP tower (32 px, OpenAI's mean and std), no heads.

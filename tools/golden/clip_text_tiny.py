@@ -11,7 +11,8 @@ so the model's vocabulary stays small. Texts are tokenised by `CLIPTokenizerFast
 first `<|endoftext|>`.
 
 Writes tests/fixtures/golden/clip_text_tiny/{tokenizer.json,text_model.onnx} and
-tests/fixtures/golden/clip_text_tiny_io.safetensors (`input_ids`, `attention_mask`, `text_embeds`)
+tests/fixtures/golden/clip_text_tiny_io.safetensors (`input_ids`, `attention_mask`, `text_embeds`, and
+`demo_cosine`: each demo photo's image embedding from clip_tiny_io.safetensors against its alt-text's)
 with clip_text_tiny_io.json (the texts, in order).
 Usage: /tmp/torchvenv/bin/python tools/golden/clip_text_tiny.py   (torch 2.15, transformers, tokenizers, onnx)
 """
@@ -75,7 +76,14 @@ torch.onnx.export(Tower(model), (enc["input_ids"], enc["attention_mask"]), str(O
                   input_names=["input_ids", "attention_mask"], output_names=["text_embeds"],
                   dynamic_axes={"input_ids": {0: "N"}, "attention_mask": {0: "N"}, "text_embeds": {0: "N"}},
                   opset_version=17, dynamo=False)
+# The image–text agreement of each demo photo (the vision tower of clip_tiny.py, on the image
+# processor's pixels) with its alt-text, as PyTorch computes it.
+from safetensors.torch import load_file  # noqa: E402
+
+images = load_file(str(OUT / "clip_tiny_io.safetensors"))["image_embeds"]
+demo_cosine = torch.nn.functional.cosine_similarity(images, emb[:6], dim=-1)
 save_file({"input_ids": enc["input_ids"].contiguous(), "attention_mask": enc["attention_mask"].contiguous(),
-           "text_embeds": emb.contiguous()}, str(OUT / "clip_text_tiny_io.safetensors"))
+           "text_embeds": emb.contiguous(), "demo_cosine": demo_cosine.contiguous()},
+          str(OUT / "clip_text_tiny_io.safetensors"))
 json.dump({"texts": texts, "max_tokens": 77}, open(OUT / "clip_text_tiny_io.json", "w"), indent=1)
 print(enc["input_ids"][:2, :12], enc["attention_mask"].sum(1), emb[:, :3])
