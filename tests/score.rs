@@ -264,6 +264,8 @@ fn tiny_score_config(batch_size: usize) -> pixforge::score::stage::ScoreConfig {
         batch_size,
         text_tower: None,
         text_tokenizer: None,
+        captions: None,
+        mismatch_below: None,
     }
 }
 
@@ -390,6 +392,93 @@ fn score_stage_measures_image_alt_text_agreement() {
     let want: std::collections::HashSet<String> =
         all.iter().filter(|(_, v)| *v >= threshold).map(|(k, _)| k.clone()).collect();
     assert_eq!(keys, want);
+}
+
+/// Image–dense-caption agreement in `score clip --captions DIR`: every caption of the caption folder
+/// (two per image) against its image, per caption in `{shard}.caption_scores.parquet` (recomputed
+/// here from the two towers), the lowest in `clip_sim_dense_min`, and `--mismatch-below` flags the
+/// captions below it and the samples that have one (`clip_mismatch`).
+#[test]
+fn score_stage_measures_image_dense_caption_agreement() {
+    use pixforge::score::clip_text::{cosine, ClipTextTower, CLIP_TOKENS};
+    use pixforge::score::stage::{run, ScoreConfig, DENSE_SIMILARITY_MIN, MISMATCH};
+    use polars::prelude::SerReader;
+    common::onnxruntime();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let samples = common::caches::source(&src);
+    let vlm = common::vlm::VlmServer::start(common::vlm::Expect::answering("llava-hf/llava-1.5-7b-hf"));
+    let captions = dir.path().join("captions");
+    let o = std::process::Command::new(common::bin())
+        .args(["caption", "--backend", "openai", "--model", "llava-hf/llava-1.5-7b-hf", "--captions-per-image", "2"])
+        .arg("--endpoint")
+        .arg(format!("{}/v1", vlm.base))
+        .args(["--prompt", "Describe sample {key} in a very detailed manner", "--no-progress", "--input"])
+        .arg(&src)
+        .arg("--out")
+        .arg(&captions)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = common::fixtures().join("golden/clip_text_tiny");
+    let base = ScoreConfig {
+        text_tower: Some(text.join("text_model.onnx")),
+        captions: Some(captions.clone()),
+        ..tiny_score_config(2)
+    };
+    let out = dir.path().join("scores");
+    // The mismatch threshold: a value between this tiny pair's similarities (found with none first).
+    run(&base, &common::caches::opts(&src, &dir.path().join("probe")), None).unwrap();
+    let read = |dir: &std::path::Path, file: String| {
+        polars::prelude::ParquetReader::new(std::fs::File::open(dir.join(file)).unwrap()).finish().unwrap()
+    };
+    let probe = read(&dir.path().join("probe"), "00000.caption_scores.parquet".into());
+    let mut all: Vec<f32> = probe.column("similarity").unwrap().f32().unwrap().into_no_null_iter().collect();
+    all.sort_by(f32::total_cmp);
+    let threshold = all[all.len() / 2];
+    let cfg = ScoreConfig { mismatch_below: Some(threshold), ..base };
+    run(&cfg, &common::caches::opts(&src, &out), None).unwrap();
+
+    let mut tower = pixforge::score::clip::ClipTower::load(&cfg.tower, cfg.preprocess().unwrap(), 1).unwrap();
+    let mut texts =
+        ClipTextTower::load(&text.join("text_model.onnx"), &text.join("tokenizer.json"), CLIP_TOKENS, 1).unwrap();
+    let mut rows = 0;
+    for (i, shard) in samples.iter().enumerate() {
+        let per_caption = read(&out, format!("{i:05}.caption_scores.parquet"));
+        let scores = read(&out, format!("{i:05}.scores.parquet"));
+        let dense =
+            pixforge::shards::captions::captions_with_sources(&captions.join(format!("{i:05}.captions.parquet")))
+                .unwrap();
+        for (j, (key, img, _)) in shard.iter().enumerate() {
+            let lowest = scores.column(DENSE_SIMILARITY_MIN).unwrap().f32().unwrap().get(j);
+            let flagged = scores.column(MISMATCH).unwrap().f32().unwrap().get(j);
+            let Some(image) = img.as_ref().and_then(|b| image::load_from_memory(b).ok()) else {
+                assert_eq!((lowest, flagged), (None, None), "{key}: no image, no agreement");
+                continue;
+            };
+            let image = tower.embed(&[image.to_rgb8()]).unwrap().remove(0);
+            let list = &dense[key];
+            assert_eq!(list.len(), 2, "{key}");
+            let mut want_lowest = f32::MAX;
+            for (source, caption) in list {
+                let want = cosine(&image, &texts.embed(&[caption.as_str()]).unwrap()[0]);
+                want_lowest = want_lowest.min(want);
+                let (k, s) = (
+                    per_caption.column("key").unwrap().str().unwrap(),
+                    per_caption.column("source").unwrap().str().unwrap(),
+                );
+                let at =
+                    (0..per_caption.height()).find(|&r| k.get(r) == Some(key) && s.get(r) == Some(source)).unwrap();
+                let got = per_caption.column("similarity").unwrap().f32().unwrap().get(at).unwrap();
+                assert!((got - want).abs() < 1e-4, "{key} {source}: {got} vs {want}");
+                assert_eq!(per_caption.column("mismatch").unwrap().bool().unwrap().get(at), Some(got < threshold));
+                rows += 1;
+            }
+            assert!((lowest.unwrap() - want_lowest).abs() < 1e-4, "{key}");
+            assert_eq!(flagged, Some(if lowest.unwrap() < threshold { 1.0 } else { 0.0 }), "{key}");
+        }
+    }
+    assert_eq!(rows, 10, "two captions for each of the five images");
 }
 
 /// `pixforge filter`: thresholds then top fractions over the score columns, the kept keys written

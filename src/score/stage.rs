@@ -66,7 +66,25 @@ pub struct ScoreConfig {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text_tokenizer: Option<PathBuf>,
+    /// A caption folder (`pixforge caption`'s): every dense caption of a sample is embedded too, its
+    /// cosine with the image written per caption to `{shard}.caption_scores.parquet` (key, source,
+    /// similarity, mismatch) and the lowest into the `clip_sim_dense_min` column (needs --text-tower).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub captions: Option<PathBuf>,
+    /// A dense caption whose cosine with its image is below this is flagged `mismatch`, and the
+    /// sample's `clip_mismatch` column is true (with --captions).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mismatch_below: Option<f32>,
 }
+
+/// The score column of the lowest image–dense-caption agreement of a sample.
+pub const DENSE_SIMILARITY_MIN: &str = "clip_sim_dense_min";
+/// The score column saying a sample has a dense caption below `--mismatch-below`.
+pub const MISMATCH: &str = "clip_mismatch";
+/// The per-caption agreement file of a shard (with `--captions`).
+const CAPTION_SCORES: &str = ".caption_scores.parquet";
 
 /// The score column of the image–alt-text agreement.
 pub const ALT_SIMILARITY: &str = "clip_sim_alt";
@@ -125,9 +143,13 @@ impl ScoreConfig {
             .chain(&text)
             .map(|p| FileHash::of(p))
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut model_config = serde_json::json!({ "tower": self.tower.file_name().map(|n| n.to_string_lossy().into_owned()), "heads": self.head_names() });
+        if self.captions.is_some() {
+            model_config["dense_captions"] = serde_json::json!({ "mismatch_below": self.mismatch_below });
+        }
         Ok(StageFingerprint {
             kind: "clip".into(),
-            model_config: serde_json::json!({ "tower": self.tower.file_name().map(|n| n.to_string_lossy().into_owned()), "heads": self.head_names() }),
+            model_config,
             files,
             preprocessing: serde_json::to_value(self.preprocess()?)?,
             sources: Default::default(),
@@ -148,16 +170,30 @@ pub fn run(cfg: &ScoreConfig, opts: &StageOptions, cuda: Option<i32>) -> anyhow:
     let mut pixel_heads =
         cfg.pixel_heads.iter().map(|p| PixelHead::load(p, &pre, cuda)).collect::<anyhow::Result<Vec<_>>>()?;
     let names: Vec<String> = cfg.head_names().into_iter().take(cfg.heads.len()).collect();
+    if cfg.captions.is_some() && cfg.text_tower.is_none() {
+        anyhow::bail!("--captions: the dense captions are embedded by a text tower; give --text-tower");
+    }
+    let mut opts = opts.clone();
+    opts.depends_on.extend(cfg.captions.iter().cloned());
+    let opts = &opts;
+    let outputs: &[&str] =
+        if cfg.captions.is_some() { &[".safetensors", ".scores.parquet", CAPTION_SCORES] } else { &SCORE_OUTPUTS };
     let mut text_tower = match (&cfg.text_tower, cfg.text_tokenizer()) {
         (Some(t), Some(tok)) => Some(super::clip_text::ClipTextTower::load(t, &tok, super::clip_text::CLIP_TOKENS, 0)?),
         _ => None,
     };
     let out_dir = crate::store::working_dir(&opts.out, opts.worker);
     crate::shards::stage::run_shards(
-        &Stage { name: "score-clip", outputs: &SCORE_OUTPUTS, scratch: &[] },
+        &Stage { name: "score-clip", outputs, scratch: &[] },
         fingerprint,
         opts,
         |shard, reader, _| {
+            let dense = match &cfg.captions {
+                Some(dir) => Some(crate::shards::captions::captions_with_sources(
+                    &crate::shards::captions::captions_path(&crate::store::reading_dir(dir), shard),
+                )?),
+                None => None,
+            };
             let mut entries = Vec::with_capacity(reader.samples.len());
             let mut rows: Vec<Vec<f32>> = Vec::new();
             let mut pixel_scores: Vec<(String, Vec<f32>)> =
@@ -206,10 +242,57 @@ pub fn run(cfg: &ScoreConfig, opts: &StageOptions, cuda: Option<i32>) -> anyhow:
             }
             if let Some(text) = text_tower.as_mut() {
                 pixel_scores.push((ALT_SIMILARITY.to_string(), alt_similarity(text, &rows, &alt_texts)?));
+                if let Some(dense) = &dense {
+                    let (lowest, mismatch) =
+                        dense_similarity(text, &rows, &entries, dense, cfg.mismatch_below, &out_dir, shard)?;
+                    pixel_scores.push((DENSE_SIMILARITY_MIN.to_string(), lowest));
+                    pixel_scores.push((MISMATCH.to_string(), mismatch));
+                }
             }
             shard_output(entries, rows, &mut heads, &names, &pixel_scores, &out_dir, shard)
         },
     )
+}
+
+/// Each embedded sample's dense captions against its image: the per-caption rows written to
+/// `{shard}.caption_scores.parquet`, and per row the lowest cosine and whether any is below
+/// `mismatch_below` (1.0 / 0.0; NaN, written as null, without dense captions).
+fn dense_similarity(
+    tower: &mut super::clip_text::ClipTextTower,
+    rows: &[Vec<f32>],
+    entries: &[SampleEntry],
+    dense: &HashMap<String, Vec<(String, String)>>,
+    mismatch_below: Option<f32>,
+    out_dir: &std::path::Path,
+    shard: &str,
+) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
+    let (mut lowest, mut flagged) = (vec![f32::NAN; rows.len()], vec![f32::NAN; rows.len()]);
+    let (mut keys, mut sources, mut sims, mut flags) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for e in entries {
+        let (Some(r), Some(captions)) = (e.row, dense.get(&e.key)) else { continue };
+        let texts: Vec<&str> = captions.iter().map(|(_, c)| c.as_str()).collect();
+        for ((source, _), emb) in captions.iter().zip(tower.embed(&texts)?) {
+            let sim = super::clip_text::cosine(&rows[r], &emb);
+            let mismatch = mismatch_below.is_some_and(|t| sim < t);
+            lowest[r] = if lowest[r].is_nan() { sim } else { lowest[r].min(sim) };
+            flagged[r] = if mismatch || flagged[r] == 1.0 { 1.0 } else { 0.0 };
+            keys.push(e.key.clone());
+            sources.push(source.clone());
+            sims.push(sim);
+            flags.push(mismatch);
+        }
+    }
+    let mut df = DataFrame::new(
+        keys.len(),
+        vec![
+            Column::new("key".into(), keys),
+            Column::new("source".into(), sources),
+            Column::new("similarity".into(), sims),
+            Column::new("mismatch".into(), flags),
+        ],
+    )?;
+    crate::shards::write_parquet_atomic(&mut df, &out_dir.join(format!("{shard}{CAPTION_SCORES}")))?;
+    Ok((lowest, flagged))
 }
 
 /// The cosine of each image embedding with its alt-text's embedding (NaN, written as null, without
