@@ -18,7 +18,8 @@ pub enum ModelKind {
     /// The PixArt-α transformer (diffusers folder `transformer/` and official-key `official.safetensors`).
     Pixart,
     /// A T5 v1.1 encoder (gated GELU, T5's 32,128-token vocabulary) in the transformers layout
-    /// (`text_encoder/`; bring the tokenizer.json).
+    /// (`text_encoder/`) with a T5-format tokenizer (`tokenizer/tokenizer.json`, trained on public
+    /// captions, T5's sentinels).
     T5,
     /// An SD-style `AutoencoderKL` in the diffusers layout (`vae/`, 4 blocks: 8x downscale) that
     /// carries the image: its latents are the colours and luminance of each 8×8 patch, with a small
@@ -130,6 +131,9 @@ pub fn init_tiny(kind: ModelKind, out: &Path, micro_conditions: bool, seed: u64)
                 candle_transformers::models::t5::T5EncoderModel::load(vb, &config).map(|_| ())
             })?;
             write_json(&dir.join("config.json"), &cfg)?;
+            // A pipeline's layout: the T5-format tokenizer in tokenizer/.
+            std::fs::create_dir_all(out.join("tokenizer"))?;
+            crate::shards::write_atomic(&out.join("tokenizer/tokenizer.json"), TINY_T5_TOKENIZER)?;
         }
         ModelKind::Llava => init_tiny_llava(out, seed)?,
         ModelKind::Vae => {

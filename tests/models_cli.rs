@@ -176,4 +176,18 @@ fn init_tiny_t5_and_vae_write_the_real_layouts() {
     let (mean, _) = v.encode(&Tensor::zeros((1, 3, 32, 16), DType::F32, &Device::Cpu).unwrap()).unwrap();
     assert_eq!(mean.dims(), &[1, 4, 4, 2], "four blocks: 8x down, as the SD VAE");
     assert_eq!(v.decode(&mean).unwrap().dims(), &[1, 3, 32, 16]);
+
+    // The tiny T5 comes with its tokenizer, in a pipeline's place: `cache t5 --model` takes the
+    // folder as it is. A folder without one is refused naming both places looked in.
+    let enc =
+        pixforge::latents::t5::TextEncoder::load(&a, 120, pixforge::latents::t5::TextCleaning::Lower, &Device::Cpu);
+    assert!(a.join("tokenizer/tokenizer.json").is_file() && enc.is_ok());
+    std::fs::remove_dir_all(a.join("tokenizer")).unwrap();
+    let err =
+        pixforge::latents::t5::TextEncoder::load(&a, 120, pixforge::latents::t5::TextCleaning::Lower, &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+    let looked = a.join("tokenizer/tokenizer.json").display().to_string();
+    assert!(err.contains("no tokenizer.json") && err.contains(&looked), "{err}");
 }

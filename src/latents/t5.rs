@@ -91,7 +91,16 @@ fn locate(dir: &Path) -> (PathBuf, PathBuf) {
 impl TextEncoder {
     /// Loads the encoder (weights as f32) and tokenizer, truncating to `max_tokens` tokens.
     pub fn load(dir: &Path, max_tokens: usize, cleaning: TextCleaning, device: &Device) -> anyhow::Result<Self> {
-        let tokenizer = CaptionTokenizer::load(&CaptionTokenizer::file_in(dir), max_tokens, cleaning)?;
+        let file = CaptionTokenizer::file_in(dir);
+        if !file.is_file() {
+            anyhow::bail!(
+                "{}: no tokenizer.json (looked for {} and {}; a sentencepiece spiece.model alone is not read)",
+                dir.display(),
+                dir.join("tokenizer/tokenizer.json").display(),
+                dir.join("tokenizer.json").display()
+            );
+        }
+        let tokenizer = CaptionTokenizer::load(&file, max_tokens, cleaning)?;
         let mut enc = Self::load_encoder(dir, device)?;
         enc.tokenizer = Some(tokenizer);
         Ok(enc)

@@ -398,10 +398,6 @@ fn tiny_models(kinds: &[String], dir: &Path) -> anyhow::Result<StageReport> {
         }
         let target = if k == ModelKind::Llava { dir.join("llava") } else { dir.to_path_buf() };
         init_tiny(k, &target, false, 0)?;
-        if k == ModelKind::T5 {
-            std::fs::create_dir_all(dir.join("tokenizer"))?;
-            crate::shards::write_atomic(&dir.join("tokenizer/tokenizer.json"), crate::models::TINY_T5_TOKENIZER)?;
-        }
         made.push(kind.clone());
     }
     Ok(StageReport {
