@@ -186,19 +186,31 @@ impl Adapter {
                 );
             }
             let f = |t: &Tensor| t.to_dtype(DType::F64);
-            let delta = (f(&m.b)?.matmul(&f(&m.a)?)? * (self.scaling(module) * scale))?;
-            let summed = (f(weight)? + delta)?;
-            let merged = match &m.magnitude {
-                None => summed,
-                Some(mag) => {
-                    let norm = summed.sqr()?.sum_keepdim(1)?.sqrt()?;
-                    summed.broadcast_mul(&f(mag)?.unsqueeze(1)?.broadcast_div(&norm)?)?
-                }
-            };
-            let merged = merged.to_dtype(weight.dtype())?;
-            w.insert(key, merged);
+            let magnitude = m.magnitude.as_ref().map(f).transpose()?;
+            let s = self.scaling(module) * scale;
+            let merged = merged_weight(&f(weight)?, &f(&m.a)?, &f(&m.b)?, magnitude.as_ref(), s)?;
+            w.insert(key, merged.to_dtype(weight.dtype())?);
         }
         Ok(())
+    }
+}
+
+/// A weight with its adapter merged in: `W + s·B·A`, and for DoRA that sum rescaled row by row to
+/// `magnitude` over its norm (the norm held constant in a gradient, as peft detaches it).
+pub fn merged_weight(
+    weight: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    magnitude: Option<&Tensor>,
+    s: f64,
+) -> candle_core::Result<Tensor> {
+    let summed = (weight + (b.matmul(a)? * s)?)?;
+    match magnitude {
+        None => Ok(summed),
+        Some(m) => {
+            let norm = summed.detach().sqr()?.sum_keepdim(1)?.sqrt()?;
+            summed.broadcast_mul(&m.unsqueeze(1)?.broadcast_div(&norm)?)
+        }
     }
 }
 

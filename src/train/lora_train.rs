@@ -177,14 +177,8 @@ fn merged(config: &LoraTrainConfig, model: &PixArt, adapters: &HashMap<String, T
         let [na, nb, nm] = names(&module);
         let get = |n: &str| adapters.get(n).ok_or_else(|| anyhow::anyhow!("adapter `{n}` missing"));
         let key = format!("{module}.weight");
-        let weight = &w[&key];
-        let summed = (weight + (get(&nb)?.matmul(get(&na)?)? * s)?)?;
-        let merged = if config.use_dora {
-            let norm = summed.detach().sqr()?.sum_keepdim(1)?.sqrt()?;
-            summed.broadcast_mul(&get(&nm)?.unsqueeze(1)?.broadcast_div(&norm)?)?
-        } else {
-            summed
-        };
+        let magnitude = if config.use_dora { Some(get(&nm)?) } else { None };
+        let merged = super::lora::merged_weight(&w[&key], get(&na)?, get(&nb)?, magnitude, s)?;
         w.insert(key, merged);
     }
     Ok(PixArt::from_weights(model.config.clone(), w)?)
