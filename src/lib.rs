@@ -4,6 +4,7 @@
 //! folders and WebDataset shards into curated WebDataset shards.
 
 pub mod bench;
+pub mod browse;
 pub mod caption;
 pub mod config;
 pub mod demo;

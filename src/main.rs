@@ -47,6 +47,11 @@ enum Cmd {
         #[arg(long)]
         worker: Option<Worker>,
     },
+    /// Look at a dataset in a web browser: a read-only local server over a dataset folder (the grid
+    /// of samples with status, reason, size and bucket; filters and sorts; each sample's alt-text and
+    /// dense captions with their nouns marked, QC flags and scores; failure reasons; the density
+    /// report), or with `--static OUT` the same pages for a selection written as files.
+    Browse(Box<pixforge::browse::BrowseConfig>),
     /// Measurements for docs/BENCHMARKS.md.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -700,6 +705,35 @@ fn main() -> anyhow::Result<()> {
             pixforge::density::synth::write_captions(&out, count, seed)?;
             emit(&format!("wrote {count} captions to {}\n", out.display()));
         }
+        Cmd::Browse(cfg) => match &cfg.static_out {
+            Some(out) => {
+                let ds = pixforge::browse::open(&cfg)?;
+                let r = pixforge::browse::write_static(&ds, &cfg, out)?;
+                emit(&format!(
+                    "wrote {} grid pages, {} sample pages and {} images of {} to {} (open {}/index.html)\n",
+                    r.pages,
+                    r.samples,
+                    r.images,
+                    cfg.dataset.display(),
+                    out.display(),
+                    out.display()
+                ));
+            }
+            None => pixforge::browse::serve(&cfg, |ds, addr| {
+                let problems = ds.problems();
+                let mut text = format!(
+                    "browsing {} ({} rows in {} shards of {} shard folders) at http://{addr}/ (read-only; Ctrl-C stops)\n",
+                    ds.root.display(),
+                    ds.total_rows(),
+                    ds.parts.iter().map(|p| p.shards.len()).sum::<usize>(),
+                    ds.parts.len()
+                );
+                for (part, shard, why) in problems {
+                    text.push_str(&format!("  shard {part}/{shard} cannot be shown: {why}\n"));
+                }
+                emit(&text);
+            })?,
+        },
         Cmd::Density(d) if matches!(d.cmd, Some(DensityCmd::TrainTagger { .. })) => {
             let Some(DensityCmd::TrainTagger { train, dev, out, iterations, augment_share, min_weight, seed }) = d.cmd
             else {

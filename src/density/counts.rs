@@ -239,6 +239,22 @@ impl NounCounter<'_> {
         (nouns, words)
     }
 
+    /// The words of one caption the tagger takes for concept nouns, in order, each with the key it
+    /// is counted under (for showing them in the caption).
+    pub fn noun_words(&self, text: &str, work: &mut Work) -> Vec<(String, String)> {
+        let text = normalize_quotes(text);
+        let mut tokens = Vec::new();
+        tokenize(&text, &mut tokens);
+        self.tagger.tag_into(&tokens, &mut work.scratch, &mut work.classes);
+        let wn = WordNet::embedded();
+        tokens
+            .iter()
+            .zip(&work.classes)
+            .filter(|(t, &c)| is_concept_noun(self.tagger, c, t))
+            .map(|(t, &c)| (t.to_string(), noun_key(t, self.tagger.xpos(c), self.options, wn)))
+            .collect()
+    }
+
     /// Adds one caption to `counter`.
     pub fn add(&self, text: &str, counter: &mut Counter, work: &mut Work) -> anyhow::Result<()> {
         let (nouns, words) = self.caption_nouns(text, work);

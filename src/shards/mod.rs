@@ -25,7 +25,7 @@ pub use lock::{lock_path, ShareLock};
 pub use manifest::{fingerprint_of, InputsPart, Manifest, MANIFEST_FILE};
 pub use parquet::{read_records, records_to_frame, write_parquet_atomic, RESERVED};
 pub use record::{Record, Status, Value};
-pub use stats::{RunStats, ShardStats};
+pub use stats::{reason_class, RunStats, ShardStats};
 pub use tar_reader::{group_samples, index_tar, index_tar_partial, read_member, TarMember, TarSample, WdsReader};
 pub use worker::Worker;
 pub use writer::{now, ShardWriter};

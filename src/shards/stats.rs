@@ -59,7 +59,7 @@ impl ShardStats {
 
 /// The class of an error message for counting: the text before the first `": "` or `" ("`, where
 /// every message puts its row-specific detail (host, key, value).
-fn reason_class(msg: &str) -> String {
+pub fn reason_class(msg: &str) -> String {
     let end = [msg.find(": "), msg.find(" (")].into_iter().flatten().min().unwrap_or(msg.len());
     msg[..end].chars().take(80).collect()
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod caches;
+pub mod chromium;
 pub mod proxy;
 pub mod server;
 pub mod tfevents;
