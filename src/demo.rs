@@ -167,6 +167,7 @@ impl DemoReport {
                 t.validation.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
             ));
         }
+        text.push_str(&format!("\nlook at the data: pixforge browse {} (a web page on loopback)\n", out.display()));
         Ok(text)
     }
 }

@@ -516,6 +516,38 @@ enum BenchCmd {
         #[arg(long, default_value = "http://127.0.0.1:9")]
         base: String,
     },
+    /// Write a synthetic ingested dataset for the browser benchmark (bench/browse.sh): shard parquets
+    /// with statuses, reasons, alt-text, sizes and an `aesthetic` score, and tars of 16×16 thumbnails.
+    BrowseDataset {
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Rows.
+        #[arg(long)]
+        count: usize,
+        /// Shards they are spread over.
+        #[arg(long, default_value_t = 100)]
+        shards: usize,
+        /// Leave the tars out (parquet and stats only).
+        #[arg(long)]
+        no_thumbnails: bool,
+        /// Seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Serve a dataset in process and time the browser's pages over loopback HTTP (bench/browse.sh);
+    /// prints JSON.
+    BrowsePages {
+        /// The dataset folder.
+        #[arg(long)]
+        dataset: PathBuf,
+        /// The numeric column to sort by.
+        #[arg(long, default_value = "aesthetic")]
+        sort: String,
+        /// The noun to filter by.
+        #[arg(long, default_value = "dog")]
+        noun: String,
+    },
     /// Write a synthetic ingested dataset for the repeat benchmark (bench/repeats.sh): shard
     /// parquets of random pHashes with 5% planted repeats within `--distance` bits.
     RepeatsDataset {
@@ -692,6 +724,14 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench(BenchCmd::LaionRows { out, rows, base }) => {
             pixforge::bench::rows::write_laion(&out, rows, &base)?;
             emit(&format!("wrote {rows} rows to {}\n", out.display()));
+        }
+        Cmd::Bench(BenchCmd::BrowseDataset { out, count, shards, no_thumbnails, seed }) => {
+            let n = pixforge::bench::browse::write_dataset(&out, count, shards, !no_thumbnails, seed)?;
+            emit(&format!("{}\n", serde_json::json!({ "rows": n, "shards": shards })));
+        }
+        Cmd::Bench(BenchCmd::BrowsePages { dataset, sort, noun }) => {
+            let t = pixforge::bench::browse::time_pages(&dataset, &sort, &noun)?;
+            emit(&format!("{}\n", serde_json::to_string(&t)?));
         }
         Cmd::Bench(BenchCmd::RepeatsDataset { out, count, shards, distance, seed }) => {
             let planted = pixforge::bench::repeats::write_dataset(&out, count, shards, distance, seed)?;

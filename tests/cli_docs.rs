@@ -46,7 +46,7 @@ type Page<'a> = (&'a str, &'a [&'a [&'a str]], &'a [&'a str]);
 /// Each page documents its commands' flags exactly as the binary prints them.
 #[test]
 fn guide_pages_match_help() {
-    let pages: [Page; 6] = [
+    let pages: [Page; 7] = [
         ("docs/pipelines.md", &[&["run"], &["demo"]], &["--out", "--worker", "--no-progress"]),
         (
             "docs/caption.md",
@@ -93,6 +93,11 @@ fn guide_pages_match_help() {
                 "--cap",
                 "--key-col",
             ],
+        ),
+        (
+            "docs/browse.md",
+            &[&["browse"]],
+            &["--host", "--port", "--captions", "--scores", "--static", "--limit", "--sort"],
         ),
         (
             "docs/latents.md",

@@ -1,6 +1,7 @@
 //! `pixforge bench …`: measured figures for docs/BENCHMARKS.md.
 
 pub mod bombs;
+pub mod browse;
 pub mod repeats;
 pub mod rows;
 

@@ -4,8 +4,6 @@
 use super::dataset::{Dataset, RowRef};
 use super::query::{Page, Query};
 use super::rows::{read_dense, ShardRows};
-use crate::density::counts::{CountOptions, NounCounter, Work};
-use crate::density::Tagger;
 use htmlize::{escape_attribute as attr, escape_text as text};
 use std::fmt::Write;
 
@@ -216,11 +214,21 @@ fn notices(ds: &Dataset, extra: Option<&str>) -> String {
     s
 }
 
+/// The extension of a row's image, or `None` when it has none: served pages take a successful
+/// row's image to be in its shard's tar (the server finds its member when asked, so a page never
+/// indexes a tar); static pages look it up, since they copy it.
+fn image_ext(links: Links, rows: &ShardRows, row: usize) -> Option<&'static str> {
+    match links {
+        Links::Server => (rows.status[row] == "success" && rows.has_tar).then_some("jpg"),
+        Links::Static => rows.image_ext(row),
+    }
+}
+
 /// One grid tile.
 fn tile(ds: &Dataset, links: Links, r: RowRef, rows: &ShardRows, sort: Option<&str>) -> String {
     let key = &rows.keys[r.row];
     let status = &rows.status[r.row];
-    let thumb = match rows.image_ext(r.row) {
+    let thumb = match image_ext(links, rows, r.row) {
         Some(ext) => {
             format!("<img src=\"{}\" alt=\"{}\" loading=\"lazy\">", attr(links.image(ds, r, key, ext)), attr(key))
         }
@@ -307,12 +315,9 @@ pub fn grid(ds: &Dataset, links: Links, q: &Query, page: &Page) -> String {
 
 /// `caption` as HTML with the nouns the density tagger finds in `<mark>` (their counted form as title).
 pub fn highlight_nouns(caption: &str) -> String {
-    static OPTIONS: std::sync::OnceLock<CountOptions> = std::sync::OnceLock::new();
-    let counter =
-        NounCounter { tagger: Tagger::embedded(), options: OPTIONS.get_or_init(CountOptions::default), t5: None };
     let mut out = String::new();
     let mut at = 0;
-    for (word, key) in counter.noun_words(caption, &mut Work::default()) {
+    for (word, key) in super::rows::noun_words(caption, &mut Default::default()) {
         let Some(i) = caption[at..].find(&word).map(|i| i + at) else { continue };
         out.push_str(&text(&caption[at..i]));
         let _ = write!(out, "<mark title=\"{}\">{}</mark>", attr(&key), text(&word));
@@ -330,7 +335,7 @@ pub fn sample(ds: &Dataset, links: Links, r: RowRef, rows: &ShardRows) -> String
     let key = &rows.keys[r.row];
     let mut body = String::new();
     let _ = write!(body, "<h2 id=\"key\">{}</h2><div class=\"sample\">", text(key));
-    if let Some(ext) = rows.image_ext(r.row) {
+    if let Some(ext) = image_ext(links, rows, r.row) {
         let _ = write!(
             body,
             "<div class=\"big\"><img id=\"image\" src=\"{}\" alt=\"{}\"></div>",

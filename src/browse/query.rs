@@ -4,8 +4,7 @@
 
 use super::dataset::{Dataset, RowRef};
 use super::rows::ShardRows;
-use crate::density::counts::{CountOptions, NounCounter, Work};
-use crate::density::Tagger;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// Filters, sort and page of the grid (the grid page's query string, and `browse --static`'s flags).
@@ -152,20 +151,28 @@ pub fn page(ds: &Dataset, q: &Query, page_size: usize) -> Page {
         }
         return Page { rows, total, page, pages: total.div_ceil(page_size).max(1), note };
     }
-    let mut hits: Vec<(RowRef, Option<f64>)> = Vec::new();
-    let noun = q.noun.as_ref().map(|n| NounQuery::new(n));
-    for &(p, s) in &shards {
-        let Ok(r) = ds.rows(p, s) else { continue };
-        let sort = q.sort.as_ref().and_then(|c| r.number(c));
-        for row in 0..r.len() {
-            if matches(&r, row, q, noun.as_ref()) {
-                hits.push((RowRef { part: p, shard: s, row }, sort.and_then(|c| c[row])));
-            }
-        }
-    }
+    // Shards are read and scanned in parallel, then their hits joined in dataset order.
+    let noun = q.noun.as_deref().map(noun_key);
+    let mut hits: Vec<(RowRef, Option<f64>)> = shards
+        .par_iter()
+        .flat_map_iter(|&(p, s)| {
+            let rows = ds.rows(p, s).ok();
+            let rows2 = rows.clone();
+            let sort = q.sort.clone();
+            let noun = noun.clone();
+            (0..rows.as_ref().map_or(0, |r| r.len())).filter_map(move |row| {
+                let r = rows2.as_ref()?;
+                if !matches(r, row, q, noun.as_deref()) {
+                    return None;
+                }
+                let v = sort.as_deref().and_then(|c| r.number(c)).and_then(|c| c[row]);
+                Some((RowRef { part: p, shard: s, row }, v))
+            })
+        })
+        .collect();
     if q.sort.is_some() {
         // Rows without the column last; ties in dataset order.
-        hits.sort_by(|(ra, a), (rb, b)| match (a, b) {
+        hits.par_sort_unstable_by(|(ra, a), (rb, b)| match (a, b) {
             (Some(a), Some(b)) => {
                 let o = a.total_cmp(b);
                 (if q.ascending { o } else { o.reverse() }).then(ra.cmp(rb))
@@ -180,7 +187,7 @@ pub fn page(ds: &Dataset, q: &Query, page_size: usize) -> Page {
     Page { rows, total, page, pages: total.div_ceil(page_size).max(1), note }
 }
 
-fn matches(r: &ShardRows, row: usize, q: &Query, noun: Option<&NounQuery>) -> bool {
+fn matches(r: &ShardRows, row: usize, q: &Query, noun: Option<&str>) -> bool {
     if q.status.as_ref().is_some_and(|s| &r.status[row] != s) {
         return false;
     }
@@ -195,38 +202,14 @@ fn matches(r: &ShardRows, row: usize, q: &Query, noun: Option<&NounQuery>) -> bo
         return false;
     }
     if let Some(n) = noun {
-        let alt = r.alt[row].as_deref().unwrap_or("");
-        if !n.in_text(alt) && !n.in_text(&r.dense[row]) {
+        if !r.nouns().has(row, n) {
             return false;
         }
     }
     true
 }
 
-/// A noun to look for: its key as the density report counts it (lower case, singular).
-pub struct NounQuery {
-    key: String,
-    counter: NounCounter<'static>,
-}
-
-static COUNT_OPTIONS: std::sync::OnceLock<CountOptions> = std::sync::OnceLock::new();
-
-impl NounQuery {
-    /// The noun `word` (any number and case).
-    pub fn new(word: &str) -> Self {
-        let options = COUNT_OPTIONS.get_or_init(CountOptions::default);
-        let counter = NounCounter { tagger: Tagger::embedded(), options, t5: None };
-        let lower = word.trim().to_lowercase();
-        let key = crate::density::wordnet::WordNet::embedded().singular(&lower);
-        Self { key, counter }
-    }
-
-    /// Whether the tagger finds the noun in `text`.
-    pub fn in_text(&self, text: &str) -> bool {
-        if text.is_empty() {
-            return false;
-        }
-        let (nouns, _) = self.counter.caption_nouns(text, &mut Work::default());
-        nouns.iter().any(|(k, _)| k == &self.key)
-    }
+/// The form a noun is counted under (lower case, singular): `Galaxies` → `galaxy`.
+pub fn noun_key(word: &str) -> String {
+    crate::density::wordnet::WordNet::embedded().singular(&word.trim().to_lowercase())
 }

@@ -2,6 +2,7 @@
 //! captions' QC flags and text from the caption folder, and the score folder's scores, joined by key.
 
 use super::dataset::Part;
+use crate::density::counts::{CountOptions, NounCounter, Work};
 use crate::shards::{index_tar, read_member, TarMember};
 use polars::prelude::{Column, DataFrame, DataType, ParquetReader, SerReader};
 use std::collections::HashMap;
@@ -28,8 +29,39 @@ pub struct ShardRows {
     pub dense: Vec<String>,
     /// Numeric columns: the shard parquet's and the score folder's, by name.
     pub numbers: Vec<(String, Vec<Option<f64>>)>,
+    /// Whether the shard has its tar.
+    pub has_tar: bool,
     tar: PathBuf,
     members: OnceLock<Result<HashMap<String, TarMember>, String>>,
+    nouns: OnceLock<NounIndex>,
+}
+
+/// The nouns of each row's alt-text and dense captions, as the density tagger counts them
+/// (lower-case, singular), built on the first noun filter over the shard.
+#[derive(Debug, Default)]
+pub struct NounIndex {
+    ids: HashMap<String, u32>,
+    rows: Vec<Vec<u32>>,
+}
+
+impl NounIndex {
+    /// The rows using `noun` (its counted form), as a predicate.
+    pub fn has(&self, row: usize, noun: &str) -> bool {
+        self.ids.get(noun).is_some_and(|id| self.rows[row].contains(id))
+    }
+}
+
+/// The words of `text` the density tagger takes for concept nouns, each with the form it is
+/// counted under (lower case, singular), as the density report counts them by default; `work` is
+/// reused between calls.
+pub fn noun_words(text: &str, work: &mut Work) -> Vec<(String, String)> {
+    static OPTIONS: OnceLock<CountOptions> = OnceLock::new();
+    let counter = NounCounter {
+        tagger: crate::density::Tagger::embedded(),
+        options: OPTIONS.get_or_init(CountOptions::default),
+        t5: None,
+    };
+    counter.noun_words(text, work)
 }
 
 /// Image extensions looked for in the tar, in order.
@@ -148,8 +180,32 @@ impl ShardRows {
             qc,
             dense,
             numbers,
+            has_tar: part.shards_dir.join(format!("{shard}.tar")).is_file(),
             tar: part.shards_dir.join(format!("{shard}.tar")),
             members: OnceLock::new(),
+            nouns: OnceLock::new(),
+        })
+    }
+
+    /// The shard's noun index (the tagger run over every row's captions on first use).
+    pub fn nouns(&self) -> &NounIndex {
+        self.nouns.get_or_init(|| {
+            let mut index = NounIndex::default();
+            let mut work = Work::default();
+            for row in 0..self.len() {
+                let mut ids = Vec::new();
+                for text in [self.alt[row].as_deref().unwrap_or(""), self.dense[row].as_str()] {
+                    for (_, key) in noun_words(text, &mut work) {
+                        let next = index.ids.len() as u32;
+                        let id = *index.ids.entry(key).or_insert(next);
+                        if !ids.contains(&id) {
+                            ids.push(id);
+                        }
+                    }
+                }
+                index.rows.push(ids);
+            }
+            index
         })
     }
 
