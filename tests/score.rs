@@ -236,6 +236,30 @@ fn clip_text_tower_matches_transformers() {
     assert!(d < 1e-4, "{d}");
     assert!((cosine(&got[0], &got[0]) - 1.0).abs() < 1e-6 && cosine(&got[0], &got[1]).abs() < 1.0);
 
+    // A caption longer than the context, embedded in windows: `cat` ×75 fills the first window
+    // exactly and `dog` ×10 the second; the result is the mean of the two texts' normalised
+    // embeddings, each embedded alone (each fits). A text that fits embeds as with truncation.
+    use pixforge::score::clip_text::LongText;
+    let mut chunked = ClipTextTower::load(&dir.join("text_model.onnx"), &dir.join("tokenizer.json"), CLIP_TOKENS, 2)
+        .unwrap()
+        .with_long_texts(LongText::Chunks);
+    let (a, b) = (["cat"; 75].join(" "), ["dog"; 10].join(" "));
+    assert_eq!(tower.windows(&a).unwrap()[0].len(), CLIP_TOKENS, "75 words, one token each, fill the context");
+    let long = format!("{a} {b}");
+    assert_eq!(chunked.windows(&long).unwrap().len(), 2);
+    let both = chunked.embed(&[long.as_str(), texts[0]]).unwrap();
+    let alone = tower.embed(&[a.as_str(), b.as_str(), texts[0]]).unwrap();
+    let unit = |v: &Vec<f32>| {
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter().map(|x| x / n).collect::<Vec<f32>>()
+    };
+    let (ua, ub) = (unit(&alone[0]), unit(&alone[1]));
+    let mean: Vec<f32> = ua.iter().zip(&ub).map(|(x, y)| (x + y) / 2.0).collect();
+    let d = both[0].iter().zip(&mean).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(d < 1e-5, "the windows' mean: {d}");
+    assert!((cosine(&both[1], &alone[2]) - 1.0).abs() < 1e-6, "a short text embeds as with truncation");
+    assert!(cosine(&both[0], &tower.embed(&[long.as_str()]).unwrap()[0]) < 0.9999, "truncation drops the dogs");
+
     // Each demo photo against its alt-text: the image tower on the image processor's pixels
     // (clip_tiny_io) and the text tower give PyTorch's cosine.
     let images = candle_core::safetensors::load(golden.join("clip_tiny_io.safetensors"), &Device::Cpu).unwrap();
@@ -266,6 +290,8 @@ fn tiny_score_config(batch_size: usize) -> pixforge::score::stage::ScoreConfig {
         text_tokenizer: None,
         captions: None,
         mismatch_below: None,
+        text_max_tokens: pixforge::score::clip_text::CLIP_TOKENS,
+        text_long: Default::default(),
     }
 }
 
@@ -479,6 +505,54 @@ fn score_stage_measures_image_dense_caption_agreement() {
         }
     }
     assert_eq!(rows, 10, "two captions for each of the five images");
+
+    // `filter --min-clip-similarity`: by one caption source, and by every dense caption, the kept
+    // keys are those whose similarities (read back from the caption scores) reach the threshold.
+    let mut by_source: std::collections::BTreeMap<String, Vec<(String, f32)>> = Default::default();
+    for i in 0..samples.len() {
+        let per_caption = read(&out, format!("{i:05}.caption_scores.parquet"));
+        let (k, s) =
+            (per_caption.column("key").unwrap().str().unwrap(), per_caption.column("source").unwrap().str().unwrap());
+        let v = per_caption.column("similarity").unwrap().f32().unwrap();
+        for r in 0..per_caption.height() {
+            by_source
+                .entry(s.get(r).unwrap().to_string())
+                .or_default()
+                .push((k.get(r).unwrap().to_string(), v.get(r).unwrap()));
+        }
+    }
+    let first_source = by_source.keys().find(|s| s.ends_with(":0")).unwrap().clone();
+    // Midway between two similarities, so no value sits on the line.
+    let cut = (all[all.len() / 2 - 1] as f64 + all[all.len() / 2] as f64) / 2.0;
+    let filter = |rule: &str| {
+        let sel = dir.path().join("sel.parquet");
+        let o = std::process::Command::new(common::bin())
+            .args(["filter", "--min-clip-similarity", rule, "--scores"])
+            .arg(&out)
+            .arg("--out")
+            .arg(&sel)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{rule}: {}", String::from_utf8_lossy(&o.stderr));
+        pixforge::shards::selection::read_selection(&sel).unwrap()
+    };
+    let want: std::collections::HashSet<String> =
+        by_source[&first_source].iter().filter(|(_, v)| *v as f64 >= cut).map(|(k, _)| k.clone()).collect();
+    assert!(!want.is_empty() && want.len() < 5, "the threshold splits the samples: {want:?}");
+    assert_eq!(filter(&format!("{first_source}={cut}")), want);
+    let every: std::collections::HashSet<String> = by_source[&first_source]
+        .iter()
+        .map(|(k, _)| k.clone())
+        .filter(|k| by_source.values().all(|list| list.iter().filter(|(kk, _)| kk == k).all(|(_, v)| *v as f64 >= cut)))
+        .collect();
+    assert_eq!(filter(&format!("dense={cut}")), every);
+    let o = std::process::Command::new(common::bin())
+        .args(["filter", "--min-clip-similarity", "dense:nope=0.2", "--scores"])
+        .arg(&out)
+        .args(["--out", "x.parquet"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("dense:PROMPT_ID:N"), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 /// `pixforge filter`: thresholds then top fractions over the score columns, the kept keys written

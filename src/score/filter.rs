@@ -55,7 +55,30 @@ pub struct FilterConfig {
     /// Keep the highest FRACTION of what is left by COLUMN (repeatable; applied last, in order).
     #[arg(long, value_name = "COLUMN=FRACTION")]
     pub top: Vec<String>,
+    /// Keep the samples whose caption from SOURCE agrees with the image at least this much (the
+    /// image–text cosine `pixforge score clip --text-tower` measured): SOURCE is `alt` (the
+    /// alt-text), `dense` (every dense caption), or one caption source `dense:PROMPT_ID:N` (repeatable;
+    /// applied with --min).
+    #[arg(long, value_name = "SOURCE=VALUE")]
+    pub min_clip_similarity: Vec<String>,
 }
+
+/// The score column of a caption source's image–text similarity (`alt`, `dense`, `dense:PROMPT:N`).
+pub fn similarity_column(source: &str) -> anyhow::Result<String> {
+    Ok(match source {
+        "alt" => crate::score::stage::ALT_SIMILARITY.to_string(),
+        "dense" => crate::score::stage::DENSE_SIMILARITY_MIN.to_string(),
+        s if s.starts_with("dense:") && s.split(':').count() == 3 => format!("{SOURCE_SIMILARITY_PREFIX}{s}"),
+        s => anyhow::bail!(
+            "--min-clip-similarity {s:?}: expected `alt`, `dense` or a caption source `dense:PROMPT_ID:N` (as in \
+             {{shard}}.caption_scores.parquet's `source` column)"
+        ),
+    })
+}
+
+/// The prefix of the columns holding each caption source's similarity, read from
+/// `{shard}.caption_scores.parquet` (`clip_sim:dense:paper:0`).
+pub const SOURCE_SIMILARITY_PREFIX: &str = "clip_sim:";
 
 impl FilterConfig {
     /// The rules in the order they apply, each checked (an error names the field and the rule).
@@ -64,6 +87,18 @@ impl FilterConfig {
         for (kind, list) in [("min", &self.min), ("max", &self.max), ("top", &self.top)] {
             for r in list {
                 rules.push(Rule::parse(kind, r)?);
+            }
+            if kind == "min" {
+                for r in &self.min_clip_similarity {
+                    let (source, v) = r
+                        .rsplit_once('=')
+                        .ok_or_else(|| anyhow::anyhow!("--min-clip-similarity {r:?}: expected SOURCE=VALUE"))?;
+                    let v: f64 = v
+                        .trim()
+                        .parse()
+                        .map_err(|_| anyhow::anyhow!("--min-clip-similarity {r:?}: {v:?} is not a number"))?;
+                    rules.push(Rule::Min(similarity_column(source.trim())?, v));
+                }
             }
         }
         Ok(rules)
@@ -86,12 +121,15 @@ pub struct FilterReport {
 /// Scores by key, then by column (null scores left out).
 pub(crate) type ScoresByKey = BTreeMap<String, HashMap<String, f64>>;
 
-/// Every `*.scores.parquet` of `dirs`, joined by key: the column names and the scores.
+/// Every `*.scores.parquet` of `dirs`, joined by key, with each caption source's similarity from
+/// the `*.caption_scores.parquet` beside them as a column `clip_sim:{source}`: the column names and
+/// the scores.
 pub(crate) fn read_scores(dirs: &[PathBuf]) -> anyhow::Result<(Vec<String>, ScoresByKey)> {
     let mut columns = Vec::new();
     let mut rows = ScoresByKey::new();
     for dir in dirs {
-        let local = crate::store::local_copy(dir, |n| n.ends_with(".scores.parquet"))?;
+        let local =
+            crate::store::local_copy(dir, |n| n.ends_with(".scores.parquet") || n.ends_with(CAPTION_SCORES_SUFFIX))?;
         let mut files: Vec<PathBuf> = std::fs::read_dir(&local)
             .map_err(|e| anyhow::anyhow!("--scores {}: {e}", dir.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -107,6 +145,12 @@ pub(crate) fn read_scores(dirs: &[PathBuf]) -> anyhow::Result<(Vec<String>, Scor
                 .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
             let keys =
                 df.column("key").map_err(|_| anyhow::anyhow!("{}: no `key` column", f.display()))?.str()?.clone();
+            let per_caption = f.with_file_name(
+                f.file_name().unwrap_or_default().to_string_lossy().replace(".scores.parquet", CAPTION_SCORES_SUFFIX),
+            );
+            if per_caption.is_file() {
+                read_caption_scores(&per_caption, &mut columns, &mut rows)?;
+            }
             for c in df.columns() {
                 let name = c.name().to_string();
                 if name == "key" || !c.dtype().is_primitive_numeric() {
@@ -126,6 +170,34 @@ pub(crate) fn read_scores(dirs: &[PathBuf]) -> anyhow::Result<(Vec<String>, Scor
         }
     }
     Ok((columns, rows))
+}
+
+const CAPTION_SCORES_SUFFIX: &str = ".caption_scores.parquet";
+
+/// Adds a caption score shard's similarities (`key`, `source`, `similarity`) as `clip_sim:{source}`.
+fn read_caption_scores(path: &Path, columns: &mut Vec<String>, rows: &mut ScoresByKey) -> anyhow::Result<()> {
+    let df = ParquetReader::new(std::fs::File::open(path)?)
+        .finish()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let text = |name: &str| -> anyhow::Result<polars::prelude::StringChunked> {
+        Ok(df.column(name).map_err(|_| anyhow::anyhow!("{}: no `{name}` column", path.display()))?.str()?.clone())
+    };
+    let (keys, sources) = (text("key")?, text("source")?);
+    let sim = df
+        .column("similarity")
+        .map_err(|_| anyhow::anyhow!("{}: no `similarity` column", path.display()))?
+        .cast(&DataType::Float64)?;
+    let sim = sim.f64()?;
+    for i in 0..df.height() {
+        if let (Some(k), Some(s), Some(x)) = (keys.get(i), sources.get(i), sim.get(i)) {
+            let name = format!("{SOURCE_SIMILARITY_PREFIX}{s}");
+            if !columns.contains(&name) {
+                columns.push(name.clone());
+            }
+            rows.entry(k.to_string()).or_default().insert(name, x);
+        }
+    }
+    Ok(())
 }
 
 /// Applies `rules` to the scores of `dirs` and writes the kept keys with their scores to `out`.

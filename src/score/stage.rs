@@ -66,6 +66,15 @@ pub struct ScoreConfig {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text_tokenizer: Option<PathBuf>,
+    /// The text tower's context in tokens: its input length (77 for CLIP, 248 for Long-CLIP).
+    #[arg(long, default_value_t = super::clip_text::CLIP_TOKENS)]
+    #[serde(default = "clip_tokens", skip_serializing_if = "is_clip_tokens")]
+    pub text_max_tokens: usize,
+    /// A text longer than the context: `truncate` (cut, as CLIP does) or `chunks` (windows of the
+    /// context embedded and their normalised embeddings averaged).
+    #[arg(long, value_enum, default_value_t = super::clip_text::LongText::Truncate)]
+    #[serde(default, skip_serializing_if = "is_truncate")]
+    pub text_long: super::clip_text::LongText,
     /// A caption folder (`pixforge caption`'s): every dense caption of a sample is embedded too, its
     /// cosine with the image written per caption to `{shard}.caption_scores.parquet` (key, source,
     /// similarity, mismatch) and the lowest into the `clip_sim_dense_min` column (needs --text-tower).
@@ -77,6 +86,18 @@ pub struct ScoreConfig {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mismatch_below: Option<f32>,
+}
+
+fn clip_tokens() -> usize {
+    super::clip_text::CLIP_TOKENS
+}
+
+fn is_clip_tokens(n: &usize) -> bool {
+    *n == super::clip_text::CLIP_TOKENS
+}
+
+fn is_truncate(l: &super::clip_text::LongText) -> bool {
+    *l == super::clip_text::LongText::Truncate
 }
 
 /// The score column of the lowest image–dense-caption agreement of a sample.
@@ -179,7 +200,9 @@ pub fn run(cfg: &ScoreConfig, opts: &StageOptions, cuda: Option<i32>) -> anyhow:
     let outputs: &[&str] =
         if cfg.captions.is_some() { &[".safetensors", ".scores.parquet", CAPTION_SCORES] } else { &SCORE_OUTPUTS };
     let mut text_tower = match (&cfg.text_tower, cfg.text_tokenizer()) {
-        (Some(t), Some(tok)) => Some(super::clip_text::ClipTextTower::load(t, &tok, super::clip_text::CLIP_TOKENS, 0)?),
+        (Some(t), Some(tok)) => {
+            Some(super::clip_text::ClipTextTower::load(t, &tok, cfg.text_max_tokens, 0)?.with_long_texts(cfg.text_long))
+        }
         _ => None,
     };
     let out_dir = crate::store::working_dir(&opts.out, opts.worker);
