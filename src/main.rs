@@ -763,7 +763,7 @@ fn main() -> anyhow::Result<()> {
                 let problems = ds.problems();
                 let mut text = format!(
                     "browsing {} ({} rows in {} shards of {} shard folders) at http://{addr}/ (read-only; Ctrl-C stops)\n",
-                    ds.root.display(),
+                    ds.name,
                     ds.total_rows(),
                     ds.parts.iter().map(|p| p.shards.len()).sum::<usize>(),
                     ds.parts.len()

@@ -5,6 +5,8 @@
 //! refused, a corrupt shard named while the rest opens, and `--static`'s files.
 
 mod common;
+#[path = "common/s3.rs"]
+mod s3;
 
 use common::chromium::Browser;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -76,13 +78,14 @@ impl Drop for Server {
 }
 
 fn serve(dir: &Path) -> Server {
-    let mut child = Command::new(common::bin())
-        .args(["browse", "--port", "0"])
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    serve_with(dir, |_| {})
+}
+
+fn serve_with(dir: &Path, env: impl FnOnce(&mut Command)) -> Server {
+    let mut cmd = Command::new(common::bin());
+    env(&mut cmd);
+    let mut child =
+        cmd.args(["browse", "--port", "0"]).arg(dir).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
     let mut first_line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut first_line).unwrap();
     let base = first_line
@@ -276,4 +279,74 @@ fn static_pages_of_a_selection_stand_alone() {
             }
         }
     }
+}
+
+/// A dataset in an object store (the loopback S3 server): the same grid, sample page and images,
+/// the shard files fetched into a cache folder only when a page needs them.
+#[test]
+fn a_dataset_in_an_object_store_is_browsed_the_same() {
+    let server = s3::S3Server::start("data");
+    let prefix = server.root.join("data/runs/run");
+    let copy = |from: &Path, to: &Path| {
+        let mut stack = vec![(from.to_path_buf(), to.to_path_buf())];
+        while let Some((a, b)) = stack.pop() {
+            std::fs::create_dir_all(&b).unwrap();
+            for e in std::fs::read_dir(&a).unwrap() {
+                let e = e.unwrap();
+                let name = e.file_name().to_string_lossy().to_string();
+                if e.file_type().unwrap().is_dir() {
+                    if name != "models" {
+                        stack.push((e.path(), b.join(&name)));
+                    }
+                } else {
+                    std::fs::copy(e.path(), b.join(&name)).unwrap();
+                }
+            }
+        }
+    };
+    copy(&dataset().join("run"), &prefix);
+    let cache = tempfile::tempdir().unwrap();
+    let remote = serve_with(Path::new("s3://data/runs/run"), |c| {
+        server.env(c).env("XDG_CACHE_HOME", cache.path());
+    });
+    assert!(remote.first_line.contains("8 rows in 2 shards"), "{}", remote.first_line);
+    let cached = |ext: &str| {
+        let mut n = 0;
+        let mut stack = vec![cache.path().to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.to_string_lossy().ends_with(ext) {
+                    n += 1;
+                }
+            }
+        }
+        n
+    };
+    assert_eq!(
+        (cached("_stats.json") > 0, cached(".tar"), cached(".parquet")),
+        (true, 0, 0),
+        "opening fetches the stats only"
+    );
+    let local = serve(&dataset().join("run"));
+    let (status, remote_grid) = get(&remote.base, "/?sort=clip_tiny_head");
+    assert_eq!(status, 200);
+    let (_, local_grid) = get(&local.base, "/?sort=clip_tiny_head");
+    let tiles = |page: &str| {
+        page.match_indices("data-key=\"").map(|(i, _)| page[i + 10..i + 16].to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(tiles(&remote_grid), tiles(&local_grid));
+    let key = &tiles(&remote_grid)[0];
+    let shard = if key.as_str() < "000010" { "00000" } else { "00001" };
+    let (status, image) = get(&remote.base, &format!("/image/0/{shard}/{key}"));
+    assert_eq!(status, 200);
+    let (_, local_image) = get(&local.base, &format!("/image/0/{shard}/{key}"));
+    assert_eq!(image, local_image);
+    assert_eq!(cached(".tar"), 1, "one shard's tar fetched for its image");
+    let (status, page) = get(&remote.base, &format!("/sample/0/{shard}/{key}"));
+    assert_eq!(status, 200);
+    assert!(page.contains("id=\"dense-0\"") && page.contains("<mark"), "{page}");
+    assert!(page.contains("s3://data/runs/run"), "the page names the store prefix");
 }

@@ -2,6 +2,7 @@
 //! caption and score folders beside it), opened from the `_stats.json` files alone, and each
 //! shard's rows read on demand and kept in a bounded cache.
 
+use super::mirror::Mirror;
 use super::rows::ShardRows;
 use crate::shards::Manifest;
 use std::collections::{BTreeMap, HashMap};
@@ -36,6 +37,27 @@ pub struct Part {
     pub scores: Option<PathBuf>,
     /// Its shards, in name order.
     pub shards: Vec<ShardInfo>,
+    /// The object store the folders are a cache of, for a dataset in a store.
+    pub mirror: Option<Arc<Mirror>>,
+}
+
+impl Part {
+    /// Whether the file `path` of the part's folders exists (in the store, for a dataset there).
+    pub fn has(&self, path: &Path) -> bool {
+        match &self.mirror {
+            Some(m) => m.has(path),
+            None => path.is_file(),
+        }
+    }
+
+    /// Makes sure the file `path` is on this machine (fetched from the store once, for a dataset
+    /// there) and says whether it exists.
+    pub fn local(&self, path: &Path) -> anyhow::Result<bool> {
+        if let Some(m) = &self.mirror {
+            m.fetch(path)?;
+        }
+        Ok(path.is_file())
+    }
 }
 
 /// Folders named on the command line instead of found beside the shards (for a dataset of one part).
@@ -63,8 +85,13 @@ const CACHE_ROWS: usize = 4_000_000;
 
 /// An opened dataset.
 pub struct Dataset {
-    /// The folder (canonical); nothing outside it is served.
+    /// What the dataset is called: its folder or store URL, as given.
+    pub name: String,
+    /// The folder (canonical; for a dataset in a store, its cache folder); nothing outside it is
+    /// served.
     pub root: PathBuf,
+    /// The object store, for a dataset there.
+    pub mirror: Option<Arc<Mirror>>,
     /// Its shard folders.
     pub parts: Vec<Part>,
     /// The density report (`density/report.html`) under the root, if any.
@@ -84,6 +111,10 @@ impl Dataset {
     /// levels down holding `NNNNN_stats.json` files and no other stage's manifest), and each one's
     /// caption and score folders among its siblings. Reads only manifests and `_stats.json` files.
     pub fn open(root: &Path, companions: &Companions) -> anyhow::Result<Self> {
+        let name = root.display().to_string();
+        let mirror =
+            if crate::store::is_remote(root) { Some(Arc::new(Mirror::open(&root.to_string_lossy())?)) } else { None };
+        let root = mirror.as_ref().map(|m| m.cache.clone()).unwrap_or_else(|| root.to_path_buf());
         let root = root
             .canonicalize()
             .map_err(|e| anyhow::anyhow!("{}: cannot open the dataset folder: {e}", root.display()))?;
@@ -100,7 +131,7 @@ impl Dataset {
         let one = dirs.len() == 1;
         let mut parts = Vec::new();
         for dir in dirs {
-            let mut part = open_part(&root, &dir)?;
+            let mut part = open_part(&root, &dir, mirror.clone())?;
             if one {
                 part.captions = companions.captions.clone().or(part.captions);
                 part.scores = companions.scores.clone().or(part.scores);
@@ -123,7 +154,7 @@ impl Dataset {
             .into_iter()
             .chain(std::iter::once(root.as_path()).chain(above_parts).map(|d| d.join("density/report.html")))
             .find(|p| p.is_file());
-        Ok(Self { root, parts, density, cache: Mutex::new(Cache::default()) })
+        Ok(Self { name, root, mirror, parts, density, cache: Mutex::new(Cache::default()) })
     }
 
     /// Rows in the whole dataset (from the stats).
@@ -256,7 +287,7 @@ fn find_shard_dirs(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> anyhow::
     Ok(())
 }
 
-fn open_part(root: &Path, dir: &Path) -> anyhow::Result<Part> {
+fn open_part(root: &Path, dir: &Path, mirror: Option<Arc<Mirror>>) -> anyhow::Result<Part> {
     let rel = dir.strip_prefix(root).unwrap_or(dir);
     let rel = if rel.file_name().is_some_and(|n| n == "shards") { rel.parent().unwrap_or(rel) } else { rel };
     let name = match rel.to_string_lossy().as_ref() {
@@ -283,13 +314,13 @@ fn open_part(root: &Path, dir: &Path) -> anyhow::Result<Part> {
         .filter_map(|e| shard_of_stats(&e.file_name().to_string_lossy()).map(str::to_string))
         .collect();
     names.sort();
-    let shards = names.into_iter().map(|n| shard_info(dir, n)).collect();
-    Ok(Part { name, shards_dir: dir.to_path_buf(), captions, scores, shards })
+    let shards = names.into_iter().map(|n| shard_info(dir, n, mirror.as_deref())).collect();
+    Ok(Part { name, shards_dir: dir.to_path_buf(), captions, scores, shards, mirror })
 }
 
 /// A shard's counts from its stats, or its problem: stats that are not JSON or lack `count`, a
-/// parquet that is missing or does not end with parquet's magic bytes.
-fn shard_info(dir: &Path, name: String) -> ShardInfo {
+/// parquet that is missing or (on this machine) does not end with parquet's magic bytes.
+fn shard_info(dir: &Path, name: String, mirror: Option<&Mirror>) -> ShardInfo {
     let mut info = ShardInfo { name, rows: 0, statuses: BTreeMap::new(), reasons: BTreeMap::new(), problem: None };
     let stats_path = dir.join(format!("{}_stats.json", info.name));
     let stats: Result<serde_json::Value, String> = std::fs::read(&stats_path)
@@ -328,7 +359,12 @@ fn shard_info(dir: &Path, name: String) -> ShardInfo {
     }
     if info.problem.is_none() {
         let parquet = dir.join(format!("{}.parquet", info.name));
-        if let Err(why) = parquet_looks_whole(&parquet) {
+        let checked = match mirror {
+            Some(m) if m.has(&parquet) => Ok(()),
+            Some(_) => Err("not in the store".to_string()),
+            None => parquet_looks_whole(&parquet),
+        };
+        if let Err(why) = checked {
             info.problem = Some(format!("{}: {why}", parquet.display()));
         }
     }

@@ -90,7 +90,10 @@ mark{background:#ffe680;padding:0 1px}table{border-collapse:collapse}td,th{paddi
 
 /// A whole page: `title`, the header's links, then `body`.
 fn document(ds: &Dataset, links: Links, title: &str, body: &str) -> String {
-    let name = ds.root.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let name = match &ds.mirror {
+        Some(m) => m.url().to_string(),
+        None => ds.root.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
+    };
     let mut nav = format!(
         "<a href=\"{}\">grid</a><a href=\"{}\">failure reasons</a>",
         attr(links.grid(&Query::default(), 1)),
@@ -384,7 +387,7 @@ pub fn sample(ds: &Dataset, links: Links, r: RowRef, rows: &ShardRows) -> String
     );
     if let Some(dir) = &part.captions {
         let path = crate::shards::captions::captions_path(dir, shard);
-        match read_dense(&path) {
+        match part.local(&path).and_then(|_| read_dense(&path)) {
             Ok(all) => {
                 for (i, c) in all.iter().filter(|c| &c.key == key).enumerate() {
                     let flags: String = c

@@ -5,6 +5,7 @@
 
 pub mod dataset;
 pub mod html;
+pub mod mirror;
 pub mod query;
 pub mod rows;
 pub mod server;
@@ -20,7 +21,8 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
 pub struct BrowseConfig {
     /// The dataset: a shard folder, or a folder holding shard folders (a pipeline's `out`, with
-    /// each source's `shards/` and its `captions/` and score folders beside it).
+    /// each source's `shards/` and its `captions/` and score folders beside it); or the same in an
+    /// object store (`s3://bucket/prefix`, fetched into a local cache as pages need it).
     pub dataset: PathBuf,
     /// The address to listen on (loopback by default; `0.0.0.0` shares it on the network).
     #[arg(long, default_value = "127.0.0.1")]

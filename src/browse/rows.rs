@@ -31,6 +31,7 @@ pub struct ShardRows {
     pub numbers: Vec<(String, Vec<Option<f64>>)>,
     /// Whether the shard has its tar.
     pub has_tar: bool,
+    mirror: Option<std::sync::Arc<super::mirror::Mirror>>,
     tar: PathBuf,
     members: OnceLock<Result<HashMap<String, TarMember>, String>>,
     nouns: OnceLock<NounIndex>,
@@ -91,6 +92,7 @@ impl ShardRows {
     /// Reads shard `shard` of `part`: its parquet, and where present its caption and score shards.
     pub fn read(part: &Part, shard: &str) -> anyhow::Result<Self> {
         let path = part.shards_dir.join(format!("{shard}.parquet"));
+        part.local(&path)?;
         let df = read_parquet(&path)?;
         let keys = strings(&df, &path, "key", true)?.into_iter().map(Option::unwrap_or_default).collect::<Vec<_>>();
         let n = keys.len();
@@ -119,7 +121,7 @@ impl ShardRows {
         let (mut qc, mut dense) = (vec![String::new(); n], vec![String::new(); n]);
         if let Some(dir) = &part.captions {
             let p = crate::shards::captions::captions_path(dir, shard);
-            if p.is_file() {
+            if part.local(&p)? {
                 for c in read_dense(&p)? {
                     let Some(&i) = index.get(c.key.as_str()) else { continue };
                     let mut flags: Vec<&str> =
@@ -138,7 +140,7 @@ impl ShardRows {
         }
         if let Some(dir) = &part.scores {
             let p = dir.join(format!("{shard}.scores.parquet"));
-            if p.is_file() {
+            if part.local(&p)? {
                 let sdf = read_parquet(&p)?;
                 let skeys = strings(&sdf, &p, "key", true)?;
                 for c in sdf.columns().iter().filter(|c| c.name() != "key") {
@@ -154,7 +156,7 @@ impl ShardRows {
                 }
             }
             let p = dir.join(format!("{shard}.caption_scores.parquet"));
-            if p.is_file() {
+            if part.local(&p)? {
                 let cdf = read_parquet(&p)?;
                 let ckeys = strings(&cdf, &p, "key", true)?;
                 let mismatch = number(&cdf, "mismatch").unwrap_or_default();
@@ -180,7 +182,8 @@ impl ShardRows {
             qc,
             dense,
             numbers,
-            has_tar: part.shards_dir.join(format!("{shard}.tar")).is_file(),
+            has_tar: part.has(&part.shards_dir.join(format!("{shard}.tar"))),
+            mirror: part.mirror.clone(),
             tar: part.shards_dir.join(format!("{shard}.tar")),
             members: OnceLock::new(),
             nouns: OnceLock::new(),
@@ -212,6 +215,9 @@ impl ShardRows {
     fn members(&self) -> Result<&HashMap<String, TarMember>, String> {
         self.members
             .get_or_init(|| {
+                if let Some(m) = &self.mirror {
+                    m.fetch(&self.tar).map_err(|e| format!("{e:#}"))?;
+                }
                 let list = index_tar(&self.tar).map_err(|e| format!("{}: cannot be read: {e}", self.tar.display()))?;
                 Ok(list.into_iter().map(|m| (m.name.clone(), m)).collect())
             })

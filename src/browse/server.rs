@@ -120,6 +120,13 @@ async fn reasons(State(s): State<Arc<Shared>>) -> Response {
 async fn file(State(s): State<Arc<Shared>>, UrlPath(path): UrlPath<String>) -> Response {
     blocking(move || {
         let root = &s.dataset.root;
+        if let Some(m) = &s.dataset.mirror {
+            // A file of a dataset in a store: fetched into the cache folder (a path leaving it is
+            // never in the listing, so never fetched).
+            if let Err(e) = m.fetch(&root.join(path.trim_start_matches('/'))) {
+                return refused(StatusCode::BAD_GATEWAY, format!("{e:#}"));
+            }
+        }
         match inside(root, &path) {
             Ok(p) => match std::fs::read(&p) {
                 Ok(bytes) => {
