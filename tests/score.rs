@@ -381,17 +381,37 @@ fn score_stage_measures_image_alt_text_agreement() {
     let mut texts =
         ClipTextTower::load(&text.join("text_model.onnx"), &text.join("tokenizer.json"), CLIP_TOKENS, 1).unwrap();
     let mut all = Vec::new();
+    let reader = pixforge::shards::stage::StageReader::open_unchecked(&out).unwrap();
     for (i, shard) in samples.iter().enumerate() {
         let file = std::fs::File::open(out.join(format!("{i:05}.scores.parquet"))).unwrap();
         let df = polars::prelude::ParquetReader::new(file).finish().unwrap();
         let sims = df.column(ALT_SIMILARITY).unwrap().f32().unwrap().clone();
+        // The alt-text embeddings stored beside the image embeddings, row for row.
+        let tensors = candle_core::safetensors::load(out.join(format!("{i:05}.safetensors")), &Device::Cpu).unwrap();
+        let stored: Vec<Vec<f32>> =
+            tensors["alt_embeddings"].to_dtype(candle_core::DType::F32).unwrap().to_vec2().unwrap();
+        assert_eq!(stored.len(), tensors["embeddings"].dims()[0]);
+        let rows: std::collections::HashMap<String, usize> = reader
+            .shard(&format!("{i:05}"))
+            .unwrap()
+            .entries
+            .iter()
+            .filter_map(|e| Some((e.key.clone(), e.row?)))
+            .collect();
         for (j, (key, img, txt)) in shard.iter().enumerate() {
             let decoded = img.as_ref().and_then(|b| image::load_from_memory(b).ok());
             let txt = txt.as_ref().and_then(|t| String::from_utf8(t.clone()).ok());
             match (decoded, txt) {
                 (Some(image), Some(alt)) => {
-                    let want =
-                        cosine(&tower.embed(&[image.to_rgb8()]).unwrap()[0], &texts.embed(&[alt.as_str()]).unwrap()[0]);
+                    let alt_embedding = texts.embed(&[alt.as_str()]).unwrap().remove(0);
+                    let want = cosine(&tower.embed(&[image.to_rgb8()]).unwrap()[0], &alt_embedding);
+                    let kept = &stored[rows[key]];
+                    let d = kept
+                        .iter()
+                        .zip(&alt_embedding)
+                        .map(|(a, b)| (a - b).abs() / b.abs().max(1e-2))
+                        .fold(0f32, f32::max);
+                    assert!(d < 2e-3, "{key}: the stored alt-text embedding (f16) differs by {d}");
                     let got = sims.get(j).unwrap_or_else(|| panic!("{key}: no similarity"));
                     assert!((got - want).abs() < 1e-4, "{key}: {got} vs {want}");
                     all.push((key.clone(), got));
@@ -496,6 +516,17 @@ fn score_stage_measures_image_dense_caption_agreement() {
                 let at =
                     (0..per_caption.height()).find(|&r| k.get(r) == Some(key) && s.get(r) == Some(source)).unwrap();
                 let got = per_caption.column("similarity").unwrap().f32().unwrap().get(at).unwrap();
+                let stored = candle_core::safetensors::load(out.join(format!("{i:05}.safetensors")), &Device::Cpu)
+                    .unwrap()["caption_embeddings"]
+                    .to_dtype(candle_core::DType::F32)
+                    .unwrap()
+                    .to_vec2::<f32>()
+                    .unwrap();
+                assert_eq!(stored.len(), per_caption.height(), "one caption embedding per caption score row");
+                let emb = texts.embed(&[caption.as_str()]).unwrap().remove(0);
+                let d =
+                    stored[at].iter().zip(&emb).map(|(a, b)| (a - b).abs() / b.abs().max(1e-2)).fold(0f32, f32::max);
+                assert!(d < 2e-3, "{key} {source}: the stored caption embedding (f16) differs by {d}");
                 assert!((got - want).abs() < 1e-4, "{key} {source}: {got} vs {want}");
                 assert_eq!(per_caption.column("mismatch").unwrap().bool().unwrap().get(at), Some(got < threshold));
                 rows += 1;

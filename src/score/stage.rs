@@ -100,6 +100,18 @@ fn is_truncate(l: &super::clip_text::LongText) -> bool {
     *l == super::clip_text::LongText::Truncate
 }
 
+/// The tensor of alt-text embeddings (`[n, D]` f16, row for row with `embeddings`; zeros without
+/// alt-text), with `--text-tower`.
+pub const ALT_EMBEDDINGS: &str = "alt_embeddings";
+/// The tensor of dense-caption embeddings (`[m, D]` f16, row for row with the shard's
+/// `caption_scores.parquet`), with `--captions`.
+pub const CAPTION_EMBEDDINGS: &str = "caption_embeddings";
+
+/// The embedding width of a shard's image embeddings tensor.
+fn tower_width(tensors: &HashMap<String, Tensor>) -> usize {
+    tensors.get("embeddings").and_then(|t| t.dims().get(1).copied()).unwrap_or(0)
+}
+
 /// The score column of the lowest image–dense-caption agreement of a sample.
 pub const DENSE_SIMILARITY_MIN: &str = "clip_sim_dense_min";
 /// The score column saying a sample has a dense caption below `--mismatch-below`.
@@ -263,23 +275,36 @@ pub fn run(cfg: &ScoreConfig, opts: &StageOptions, cuda: Option<i32>) -> anyhow:
                     }
                 }
             }
+            let mut text_embeddings = Vec::new();
             if let Some(text) = text_tower.as_mut() {
-                pixel_scores.push((ALT_SIMILARITY.to_string(), alt_similarity(text, &rows, &alt_texts)?));
+                let (similarity, alt) = alt_similarity(text, &rows, &alt_texts)?;
+                pixel_scores.push((ALT_SIMILARITY.to_string(), similarity));
+                text_embeddings.push((ALT_EMBEDDINGS, alt));
                 if let Some(dense) = &dense {
-                    let (lowest, mismatch) =
+                    let (lowest, mismatch, captions) =
                         dense_similarity(text, &rows, &entries, dense, cfg.mismatch_below, &out_dir, shard)?;
                     pixel_scores.push((DENSE_SIMILARITY_MIN.to_string(), lowest));
                     pixel_scores.push((MISMATCH.to_string(), mismatch));
+                    text_embeddings.push((CAPTION_EMBEDDINGS, captions));
                 }
             }
-            shard_output(entries, rows, &mut heads, &names, &pixel_scores, &out_dir, shard)
+            let mut out = shard_output(entries, rows, &mut heads, &names, &pixel_scores, &out_dir, shard)?;
+            if let Some(tensors) = out.tensors.as_mut() {
+                for (name, rows) in text_embeddings {
+                    let d = rows.first().map_or(tower_width(tensors), Vec::len);
+                    let t = Tensor::from_vec(rows.concat(), (rows.len(), d), &Device::Cpu)?;
+                    tensors.insert(name.to_string(), t.to_dtype(DType::F16)?);
+                }
+            }
+            Ok(out)
         },
     )
 }
 
 /// Each embedded sample's dense captions against its image: the per-caption rows written to
 /// `{shard}.caption_scores.parquet`, and per row the lowest cosine and whether any is below
-/// `mismatch_below` (1.0 / 0.0; NaN, written as null, without dense captions).
+/// `mismatch_below` (1.0 / 0.0; NaN, written as null, without dense captions); and the captions'
+/// embeddings, one per row of that file.
 fn dense_similarity(
     tower: &mut super::clip_text::ClipTextTower,
     rows: &[Vec<f32>],
@@ -288,8 +313,9 @@ fn dense_similarity(
     mismatch_below: Option<f32>,
     out_dir: &std::path::Path,
     shard: &str,
-) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
+) -> anyhow::Result<(Vec<f32>, Vec<f32>, Vec<Vec<f32>>)> {
     let (mut lowest, mut flagged) = (vec![f32::NAN; rows.len()], vec![f32::NAN; rows.len()]);
+    let mut embeddings = Vec::new();
     let (mut keys, mut sources, mut sims, mut flags) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for e in entries {
         let (Some(r), Some(captions)) = (e.row, dense.get(&e.key)) else { continue };
@@ -303,6 +329,7 @@ fn dense_similarity(
             sources.push(source.clone());
             sims.push(sim);
             flags.push(mismatch);
+            embeddings.push(emb);
         }
     }
     let mut df = DataFrame::new(
@@ -315,17 +342,19 @@ fn dense_similarity(
         ],
     )?;
     crate::shards::write_parquet_atomic(&mut df, &out_dir.join(format!("{shard}{CAPTION_SCORES}")))?;
-    Ok((lowest, flagged))
+    Ok((lowest, flagged, embeddings))
 }
 
 /// The cosine of each image embedding with its alt-text's embedding (NaN, written as null, without
-/// alt-text), the texts embedded in batches.
+/// alt-text), the texts embedded in batches; and the alt-text embeddings, one per image row (zeros
+/// without alt-text).
 fn alt_similarity(
     tower: &mut super::clip_text::ClipTextTower,
     rows: &[Vec<f32>],
     texts: &[Option<String>],
-) -> anyhow::Result<Vec<f32>> {
+) -> anyhow::Result<(Vec<f32>, Vec<Vec<f32>>)> {
     let mut out = vec![f32::NAN; rows.len()];
+    let mut embeddings = vec![Vec::new(); rows.len()];
     let with: Vec<usize> = (0..rows.len()).filter(|&r| texts.get(r).is_some_and(Option::is_some)).collect();
     for chunk in with.chunks(32) {
         let batch: Vec<&str> = chunk.iter().filter_map(|&r| texts[r].as_deref()).collect();
@@ -334,9 +363,12 @@ fn alt_similarity(
                 anyhow::bail!("the text tower gives {} values, the image tower {}", emb.len(), rows[r].len());
             }
             out[r] = super::clip_text::cosine(&rows[r], &emb);
+            embeddings[r] = emb;
         }
     }
-    Ok(out)
+    let d = rows.first().map_or(0, Vec::len);
+    embeddings.iter_mut().filter(|e| e.is_empty()).for_each(|e| *e = vec![0.0; d]);
+    Ok((out, embeddings))
 }
 
 /// One shard's output: the embeddings tensor, the index entries and the scores parquet (written
