@@ -301,6 +301,9 @@ pub fn run(cfg: &ScoreConfig, opts: &StageOptions, cuda: Option<i32>) -> anyhow:
     )
 }
 
+/// Per image row the lowest caption similarity and the mismatch flag, and the caption embeddings.
+type DenseAgreement = (Vec<f32>, Vec<f32>, Vec<Vec<f32>>);
+
 /// Each embedded sample's dense captions against its image: the per-caption rows written to
 /// `{shard}.caption_scores.parquet`, and per row the lowest cosine and whether any is below
 /// `mismatch_below` (1.0 / 0.0; NaN, written as null, without dense captions); and the captions'
@@ -313,7 +316,7 @@ fn dense_similarity(
     mismatch_below: Option<f32>,
     out_dir: &std::path::Path,
     shard: &str,
-) -> anyhow::Result<(Vec<f32>, Vec<f32>, Vec<Vec<f32>>)> {
+) -> anyhow::Result<DenseAgreement> {
     let (mut lowest, mut flagged) = (vec![f32::NAN; rows.len()], vec![f32::NAN; rows.len()]);
     let mut embeddings = Vec::new();
     let (mut keys, mut sources, mut sims, mut flags) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
