@@ -10,9 +10,9 @@ mod common;
 mod s3;
 
 use common::chromium::Browser;
-use std::io::{BufRead, BufReader, Read, Write};
+use common::Browse;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 
 /// The dataset every test reads: `run/` of a pipeline (ingest of the bundled photos with a
@@ -64,51 +64,12 @@ fn dataset() -> &'static Path {
     .path()
 }
 
-/// A running `pixforge browse` and its address.
-struct Server {
-    child: Child,
-    base: String,
-    first_line: String,
+fn serve(dir: &Path) -> Browse {
+    Browse::start(dir, |_| {})
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(dir: &Path) -> Server {
-    serve_with(dir, |_| {})
-}
-
-fn serve_with(dir: &Path, env: impl FnOnce(&mut Command)) -> Server {
-    let mut cmd = Command::new(common::bin());
-    env(&mut cmd);
-    let mut child =
-        cmd.args(["browse", "--port", "0"]).arg(dir).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
-    let mut first_line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first_line).unwrap();
-    let base = first_line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no address in {first_line:?}"))
-        .trim_end_matches('/')
-        .to_string();
-    Server { child, base, first_line }
-}
-
-/// A raw HTTP/1.1 GET of `path` exactly as written (no client normalising `..`): status and body.
 fn get(base: &str, path: &str) -> (u16, String) {
-    let host = base.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(host).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
+    common::http_get(base, path)
 }
 
 fn screenshots() -> Option<PathBuf> {
@@ -307,7 +268,7 @@ fn a_dataset_in_an_object_store_is_browsed_the_same() {
     };
     copy(&dataset().join("run"), &prefix);
     let cache = tempfile::tempdir().unwrap();
-    let remote = serve_with(Path::new("s3://data/runs/run"), |c| {
+    let remote = Browse::start(Path::new("s3://data/runs/run"), |c| {
         server.env(c).env("XDG_CACHE_HOME", cache.path());
     });
     assert!(remote.first_line.contains("8 rows in 2 shards"), "{}", remote.first_line);

@@ -115,6 +115,17 @@ fn demo_runs_every_stage_then_only_what_is_missing() {
         assert!(stdout.contains(&out.join(a).display().to_string()), "{a}: {stdout}");
     }
 
+    // `pixforge browse` on the demo's folder: both datasets' samples in the grid, the density
+    // report linked, and the summary says how to open it.
+    assert!(stdout.contains(&format!("pixforge browse {}", out.display())), "{stdout}");
+    let browse = common::Browse::start(out, |_| {});
+    assert!(browse.first_line.contains(&format!("{m} rows in 4 shards of 2 shard folders")), "{}", browse.first_line);
+    let (status, grid) = common::http_get(&browse.base, "/");
+    assert_eq!(status, 200);
+    assert_eq!(grid.matches("class=\"tile\"").count(), m, "{grid}");
+    assert!(grid.contains("href=\"/files/density/report.html\""), "{grid}");
+    drop(browse);
+
     // A rerun does no work and says so.
     let again = demo(out);
     assert!(again.contains("nothing to do: every stage's outputs are current"), "{again}");

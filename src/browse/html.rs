@@ -56,15 +56,19 @@ impl Links {
     pub fn density(&self, ds: &Dataset) -> Option<String> {
         let rel = ds.density.as_ref()?.strip_prefix(&ds.root).ok()?.to_string_lossy().to_string();
         Some(match self {
-            Links::Server => format!("/files/{}", url_part(&rel).replace("%2F", "/")),
+            Links::Server => format!("/files/{}", rel.split('/').map(url_part).collect::<Vec<_>>().join("/")),
             Links::Static => "density.html".into(),
         })
     }
 }
 
+/// What a URL path segment escapes: everything but letters, digits and `-._~`.
+const SEGMENT: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
 /// A key as one URL path segment.
 pub fn url_part(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
 }
 
 /// A key as part of a file name: `/` and other unsafe characters replaced by `_`.

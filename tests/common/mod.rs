@@ -87,3 +87,59 @@ pub fn children_peak_rss() -> u64 {
     assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) }, 0);
     usage.ru_maxrss as u64 * 1024
 }
+
+/// A raw HTTP/1.1 GET of `path` on `base` (`http://host:port`), exactly as written (no client
+/// normalising `..`): the status and the body.
+pub fn http_get(base: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let host = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// `pixforge browse DIR --port 0` started, with its printed first line and address; killed on drop.
+pub struct Browse {
+    child: std::process::Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// The line it printed on start.
+    pub first_line: String,
+}
+
+impl Browse {
+    /// Starts the browser on `dir`, `env` setting the command's environment first.
+    pub fn start(dir: &Path, env: impl FnOnce(&mut std::process::Command)) -> Self {
+        use std::io::BufRead;
+        let mut cmd = std::process::Command::new(bin());
+        env(&mut cmd);
+        let mut child = cmd
+            .args(["browse", "--port", "0"])
+            .arg(dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut first_line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut first_line).unwrap();
+        let base = first_line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no address in {first_line:?}"))
+            .trim_end_matches('/')
+            .to_string();
+        Self { child, base, first_line }
+    }
+}
+
+impl Drop for Browse {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
