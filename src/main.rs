@@ -180,6 +180,11 @@ enum ExportCmd {
         /// The VAE cache (pixforge cache vae).
         #[arg(long)]
         vae: PathBuf,
+        /// The caption folder a T5 cache of re-captions was made from (`cache t5 --captions`; default:
+        /// the `captions` folder beside the shard folder); its first caption of each sample becomes the
+        /// prompt in data_info.json.
+        #[arg(long)]
+        captions: Option<PathBuf>,
         /// Output root (InternData/ and InternImgs/ are written under it).
         #[arg(long, short)]
         out: PathBuf,
@@ -858,8 +863,8 @@ fn main() -> anyhow::Result<()> {
             merged.save_diffusers(&out)?;
             emit(&format!("merged {} adapter(s) into {}\n", loras.len(), out.display()));
         }
-        Cmd::Export(ExportCmd::PixartOfficial { shards, t5, vae, out, cfg }) => {
-            let o = pixforge::latents::export::ExportOptions { shards, t5, vae, out, config: cfg };
+        Cmd::Export(ExportCmd::PixartOfficial { shards, t5, vae, captions, out, cfg }) => {
+            let o = pixforge::latents::export::ExportOptions { shards, t5, vae, captions, out, config: cfg };
             let stats = pixforge::latents::export::export_official(&o)
                 .with_context(|| format!("export pixart-official into {}", o.out.display()))?;
             emit(&format!("{}\n", serde_json::to_string_pretty(&stats)?));

@@ -89,6 +89,26 @@ fn demo_runs_every_stage_then_only_what_is_missing() {
         let t5 = pixforge::shards::stage::StageReader::open_unchecked(&out.join(set).join("latents/t5")).unwrap();
         assert!(t5.fingerprint.preprocessing["caption"].as_str().unwrap().contains("caption folder"));
     }
+    // The official code's layout of each dataset, its T5 features those of the re-captions: every
+    // sample exported with its caption folder's caption as the prompt.
+    for set in sets {
+        let dir = out.join(set).join("export/pixart-official/InternData");
+        let info: Vec<Value> =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("partition_filter/data_info.json")).unwrap())
+                .unwrap();
+        assert_eq!(info.len(), n, "{set}");
+        let mut captions = std::collections::HashMap::new();
+        for s in ["00000", "00001"] {
+            captions.extend(
+                pixforge::shards::captions::first_captions(&out.join(format!("{set}/captions/{s}.captions.parquet")))
+                    .unwrap(),
+            );
+        }
+        for row in &info {
+            assert_eq!(row["prompt"].as_str(), captions.get(row["key"].as_str().unwrap()).map(String::as_str), "{row}");
+        }
+        assert_eq!(std::fs::read_dir(dir.join("caption_feature_wmask")).unwrap().count(), n, "{set}");
+    }
     // Training on both datasets' caches: its log, curve, checkpoint and validation grid.
     assert!(stdout.contains(&format!("60 steps on {m} samples")), "{stdout}");
     let run = out.join("train");

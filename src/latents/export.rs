@@ -33,6 +33,9 @@ pub struct ExportOptions {
     pub t5: PathBuf,
     /// The VAE cache.
     pub vae: PathBuf,
+    /// The caption folder the T5 cache embedded (`cache t5 --captions`); when `None` and the cache
+    /// was made from one, the `captions` folder beside the shard folder.
+    pub captions: Option<PathBuf>,
     /// Output root.
     pub out: PathBuf,
     /// How the export is written.
@@ -113,15 +116,42 @@ fn write_npz(path: &Path, files: &[(&str, Vec<u8>)]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The caption folder a T5 cache was made from, if it was: `o.captions`, else the `captions` folder
+/// beside the shard folder (a pipeline's layout); an error when the cache says it embedded a
+/// caption folder and none is found.
+fn caption_folder(t5: &StageReader, o: &ExportOptions) -> anyhow::Result<Option<PathBuf>> {
+    let made_from = t5.fingerprint.preprocessing["caption"].as_str().unwrap_or("");
+    if !made_from.contains("caption folder") {
+        return Ok(None);
+    }
+    if let Some(dir) = &o.captions {
+        return Ok(Some(dir.clone()));
+    }
+    let beside = o.shards.parent().map(|p| p.join("captions"));
+    match beside.filter(|d| matches!(crate::shards::Manifest::read(d), Ok(Some(m)) if m.stage == "caption")) {
+        Some(dir) => Ok(Some(dir)),
+        None => anyhow::bail!(
+            "{}: a T5 cache of {made_from}: give the caption folder it was made from with --captions (no caption \
+             folder beside {})",
+            o.t5.display(),
+            o.shards.display()
+        ),
+    }
+}
+
 /// Exports the samples cached in both caches (see the module documentation); returns what it wrote.
 pub fn export_official(o: &ExportOptions) -> anyhow::Result<ExportStats> {
     let dev = Device::Cpu;
     let t5 = StageReader::open_unchecked(&o.t5)?;
     let vae = StageReader::open_unchecked(&o.vae)?;
-    for (cache, dir) in [(&t5, &o.t5), (&vae, &o.vae)] {
+    // A T5 cache of re-captions was made from the shards and the caption folder together.
+    let captions = caption_folder(&t5, o)?;
+    let t5_inputs: Vec<PathBuf> = std::iter::once(o.shards.clone()).chain(captions.clone()).collect();
+    for (cache, dir, inputs) in [(&t5, &o.t5, t5_inputs), (&vae, &o.vae, vec![o.shards.clone()])] {
         let names: Vec<String> = cache.fingerprint.sources.keys().cloned().collect();
-        let expected = cache.fingerprint.clone().with_sources(&o.shards, &names).map_err(|e| {
-            anyhow::anyhow!("{}: the cache's source shards are not in {}: {e:#}", dir.display(), o.shards.display())
+        let expected = cache.fingerprint.clone().with_sources_in(&inputs, &names).map_err(|e| {
+            let from: Vec<String> = inputs.iter().map(|p| p.display().to_string()).collect();
+            anyhow::anyhow!("{}: the cache's source shards are not in {}: {e:#}", dir.display(), from.join(" + "))
         })?;
         let changes = cache.fingerprint.changes(&expected);
         if !changes.is_empty() {
@@ -157,6 +187,14 @@ pub fn export_official(o: &ExportOptions) -> anyhow::Result<ExportStats> {
     let mut stats = ExportStats::default();
     for name in vae.shards.iter().filter(|n| t5.shards.contains(n)) {
         let (ts, vs) = (t5.shard(name)?, vae.shard(name)?);
+        // The caption the T5 features are of: the caption folder's first, for a cache of re-captions.
+        let dense = match &captions {
+            Some(dir) => Some(crate::shards::captions::first_captions(&crate::shards::captions::captions_path(
+                &crate::store::reading_dir(dir),
+                name,
+            ))?),
+            None => None,
+        };
         let tar_path = o.shards.join(format!("{name}.tar"));
         let tar =
             crate::shards::WdsReader::open(&tar_path).map_err(|e| anyhow::anyhow!("{}: {e}", tar_path.display()))?;
@@ -171,7 +209,10 @@ pub fn export_official(o: &ExportOptions) -> anyhow::Result<ExportStats> {
                 stats.skipped += 1;
                 continue;
             }
-            let prompt = String::from_utf8(tar.read(sample, "txt")?.unwrap_or_default())?;
+            let prompt = match dense.as_ref().and_then(|d| d.get(&sample.key)) {
+                Some(caption) => caption.clone(),
+                None => String::from_utf8(tar.read(sample, "txt")?.unwrap_or_default())?,
+            };
             let ext = ["png", "jpg", "jpeg", "webp"].into_iter().find(|e| sample.members.contains_key(*e));
             let bytes = match ext {
                 Some(e) => tar.read(sample, e)?.unwrap_or_default(),

@@ -519,6 +519,7 @@ fn export(cfg: &crate::latents::export::ExportConfig, ds: &Dataset, label: &str)
         shards: ds.shards.clone(),
         t5: ds.t5.clone(),
         vae: ds.vae.clone(),
+        captions: None,
         out: out.clone(),
         config: cfg.clone(),
     };
