@@ -202,12 +202,14 @@ enum ExportCmd {
         /// (repeatable; merged in order).
         #[arg(long = "lora", required = true, value_parser = pixforge::train::lora::parse_lora_arg)]
         loras: Vec<(PathBuf, f64)>,
-        /// Attention heads of an official checkpoint (PixArt-XL/2: 16).
-        #[arg(long, default_value_t = 16)]
-        heads: usize,
-        /// Latent size an official checkpoint's positions are laid out for (512 px: 64, 1024 px: 128).
-        #[arg(long, default_value_t = 64)]
-        sample_size: usize,
+        /// Attention heads of an official checkpoint without a config.json beside it (default 16,
+        /// PixArt-XL/2's); pixforge's checkpoints carry theirs.
+        #[arg(long)]
+        heads: Option<usize>,
+        /// Latent size such a checkpoint's positions are laid out for (512 px: 64, the default; 1024
+        /// px: 128).
+        #[arg(long)]
+        sample_size: Option<usize>,
         /// The merged transformer's folder (config.json + diffusion_pytorch_model.safetensors).
         #[arg(long)]
         out: PathBuf,
@@ -290,12 +292,14 @@ struct SampleArgs {
     /// VAE folder (diffusers AutoencoderKL).
     #[arg(long)]
     vae: Option<PathBuf>,
-    /// Attention heads of an official checkpoint (PixArt-XL/2: 16).
-    #[arg(long, default_value_t = 16)]
-    heads: usize,
-    /// Latent size an official checkpoint's positions are laid out for (512 px: 64, 1024 px: 128).
-    #[arg(long, default_value_t = 64)]
-    sample_size: usize,
+    /// Attention heads of an official checkpoint without a config.json beside it (default 16,
+    /// PixArt-XL/2's); pixforge's checkpoints carry theirs.
+    #[arg(long)]
+    heads: Option<usize>,
+    /// Latent size such a checkpoint's positions are laid out for (512 px: 64, the default; 1024 px:
+    /// 128).
+    #[arg(long)]
+    sample_size: Option<usize>,
     /// A LoRA / DoRA adapter in peft's format (adapter_config.json + adapter_model.safetensors),
     /// DIR or DIR:SCALE, merged into the transformer (repeatable; in order).
     #[arg(long = "lora", value_parser = pixforge::train::lora::parse_lora_arg)]
@@ -644,6 +648,12 @@ struct IngestArgs {
 }
 
 /// Writes `text` to stdout; a closed pipe (`| head`) ends the program quietly.
+/// The transformer shape the `--heads` / `--sample-size` flags give, if either is set (the other at
+/// PixArt-XL/2's 512 px value).
+fn shape_flags(heads: Option<usize>, sample_size: Option<usize>) -> Option<(usize, usize)> {
+    (heads.is_some() || sample_size.is_some()).then(|| (heads.unwrap_or(16), sample_size.unwrap_or(64)))
+}
+
 fn emit(text: &str) {
     use std::io::Write;
     let mut o = std::io::stdout().lock();
@@ -827,7 +837,7 @@ fn main() -> anyhow::Result<()> {
             }
             let o = pixforge::train::generate::SampleOptions {
                 transformer: part(&a.transformer, "transformer")?,
-                official_shape: (a.heads, a.sample_size),
+                official_shape: shape_flags(a.heads, a.sample_size),
                 t5: part(&a.t5, "t5")?,
                 vae: part(&a.vae, "vae")?,
                 noise: a.noise.clone(),
@@ -853,12 +863,11 @@ fn main() -> anyhow::Result<()> {
             finish_cache(&stats)?;
         }
         Cmd::Export(ExportCmd::MergeLora { transformer, loras, heads, sample_size, out }) => {
-            let t = pixforge::hub::part(&transformer, "transformer");
-            let model = if t.is_dir() {
-                pixforge::train::model::PixArt::load_diffusers(&t, &candle_core::Device::Cpu)?
-            } else {
-                pixforge::train::model::PixArt::load_official(&t, heads, sample_size, &candle_core::Device::Cpu)?
-            };
+            let model = pixforge::train::model::PixArt::load_any(
+                &transformer,
+                shape_flags(heads, sample_size),
+                &candle_core::Device::Cpu,
+            )?;
             let merged = pixforge::train::lora::with_adapters(model, &loras, &candle_core::Device::Cpu)?;
             merged.save_diffusers(&out)?;
             emit(&format!("merged {} adapter(s) into {}\n", loras.len(), out.display()));

@@ -152,22 +152,42 @@ fn loss_halves_on_eight_cached_photos() {
     let kept: Vec<u64> = pixforge::train::checkpoint::list(&cfg.output_dir).unwrap().iter().map(|c| c.0).collect();
     assert_eq!(kept, [100, 150], "every 50 steps and at the end, the newest 2 kept");
 
-    // The checkpoint's EMA loads in `pixforge sample` as an official checkpoint.
-    let out = dir.path().join("sampled");
-    let st = Command::new(common::bin())
-        .args(["sample", "--prompt", "an astronaut", "--size", "64x64", "--steps", "3", "--heads", "2"])
-        .args(["--sample-size", "8", "--no-binning", "--t5"])
-        .arg(pipeline())
-        .arg("--vae")
-        .arg(dir.path().join("tiny"))
-        .arg("--transformer")
-        .arg(cfg.output_dir.join("checkpoints/step_0000150/ema.safetensors"))
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
+    // The checkpoint's EMA loads in `pixforge sample` as an official checkpoint with its shape
+    // flags; the checkpoint describes itself (config.json, diffusers' form), so the folder or the
+    // file alone give the same image, and flags that contradict it are refused.
+    let checkpoint = cfg.output_dir.join("checkpoints/step_0000150");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(checkpoint.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["_class_name"], "PixArtTransformer2DModel");
+    assert_eq!((config["num_attention_heads"].as_u64(), config["sample_size"].as_u64()), (Some(2), Some(8)));
+    let sample = |name: &str, transformer: &Path, flags: &[&str]| {
+        let out = dir.path().join(name);
+        let st = Command::new(common::bin())
+            .args(["sample", "--prompt", "an astronaut", "--size", "64x64", "--steps", "3", "--no-binning", "--t5"])
+            .arg(pipeline())
+            .args(flags)
+            .arg("--vae")
+            .arg(dir.path().join("tiny"))
+            .arg("--transformer")
+            .arg(transformer)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        (st, out.join("0000.png"))
+    };
+    let (st, with_flags) =
+        sample("sampled", &checkpoint.join("ema.safetensors"), &["--heads", "2", "--sample-size", "8"]);
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
-    assert!(out.join("0000.png").exists());
+    let (st, from_folder) = sample("from-folder", &checkpoint, &[]);
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert_eq!(std::fs::read(&from_folder).unwrap(), std::fs::read(&with_flags).unwrap());
+    let (st, from_file) = sample("from-file", &checkpoint.join("ema.safetensors"), &[]);
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert_eq!(std::fs::read(&from_file).unwrap(), std::fs::read(&with_flags).unwrap());
+    let (st, _) = sample("wrong", &checkpoint, &["--heads", "16"]);
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert!(!st.status.success() && err.contains("config.json says 2 heads"), "{err}");
 }
 
 fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {

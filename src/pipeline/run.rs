@@ -295,7 +295,7 @@ fn sample(
     let prompts: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect();
     let o = crate::train::generate::SampleOptions {
         transformer: weights,
-        official_shape: (train.model.heads, train.model.sample_size),
+        official_shape: Some((train.model.heads, train.model.sample_size)),
         t5: s.t5.clone(),
         vae: s.vae.clone(),
         noise: None,

@@ -5,15 +5,16 @@
 //! checkpoints/step_0001000/
 //!   model.safetensors      the weights, official PixArt keys (fused qkv / kv, y_embedder.y_embedding)
 //!   ema.safetensors        the EMA weights, same keys
+//!   config.json            the transformer's shape, a diffusers `PixArtTransformer2DModel` config
 //!   adapter/, ema_adapter/ instead of the two above when training adapters (peft's format)
 //!   optimizer.safetensors  the optimizer state: AdamW's moments (`adamw.m.{i}`, `adamw.v.{i}`) or CAME's
 //!                          (`came.exp_avg.{i}`, …); parameter order = sorted names
 //!   state.json             step, data cursor, generator states, counters, model shape, config digest
 //! ```
 //!
-//! `model.safetensors` and `ema.safetensors` load in `pixforge sample --transformer` (with the heads
-//! and sample size of `state.json`) and in the official code (`load_checkpoint` reads safetensors
-//! state dicts by key).
+//! The folder, `model.safetensors` or `ema.safetensors` load in `pixforge sample --transformer` and
+//! `export merge-lora` with no shape flags (the shape from `config.json`), and the two weight files in
+//! the official code (`load_checkpoint` reads safetensors state dicts by key).
 
 use super::model::{PixArt, PixArtConfig};
 use super::step::Trainer;
@@ -149,6 +150,10 @@ pub fn save(run: &Path, trainer: &Trainer, state: &TrainState, keep_last: usize)
         None => {
             trainer.model.save_official(&tmp.join("model.safetensors"))?;
             trainer.ema_model()?.save_official(&tmp.join("ema.safetensors"))?;
+            // The shape beside the weights, in diffusers' form: `sample`, `export` and the official
+            // code need no shape flags.
+            let config = serde_json::to_string_pretty(&trainer.model.diffusers_config()?)?;
+            crate::shards::write_atomic(&tmp.join("config.json"), config.as_bytes())?;
         }
     }
     save_tensors(&trainer.optimizer.state()?, &tmp.join("optimizer.safetensors"))?;

@@ -70,8 +70,9 @@ impl Default for SampleConfig {
 pub struct SampleOptions {
     /// A diffusers transformer folder, or an official checkpoint (`.pth` / `.safetensors`).
     pub transformer: PathBuf,
-    /// For an official checkpoint: heads and the latent size its positions were laid out for.
-    pub official_shape: (usize, usize),
+    /// For an official checkpoint without a `config.json` beside it: heads and the latent size its
+    /// positions were laid out for (default 16, 64); checked against one where there is.
+    pub official_shape: Option<(usize, usize)>,
     /// T5 folder (or a diffusers pipeline folder).
     pub t5: PathBuf,
     /// VAE folder (or a diffusers pipeline folder).
@@ -103,12 +104,7 @@ pub struct Generated {
 }
 
 fn load_transformer(o: &SampleOptions, dev: &Device) -> anyhow::Result<PixArt> {
-    let t = crate::hub::part(&o.transformer, "transformer");
-    let model = if t.is_dir() {
-        PixArt::load_diffusers(&t, dev)?
-    } else {
-        PixArt::load_official(&t, o.official_shape.0, o.official_shape.1, dev)?
-    };
+    let model = PixArt::load_any(&o.transformer, o.official_shape, dev)?;
     super::lora::with_adapters(model, &o.loras, dev)
 }
 

@@ -54,6 +54,31 @@ impl PixArtConfig {
     }
 }
 
+/// The shape a folder's `config.json` (a diffusers `PixArtTransformer2DModel` config) or a training
+/// checkpoint's `state.json` (`model`) gives, and the file it came from.
+fn described_shape(dir: &std::path::Path) -> anyhow::Result<Option<(PixArtConfig, std::path::PathBuf)>> {
+    let config = dir.join("config.json");
+    if config.is_file() {
+        // Another model's config (a T5's, a VAE's) beside a weight file says nothing of it.
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config)?)
+            .map_err(|e| anyhow::anyhow!("{}: not JSON: {e}", config.display()))?;
+        if v.get("caption_channels").is_some() {
+            return Ok(Some((crate::hub::read_config(&config)?, config)));
+        }
+    }
+    let state = dir.join("state.json");
+    if state.is_file() {
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state)?)
+            .map_err(|e| anyhow::anyhow!("{}: not JSON: {e}", state.display()))?;
+        if let Some(model) = v.get("model") {
+            let c: PixArtConfig = serde_json::from_value(model.clone())
+                .map_err(|e| anyhow::anyhow!("{}: `model`: not a transformer shape: {e}", state.display()))?;
+            return Ok(Some((c, state)));
+        }
+    }
+    Ok(None)
+}
+
 /// Every tensor of a PixArt transformer in the diffusers layout with its shape (`micro`: with
 /// PixArtMS's micro-condition embedders); the null caption `y_embedding`, which diffusers folders do
 /// not carry, is not listed.
@@ -319,6 +344,60 @@ impl PixArt {
         PixArt::new(config, w).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
     }
 
+    /// Loads a transformer from whatever holds one: a diffusers folder (or a pipeline with
+    /// `transformer/`); a training checkpoint folder (its `ema.safetensors`, the shape from its
+    /// `config.json`, or `state.json` for older ones); an official checkpoint file, its shape from
+    /// a `config.json` (or a checkpoint's `state.json`) beside it, else from `shape` (heads, latent
+    /// size; PixArt-XL/2 at 512 px: 16, 64). A `shape` given for a model that describes itself must
+    /// agree with it.
+    pub fn load_any(path: &std::path::Path, shape: Option<(usize, usize)>, device: &Device) -> anyhow::Result<Self> {
+        let t = crate::hub::part(path, "transformer");
+        let file = if t.is_dir() {
+            if t.join("diffusion_pytorch_model.safetensors").is_file()
+                || t.join("diffusion_pytorch_model.safetensors.index.json").is_file()
+            {
+                return PixArt::load_diffusers(&t, device);
+            }
+            if t.join("adapter").is_dir() {
+                anyhow::bail!(
+                    "{}: a checkpoint of adapters: give the base transformer with --transformer and the adapter with \
+                     --lora {}",
+                    t.display(),
+                    t.join("ema_adapter").display()
+                );
+            }
+            let ema = t.join("ema.safetensors");
+            if !ema.is_file() {
+                anyhow::bail!(
+                    "{}: neither a diffusers transformer folder (config.json + diffusion_pytorch_model.safetensors) nor a \
+                     training checkpoint (config.json + ema.safetensors)",
+                    t.display()
+                );
+            }
+            ema
+        } else {
+            t.clone()
+        };
+        let described = file.parent().map(described_shape).transpose()?.flatten();
+        let Some((config, from)) = described else {
+            let (heads, sample_size) = shape.unwrap_or((16, 64));
+            return PixArt::load_official(&file, heads, sample_size, device);
+        };
+        if let Some((heads, sample_size)) = shape {
+            if (heads, sample_size) != (config.num_attention_heads, config.sample_size) {
+                anyhow::bail!(
+                    "{}: --heads {heads} --sample-size {sample_size}, but {} says {} heads and a latent size of {}",
+                    file.display(),
+                    from.display(),
+                    config.num_attention_heads,
+                    config.sample_size
+                );
+            }
+        }
+        let m = PixArt::load_official(&file, config.num_attention_heads, config.sample_size, device)?;
+        PixArt::from_weights(config, m.weights().clone()).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
+    }
+
     /// A model from its configuration and weights in the diffusers layout (plus, optionally, the
     /// null caption under [`super::keys::NULL_CAPTION`]); [`PixArt::new`].
     pub fn from_weights(config: PixArtConfig, w: HashMap<String, Tensor>) -> Result<Self> {
@@ -330,10 +409,8 @@ impl PixArt {
         &self.w
     }
 
-    /// Writes a diffusers transformer folder: `config.json` and `diffusion_pytorch_model.safetensors`
-    /// (diffusers keeps no null caption), each atomically.
-    pub fn save_diffusers(&self, dir: &std::path::Path) -> anyhow::Result<()> {
-        std::fs::create_dir_all(dir)?;
+    /// The model's `config.json` in diffusers' form (`PixArtTransformer2DModel`).
+    pub fn diffusers_config(&self) -> anyhow::Result<serde_json::Value> {
         let mut cfg = serde_json::to_value(&self.config)?;
         let obj = cfg.as_object_mut().expect("a struct serialises to an object");
         obj.insert("_class_name".into(), "PixArtTransformer2DModel".into());
@@ -349,6 +426,14 @@ impl PixArt {
         ] {
             obj.insert(k.into(), v);
         }
+        Ok(cfg)
+    }
+
+    /// Writes a diffusers transformer folder: `config.json` and `diffusion_pytorch_model.safetensors`
+    /// (diffusers keeps no null caption), each atomically.
+    pub fn save_diffusers(&self, dir: &std::path::Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let cfg = self.diffusers_config()?;
         crate::shards::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
         let tensors: HashMap<String, Tensor> = self
             .w
