@@ -46,7 +46,7 @@ fn guided_sampling_and_vae_decode_match_the_diffusers_pipeline() {
     .unwrap();
     let o = SampleOptions {
         transformer: fixtures(),
-        official_shape: (4, 8),
+        official_shape: Some((4, 8)),
         t5: fixtures(),
         vae: fixtures(),
         noise: Some(noise),
@@ -176,7 +176,7 @@ fn pixart_sigma_pipelines_sample_with_300_tokens() {
         };
         let o = SampleOptions {
             transformer: transformer.to_path_buf(),
-            official_shape: (3, 128),
+            official_shape: Some((3, 128)),
             t5: fixtures(),
             vae: fixtures(),
             noise: None,
