@@ -15,6 +15,11 @@ use std::time::{Duration, Instant};
 /// Ingests the 8 photos (64 px, 4 per shard) and caches them; returns the run folder's parent with
 /// `t5/`, `vae/` and the VAE model in `tiny/`.
 fn cached_photos(dir: &Path) {
+    cached_photos_with(dir, false)
+}
+
+/// [`cached_photos`], the VAE cache fixed at 64 px or in the 256 px aspect-ratio buckets.
+fn cached_photos_with(dir: &Path, multiscale: bool) {
     let input = dir.join("photos");
     pixforge::demo::write_inputs(&input).unwrap();
     for (name, caption) in [("astronaut", "a mirrored astronaut"), ("coffee", "a mirrored cup of coffee")] {
@@ -38,7 +43,45 @@ fn cached_photos(dir: &Path) {
     assert_eq!(stats.total.successes, 8, "{stats:?}");
     t5_stage::run(&t5_config(FeatureDType::F32), &opts(&shards, &dir.join("t5")), &Device::Cpu).unwrap();
     let vae = tiny_vae(dir);
-    vae_stage::run(&vae_config(&vae, 64, false), &opts(&shards, &dir.join("vae")), &Device::Cpu).unwrap();
+    let res = if multiscale { 256 } else { 64 };
+    vae_stage::run(&vae_config(&vae, res, multiscale), &opts(&shards, &dir.join("vae")), &Device::Cpu).unwrap();
+}
+
+/// Aspect-ratio buckets with a batch of 2: the Hubble photo is alone in its bucket, so with
+/// leftovers dropped (PixArt-α's sampler) it is never trained — counted in `left_out`, shown in the
+/// bucket table and warned about — and with `data.bucket_leftovers = "repeat"` its batch is
+/// completed with itself and it trains.
+#[test]
+fn a_lone_image_bucket_is_counted_or_repeated() {
+    let dir = tempfile::tempdir().unwrap();
+    cached_photos_with(dir.path(), true);
+    let run = |name: &str, leftovers: &str| {
+        let cfg = config(dir.path(), name, 10, 2, "", "");
+        let text =
+            std::fs::read_to_string(&cfg).unwrap().replace("batch_size = 2", &format!("batch_size = 2\n{leftovers}"));
+        std::fs::write(&cfg, text).unwrap();
+        let o = train(&cfg, false);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (summary, String::from_utf8_lossy(&o.stderr).to_string(), log_of(&dir.path().join(name)))
+    };
+    let (dropped, warning, log) = run("dropped", "");
+    let table = dropped["bucket_table"].as_array().unwrap();
+    let lone: Vec<&serde_json::Value> = table.iter().filter(|r| r["images"] == 1).collect();
+    assert_eq!(lone.len(), 1, "{table:?}");
+    let bucket = lone[0]["bucket"].as_str().unwrap().to_string();
+    assert_eq!((lone[0]["batches"].as_u64(), lone[0]["never_trained"].as_u64()), (Some(0), Some(1)));
+    assert_eq!(dropped["left_out"], 1, "{dropped}");
+    assert_eq!(table.iter().map(|r| r["images"].as_u64().unwrap()).sum::<u64>(), 8);
+    assert!(warning.contains("never trained") && warning.contains("bucket_leftovers = \"repeat\""), "{warning}");
+    assert!(log.iter().all(|l| l.bucket != bucket), "the lone bucket never comes up");
+
+    let (repeated, _, log) = run("repeated", "bucket_leftovers = \"repeat\"");
+    assert_eq!(repeated["left_out"], 0, "{repeated}");
+    let row =
+        repeated["bucket_table"].as_array().unwrap().iter().find(|r| r["bucket"] == bucket.as_str()).unwrap().clone();
+    assert_eq!((row["batches"].as_u64(), row["never_trained"].as_u64()), (Some(1), Some(0)));
+    assert!(log.iter().any(|l| l.bucket == bucket), "the lone bucket trains");
 }
 
 /// A training config in `dir` (paths relative to it) with `extra` lines appended at the top level.

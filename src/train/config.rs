@@ -201,6 +201,30 @@ pub struct DataConfig {
     /// `--all-captions`): `"first"`, `"random"`, or weights by source (`{ dense = 0.8, alt = 0.2 }`).
     #[serde(default, skip_serializing_if = "CaptionChoice::is_first")]
     pub captions: CaptionChoice,
+    /// What becomes of the images left in a bucket at the end of an epoch, fewer than a batch:
+    /// `"drop"` (PixArt-α's `drop_last`; a bucket holding fewer images than a batch is never trained,
+    /// counted in `left_out` and warned about) or `"repeat"` (the batch filled with other images of
+    /// its bucket, as SimpleTuner does, so every image trains every epoch).
+    #[serde(default, skip_serializing_if = "BucketLeftovers::is_drop")]
+    pub bucket_leftovers: BucketLeftovers,
+}
+
+/// What becomes of a bucket's images left over at the end of an epoch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BucketLeftovers {
+    /// Dropped (PixArt-α's `drop_last`).
+    #[default]
+    Drop,
+    /// The last batch filled with other images of the bucket.
+    Repeat,
+}
+
+impl BucketLeftovers {
+    /// Whether it is the default.
+    pub fn is_drop(&self) -> bool {
+        *self == BucketLeftovers::Drop
+    }
 }
 
 /// Which cached caption of a sample a step takes.

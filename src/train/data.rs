@@ -7,6 +7,7 @@
 //! proportion to their size, as in the paper. Everything is a function of (seed, epoch), so a run
 //! resumes at any batch by recomputing the epoch's order.
 
+use super::config::BucketLeftovers;
 use crate::rng::Rng;
 use crate::shards::stage::{EntryStatus, SampleEntry, StageFingerprint, StageReader, StageShard};
 use candle_core::{DType, Device, Tensor};
@@ -281,8 +282,22 @@ fn padded_caption(emb: &Tensor, max_tokens: usize) -> anyhow::Result<(Tensor, Te
 }
 
 /// The batches of one epoch as PixArt-α's `AspectRatioBatchSampler` forms them over a seeded
-/// permutation of the samples: single-bucket, in the order buckets fill up, leftovers dropped.
+/// permutation of the samples: single-bucket, in the order buckets fill up, leftovers dropped
+/// ([`epoch_batches_with`] can repeat them instead).
 pub fn epoch_batches(buckets: &[&str], batch_size: usize, seed: u64, epoch: u64) -> Vec<Vec<usize>> {
+    epoch_batches_with(buckets, batch_size, seed, epoch, BucketLeftovers::Drop)
+}
+
+/// [`epoch_batches`], and with [`BucketLeftovers::Repeat`] then each bucket's leftover list (in the
+/// order the buckets first appeared) completed with images of its bucket drawn by the same
+/// generator, appended as last batches.
+pub fn epoch_batches_with(
+    buckets: &[&str],
+    batch_size: usize,
+    seed: u64,
+    epoch: u64,
+    leftovers: BucketLeftovers,
+) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..buckets.len()).collect();
     let mut rng = Rng::new(seed ^ epoch.wrapping_mul(0xD1B5_4A32_D192_ED03));
     for i in (1..order.len()).rev() {
@@ -290,6 +305,8 @@ pub fn epoch_batches(buckets: &[&str], batch_size: usize, seed: u64, epoch: u64)
         order.swap(i, j.min(i));
     }
     let mut pending: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut members: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut first_seen: Vec<&str> = Vec::new();
     let mut batches = Vec::new();
     for i in order {
         let list = pending.entry(buckets[i]).or_default();
@@ -297,13 +314,107 @@ pub fn epoch_batches(buckets: &[&str], batch_size: usize, seed: u64, epoch: u64)
         if list.len() == batch_size.max(1) {
             batches.push(std::mem::take(list));
         }
+        let m = members.entry(buckets[i]).or_default();
+        if m.is_empty() {
+            first_seen.push(buckets[i]);
+        }
+        m.push(i);
+    }
+    if leftovers == BucketLeftovers::Repeat {
+        for b in first_seen {
+            let mut list = std::mem::take(pending.get_mut(b).expect("a bucket seen has a list"));
+            if list.is_empty() {
+                continue;
+            }
+            let pool = &members[b];
+            while list.len() < batch_size.max(1) {
+                list.push(pool[rng.below(pool.len())]);
+            }
+            batches.push(list);
+        }
     }
     batches
+}
+
+/// One bucket of a training set as an epoch uses it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BucketRow {
+    /// The bucket (its `h/w` ratio key, or the fixed size).
+    pub bucket: String,
+    /// Images in it.
+    pub images: usize,
+    /// Batches an epoch forms from it.
+    pub batches: usize,
+    /// Images left over each epoch (dropped, or completed by repeats).
+    pub leftover: usize,
+    /// Images never trained: all of a bucket smaller than a batch when leftovers are dropped.
+    pub never_trained: usize,
+}
+
+/// The bucket table of a training set: per bucket, images, batches an epoch, leftovers.
+pub fn bucket_table(
+    counts: &std::collections::BTreeMap<String, usize>,
+    batch_size: usize,
+    leftovers: BucketLeftovers,
+) -> Vec<BucketRow> {
+    let b = batch_size.max(1);
+    counts
+        .iter()
+        .map(|(bucket, &images)| {
+            let repeat = leftovers == BucketLeftovers::Repeat;
+            BucketRow {
+                bucket: bucket.clone(),
+                images,
+                batches: images / b + usize::from(repeat && images % b != 0),
+                leftover: images % b,
+                never_trained: if !repeat && images < b { images } else { 0 },
+            }
+        })
+        .collect()
+}
+
+/// The bucket table as text, one line per bucket.
+pub fn bucket_table_text(rows: &[BucketRow], leftovers: BucketLeftovers) -> String {
+    let mut s =
+        format!("{:<10} {:>8} {:>8} {:>9} {:>14}\n", "bucket", "images", "batches", "leftover", "never trained");
+    for r in rows {
+        s.push_str(&format!(
+            "{:<10} {:>8} {:>8} {:>9} {:>14}\n",
+            r.bucket, r.images, r.batches, r.leftover, r.never_trained
+        ));
+    }
+    let how = match leftovers {
+        BucketLeftovers::Drop => "leftovers dropped each epoch (data.bucket_leftovers = \"drop\")",
+        BucketLeftovers::Repeat => {
+            "leftovers completed with repeats of their bucket (data.bucket_leftovers = \"repeat\")"
+        }
+    };
+    s.push_str(how);
+    s.push('\n');
+    s
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repeated_leftovers_complete_their_bucket() {
+        let buckets: Vec<&str> = [vec!["a"; 5], vec!["b"; 1], vec!["c"; 4]].concat();
+        let b = epoch_batches_with(&buckets, 4, 3, 0, BucketLeftovers::Repeat);
+        assert_eq!(b.len(), 1 + 1 + 1 + 1, "a: one full and one completed, b: one completed, c: one full");
+        for batch in &b {
+            assert_eq!(batch.len(), 4);
+            assert!(batch.iter().all(|&i| buckets[i] == buckets[batch[0]]), "single-bucket: {batch:?}");
+        }
+        let seen: std::collections::HashSet<usize> = b.iter().flatten().copied().collect();
+        assert_eq!(seen.len(), buckets.len(), "every image trains");
+        assert_eq!(b[..2], epoch_batches(&buckets, 4, 3, 0)[..], "the full batches are drop_last's");
+        let t =
+            bucket_table(&[("a".to_string(), 5), ("b".to_string(), 1)].into_iter().collect(), 4, BucketLeftovers::Drop);
+        assert_eq!((t[0].batches, t[0].leftover, t[0].never_trained), (1, 1, 0));
+        assert_eq!((t[1].batches, t[1].leftover, t[1].never_trained), (0, 1, 1));
+    }
 
     #[test]
     fn batches_are_single_bucket_seeded_and_drop_the_rest() {

@@ -7,7 +7,7 @@
 
 use super::checkpoint::{self, TrainState};
 use super::config::TrainConfig;
-use super::data::{epoch_batches, TrainSet};
+use super::data::{bucket_table, bucket_table_text, epoch_batches_with, BucketRow, TrainSet};
 use super::distributed::{Place, Reducer};
 use super::model::PixArt;
 use super::observe::{peak_rss_mib, LogLine, StepLog};
@@ -37,10 +37,13 @@ pub struct TrainSummary {
     pub end_step: u64,
     /// Trainable samples (cached in both caches).
     pub samples: usize,
-    /// Samples left out (missing from one cache, or failed).
+    /// Samples left out: missing from one cache or failed, and those of a bucket holding fewer
+    /// than a batch when leftovers are dropped (never trained).
     pub left_out: usize,
     /// Samples per bucket.
     pub buckets: std::collections::BTreeMap<String, usize>,
+    /// Per bucket: images, batches an epoch, leftovers, images never trained.
+    pub bucket_table: Vec<BucketRow>,
     /// The peak learning rate after batch scaling.
     pub peak_lr: f64,
     /// Steps skipped for non-finite values.
@@ -196,6 +199,24 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
     for b in &labels {
         *buckets.entry(b.to_string()).or_insert(0) += 1;
     }
+    let table = bucket_table(&buckets, cfg.data.batch_size, cfg.data.bucket_leftovers);
+    let never_trained: usize = table.iter().map(|r| r.never_trained).sum();
+    if main {
+        let text = bucket_table_text(&table, cfg.data.bucket_leftovers);
+        if cfg.logging.progress {
+            eprint!("{text}");
+        }
+        tracing::info!("buckets:\n{text}");
+        let lone: Vec<&str> = table.iter().filter(|r| r.never_trained > 0).map(|r| r.bucket.as_str()).collect();
+        if !lone.is_empty() {
+            tracing::warn!(
+                "{never_trained} image(s) in bucket(s) {} hold fewer than a batch of {} and are never trained; set \
+                 data.bucket_leftovers = \"repeat\" to train them (their batches completed with repeats)",
+                lone.join(", "),
+                cfg.data.batch_size
+            );
+        }
+    }
     let effective_batch = cfg.data.batch_size * cfg.grad_accum * world;
     let schedule = cfg.lr_schedule();
 
@@ -291,8 +312,9 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
         start_step,
         end_step: state.step,
         samples: set.len(),
-        left_out: set.skipped,
+        left_out: set.skipped + never_trained,
         buckets,
+        bucket_table: table,
         peak_lr: schedule.peak(effective_batch),
         skipped: trainer.skipped,
         checkpoint: None,
@@ -304,7 +326,7 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
     };
     tracing::info!(
         samples = set.len(),
-        left_out = set.skipped,
+        left_out = set.skipped + never_trained,
         peak_lr = summary.peak_lr,
         effective_batch,
         "training from step {}",
@@ -313,7 +335,11 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
 
     // This rank's share of an epoch: every `world`-th batch from `rank`.
     let share = |epoch: u64| -> Vec<Vec<usize>> {
-        epoch_batches(&labels, cfg.data.batch_size, cfg.seed, epoch).into_iter().skip(rank).step_by(world).collect()
+        epoch_batches_with(&labels, cfg.data.batch_size, cfg.seed, epoch, cfg.data.bucket_leftovers)
+            .into_iter()
+            .skip(rank)
+            .step_by(world)
+            .collect()
     };
     let mut mine = share(state.epoch);
     if mine.is_empty() {
