@@ -316,3 +316,33 @@ fn candle_backend_captions_with_the_tiny_llava() {
     let e = pixforge::caption::run(&other, &opts(&src, &out)).unwrap_err().to_string();
     assert!(e.contains("made from other inputs"), "{e}");
 }
+
+/// A captioning endpoint nothing listens on stops the run before the first shard, naming the
+/// address, instead of each caption's retries; nothing is written for any shard.
+#[test]
+fn a_dead_endpoint_stops_the_run_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    source(&src);
+    // A port that was just free: nothing listens on it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let endpoint = format!("http://127.0.0.1:{port}/v1");
+    let out = dir.path().join("captions");
+    let start = std::time::Instant::now();
+    let o = std::process::Command::new(common::bin())
+        .args(["caption", "--backend", "openai", "--model", "llava-hf/llava-1.5-7b-hf", "--retries", "5"])
+        .args(["--endpoint", &endpoint, "--no-progress", "--input"])
+        .arg(&src)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("cannot reach the captioning server at") && err.contains(&endpoint), "{err}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(20), "took {:?}", start.elapsed());
+    let written: Vec<_> = std::fs::read_dir(&out)
+        .map(|rd| rd.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().to_string()).collect())
+        .unwrap_or_default();
+    assert!(written.iter().all(|n| !n.ends_with("_stats.json") && !n.ends_with(".captions.parquet")), "{written:?}");
+}

@@ -83,11 +83,12 @@ fn captioning_requests_go_through_the_proxy_and_loopback_endpoints_go_direct() {
     };
     run("http://vlm.example/v1", "through-proxy");
     let through = proxy.requests();
-    assert_eq!(through.len(), 5, "one request per captionable image: {through:?}");
-    assert!(through.iter().all(|u| u == "http://vlm.example/v1/chat/completions"), "{through:?}");
+    assert_eq!(through.len(), 6, "the probe, then one request per captionable image: {through:?}");
+    assert_eq!(through[0], "http://vlm.example/v1/models", "the server probed first");
+    assert!(through[1..].iter().all(|u| u == "http://vlm.example/v1/chat/completions"), "{through:?}");
     assert_eq!(vlm.requests("000000"), 1);
     run(&format!("{}/v1", vlm.base), "direct");
-    assert_eq!(proxy.requests().len(), 5, "a loopback endpoint never goes through the proxy");
+    assert_eq!(proxy.requests().len(), 6, "a loopback endpoint never goes through the proxy");
     assert_eq!(vlm.requests("000000"), 2);
     assert!(vlm.log.lock().unwrap().violations.is_empty());
 }

@@ -158,6 +158,37 @@ impl OpenAiClient {
         &self.url
     }
 
+    /// Checks that a server answers at the endpoint (`GET {endpoint}/models`; any HTTP answer will
+    /// do): an address nothing listens on, a name that does not resolve or a host that cannot be
+    /// reached is an error naming the endpoint, instead of every caption's retries. A server too
+    /// slow to answer within 10 s is left to the retries.
+    pub async fn probe(&self) -> anyhow::Result<()> {
+        let models = format!("{}/models", self.opts.endpoint.trim_end_matches('/'));
+        let mut req = self.client.get(&models).timeout(Duration::from_secs(10));
+        if let Some(k) = &self.key {
+            req = req.bearer_auth(k);
+        }
+        match req.send().await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_connect() => {
+                let mut why = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    why = format!("{why}: {s}");
+                    source = s.source();
+                }
+                anyhow::bail!(
+                    "cannot reach the captioning server at {}: {why} (is it running, and is --endpoint its address?)",
+                    self.opts.endpoint
+                )
+            }
+            Err(e) => {
+                tracing::warn!("the captioning server at {} did not answer a probe: {e}", self.opts.endpoint);
+                Ok(())
+            }
+        }
+    }
+
     /// Asks for one caption, retrying as the options say; the error names the last failure and the
     /// attempts made.
     pub async fn caption(&self, r: &Request<'_>) -> Result<Reply, String> {

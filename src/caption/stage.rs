@@ -101,7 +101,15 @@ pub fn run(cfg: &CaptionConfig, opts: &StageOptions) -> anyhow::Result<StageRunS
     let out_dir = crate::store::working_dir(&opts.out, opts.worker);
     sweep_journals(&out_dir);
     let stage = Stage { name: "caption", outputs: &[CAPTIONS_SUFFIX, ".index.json"], scratch: &[JOURNAL_SUFFIX] };
+    // A server that cannot be reached stops the run before the first shard with work, not after
+    // every caption's retries.
+    let mut probed = false;
     let stats = crate::shards::stage::run_shards(&stage, fingerprint, opts, |shard, reader, pb| {
+        if let (false, Engine::Remote(client, rt)) = (probed, &engine) {
+            probed = true;
+            rt.block_on(client.probe())
+                .map_err(|e| anyhow::Error::new(crate::shards::stage::Fatal(format!("{e:#}"))))?;
+        }
         caption_shard(cfg, &prompts, &engine, &out_dir, shard, reader, pb)
     });
     sweep_journals(&out_dir);

@@ -176,6 +176,12 @@ fn check_shape(head: &str, v: &serde_json::Value, expect: &Expect) -> Result<(St
 
 fn serve(mut stream: TcpStream, log: &Mutex<Log>, expect: &Expect) -> std::io::Result<()> {
     while let Some((head, body)) = read_request(&mut stream)? {
+        // The client's probe before the first shard: the model list, as OpenAI-compatible servers give it.
+        if head.starts_with("GET /v1/models ") {
+            let list = serde_json::json!({"object": "list", "data": [{"id": expect.model, "object": "model"}]});
+            respond(&mut stream, "200 OK", "", &list.to_string())?;
+            continue;
+        }
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         let (text, sent) = match check_shape(&head, &v, expect) {
             Ok(t) => t,

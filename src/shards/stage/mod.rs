@@ -15,5 +15,5 @@ mod store;
 pub use done::{DoneMarker, InputsDigest};
 pub use fingerprint::{sha256_file, FileHash, StageFingerprint};
 pub use reader::{StageReader, StageShard};
-pub use run::{image_bytes, run_shards, Stage, StageOptions, StageRun, StageRunStats, IMAGE_EXTS};
+pub use run::{image_bytes, run_shards, Fatal, Stage, StageOptions, StageRun, StageRunStats, IMAGE_EXTS};
 pub use store::{write_shard, CaptionRows, EntryStatus, SampleEntry, ShardOutput, StageShardStats};

@@ -207,6 +207,7 @@ pub fn run_shards(
         Ok(())
     };
     let mut rates = crate::tensorboard::ShardRates::new(&opts.out, stage.name);
+    let mut fatal: Option<anyhow::Error> = None;
     std::thread::scope(|scope| {
         let mut ahead: Option<std::thread::ScopedJoinHandle<anyhow::Result<()>>> = None;
         for (i, name) in pending.iter().enumerate() {
@@ -239,6 +240,10 @@ pub fn run_shards(
                     stats.failed += s.failed;
                     rates.shard(shard_number(name), &shard_figures(&s));
                 }
+                Err(e) if e.downcast_ref::<Fatal>().is_some() => {
+                    fatal = Some(e);
+                    break;
+                }
                 Err(e) => {
                     tracing::error!("shard {name}: {e:#}");
                     stats.shards_failed.push((name.clone(), format!("{e:#}")));
@@ -250,10 +255,27 @@ pub fn run_shards(
         }
     });
     pb.finish_and_clear();
+    if let Some(e) = fatal {
+        return Err(e);
+    }
     stats.seconds = t0.elapsed().as_secs_f64();
     stats.store_retries = crate::store::transient_failures() - retries;
     Ok(stats)
 }
+
+/// An error that stops the whole stage rather than failing one shard: something every shard needs
+/// is missing (a server that cannot be reached). A shard function returns it (wrapped in
+/// `anyhow::Error`) and [`run_shards`] returns it at once.
+#[derive(Debug)]
+pub struct Fatal(pub String);
+
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Fatal {}
 
 /// The number of shard `name` (its file stem).
 fn shard_number(name: &str) -> usize {
