@@ -37,6 +37,10 @@ enum Cmd {
         /// The output folder (instead of the file's `out`).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Replace what an earlier run made with another configuration (the ingest's shards, every
+        /// shard stage's folder) instead of refusing it, as each section's `overwrite = true` does.
+        #[arg(long)]
+        overwrite: bool,
         /// Hide the progress bars.
         #[arg(long)]
         no_progress: bool,
@@ -665,14 +669,43 @@ fn emit(text: &str) {
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    pixforge::device::configure_cpu_threads();
-    let _ = rustls::crypto::ring::default_provider().install_default();
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // A user error is its message and causes; the stack trace only with a debug log (it is for
+    // reporting a bug), even where RUST_BACKTRACE is set.
+    let debug = cli.log.contains("debug") || cli.log.contains("trace");
+    if !debug {
+        // SAFETY (edition 2021: a safe call): set before any thread starts.
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if debug => {
+            eprintln!("Error: {e:?}");
+            std::process::ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("Error: {e}");
+            let causes: Vec<String> = e.chain().skip(1).map(|c| c.to_string()).collect();
+            if !causes.is_empty() {
+                eprintln!("\nCaused by:");
+                for (i, c) in causes.iter().enumerate() {
+                    eprintln!("    {i}: {c}");
+                }
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    pixforge::device::configure_cpu_threads();
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.cmd {
         Cmd::Ingest(a) => {
             let a = *a;
@@ -927,8 +960,11 @@ fn main() -> anyhow::Result<()> {
             let scores = pixforge::score::aesthetic::score_npy_files(&head, &embeddings)?;
             emit(&format!("{}\n", serde_json::to_string_pretty(&scores)?));
         }
-        Cmd::Run { pipeline, out, no_progress, worker } => {
-            let p = pixforge::pipeline::Pipeline::load(&pipeline, out.as_deref())?;
+        Cmd::Run { pipeline, out, overwrite, no_progress, worker } => {
+            let mut p = pixforge::pipeline::Pipeline::load(&pipeline, out.as_deref())?;
+            if overwrite {
+                p = p.overwriting();
+            }
             let worker = match worker {
                 Some(w) => w,
                 None => Worker::from_env().map_err(anyhow::Error::msg)?,

@@ -191,3 +191,26 @@ fn init_tiny_t5_and_vae_write_the_real_layouts() {
     let looked = a.join("tokenizer/tokenizer.json").display().to_string();
     assert!(err.contains("no tokenizer.json") && err.contains(&looked), "{err}");
 }
+
+/// A user error prints its message and causes and no stack trace, even where RUST_BACKTRACE=1; with
+/// `--log debug` the trace is there for a bug report. Nothing written to a pipe carries colour codes.
+#[test]
+fn user_errors_print_without_backtraces_or_colour() {
+    let run = |log: &str| {
+        let o = std::process::Command::new(common::bin())
+            .env("RUST_BACKTRACE", "1")
+            .env_remove("RUST_LIB_BACKTRACE")
+            .args(["--log", log, "run", "/nonexistent/pipeline.toml"])
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    let err = run("warn");
+    assert!(err.starts_with("Error: ") && err.contains("/nonexistent/pipeline.toml"), "{err}");
+    assert!(!err.to_lowercase().contains("backtrace"), "{err}");
+    assert!(!err.contains('\x1b'), "{err:?}");
+    let debug = run("debug");
+    assert!(debug.contains("Stack backtrace"), "{debug}");
+    assert!(!debug.contains('\x1b'), "{debug:?}");
+}

@@ -447,3 +447,32 @@ fn a_repeats_section_keeps_repeats_out_of_the_caches() {
     let again = run();
     assert!(line(&again, "repeats").contains("nothing to do"), "{again}");
 }
+
+/// `pixforge run --overwrite`: a run whose ingest settings changed is refused (the message says
+/// how to replace it), and with `--overwrite` the shards are rewritten with the new settings.
+#[test]
+fn run_overwrite_replaces_what_other_settings_made() {
+    let dir = tempfile::tempdir().unwrap();
+    pixforge::demo::write_inputs(&dir.path().join("input")).unwrap();
+    let file = dir.path().join("p.toml");
+    let write = |size: u32| {
+        let text = format!(
+            "out = \"run\"\n[ingest]\nsource = \"folder\"\ninputs = [\"input\"]\n[ingest.curation]\nsamples_per_shard = 4\n\
+             [ingest.image]\nimage_size = {size}\n"
+        );
+        std::fs::write(&file, text).unwrap();
+    };
+    let run = |extra: &[&str]| {
+        Command::new(common::bin()).args(["run", "--no-progress"]).args(extra).arg(&file).output().unwrap()
+    };
+    write(64);
+    assert!(run(&[]).status.success());
+    write(32);
+    let refused = run(&[]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("--overwrite"), "{err}");
+    let o = run(&["--overwrite"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let recs = pixforge::shards::read_records(&dir.path().join("run/shards/00000.parquet")).unwrap();
+    assert!(!recs.is_empty() && recs.iter().all(|r| r.width.unwrap().min(r.height.unwrap()) == 32), "{recs:?}");
+}

@@ -214,6 +214,9 @@ pub struct Pipeline {
     pub file: PathBuf,
     /// The output folder.
     pub out: PathBuf,
+    /// Replace the ingest's shards made with another configuration (`pixforge run --overwrite`;
+    /// the shard stages' sections then all have `overwrite = true`).
+    pub overwrite: bool,
     /// `[models]`.
     pub models: Option<ModelsStage>,
     /// The datasets: one per `[[ingest]]` (one for `[ingest]`, or none given).
@@ -498,6 +501,7 @@ impl Pipeline {
         Ok(Self {
             file: file.to_path_buf(),
             out,
+            overwrite: false,
             models,
             datasets,
             score,
@@ -518,6 +522,16 @@ impl Pipeline {
             when_data_changes,
             sample,
         })
+    }
+
+    /// This pipeline with every output made from other inputs replaced rather than refused: the
+    /// ingest's shards and every shard stage's folder (`pixforge run --overwrite`).
+    pub fn overwriting(mut self) -> Self {
+        self.overwrite = true;
+        for run in [&mut self.t5_run, &mut self.vae_run, &mut self.score_run, &mut self.caption_run] {
+            run.overwrite = true;
+        }
+        self
     }
 
     /// Checks the configuration before the run starts: fields that need each other, value forms,

@@ -93,6 +93,7 @@ pub fn run(p: &Pipeline, progress: bool, worker: crate::shards::Worker) -> anyho
         let mut opts = crate::ingest::RunOptions::new(&ds.shards);
         opts.progress = progress;
         opts.worker = worker;
+        opts.overwrite = p.overwrite;
         let stats = crate::ingest::run(cfg, &opts).map_err(|e| e.context(stage_err(&label)))?;
         failed_shards(&label, &stats.shards_failed).map_err(|e| e.context(stage_err(&label)))?;
         r.stages.push(StageReport {
