@@ -56,6 +56,22 @@ enum Cmd {
     /// dense captions with their nouns marked, QC flags and scores; failure reasons; the density
     /// report), or with `--static OUT` the same pages for a selection written as files.
     Browse(Box<pixforge::browse::BrowseConfig>),
+    /// What a dataset folder holds (a shard folder or a pipeline's out, local or in a store): rows by
+    /// status, the top failure reasons with example keys and messages, the folders made from it, and
+    /// the shards that cannot be read.
+    Status {
+        /// The dataset folder.
+        dataset: PathBuf,
+        /// Failure reasons listed.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+        /// Examples per reason.
+        #[arg(long, default_value_t = 3)]
+        examples: usize,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Measurements for docs/BENCHMARKS.md.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -792,6 +808,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bench(BenchCmd::SynthCaptions { count, out, seed }) => {
             pixforge::density::synth::write_captions(&out, count, seed)?;
             emit(&format!("wrote {count} captions to {}\n", out.display()));
+        }
+        Cmd::Status { dataset, top, examples, json } => {
+            let ds = pixforge::browse::dataset::Dataset::open(&dataset, &Default::default())?;
+            let st = pixforge::browse::status::status(&ds, top, examples);
+            emit(&if json { format!("{}\n", serde_json::to_string_pretty(&st)?) } else { st.text() });
         }
         Cmd::Browse(cfg) => match &cfg.static_out {
             Some(out) => {

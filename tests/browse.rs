@@ -312,3 +312,37 @@ fn a_dataset_in_an_object_store_is_browsed_the_same() {
     assert!(page.contains("id=\"dense-0\"") && page.contains("<mark"), "{page}");
     assert!(page.contains("s3://data/runs/run"), "the page names the store prefix");
 }
+
+/// `pixforge status`: rows by status and the failure reasons with example keys and whole messages,
+/// as text and as JSON, with no parquet reader; a corrupt shard is named.
+#[test]
+fn status_lists_statuses_and_failure_reasons_with_examples() {
+    let run = |dir: &Path, json: bool| {
+        let mut c = Command::new(common::bin());
+        c.arg("status").arg(dir);
+        if json {
+            c.arg("--json");
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let text = run(&dataset().join("run"), false);
+    assert!(text.contains("8 rows in 2 shards") && text.contains("success 6 (75.0%)"), "{text}");
+    assert!(text.contains("failed_to_resize 2 (25.0%)") && text.contains("top failure reasons:"), "{text}");
+    let v: serde_json::Value = serde_json::from_str(&run(&dataset().join("run"), true)).unwrap();
+    let reasons = v["reasons"].as_array().unwrap();
+    assert_eq!(reasons.iter().map(|r| r["rows"].as_u64().unwrap()).sum::<u64>(), 2, "{v}");
+    let records: Vec<pixforge::shards::Record> = ["00000", "00001"]
+        .iter()
+        .flat_map(|s| pixforge::shards::read_records(&dataset().join(format!("run/shards/{s}.parquet"))).unwrap())
+        .collect();
+    for r in reasons {
+        for e in r["examples"].as_array().unwrap() {
+            let key = e[1].as_str().unwrap();
+            let rec = records.iter().find(|x| x.key == key).unwrap();
+            assert_eq!(rec.error_message.as_deref(), e[2].as_str(), "{e}");
+            assert!(text.contains(key) && text.contains(e[2].as_str().unwrap()), "{text}");
+        }
+    }
+}

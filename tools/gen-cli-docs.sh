@@ -40,6 +40,6 @@ with_help docs/density.md density
 with_help docs/train.md sample train
 with_help docs/score.md "score clip" "score laion-emb" "score aesthetic" filter dedup balance
 with_help docs/caption.md caption
-with_help docs/browse.md browse
+with_help docs/browse.md browse status
 with_help docs/pipelines.md run demo
 with_help docs/latents.md "cache t5" "cache vae" "export pixart-official"

@@ -9,6 +9,7 @@ pub mod mirror;
 pub mod query;
 pub mod rows;
 pub mod server;
+pub mod status;
 
 use dataset::{Companions, Dataset, RowRef};
 use html::Links;
