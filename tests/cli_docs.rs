@@ -96,8 +96,8 @@ fn guide_pages_match_help() {
         ),
         (
             "docs/browse.md",
-            &[&["browse"]],
-            &["--host", "--port", "--captions", "--scores", "--static", "--limit", "--sort"],
+            &[&["browse"], &["status"]],
+            &["--host", "--port", "--captions", "--scores", "--static", "--limit", "--sort", "--top", "--examples"],
         ),
         (
             "docs/latents.md",
