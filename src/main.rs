@@ -16,6 +16,9 @@ struct Cli {
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `pixforge=debug`.
     #[arg(long, global = true, default_value = "warn", env = "PIXFORGE_LOG")]
     log: String,
+    /// Print what a command did as JSON (the figures its stats files hold) instead of a summary.
+    #[arg(long, global = true)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -68,9 +71,6 @@ enum Cmd {
         /// Examples per reason.
         #[arg(long, default_value_t = 3)]
         examples: usize,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
     },
     /// Measurements for docs/BENCHMARKS.md.
     #[command(subcommand)]
@@ -289,8 +289,13 @@ impl CacheRunArgs {
 }
 
 /// Prints a cache run's stats as JSON; fails when a shard could not be cached.
-fn finish_cache(stats: &pixforge::shards::stage::StageRunStats) -> anyhow::Result<()> {
-    emit(&format!("{}\n", serde_json::to_string_pretty(stats)?));
+fn finish_cache(
+    stats: &pixforge::shards::stage::StageRunStats,
+    what: &str,
+    out: &std::path::Path,
+    json: bool,
+) -> anyhow::Result<()> {
+    report(json, stats, || stats.text(what, out))?;
     if !stats.shards_failed.is_empty() {
         anyhow::bail!("{} shard(s) could not be cached (listed above); rerun to retry them", stats.shards_failed.len());
     }
@@ -668,6 +673,12 @@ struct IngestArgs {
 }
 
 /// Writes `text` to stdout; a closed pipe (`| head`) ends the program quietly.
+/// Prints `value` as JSON with `--json`, else the human summary `text` gives.
+fn report(json: bool, value: &impl serde::Serialize, text: impl FnOnce() -> String) -> anyhow::Result<()> {
+    emit(&if json { format!("{}\n", serde_json::to_string_pretty(value)?) } else { text() });
+    Ok(())
+}
+
 /// The transformer shape the `--heads` / `--sample-size` flags give, if either is set (the other at
 /// PixArt-XL/2's 512 px value).
 fn shape_flags(heads: Option<usize>, sample_size: Option<usize>) -> Option<(usize, usize)> {
@@ -722,6 +733,7 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     pixforge::device::configure_cpu_threads();
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let json = cli.json;
     match cli.cmd {
         Cmd::Ingest(a) => {
             let a = *a;
@@ -809,10 +821,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             pixforge::density::synth::write_captions(&out, count, seed)?;
             emit(&format!("wrote {count} captions to {}\n", out.display()));
         }
-        Cmd::Status { dataset, top, examples, json } => {
+        Cmd::Status { dataset, top, examples } => {
             let ds = pixforge::browse::dataset::Dataset::open(&dataset, &Default::default())?;
             let st = pixforge::browse::status::status(&ds, top, examples);
-            emit(&if json { format!("{}\n", serde_json::to_string_pretty(&st)?) } else { st.text() });
+            report(json, &st, || st.text())?;
         }
         Cmd::Browse(cfg) => match &cfg.static_out {
             Some(out) => {
@@ -908,13 +920,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let device = pixforge::device::device(&run.stage.device)?;
             let stats = pixforge::latents::cache::t5_stage::run(&cfg, &run.options()?, &device)
                 .with_context(|| format!("cache t5 into {}", run.out.display()))?;
-            finish_cache(&stats)?;
+            finish_cache(&stats, "cache t5", &run.out, json)?;
         }
         Cmd::Cache(CacheCmd::Vae { cfg, run }) => {
             let device = pixforge::device::device(&run.stage.device)?;
             let stats = pixforge::latents::cache::vae_stage::run(&cfg, &run.options()?, &device)
                 .with_context(|| format!("cache vae into {}", run.out.display()))?;
-            finish_cache(&stats)?;
+            finish_cache(&stats, "cache vae", &run.out, json)?;
         }
         Cmd::Export(ExportCmd::MergeLora { transformer, loras, heads, sample_size, out }) => {
             let model = pixforge::train::model::PixArt::load_any(
@@ -930,7 +942,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let o = pixforge::latents::export::ExportOptions { shards, t5, vae, captions, out, config: cfg };
             let stats = pixforge::latents::export::export_official(&o)
                 .with_context(|| format!("export pixart-official into {}", o.out.display()))?;
-            emit(&format!("{}\n", serde_json::to_string_pretty(&stats)?));
+            report(json, &stats, || stats.text())?;
         }
         Cmd::Train { config, resume } => {
             let cfg = pixforge::train::config::TrainConfig::load(&config)?;
@@ -941,7 +953,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let summary = pixforge::train::run::run(&cfg, &resume)
                 .with_context(|| format!("train {} into {}", config.display(), cfg.output_dir.display()))?;
-            emit(&format!("{}\n", serde_json::to_string_pretty(&summary)?));
+            report(json, &summary, || summary.text())?;
         }
         Cmd::Balance { input, cfg, out } => {
             emit(&pixforge::score::balance::run(&input, &cfg, &out)?.text());
@@ -951,20 +963,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             None => emit(&pixforge::score::dedup::run(&embeddings, &cfg, &out)?.text()),
         },
         Cmd::Filter { scores, cfg, out } => {
-            let report = pixforge::score::filter::run(&scores, &cfg.rules()?, &out)?;
-            emit(&format!("{}\n", serde_json::to_string_pretty(&report)?));
+            let r = pixforge::score::filter::run(&scores, &cfg.rules()?, &out)?;
+            report(json, &r, || r.text())?;
         }
         Cmd::Score(ScoreCmd::Clip { cfg, run }) => {
             let cuda = pixforge::device::DeviceName::parse(&run.stage.device)?.cuda_ordinal().map(|n| n as i32);
             let stats = pixforge::score::stage::run(&cfg, &run.options()?, cuda)
                 .with_context(|| format!("score clip into {}", run.out.display()))?;
-            finish_cache(&stats)?;
+            finish_cache(&stats, "score clip", &run.out, json)?;
         }
         Cmd::Caption { mut cfg, run } => {
             cfg.device = run.stage.device.clone();
             let stats = pixforge::caption::run(&cfg, &run.options()?)
                 .with_context(|| format!("caption into {}", run.out.display()))?;
-            emit(&format!("{}\n", serde_json::to_string_pretty(&pixforge::caption::summary(&run.out, &stats)?)?));
+            let summary = pixforge::caption::summary(&run.out, &stats)?;
+            report(json, &summary, || pixforge::caption::summary_text(&run.out, &stats, &summary))?;
             if !stats.shards_failed.is_empty() {
                 anyhow::bail!(
                     "{} shard(s) could not be captioned (listed above); rerun to retry them",
@@ -975,7 +988,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Score(ScoreCmd::LaionEmb { cfg, run }) => {
             let stats = pixforge::score::stage::run_laion(&cfg, &run.options()?)
                 .with_context(|| format!("score laion-emb into {}", run.out.display()))?;
-            finish_cache(&stats)?;
+            finish_cache(&stats, "score laion-emb", &run.out, json)?;
         }
         Cmd::Score(ScoreCmd::Aesthetic { head, embeddings }) => {
             let scores = pixforge::score::aesthetic::score_npy_files(&head, &embeddings)?;

@@ -226,7 +226,7 @@ fn changed_vae_config_is_refused() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && stderr.contains("scaling_factor") && stderr.contains("--overwrite"), "{stderr}");
     let o = Command::new(common::bin())
-        .args(["cache", "vae", "--resolution", "32", "--no-progress", "--overwrite", "--model"])
+        .args(["cache", "vae", "--json", "--resolution", "32", "--no-progress", "--overwrite", "--model"])
         .arg(&model)
         .arg("--input")
         .arg(&src)
@@ -281,7 +281,7 @@ fn export_writes_the_official_layout() {
     let model = tiny_vae(dir.path());
     vae_stage::run(&vae_config(&model, 32, false), &opts(&src, &vae_dir), &Device::Cpu).unwrap();
     let o = Command::new(common::bin())
-        .args(["export", "pixart-official", "--shards"])
+        .args(["export", "pixart-official", "--json", "--shards"])
         .arg(&src)
         .arg("--t5")
         .arg(&t5_dir)

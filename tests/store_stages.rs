@@ -203,7 +203,7 @@ fn the_whole_chain_in_a_bucket_makes_what_it_makes_on_local_disk() {
     // Reruns over the bucket find every shard done.
     let cached = |out: &str| -> String {
         ok(pixforge(&server)
-            .args(["cache", "vae", "--resolution", "64", "--no-progress", "--model"])
+            .args(["cache", "vae", "--json", "--resolution", "64", "--no-progress", "--model"])
             .arg(&vae)
             .args(["--input", "s3://data/chain/shards", "--out", out])
             .output()
@@ -254,7 +254,7 @@ fn the_whole_chain_in_a_bucket_makes_what_it_makes_on_local_disk() {
     let kept = pixforge::shards::selection::read_selection(&bucket.join("kept.parquet")).unwrap();
     assert_eq!(kept.len(), 6, "six distinct photos: {kept:?}");
     let selected: serde_json::Value = serde_json::from_str(&ok(pixforge(&server)
-        .args(["cache", "vae", "--resolution", "64", "--no-progress", "--model"])
+        .args(["cache", "vae", "--json", "--resolution", "64", "--no-progress", "--model"])
         .arg(&vae)
         .args(["--input", "s3://data/chain/shards", "--out", "s3://data/chain/vae-kept"])
         .args(["--selection", "s3://data/chain/kept.parquet"])

@@ -60,7 +60,7 @@ fn a_lone_image_bucket_is_counted_or_repeated() {
         let text =
             std::fs::read_to_string(&cfg).unwrap().replace("batch_size = 2", &format!("batch_size = 2\n{leftovers}"));
         std::fs::write(&cfg, text).unwrap();
-        let o = train(&cfg, false);
+        let o = Command::new(common::bin()).args(["train", "--json", "--config"]).arg(&cfg).output().unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         (summary, String::from_utf8_lossy(&o.stderr).to_string(), log_of(&dir.path().join(name)))

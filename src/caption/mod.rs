@@ -13,5 +13,5 @@ pub mod qc;
 pub mod stage;
 
 pub use config::{Backend, CaptionConfig};
-pub use output::{summary, CaptionRow};
+pub use output::{summary, summary_text, CaptionRow};
 pub use stage::{caption_seed, run};

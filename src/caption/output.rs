@@ -214,3 +214,20 @@ pub fn summary(out: &Path, run: &StageRunStats) -> anyhow::Result<serde_json::Va
         "images_per_second": if run.seconds > 0.0 { run.successes as f64 / run.seconds } else { 0.0 },
     }))
 }
+
+/// The caption summary ([`summary`]) as a few lines for the terminal.
+pub fn summary_text(out: &Path, run: &StageRunStats, v: &serde_json::Value) -> String {
+    let mut s = run.text("caption", out);
+    s.push_str(&format!(
+        "  in the folder: {} caption(s), {} failure(s), {} tokens; {:.2} images/s this run\n",
+        v["captions"].as_u64().unwrap_or(0),
+        v["caption_failures"].as_u64().unwrap_or(0),
+        v["tokens"].as_u64().unwrap_or(0),
+        v["images_per_second"].as_f64().unwrap_or(0.0)
+    ));
+    if let Some(q) = v["qc"].as_object().filter(|q| !q.is_empty()) {
+        let flags: Vec<String> = q.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        s.push_str(&format!("  QC flags: {}\n", flags.join(", ")));
+    }
+    s
+}

@@ -69,6 +69,18 @@ pub struct ExportStats {
     pub data_info: PathBuf,
 }
 
+impl ExportStats {
+    /// A line for the terminal.
+    pub fn text(&self) -> String {
+        format!(
+            "exported {} sample(s) in the official PixArt layout ({} not in both caches); data_info: {}\n",
+            self.samples,
+            self.skipped,
+            self.data_info.display()
+        )
+    }
+}
+
 #[derive(Serialize)]
 struct DataInfo {
     height: usize,

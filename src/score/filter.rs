@@ -200,6 +200,18 @@ fn read_caption_scores(path: &Path, columns: &mut Vec<String>, rows: &mut Scores
     Ok(())
 }
 
+impl FilterReport {
+    /// A few lines for the terminal: the samples left after each rule, and the selection written.
+    pub fn text(&self) -> String {
+        let mut s = format!("{} scored sample(s)\n", self.input);
+        for (rule, left) in &self.after {
+            s.push_str(&format!("  {rule:<40} {left:>10} left\n"));
+        }
+        s.push_str(&format!("kept {} of {}: {}\n", self.kept, self.input, self.out.display()));
+        s
+    }
+}
+
 /// Applies `rules` to the scores of `dirs` and writes the kept keys with their scores to `out`.
 pub fn run(dirs: &[PathBuf], rules: &[Rule], out: &Path) -> anyhow::Result<FilterReport> {
     run_within(dirs, rules, None, out)

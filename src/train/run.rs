@@ -157,6 +157,45 @@ fn initial_model(cfg: &TrainConfig, device: &Device) -> anyhow::Result<PixArt> {
     Ok(model)
 }
 
+impl TrainSummary {
+    /// A few lines for the terminal: steps, data, buckets, loss, and what was written.
+    pub fn text(&self) -> String {
+        let mut s = format!(
+            "trained steps {} to {} on {} sample(s) ({} left out{}), peak lr {:.3e}\n",
+            self.start_step,
+            self.end_step,
+            self.samples,
+            self.left_out,
+            if self.held_out > 0 { format!(", {} held out", self.held_out) } else { String::new() },
+            self.peak_lr
+        );
+        s.push_str(
+            &super::data::bucket_table_text(&self.bucket_table, Default::default())
+                .lines()
+                .take(self.bucket_table.len() + 1)
+                .map(|l| format!("  {l}\n"))
+                .collect::<String>(),
+        );
+        if let Some(l) = self.final_loss {
+            s.push_str(&format!("final loss {l:.4} (mean of the last steps)"));
+            if let Some((t, e)) = self.holdout_loss {
+                s.push_str(&format!(", held-out {t:.4} (EMA {e:.4})"));
+            }
+            s.push('\n');
+        }
+        if self.skipped > 0 {
+            s.push_str(&format!("{} step(s) skipped for non-finite values\n", self.skipped));
+        }
+        if let Some(c) = &self.checkpoint {
+            s.push_str(&format!("checkpoint: {}\n", c.display()));
+        }
+        if let Some(v) = &self.validation {
+            s.push_str(&format!("validation grid: {}\n", v.display()));
+        }
+        s
+    }
+}
+
 /// Runs (or resumes) the training of `cfg`.
 pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
     // A torchrun-style launch: one process per GPU (`cuda:LOCAL_RANK`), gradients averaged over NCCL.

@@ -263,6 +263,33 @@ pub fn run_shards(
     Ok(stats)
 }
 
+impl StageRunStats {
+    /// A few lines for the terminal: what `what` (e.g. `cache t5`) did into `out`.
+    pub fn text(&self, what: &str, out: &Path) -> String {
+        let mut s = if self.shards_done > 0 {
+            format!(
+                "{what} into {}: {} shard(s) done ({} already current): {} of {} samples, {} failed, {:.1} s\n",
+                out.display(),
+                self.shards_done,
+                self.shards_skipped,
+                self.successes,
+                self.samples,
+                self.failed,
+                self.seconds
+            )
+        } else {
+            format!("{what} into {}: nothing to do ({} shard(s) current)\n", out.display(), self.shards_skipped)
+        };
+        if self.store_retries > 0 {
+            s.push_str(&format!("  {} transient store failure(s) retried\n", self.store_retries));
+        }
+        for (shard, why) in &self.shards_failed {
+            s.push_str(&format!("  shard {shard} failed: {why}\n"));
+        }
+        s
+    }
+}
+
 /// An error that stops the whole stage rather than failing one shard: something every shard needs
 /// is missing (a server that cannot be reached). A shard function returns it (wrapped in
 /// `anyhow::Error`) and [`run_shards`] returns it at once.
