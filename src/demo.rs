@@ -155,7 +155,10 @@ impl DemoReport {
             text.push_str(&format!(
                 "\ntraining ([train] of pipelines/demo.toml, the format of pixforge train --config): a tiny PixArtMS, {} \
                  steps on {} samples in {} buckets\n  loss {:.3} (first 10 steps) -> {:.3} (last 10)\n  log: \
-                 {}/train/log.jsonl, curve: {}/train/loss.svg\n  checkpoint: {}\n  validation grid: {}\n",
+                 {}/train/log.jsonl, curve: {}/train/loss.svg\n  checkpoint: {}\n  validation grid: {} (labelled \
+                 with its prompts and seeds: the .svg beside it)\n  samples: {}/samples/NNNN.png (+ .json: prompt, \
+                 seed)\n  the grid and the samples are from tiny random-weight models trained for seconds: blotches \
+                 of the photos' colours, not pictures; the same commands train and sample real PixArt weights\n",
                 t.end_step,
                 t.samples,
                 t.buckets.len(),
@@ -165,6 +168,7 @@ impl DemoReport {
                 out.display(),
                 t.checkpoint.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
                 t.validation.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                out.display(),
             ));
         }
         text.push_str(&format!("\nlook at the data: pixforge browse {} (a web page on loopback)\n", out.display()));

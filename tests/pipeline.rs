@@ -120,6 +120,16 @@ fn demo_runs_every_stage_then_only_what_is_missing() {
     for f in ["samples/0000.png", "samples/0001.png", "samples/0000.json"] {
         assert!(out.join(f).is_file(), "{f}");
     }
+    // What is shown says what it is: the toy T5 tokenizer's token counts are labelled as not T5's,
+    // the validation grid has a labelled SVG (prompts, seeds), the random models are named as such.
+    let md = std::fs::read_to_string(out.join("density/report.md")).unwrap();
+    assert!(md.contains("a toy tokenizer") && md.contains("not T5's"), "{md}");
+    let svg = std::fs::read_to_string(run.join("samples/step_0000060.svg")).unwrap();
+    let prompts: Vec<&str> =
+        pixforge::demo::CAPTIONS.lines().filter_map(|l| l.split_once('\t').map(|(_, c)| c)).take(2).collect();
+    assert!(svg.contains("seed 0") && svg.contains("seed 1") && svg.contains("data:image/png;base64,"), "{svg}");
+    assert!(prompts.iter().all(|p| svg.contains(p.split_whitespace().next().unwrap())), "{svg}");
+    assert!(stdout.contains("random-weight models") && stdout.contains("labelled"), "{stdout}");
     // The summary names every artifact.
     let artifacts = [
         "photos/shards",

@@ -50,10 +50,13 @@ fn chart(title: &str, x: &str, y: &str, series: &[Series], axes: Axes, marker: O
                 c.configure_mesh().x_desc(x).y_desc(y).draw().map_err(|e| err(&e))?;
                 for (i, (name, pts)) in series.iter().enumerate() {
                     let color = COLORS[i % COLORS.len()];
-                    c.draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
+                    // Earlier series drawn wider, so a series that coincides with a later one shows
+                    // around it instead of vanishing under it.
+                    let width = 2 + 3 * (series.len() - 1 - i).min(3) as u32;
+                    c.draw_series(LineSeries::new(pts.iter().copied(), color.mix(0.85).stroke_width(width)))
                         .map_err(|e| err(&e))?
                         .label(name.as_str())
-                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(width)));
                     if axes == Axes::LogPercent {
                         c.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(|e| err(&e))?;
                     }

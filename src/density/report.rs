@@ -50,6 +50,9 @@ pub struct Report {
     pub options: CountOptions,
     /// The T5 tokenizer used, if any.
     pub t5_tokenizer: Option<String>,
+    /// What the T5 token columns are: the tokenizer's path and size, and a warning when it is far
+    /// smaller than T5's 32,100 pieces (a toy tokenizer's lengths are not T5's).
+    pub t5_note: Option<String>,
     /// One entry per input, in the order given.
     pub inputs: Vec<Metrics>,
     /// How the run went.
@@ -155,6 +158,7 @@ pub fn run(inputs: &[NamedInput], o: &DensityConfig, progress: bool, out: &Path)
         version: env!("CARGO_PKG_VERSION").to_string(),
         options: o.count.clone(),
         t5_tokenizer: o.t5_tokenizer.as_ref().map(|p| p.display().to_string()),
+        t5_note: o.t5_tokenizer.as_ref().zip(t5.as_ref()).map(|(p, t)| t5_note(p, t.get_vocab_size(true))),
         run: RunInfo {
             seconds: start.elapsed().as_secs_f64(),
             captions_per_s: metrics.iter().map(|m| m.captions).sum::<u64>() as f64 / start.elapsed().as_secs_f64(),
@@ -207,6 +211,19 @@ fn pct(x: f64) -> String {
 }
 
 /// One sentence saying how nouns were counted.
+/// The label of the T5 token columns.
+fn t5_note(path: &Path, pieces: usize) -> String {
+    let mut s = format!("T5 tokens counted with {} ({pieces} pieces)", path.display());
+    if pieces < 30_000 {
+        s.push_str(
+            "; a toy tokenizer, far smaller than T5-v1.1's 32,100 pieces: these token counts and truncated shares are \
+             not T5's",
+        );
+    }
+    s.push('.');
+    s
+}
+
 fn counting(o: &CountOptions) -> String {
     format!(
         "Nouns counted as {} forms, {}, proper nouns {}; valid = seen more than {} times.",
@@ -260,6 +277,9 @@ pub fn markdown(r: &Report) -> String {
             t5,
             trunc
         );
+    }
+    if let Some(n) = &r.t5_note {
+        let _ = writeln!(s, "\n{n}");
     }
     for m in r.inputs.iter().filter(|m| m.unreadable.unreadable > 0) {
         let _ = writeln!(
@@ -317,6 +337,9 @@ pub fn html(r: &Report) -> Result<String, String> {
         );
     }
     s.push_str("</table>\n");
+    if let Some(n) = &r.t5_note {
+        let _ = writeln!(s, "<p class=\"t5-note\"><b>{}</b></p>", escape(n));
+    }
     for m in r.inputs.iter().filter(|m| m.unreadable.unreadable > 0) {
         let _ = writeln!(
             s,
