@@ -695,6 +695,7 @@ fn came_training_resumes_exactly() {
     let refused = train(&dir.path().join("other.toml"), true);
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && err.contains("written by a run with other settings"), "{err}");
+    assert!(err.contains("optimizer.kind: was \"came\""), "the change is named: {err}");
 }
 
 /// PixArt-Σ's KV-token compression in training (`model.kv_compress`, through candle's autograd):

@@ -22,7 +22,7 @@ mod writer;
 pub use atomic::{process_alive, remove_owned_temp_files, remove_temp_files, temp_path, write_atomic, TEMP_MARKER};
 pub use keys::{done_shards, key_file_stem, shard_name, ShardLayout, MAX_KEY_STEM};
 pub use lock::{lock_path, ShareLock};
-pub use manifest::{fingerprint_of, InputsPart, Manifest, MANIFEST_FILE};
+pub use manifest::{fingerprint_of, json_changes, InputsPart, Manifest, MANIFEST_FILE};
 pub use parquet::{read_records, records_to_frame, write_parquet_atomic, RESERVED};
 pub use record::{Record, Status, Value};
 pub use stats::{reason_class, RunStats, ShardStats};

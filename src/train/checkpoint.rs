@@ -56,6 +56,10 @@ pub struct TrainState {
     pub model: PixArtConfig,
     /// [`super::config::TrainConfig::digest`] of the run that wrote it.
     pub config_digest: String,
+    /// The settings that digest covers ([`super::config::TrainConfig::digested`]), to name what
+    /// changed when a resume is refused (absent in older checkpoints).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub config: serde_json::Value,
 }
 
 /// A loaded checkpoint.

@@ -641,6 +641,12 @@ impl TrainConfig {
     /// checkpoint cadence, validation or `max_steps`, which a resumed run may change).
     pub fn digest(&self) -> String {
         use sha2::{Digest, Sha256};
+        hex::encode(&Sha256::digest(self.digested().to_string().as_bytes())[..16])
+    }
+
+    /// The settings [`TrainConfig::digest`] covers, as JSON (kept in checkpoints, so that a refused
+    /// resume names what changed).
+    pub fn digested(&self) -> serde_json::Value {
         let mut v = serde_json::json!({
             "seed": self.seed, "grad_accum": self.grad_accum, "max_grad_norm": self.max_grad_norm,
             "ema_decay": self.ema_decay, "precision": self.precision, "data": self.data, "model": self.model,
@@ -650,7 +656,7 @@ impl TrainConfig {
         if let Some(h) = &self.holdout {
             v["holdout"] = serde_json::json!(h);
         }
-        hex::encode(&Sha256::digest(v.to_string().as_bytes())[..16])
+        v
     }
 }
 

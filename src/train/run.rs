@@ -263,9 +263,21 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
         Some(dir) => {
             let mut ck = checkpoint::load(dir, &device)?;
             if ck.state.config_digest != cfg.digest() {
+                let changed: Vec<String> = crate::shards::json_changes(&ck.state.config, &cfg.digested())
+                    .into_iter()
+                    .map(|(field, was, now)| {
+                        let show = |v: Option<serde_json::Value>| v.map_or("absent".to_string(), |v| v.to_string());
+                        format!("{field}: was {}, is now {}", show(was), show(now))
+                    })
+                    .collect();
+                let what = if ck.state.config.is_null() {
+                    "seed, data, model, optimizer, schedule, accumulation or clipping differ".to_string()
+                } else {
+                    changed.join("; ")
+                };
                 anyhow::bail!(
-                    "{}: written by a run with other settings (seed, data, model, optimizer, schedule, accumulation \
-                     or clipping differ); resuming would not continue it exactly. Use the config it was made with.",
+                    "{}: written by a run with other settings ({what}); resuming would not continue it exactly. Use \
+                     the config it was made with.",
                     dir.display()
                 );
             }
@@ -323,6 +335,7 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
                 images: 0,
                 model: model.config.clone(),
                 config_digest: cfg.digest(),
+                config: cfg.digested(),
             };
             let seed = place.seed(cfg.seed.wrapping_add(1));
             let trainer = match &cfg.lora {
