@@ -296,3 +296,29 @@ fn workers_from_slurm_environment_split_the_shards() {
     run_worker("0");
     assert_eq!(pixforge::shards::done_shards(&out).unwrap(), vec![0, 1, 2, 3, 4]);
 }
+
+/// The ingest's summary warns about written images without a caption and images enlarged more
+/// than twice, with their counts (also in each shard's stats).
+#[test]
+fn captionless_and_upscaled_images_are_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    pixforge::demo::write_inputs(&input).unwrap();
+    std::fs::remove_file(input.join("camera.txt")).unwrap();
+    image::RgbImage::from_pixel(3, 5, image::Rgb([200, 10, 10])).save(input.join("tiny.png")).unwrap();
+    std::fs::write(input.join("tiny.txt"), "a red dot").unwrap();
+    let out = dir.path().join("out");
+    let o = std::process::Command::new(common::bin())
+        .args(["ingest", "folder", "--image-size", "64", "--no-progress", "--out"])
+        .arg(&out)
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("warning: 1 of 7 written image(s) have no caption"), "{text}");
+    assert!(text.contains("warning: 1 written image(s) were enlarged more than twice"), "{text}");
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("00000_stats.json")).unwrap()).unwrap();
+    assert_eq!((stats["without_caption"].as_u64(), stats["upscaled"].as_u64()), (Some(1), Some(1)), "{stats}");
+}

@@ -765,6 +765,22 @@ pub fn summary(stats: &RunStats) -> String {
     if stats.store_retries > 0 {
         let _ = writeln!(out, "store: {} transient failure(s) retried", stats.store_retries);
     }
+    if t.without_caption > 0 {
+        let _ = writeln!(
+            out,
+            "warning: {} of {} written image(s) have no caption (no alt-text): they train unconditioned unless \
+             re-captioned (`pixforge caption`); `pixforge browse` shows them",
+            t.without_caption, t.successes
+        );
+    }
+    if t.upscaled > 0 {
+        let _ = writeln!(
+            out,
+            "warning: {} written image(s) were enlarged more than twice their source size (--image-size above a small \
+             image: blurry training data); --min-image-size refuses such sources",
+            t.upscaled
+        );
+    }
     if t.count > 0 {
         let _ = writeln!(out, "reasons:");
         let mut reasons: Vec<_> = t.status_dict.iter().collect();

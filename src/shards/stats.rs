@@ -32,6 +32,25 @@ pub struct ShardStats {
     pub end_time: f64,
     /// How many rows ended with each error message (`success` included).
     pub status_dict: BTreeMap<String, usize>,
+    /// Written images without a caption (no alt-text): they train unconditioned unless re-captioned.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub without_caption: usize,
+    /// Written images enlarged more than twice their source size on a side (`--image-size` above a
+    /// small source): blurry training data.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub upscaled: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// Whether a written image is more than twice its source on a side.
+fn is_upscaled(r: &Record) -> bool {
+    match (r.width, r.height, r.original_width, r.original_height) {
+        (Some(w), Some(h), Some(ow), Some(oh)) => w > 2 * ow.max(1) || h > 2 * oh.max(1),
+        _ => false,
+    }
 }
 
 impl ShardStats {
@@ -40,7 +59,11 @@ impl ShardStats {
         let mut s = ShardStats { count: records.len(), ..Default::default() };
         for r in records {
             match r.status() {
-                Status::Success => s.successes += 1,
+                Status::Success => {
+                    s.successes += 1;
+                    s.without_caption += usize::from(r.caption.as_deref().is_none_or(|c| c.trim().is_empty()));
+                    s.upscaled += usize::from(is_upscaled(r));
+                }
                 Status::FailedToDownload => s.failed_to_download += 1,
                 Status::FailedToResize => s.failed_to_resize += 1,
                 Status::Filtered => s.filtered += 1,
@@ -97,6 +120,8 @@ impl RunStats {
         t.filtered += s.filtered;
         t.duplicate += s.duplicate;
         t.bytes_written += s.bytes_written;
+        t.without_caption += s.without_caption;
+        t.upscaled += s.upscaled;
         t.duration += s.duration;
         for (k, v) in &s.status_dict {
             *t.status_dict.entry(k.clone()).or_default() += v;
