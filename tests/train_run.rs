@@ -882,3 +882,37 @@ fn lora_fine_tune_trains_only_the_adapter_and_resumes_exactly() {
     };
     assert_ne!(sample("without", None), sample("with", Some(ck("straight").join("ema_adapter"))));
 }
+
+/// A validation T5 other than the one the caches were made with is warned about (here the same
+/// weights with another tokenizer file), naming the field and the file; the caches' own is not.
+#[test]
+fn a_validation_encoder_other_than_the_caches_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    cached_photos(dir.path());
+    let other = dir.path().join("other-t5");
+    for sub in ["text_encoder", "tokenizer"] {
+        std::fs::create_dir_all(other.join(sub)).unwrap();
+        for e in std::fs::read_dir(pipeline().join(sub)).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), other.join(sub).join(e.file_name())).unwrap();
+        }
+    }
+    let tok = other.join("tokenizer/tokenizer.json");
+    let mut text = std::fs::read_to_string(&tok).unwrap();
+    text.push('\n');
+    std::fs::write(&tok, text).unwrap();
+    std::fs::write(dir.path().join("prompts.txt"), "an astronaut\n").unwrap();
+    let run = |name: &str, t5: &Path| {
+        let validation = format!(
+            "[validation]\nprompts = \"prompts.txt\"\nt5 = \"{}\"\nvae = \"tiny\"\nevery = 2\nseeds = [1]\nsteps = 2",
+            t5.display()
+        );
+        let o = train(&config(dir.path(), name, 2, 2, "", &validation), false);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    let warned = run("other", &other);
+    assert!(warned.contains("validation.t5") && warned.contains("tokenizer.json differ"), "{warned}");
+    let same = run("same", &pipeline());
+    assert!(!same.contains("validation.t5"), "{same}");
+}

@@ -89,6 +89,30 @@ fn expected(first: &StageFingerprint, model: Option<&Path>) -> anyhow::Result<St
     Ok(e)
 }
 
+/// Warns when the model folder `dir` a step outside the caches uses (`validation.t5`,
+/// `validation.vae`) is not the one the `cache` was made with: a file missing or with other bytes.
+fn warn_if_other_model(field: &str, dir: &Path, cache: &StageFingerprint) {
+    let differ = match expected(cache, Some(dir)) {
+        Ok(e) => cache
+            .files
+            .iter()
+            .zip(&e.files)
+            .filter(|(a, b)| a.sha256 != b.sha256)
+            .map(|(a, _)| a.name.clone())
+            .collect::<Vec<_>>()
+            .join(", "),
+        Err(e) => format!("{e:#}"),
+    };
+    if !differ.is_empty() {
+        tracing::warn!(
+            "{field} {} is not the {} model the caches were made with ({differ} differ): the validation images are made \
+             with another model than the one training saw",
+            dir.display(),
+            cache.kind
+        );
+    }
+}
+
 /// Opens every cache pair, each checked against the expected fingerprint of its kind.
 fn open_data(cfg: &TrainConfig) -> anyhow::Result<TrainSet> {
     let mut pairs = Vec::new();
@@ -356,7 +380,13 @@ pub fn run(cfg: &TrainConfig, resume: &Resume) -> anyhow::Result<TrainSummary> {
     let mut data_rng = Rng::from_state(state.data_rng);
     let mut log = StepLog::open(out, state.step, main)?;
     let validation = match &cfg.validation {
-        Some(v) => Some(super::validation::Validation::prepare(v, trainer.model.config.caption_channels, &device)?),
+        Some(v) => {
+            if let Some(pair) = cfg.data.caches.first().filter(|_| main) {
+                warn_if_other_model("validation.t5", &v.t5, &StageReader::open_unchecked(&pair.t5)?.fingerprint);
+                warn_if_other_model("validation.vae", &v.vae, &StageReader::open_unchecked(&pair.vae)?.fingerprint);
+            }
+            Some(super::validation::Validation::prepare(v, trainer.model.config.caption_channels, &device)?)
+        }
         None => None,
     };
     let bar = progress_bar(cfg, state.step);
