@@ -702,7 +702,7 @@ fn main() -> std::process::ExitCode {
     // reporting a bug), even where RUST_BACKTRACE is set.
     let debug = cli.log.contains("debug") || cli.log.contains("trace");
     if !debug {
-        // SAFETY (edition 2021: a safe call): set before any thread starts.
+        // Set before any thread starts (anyhow reads it at its first error).
         std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
     tracing_subscriber::fmt()
