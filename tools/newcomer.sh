@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A newcomer's first hour, timed: a fresh clone of this repository (or of REPO) in a temporary
 # folder, then the README's set-up as written — the demo (`cargo run --release -- demo`), the test
-# command (`cargo test`), `cargo install --path .`, and a look at the demo's data with the installed
+# command (`cargo test`), `cargo install --locked --path .`, and a look at the demo's data with the installed
 # binary (`pixforge status`, `pixforge browse --static`). Prints each step's wall time and the disk
 # its build took. `.ci/run` does not run it (it takes most of an hour on 2 cores).
 #
@@ -34,7 +34,7 @@ git clone -q "$REPO" "$WORK/clone"
 echo "work folder: $WORK (step, seconds, target/ MiB after it)"
 step demo cargo run --release -- demo
 step tests cargo test
-step install cargo install --path . --root "$WORK/bin"
+step install cargo install --locked --path . --root "$WORK/bin"
 step status "$WORK/bin/bin/pixforge" status pixforge-demo
 step browse-static "$WORK/bin/bin/pixforge" browse pixforge-demo --static "$WORK/pages"
 grep -q "rows in 4 shards" "$WORK/status.log"
