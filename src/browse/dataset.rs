@@ -199,6 +199,30 @@ impl Dataset {
         }
     }
 
+    /// Up to `n` rows whose error class is `class` and that `keep` accepts, from the first shards
+    /// whose stats count it (only those are read).
+    pub fn examples(&self, class: &str, n: usize, keep: &dyn Fn(RowRef) -> bool) -> Vec<(RowRef, Arc<ShardRows>)> {
+        let mut found = Vec::new();
+        for (pi, p) in self.parts.iter().enumerate() {
+            for (si, info) in p.shards.iter().enumerate() {
+                if info.reasons.get(class).copied().unwrap_or(0) == 0 {
+                    continue;
+                }
+                let Ok(rows) = self.rows(pi, si) else { continue };
+                for row in 0..rows.len() {
+                    let r = RowRef { part: pi, shard: si, row };
+                    if found.len() == n {
+                        return found;
+                    }
+                    if rows.class(row) == class && keep(r) {
+                        found.push((r, rows.clone()));
+                    }
+                }
+            }
+        }
+        found
+    }
+
     /// Every shard known to be unreadable so far: (part name, shard name, why).
     pub fn problems(&self) -> Vec<(String, String, String)> {
         let cache = self.cache.lock().expect("cache lock");

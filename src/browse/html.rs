@@ -454,29 +454,8 @@ pub fn reasons(ds: &Dataset, links: Links, examples: usize, shown: &dyn Fn(RowRe
             let _ = write!(body, " <a href=\"{}\">all</a>", attr(links.grid(&q, 1)));
         }
         body.push_str("</h3><div id=\"grid\">");
-        let mut found = 0;
-        'shards: for (pi, p) in ds.parts.iter().enumerate() {
-            for si in 0..p.shards.len() {
-                if p.shards[si].reasons.get(&class).copied().unwrap_or(0) == 0 {
-                    continue;
-                }
-                let Ok(rows) = ds.rows(pi, si) else { continue };
-                for row in 0..rows.len() {
-                    let r = RowRef { part: pi, shard: si, row };
-                    let this = if rows.reason[row].is_empty() {
-                        rows.status[row].clone()
-                    } else {
-                        crate::shards::reason_class(&rows.reason[row])
-                    };
-                    if this == class && shown(r) {
-                        body.push_str(&tile(ds, links, r, &rows, None));
-                        found += 1;
-                        if found == examples {
-                            break 'shards;
-                        }
-                    }
-                }
-            }
+        for (r, rows) in ds.examples(&class, examples, shown) {
+            body.push_str(&tile(ds, links, r, &rows, None));
         }
         body.push_str("</div></section>");
     }

@@ -192,9 +192,7 @@ fn matches(r: &ShardRows, row: usize, q: &Query, noun: Option<&str>) -> bool {
         return false;
     }
     if let Some(want) = &q.reason {
-        let class =
-            if r.reason[row].is_empty() { r.status[row].clone() } else { crate::shards::reason_class(&r.reason[row]) };
-        if &class != want {
+        if &r.class(row) != want {
             return false;
         }
     }

@@ -84,6 +84,15 @@ impl ShardRows {
         self.keys.iter().position(|k| k == key)
     }
 
+    /// Row `row`'s error class, as the shard stats count it: the message up to its first `": "`
+    /// or `" ("`, or the status where there is no message.
+    pub fn class(&self, row: usize) -> String {
+        match self.reason[row].as_str() {
+            "" => self.status[row].clone(),
+            msg => crate::shards::reason_class(msg),
+        }
+    }
+
     /// The numeric column `name`.
     pub fn number(&self, name: &str) -> Option<&[Option<f64>]> {
         self.numbers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())

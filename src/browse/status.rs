@@ -2,7 +2,7 @@
 //! folders, rows by status, the top failure reasons each with example keys and messages, the
 //! folders made from it, and the shards that cannot be read.
 
-use super::dataset::{Dataset, RowRef};
+use super::dataset::Dataset;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -71,26 +71,11 @@ pub fn status(ds: &Dataset, top: usize, examples: usize) -> Status {
         .into_iter()
         .take(top)
         .map(|(class, rows)| {
-            let mut found = Vec::new();
-            'shards: for (pi, p) in ds.parts.iter().enumerate() {
-                for (si, info) in p.shards.iter().enumerate() {
-                    if info.reasons.get(&class).copied().unwrap_or(0) == 0 {
-                        continue;
-                    }
-                    let Ok(r) = ds.rows(pi, si) else { continue };
-                    for row in 0..r.len() {
-                        let this = RowRef { part: pi, shard: si, row };
-                        let msg = &r.reason[row];
-                        let c = if msg.is_empty() { r.status[row].clone() } else { crate::shards::reason_class(msg) };
-                        if c == class {
-                            found.push((label(this.part, this.shard), r.keys[row].clone(), msg.clone()));
-                            if found.len() == examples {
-                                break 'shards;
-                            }
-                        }
-                    }
-                }
-            }
+            let found = ds
+                .examples(&class, examples, &|_| true)
+                .into_iter()
+                .map(|(r, rows)| (label(r.part, r.shard), rows.keys[r.row].clone(), rows.reason[r.row].clone()))
+                .collect();
             Reason { class, rows, examples: found }
         })
         .collect();
