@@ -23,45 +23,67 @@ fn ok(o: std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// The photos ingested, captioned twice each, and cached with every caption (T5) and at 64 px (VAE).
-fn cached(dir: &Path) {
-    let vlm = VlmServer::start(Expect::answering(MODEL));
+/// A `pixforge` command whose data stages write their event files under `dir/tensorboard`.
+fn bin(dir: &Path) -> Command {
+    let mut c = Command::new(common::bin());
+    c.env("PIXFORGE_TENSORBOARD", dir.join("tensorboard"));
+    c
+}
+
+/// The demo's photos ingested at 64 px into `dir/shards`.
+fn ingested(dir: &Path) {
     let photos = dir.join("photos");
     pixforge::demo::write_inputs(&photos).unwrap();
-    let bin = || {
-        let mut c = Command::new(common::bin());
-        c.env("PIXFORGE_TENSORBOARD", dir.join("tensorboard"));
-        c
-    };
-    ok(bin()
+    ok(bin(dir)
         .args(["ingest", "folder", "--samples-per-shard", "3", "--image-size", "64", "--no-progress", "--out"])
         .arg(dir.join("shards"))
         .arg(&photos)
         .output()
         .unwrap());
-    ok(bin()
-        .args(["caption", "--backend", "openai", "--model", MODEL, "--captions-per-image", "2", "--no-progress"])
+}
+
+/// `dir/shards` captioned `per_image` times with `prompt` by `vlm` into `dir/{out}`.
+fn captioned(dir: &Path, vlm: &VlmServer, prompt: &str, per_image: usize, out: &str) {
+    ok(bin(dir)
+        .args(["caption", "--backend", "openai", "--model", MODEL, "--no-progress", "--captions-per-image"])
+        .arg(per_image.to_string())
         .arg("--endpoint")
         .arg(format!("{}/v1", vlm.base))
-        .args(["--prompt", "Describe sample {key} in a very detailed manner", "--input"])
+        .arg("--prompt")
+        .arg(prompt)
+        .arg("--input")
         .arg(dir.join("shards"))
         .arg("--out")
-        .arg(dir.join("captions"))
+        .arg(dir.join(out))
         .output()
         .unwrap());
-    ok(bin()
-        .args(["cache", "t5", "--all-captions", "--no-progress", "--model"])
+}
+
+/// `cache t5` of `dir/shards` with the captions of `dir/{captions}` into `dir/t5` (`extra` flags added).
+fn cache_t5(dir: &Path, captions: &str, extra: &[&str]) -> std::process::Output {
+    bin(dir)
+        .args(["cache", "t5", "--no-progress"])
+        .args(extra)
+        .arg("--model")
         .arg(common::caches::pipeline())
         .arg("--captions")
-        .arg(dir.join("captions"))
+        .arg(dir.join(captions))
         .arg("--input")
         .arg(dir.join("shards"))
         .arg("--out")
         .arg(dir.join("t5"))
         .output()
-        .unwrap());
+        .unwrap()
+}
+
+/// The photos ingested, captioned twice each, and cached with every caption (T5) and at 64 px (VAE).
+fn cached(dir: &Path) {
+    let vlm = VlmServer::start(Expect::answering(MODEL));
+    ingested(dir);
+    captioned(dir, &vlm, "Describe sample {key} in a very detailed manner", 2, "captions");
+    ok(cache_t5(dir, "captions", &["--all-captions"]));
     let vae = common::caches::tiny_vae(dir);
-    ok(bin()
+    ok(bin(dir)
         .args(["cache", "vae", "--resolution", "64", "--no-progress", "--model"])
         .arg(&vae)
         .arg("--input")
@@ -225,4 +247,19 @@ fn every_cached_caption_is_trained_on_and_the_choice_resumes_exactly() {
     let (a, b) = (log("straight"), log("killed"));
     assert_eq!(a.len(), steps as usize);
     assert_eq!(a, b, "the resumed run continues the straight run's caption choice");
+}
+
+#[test]
+fn a_cache_of_other_captions_is_refused_naming_what_changed_in_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let vlm = VlmServer::start(Expect::answering(MODEL));
+    ingested(dir.path());
+    captioned(dir.path(), &vlm, "Describe sample {key} in detail", 1, "captions");
+    captioned(dir.path(), &vlm, "Describe sample {key} briefly", 1, "captions-brief");
+    ok(cache_t5(dir.path(), "captions", &[]));
+    let refused = cache_t5(dir.path(), "captions-brief", &[]);
+    assert!(!refused.status.success(), "a cache of other captions is refused");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("`prompts`") && err.contains("briefly") && err.contains("in detail"), "{err}");
+    assert!(!err.contains("fingerprint"), "what changed, not two hashes: {err}");
 }

@@ -202,6 +202,7 @@ impl CaptionConfig {
                 "chat_template": if self.backend == Backend::Candle { Some(&self.chat_template) } else { None },
             }),
             sources: Default::default(),
+            made_from: Default::default(),
         })
     }
 }

@@ -186,6 +186,7 @@ impl ScoreConfig {
             files,
             preprocessing: serde_json::to_value(self.preprocess()?)?,
             sources: Default::default(),
+            made_from: Default::default(),
         })
     }
 }
@@ -525,6 +526,7 @@ pub fn run_laion(cfg: &LaionEmbeddings, opts: &StageOptions) -> anyhow::Result<S
         files: fp_files,
         preprocessing: serde_json::json!({ "key_col": cfg.key_col }),
         sources: Default::default(),
+        made_from: Default::default(),
     };
     let mut heads = cfg.heads.iter().map(|p| Head::load(p, &Device::Cpu)).collect::<anyhow::Result<Vec<_>>>()?;
     let out_dir = crate::store::working_dir(&opts.out, opts.worker);

@@ -94,6 +94,7 @@ impl T5CacheConfig {
         let model_dir = crate::hub::part(&self.model, "text_encoder");
         let mut files = crate::hub::weight_files(&model_dir, "model")?;
         files.push(CaptionTokenizer::file_in(&self.model));
+        let mut made_from = std::collections::BTreeMap::new();
         let caption = match &self.captions {
             None => "the sample's .txt member".to_string(),
             Some(dir) => {
@@ -105,9 +106,14 @@ impl T5CacheConfig {
                 })?;
                 // How the captions were made (model, prompts, sampling), not from which shards: caches
                 // of several datasets captioned alike train together.
-                let how = serde_json::from_value::<StageFingerprint>(m.config.clone())
-                    .map(|f| f.digest_without_sources())
-                    .unwrap_or(m.fingerprint);
+                let how = match serde_json::from_value::<StageFingerprint>(m.config.clone()) {
+                    Ok(mut f) => {
+                        f.sources.clear();
+                        made_from.insert("caption".to_string(), serde_json::to_value(&f)?);
+                        f.digest()
+                    }
+                    Err(_) => m.fingerprint,
+                };
                 format!("the first caption of a caption folder made with fingerprint {how}")
             }
         };
@@ -120,7 +126,9 @@ impl T5CacheConfig {
         if self.all_captions {
             preprocessing["all_captions"] = serde_json::json!(true);
         }
-        StageFingerprint::of_model("t5", &model_dir, &files, preprocessing)
+        let mut fingerprint = StageFingerprint::of_model("t5", &model_dir, &files, preprocessing)?;
+        fingerprint.made_from = made_from;
+        Ok(fingerprint)
     }
 }
 

@@ -35,6 +35,11 @@ pub struct StageFingerprint {
     /// Each source shard's name and the sha256 of its `_stats.json`, empty when not checked.
     #[serde(default)]
     pub sources: BTreeMap<String, String>,
+    /// The configurations of the stage folders the output was made from, under the name of the
+    /// `preprocessing` field that records their digest (`caption`: the caption folder's). Not part of
+    /// the digest — that field stands for them — but kept so that a refusal says what in them changed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub made_from: BTreeMap<String, serde_json::Value>,
 }
 
 impl FileHash {
@@ -71,7 +76,14 @@ impl StageFingerprint {
     ) -> anyhow::Result<Self> {
         let model_config: serde_json::Value = crate::hub::read_config(&model_dir.join("config.json"))?;
         let files = files.iter().map(|p| FileHash::of(p)).collect::<anyhow::Result<_>>()?;
-        Ok(Self { kind: kind.into(), model_config, files, preprocessing, sources: BTreeMap::new() })
+        Ok(Self {
+            kind: kind.into(),
+            model_config,
+            files,
+            preprocessing,
+            sources: BTreeMap::new(),
+            made_from: BTreeMap::new(),
+        })
     }
 
     /// Adds the source shards `names` of `input` (each by the hash of its `_stats.json`).
@@ -107,9 +119,11 @@ impl StageFingerprint {
         f.digest()
     }
 
-    /// A short hash of the whole fingerprint.
+    /// A short hash of the whole fingerprint (`made_from` aside: `preprocessing` holds its digests).
     pub fn digest(&self) -> String {
-        let text = serde_json::to_string(self).expect("a fingerprint serialises");
+        let mut f = self.clone();
+        f.made_from.clear();
+        let text = serde_json::to_string(&f).expect("a fingerprint serialises");
         hex::encode(&Sha256::digest(text.as_bytes())[..16])
     }
 
@@ -122,7 +136,17 @@ impl StageFingerprint {
         }
         diff_json("model config", &self.model_config, &expected.model_config, &mut out);
         diff_files(&self.files, &expected.files, &mut out);
-        diff_json("preprocessing", &self.preprocessing, &expected.preprocessing, &mut out);
+        let mut preprocessing = Vec::new();
+        diff_json("preprocessing", &self.preprocessing, &expected.preprocessing, &mut preprocessing);
+        // A field standing for a folder's digest is explained by what changed in that folder.
+        for (field, line) in json_fields(&self.preprocessing, &expected.preprocessing).into_iter().zip(preprocessing) {
+            match self.made_from_changes(expected, &field) {
+                Some(why) if !why.is_empty() => {
+                    out.extend(why.into_iter().map(|w| format!("preprocessing: `{field}` — its folder's {w}")))
+                }
+                _ => out.push(line),
+            }
+        }
         if !expected.sources.is_empty() {
             for (name, hash) in &expected.sources {
                 match self.sources.get(name) {
@@ -134,6 +158,28 @@ impl StageFingerprint {
         }
         out
     }
+}
+
+impl StageFingerprint {
+    /// What differs between the configurations of the folder recorded under `field` in both
+    /// fingerprints; `None` when either does not record it.
+    fn made_from_changes(&self, expected: &StageFingerprint, field: &str) -> Option<Vec<String>> {
+        let parse = |f: &StageFingerprint| {
+            f.made_from.get(field).and_then(|v| serde_json::from_value::<StageFingerprint>(v.clone()).ok())
+        };
+        let (mut was, mut now) = (parse(self)?, parse(expected)?);
+        was.sources.clear();
+        now.sources.clear();
+        Some(was.changes(&now))
+    }
+}
+
+/// The top-level field of each difference [`diff_json`] reports, in its order.
+fn json_fields(cached: &serde_json::Value, expected: &serde_json::Value) -> Vec<String> {
+    crate::shards::manifest::json_changes(cached, expected)
+        .into_iter()
+        .map(|(field, ..)| field.split('.').next().unwrap_or_default().to_string())
+        .collect()
 }
 
 fn diff_json(what: &str, cached: &serde_json::Value, expected: &serde_json::Value, out: &mut Vec<String>) {
@@ -185,6 +231,7 @@ mod tests {
             files: vec![FileHash { name: "w.safetensors".into(), bytes: 10, sha256: "ab".repeat(32) }],
             preprocessing: serde_json::json!({"resolution": 512}),
             sources: BTreeMap::new(),
+            made_from: BTreeMap::new(),
         };
         assert!(a.changes(&a).is_empty());
         let mut b = a.clone();
