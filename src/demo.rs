@@ -156,8 +156,8 @@ impl DemoReport {
                 "\ntraining ([train] of pipelines/demo.toml, the format of pixforge train --config): a tiny PixArtMS, {} \
                  steps on {} samples in {} buckets\n  loss {:.3} (first 10 steps) -> {:.3} (last 10)\n  log: \
                  {}/train/log.jsonl, curve: {}/train/loss.svg\n  checkpoint: {}\n  validation grid: {} (labelled \
-                 with its prompts and seeds: the .svg beside it)\n  samples: {}/samples/NNNN.png (+ .json: prompt, \
-                 seed)\n  the grid and the samples are from tiny random-weight models trained for seconds: blotches \
+                 with its prompts and seeds)\n  samples: {}/samples/NNNN.png (+ .json: prompt, seed; all of them \
+                 labelled in grid.png)\n  the grid and the samples are from tiny random-weight models trained for seconds: blotches \
                  of the photos' colours, not pictures; the same commands train and sample real PixArt weights\n",
                 t.end_step,
                 t.samples,

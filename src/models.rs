@@ -91,8 +91,34 @@ fn write_json(path: &Path, v: &serde_json::Value) -> anyhow::Result<()> {
     Ok(crate::shards::write_atomic(path, serde_json::to_string_pretty(v)?.as_bytes())?)
 }
 
+/// Marks the model folder `dir` as made up by `init-tiny` (see [`crate::hub::RANDOM_WEIGHTS_FILE`]).
+fn mark_random(dir: &Path, kind: ModelKind, seed: u64) -> anyhow::Result<()> {
+    let what = match kind {
+        ModelKind::Vae => "weights made up to carry each 8x8 patch's colour (they decode to a blurred image)",
+        _ => "random weights (normal, std 0.05), never trained",
+    };
+    write_json(
+        &dir.join(crate::hub::RANDOM_WEIGHTS_FILE),
+        &serde_json::json!({
+            "written_by": "pixforge models init-tiny", "kind": format!("{kind:?}").to_lowercase(), "seed": seed,
+            "weights": what,
+        }),
+    )
+}
+
 /// Writes a tiny model of `kind` into `out`.
 pub fn init_tiny(kind: ModelKind, out: &Path, micro_conditions: bool, seed: u64) -> anyhow::Result<()> {
+    init_tiny_weights(kind, out, micro_conditions, seed)?;
+    let part = match kind {
+        ModelKind::Pixart => out.join("transformer"),
+        ModelKind::T5 => out.join("text_encoder"),
+        ModelKind::Vae => out.join("vae"),
+        ModelKind::Llava => out.to_path_buf(),
+    };
+    mark_random(&part, kind, seed)
+}
+
+fn init_tiny_weights(kind: ModelKind, out: &Path, micro_conditions: bool, seed: u64) -> anyhow::Result<()> {
     match kind {
         ModelKind::Pixart => {
             let config = PixArtConfig {

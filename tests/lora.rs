@@ -138,7 +138,7 @@ fn merge_forward_and_sample_with_adapters_from_the_command_line() {
             args.extend(["--lora", l.as_str()]);
         }
         pixforge(&args);
-        std::fs::read(dir.path().join(name).join("0000.png")).unwrap()
+        image::open(dir.path().join(name).join("0000.png")).unwrap().to_rgb8().into_raw()
     };
     // (A DoRA adapter at scale 0 still sets its magnitudes; a LoRA one at scale 0 changes nothing.)
     let lora = fixtures().join("lora/lora").display().to_string();

@@ -150,6 +150,11 @@ fn init_tiny_t5_and_vae_write_the_real_layouts() {
             (std::fs::read(a.join(f)).unwrap(), std::fs::read(b.join(f)).unwrap(), std::fs::read(c.join(f)).unwrap());
         assert!(x == y && x != z, "{f}: the same seed gives the same weights, another seed others");
     }
+    // Each folder says its weights are made up (what sampled pictures then say of themselves).
+    for part in ["text_encoder", "vae"] {
+        assert!(pixforge::hub::has_random_weights(&a, part), "{part}");
+    }
+    assert!(!pixforge::hub::has_random_weights(&common::fixtures().join("pixart-pipeline"), "vae"));
     let t5 = candle_core::safetensors::load(a.join("text_encoder/model.safetensors"), &Device::Cpu).unwrap();
     for key in [
         "shared.weight",

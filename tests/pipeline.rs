@@ -121,14 +121,22 @@ fn demo_runs_every_stage_then_only_what_is_missing() {
         assert!(out.join(f).is_file(), "{f}");
     }
     // What is shown says what it is: the toy T5 tokenizer's token counts are labelled as not T5's,
-    // the validation grid has a labelled SVG (prompts, seeds), the random models are named as such.
+    // the validation grid and the samples carry their prompts and seeds and a note that the models
+    // are made up, the summary says so too.
     let md = std::fs::read_to_string(out.join("density/report.md")).unwrap();
     assert!(md.contains("a toy tokenizer") && md.contains("not T5's"), "{md}");
-    let svg = std::fs::read_to_string(run.join("samples/step_0000060.svg")).unwrap();
+    let text = |path: &Path| -> std::collections::HashMap<String, String> {
+        pixforge::image::label::png_text(&std::fs::read(path).unwrap()).unwrap().into_iter().collect()
+    };
     let prompts: Vec<&str> =
         pixforge::demo::CAPTIONS.lines().filter_map(|l| l.split_once('\t').map(|(_, c)| c)).take(2).collect();
-    assert!(svg.contains("seed 0") && svg.contains("seed 1") && svg.contains("data:image/png;base64,"), "{svg}");
-    assert!(prompts.iter().all(|p| svg.contains(p.split_whitespace().next().unwrap())), "{svg}");
+    let grid = text(&run.join("samples/step_0000060.png"));
+    assert_eq!(grid["Description"], prompts.join("\n"), "{grid:?}");
+    assert!(grid["Comment"].contains("random tiny models: the T5 and VAE made up"), "{grid:?}");
+    let sample = text(&out.join("samples/0000.png"));
+    assert!(sample["parameters"].contains("Seed: "), "{sample:?}");
+    assert!(sample["Comment"].starts_with("random tiny models"), "{sample:?}");
+    assert!(out.join("samples/grid.png").is_file());
     assert!(stdout.contains("random-weight models") && stdout.contains("labelled"), "{stdout}");
     // The summary names every artifact.
     let artifacts = [

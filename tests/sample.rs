@@ -61,6 +61,7 @@ fn guided_sampling_and_vae_decode_match_the_diffusers_pipeline() {
             seed: 0,
             binning: true,
             max_tokens: None,
+            grid: false,
         },
     };
     let out = generate(&o, &[prompt()], &Device::Cpu).unwrap();
@@ -96,9 +97,26 @@ fn sample_cli_writes_a_png_per_prompt_with_its_settings() {
         assert_eq!(meta["seed"], 3);
         assert_eq!(meta["null"], "empty", "a diffusers transformer has no y_embedding: auto picks the empty prompt");
     }
-    let a = std::fs::read(out.join("0000.png")).unwrap();
-    let b = std::fs::read(out.join("0001.png")).unwrap();
-    assert_ne!(a, b, "different prompts and noise give different images");
+    let pixels = |name: &str| image::open(out.join(name)).unwrap().to_rgb8();
+    assert_ne!(pixels("0000.png"), pixels("0001.png"), "different prompts and noise give different images");
+    // Each PNG carries its prompt and settings as Stable Diffusion tools write them; the fixture's
+    // models are real-layout ones, not init-tiny's, so no note.
+    let text = |name: &str| -> std::collections::HashMap<String, String> {
+        pixforge::image::label::png_text(&std::fs::read(out.join(name)).unwrap()).unwrap().into_iter().collect()
+    };
+    let first = text("0001.png");
+    assert!(first["parameters"].starts_with("a dog on a beach\nSteps: 4, Sampler: "), "{first:?}");
+    assert!(first["parameters"].contains("Seed: 3, Prompt index: 1, Size: 16x16"), "{first:?}");
+    assert!(!first.contains_key("Comment"), "{first:?}");
+    // grid.png: both images one under another, each labelled with its prompt.
+    let grid = pixels("grid.png");
+    assert!(grid.width() > 16 + 200 && grid.height() >= 2 * 16 + 4, "{:?}", grid.dimensions());
+    let (x0, y0) = (grid.width() - 8 - 16, grid.height() - 8 - (2 * 16 + 4));
+    for (i, name) in ["0000.png", "0001.png"].iter().enumerate() {
+        let tile = image::imageops::crop_imm(&grid, x0, y0 + i as u32 * 20, 16, 16).to_image();
+        assert_eq!(tile, pixels(name), "{name} in the grid");
+    }
+    assert!(text("grid.png")["Title"].contains("seed 3"));
 }
 
 #[test]

@@ -183,14 +183,32 @@ fn loss_halves_on_eight_cached_photos() {
     let grids: Vec<_> = events.values.iter().filter(|e| e.tag == "validation/grid").collect();
     assert_eq!(grids.iter().map(|e| e.step).collect::<Vec<_>>(), [100, 150]);
     let (w, h, png) = grids[1].image.clone().unwrap();
-    assert_eq!((w, h), (3 * 64 + 2 * 4, 2 * 64 + 4));
     assert_eq!(png, std::fs::read(summary.validation.as_ref().unwrap()).unwrap());
+    assert_eq!(image::image_dimensions(summary.validation.as_ref().unwrap()).unwrap(), (w as u32, h as u32));
 
     let svg = std::fs::read_to_string(cfg.output_dir.join("loss.svg")).unwrap();
     assert!(svg.contains("<svg") && svg.contains("training loss") && svg.matches("<polyline").count() >= 3);
-    let grid = image::open(summary.validation.as_ref().unwrap()).unwrap();
-    // 2 prompts × 3 seeds of 64 px (8 latents × VAE scale 8), 4 px apart.
-    assert_eq!((grid.width(), grid.height()), (3 * 64 + 2 * 4, 2 * 64 + 4));
+    let grid = image::open(summary.validation.as_ref().unwrap()).unwrap().to_rgb8();
+    // 2 prompts × 3 seeds of 64 px (8 latents × VAE scale 8), 4 px apart, at the bottom right inside
+    // an 8 px margin; the labels left of and above them.
+    let (gw, gh) = (3 * 64 + 2 * 4, 2 * 64 + 4);
+    assert!(grid.width() > gw + 200 && grid.height() > gh + 30, "{:?}", grid.dimensions());
+    let (x0, y0) = (grid.width() - 8 - gw, grid.height() - 8 - gh);
+    let inked = |x: std::ops::Range<u32>, y: std::ops::Range<u32>| {
+        y.flat_map(|y| x.clone().map(move |x| (x, y))).filter(|&(x, y)| grid.get_pixel(x, y).0 != [255; 3]).count()
+    };
+    assert!(inked(0..x0, y0..y0 + 15) > 20, "the first prompt left of its row");
+    assert!(inked(x0..x0 + 64, y0 - 15..y0) > 20, "the first seed above its column");
+    assert_eq!(inked(x0 + 64..x0 + 68, y0..y0 + gh), 0, "the gap between columns");
+    let tile = inked(x0..x0 + 64, y0..y0 + 64);
+    assert!(tile > 64 * 32, "a picture in the first tile: {tile}");
+    // The PNG's text: the step and sampler, the prompts, and a note naming the made-up VAE (the
+    // validation T5 is a real-layout fixture, not init-tiny's).
+    let text: std::collections::HashMap<String, String> =
+        pixforge::image::label::png_text(&png).unwrap().into_iter().collect();
+    assert!(text["Title"].starts_with("step 150 - dpm-solver, 5 steps"), "{text:?}");
+    assert_eq!(text["Description"], "an astronaut\na cup of coffee");
+    assert!(text["Comment"].contains("the VAE made up by `pixforge models init-tiny`"), "{text:?}");
     assert!(cfg.output_dir.join("samples/step_0000100.png").exists());
     let kept: Vec<u64> = pixforge::train::checkpoint::list(&cfg.output_dir).unwrap().iter().map(|c| c.0).collect();
     assert_eq!(kept, [100, 150], "every 50 steps and at the end, the newest 2 kept");
@@ -224,10 +242,11 @@ fn loss_halves_on_eight_cached_photos() {
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
     let (st, from_folder) = sample("from-folder", &checkpoint, &[]);
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
-    assert_eq!(std::fs::read(&from_folder).unwrap(), std::fs::read(&with_flags).unwrap());
+    let pixels = |png: &Path| image::open(png).unwrap().to_rgb8().into_raw();
+    assert_eq!(pixels(&from_folder), pixels(&with_flags));
     let (st, from_file) = sample("from-file", &checkpoint.join("ema.safetensors"), &[]);
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
-    assert_eq!(std::fs::read(&from_file).unwrap(), std::fs::read(&with_flags).unwrap());
+    assert_eq!(pixels(&from_file), pixels(&with_flags));
     let (st, _) = sample("wrong", &checkpoint, &["--heads", "16"]);
     let err = String::from_utf8_lossy(&st.stderr);
     assert!(!st.status.success() && err.contains("config.json says 2 heads"), "{err}");
@@ -878,7 +897,7 @@ fn lora_fine_tune_trains_only_the_adapter_and_resumes_exactly() {
             c.arg("--lora").arg(l);
         }
         ok(c.output().unwrap());
-        std::fs::read(dir.path().join(name).join("0000.png")).unwrap()
+        image::open(dir.path().join(name).join("0000.png")).unwrap().to_rgb8().into_raw()
     };
     assert_ne!(sample("without", None), sample("with", Some(ck("straight").join("ema_adapter"))));
 }

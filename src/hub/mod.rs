@@ -17,6 +17,31 @@ pub fn part(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
     }
 }
 
+/// The file `pixforge models init-tiny` writes into each model folder it makes: its weights are
+/// random (or, for the tiny VAE, made up), so what the model makes is not a picture of anything.
+pub const RANDOM_WEIGHTS_FILE: &str = "pixforge-random-weights.json";
+
+/// Whether the `name/` part of model folder `dir` holds weights `models init-tiny` made up.
+pub fn has_random_weights(dir: &std::path::Path, name: &str) -> bool {
+    part(dir, name).join(RANDOM_WEIGHTS_FILE).is_file()
+}
+
+/// A note for pictures made with models of which some were made up by `models init-tiny`:
+/// `models` lists each model's folder, its part name and what to call it (`T5`); `None` when every
+/// model is a real one.
+pub fn random_weights_note(models: &[(&std::path::Path, &str, &str)]) -> Option<String> {
+    let made_up: Vec<&str> =
+        models.iter().filter(|(dir, part, _)| has_random_weights(dir, part)).map(|(_, _, what)| *what).collect();
+    let list = match made_up.as_slice() {
+        [] => return None,
+        [one] => one.to_string(),
+        [first @ .., last] => format!("{} and {last}", first.join(", ")),
+    };
+    Some(format!(
+        "random tiny models: the {list} made up by `pixforge models init-tiny`, so these are not pictures of the prompts"
+    ))
+}
+
 /// Reads and parses a `config.json`, naming the file and the field (`text_config.hidden_size`) on error.
 pub fn read_config<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> anyhow::Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;

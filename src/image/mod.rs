@@ -2,11 +2,13 @@
 //! decompression-bomb check and EXIF orientation ([`decode`]), resize plans and resampling
 //! ([`resize`]), the codecs behind one JPEG trait with the pure-Rust and libjpeg-turbo
 //! implementations ([`codec`]), perceptual hashes ([`phash`]), CLIP's preprocessing ([`clip`]), and
-//! [`process`], ingest's whole image step on one sample. One pixel limit, [`MAX_PIXELS`].
+//! [`process`], ingest's whole image step on one sample, and labels drawn into pictures ([`label`]).
+//! One pixel limit, [`MAX_PIXELS`].
 
 pub mod clip;
 pub mod codec;
 pub mod decode;
+pub mod label;
 pub mod options;
 pub mod phash;
 pub mod resize;

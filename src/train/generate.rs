@@ -57,6 +57,10 @@ pub struct SampleConfig {
     /// 300 rows — else PixArt-α's 120).
     #[arg(long)]
     pub max_tokens: Option<usize>,
+    /// Also write `grid.png`: every image of the run in one picture, labelled with its prompt and
+    /// the settings; `--no-grid` (in a pipeline: `grid = false`) writes only the images.
+    #[arg(long = "no-grid", action = clap::ArgAction::SetFalse)]
+    pub grid: bool,
 }
 
 impl Default for SampleConfig {
@@ -233,29 +237,87 @@ pub fn generate(o: &SampleOptions, prompts: &[String], device: &Device) -> anyho
 }
 
 /// Generates the images and writes `NNNN.png` and `NNNN.json` (prompt and settings) per prompt into
-/// `out`, atomically; returns the PNG paths.
+/// `out`, atomically, each PNG carrying its prompt and settings as text (`parameters`, the form
+/// Stable Diffusion tools read), and with `config.grid` all of them labelled in `grid.png`; returns
+/// the images' paths.
 pub fn run(o: &SampleOptions, prompts: &[String], out: &Path, device: &Device) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", out.display()))?;
     let images = generate(o, prompts, device)?;
+    let steps = o.config.steps.unwrap_or(o.config.sampler.default_steps());
+    let note = crate::hub::random_weights_note(&[
+        (&o.transformer, "transformer", "transformer"),
+        (&o.t5, "text_encoder", "T5"),
+        (&o.vae, "vae", "VAE"),
+    ]);
     let mut paths = Vec::new();
+    let mut pictures = Vec::new();
     for (i, (g, prompt)) in images.iter().zip(prompts).enumerate() {
         let png = out.join(format!("{i:04}.png"));
-        let mut bytes = Vec::new();
-        image::RgbImage::from_raw(g.width as u32, g.height as u32, g.rgb.clone())
-            .expect("the buffer holds width × height × 3 bytes")
-            .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)?;
-        crate::shards::write_atomic(&png, &bytes)?;
+        let picture = image::RgbImage::from_raw(g.width as u32, g.height as u32, g.rgb.clone())
+            .expect("the buffer holds width × height × 3 bytes");
+        let parameters = format!(
+            "{prompt}\nSteps: {steps}, Sampler: {}, CFG scale: {}, Seed: {}, Prompt index: {i}, Size: {}x{}, Model: {}",
+            o.config.sampler.name(),
+            o.config.cfg,
+            o.config.seed,
+            g.width,
+            g.height,
+            o.transformer.display()
+        );
+        let mut text =
+            vec![("parameters", parameters), ("Software", format!("pixforge {}", env!("CARGO_PKG_VERSION")))];
+        if let Some(note) = &note {
+            text.push(("Comment", note.clone()));
+        }
+        crate::shards::write_atomic(&png, &crate::image::label::png_with_text(&picture, &text)?)?;
         let meta = serde_json::json!({
-            "prompt": prompt, "seed": o.config.seed, "sampler": o.config.sampler, "steps": o.config.steps.unwrap_or(o.config.sampler.default_steps()),
+            "prompt": prompt, "seed": o.config.seed, "sampler": o.config.sampler, "steps": steps,
             "cfg": o.config.cfg, "null": g.null, "width": g.width, "height": g.height, "bucket": g.bucket,
             "max_tokens": g.max_tokens, "transformer": o.transformer, "t5": o.t5, "vae": o.vae,
-            "loras": o.loras,
+            "loras": o.loras, "note": note,
         });
         crate::shards::write_atomic(
             &out.join(format!("{i:04}.json")),
             serde_json::to_string_pretty(&meta)?.as_bytes(),
         )?;
         paths.push(png);
+        pictures.push(picture);
+    }
+    if o.config.grid && !pictures.is_empty() {
+        // The transformer by its last two path parts (the full path is in each image's parameters).
+        let parts: Vec<String> = o.transformer.iter().rev().take(2).map(|p| p.to_string_lossy().into_owned()).collect();
+        let model: Vec<&str> = parts.iter().rev().map(String::as_str).collect();
+        let title = format!(
+            "pixforge sample - {}, {steps} steps, cfg {}, seed {} - {}",
+            o.config.sampler.name(),
+            o.config.cfg,
+            o.config.seed,
+            model.join("/")
+        );
+        write_grid(&out.join("grid.png"), &pictures, prompts, title, note)?;
     }
     Ok(paths)
+}
+
+/// Writes `pictures` (of one size) one under another, each labelled with its prompt, under `title`
+/// and `note`, as the PNG `path`.
+fn write_grid(
+    path: &Path,
+    pictures: &[image::RgbImage],
+    prompts: &[String],
+    title: String,
+    note: Option<String>,
+) -> anyhow::Result<()> {
+    use crate::image::label::{labelled_grid, png_with_text, GridLabels};
+    const GAP: u32 = 4;
+    let (w, h) = pictures[0].dimensions();
+    let mut grid = image::RgbImage::from_pixel(w, pictures.len() as u32 * (h + GAP) - GAP, image::Rgb([255; 3]));
+    for (i, p) in pictures.iter().enumerate() {
+        image::imageops::replace(&mut grid, p, 0, (i as u32 * (h + GAP)) as i64);
+    }
+    let rows = prompts.iter().enumerate().map(|(i, p)| format!("{i:04}: {p}")).collect();
+    let labels = GridLabels { title: title.clone(), note: note.clone(), columns: Vec::new(), rows };
+    let mut text = vec![("Title", title)];
+    text.extend(note.map(|n| ("Comment", n)));
+    Ok(crate::shards::write_atomic(path, &png_with_text(&labelled_grid(&grid, (w, h), GAP, &labels), &text)?)?)
 }

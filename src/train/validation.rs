@@ -1,13 +1,14 @@
 //! Validation samples during training: the prompts are encoded once at start (the T5 encoder is then
 //! freed), and every N steps the model samples each prompt at each fixed seed; the images form one
-//! grid (a row per prompt, a column per seed) written as `samples/step_NNNNNNN.png` (and as an SVG
-//! labelled with the prompts and seeds, `step_NNNNNNN.svg`) with a JSON
-//! sidecar naming the prompts, seeds and sampler.
+//! grid (a row per prompt, a column per seed) written as `samples/step_NNNNNNN.png`, labelled with
+//! its step, sampler, prompts and seeds (and a red note when the T5 or VAE is a made-up tiny model),
+//! with a JSON sidecar naming the prompts, seeds and sampler.
 
 use super::config::ValidationConfig;
 use super::diffusion::Diffusion;
 use super::model::PixArt;
 use super::sampler::{self, Condition, Guided};
+use crate::image::label::{labelled_grid, png_with_text, GridLabels};
 use crate::latents::{t5::TextEncoder, vae::Vae};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Tensor};
@@ -22,6 +23,8 @@ pub struct Validation {
     prompts: Vec<String>,
     embeddings: Vec<Tensor>,
     vae: Vae,
+    /// Said on the grid when the T5 or the VAE is made up (`models init-tiny`).
+    note: Option<String>,
 }
 
 impl Validation {
@@ -43,11 +46,12 @@ impl Validation {
         }
         let embeddings = prompts.iter().map(|p| t5.encode(p)).collect::<anyhow::Result<Vec<_>>>()?;
         let vae = Vae::load(&cfg.vae, device)?;
-        Ok(Self { cfg: cfg.clone(), prompts, embeddings, vae })
+        let note = crate::hub::random_weights_note(&[(&cfg.t5, "text_encoder", "T5"), (&cfg.vae, "vae", "VAE")]);
+        Ok(Self { cfg: cfg.clone(), prompts, embeddings, vae, note })
     }
 
     /// Samples every prompt at every seed with `model` at its native size and writes the grid into
-    /// `dir` as `step_{step:07}.png` (+ `.json`); returns the PNG's path.
+    /// `dir` as `step_{step:07}.png` (+ `.json`), labelled; returns the PNG's path.
     pub fn grid(&self, model: &PixArt, step: u64, dir: &Path) -> anyhow::Result<PathBuf> {
         let c = &model.config;
         let side = c.sample_size;
@@ -89,59 +93,29 @@ impl Validation {
         }
         std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", dir.display()))?;
         let png = dir.join(format!("step_{step:07}.png"));
-        let mut bytes = Vec::new();
-        grid.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)?;
-        crate::shards::write_atomic(&png, &bytes)?;
+        let title = format!(
+            "step {step}{} - {}, {steps} steps, cfg {}",
+            if self.cfg.ema { " (EMA)" } else { "" },
+            self.cfg.sampler.name(),
+            self.cfg.cfg
+        );
+        let labels = GridLabels {
+            title: title.clone(),
+            note: self.note.clone(),
+            columns: self.cfg.seeds.iter().map(|s| format!("seed {s}")).collect(),
+            rows: self.prompts.clone(),
+        };
+        let labelled = labelled_grid(&grid, (px, px), GAP, &labels);
+        let mut text = vec![("Title", title), ("Description", self.prompts.join("\n"))];
+        if let Some(note) = &self.note {
+            text.push(("Comment", note.clone()));
+        }
+        crate::shards::write_atomic(&png, &png_with_text(&labelled, &text)?)?;
         let meta = serde_json::json!({
             "step": step, "rows": self.prompts, "columns (seeds)": self.cfg.seeds, "sampler": self.cfg.sampler,
-            "steps": steps, "cfg": self.cfg.cfg, "ema": self.cfg.ema, "size": px,
+            "steps": steps, "cfg": self.cfg.cfg, "ema": self.cfg.ema, "size": px, "note": self.note,
         });
         crate::shards::write_atomic(&png.with_extension("json"), serde_json::to_string_pretty(&meta)?.as_bytes())?;
-        let title = format!("step {step} · {:?}, {steps} steps, cfg {}", self.cfg.sampler, self.cfg.cfg);
-        let svg = labelled_grid(&bytes, grid.dimensions(), px, &self.prompts, &self.cfg.seeds, &title);
-        crate::shards::write_atomic(&png.with_extension("svg"), svg.as_bytes())?;
         Ok(png)
     }
-}
-
-/// The grid PNG inside an SVG with its labels: the prompt left of each row, the seed above each
-/// column, and `title` on top (an image viewer shows the PNG; a browser shows what it is of).
-fn labelled_grid(png: &[u8], (w, h): (u32, u32), px: u32, prompts: &[String], seeds: &[u64], title: &str) -> String {
-    use base64::Engine;
-    let esc = |t: &str| t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
-    let (left, top) = (260u32, 48u32);
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"8\" y=\"18\" font-size=\"14\">{}</text>\n",
-        left + w + 8,
-        top + h + 8,
-        esc(title)
-    );
-    for (c, seed) in seeds.iter().enumerate() {
-        let x = left + c as u32 * (px + GAP) + px / 2;
-        s.push_str(&format!("<text x=\"{x}\" y=\"{}\" text-anchor=\"middle\">seed {seed}</text>\n", top - 8));
-    }
-    for (r, prompt) in prompts.iter().enumerate() {
-        let y = top + r as u32 * (px + GAP);
-        // The prompt wrapped into lines of about 40 characters beside its row.
-        let mut lines: Vec<String> = vec![String::new()];
-        for word in prompt.split_whitespace() {
-            if lines.last().is_some_and(|l| l.len() + word.len() > 40) && lines.len() < (px / 16).max(1) as usize {
-                lines.push(String::new());
-            }
-            let l = lines.last_mut().expect("one line at least");
-            if !l.is_empty() {
-                l.push(' ');
-            }
-            l.push_str(word);
-        }
-        for (i, l) in lines.iter().enumerate() {
-            s.push_str(&format!("<text x=\"8\" y=\"{}\">{}</text>\n", y + 14 + 16 * i as u32, esc(l)));
-        }
-    }
-    let data = base64::engine::general_purpose::STANDARD.encode(png);
-    s.push_str(&format!(
-        "<image x=\"{left}\" y=\"{top}\" width=\"{w}\" height=\"{h}\" href=\"data:image/png;base64,{data}\"/>\n</svg>\n"
-    ));
-    s
 }

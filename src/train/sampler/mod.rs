@@ -39,6 +39,11 @@ pub enum SamplerKind {
 }
 
 impl SamplerKind {
+    /// The sampler's name as `--sampler` takes it (`dpm-solver`).
+    pub fn name(self) -> String {
+        clap::ValueEnum::to_possible_value(&self).map(|v| v.get_name().to_string()).unwrap_or_default()
+    }
+
     /// The official inference's step count for this sampler.
     pub fn default_steps(self) -> usize {
         match self {
