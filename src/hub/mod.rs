@@ -37,9 +37,13 @@ pub fn random_weights_note(models: &[(&std::path::Path, &str, &str)]) -> Option<
         [one] => one.to_string(),
         [first @ .., last] => format!("{} and {last}", first.join(", ")),
     };
-    Some(format!(
-        "random tiny models: the {list} made up by `pixforge models init-tiny`, so these are not pictures of the prompts"
-    ))
+    // The tiny VAE carries the image (its latents are each 8×8 patch's colour): alone, it only blurs.
+    let so = if made_up.iter().all(|what| *what == "VAE") {
+        "it decodes each latent to an 8x8 patch of colour, so these are blurred pictures at best"
+    } else {
+        "so these are not pictures of the prompts"
+    };
+    Some(format!("random tiny models: the {list} made up by `pixforge models init-tiny`; {so}"))
 }
 
 /// Reads and parses a `config.json`, naming the file and the field (`text_config.hidden_size`) on error.
