@@ -18,7 +18,8 @@ pub fn part(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
 }
 
 /// The file `pixforge models init-tiny` writes into each model folder it makes: its weights are
-/// random (or, for the tiny VAE, made up), so what the model makes is not a picture of anything.
+/// random (or, for the tiny VAE, made to carry each 8×8 patch's colour), so pictures made through it
+/// are not real ones.
 pub const RANDOM_WEIGHTS_FILE: &str = "pixforge-random-weights.json";
 
 /// Whether the `name/` part of model folder `dir` holds weights `models init-tiny` made up.

@@ -58,13 +58,13 @@ pub fn draw_text(img: &mut RgbImage, x: i32, y: i32, text: &str, rgb: [u8; 3]) {
 pub fn wrap(text: &str, width: usize, max_lines: usize) -> Vec<String> {
     let width = width.max(4);
     let mut lines: Vec<String> = Vec::new();
-    let mut words = text.split_whitespace().flat_map(|w| {
+    let words = text.split_whitespace().flat_map(|w| {
         let chars: Vec<char> = w.chars().collect();
         chars.chunks(width).map(|c| c.iter().collect::<String>()).collect::<Vec<_>>()
     });
     let mut current = String::new();
     let mut left_over = false;
-    for word in words.by_ref() {
+    for word in words {
         let fits = current.is_empty() || current.chars().count() + 1 + word.chars().count() <= width;
         if !fits {
             lines.push(std::mem::take(&mut current));
