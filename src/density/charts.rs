@@ -122,3 +122,29 @@ pub fn charts(inputs: &[Metrics]) -> Result<Vec<(String, String)>, String> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two inputs with the same captions draw the same points: the earlier series is drawn wider, so
+    /// both stay visible (nested lines) instead of the later one hiding the earlier.
+    #[test]
+    fn coinciding_series_stay_visible() {
+        let points = vec![(1.0, 2.0), (2.0, 3.0), (3.0, 1.0)];
+        let series = [("a".to_string(), points.clone()), ("b".to_string(), points)];
+        let svg = chart("t", "x", "y", &series, Axes::Linear, None).unwrap();
+        // The width of each line drawn in a series' colour (its line and its legend entry).
+        let widths = |colour: &RGBColor| -> Vec<u32> {
+            let stroke = format!("stroke=\"#{:02X}{:02X}{:02X}\"", colour.0, colour.1, colour.2);
+            svg.split("<polyline")
+                .skip(1)
+                .filter(|p| p.split('>').next().is_some_and(|tag| tag.contains(&stroke)))
+                .filter_map(|p| p.split("stroke-width=\"").nth(1)?.split('"').next()?.parse().ok())
+                .collect()
+        };
+        let (a, b) = (widths(&COLORS[0]), widths(&COLORS[1]));
+        assert!(!a.is_empty() && !b.is_empty(), "{svg}");
+        assert!(a.iter().min() > b.iter().max(), "the earlier series is wider: {a:?} against {b:?}");
+    }
+}
