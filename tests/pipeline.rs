@@ -215,6 +215,10 @@ fn pipeline_errors_name_the_file_the_stage_and_the_field() {
     assert!(e.contains("bad.toml: field `out`: missing"), "{e}");
     let e = run_pipeline("out = \"o\"\n[ingest]\nsource = \"folder\"\ninputs = [\"photos\"]\n");
     assert!(e.contains("stage `ingest`, field `inputs`") && e.contains("photos: no such file or folder"), "{e}");
+    assert!(!e.contains("inside the output folder"), "{e}");
+    // Inputs inside the output folder (the demo's pipeline, run before `pixforge demo`): what writes them.
+    let e = run_pipeline("out = \"o\"\n[ingest]\nsource = \"folder\"\ninputs = [\"{out}/input\"]\n");
+    assert!(e.contains("(1 of them inside the output folder") && e.contains("pixforge demo --out"), "{e}");
 }
 
 /// Values that cannot run are refused before any stage runs: an empty pipeline, zero samples per

@@ -742,7 +742,22 @@ impl Pipeline {
                 }
             }
         }
-        all_errors(errors)
+        // Data read from inside the output folder must be put there first: say so once.
+        let inputs =
+            self.datasets.iter().flat_map(|d| d.ingest.iter().flat_map(|i| i.inputs.iter().map(|p| p.as_path())));
+        let inputs = inputs
+            .chain(self.sample.iter().map(|s| s.prompts.as_path()))
+            .chain(self.density.iter().flat_map(|d| d.compare.values().map(|c| c.path())));
+        let inside_out = inputs.filter(|p| !exists(p) && p.starts_with(&self.out)).count();
+        all_errors(errors).map_err(|e| match inside_out {
+            0 => e,
+            n => anyhow::anyhow!(
+                "{e}\n  ({n} of them inside the output folder {}, which this pipeline reads but does not write: put \
+                 them there first; pipelines/demo.toml's are written by `pixforge demo --out {}`)",
+                self.out.display(),
+                self.out.display()
+            ),
+        })
     }
 }
 
